@@ -1,0 +1,25 @@
+"""Conversion routes, one module per (source framework, artifact format).
+
+The registry maps a route key to a module name; the module is imported only
+when its route runs, so frameworks stay unloaded until needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from edgesdk.errors import ConversionError
+
+ROUTES = {
+    ("keras", "tflite"): "keras_tflite",
+}
+
+
+def get_route(framework: str, fmt: str):
+    key = (framework, fmt)
+    if key not in ROUTES:
+        have = ", ".join(f"{f}->{o}" for f, o in ROUTES)
+        raise ConversionError(f"No conversion route from {framework} to {fmt} in this version "
+                              f"(available: {have}). Choose a target whose profile takes one of those, "
+                              f"or pass --format.")
+    return importlib.import_module(f"{__name__}.{ROUTES[key]}")

@@ -1,0 +1,183 @@
+"""Load Keras models (Keras 3, tf-keras, SavedModel) into a SourceModel.
+
+The file says which Keras wrote it (metadata.json / the h5 `keras_version`
+attribute): Keras 2 files load with tf-keras so that tfmot can prune them,
+Keras 3 files with Keras 3. Safe mode is on unless the user opts out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from edgesdk.errors import ModelLoadError
+from edgesdk.source import SourceModel
+from edgesdk.util import sha256_file, sha256_tree
+
+
+def import_tf():
+    """TensorFlow with tf.keras = tf-keras (tfmot does not support Keras 3)."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    return tf
+
+
+def _keras_major_of_zip(path: Path) -> int:
+    try:
+        with zipfile.ZipFile(path) as z:
+            meta = json.loads(z.read("metadata.json"))
+            z.getinfo("config.json")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"'{path}' is not a valid .keras file ({exc}). It may be truncated or not a "
+                             f"model at all; save it again with model.save('model.keras').") from None
+    return int(str(meta.get("keras_version", "3")).split(".")[0])
+
+
+def _keras_major_of_h5(path: Path, unsafe: bool) -> int:
+    import h5py
+    try:
+        with h5py.File(path, "r") as h:
+            version = h.attrs.get("keras_version")
+            config = h.attrs.get("model_config")
+    except OSError as exc:
+        raise ModelLoadError(f"'{path}' is not a readable HDF5 Keras model ({exc}). It may be truncated, "
+                             f"or only weights; save the whole model with model.save().") from None
+    if config is None:
+        raise ModelLoadError(f"'{path}' holds weights only (no model_config); edgesdk needs the whole "
+                             f"model: save it with model.save('model.keras').")
+    if isinstance(config, bytes):
+        config = config.decode()
+    if not unsafe and '"class_name": "Lambda"' in config:
+        raise ModelLoadError(f"'{path}' contains a Lambda layer, whose Python code runs when it is loaded. "
+                             f"If you trust this file, pass --unsafe-load (unsafe=True in Python).")
+    if isinstance(version, bytes):
+        version = version.decode()
+    return int(str(version or "2").split(".")[0])
+
+
+def load_path(path: Path, *, unsafe: bool = False) -> SourceModel:
+    tf = import_tf()
+    if path.is_dir():
+        return _load_saved_model(tf, path, unsafe)
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(f"'{path}' is not readable (permission denied).")
+    suffix = path.suffix.lower()
+    major = _keras_major_of_zip(path) if suffix == ".keras" else _keras_major_of_h5(path, unsafe)
+    try:
+        if major >= 3:
+            import keras
+            kwargs = {"safe_mode": not unsafe} if suffix == ".keras" else {}
+            model = keras.saving.load_model(str(path), compile=False, **kwargs)
+        else:
+            import tf_keras
+            kwargs = {"safe_mode": not unsafe} if suffix == ".keras" else {}
+            model = tf_keras.models.load_model(str(path), compile=False, **kwargs)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "safe_mode" in str(exc):
+            raise ModelLoadError(f"'{path}' needs unsafe deserialization (it holds Python code, e.g. a Lambda "
+                                 f"layer). If you trust this file, pass --unsafe-load (unsafe=True in "
+                                 f"Python).") from None
+        raise ModelLoadError(f"Keras could not load '{path}': {msg}. If it uses custom layers, load it in "
+                             f"Python and pass the model object to edgesdk.convert().") from None
+    return _from_keras(model, path=str(path), sha=sha256_file(path))
+
+
+def from_object(model) -> SourceModel:
+    import hashlib
+    import numpy as np
+    if not getattr(model, "built", True) or not getattr(model, "inputs", None) and not _has_shape(model):
+        raise ModelLoadError("The Keras model is not built: call it on an input or build(input_shape) first.")
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return _from_keras(model, path=None, sha=h.hexdigest())
+
+
+def _has_shape(model) -> bool:
+    try:
+        return model.input_shape is not None
+    except Exception:
+        return False
+
+
+def _flavor(model) -> str:
+    mods = [c.__module__ for c in type(model).__mro__]
+    return "tf-keras" if any(m.startswith("tf_keras") for m in mods) else "keras3"
+
+
+def _from_keras(model, *, path, sha) -> SourceModel:
+    import numpy as np
+    try:
+        shape = model.input_shape
+    except Exception:
+        shape = None
+    if shape is None or (isinstance(shape, list) and len(shape) != 1):
+        raise ModelLoadError("Only single-input models are supported for now; this model has "
+                             f"{len(shape) if isinstance(shape, list) else 'unknown'} inputs.")
+    if isinstance(shape, list):
+        shape = shape[0]
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ModelLoadError(f"The model's input shape {shape} has no batch axis.")
+    outputs = model.outputs if getattr(model, "outputs", None) else None
+    out_names = [getattr(o, "name", f"output_{i}") for i, o in enumerate(outputs)] if outputs else ["output_0"]
+    in_name = getattr(model.inputs[0], "name", "input") if getattr(model, "inputs", None) else "input"
+
+    def predict(x, batch_size=256):
+        outs = None
+        for i in range(0, len(x), batch_size):
+            y = model(x[i:i + batch_size], training=False)
+            y = y if isinstance(y, (list, tuple)) else [y]
+            y = [np.asarray(t) for t in y]
+            outs = [[t] for t in y] if outs is None else [o + [t] for o, t in zip(outs, y)]
+        return [np.concatenate(o) for o in outs]
+
+    name = Path(path).stem if path else (getattr(model, "name", None) or "model")
+    return SourceModel(framework="keras", flavor=_flavor(model), model=model, name=name, sha256=sha,
+                       input_name=str(in_name), input_shape=(None,) + shape[1:], output_names=out_names,
+                       predict=predict, path=path, param_count=int(model.count_params()))
+
+
+def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
+    """A SavedModel: tf-keras if it carries Keras metadata, else its serving signature."""
+    import numpy as np
+    if (path / "keras_metadata.pb").is_file():
+        import tf_keras
+        try:
+            model = tf_keras.models.load_model(str(path), compile=False)
+        except Exception as exc:
+            raise ModelLoadError(f"tf-keras could not load the SavedModel '{path}': {exc}") from None
+        return _from_keras(model, path=str(path), sha=sha256_tree(path))
+    try:
+        loaded = tf.saved_model.load(str(path))
+        fn = loaded.signatures["serving_default"]
+    except KeyError:
+        raise ModelLoadError(f"SavedModel '{path}' has no 'serving_default' signature to convert.") from None
+    except Exception as exc:
+        raise ModelLoadError(f"TensorFlow could not load the SavedModel '{path}': {exc}") from None
+    specs = fn.structured_input_signature[1]
+    if len(specs) != 1:
+        raise ModelLoadError(f"SavedModel '{path}' has {len(specs)} inputs; only single-input models are "
+                             f"supported for now.")
+    (in_name, spec), = specs.items()
+    out_names = sorted(fn.structured_outputs)
+
+    def predict(x, batch_size=256):
+        outs = [[] for _ in out_names]
+        for i in range(0, len(x), batch_size):
+            res = fn(**{in_name: tf.constant(x[i:i + batch_size], dtype=spec.dtype)})
+            for k, name in enumerate(out_names):
+                outs[k].append(res[name].numpy())
+        return [np.concatenate(o) for o in outs]
+
+    shape = tuple(spec.shape.as_list())
+    src = SourceModel(framework="keras", flavor="saved_model", model=loaded, name=path.name,
+                      sha256=sha256_tree(path), input_name=in_name, input_shape=(None,) + shape[1:],
+                      output_names=out_names, predict=predict, path=str(path),
+                      param_count=int(sum(np.prod(v.shape) for v in loaded.variables)) if hasattr(loaded, "variables") else 0)
+    src.notes.append("plain SavedModel (no Keras layers): converted from its serving signature")
+    return src

@@ -1,0 +1,34 @@
+"""edgesdk: pruned, full-integer quantized models for small devices, validated and benchmarked.
+
+Importing edgesdk is cheap: TensorFlow, PyTorch and ONNX Runtime load only
+when a conversion or a benchmark needs them.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    BenchmarkError, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError, OutputError,
+    ProfileError, RuntimeMissing, ValidationFailed,
+)
+
+__all__ = [
+    "convert", "benchmark", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
+    "DeviceProfile", "EdgeSDKError", "OptionError", "ProfileError", "ModelLoadError", "DataError",
+    "ConversionError", "ValidationFailed", "OutputError", "RuntimeMissing", "BenchmarkError",
+]
+
+
+def __getattr__(name):
+    if name == "convert":
+        from .convert import convert
+        return convert
+    if name in ("benchmark", "BenchmarkResult"):
+        from . import bench
+        return getattr(bench, name)
+    if name in ("load_profile", "available_profiles", "DeviceProfile"):
+        from . import profiles
+        return getattr(profiles, name)
+    if name == "Artifact":
+        from .artifact import Artifact
+        return Artifact
+    raise AttributeError(f"module 'edgesdk' has no attribute {name!r}")

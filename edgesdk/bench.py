@@ -1,0 +1,110 @@
+"""Benchmark an artifact on this machine with the same standalone runner that runs on devices."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BenchmarkError, ModelLoadError, OptionError, RuntimeMissing
+
+
+@dataclass
+class BenchmarkResult:
+    artifact: str
+    host: str
+    runtime: str
+    runtime_version: str
+    delegate: str
+    threads: int
+    warmup: int
+    runs: int
+    init_ms: float
+    first_inference_ms: float
+    latency_ms: dict
+    latencies_ms: list
+    peak_rss_mb: float | None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def p50(self) -> float:
+        return self.latency_ms["p50"]
+
+    @property
+    def p90(self) -> float:
+        return self.latency_ms["p90"]
+
+    def to_dict(self, with_latencies: bool = False) -> dict:
+        d = {"artifact": self.artifact, "host": self.host, "runtime": self.runtime,
+             "runtime_version": self.runtime_version, "delegate": self.delegate, "threads": self.threads,
+             "warmup": self.warmup, "runs": self.runs, "init_ms": self.init_ms,
+             "first_inference_ms": self.first_inference_ms, "latency_ms": self.latency_ms,
+             "peak_rss_mb": self.peak_rss_mb, "inputs": self.raw.get("inputs"),
+             "machine": self.raw.get("machine"), "python": self.raw.get("python")}
+        if with_latencies:
+            d["latencies_ms"] = self.latencies_ms
+        return d
+
+
+def result_from_runner(doc: dict, artifact: str, host: str) -> BenchmarkResult:
+    return BenchmarkResult(
+        artifact=artifact, host=host, runtime=doc["runtime"], runtime_version=doc.get("runtime_version", ""),
+        delegate=doc.get("delegate", ""), threads=doc["threads"], warmup=doc["warmup"], runs=doc["runs"],
+        init_ms=doc["init_ms"], first_inference_ms=doc["first_inference_ms"], latency_ms=doc["latency_ms"],
+        latencies_ms=doc["latencies_ms"], peak_rss_mb=doc.get("peak_rss_mb"), raw=doc)
+
+
+def parse_runner_output(stdout: str, stderr: str, returncode: int) -> dict:
+    """The runner prints one JSON document as its last stdout line; runtimes may print before it."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                break
+            if doc.get("ok"):
+                return doc
+            kind, msg = doc.get("kind"), doc.get("error", "unknown error")
+            if kind == "runtime_missing":
+                raise RuntimeMissing(msg)
+            if kind in ("load_failed", "not_found"):
+                raise ModelLoadError(msg)
+            if kind == "bad_option":
+                raise OptionError(msg)
+            raise BenchmarkError(f"The runner failed: {msg}")
+    tail = (stderr or stdout).strip().splitlines()[-5:]
+    raise BenchmarkError(f"The runner exited with status {returncode} without a result. Last output:\n  "
+                         + "\n  ".join(tail or ["(none)"]))
+
+
+def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = None,
+              duration: float | None = None, delegate: str = "auto", python: str | None = None,
+              timeout: float | None = None) -> BenchmarkResult:
+    """Time `artifact` (an Artifact or a path) on this machine in a fresh subprocess."""
+    from .artifact import Artifact
+    from edgesdk.targets import runner_path
+    path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
+    if not path.is_file():
+        raise ModelLoadError(f"Artifact '{path}' does not exist.")
+    if path.suffix not in (".tflite", ".onnx"):
+        raise ModelLoadError(f"'{path}' is not a .tflite or .onnx artifact.")
+    if threads is None:
+        threads = 1
+        if isinstance(artifact, Artifact):
+            threads = artifact.manifest.get("profile", {}).get("artifact", {}).get("threads", 1)
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0.")
+    cmd = [python or sys.executable, str(runner_path()), str(path.resolve()), "--runs", str(runs),
+           "--warmup", str(warmup), "--threads", str(threads), "--delegate", delegate]
+    if duration:
+        cmd += ["--duration", str(duration)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"The benchmark did not finish within {timeout:g} s; lower --runs or raise "
+                             f"--timeout.") from None
+    doc = parse_runner_output(proc.stdout, proc.stderr, proc.returncode)
+    return result_from_runner(doc, str(path), "local")

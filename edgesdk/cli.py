@@ -1,0 +1,195 @@
+"""The `edgesdk` command. Kept light: frameworks load inside the commands that need them."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import EdgeSDKError, ValidationFailed
+
+
+def _floats(text):
+    return tuple(float(v) for v in text.split(",")) if text else ()
+
+
+def _fail(exc: EdgeSDKError, as_json: bool = False):
+    if as_json:
+        doc = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
+        if isinstance(exc, ValidationFailed):
+            doc["validation"] = exc.figures
+        click.echo(json.dumps(doc, indent=2, default=str))
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeSDKError as exc:
+            _fail(exc, ctx.meta.get("json", False))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgesdk")
+def main():
+    """Convert, validate and benchmark neural networks for the small devices you own."""
+
+
+# --- profiles ---------------------------------------------------------------
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def profiles(ctx, as_json):
+    """List device profiles (built-in and your own)."""
+    ctx.meta["json"] = as_json
+    if ctx.invoked_subcommand:
+        return
+    from .profiles import available_profiles, load_profile
+    rows = []
+    for name, origin in available_profiles().items():
+        p = load_profile(name)
+        rows.append({"name": name, "family": p.family, "format": p.artifact.format,
+                     "quantization": p.artifact.quantization, "cpu": f"{p.device.cores}x {p.device.cpu}",
+                     "memory_mb": p.device.memory_mb, "description": p.description, "origin": origin})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(_table(rows, ["name", "family", "format", "quantization", "cpu", "description"]))
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def profiles_show(ctx, name, as_json):
+    """Print one profile (a name or a path to a .toml file)."""
+    ctx.meta["json"] = as_json
+    from .profiles import load_profile
+    p = load_profile(name)
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=2))
+        return
+    d = p.to_dict()
+    click.echo(f"{p.name}: {p.description}")
+    click.echo(f"  family     {p.family}   (from {p.source})")
+    for section in ("device", "accelerator", "artifact", "connection"):
+        values = {k: v for k, v in d[section].items() if v not in ("", 0, 0.0, None) or k == "dla_cores"}
+        if section == "accelerator" and values.get("kind") == "none":
+            continue
+        click.echo(f"  [{section}]")
+        for k, v in values.items():
+            click.echo(f"    {k:<20} {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
+
+
+# --- convert ----------------------------------------------------------------
+
+@main.command()
+@click.argument("model")
+@click.option("--target", "-t", default="local", show_default=True,
+              help="Device profile: a name (see `edgesdk profiles`) or a path to a .toml file.")
+@click.option("--calibration", "-c", metavar="DATA", help="Representative data: .npz (x[, y]), .npy or image folder.")
+@click.option("--validation", metavar="DATA", help="Validation data (default: 20% held out of labelled calibration data).")
+@click.option("--prune", type=float, default=0.0, metavar="SPARSITY", help="Magnitude-prune to this sparsity, e.g. 0.5.")
+@click.option("--fine-tune", metavar="DATA", help="Labelled data to fine-tune on while pruning.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-4, show_default=True)
+@click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
+@click.option("--format", "fmt", type=click.Choice(["tflite", "onnx"]), help="Override the profile's format.")
+@click.option("--quantization", type=click.Choice(["int8", "fp16", "float"]), help="Override the profile's scheme.")
+@click.option("--input-dtype", type=click.Choice(["int8", "uint8", "float32"]))
+@click.option("--output-dtype", type=click.Choice(["int8", "uint8", "float32"]))
+@click.option("--calibration-samples", type=int, help="How many calibration samples to use (profile default).")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
+              help="Largest accepted accuracy drop, in percentage points.")
+@click.option("--min-sqnr", "min_sqnr_db", type=float, help="Also require this output SQNR (dB).")
+@click.option("--class-output", type=int, help="Index of the output holding class scores (default: detected).")
+@click.option("--scale", type=float, help="Preprocess: x * scale + offset (images default to 1/255).")
+@click.option("--offset", type=float, default=0.0, help="Preprocess: added after --scale.")
+@click.option("--mean", help="Preprocess: subtract, per channel: 0.485,0.456,0.406.")
+@click.option("--std", help="Preprocess: divide, per channel: 0.229,0.224,0.225.")
+@click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
+              help="Channel order of image-folder inputs.")
+@click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
+@click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
+@click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")
+@click.option("--name", help="Artifact file stem (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the artifact.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.pass_context
+def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
+            output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
+            min_sqnr_db, class_output, scale, offset, mean, std, channel_order, keep_failed, unsafe_load, force,
+            name, as_json, quiet):
+    """Convert MODEL (.keras, .h5 or SavedModel dir) into a validated artifact for --target."""
+    ctx.meta["json"] = as_json
+    from .convert import convert as run_convert
+    from .data import Preprocess
+    try:
+        pre = Preprocess(scale=scale, offset=offset, mean=_floats(mean), std=_floats(std),
+                         channel_order=channel_order)
+    except ValueError:
+        raise click.BadParameter("--mean and --std take comma-separated numbers, e.g. 0.5,0.5,0.5")
+    art = run_convert(model, target, calibration=calibration, validation=validation, prune=prune,
+                      fine_tune=fine_tune, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                      output_dir=output_dir, format=fmt, quantization=quantization, input_dtype=input_dtype,
+                      output_dtype=output_dtype, calibration_samples=calibration_samples,
+                      max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
+                      preprocess=pre, keep_failed=keep_failed, unsafe=unsafe_load, force=force, name=name,
+                      quiet=quiet or as_json)
+    s = art.summary()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    v = s["validation"]
+    acc = ""
+    if v.get("artifact_accuracy") is not None:
+        acc = f", accuracy {100 * v['reference_accuracy']:.2f}% -> {100 * v['artifact_accuracy']:.2f}%"
+    click.echo(f"{s['artifact']}  ({s['size_bytes']:,} bytes, {s['size_gzip_bytes']:,} gzipped, "
+               f"sparsity {100 * (s['sparsity'] or 0):.1f}%{acc})")
+
+
+# --- bench ------------------------------------------------------------------
+
+@main.command()
+@click.argument("artifact")
+@click.option("--runs", type=int, default=50, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, help="Default: the profile's threads from the manifest, else 1.")
+@click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
+@click.option("--delegate", type=click.Choice(["auto", "xnnpack", "none"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def bench(ctx, artifact, runs, warmup, threads, duration, delegate, as_json):
+    """Benchmark ARTIFACT on this machine with the on-device runner."""
+    ctx.meta["json"] = as_json
+    from .artifact import Artifact
+    from .bench import benchmark
+    res = benchmark(Artifact.open(artifact), runs=runs, warmup=warmup, threads=threads, duration=duration,
+                    delegate=delegate)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    lat = res.latency_ms
+    click.echo(f"{artifact}: {res.runtime} {res.runtime_version} ({res.delegate}), {res.threads} thread(s), "
+               f"{res.warmup} warm-up, {res.runs} runs")
+    click.echo(f"  init {res.init_ms:.2f} ms   first inference {res.first_inference_ms:.2f} ms   "
+               f"peak RSS {res.peak_rss_mb} MB")
+    click.echo("  " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("min", "mean", "p50", "p90", "p95", "p99", "max", "std"))
+               + "  (ms)")
+
+
+def _table(rows, columns) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

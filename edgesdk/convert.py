@@ -1,0 +1,245 @@
+"""convert: source model + device profile + recipe -> validated artifact and manifest.
+
+    load source -> load data -> (cache hit?) -> reference outputs -> prune ->
+    convert+quantize (route) -> target check -> validate -> rename into place
+
+Everything is written under a temporary name in the output directory and
+renamed only after validation passed, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from . import __version__
+from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
+from .data import FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, split_holdout
+from .errors import DataError
+from .profiles import load_profile
+from .progress import Progress
+from .recipe import make_recipe
+from .source import load_source
+from .util import ensure_writable_dir, gzip_size, sha256_file, temp_path_in
+
+
+def _preprocess(value) -> Preprocess:
+    if value is None:
+        return Preprocess()
+    if isinstance(value, Preprocess):
+        return value
+    if isinstance(value, dict):
+        value = dict(value)
+        for k in ("mean", "std"):
+            if k in value and not isinstance(value[k], (list, tuple)):
+                value[k] = (value[k],)
+            if k in value:
+                value[k] = tuple(float(v) for v in value[k])
+        return Preprocess(**value)
+    raise DataError(f"preprocess must be a dict or edgesdk.data.Preprocess, got {type(value).__name__}.")
+
+
+def convert(model, target="local", *, calibration=None, validation=None, prune=0.0, fine_tune=None,
+            epochs=2, batch_size=32, learning_rate=1e-4, output_dir="edgesdk-out", format=None,
+            quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
+            max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, preprocess=None,
+            keep_failed=False, unsafe=False, force=False, name=None, quiet=False,
+            progress: Progress | None = None) -> Artifact:
+    """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
+
+    Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple.
+    Raises an EdgeSDKError subclass on any user-facing failure; ValidationFailed
+    carries the figures when the artifact misses the accuracy budget.
+    """
+    progress = progress or Progress(quiet)
+    profile = load_profile(target)
+    recipe = make_recipe(profile, format=format, quantization=quantization, input_dtype=input_dtype,
+                         output_dtype=output_dtype, prune=prune, epochs=epochs, batch_size=batch_size,
+                         learning_rate=learning_rate, calibration_samples=calibration_samples,
+                         max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
+                         class_output=class_output, preprocess=_preprocess(preprocess))
+    out_dir = ensure_writable_dir(output_dir)
+    if recipe.quantization == "int8" and calibration is None:
+        raise DataError("Full-integer quantization needs representative calibration data to set activation "
+                        "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
+
+    progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
+    source = load_source(model, unsafe=unsafe)
+    from edgesdk.converters import get_route
+    route = get_route(source.framework, recipe.format)
+
+    calib = val = tune = None
+    if calibration is not None:
+        calib = load_data(calibration, input_shape=source.input_shape, preprocess=recipe.preprocess,
+                          what="calibration data")
+    if validation is not None:
+        val = load_data(validation, input_shape=source.input_shape, preprocess=recipe.preprocess,
+                        what="validation data")
+        held_out = True
+    elif calib is not None and calib.y is not None:
+        calib, val = split_holdout(calib)
+        held_out = True
+        progress.step(f"holding out {len(val)} labelled calibration samples for validation")
+    elif calib is not None:
+        val, held_out = calib, False
+        progress.warn("no --validation data and the calibration data has no labels: validating against the "
+                      "source model's own predictions on the calibration samples (not held out).")
+    else:
+        raise DataError("Validation needs data: pass --validation DATA (or --calibration DATA).")
+    if calib is not None and len(calib) < FEW_CALIBRATION_SAMPLES:
+        progress.warn(f"only {len(calib)} calibration samples: activation ranges estimated from fewer than "
+                      f"{FEW_CALIBRATION_SAMPLES} samples often clip real inputs and cost accuracy; "
+                      f"give a few hundred representative samples.")
+    if fine_tune is not None:
+        tune = load_data(fine_tune, input_shape=source.input_shape, preprocess=recipe.preprocess,
+                         what="fine-tuning data")
+    if recipe.sparsity == 0 and tune is not None:
+        progress.warn("--fine-tune is only used with --prune; ignoring it.")
+
+    stem = name or source.name
+    final = out_dir / f"{stem}.{profile.name}.{recipe.format}"
+    cache_key = _cache_key(source, profile, recipe, calib, val, tune)
+    cached = _cached(final, cache_key)
+    if cached is not None and not force:
+        progress.step(f"up to date: {final} (same source, data and recipe)")
+        return cached
+
+    progress.step(f"computing reference outputs on {len(val)} validation samples")
+    reference = source.predict(val.x)
+    pruning = None
+    snapshot = source.model.get_weights() if recipe.sparsity and source.path is None else None
+    tmp = temp_path_in(out_dir, final.name)
+    replaced = False
+    try:
+        if recipe.sparsity:
+            from edgesdk.converters import keras_prune
+            progress.step(f"pruning to {recipe.sparsity:.0%} sparsity"
+                          + (f", fine-tuning {recipe.epochs} epoch(s) on {len(tune)} samples" if tune else ""))
+            pruning = keras_prune.prune(source, recipe.sparsity, tune,
+                                        epochs=recipe.epochs, batch_size=recipe.batch_size,
+                                        learning_rate=recipe.learning_rate, log=progress.warn)
+            pruning["pruned_source_outputs"] = source.predict(val.x)
+        progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
+        data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"))
+        tmp.write_bytes(data)
+        info = _inspect(tmp, recipe)
+        from edgesdk.targets import get_family
+        compat = get_family(profile.family).check(info, profile)
+        progress.step("validating against the source model")
+        figures, verdict = _validate(tmp, reference, val, recipe, progress)
+        from .validation import describe, raise_if_failed
+        progress.step(f"validation: {describe(figures)}")
+        manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
+                             info, compat, figures, verdict, pruning, progress.warnings)
+        if not verdict["passed"] and not keep_failed:
+            raise_if_failed(figures, verdict)
+        os.replace(tmp, final)
+        replaced = True
+        write_json_atomic(manifest_path_for(final), manifest)
+        replaced = False  # both in place
+        raise_if_failed(figures, verdict, artifact_kept=str(final))
+        return Artifact(final, manifest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        if snapshot is not None:
+            source.model.set_weights(snapshot)  # the caller's model is left as it was given
+        if replaced:  # the manifest could not be written: an artifact without one is half-written
+            final.unlink()
+
+
+def _inspect(path: Path, recipe) -> dict:
+    from .tflite_artifact import TFLiteArtifact
+    art = TFLiteArtifact(path)
+    io = art.io()
+    return {"io": io, "coverage": art.coverage(), "tensor_dtypes": art.tensor_dtypes(),
+            "weight_sparsity": art.weight_sparsity(), "size_bytes": path.stat().st_size}
+
+
+def _validate(path: Path, reference, val, recipe, progress):
+    from .tflite_artifact import TFLiteArtifact
+    from .validation import compare, gate, match_outputs
+    art = TFLiteArtifact(path, num_threads=os.cpu_count() or 1)
+    outs = art.predict(val.x, progress=progress.bar("validating"))
+    outs = match_outputs(reference, outs, [d["name"] for d in art.outputs])
+    figures = compare(reference, outs, labels=val.y, class_output=recipe.class_output)
+    return figures, gate(figures, recipe.max_accuracy_drop, recipe.min_sqnr_db)
+
+
+def _cache_key(source, profile, recipe, calib, val, tune) -> str:
+    parts = {
+        "source": source.sha256, "profile": profile.to_dict(), "recipe": recipe.to_dict(),
+        "calibration": data_fingerprint(calib) if calib is not None else None,
+        "validation": data_fingerprint(val) if val is not None else None,
+        "fine_tune": data_fingerprint(tune) if tune is not None else None,
+        "tools": tool_versions(),
+    }
+    parts["profile"].pop("source", None)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(final: Path, cache_key: str) -> Artifact | None:
+    mp = manifest_path_for(final)
+    if not (final.is_file() and mp.is_file()):
+        return None
+    try:
+        manifest = json.loads(mp.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("cache_key") != cache_key or not manifest.get("validation", {}).get("passed"):
+        return None
+    if manifest.get("artifact", {}).get("sha256") != sha256_file(final):
+        return None
+    return Artifact(final, manifest, cached=True)
+
+
+def _data_entry(ds, used=None, **extra) -> dict:
+    return {"source": ds.source, "samples": used if used is not None else len(ds), "labelled": ds.y is not None,
+            "sha256": data_fingerprint(ds), "notes": ds.notes, **extra}
+
+
+def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key, info, compat,
+              figures, verdict, pruning, warnings) -> dict:
+    from .validation import compare
+    sparsity = {"target": recipe.sparsity, "artifact": info["weight_sparsity"]["overall"],
+                "artifact_layers": info["weight_sparsity"]["layers"]}
+    if pruning:
+        pruned_outputs = pruning.pop("pruned_source_outputs")
+        pruned = compare(pruned_outputs, pruned_outputs, labels=val.y,
+                         class_output=figures["class_output"])
+        sparsity.update({"method": pruning["method"], "fine_tuned": pruning["fine_tuned"],
+                         "epochs": pruning["epochs"], "source_after_pruning": pruning["achieved"],
+                         "pruned_source_accuracy": pruned["reference_accuracy"]})
+    cov = info["coverage"]
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgesdk": __version__,
+        "cache_key": cache_key,
+        "artifact": {"file": final.name, "sha256": sha256_file(tmp)},
+        "format": recipe.format,
+        "source": {**source.describe(), "notes": source.notes},
+        "profile": profile.to_dict(),
+        "recipe": recipe.to_dict(),
+        "tools": tool_versions(),
+        "data": {
+            "calibration": _data_entry(calib, min(len(calib), recipe.calibration_samples)) if calib else None,
+            "validation": _data_entry(val, held_out=held_out),
+            "fine_tune": _data_entry(tune) if tune is not None else None,
+        },
+        "sparsity": sparsity,
+        "quantization": {"scheme": recipe.quantization, "input_dtype": recipe.input_dtype,
+                         "output_dtype": recipe.output_dtype, "per_channel": recipe.per_channel,
+                         "ops": cov["ops"], "int8_ops": cov["int8_ops"], "float_ops": cov["float_ops"],
+                         "op_histogram": cov["op_histogram"], "tensor_dtypes": info["tensor_dtypes"]},
+        "size": {"bytes": info["size_bytes"], "gzip_bytes": gzip_size(tmp), "source_params": source.param_count},
+        "inputs": info["io"]["inputs"],
+        "outputs": info["io"]["outputs"],
+        "layout": "NHWC" if len(source.input_shape) == 4 else None,
+        "validation": {**figures, **verdict},
+        "compatibility": compat,
+        "warnings": list(warnings),
+    }

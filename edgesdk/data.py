@@ -1,0 +1,242 @@
+"""Calibration, validation and fine-tuning data: load it, preprocess it, fit it to the model.
+
+Accepted forms: an .npz with array `x` (and optional integer labels `y`), an
+.npy, a folder of images (class-named subfolders give labels), a numpy array,
+an (x, y) tuple or a {"x": ..., "y": ...} dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FEW_CALIBRATION_SAMPLES = 100
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw values become model inputs: x * scale + offset, then (x - mean) / std.
+
+    Image folders default to scale 1/255 (pixels in [0, 1]); arrays are used as
+    they are unless an option is given.
+    """
+
+    scale: float | None = None
+    offset: float = 0.0
+    mean: tuple = ()
+    std: tuple = ()
+    channel_order: str = "rgb"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def apply(self, x: np.ndarray, *, is_image: bool) -> np.ndarray:
+        x = x.astype(np.float32, copy=True)
+        scale = self.scale if self.scale is not None else (1.0 / 255.0 if is_image else 1.0)
+        if scale != 1.0 or self.offset:
+            x = x * np.float32(scale) + np.float32(self.offset)
+        if self.mean:
+            x = x - np.asarray(self.mean, np.float32)
+        if self.std:
+            x = x / np.asarray(self.std, np.float32)
+        return x
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray | None = None
+    source: str = "array"
+    class_names: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, idx) -> "Dataset":
+        return Dataset(self.x[idx], None if self.y is None else self.y[idx], self.source,
+                       self.class_names, list(self.notes))
+
+
+def _labels(y, n: int, source: str):
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot
+        y = y.argmax(axis=1)
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        if y.ndim == 1 and np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{source}: labels 'y' must be integer class indices of shape (N,) "
+                            f"(or one-hot (N, C)); got dtype {y.dtype} and shape {y.shape}.")
+    if len(y) != n:
+        raise DataError(f"{source}: {n} samples in 'x' but {len(y)} labels in 'y'; they must match.")
+    return y.astype(np.int64)
+
+
+def _load_images(folder: Path, target_hw, channels: int, preprocess: Preprocess) -> Dataset:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("Reading a folder of images needs Pillow: pip install 'edgesdk[keras]'") from None
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        files = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.iterdir())
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+        class_names = [d.name for d in subdirs]
+    else:
+        files = [(f, None) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        class_names = []
+    if not files:
+        raise DataError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
+                        f"directly or in class-named subfolders).")
+    if target_hw is None or None in target_hw:
+        raise DataError(f"{folder}: the model's input has no fixed height/width, so images cannot be "
+                        f"resized for it; give the data as an .npz instead.")
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode).resize((target_hw[1], target_hw[0]), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.float32)
+        except Exception as exc:
+            raise DataError(f"{f}: cannot read this image ({exc}). Remove it or replace it.") from None
+        a = a[..., None] if a.ndim == 2 else a
+        if channels == 3 and preprocess.channel_order == "bgr":
+            a = a[..., ::-1]
+        arrays.append(a)
+    x = preprocess.apply(np.stack(arrays), is_image=True)
+    y = np.asarray([i for _, i in files]) if class_names else None
+    return Dataset(x, y, str(folder), class_names,
+                   [f"{len(files)} images resized to {target_hw[0]}x{target_hw[1]} {mode}"])
+
+
+def load_data(spec, *, input_shape=None, preprocess: Preprocess | None = None, what: str = "data") -> Dataset:
+    """Read `spec` into a Dataset shaped for a model whose input is `input_shape` (batch first)."""
+    preprocess = preprocess or Preprocess()
+    if spec is None:
+        raise DataError(f"No {what} given.")
+    if isinstance(spec, Dataset):
+        ds = spec
+    elif isinstance(spec, (str, Path)):
+        ds = _load_path(Path(spec), input_shape, preprocess, what)
+    else:
+        if isinstance(spec, dict):
+            x, y = spec.get("x"), spec.get("y")
+        elif isinstance(spec, tuple) and len(spec) == 2:
+            x, y = spec
+        else:
+            x, y = spec, None
+        if x is None:
+            raise DataError(f"The {what} dict has no 'x' array.")
+        x = _as_numeric(np.asarray(x), what)
+        ds = Dataset(x, _labels(y, len(x), what), "array")
+        if preprocess != Preprocess():
+            ds.x = preprocess.apply(ds.x, is_image=False)
+    if len(ds) == 0:
+        raise DataError(f"The {what} ({ds.source}) holds no samples. Give at least one; "
+                        f"for calibration a few hundred representative samples.")
+    if input_shape is not None:
+        ds.x = fit_to_input(ds.x, input_shape, ds.source, ds.notes)
+    if not np.all(np.isfinite(ds.x)):
+        raise DataError(f"The {what} ({ds.source}) contains NaN or infinite values; clean it first.")
+    return ds
+
+
+def _as_numeric(x: np.ndarray, source: str) -> np.ndarray:
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) \
+            or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{source}: expected a numeric array, got dtype {x.dtype}. "
+                        f"Convert it to float32 (or uint8 pixels) first.")
+    return x
+
+
+def _load_path(path: Path, input_shape, preprocess: Preprocess, what: str) -> Dataset:
+    if not path.exists():
+        raise DataError(f"The {what} path '{path}' does not exist.")
+    if path.is_dir():
+        hw = tuple(input_shape[1:3]) if input_shape is not None and len(input_shape) == 4 else None
+        channels = input_shape[-1] if input_shape is not None and len(input_shape) == 4 else 3
+        return _load_images(path, hw, channels or 3, preprocess)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".npy"):
+        raise DataError(f"{path}: unsupported {what} file type '{suffix}'. Use an .npz with 'x' "
+                        f"(and optional 'y'), an .npy, or a folder of images.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: holds Python objects ({exc}); edgesdk does not unpickle data. "
+                        f"Save plain numeric arrays with numpy.savez.") from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read it as numpy data ({exc}).") from None
+    if suffix == ".npz":
+        with loaded:
+            keys = list(loaded.keys())
+            if "x" not in keys:
+                raise DataError(f"{path}: no array named 'x' (found: {', '.join(keys) or 'none'}). "
+                                f"Save it as numpy.savez(path, x=inputs, y=labels).")
+            x = loaded["x"]
+            y = loaded["y"] if "y" in keys else None
+    else:
+        x, y = loaded, None
+    x = _as_numeric(x, str(path))
+    ds = Dataset(x, _labels(y, len(x), str(path)), str(path))
+    if preprocess != Preprocess():
+        ds.x = preprocess.apply(ds.x, is_image=False)
+    return ds
+
+
+def fit_to_input(x: np.ndarray, input_shape, source: str, notes: list) -> np.ndarray:
+    """Check x against the model's input shape (batch first, None = any)."""
+    want = tuple(input_shape)
+    if x.ndim == len(want) - 1 and want[-1] == 1 and _dims_match(x.shape[1:], want[1:-1]):
+        notes.append(f"added a channel axis: {x.shape} -> {x.shape + (1,)}")
+        x = x[..., None]
+    if x.ndim != len(want) or not _dims_match(x.shape[1:], want[1:]):
+        shown = "(N, " + ", ".join("?" if d is None else str(d) for d in want[1:]) + ")"
+        hint = ""
+        if x.ndim == 4 and len(want) == 4 and _dims_match((x.shape[2], x.shape[3], x.shape[1]), want[1:]):
+            hint = " It looks channels-first (NCHW); this model takes channels-last (NHWC): " \
+                   "transpose it with x.transpose(0, 2, 3, 1)."
+        elif x.ndim == 4 and len(want) == 4 and _dims_match((x.shape[3], x.shape[1], x.shape[2]), want[1:]):
+            hint = " It looks channels-last (NHWC); this model takes channels-first (NCHW): " \
+                   "transpose it with x.transpose(0, 3, 1, 2)."
+        raise DataError(f"{source}: samples have shape {x.shape}, but the model takes {shown}.{hint}")
+    if not np.issubdtype(x.dtype, np.floating) or x.dtype != np.float32:
+        x = x.astype(np.float32)
+    return x
+
+
+def _dims_match(have, want) -> bool:
+    return len(have) == len(want) and all(w is None or h == w for h, w in zip(have, want))
+
+
+def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0):
+    """Stratified-by-shuffle split: (calibration, validation)."""
+    n = len(ds)
+    n_val = max(1, int(round(n * fraction)))
+    if n - n_val < 1:
+        raise DataError(f"{ds.source}: {n} sample(s) is too few to hold out validation data; "
+                        f"give --validation DATA or more calibration data.")
+    order = np.random.default_rng(seed).permutation(n)
+    return ds.subset(order[n_val:]), ds.subset(order[:n_val])
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    h.update(str(ds.x.shape).encode())
+    h.update(np.ascontiguousarray(ds.x).tobytes())
+    if ds.y is not None:
+        h.update(np.ascontiguousarray(ds.y).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,43 @@
+"""Progress and warnings on stderr. Progress can be silenced; warnings also land in the manifest."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.warnings: list = []
+        self._last = 0.0
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[edgesdk] {message}", file=self.stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        message = message.removeprefix("warning: ")
+        self.warnings.append(message)
+        print(f"[edgesdk] warning: {message}", file=self.stream, flush=True)
+
+    def bar(self, label: str):
+        """A callback(i, n) that draws a bar on a terminal, or a line every ~2 s otherwise."""
+        def update(i: int, n: int) -> None:
+            if self.quiet:
+                return
+            now = time.monotonic()
+            done = i >= n
+            if not done and now - self._last < (0.1 if self._tty else 2.0):
+                return
+            self._last = now
+            width = 24
+            filled = int(width * i / max(n, 1))
+            text = f"[edgesdk]   {label} [{'#' * filled}{'.' * (width - filled)}] {i}/{n}"
+            if self._tty:
+                print("\r" + text, end="\n" if done else "", file=self.stream, flush=True)
+            else:
+                print(text, file=self.stream, flush=True)
+        return update

@@ -1,0 +1,79 @@
+"""The recipe: every choice that shapes an artifact, from user options over profile defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from .data import Preprocess
+from .errors import OptionError
+from .profiles import DeviceProfile, IO_DTYPES, QUANTIZATIONS
+
+
+@dataclass(frozen=True)
+class Recipe:
+    format: str
+    quantization: str
+    input_dtype: str
+    output_dtype: str
+    per_channel: bool
+    calibration_samples: int
+    sparsity: float = 0.0
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    max_accuracy_drop: float = 1.0
+    min_sqnr_db: float | None = None
+    class_output: int | None = None
+    preprocess: Preprocess = Preprocess()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+
+def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
+                output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-4,
+                calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
+                preprocess=None) -> Recipe:
+    spec = profile.artifact
+    fmt = format or spec.format
+    if fmt not in spec.formats:
+        raise OptionError(f"Profile '{profile.name}' ({profile.family}) takes {' or '.join(spec.formats)} "
+                          f"artifacts, not {fmt}. Drop --format or choose another target.")
+    quant = quantization or spec.quantization
+    if quant not in QUANTIZATIONS:
+        raise OptionError(f"Unknown quantization '{quant}'; expected one of {', '.join(QUANTIZATIONS)}.")
+    if profile.family == "edgetpu" and quant != "int8":
+        raise OptionError(f"The Edge TPU ({profile.name}) executes only 8-bit integer models; "
+                          f"{quant} cannot run on it. Drop --quantization.")
+    for label, value in (("input dtype", input_dtype), ("output dtype", output_dtype)):
+        if value is not None and value not in IO_DTYPES:
+            raise OptionError(f"Unknown {label} '{value}'; expected one of {', '.join(IO_DTYPES)}.")
+    in_dt = input_dtype or (spec.input_dtype if quant == "int8" else "float32")
+    out_dt = output_dtype or (spec.output_dtype if quant == "int8" else "float32")
+    if quant != "int8" and (in_dt != "float32" or out_dt != "float32"):
+        raise OptionError(f"Integer input/output types need int8 quantization; with {quant} they are float32.")
+    try:
+        prune = float(prune or 0.0)
+    except (TypeError, ValueError):
+        raise OptionError(f"Sparsity must be a number in [0, 1), got {prune!r}.") from None
+    if not 0.0 <= prune < 1.0:
+        raise OptionError(f"Sparsity must be in [0, 1) (e.g. 0.5 for half the weights zero), got {prune:g}.")
+    if epochs < 1 or batch_size < 1:
+        raise OptionError("--epochs and --batch-size must be at least 1.")
+    if learning_rate <= 0:
+        raise OptionError(f"--learning-rate must be positive, got {learning_rate:g}.")
+    if max_accuracy_drop < 0:
+        raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
+                          f"(got {max_accuracy_drop:g}).")
+    samples = calibration_samples or spec.calibration_samples
+    if samples < 1:
+        raise OptionError("--calibration-samples must be at least 1.")
+    return Recipe(format=fmt, quantization=quant, input_dtype=in_dt, output_dtype=out_dt,
+                  per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
+                  batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
+                  min_sqnr_db=min_sqnr_db, class_output=class_output, preprocess=preprocess or Preprocess())
+
+
+__all__ = ["Recipe", "make_recipe", "replace"]

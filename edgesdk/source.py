@@ -1,0 +1,63 @@
+"""The source model, whatever framework it came from: what the pipeline needs to know of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelLoadError
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass
+class SourceModel:
+    framework: str                 # route key: "keras"
+    flavor: str                    # "keras3", "tf-keras" or "saved_model"
+    model: Any                     # the live framework object
+    name: str
+    sha256: str
+    input_name: str
+    input_shape: tuple             # batch first; None where any size is accepted
+    output_names: list
+    predict: Callable              # np.ndarray batch -> list of np.ndarray, one per output
+    path: str | None = None
+    param_count: int = 0
+    notes: list = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {"framework": self.framework, "flavor": self.flavor, "name": self.name,
+                "path": self.path, "sha256": self.sha256, "input_name": self.input_name,
+                "input_shape": list(self.input_shape), "outputs": list(self.output_names),
+                "param_count": self.param_count}
+
+
+def _is_keras_object(obj) -> bool:
+    mods = [c.__module__ for c in type(obj).__mro__]
+    return any(m.startswith(("keras", "tf_keras")) for m in mods)
+
+
+def load_source(model, *, unsafe: bool = False) -> SourceModel:
+    """A path or a live model -> SourceModel. Frameworks are imported here, lazily."""
+    if isinstance(model, (str, Path)):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"Model '{model}' does not exist. Check the path.")
+        is_saved_model = path.is_dir() and (path / "saved_model.pb").is_file()
+        if path.is_dir() and not is_saved_model:
+            raise ModelLoadError(f"'{model}' is a directory but not a SavedModel (no saved_model.pb inside). "
+                                 f"Give a .keras, .h5 or SavedModel directory.")
+        if is_saved_model or path.suffix.lower() in KERAS_SUFFIXES:
+            from edgesdk.converters import keras_model
+            return keras_model.load_path(path, unsafe=unsafe)
+        if path.suffix.lower() in (".onnx", ".pt", ".pt2", ".pth", ".ts"):
+            raise ModelLoadError(f"'{model}': {path.suffix} sources are not supported by this version yet; "
+                                 f"it converts Keras models (.keras, .h5, SavedModel).")
+        raise ModelLoadError(f"'{model}': unknown model type '{path.suffix or 'no suffix'}'. "
+                             f"Give a .keras, .h5 or SavedModel directory.")
+    if _is_keras_object(model):
+        from edgesdk.converters import keras_model
+        return keras_model.from_object(model)
+    raise ModelLoadError(f"Cannot convert a {type(model).__module__}.{type(model).__name__}: give a Keras "
+                         f"model (in memory or as a .keras/.h5/SavedModel path).")

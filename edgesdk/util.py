@@ -1,0 +1,84 @@
+"""Small helpers shared by the core: hashing, sizes, atomic writes, captured output."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_tree(path) -> str:
+    """Hash of a directory (SavedModel): relative paths and contents, in order."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def gzip_size(path) -> int:
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), compresslevel=9, mtime=0))
+
+
+def temp_path_in(directory, name: str) -> Path:
+    """A fresh hidden temporary file beside its final name, so rename is atomic."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return Path(tmp)
+
+
+def ensure_writable_dir(directory) -> Path:
+    from .errors import OutputError
+    d = Path(directory).expanduser()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = temp_path_in(d, "write-check")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"Cannot write to output directory '{directory}': {exc.strerror or exc}. "
+                          f"Choose another with --output DIR, or fix its permissions.") from None
+    return d
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Silence C++ and Python chatter (TFLite converter, TF logging) at the fd level.
+
+    Yields a function returning what was captured, so errors can quote it.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+
+        def read() -> str:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            log.seek(0)
+            return log.read().decode("utf-8", "replace")
+        try:
+            yield read
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
