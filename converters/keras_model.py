@@ -14,13 +14,18 @@ from pathlib import Path
 
 from edgesdk.errors import ModelLoadError
 from edgesdk.source import SourceModel
-from edgesdk.util import sha256_file, sha256_tree
+from edgesdk.util import captured_output, sha256_file, sha256_tree
 
 
 def import_tf():
     """TensorFlow with tf.keras = tf-keras (tfmot does not support Keras 3)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import sys
+    if "tensorflow" not in sys.modules:
+        with captured_output():  # CUDA probing and oneDNN notices on a CPU-only machine
+            import tensorflow  # noqa: F401
+            import keras  # noqa: F401
     import tensorflow as tf
     return tf
 
@@ -60,6 +65,8 @@ def _keras_major_of_h5(path: Path, unsafe: bool) -> int:
 
 def load_path(path: Path, *, unsafe: bool = False) -> SourceModel:
     tf = import_tf()
+    with captured_output():  # TensorFlow's device probing on first use
+        tf.constant(0)
     if path.is_dir():
         return _load_saved_model(tf, path, unsafe)
     if not os.access(path, os.R_OK):

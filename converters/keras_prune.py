@@ -83,7 +83,7 @@ def _loss_for(source, fine_tune):
 
 
 def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: int = 32,
-          learning_rate: float = 1e-4, log=print) -> dict:
+          learning_rate: float = 1e-3, log=print) -> dict:
     """Prune `source.model` in place to `sparsity`; returns a report with achieved figures."""
     K = _keras_module(source)
     variables = prunable_variables(source.model)

@@ -98,7 +98,7 @@ def profiles_show(ctx, name, as_json):
 @click.option("--fine-tune", metavar="DATA", help="Labelled data to fine-tune on while pruning.")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-4, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--format", "fmt", type=click.Choice(["tflite", "onnx"]), help="Override the profile's format.")
 @click.option("--quantization", type=click.Choice(["int8", "fp16", "float"]), help="Override the profile's scheme.")

@@ -43,7 +43,7 @@ def _preprocess(value) -> Preprocess:
 
 
 def convert(model, target="local", *, calibration=None, validation=None, prune=0.0, fine_tune=None,
-            epochs=2, batch_size=32, learning_rate=1e-4, output_dir="edgesdk-out", format=None,
+            epochs=2, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, preprocess=None,
             keep_failed=False, unsafe=False, force=False, name=None, quiet=False,

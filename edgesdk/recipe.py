@@ -20,7 +20,7 @@ class Recipe:
     sparsity: float = 0.0
     epochs: int = 2
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3
     max_accuracy_drop: float = 1.0
     min_sqnr_db: float | None = None
     class_output: int | None = None
@@ -33,7 +33,7 @@ class Recipe:
 
 
 def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
-                output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-4,
+                output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-3,
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None) -> Recipe:
     spec = profile.artifact

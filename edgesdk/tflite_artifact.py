@@ -29,9 +29,11 @@ def interpreter_class():
 class TFLiteArtifact:
     def __init__(self, path, num_threads: int = 1):
         self.path = str(path)
+        from .util import captured_output
         try:
-            self.interpreter = interpreter_class()(model_path=self.path, num_threads=num_threads)
-            self.interpreter.allocate_tensors()
+            with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+                self.interpreter = interpreter_class()(model_path=self.path, num_threads=num_threads)
+                self.interpreter.allocate_tensors()
         except RuntimeMissing:
             raise
         except Exception as exc:

@@ -36,8 +36,14 @@ def gzip_size(path) -> int:
 
 
 def temp_path_in(directory, name: str) -> Path:
-    """A fresh hidden temporary file beside its final name, so rename is atomic."""
+    """A fresh hidden temporary file beside its final name, so rename is atomic.
+
+    mkstemp creates it 0600; give it the permissions a plain open() would.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return Path(tmp)
 

