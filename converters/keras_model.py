@@ -24,8 +24,9 @@ def import_tf():
     import sys
     if "tensorflow" not in sys.modules:
         with captured_output():  # CUDA probing and oneDNN notices on a CPU-only machine
-            import tensorflow  # noqa: F401
+            import tensorflow
             import keras  # noqa: F401
+            tensorflow.constant(0)  # device discovery happens on first use
     import tensorflow as tf
     return tf
 
@@ -65,8 +66,6 @@ def _keras_major_of_h5(path: Path, unsafe: bool) -> int:
 
 def load_path(path: Path, *, unsafe: bool = False) -> SourceModel:
     tf = import_tf()
-    with captured_output():  # TensorFlow's device probing on first use
-        tf.constant(0)
     if path.is_dir():
         return _load_saved_model(tf, path, unsafe)
     if not os.access(path, os.R_OK):

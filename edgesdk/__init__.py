@@ -20,7 +20,7 @@ __all__ = [
 
 def __getattr__(name):
     if name == "convert":
-        from .convert import convert
+        from .conversion import convert
         return convert
     if name in ("benchmark", "BenchmarkResult"):
         from . import bench

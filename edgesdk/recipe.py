@@ -24,6 +24,7 @@ class Recipe:
     max_accuracy_drop: float = 1.0
     min_sqnr_db: float | None = None
     class_output: int | None = None
+    allow_float_fallback: bool = False
     preprocess: Preprocess = Preprocess()
 
     def to_dict(self) -> dict:
@@ -35,7 +36,7 @@ class Recipe:
 def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
                 output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-3,
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
-                preprocess=None) -> Recipe:
+                preprocess=None, allow_float_fallback=False) -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -67,13 +68,17 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if max_accuracy_drop < 0:
         raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
                           f"(got {max_accuracy_drop:g}).")
+    if allow_float_fallback and profile.family == "edgetpu":
+        raise OptionError(f"The Edge TPU ({profile.name}) cannot run float ops; --allow-float-fallback "
+                          f"does not apply to it.")
     samples = calibration_samples or spec.calibration_samples
     if samples < 1:
         raise OptionError("--calibration-samples must be at least 1.")
     return Recipe(format=fmt, quantization=quant, input_dtype=in_dt, output_dtype=out_dt,
                   per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
-                  min_sqnr_db=min_sqnr_db, class_output=class_output, preprocess=preprocess or Preprocess())
+                  min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
+                  preprocess=preprocess or Preprocess())
 
 
 __all__ = ["Recipe", "make_recipe", "replace"]

@@ -12,27 +12,32 @@ WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANS
 FLOAT_TYPES = (np.float32, np.float16, np.float64)
 
 
-def interpreter_class():
+def interpreter_module():
+    """ai_edge_litert's interpreter module, else tflite_runtime's (same API)."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
-        return Interpreter
+        import ai_edge_litert.interpreter as module
     except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-        return Interpreter
-    except ImportError:
-        raise RuntimeMissing("No TFLite runtime is installed here: pip install 'edgesdk[litert]' "
-                             "(ai-edge-litert).") from None
+        try:
+            import tflite_runtime.interpreter as module
+        except ImportError:
+            raise RuntimeMissing("No TFLite runtime is installed here: pip install 'edgesdk[litert]' "
+                                 "(ai-edge-litert).") from None
+    return module
 
 
 class TFLiteArtifact:
-    def __init__(self, path, num_threads: int = 1):
+    """`delegates=False` shows the graph as written (for inspection); True runs it as a device would."""
+
+    def __init__(self, path, num_threads: int = 1, delegates: bool = False):
         self.path = str(path)
         from .util import captured_output
         try:
+            module = interpreter_module()
+            # Without this, XNNPACK folds the ops it takes into one DELEGATE node.
+            kwargs = {} if delegates else {
+                "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
             with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-                self.interpreter = interpreter_class()(model_path=self.path, num_threads=num_threads)
+                self.interpreter = module.Interpreter(model_path=self.path, num_threads=num_threads, **kwargs)
                 self.interpreter.allocate_tensors()
         except RuntimeMissing:
             raise
@@ -56,18 +61,28 @@ class TFLiteArtifact:
         return self.interpreter._get_ops_details()
 
     def coverage(self) -> dict:
-        """Which ops compute in float: for a full-int8 artifact this list must be empty."""
+        """Which ops compute in float: for a full-int8 artifact this list must be empty.
+
+        A QUANTIZE reading a graph input, or a DEQUANTIZE writing a graph output,
+        only converts float I/O at the boundary; those are counted apart.
+        """
         ops = self.ops()
-        float_ops = []
+        graph_in = {int(d["index"]) for d in self.inputs}
+        graph_out = {int(d["index"]) for d in self.outputs}
+        float_ops, io_ops = [], []
         for op in ops:
             types = list(op.get("operand_types", [])) + list(op.get("result_types", []))
-            if any(t in FLOAT_TYPES for t in types):
-                float_ops.append({"index": int(op["index"]), "op": op["op_name"]})
+            if not any(t in FLOAT_TYPES for t in types):
+                continue
+            entry = {"index": int(op["index"]), "op": op["op_name"]}
+            boundary = (op["op_name"] == "QUANTIZE" and set(map(int, op["inputs"])) <= graph_in) or \
+                (op["op_name"] == "DEQUANTIZE" and set(map(int, op["outputs"])) <= graph_out)
+            (io_ops if boundary else float_ops).append(entry)
         hist: dict = {}
         for op in ops:
             hist[op["op_name"]] = hist.get(op["op_name"], 0) + 1
-        return {"ops": len(ops), "int8_ops": len(ops) - len(float_ops), "float_ops": float_ops,
-                "op_histogram": dict(sorted(hist.items()))}
+        return {"ops": len(ops), "int8_ops": len(ops) - len(float_ops) - len(io_ops), "float_ops": float_ops,
+                "io_conversion_ops": io_ops, "op_histogram": dict(sorted(hist.items()))}
 
     def tensor_dtypes(self) -> dict:
         counts: dict = {}

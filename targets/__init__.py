@@ -1,7 +1,7 @@
 """Target families: what a device demands of an artifact, and the check that it gets it.
 
 One module per family. Each exposes ``FAMILY`` and
-``check(artifact_info, profile) -> dict`` (a compatibility report; raises
+``check(artifact_info, profile, recipe) -> dict`` (a compatibility report; raises
 ConversionError when the artifact cannot run on the family at all).
 The on-device runner lives beside them in runner.py.
 """

@@ -11,17 +11,19 @@ import shutil
 
 from edgesdk.errors import ConversionError
 
+from .arm_cpu import float_compute_ops
+
 FAMILY = "edgetpu"
 
 
-def check(info: dict, profile) -> dict:
+def check(info: dict, profile, recipe) -> dict:
     float_ops = info["coverage"]["float_ops"]
     if float_ops:
-        names = sorted({o["op"] for o in float_ops})
+        names = float_compute_ops(float_ops)
         raise ConversionError(
-            f"The Edge TPU ({profile.name}) runs only fully int8 models, but {len(float_ops)} op(s) of this "
-            f"artifact compute in float: {', '.join(names)}. Quantize the whole model (drop any float "
-            f"overrides) or replace those layers.")
+            f"The Edge TPU ({profile.name}) runs only fully int8 models, but this artifact computes "
+            f"{', '.join(names)} in float (the converter has no int8 kernel for it, so it wrapped it in "
+            f"DEQUANTIZE/QUANTIZE). Replace those layers with int8-friendly ones before converting.")
     for t in info["io"]["inputs"] + info["io"]["outputs"]:
         if any(d < 1 for d in t["shape"]):
             raise ConversionError(f"The Edge TPU needs static shapes; tensor '{t['name']}' has shape "

@@ -5,7 +5,7 @@ from __future__ import annotations
 FAMILY = "jetson"
 
 
-def check(info: dict, profile) -> dict:
+def check(info: dict, profile, recipe) -> dict:
     acc = profile.accelerator
     notes = [f"JetPack {acc.jetpack}, TensorRT {acc.tensorrt}"]
     if acc.dla_cores:

@@ -46,7 +46,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             epochs=2, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, preprocess=None,
-            keep_failed=False, unsafe=False, force=False, name=None, quiet=False,
+            allow_float_fallback=False, keep_failed=False, unsafe=False, force=False, name=None, quiet=False,
             progress: Progress | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
 
@@ -60,7 +60,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          output_dtype=output_dtype, prune=prune, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
-                         class_output=class_output, preprocess=_preprocess(preprocess))
+                         class_output=class_output, preprocess=_preprocess(preprocess),
+                         allow_float_fallback=allow_float_fallback)
     out_dir = ensure_writable_dir(output_dir)
     if recipe.quantization == "int8" and calibration is None:
         raise DataError("Full-integer quantization needs representative calibration data to set activation "
@@ -127,7 +128,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         tmp.write_bytes(data)
         info = _inspect(tmp, recipe)
         from edgesdk.targets import get_family
-        compat = get_family(profile.family).check(info, profile)
+        compat = get_family(profile.family).check(info, profile, recipe)
         progress.step("validating against the source model")
         figures, verdict = _validate(tmp, reference, val, recipe, progress)
         from .validation import describe, raise_if_failed
@@ -162,7 +163,7 @@ def _inspect(path: Path, recipe) -> dict:
 def _validate(path: Path, reference, val, recipe, progress):
     from .tflite_artifact import TFLiteArtifact
     from .validation import compare, gate, match_outputs
-    art = TFLiteArtifact(path, num_threads=os.cpu_count() or 1)
+    art = TFLiteArtifact(path, num_threads=os.cpu_count() or 1, delegates=True)
     outs = art.predict(val.x, progress=progress.bar("validating"))
     outs = match_outputs(reference, outs, [d["name"] for d in art.outputs])
     figures = compare(reference, outs, labels=val.y, class_output=recipe.class_output)
@@ -234,6 +235,7 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
         "quantization": {"scheme": recipe.quantization, "input_dtype": recipe.input_dtype,
                          "output_dtype": recipe.output_dtype, "per_channel": recipe.per_channel,
                          "ops": cov["ops"], "int8_ops": cov["int8_ops"], "float_ops": cov["float_ops"],
+                         "io_conversion_ops": cov["io_conversion_ops"],
                          "op_histogram": cov["op_histogram"], "tensor_dtypes": info["tensor_dtypes"]},
         "size": {"bytes": info["size_bytes"], "gzip_bytes": gzip_size(tmp), "source_params": source.param_count},
         "inputs": info["io"]["inputs"],

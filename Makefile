@@ -1,0 +1,31 @@
+# Every target sets up what it needs: a fresh machine with Python 3.11 runs
+# `make demo` or `make test` and nothing else.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test test-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[keras,onnx,dev]"
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: convert a real model for several targets and benchmark it here.
+demo: setup
+	$(PY) examples/mnist_demo.py edgesdk-demo
+
+## The whole test suite (real conversions; a few minutes).
+test: setup
+	$(PY) -m pytest -q
+
+## The quick subset: everything but the slow real-model tests.
+test-quick: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) edgesdk-out edgesdk-demo build dist *.egg-info
