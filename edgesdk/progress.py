@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+
+def _own_stderr():
+    """A private copy of the stderr descriptor: progress must show while the converter's own
+    chatter is being captured at the fd level (see util.captured_output)."""
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr
 
 
 class Progress:
     def __init__(self, quiet: bool = False, stream=None):
         self.quiet = quiet
-        self.stream = stream or sys.stderr
+        self.stream = stream or _own_stderr()
         self.warnings: list = []
         self._last = 0.0
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()

@@ -1,0 +1,101 @@
+"""Shared fixtures: real data (MNIST digits, LFW faces) and real models trained or loaded from it.
+
+Models are built once per session; every conversion writes into its own tmp dir.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, env=None):
+    """Run the real console script; returns CompletedProcess with text output."""
+    exe = Path(sys.executable).with_name("edgesdk")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST digits: 4,000 for training/calibration, 1,000 held out."""
+    from edgesdk import fixtures
+    x, y = fixtures.mnist_5k()
+    x = fixtures.mnist_inputs(x)
+    return {"x_train": x[:4000], "y_train": y[:4000], "x_test": x[4000:], "y_test": y[4000:]}
+
+
+@pytest.fixture(scope="session")
+def mnist_files(mnist, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mnist-data")
+    np.savez(d / "train.npz", x=mnist["x_train"], y=mnist["y_train"])
+    np.savez(d / "test.npz", x=mnist["x_test"], y=mnist["y_test"])
+    np.save(d / "calib.npy", mnist["x_train"][:300])
+    return {"train": d / "train.npz", "test": d / "test.npz", "calib_npy": d / "calib.npy"}
+
+
+@pytest.fixture(scope="session")
+def keras3_mnist(mnist, tmp_path_factory):
+    """A Keras 3 CNN trained for a few seconds on real digits, saved as .keras."""
+    from edgesdk import fixtures
+    model = fixtures.mnist_cnn(mnist["x_train"], mnist["y_train"], epochs=3)
+    path = tmp_path_factory.mktemp("keras3") / "mnist.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tfkeras_mnist(mnist, tmp_path_factory):
+    """The same CNN built with tf-keras (the tfmot pruning route), saved as legacy .h5."""
+    from edgesdk import fixtures
+    model = fixtures.mnist_cnn(mnist["x_train"], mnist["y_train"], epochs=3, flavor="tf-keras")
+    path = tmp_path_factory.mktemp("tfkeras") / "mnist_tk.h5"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onet():
+    """MTCNN's O-Net with its real pretrained weights (mtcnn 1.0.0), as a functional tf-keras model."""
+    from edgesdk import fixtures
+    from edgesdk.converters.keras_model import import_tf
+    import_tf()
+    import tf_keras as K
+    L = K.layers
+    inp = K.Input((48, 48, 3), name="face_crop")
+    x = inp
+    for i, (filters, k, pool, stride, pad) in enumerate(
+            [(32, 3, 3, 2, "same"), (64, 3, 3, 2, "valid"), (64, 3, 2, 2, "same"), (128, 2, None, None, None)], 1):
+        x = L.Conv2D(filters, k, name=f"conv{i}")(x)
+        x = L.PReLU(shared_axes=[1, 2], name=f"prelu{i}")(x)
+        if pool:
+            x = L.MaxPooling2D(pool, stride, padding=pad, name=f"maxpooling{i}")(x)
+    x = L.Permute((2, 1, 3), name="permute")(x)
+    x = L.Flatten(name="flatten4")(x)
+    x = L.PReLU(name="prelu5")(L.Dense(256, name="fc5")(x))
+    bbox = L.Dense(4, name="fc6-1")(x)
+    landmarks = L.Dense(10, name="fc6-2")(x)
+    face = L.Dense(2, activation="softmax", name="fc6-3")(x)
+    model = K.Model(inp, [bbox, landmarks, face], name="onet")
+    model.set_weights(fixtures.mtcnn_onet_weights())
+    return model
+
+
+@pytest.fixture(scope="session")
+def lfw_onet_inputs():
+    """scikit-image's 100 faces + 100 non-faces as O-Net inputs: 48x48 RGB, (x*255 - 127.5) / 128."""
+    from edgesdk import fixtures
+    from PIL import Image
+    x, y = fixtures.lfw_subset()
+    crops = [np.asarray(Image.fromarray((im * 255).astype(np.uint8)).resize((48, 48), Image.BILINEAR),
+                        np.float32) for im in x]
+    rgb = np.repeat(np.stack(crops)[..., None], 3, axis=-1)
+    return (rgb - 127.5) / 128.0, y

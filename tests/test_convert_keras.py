@@ -1,0 +1,192 @@
+"""Real Keras -> full-int8 TFLite conversions on real MNIST digits, checked tensor by tensor."""
+
+import json
+
+import numpy as np
+import pytest
+
+import edgesdk
+from edgesdk import ValidationFailed
+from edgesdk.tflite_artifact import TFLiteArtifact
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+ALLOWED_INT = {"int8", "int32"}  # int32 only for biases and shape operands
+
+
+def assert_full_int8(path, io_dtype="int8"):
+    art = TFLiteArtifact(path)
+    io = art.io()
+    for t in io["inputs"] + io["outputs"]:
+        assert t["dtype"] == io_dtype, t
+        assert t["quantization"]["scale"] > 0
+    cov = art.coverage()
+    assert cov["float_ops"] == [] and cov["io_conversion_ops"] == []
+    dtypes = art.tensor_dtypes()
+    assert set(dtypes) <= ALLOWED_INT | {io_dtype}, dtypes
+    assert "float32" not in dtypes
+    # every conv/dense op: int8 activations in and out, int8 weights, int32 bias
+    types = {d["index"]: np.dtype(d["dtype"]).name for d in art.interpreter.get_tensor_details()}
+    weight_ops = [op for op in art.ops() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D")]
+    assert weight_ops
+    for op in weight_ops:
+        act, weights, *bias = op["inputs"]
+        assert types[act] == types[weights] == types[op["outputs"][0]] == "int8", op
+        assert not bias or bias[0] < 0 or types[bias[0]] == "int32", op
+    return art
+
+
+def test_keras3_file_to_rpi4_full_int8_within_budget(keras3_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                          validation=mnist_files["test"], output_dir=tmp_path, quiet=True)
+    assert art.path == tmp_path / "mnist.rpi4.tflite" and art.path.is_file() and art.manifest_path.is_file()
+    assert_full_int8(art.path)
+    v = art.validation
+    assert v["samples"] == 1000 and v["passed"] is True
+    assert v["reference_accuracy"] > 0.90
+    assert v["reference_accuracy"] - v["artifact_accuracy"] <= 0.01
+    assert v["top1_agreement"] >= 0.98 and v["sqnr_db"] > 20
+    # nothing else left in the output dir: no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.rpi4.tflite", "mnist.rpi4.tflite.json"]
+
+
+def test_manifest_records_how_the_artifact_was_made(keras3_mnist, mnist_files, tmp_path):
+    from edgesdk.util import sha256_file
+    art = edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], output_dir=tmp_path,
+                          quiet=True)
+    m = json.loads(art.manifest_path.read_text())
+    assert m["source"]["sha256"] == sha256_file(keras3_mnist)
+    assert m["source"]["flavor"] == "keras3"
+    assert m["artifact"]["sha256"] == sha256_file(art.path)
+    assert m["profile"]["name"] == "rpi4" and m["profile"]["device"]["cpu"] == "Cortex-A72"
+    assert m["recipe"]["quantization"] == "int8" and m["recipe"]["input_dtype"] == "int8"
+    assert {"tensorflow", "ai-edge-litert", "numpy", "edgesdk"} <= set(m["tools"])
+    assert m["quantization"]["float_ops"] == [] and m["quantization"]["ops"] == m["quantization"]["int8_ops"]
+    assert m["size"]["bytes"] == art.path.stat().st_size and 0 < m["size"]["gzip_bytes"] < m["size"]["bytes"]
+    # labelled calibration data without --validation: 20% held out, not reused for calibration
+    assert m["data"]["validation"]["held_out"] is True and m["data"]["validation"]["samples"] == 800
+    assert m["data"]["calibration"]["samples"] == 300  # the profile's calibration_samples
+    assert m["layout"] == "NHWC"
+    assert m["validation"]["basis"] == "labels" and m["compatibility"]["status"] == "supported"
+
+
+def test_same_inputs_hit_the_cache(keras3_mnist, mnist_files, tmp_path):
+    kwargs = dict(target="rpi4", calibration=mnist_files["train"], output_dir=tmp_path, quiet=True)
+    first = edgesdk.convert(str(keras3_mnist), **kwargs)
+    mtime = first.path.stat().st_mtime_ns
+    again = edgesdk.convert(str(keras3_mnist), **kwargs)
+    assert again.cached and not first.cached and again.path.stat().st_mtime_ns == mtime
+    changed = edgesdk.convert(str(keras3_mnist), **kwargs, calibration_samples=200)
+    assert not changed.cached and changed.manifest["cache_key"] != first.manifest["cache_key"]
+
+
+def test_coral_profile_gives_uint8_io(keras3_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(keras3_mnist), target="coral-usb", calibration=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True)
+    assert_full_int8(art.path, io_dtype="uint8")
+    assert art.manifest["compatibility"]["family"] == "edgetpu"
+    assert any("edgetpu_compiler" in n for n in art.manifest["compatibility"]["notes"])
+    assert art.validation["passed"]
+
+
+def test_tfkeras_h5_pruned_with_tfmot_fine_tune(tfkeras_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(tfkeras_mnist), target="rpi5", calibration=mnist_files["train"],
+                          validation=mnist_files["test"], prune=0.75, fine_tune=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True)
+    s = art.manifest["sparsity"]
+    assert s["method"] == "tfmot polynomial decay" and s["fine_tuned"] is True
+    # measured in the artifact's int8 weights, layer by layer, not taken from the recipe
+    assert s["artifact"] >= 0.74
+    assert all(layer["sparsity"] >= 0.74 for layer in s["artifact_layers"])
+    assert len(s["artifact_layers"]) == 4  # 2 conv + 2 dense
+    assert_full_int8(art.path)
+    assert art.validation["passed"]
+    assert art.manifest["size"]["gzip_bytes"] < 0.6 * art.manifest["size"]["bytes"]
+
+
+def test_keras3_pruned_with_masks_and_inmemory_model_left_untouched(keras3_mnist, mnist_files, mnist, tmp_path):
+    import keras
+    model = keras.saving.load_model(keras3_mnist)
+    before = [w.copy() for w in model.get_weights()]
+    art = edgesdk.convert(model, target="rpi4", calibration=(mnist["x_train"], mnist["y_train"]),
+                          validation=(mnist["x_test"], mnist["y_test"]), prune=0.5,
+                          fine_tune=(mnist["x_train"], mnist["y_train"]), output_dir=tmp_path, quiet=True)
+    assert art.manifest["sparsity"]["method"] == "gradual magnitude masks"
+    assert art.manifest["sparsity"]["artifact"] >= 0.49
+    assert art.validation["passed"]
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_shot_pruning_warns_and_a_failed_gate_leaves_nothing(keras3_mnist, mnist_files, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValidationFailed) as e:
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
+                        output_dir=out, quiet=True)
+    assert "accuracy dropped" in str(e.value) and "Nothing was written" in str(e.value)
+    assert e.value.figures["artifact_accuracy"] < e.value.figures["reference_accuracy"] - 0.01
+    assert list(out.iterdir()) == []
+
+
+def test_keep_failed_keeps_the_artifact_marked_failed(keras3_mnist, mnist_files, tmp_path):
+    with pytest.raises(ValidationFailed, match="kept at"):
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
+                        keep_failed=True, output_dir=tmp_path, quiet=True)
+    m = json.loads((tmp_path / "mnist.rpi4.tflite.json").read_text())
+    assert m["validation"]["passed"] is False and m["validation"]["reasons"]
+    assert any("one-shot" in w for w in m["warnings"])
+
+
+def test_saved_model_directory(tfkeras_mnist, mnist_files, tmp_path):
+    import tf_keras
+    sm = tmp_path / "sm"
+    tf_keras.models.save_model(tf_keras.models.load_model(tfkeras_mnist), str(sm))
+    art = edgesdk.convert(str(sm), target="rpi4", calibration=mnist_files["train"], output_dir=tmp_path / "o",
+                          quiet=True)
+    assert_full_int8(art.path)
+    assert art.validation["passed"]
+
+
+def test_cli_convert_json_and_bench_json(keras3_mnist, mnist_files, tmp_path):
+    r = run_cli("convert", keras3_mnist, "--target", "rpi4", "--calibration", mnist_files["train"],
+                "--validation", mnist_files["test"], "--output", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {"artifact", "manifest", "format", "target", "size_bytes", "size_gzip_bytes", "sparsity", "inputs",
+            "outputs", "validation"} <= set(doc)
+    assert doc["format"] == "tflite" and doc["target"] == "rpi4"
+    assert doc["inputs"][0] == {**doc["inputs"][0], "shape": [1, 28, 28, 1], "dtype": "int8"}
+    assert doc["outputs"][0]["shape"] == [1, 10] and doc["outputs"][0]["dtype"] == "int8"
+    assert {"samples", "top1_agreement", "reference_accuracy", "artifact_accuracy"} <= set(doc["validation"])
+    assert "[edgesdk]" not in r.stdout  # progress never pollutes the JSON
+
+    r = run_cli("bench", doc["artifact"], "--runs", "30", "--warmup", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)
+    assert b["runs"] == 30 and b["warmup"] == 3 and b["threads"] == 4  # rpi4 profile threads, from the manifest
+    assert b["runtime"] == "ai_edge_litert"
+    lat = b["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert b["init_ms"] > 0 and b["first_inference_ms"] > 0 and b["peak_rss_mb"] > 10
+    assert b["inputs"] == [{"name": doc["inputs"][0]["name"], "shape": [1, 28, 28, 1], "dtype": "int8"}]
+
+    r = run_cli("bench", doc["artifact"], "--runs", "5", "--threads", "1")
+    assert r.returncode == 0 and "p50" in r.stdout and "peak RSS" in r.stdout
+
+
+def test_quiet_silences_progress(keras3_mnist, mnist_files, tmp_path):
+    loud = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "a")
+    quiet = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "b", "-q")
+    assert loud.returncode == quiet.returncode == 0
+    assert "validating" in loud.stderr and "calibrating" in loud.stderr
+    assert quiet.stderr.strip() == ""
+
+
+def test_benchmark_api_returns_result(keras3_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(keras3_mnist), target="local", calibration=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True)
+    res = edgesdk.benchmark(art, runs=20, warmup=2, threads=1)
+    assert isinstance(res, edgesdk.BenchmarkResult)
+    assert res.runs == len(res.latencies_ms) == 20 and res.p50 <= res.p90
