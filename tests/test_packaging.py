@@ -1,0 +1,52 @@
+"""The built wheel: one `edgesdk` namespace with converters, targets, the runner and the profiles inside."""
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(REPO)],
+                   check=True, capture_output=True, text=True)
+    (whl,) = out.glob("edgesdk-*.whl")
+    return whl
+
+
+def test_wheel_contents(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    for profile in ("rpi4", "rpi5", "coral-usb", "coral-devboard", "jetson-nano", "jetson-orin-nano", "local"):
+        assert f"edgesdk/device_profiles/{profile}.toml" in names
+    assert "edgesdk/targets/runner.py" in names
+    assert "edgesdk/converters/keras_tflite.py" in names
+    top = {n.split("/")[0] for n in names}
+    assert "converters" not in top and "targets" not in top and "device_profiles" not in top
+    assert not any(n.startswith("tests/") for n in names)
+
+
+def test_wheel_installs_into_a_fresh_venv_and_lists_profiles(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+                   check=True, capture_output=True, text=True)
+    r = subprocess.run([str(env_dir / "bin" / "edgesdk"), "profiles"], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "jetson-orin-nano" in r.stdout and "coral-usb" in r.stdout
+    r = subprocess.run([str(env_dir / "bin" / "edgesdk"), "profiles", "show", "rpi5"], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert "Cortex-A76" in r.stdout
+    # the runner ships as a plain file a device can be handed
+    r = subprocess.run([str(py), "-c", "from edgesdk.targets import runner_path; print(runner_path())"],
+                       capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert Path(r.stdout.strip()).is_file() and str(env_dir) in r.stdout
