@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -94,7 +95,10 @@ def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = N
     if threads is None:
         threads = 1
         if isinstance(artifact, Artifact):
+            # The profile's threads, but no more than this machine has: oversubscribed
+            # threads make latencies bimodal and say nothing about the device.
             threads = artifact.manifest.get("profile", {}).get("artifact", {}).get("threads", 1)
+            threads = max(1, min(threads, os.cpu_count() or 1))
     if runs < 1 or warmup < 0 or threads < 1:
         raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0.")
     cmd = [python or sys.executable, str(runner_path()), str(path.resolve()), "--runs", str(runs),

@@ -162,7 +162,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
 @click.argument("artifact")
 @click.option("--runs", type=int, default=50, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
-@click.option("--threads", type=int, help="Default: the profile's threads from the manifest, else 1.")
+@click.option("--threads", type=int, help="Default: the profile's threads from the manifest (at most this machine's cores), else 1.")
 @click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
 @click.option("--delegate", type=click.Choice(["auto", "xnnpack", "none"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
