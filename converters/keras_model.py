@@ -95,7 +95,7 @@ def load_path(path: Path, *, unsafe: bool = False) -> SourceModel:
 def from_object(model) -> SourceModel:
     import hashlib
     import numpy as np
-    if not getattr(model, "built", True) or not getattr(model, "inputs", None) and not _has_shape(model):
+    if not getattr(model, "built", True) or _input_shape(model) is None:
         raise ModelLoadError("The Keras model is not built: call it on an input or build(input_shape) first.")
     h = hashlib.sha256(type(model).__qualname__.encode())
     for w in model.get_weights():
@@ -103,11 +103,20 @@ def from_object(model) -> SourceModel:
     return _from_keras(model, path=None, sha=h.hexdigest())
 
 
-def _has_shape(model) -> bool:
+def _input_shape(model):
+    """input_shape, or for subclassed models the shape they were built with."""
     try:
-        return model.input_shape is not None
+        return model.input_shape
     except Exception:
-        return False
+        pass
+    shape = getattr(model, "_build_input_shape", None)  # tf-keras subclassed
+    if shape is None:
+        shapes = getattr(model, "_build_shapes_dict", None) or {}  # Keras 3 subclassed
+        shape = next(iter(shapes.values()), None) if len(shapes) == 1 else None
+    if shape is None:
+        return None
+    shape = tuple(shape.as_list()) if hasattr(shape, "as_list") else tuple(shape)
+    return shape
 
 
 def _flavor(model) -> str:
@@ -117,11 +126,11 @@ def _flavor(model) -> str:
 
 def _from_keras(model, *, path, sha) -> SourceModel:
     import numpy as np
-    try:
-        shape = model.input_shape
-    except Exception:
-        shape = None
-    if shape is None or (isinstance(shape, list) and len(shape) != 1):
+    shape = _input_shape(model)
+    if shape is None:
+        raise ModelLoadError("Cannot tell this Keras model's input shape. Build it with an input shape "
+                             "(model.build((None, H, W, C))) or wrap it: keras.Model(inp, model(inp)).")
+    if isinstance(shape, list) and len(shape) != 1:
         raise ModelLoadError("Only single-input models are supported for now; this model has "
                              f"{len(shape) if isinstance(shape, list) else 'unknown'} inputs.")
     if isinstance(shape, list):
@@ -133,7 +142,7 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     out_names = [getattr(o, "name", f"output_{i}") for i, o in enumerate(outputs)] if outputs else ["output_0"]
     in_name = getattr(model.inputs[0], "name", "input") if getattr(model, "inputs", None) else "input"
 
-    def predict(x, batch_size=256):
+    def run(model, x, batch_size=256):
         outs = None
         for i in range(0, len(x), batch_size):
             y = model(x[i:i + batch_size], training=False)
@@ -145,7 +154,7 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     name = Path(path).stem if path else (getattr(model, "name", None) or "model")
     return SourceModel(framework="keras", flavor=_flavor(model), model=model, name=name, sha256=sha,
                        input_name=str(in_name), input_shape=(None,) + shape[1:], output_names=out_names,
-                       predict=predict, path=path, param_count=int(model.count_params()))
+                       run=run, path=path, param_count=int(model.count_params()))
 
 
 def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
@@ -172,7 +181,7 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
     (in_name, spec), = specs.items()
     out_names = sorted(fn.structured_outputs)
 
-    def predict(x, batch_size=256):
+    def run(_model, x, batch_size=256):
         outs = [[] for _ in out_names]
         for i in range(0, len(x), batch_size):
             res = fn(**{in_name: tf.constant(x[i:i + batch_size], dtype=spec.dtype)})
@@ -183,7 +192,7 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
     shape = tuple(spec.shape.as_list())
     src = SourceModel(framework="keras", flavor="saved_model", model=loaded, name=path.name,
                       sha256=sha256_tree(path), input_name=in_name, input_shape=(None,) + shape[1:],
-                      output_names=out_names, predict=predict, path=str(path),
+                      output_names=out_names, run=run, path=str(path),
                       param_count=int(sum(np.prod(v.shape) for v in loaded.variables)) if hasattr(loaded, "variables") else 0)
     src.notes.append("plain SavedModel (no Keras layers): converted from its serving signature")
     return src

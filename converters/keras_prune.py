@@ -85,6 +85,9 @@ def _loss_for(source, fine_tune):
 def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: int = 32,
           learning_rate: float = 1e-3, log=print) -> dict:
     """Prune `source.model` in place to `sparsity`; returns a report with achieved figures."""
+    if source.flavor == "saved_model":
+        raise ConversionError(f"'{source.path}' is a plain SavedModel with no Keras layers to prune. Prune the "
+                              f"Keras model it came from (give its .keras file), or drop --prune.")
     K = _keras_module(source)
     variables = prunable_variables(source.model)
     if not variables:

@@ -9,6 +9,7 @@ want static shapes.
 from __future__ import annotations
 
 import re
+import warnings
 
 from edgesdk.errors import ConversionError
 from edgesdk.util import captured_output
@@ -69,7 +70,9 @@ def convert(source, recipe, calibration, progress=None) -> bytes:
                 progress(i + 1, len(x))
             yield [x[i:i + 1]]
 
-    with captured_output() as log:
+    with captured_output() as log, warnings.catch_warnings():
+        # "Statistics for quantized inputs were expected": the representative dataset provides them.
+        warnings.simplefilter("ignore", UserWarning)
         try:
             conv = _converter(tf, source)
             if recipe.quantization == "int8":

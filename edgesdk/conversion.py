@@ -111,7 +111,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     progress.step(f"computing reference outputs on {len(val)} validation samples")
     reference = source.predict(val.x)
     pruning = None
-    snapshot = source.model.get_weights() if recipe.sparsity and source.path is None else None
+    # Pruning works on the live model; a caller's in-memory model gets its weights back.
+    given = source.model
+    snapshot = given.get_weights() if recipe.sparsity and source.path is None else None
     tmp = temp_path_in(out_dir, final.name)
     replaced = False
     try:
@@ -147,7 +149,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         if tmp.exists():
             tmp.unlink()
         if snapshot is not None:
-            source.model.set_weights(snapshot)  # the caller's model is left as it was given
+            given.set_weights(snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
 

@@ -21,10 +21,14 @@ class SourceModel:
     input_name: str
     input_shape: tuple             # batch first; None where any size is accepted
     output_names: list
-    predict: Callable              # np.ndarray batch -> list of np.ndarray, one per output
+    run: Callable                  # (model, np.ndarray batch) -> list of np.ndarray, one per output
     path: str | None = None
     param_count: int = 0
     notes: list = field(default_factory=list)
+
+    def predict(self, x):
+        """Outputs of the model as it is now (pruning may have replaced it)."""
+        return self.run(self.model, x)
 
     def describe(self) -> dict:
         return {"framework": self.framework, "flavor": self.flavor, "name": self.name,

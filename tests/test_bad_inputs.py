@@ -175,6 +175,13 @@ def test_lambda_layers_need_unsafe_load(tmp_path, mnist_files):
     assert r.returncode == 0, r.stderr
 
 
+def test_unbuilt_keras_model(tmp_path):
+    import keras
+    with pytest.raises(ModelLoadError, match="not built"):
+        edgesdk.convert(keras.Sequential([keras.layers.Dense(2)]), "rpi4", calibration=np.zeros((4, 3)),
+                        output_dir=tmp_path)
+
+
 def test_not_a_model_type(tmp_path, mnist_files):
     f = tmp_path / "model.txt"
     f.write_text("hello")

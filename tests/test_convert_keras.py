@@ -192,3 +192,38 @@ def test_benchmark_api_returns_result(keras3_mnist, mnist_files, tmp_path):
     res = edgesdk.benchmark(art, runs=20, warmup=2, threads=1)
     assert isinstance(res, edgesdk.BenchmarkResult)
     assert res.runs == len(res.latencies_ms) == 20 and res.p50 <= res.p90
+
+
+def test_tfmot_pruned_model_is_the_one_measured_and_converted(tfkeras_mnist, mnist):
+    from edgesdk.converters.keras_prune import measure_sparsity, prune
+    from edgesdk.data import Dataset
+    from edgesdk.source import load_source
+    src = load_source(tfkeras_mnist)
+    dense_out = src.predict(mnist["x_test"][:100])[0]
+    report = prune(src, 0.6, Dataset(mnist["x_train"][:640], mnist["y_train"][:640]), epochs=1, log=lambda m: None)
+    assert report["method"] == "tfmot polynomial decay" and report["achieved"] >= 0.59
+    assert measure_sparsity(src.model)["overall"] >= 0.59
+    pruned_out = src.predict(mnist["x_test"][:100])[0]  # the reference fn follows the pruned model
+    np.testing.assert_allclose(pruned_out, np.asarray(src.model(mnist["x_test"][:100])), atol=1e-6)
+    assert not np.allclose(pruned_out, dense_out, atol=1e-3)
+
+
+def test_subclassed_keras3_model_built_with_a_shape(mnist, tmp_path):
+    import keras
+
+    class Tiny(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3, activation="relu")
+            self.flat = keras.layers.Flatten()
+            self.out = keras.layers.Dense(10, activation="softmax")
+
+        def call(self, x):
+            return self.out(self.flat(self.conv(x)))
+
+    model = Tiny()
+    model.build((None, 28, 28, 1))
+    art = edgesdk.convert(model, target="rpi4", calibration=mnist["x_train"][:200], output_dir=tmp_path,
+                          quiet=True, max_accuracy_drop=100)
+    assert_full_int8(art.path)
+    assert art.manifest["source"]["input_shape"] == [None, 28, 28, 1]
