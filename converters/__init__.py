@@ -12,7 +12,11 @@ from edgesdk.errors import ConversionError
 
 ROUTES = {
     ("keras", "tflite"): "keras_tflite",
+    ("keras", "onnx"): "keras_onnx",
+    ("onnx", "onnx"): "onnx_int8",
 }
+
+# Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes.
 
 
 def get_route(framework: str, fmt: str):

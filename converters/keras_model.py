@@ -154,7 +154,8 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     name = Path(path).stem if path else (getattr(model, "name", None) or "model")
     return SourceModel(framework="keras", flavor=_flavor(model), model=model, name=name, sha256=sha,
                        input_name=str(in_name), input_shape=(None,) + shape[1:], output_names=out_names,
-                       run=run, path=path, param_count=int(model.count_params()))
+                       run=run, path=path, param_count=int(model.count_params()),
+                       layout="NHWC" if len(shape) == 4 else None)
 
 
 def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
@@ -192,7 +193,7 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
     shape = tuple(spec.shape.as_list())
     src = SourceModel(framework="keras", flavor="saved_model", model=loaded, name=path.name,
                       sha256=sha256_tree(path), input_name=in_name, input_shape=(None,) + shape[1:],
-                      output_names=out_names, run=run, path=str(path),
+                      output_names=out_names, run=run, path=str(path), layout="NHWC" if len(shape) == 4 else None,
                       param_count=int(sum(np.prod(v.shape) for v in loaded.variables)) if hasattr(loaded, "variables") else 0)
     src.notes.append("plain SavedModel (no Keras layers): converted from its serving signature")
     return src

@@ -58,7 +58,7 @@ def failing_ops(log: str) -> list:
     return names
 
 
-def convert(source, recipe, calibration, progress=None) -> bytes:
+def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     """Return the .tflite flatbuffer for `source` under `recipe`."""
     tf = import_tf()
     dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}

@@ -115,6 +115,9 @@ def profiles_show(ctx, name, as_json):
 @click.option("--std", help="Preprocess: divide, per channel: 0.229,0.224,0.225.")
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
               help="Channel order of image-folder inputs.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Activation range estimation (ONNX artifacts).")
+@click.option("--input-shape", help="Fix dynamic input dims of an ONNX source, e.g. 1,3,224,224.")
 @click.option("--allow-float-fallback", is_flag=True,
               help="Accept ops left in float (CPU targets only; never the Edge TPU).")
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
@@ -126,9 +129,10 @@ def profiles_show(ctx, name, as_json):
 @click.pass_context
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
-            min_sqnr_db, class_output, scale, offset, mean, std, channel_order, allow_float_fallback, keep_failed, unsafe_load, force,
+            min_sqnr_db, class_output, scale, offset, mean, std, channel_order, calibration_method, input_shape,
+            allow_float_fallback, keep_failed, unsafe_load, force,
             name, as_json, quiet):
-    """Convert MODEL (.keras, .h5 or SavedModel dir) into a validated artifact for --target."""
+    """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
     ctx.meta["json"] = as_json
     from .conversion import convert as run_convert
     from .data import Preprocess
@@ -142,7 +146,8 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       output_dir=output_dir, format=fmt, quantization=quantization, input_dtype=input_dtype,
                       output_dtype=output_dtype, calibration_samples=calibration_samples,
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
-                      preprocess=pre, allow_float_fallback=allow_float_fallback, keep_failed=keep_failed, unsafe=unsafe_load, force=force, name=name,
+                      preprocess=pre, allow_float_fallback=allow_float_fallback,
+                      calibration_method=calibration_method, input_shape=input_shape, keep_failed=keep_failed, unsafe=unsafe_load, force=force, name=name,
                       quiet=quiet or as_json)
     s = art.summary()
     if as_json:

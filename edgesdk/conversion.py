@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
 from .data import FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, split_holdout
-from .errors import DataError
+from .errors import DataError, OptionError
 from .profiles import load_profile
 from .progress import Progress
 from .recipe import make_recipe
@@ -46,7 +46,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             epochs=2, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, preprocess=None,
-            allow_float_fallback=False, keep_failed=False, unsafe=False, force=False, name=None, quiet=False,
+            allow_float_fallback=False, calibration_method="minmax", input_shape=None, keep_failed=False,
+            unsafe=False, force=False, name=None, quiet=False,
             progress: Progress | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
 
@@ -61,14 +62,14 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
-                         allow_float_fallback=allow_float_fallback)
+                         allow_float_fallback=allow_float_fallback, calibration_method=calibration_method)
     out_dir = ensure_writable_dir(output_dir)
     if recipe.quantization == "int8" and calibration is None:
         raise DataError("Full-integer quantization needs representative calibration data to set activation "
                         "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
 
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
-    source = load_source(model, unsafe=unsafe)
+    source = load_source(model, unsafe=unsafe, input_shape=_shape_option(input_shape))
     from edgesdk.converters import get_route
     route = get_route(source.framework, recipe.format)
 
@@ -118,6 +119,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     replaced = False
     try:
         if recipe.sparsity:
+            if source.framework != "keras":
+                raise OptionError(f"Pruning {source.framework} sources is not supported yet; prune the model in "
+                                  f"its framework before exporting it, or drop --prune.")
             from edgesdk.converters import keras_prune
             progress.step(f"pruning to {recipe.sparsity:.0%} sparsity"
                           + (f", fine-tuning {recipe.epochs} epoch(s) on {len(tune)} samples" if tune else ""))
@@ -126,7 +130,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                                         learning_rate=recipe.learning_rate, log=progress.warn)
             pruning["pruned_source_outputs"] = source.predict(val.x)
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
-        data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"))
+        data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
         tmp.write_bytes(data)
         info = _inspect(tmp, recipe)
         from edgesdk.targets import get_family
@@ -154,20 +158,37 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             final.unlink()
 
 
-def _inspect(path: Path, recipe) -> dict:
+def open_artifact(path: Path, **kwargs):
+    """The reader for an artifact's format (.tflite or .onnx)."""
+    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".")
+    if fmt == "onnx":
+        from .onnx_artifact import ONNXArtifact
+        return ONNXArtifact(path, **kwargs)
     from .tflite_artifact import TFLiteArtifact
-    art = TFLiteArtifact(path)
+    return TFLiteArtifact(path, **kwargs)
+
+
+def _shape_option(value):
+    if value is None or isinstance(value, (list, tuple)):
+        return value
+    try:
+        return [int(v) for v in str(value).split(",")]
+    except ValueError:
+        raise OptionError(f"--input-shape takes comma-separated integers, e.g. 1,3,224,224; got {value!r}.") from None
+
+
+def _inspect(path: Path, recipe) -> dict:
+    art = open_artifact(path, format=recipe.format)
     io = art.io()
     return {"io": io, "coverage": art.coverage(), "tensor_dtypes": art.tensor_dtypes(),
             "weight_sparsity": art.weight_sparsity(), "size_bytes": path.stat().st_size}
 
 
 def _validate(path: Path, reference, val, recipe, progress):
-    from .tflite_artifact import TFLiteArtifact
     from .validation import compare, gate, match_outputs
-    art = TFLiteArtifact(path, num_threads=os.cpu_count() or 1, delegates=True)
+    art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format)
     outs = art.predict(val.x, progress=progress.bar("validating"))
-    outs = match_outputs(reference, outs, [d["name"] for d in art.outputs])
+    outs = match_outputs(reference, outs, art.output_names)
     figures = compare(reference, outs, labels=val.y, class_output=recipe.class_output)
     return figures, gate(figures, recipe.max_accuracy_drop, recipe.min_sqnr_db)
 
@@ -237,12 +258,13 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
         "quantization": {"scheme": recipe.quantization, "input_dtype": recipe.input_dtype,
                          "output_dtype": recipe.output_dtype, "per_channel": recipe.per_channel,
                          "ops": cov["ops"], "int8_ops": cov["int8_ops"], "float_ops": cov["float_ops"],
-                         "io_conversion_ops": cov["io_conversion_ops"],
+                         "io_conversion_ops": cov["io_conversion_ops"], "qdq_ops": cov.get("qdq_ops"),
+                         "calibration_method": recipe.calibration_method,
                          "op_histogram": cov["op_histogram"], "tensor_dtypes": info["tensor_dtypes"]},
         "size": {"bytes": info["size_bytes"], "gzip_bytes": gzip_size(tmp), "source_params": source.param_count},
         "inputs": info["io"]["inputs"],
         "outputs": info["io"]["outputs"],
-        "layout": "NHWC" if len(source.input_shape) == 4 else None,
+        "layout": source.layout,
         "validation": {**figures, **verdict},
         "compatibility": compat,
         "warnings": list(warnings),

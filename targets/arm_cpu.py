@@ -20,6 +20,12 @@ def float_compute_ops(float_ops: list) -> list:
 def check(info: dict, profile, recipe) -> dict:
     float_ops = info["coverage"]["float_ops"]
     notes = []
+    if recipe.format == "onnx":
+        # ONNX Runtime runs QDQ graphs with float islands natively; report them, refuse nothing.
+        if float_ops and recipe.quantization == "int8":
+            notes.append(f"ONNX Runtime runs {', '.join(sorted({o['op'] for o in float_ops}))} in float")
+        return {"family": FAMILY, "status": "supported with fallbacks" if float_ops else "supported",
+                "notes": notes}
     if float_ops and recipe.quantization == "int8":
         names = float_compute_ops(float_ops)
         if not recipe.allow_float_fallback:

@@ -1,0 +1,55 @@
+"""Route: Keras -> ONNX (tf2onnx), then the static int8 QDQ step for Jetson and ONNX Runtime targets.
+
+The batch axis is fixed to 1 and the input layout stays the Keras one (NHWC):
+TensorRT and ONNX Runtime take it as it is.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgesdk.errors import ConversionError
+from edgesdk.util import captured_output
+
+from . import onnx_int8
+from .keras_model import import_tf
+from .keras_tflite import _batch1_model, _safe_name
+
+FORMAT = "onnx"
+FRAMEWORK = "keras"
+OPSET = 17
+
+
+def export_float(source, path: Path) -> None:
+    tf = import_tf()
+    import tf2onnx
+    name = _safe_name(source.input_name)
+    spec = (tf.TensorSpec((1,) + tuple(source.input_shape[1:]), tf.float32, name=name),)
+    try:
+        with captured_output():
+            if source.flavor == "saved_model":
+                fn = source.model.signatures["serving_default"]
+                model_proto, _ = tf2onnx.convert.from_function(
+                    tf.function(lambda t: fn(**{source.input_name: t})), input_signature=spec, opset=OPSET)
+            else:
+                model_proto, _ = tf2onnx.convert.from_keras(_batch1_model(source), input_signature=spec,
+                                                           opset=OPSET)
+    except Exception as exc:
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConversionError(f"tf2onnx could not export the Keras model to ONNX: {first[:400]}") from None
+    import onnx
+    onnx.save(model_proto, str(path))
+
+
+def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="edgesdk-keras-onnx-") as tmp:
+        float_path = Path(tmp) / "float.onnx"
+        export_float(source, float_path)
+        if recipe.quantization != "int8":
+            return float_path.read_bytes()
+        import onnx
+        input_name = onnx.load(str(float_path)).graph.input[0].name
+        data, notes = onnx_int8.quantize(float_path, recipe, profile, calibration, input_name, progress)
+        source.notes.extend(notes)
+        return data

@@ -1,0 +1,111 @@
+"""Route: ONNX -> static int8 ONNX (QDQ), and the int8 step the other ONNX routes end with.
+
+ONNX Runtime's quantize_static in QDQ format: int8 weights and activations,
+per-channel weights where the profile allows, MinMax/Entropy/Percentile
+calibration. Shape inference (and an opset upgrade to 13 when per-channel
+needs it) runs first. Jetson profiles get symmetric activations, as TensorRT
+requires.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgesdk.errors import ConversionError
+from edgesdk.util import captured_output
+
+FORMAT = "onnx"
+FRAMEWORK = "onnx"
+PER_CHANNEL_MIN_OPSET = 13
+
+
+def _reader(x, input_name, progress):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(x):
+                return None
+            self.i += 1
+            if progress:
+                progress(self.i, len(x))
+            return {input_name: x[self.i - 1:self.i]}
+
+        def rewind(self):
+            self.i = 0
+    return Reader()
+
+
+def _opset(model) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def prepare(float_path: Path, out_path: Path, per_channel: bool) -> list:
+    """Shape inference and, where per-channel needs it, an opset upgrade. Returns notes."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    notes = []
+    model = onnx.load(str(float_path))
+    if per_channel and _opset(model) < PER_CHANNEL_MIN_OPSET:
+        from onnx import version_converter
+        try:
+            model = version_converter.convert_version(model, PER_CHANNEL_MIN_OPSET)
+        except Exception as exc:
+            raise ConversionError(f"Per-channel int8 needs opset >= {PER_CHANNEL_MIN_OPSET}, and upgrading this "
+                                  f"model from opset {_opset(model)} failed: {exc}") from None
+        notes.append(f"opset upgraded from {_opset(onnx.load(str(float_path)))} to {PER_CHANNEL_MIN_OPSET} for "
+                     f"per-channel weights")
+        upgraded = out_path.with_suffix(".opset.onnx")
+        onnx.save(model, str(upgraded))
+        float_path = upgraded
+    try:
+        with captured_output():
+            quant_pre_process(str(float_path), str(out_path), skip_symbolic_shape=False)
+    except Exception:
+        # ONNX Runtime's symbolic shape inference gives up on some exporters' graphs
+        # (e.g. Concat on a non-zero axis of a shape tensor); ONNX's own inference suffices.
+        try:
+            with captured_output():
+                quant_pre_process(str(float_path), str(out_path), skip_symbolic_shape=True)
+        except Exception as exc:
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise ConversionError(f"Preparing the ONNX model for quantization failed: {first[:300]}") from None
+        notes.append("symbolic shape inference failed; used ONNX shape inference only")
+    return notes
+
+
+def quantize(float_path: Path, recipe, profile, calibration, input_name: str, progress=None) -> tuple:
+    """Float ONNX file -> (int8 QDQ ONNX bytes, notes)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    x = calibration.x[: recipe.calibration_samples]
+    with tempfile.TemporaryDirectory(prefix="edgesdk-onnx-") as tmp:
+        pre = Path(tmp) / "prepared.onnx"
+        out = Path(tmp) / "int8.onnx"
+        notes = prepare(float_path, pre, recipe.per_channel)
+        extra = {"ActivationSymmetric": profile.family == "jetson"}
+        try:
+            with captured_output() as log:
+                quantize_static(str(pre), str(out), _reader(x, input_name, progress),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
+                                calibrate_method=methods[recipe.calibration_method], extra_options=extra)
+        except Exception as exc:
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise ConversionError(f"ONNX Runtime could not quantize the model: {first[:400]}") from None
+        return out.read_bytes(), notes
+
+
+def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
+    """An ONNX source: its (shape-fixed) float model, quantized unless the recipe keeps it float."""
+    data = Path(source.float_onnx).read_bytes()
+    if recipe.quantization != "int8":
+        return data
+    out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress)
+    source.notes.extend(notes)
+    return out

@@ -1,0 +1,145 @@
+"""Read an .onnx file: inputs/outputs, op histogram, QDQ coverage, weight sparsity, and inference
+with ONNX Runtime. Same interface as TFLiteArtifact."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ModelLoadError, RuntimeMissing
+
+QDQ = {"QuantizeLinear", "DequantizeLinear"}
+# Ops that only move data; reading a graph input directly they are layout glue, not float compute.
+LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+_ELEM = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+         11: "float64"}
+
+
+class ONNXArtifact:
+    def __init__(self, path, num_threads: int = 1, delegates: bool = False):
+        self.path = str(path)
+        try:
+            import onnx
+            from onnx import numpy_helper
+        except ImportError:
+            raise RuntimeMissing("Reading ONNX needs the onnx package: pip install 'edgesdk[onnx]'") from None
+        try:
+            self.model = onnx.load(self.path)
+        except Exception as exc:
+            raise ModelLoadError(f"'{path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
+        self._np = numpy_helper
+        self.graph = self.model.graph
+        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.output_names = [o.name for o in self.graph.output]
+        self._session = None
+        self._threads = num_threads
+
+    # -- structure ------------------------------------------------------------
+    @staticmethod
+    def _value_info(v) -> dict:
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim]
+        return {"name": v.name, "shape": shape, "dtype": _ELEM.get(t.elem_type, str(t.elem_type)),
+                "quantization": None}
+
+    def io(self) -> dict:
+        inputs = [i for i in self.graph.input if i.name not in self.initializers]
+        return {"inputs": [self._value_info(v) for v in inputs],
+                "outputs": [self._value_info(v) for v in self.graph.output]}
+
+    def ops(self) -> list:
+        return [{"index": i, "op_name": n.op_type, "name": n.name, "inputs": list(n.input),
+                 "outputs": list(n.output)} for i, n in enumerate(self.graph.node)]
+
+    def coverage(self) -> dict:
+        """A compute op is int8 when its activation inputs come from DequantizeLinear (QDQ form)."""
+        dq_outputs = {o for n in self.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        graph_inputs = {i.name for i in self.graph.input}
+        float_ops, io_ops = [], []
+        qdq = 0
+        for i, n in enumerate(self.graph.node):
+            if n.op_type in QDQ:
+                qdq += 1
+                continue
+            acts = [x for x in n.input if x and x not in self.initializers]
+            if not acts or all(a in dq_outputs for a in acts):
+                continue
+            entry = {"index": i, "op": n.op_type, "name": n.name}
+            if n.op_type in LAYOUT_OPS and all(a in graph_inputs for a in acts):
+                io_ops.append(entry)
+            else:
+                float_ops.append(entry)
+        hist: dict = {}
+        for n in self.graph.node:
+            hist[n.op_type] = hist.get(n.op_type, 0) + 1
+        compute = len(self.graph.node) - qdq
+        return {"ops": compute, "int8_ops": compute - len(float_ops) - len(io_ops), "qdq_ops": qdq,
+                "float_ops": float_ops, "io_conversion_ops": io_ops, "op_histogram": dict(sorted(hist.items()))}
+
+    def tensor_dtypes(self) -> dict:
+        counts: dict = {}
+        for init in self.graph.initializer:
+            name = _ELEM.get(init.data_type, str(init.data_type))
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def _weight_array(self, name):
+        """The stored weights behind `name`: an initializer, or one reached through DequantizeLinear."""
+        if name in self.initializers:
+            return self._np.to_array(self.initializers[name])
+        for n in self.graph.node:
+            if n.op_type == "DequantizeLinear" and name in n.output and n.input[0] in self.initializers:
+                return self._np.to_array(self.initializers[n.input[0]])
+        return None
+
+    def weight_sparsity(self) -> dict:
+        layers, zeros, total = [], 0, 0
+        for n in self.graph.node:
+            pos = WEIGHT_OPS.get(n.op_type)
+            if pos is None or len(n.input) <= pos:
+                continue
+            w = self._weight_array(n.input[pos])
+            if w is None or w.ndim < 2:
+                continue
+            z = int(np.count_nonzero(w == 0))
+            zeros, total = zeros + z, total + w.size
+            layers.append({"tensor": n.input[pos], "op": n.op_type, "dtype": w.dtype.name, "params": int(w.size),
+                           "sparsity": round(z / w.size, 4)})
+        return {"overall": round(zeros / total, 4) if total else 0.0, "weights": int(total), "layers": layers}
+
+    # -- inference ------------------------------------------------------------
+    def session(self):
+        if self._session is None:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise RuntimeMissing("Running ONNX needs onnxruntime: pip install 'edgesdk[onnx]'") from None
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self._threads
+            opts.log_severity_level = 3
+            try:
+                self._session = ort.InferenceSession(self.path, sess_options=opts,
+                                                     providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise ModelLoadError(f"onnxruntime could not load '{self.path}': "
+                                     f"{str(exc).splitlines()[0]}") from None
+        return self._session
+
+    def predict(self, x: np.ndarray, progress=None) -> list:
+        sess = self.session()
+        inp = sess.get_inputs()[0]
+        batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+        step = batch or 64
+        outs = [[] for _ in sess.get_outputs()]
+        for i in range(0, len(x), step):
+            chunk = x[i:i + step].astype(np.float32)
+            if batch and len(chunk) != batch:  # a fixed batch: run the tail one sample at a time
+                results = [sess.run(None, {inp.name: chunk[j:j + 1]}) for j in range(len(chunk))]
+                for k in range(len(outs)):
+                    outs[k].extend(r[k] for r in results)
+            else:
+                for k, y in enumerate(sess.run(None, {inp.name: chunk})):
+                    outs[k].append(y)
+            if progress:
+                progress(min(i + step, len(x)), len(x))
+        return [np.concatenate(o).astype(np.float32) for o in outs]

@@ -1,0 +1,140 @@
+"""ONNX artifacts: Keras -> int8 QDQ ONNX for Jetson and ARM, and a bring-your-own ONNX model (PP-OCR)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import edgesdk
+from edgesdk import ModelLoadError, OptionError
+from edgesdk.onnx_artifact import ONNXArtifact
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def qdq_facts(path):
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = list(model.graph.node)
+    dq_weights = {}
+    for n in nodes:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            dq_weights[n.output[0]] = inits[n.input[0]]
+    weights = [dq_weights[n.input[1]] for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")
+               and n.input[1] in dq_weights]
+    act_zero_points = [inits[n.input[2]] for n in nodes if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    return {"ops": [n.op_type for n in nodes], "weights": weights, "act_zero_points": act_zero_points,
+            "model": model}
+
+
+def test_keras_to_int8_qdq_onnx_for_jetson(keras3_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(keras3_mnist), target="jetson-orin-nano", calibration=mnist_files["train"],
+                          validation=mnist_files["test"], output_dir=tmp_path, quiet=True)
+    assert art.path.name == "mnist.jetson-orin-nano.onnx" and art.format == "onnx"
+    facts = qdq_facts(art.path)
+    assert facts["ops"].count("QuantizeLinear") >= 8 and facts["ops"].count("DequantizeLinear") >= 8
+    assert len(facts["weights"]) == 4 and all(w.dtype == np.int8 for w in facts["weights"])  # 2 conv + 2 dense
+    # TensorRT needs symmetric activations: every activation zero point is 0
+    assert facts["act_zero_points"] and all(int(np.max(np.abs(z))) == 0 for z in facts["act_zero_points"])
+    assert all(z.dtype == np.int8 for z in facts["act_zero_points"])
+    # a single self-contained file, static batch 1
+    assert not list(tmp_path.glob("*.data"))
+    assert art.manifest["inputs"] == [{"name": "pixels", "shape": [1, 28, 28, 1], "dtype": "float32",
+                                       "quantization": None}]
+    v = art.validation
+    assert v["passed"] and v["reference_accuracy"] - v["artifact_accuracy"] <= 0.01 and v["samples"] == 1000
+    q = art.manifest["quantization"]
+    assert q["float_ops"] == [] and q["qdq_ops"] >= 16 and q["calibration_method"] == "minmax"
+    assert art.manifest["compatibility"]["family"] == "jetson"
+    assert any("TensorRT 10.3" in n for n in art.manifest["compatibility"]["notes"])
+
+
+def test_jetson_nano_fp16_profile_gets_a_float_onnx(keras3_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(keras3_mnist), target="jetson-nano", calibration=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True)
+    facts = qdq_facts(art.path)
+    assert "QuantizeLinear" not in facts["ops"]
+    assert art.validation["top1_agreement"] > 0.999 and art.validation["sqnr_db"] > 60
+    assert any("fp16" in n for n in art.manifest["compatibility"]["notes"])
+
+
+def test_pruned_keras_to_onnx_for_rpi4_measures_sparsity_in_the_int8_weights(keras3_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", calibration=mnist_files["train"],
+                          validation=mnist_files["test"], prune=0.5, fine_tune=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True)
+    assert 0.49 <= art.manifest["sparsity"]["artifact"] <= 0.55
+    assert all(layer["dtype"] == "int8" for layer in art.manifest["sparsity"]["artifact_layers"])
+    assert art.validation["passed"]
+    assert art.manifest["inputs"][0]["dtype"] == "float32"  # QDQ keeps float I/O
+
+
+def test_onnx_int8_io_is_refused(keras3_mnist, mnist_files, tmp_path):
+    with pytest.raises(OptionError, match="ONNX artifacts take and return float32"):
+        edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", input_dtype="int8",
+                        calibration=mnist_files["train"], output_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def ppocr(tmp_path_factory):
+    from edgesdk import fixtures
+    x, y = fixtures.text_direction_crops()
+    order = np.random.default_rng(0).permutation(len(y))
+    d = tmp_path_factory.mktemp("ppocr")
+    np.savez(d / "calib.npz", x=x[order[:132]])
+    np.savez(d / "val.npz", x=x[order[132:]], y=y[order[132:]])
+    return {"model": fixtures.fetch("ppocr_cls"), "calib": d / "calib.npz", "val": d / "val.npz"}
+
+
+def test_byo_onnx_with_dynamic_shapes_needs_input_shape(ppocr, tmp_path):
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "-c", ppocr["calib"], "-o", tmp_path)
+    assert r.returncode == ModelLoadError.exit_code
+    assert "dynamic input dimensions (?, 3, ?, ?)" in r.stderr and "--input-shape" in r.stderr
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", calibration=ppocr["calib"],
+                        input_shape=[1, 48, 192, 3], output_dir=tmp_path)
+
+
+def test_byo_onnx_old_opset_to_int8_per_channel(ppocr, tmp_path):
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "--input-shape", "1,3,48,192",
+                "-c", ppocr["calib"], "--validation", ppocr["val"], "-o", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["inputs"][0]["shape"] == [1, 3, 48, 192]
+    v = doc["validation"]
+    assert v["reference_accuracy"] > 0.9  # the real classifier on real text crops
+    assert v["reference_accuracy"] - v["artifact_accuracy"] <= 0.01
+    m = json.loads(open(doc["manifest"]).read())
+    notes = " ".join(m["source"]["notes"])
+    assert "fixed from (?, 3, ?, ?) to (1, 3, 48, 192)" in notes
+    assert "opset upgraded from 11 to 13" in notes  # per-channel weights need it
+    assert m["source"]["layout"] == "NCHW" and m["layout"] == "NCHW"
+    facts = qdq_facts(doc["artifact"])
+    assert max(o.version for o in facts["model"].opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert facts["weights"] and all(w.dtype == np.int8 for w in facts["weights"])
+
+    r = run_cli("bench", doc["artifact"], "--runs", "20", "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)
+    assert b["runtime"] == "onnxruntime" and b["inputs"][0]["shape"] == [1, 3, 48, 192]
+    assert b["latency_ms"]["p50"] <= b["latency_ms"]["p99"]
+
+
+def test_nhwc_data_for_an_nchw_onnx_model_is_recognised(ppocr, tmp_path):
+    x = np.load(ppocr["calib"])["x"].transpose(0, 2, 3, 1)
+    with pytest.raises(edgesdk.DataError, match="looks channels-last"):
+        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
+                        calibration=x, output_dir=tmp_path)
+
+
+def test_onnx_artifact_reader_on_a_truncated_file(tmp_path, ppocr):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(ppocr["model"].read_bytes()[:1000])
+    with pytest.raises(ModelLoadError):
+        ONNXArtifact(bad)
+    r = run_cli("convert", bad, "-t", "jetson-orin-nano", "-c", ppocr["calib"])
+    assert r.returncode == ModelLoadError.exit_code and "not a valid ONNX model" in r.stderr
