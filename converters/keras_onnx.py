@@ -43,13 +43,15 @@ def export_float(source, path: Path) -> None:
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="edgesdk-keras-onnx-") as tmp:
-        float_path = Path(tmp) / "float.onnx"
-        export_float(source, float_path)
-        if recipe.quantization != "int8":
-            return float_path.read_bytes()
-        import onnx
-        input_name = onnx.load(str(float_path)).graph.input[0].name
-        data, notes = onnx_int8.quantize(float_path, recipe, profile, calibration, input_name, progress)
-        source.notes.extend(notes)
-        return data
+    # The float export is kept beside the source: the accuracy diagnostics compare against it.
+    tmp = tempfile.TemporaryDirectory(prefix="edgesdk-keras-onnx-")
+    float_path = Path(tmp.name) / "float.onnx"
+    export_float(source, float_path)
+    source.float_onnx, source.keepalive = str(float_path), tmp
+    if recipe.quantization != "int8":
+        return float_path.read_bytes()
+    import onnx
+    input_name = onnx.load(str(float_path)).graph.input[0].name
+    data, notes = onnx_int8.quantize(float_path, recipe, profile, calibration, input_name, progress)
+    source.notes.extend(notes)
+    return data

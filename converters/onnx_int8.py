@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgesdk.errors import ConversionError
+from edgesdk.errors import ConversionError, OptionError
 from edgesdk.util import captured_output
 
 FORMAT = "onnx"
@@ -78,6 +78,32 @@ def prepare(float_path: Path, out_path: Path, per_channel: bool) -> list:
     return notes
 
 
+def _exclusions(model_path: Path, recipe) -> dict:
+    """quantize_static arguments for the user's exclusions, checked against the graph."""
+    import difflib
+
+    import onnx
+    if not (recipe.exclude_nodes or recipe.exclude_op_types):
+        return {}
+    nodes = onnx.load(str(model_path)).graph.node
+    names = [n.name for n in nodes]
+    for name in recipe.exclude_nodes:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+            hint = f" Close names: {', '.join(close)}." if close else ""
+            raise OptionError(f"--exclude-nodes: the graph has no node '{name}'.{hint} The validation error "
+                              f"lists the nodes that lose the most accuracy, by name.")
+    kwargs = {"nodes_to_exclude": list(recipe.exclude_nodes)}
+    if recipe.exclude_op_types:
+        present = sorted({n.op_type for n in nodes})
+        missing = [t for t in recipe.exclude_op_types if t not in present]
+        if missing:
+            raise OptionError(f"--exclude-op-types: the graph has no {', '.join(missing)} ops "
+                              f"(it has {', '.join(present)}).")
+        kwargs["op_types_to_quantize"] = [t for t in present if t not in recipe.exclude_op_types]
+    return kwargs
+
+
 def quantize(float_path: Path, recipe, profile, calibration, input_name: str, progress=None) -> tuple:
     """Float ONNX file -> (int8 QDQ ONNX bytes, notes)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -88,13 +114,15 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         pre = Path(tmp) / "prepared.onnx"
         out = Path(tmp) / "int8.onnx"
         notes = prepare(float_path, pre, recipe.per_channel)
+        excluded = _exclusions(pre, recipe)
         extra = {"ActivationSymmetric": profile.family == "jetson"}
         try:
             with captured_output() as log:
                 quantize_static(str(pre), str(out), _reader(x, input_name, progress),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
-                                calibrate_method=methods[recipe.calibration_method], extra_options=extra)
+                                calibrate_method=methods[recipe.calibration_method], extra_options=extra,
+                                **excluded)
         except Exception as exc:
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise ConversionError(f"ONNX Runtime could not quantize the model: {first[:400]}") from None
@@ -109,3 +137,36 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress)
     source.notes.extend(notes)
     return out
+
+
+def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5) -> list:
+    """The activations that lose the most to quantization, worst first.
+
+    ONNX Runtime's QDQ loss debugging: both models are run with every
+    intermediate tensor exposed; for each quantized activation, `qdq_sqnr_db`
+    is the error its own Q/DQ pair adds and `xmodel_sqnr_db` the error
+    accumulated up to it against the float model.
+    """
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations, compute_signal_to_quantization_noice_ratio as sqnr, create_activation_matching,
+        modify_model_output_intermediate_tensors)
+    with tempfile.TemporaryDirectory(prefix="edgesdk-qdq-debug-") as tmp:
+        float_aug, qdq_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        with captured_output():
+            modify_model_output_intermediate_tensors(str(float_path), str(float_aug))
+            modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
+            float_acts = collect_activations(str(float_aug), _reader(x, input_name, None))
+            qdq_acts = collect_activations(str(qdq_aug), _reader(x, input_name, None))
+        matching = create_activation_matching(qdq_acts, float_acts)
+    producers = {o: n for n in onnx.load(str(qdq_path)).graph.node for o in n.output}
+    rows = []
+    for tensor, match in matching.items():
+        node = producers.get(tensor)
+        own = sqnr(match["pre_qdq"], match["post_qdq"])
+        # tensors the quantizer renamed have no float twin
+        acc = sqnr(match["float"], match["post_qdq"]) if match.get("float") else float("nan")
+        rows.append({"tensor": tensor, "node": node.name if node else "", "op": node.op_type if node else "",
+                     "qdq_sqnr_db": round(float(own), 2), "xmodel_sqnr_db": round(float(acc), 2)})
+    rows.sort(key=lambda r: r["qdq_sqnr_db"])
+    return rows[:worst]

@@ -15,6 +15,10 @@ def _floats(text):
     return tuple(float(v) for v in text.split(",")) if text else ()
 
 
+def _names(text):
+    return tuple(n.strip() for n in text.split(",") if n.strip()) if text else ()
+
+
 def _fail(exc: EdgeSDKError, as_json: bool = False):
     if as_json:
         doc = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
@@ -118,6 +122,8 @@ def profiles_show(ctx, name, as_json):
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Activation range estimation (ONNX artifacts).")
 @click.option("--input-shape", help="Fix dynamic input dims of an ONNX source, e.g. 1,3,224,224.")
+@click.option("--exclude-nodes", help="ONNX: keep these nodes (comma-separated names) in float.")
+@click.option("--exclude-op-types", help="ONNX: keep these op types (e.g. Softmax,HardSigmoid) in float.")
 @click.option("--allow-float-fallback", is_flag=True,
               help="Accept ops left in float (CPU targets only; never the Edge TPU).")
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
@@ -130,6 +136,7 @@ def profiles_show(ctx, name, as_json):
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             min_sqnr_db, class_output, scale, offset, mean, std, channel_order, calibration_method, input_shape,
+            exclude_nodes, exclude_op_types,
             allow_float_fallback, keep_failed, unsafe_load, force,
             name, as_json, quiet):
     """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
@@ -147,7 +154,9 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       output_dtype=output_dtype, calibration_samples=calibration_samples,
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
-                      calibration_method=calibration_method, input_shape=input_shape, keep_failed=keep_failed, unsafe=unsafe_load, force=force, name=name,
+                      calibration_method=calibration_method, input_shape=input_shape,
+                      exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),
+                      keep_failed=keep_failed, unsafe=unsafe_load, force=force, name=name,
                       quiet=quiet or as_json)
     s = art.summary()
     if as_json:

@@ -46,7 +46,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             epochs=2, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, preprocess=None,
-            allow_float_fallback=False, calibration_method="minmax", input_shape=None, keep_failed=False,
+            allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(), exclude_op_types=(),
+            input_shape=None, keep_failed=False,
             unsafe=False, force=False, name=None, quiet=False,
             progress: Progress | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
@@ -62,7 +63,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
-                         allow_float_fallback=allow_float_fallback, calibration_method=calibration_method)
+                         allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
+                         exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types)
     out_dir = ensure_writable_dir(output_dir)
     if recipe.quantization == "int8" and calibration is None:
         raise DataError("Full-integer quantization needs representative calibration data to set activation "
@@ -139,6 +141,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         figures, verdict = _validate(tmp, reference, val, recipe, progress)
         from .validation import describe, raise_if_failed
         progress.step(f"validation: {describe(figures)}")
+        if not verdict["passed"] and recipe.format == "onnx" and recipe.quantization == "int8":
+            progress.step("finding the layers that lose the most to quantization")
+            figures["worst_layers"] = _diagnose_onnx(source, tmp, val)
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings)
         if not verdict["passed"] and not keep_failed:
@@ -175,6 +180,22 @@ def _shape_option(value):
         return [int(v) for v in str(value).split(",")]
     except ValueError:
         raise OptionError(f"--input-shape takes comma-separated integers, e.g. 1,3,224,224; got {value!r}.") from None
+
+
+def _diagnose_onnx(source, artifact_path: Path, val, samples: int = 32) -> list:
+    from edgesdk.converters import onnx_int8
+    if not source.float_onnx:
+        return []
+    try:
+        return onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], source.input_name
+                                  if source.framework == "onnx" else _onnx_input_name(source.float_onnx))
+    except Exception as exc:  # diagnostics must never hide the validation failure itself
+        return [{"error": f"diagnostics failed: {exc}"}]
+
+
+def _onnx_input_name(path) -> str:
+    import onnx
+    return onnx.load(str(path)).graph.input[0].name
 
 
 def _inspect(path: Path, recipe) -> dict:
@@ -260,6 +281,8 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
                          "ops": cov["ops"], "int8_ops": cov["int8_ops"], "float_ops": cov["float_ops"],
                          "io_conversion_ops": cov["io_conversion_ops"], "qdq_ops": cov.get("qdq_ops"),
                          "calibration_method": recipe.calibration_method,
+                         "excluded": {"nodes": list(recipe.exclude_nodes),
+                                      "op_types": list(recipe.exclude_op_types)},
                          "op_histogram": cov["op_histogram"], "tensor_dtypes": info["tensor_dtypes"]},
         "size": {"bytes": info["size_bytes"], "gzip_bytes": gzip_size(tmp), "source_params": source.param_count},
         "inputs": info["io"]["inputs"],

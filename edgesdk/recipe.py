@@ -28,18 +28,22 @@ class Recipe:
     class_output: int | None = None
     allow_float_fallback: bool = False
     calibration_method: str = "minmax"
+    exclude_nodes: tuple = ()
+    exclude_op_types: tuple = ()
     preprocess: Preprocess = Preprocess()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
+        d["exclude_nodes"], d["exclude_op_types"] = list(self.exclude_nodes), list(self.exclude_op_types)
         return d
 
 
 def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
                 output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-3,
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
-                preprocess=None, allow_float_fallback=False, calibration_method="minmax") -> Recipe:
+                preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
+                exclude_op_types=()) -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -86,6 +90,14 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if allow_float_fallback and profile.family == "edgetpu":
         raise OptionError(f"The Edge TPU ({profile.name}) cannot run float ops; --allow-float-fallback "
                           f"does not apply to it.")
+    exclude_nodes, exclude_op_types = tuple(exclude_nodes or ()), tuple(exclude_op_types or ())
+    if exclude_nodes or exclude_op_types:
+        if profile.family == "edgetpu":
+            raise OptionError(f"The Edge TPU ({profile.name}) runs only int8 ops; nothing can be excluded from "
+                              f"quantization for it.")
+        if fmt != "onnx":
+            raise OptionError("Excluding nodes or op types from quantization applies to ONNX artifacts in this "
+                              "version; add --format onnx where the profile allows it.")
     samples = calibration_samples or spec.calibration_samples
     if samples < 1:
         raise OptionError("--calibration-samples must be at least 1.")
@@ -93,7 +105,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                   per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
-                  calibration_method=calibration_method, preprocess=preprocess or Preprocess())
+                  calibration_method=calibration_method, exclude_nodes=exclude_nodes,
+                  exclude_op_types=exclude_op_types, preprocess=preprocess or Preprocess())
 
 
 __all__ = ["Recipe", "make_recipe", "replace"]

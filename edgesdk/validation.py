@@ -140,8 +140,16 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
         return
     kept = (f" The artifact was kept at {artifact_kept} because you asked (--keep-failed)."
             if artifact_kept else " Nothing was written.")
+    worst = [w for w in figures.get("worst_layers", []) if "node" in w]
+    culprits = ""
+    if worst:
+        listed = "; ".join(f"{w['node'] or w['tensor']} ({w['op']}): {w['qdq_sqnr_db']:.1f} dB own, "
+                           f"{w['xmodel_sqnr_db']:.1f} dB accumulated" for w in worst)
+        culprits = (f" Layers that lose the most to quantization (output SQNR, lower is worse): {listed}. "
+                    f"Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or "
+                    f"try --calibration-method percentile or entropy.")
     raise ValidationFailed(
-        f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept} "
+        f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "
         f"fine-tune with --fine-tune DATA, or raise --max-accuracy-drop if the loss is acceptable.",
         figures={**figures, "gate": verdict})

@@ -138,3 +138,37 @@ def test_onnx_artifact_reader_on_a_truncated_file(tmp_path, ppocr):
         ONNXArtifact(bad)
     r = run_cli("convert", bad, "-t", "jetson-orin-nano", "-c", ppocr["calib"])
     assert r.returncode == ModelLoadError.exit_code and "not a valid ONNX model" in r.stderr
+
+
+def test_accuracy_guard_names_the_layers_and_exclusions_recover(ppocr, tmp_path):
+    """Symmetric int8 activations (TensorRT's) cost the real PP-OCR classifier accuracy; the error says where."""
+    kwargs = dict(target="jetson-orin-nano", input_shape="1,3,48,192", calibration=ppocr["calib"],
+                  validation=ppocr["val"], output_dir=tmp_path, quiet=True)
+    with pytest.raises(edgesdk.ValidationFailed) as e:
+        edgesdk.convert(str(ppocr["model"]), **kwargs)
+    worst = e.value.figures["worst_layers"]
+    assert len(worst) == 5 and all(w["node"] and w["op"] for w in worst)
+    assert worst[0]["qdq_sqnr_db"] <= worst[-1]["qdq_sqnr_db"]
+    assert worst[0]["node"] in str(e.value) and "--exclude-nodes" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    convs = [w["node"] for w in worst if w["op"] == "Conv"]
+    art = edgesdk.convert(str(ppocr["model"]), **kwargs, exclude_nodes=convs, keep_failed=True,
+                          max_accuracy_drop=100)
+    assert art.validation["sqnr_db"] > e.value.figures["sqnr_db"]
+    assert art.manifest["quantization"]["excluded"] == {"nodes": convs, "op_types": []}
+    assert art.manifest["recipe"]["exclude_nodes"] == convs
+
+
+def test_exclusion_levers_are_checked(ppocr, keras3_mnist, mnist_files, tmp_path):
+    with pytest.raises(OptionError, match="no node 'Conv39'. Close names: Conv@39"):
+        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
+                        calibration=ppocr["calib"], exclude_nodes=["Conv39"], output_dir=tmp_path)
+    with pytest.raises(OptionError, match="has no LSTM ops"):
+        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
+                        calibration=ppocr["calib"], exclude_op_types=["LSTM"], output_dir=tmp_path)
+    with pytest.raises(OptionError, match="nothing can be excluded"):
+        edgesdk.convert(str(keras3_mnist), target="coral-usb", calibration=mnist_files["train"],
+                        exclude_op_types=["Softmax"], output_dir=tmp_path)
+    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--exclude-op-types", "Softmax")
+    assert r.returncode == OptionError.exit_code and "add --format onnx" in r.stderr
+    assert list(tmp_path.iterdir()) == []
