@@ -14,7 +14,11 @@ ROUTES = {
     ("keras", "tflite"): "keras_tflite",
     ("keras", "onnx"): "keras_onnx",
     ("onnx", "onnx"): "onnx_int8",
+    ("torch", "tflite"): "torch_tflite",
+    ("torch", "onnx"): "torch_onnx",
 }
+
+PRUNERS = {"keras": "keras_prune", "torch": "torch_prune"}
 
 # Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes.
 
@@ -27,3 +31,11 @@ def get_route(framework: str, fmt: str):
                               f"(available: {have}). Choose a target whose profile takes one of those, "
                               f"or pass --format.")
     return importlib.import_module(f"{__name__}.{ROUTES[key]}")
+
+
+def get_pruner(framework: str):
+    if framework not in PRUNERS:
+        from edgesdk.errors import OptionError
+        raise OptionError(f"Pruning {framework} sources is not supported; prune the model in its framework "
+                          f"before exporting it, or drop --prune.")
+    return importlib.import_module(f"{__name__}.{PRUNERS[framework]}")

@@ -168,3 +168,11 @@ def _mask_fit(model, K, variables, data, sparsity, total_steps, epochs, batch_si
                   loss=K.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
     model.fit(data.x, data.y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True,
               callbacks=[GradualMasks()])
+
+
+def snapshot(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def restore(model, weights) -> None:
+    model.set_weights(weights)

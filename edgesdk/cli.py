@@ -121,7 +121,10 @@ def profiles_show(ctx, name, as_json):
               help="Channel order of image-folder inputs.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Activation range estimation (ONNX artifacts).")
-@click.option("--input-shape", help="Fix dynamic input dims of an ONNX source, e.g. 1,3,224,224.")
+@click.option("--input-shape", help="Input shape to build for: fixes an ONNX source's dynamic dims; the "
+              "example input for PyTorch files without one. E.g. 1,3,224,224.")
+@click.option("--model-factory", metavar="MODULE:FUNCTION",
+              help="PyTorch state_dict: the function that builds the module to load the weights into.")
 @click.option("--exclude-nodes", help="ONNX: keep these nodes (comma-separated names) in float.")
 @click.option("--exclude-op-types", help="ONNX: keep these op types (e.g. Softmax,HardSigmoid) in float.")
 @click.option("--allow-float-fallback", is_flag=True,
@@ -136,7 +139,7 @@ def profiles_show(ctx, name, as_json):
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             min_sqnr_db, class_output, scale, offset, mean, std, channel_order, calibration_method, input_shape,
-            exclude_nodes, exclude_op_types,
+            model_factory, exclude_nodes, exclude_op_types,
             allow_float_fallback, keep_failed, unsafe_load, force,
             name, as_json, quiet):
     """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
@@ -155,6 +158,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
                       calibration_method=calibration_method, input_shape=input_shape,
+                      model_factory=model_factory,
                       exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),
                       keep_failed=keep_failed, unsafe=unsafe_load, force=force, name=name,
                       quiet=quiet or as_json)

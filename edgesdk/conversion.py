@@ -47,7 +47,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, preprocess=None,
             allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(), exclude_op_types=(),
-            input_shape=None, keep_failed=False,
+            input_shape=None, example_input=None, model_factory=None, keep_failed=False,
             unsafe=False, force=False, name=None, quiet=False,
             progress: Progress | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
@@ -71,7 +71,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                         "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
 
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
-    source = load_source(model, unsafe=unsafe, input_shape=_shape_option(input_shape))
+    source = load_source(model, unsafe=unsafe, input_shape=_shape_option(input_shape),
+                         example_input=example_input, model_factory=model_factory)
+    artifact_layout = _artifact_layout(source, recipe)
     from edgesdk.converters import get_route
     route = get_route(source.framework, recipe.format)
 
@@ -100,6 +102,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     if fine_tune is not None:
         tune = load_data(fine_tune, input_shape=source.input_shape, preprocess=recipe.preprocess,
                          what="fine-tuning data")
+    if callable(fine_tune):
+        tune = fine_tune  # a training callback (PyTorch)
     if recipe.sparsity == 0 and tune is not None:
         progress.warn("--fine-tune is only used with --prune; ignoring it.")
 
@@ -115,19 +119,19 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     reference = source.predict(val.x)
     pruning = None
     # Pruning works on the live model; a caller's in-memory model gets its weights back.
-    given = source.model
-    snapshot = given.get_weights() if recipe.sparsity and source.path is None else None
+    given, snapshot, pruner = source.model, None, None
+    if recipe.sparsity:
+        from edgesdk.converters import get_pruner
+        pruner = get_pruner(source.framework)
+        snapshot = pruner.snapshot(given) if source.path is None else None
     tmp = temp_path_in(out_dir, final.name)
     replaced = False
     try:
         if recipe.sparsity:
-            if source.framework != "keras":
-                raise OptionError(f"Pruning {source.framework} sources is not supported yet; prune the model in "
-                                  f"its framework before exporting it, or drop --prune.")
-            from edgesdk.converters import keras_prune
-            progress.step(f"pruning to {recipe.sparsity:.0%} sparsity"
-                          + (f", fine-tuning {recipe.epochs} epoch(s) on {len(tune)} samples" if tune else ""))
-            pruning = keras_prune.prune(source, recipe.sparsity, tune,
+            progress.step(f"pruning to {recipe.sparsity:.0%} sparsity" + (
+                f", fine-tuning {recipe.epochs} epoch(s)" + ("" if callable(tune) else f" on {len(tune)} samples")
+                if tune is not None else ""))
+            pruning = pruner.prune(source, recipe.sparsity, tune,
                                         epochs=recipe.epochs, batch_size=recipe.batch_size,
                                         learning_rate=recipe.learning_rate, log=progress.warn)
             pruning["pruned_source_outputs"] = source.predict(val.x)
@@ -138,7 +142,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         from edgesdk.targets import get_family
         compat = get_family(profile.family).check(info, profile, recipe)
         progress.step("validating against the source model")
-        figures, verdict = _validate(tmp, reference, val, recipe, progress)
+        figures, verdict = _validate(tmp, reference, val, recipe, progress, source.layout, artifact_layout)
         from .validation import describe, raise_if_failed
         progress.step(f"validation: {describe(figures)}")
         if not verdict["passed"] and recipe.format == "onnx" and recipe.quantization == "int8":
@@ -158,7 +162,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         if tmp.exists():
             tmp.unlink()
         if snapshot is not None:
-            given.set_weights(snapshot)
+            pruner.restore(given, snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
 
@@ -205,10 +209,18 @@ def _inspect(path: Path, recipe) -> dict:
             "weight_sparsity": art.weight_sparsity(), "size_bytes": path.stat().st_size}
 
 
-def _validate(path: Path, reference, val, recipe, progress):
+def _artifact_layout(source, recipe):
+    if source.layout is None or recipe.layout == "source":
+        return source.layout
+    return recipe.layout
+
+
+def _validate(path: Path, reference, val, recipe, progress, source_layout, artifact_layout):
     from .validation import compare, gate, match_outputs
+    from .data import to_artifact_layout
     art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format)
-    outs = art.predict(val.x, progress=progress.bar("validating"))
+    x = to_artifact_layout(val.x, source_layout, artifact_layout)  # data comes in the source's layout
+    outs = art.predict(x, progress=progress.bar("validating"))
     outs = match_outputs(reference, outs, art.output_names)
     figures = compare(reference, outs, labels=val.y, class_output=recipe.class_output)
     return figures, gate(figures, recipe.max_accuracy_drop, recipe.min_sqnr_db)
@@ -287,7 +299,7 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
         "size": {"bytes": info["size_bytes"], "gzip_bytes": gzip_size(tmp), "source_params": source.param_count},
         "inputs": info["io"]["inputs"],
         "outputs": info["io"]["outputs"],
-        "layout": source.layout,
+        "layout": _artifact_layout(source, recipe),
         "validation": {**figures, **verdict},
         "compatibility": compat,
         "warnings": list(warnings),

@@ -240,3 +240,10 @@ def data_fingerprint(ds: Dataset) -> str:
     if ds.y is not None:
         h.update(np.ascontiguousarray(ds.y).tobytes())
     return h.hexdigest()
+
+
+def to_artifact_layout(x: np.ndarray, source_layout, artifact_layout) -> np.ndarray:
+    """Data arrives in the source model's layout; an NHWC artifact of an NCHW model takes it transposed."""
+    if source_layout == "NCHW" and artifact_layout == "NHWC" and x.ndim == 4:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x

@@ -58,6 +58,7 @@ class ArtifactSpec:
     formats: tuple = ()
     calibration_samples: int = 300
     per_channel: bool = True
+    layout: str = ""  # "NHWC", "NCHW"; empty: NHWC for TFLite, the source's layout for ONNX
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ _TABLES = {
         "formats": (list, False, FORMATS),
         "calibration_samples": (int, False, None),
         "per_channel": (bool, False, None),
+        "layout": (str, False, ("NHWC", "NCHW")),
     }),
     "connection": (Connection, {
         "user": (str, False, None),

@@ -30,6 +30,7 @@ class Recipe:
     calibration_method: str = "minmax"
     exclude_nodes: tuple = ()
     exclude_op_types: tuple = ()
+    layout: str = "NHWC"          # what the artifact takes for 4-D inputs; "source" keeps the model's
     preprocess: Preprocess = Preprocess()
 
     def to_dict(self) -> dict:
@@ -101,7 +102,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     samples = calibration_samples or spec.calibration_samples
     if samples < 1:
         raise OptionError("--calibration-samples must be at least 1.")
-    return Recipe(format=fmt, quantization=quant, input_dtype=in_dt, output_dtype=out_dt,
+    layout = spec.layout or ("NHWC" if fmt == "tflite" else "source")
+    return Recipe(layout=layout, format=fmt, quantization=quant, input_dtype=in_dt, output_dtype=out_dt,
                   per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,

@@ -28,6 +28,7 @@ class SourceModel:
     layout: str | None = None      # "NHWC" / "NCHW" for image models
     float_onnx: str | None = None  # ONNX sources: the shape-fixed float model on disk
     keepalive: Any = None          # whatever must live as long as the source (temp dirs)
+    example_input: Any = None      # PyTorch: the args the model is exported with
 
     def predict(self, x):
         """Outputs of the model as it is now (pruning may have replaced it)."""
@@ -45,7 +46,12 @@ def _is_keras_object(obj) -> bool:
     return any(m.startswith(("keras", "tf_keras")) for m in mods)
 
 
-def load_source(model, *, unsafe: bool = False, input_shape=None) -> SourceModel:
+def _is_torch_module(obj) -> bool:
+    return any(c.__module__.startswith("torch.") for c in type(obj).__mro__)
+
+
+def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=None,
+                model_factory=None) -> SourceModel:
     """A path or a live model -> SourceModel. Frameworks are imported here, lazily."""
     if isinstance(model, (str, Path)):
         path = Path(model).expanduser()
@@ -61,13 +67,17 @@ def load_source(model, *, unsafe: bool = False, input_shape=None) -> SourceModel
         if path.suffix.lower() == ".onnx":
             from edgesdk.converters import onnx_model
             return onnx_model.load_path(path, input_shape=input_shape)
-        if path.suffix.lower() in (".pt", ".pt2", ".pth", ".ts"):
-            raise ModelLoadError(f"'{model}': PyTorch sources are not supported by this version yet; it "
-                                 f"converts Keras models (.keras, .h5, SavedModel) and ONNX files.")
-        raise ModelLoadError(f"'{model}': unknown model type '{path.suffix or 'no suffix'}'. "
-                             f"Give a .keras, .h5, SavedModel directory or .onnx file.")
+        if path.suffix.lower() in (".pt", ".pt2", ".pth", ".ts") or model_factory:
+            from edgesdk.converters import torch_model
+            return torch_model.load_path(path, input_shape=input_shape, model_factory=model_factory,
+                                         unsafe=unsafe)
+        raise ModelLoadError(f"'{model}': unknown model type '{path.suffix or 'no suffix'}'. Give a .keras, "
+                             f".h5, SavedModel directory, .onnx, or a PyTorch .pt2/.pt/.pth file.")
     if _is_keras_object(model):
         from edgesdk.converters import keras_model
         return keras_model.from_object(model)
+    if _is_torch_module(model):
+        from edgesdk.converters import torch_model
+        return torch_model.from_module(model, example_input=example_input)
     raise ModelLoadError(f"Cannot convert a {type(model).__module__}.{type(model).__name__}: give a Keras "
-                         f"model (in memory or as a .keras/.h5/SavedModel path).")
+                         f"model or a torch.nn.Module, or a path to a model file.")

@@ -1,0 +1,154 @@
+"""Load PyTorch sources into a SourceModel.
+
+Accepted: a live torch.nn.Module with an example input (Python API); an
+ExportedProgram file (.pt2, from torch.export.save); a TorchScript file; or a
+state_dict file plus a factory (`package.module:function`) that builds the
+module. State dicts load with torch.load(weights_only=True): a file that
+needs code unpickled is refused unless the user opts in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import zipfile
+from pathlib import Path
+
+from edgesdk.errors import ModelLoadError
+from edgesdk.source import SourceModel
+from edgesdk.util import sha256_file
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise ModelLoadError("PyTorch sources need the torch extra: pip install 'edgesdk[torch]'") from None
+    return torch
+
+
+def _zip_names(path: Path) -> list:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _first_line(exc) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+
+
+def load_factory(spec: str):
+    """`package.module:function` -> the callable."""
+    if ":" not in spec:
+        raise ModelLoadError(f"--model-factory '{spec}' must look like package.module:function.")
+    mod_name, func_name = spec.split(":", 1)
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise ModelLoadError(f"--model-factory: cannot import '{mod_name}' ({_first_line(exc)}). Is it on "
+                             f"PYTHONPATH (or installed)?") from None
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ModelLoadError(f"--model-factory: '{mod_name}' has no callable '{func_name}'.")
+    return factory
+
+
+def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False) -> SourceModel:
+    torch = import_torch()
+    names = _zip_names(path)
+    if not names:
+        raise ModelLoadError(f"'{path}' is not a PyTorch file (not a zip archive; it may be truncated or a "
+                             f"legacy pickle). Save it with torch.export.save, torch.jit.save or torch.save.")
+    if model_factory:
+        module = load_factory(model_factory)()
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=not unsafe)
+        except Exception as exc:
+            hint = (" It holds more than tensors (pickled code); if you trust it, pass --unsafe-load."
+                    if "weights_only" in str(exc) or "Unsupported global" in str(exc) else "")
+            raise ModelLoadError(f"torch.load could not read '{path}': {_first_line(exc)}.{hint}") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ModelLoadError(f"'{path}' does not hold a state_dict (got {type(state).__name__}).")
+        try:
+            module.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise ModelLoadError(f"The weights in '{path}' do not fit the module from {model_factory}: "
+                                 f"{_first_line(exc)}") from None
+        return from_module(module, example_input=_example(torch, input_shape, path), path=path)
+    if any(n.endswith(("/models/model.json", "/archive_format")) for n in names) or path.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"'{path}' is not a loadable ExportedProgram: {_first_line(exc)}") from None
+        args = program.example_inputs[0] if program.example_inputs else None
+        if not args and input_shape is None:
+            raise ModelLoadError(f"'{path}' carries no example inputs; give --input-shape.")
+        example = args if args else _example(torch, input_shape, path)
+        return from_module(program.module(), example_input=example, path=path, flavor="exported-program")
+    if any("/code/" in n for n in names):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ModelLoadError(f"'{path}' is not a loadable TorchScript file: {_first_line(exc)}") from None
+        return from_module(module, example_input=_example(torch, input_shape, path), path=path,
+                           flavor="torchscript")
+    raise ModelLoadError(f"'{path}' looks like a state_dict (weights only). Say which module to load them "
+                         f"into with --model-factory package.module:function.")
+
+
+def _example(torch, input_shape, path):
+    if input_shape is None:
+        raise ModelLoadError(f"'{path}': give the input shape to export with, e.g. --input-shape 1,3,224,224.")
+    return (torch.zeros(*[int(d) for d in input_shape]),)
+
+
+def from_module(module, example_input=None, path=None, flavor="module") -> SourceModel:
+    torch = import_torch()
+    import numpy as np
+    if example_input is None:
+        raise ModelLoadError("A PyTorch model needs an example input to export with: "
+                             "edgesdk.convert(module, example_input=torch.zeros(1, 3, 224, 224), ...).")
+    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        raise ModelLoadError("Only single-input models with a tensor example input are supported for now.")
+    if hasattr(module, "eval"):
+        module.eval()
+    try:
+        with torch.no_grad():
+            out = module(*args)
+    except Exception as exc:
+        raise ModelLoadError(f"The model fails on the example input of shape {tuple(args[0].shape)}: "
+                             f"{_first_line(exc)}. Give an example input of the shape the model takes.") from None
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    if not all(isinstance(o, torch.Tensor) for o in outs):
+        raise ModelLoadError("The model's outputs must be tensors (or a tuple of tensors).")
+
+    def run(model, x, batch_size=256):
+        results = None
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                y = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
+                y = [t.numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))]
+                results = [[t] for t in y] if results is None else [r + [t] for r, t in zip(results, y)]
+        return [np.concatenate(r) for r in results]
+
+    shape = tuple(args[0].shape)
+    if path is not None:
+        sha, name = sha256_file(path), Path(path).stem
+    else:
+        import hashlib
+        h = hashlib.sha256(type(module).__qualname__.encode())
+        for k, v in module.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().numpy().tobytes())
+        sha, name = h.hexdigest(), type(module).__name__.lower()
+    params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
+    src = SourceModel(framework="torch", flavor=flavor, model=module, name=name, sha256=sha, input_name="input",
+                      input_shape=(None,) + shape[1:], output_names=[f"output_{i}" for i in range(len(outs))],
+                      run=run, path=str(path) if path else None, param_count=int(params),
+                      layout="NCHW" if len(shape) == 4 else None)
+    src.example_input = args
+    return src

@@ -1,0 +1,50 @@
+"""Route: PyTorch -> ONNX (torch.onnx.export) -> static int8 QDQ ONNX.
+
+One self-contained .onnx (no external .data file), batch fixed to the example
+input's, source layout kept. TorchScript modules go through the TorchScript
+exporter; everything else through the torch.export-based one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgesdk.errors import ConversionError
+from edgesdk.util import captured_output
+
+from . import onnx_int8
+from .torch_model import import_torch
+
+FORMAT = "onnx"
+FRAMEWORK = "torch"
+OPSET = 17
+
+
+def export_float(source, path: Path) -> None:
+    torch = import_torch()
+    dynamo = source.flavor != "torchscript"
+    try:
+        with captured_output(), torch.no_grad():
+            torch.onnx.export(source.model, tuple(source.example_input), str(path), dynamo=dynamo,
+                              external_data=False, opset_version=OPSET, input_names=["input"],
+                              output_names=list(source.output_names))
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConversionError(f"torch.onnx.export failed: {first[:400]}") from None
+    stray = [p.name for p in path.parent.iterdir() if p != path]
+    if stray:
+        raise ConversionError(f"torch.onnx.export wrote external data ({', '.join(stray)}); models over 2 GB "
+                              f"are not supported yet.")
+
+
+def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
+    tmp = tempfile.TemporaryDirectory(prefix="edgesdk-torch-onnx-")
+    float_path = Path(tmp.name) / "float.onnx"
+    export_float(source, float_path)
+    source.float_onnx, source.keepalive = str(float_path), tmp
+    if recipe.quantization != "int8":
+        return float_path.read_bytes()
+    data, notes = onnx_int8.quantize(float_path, recipe, profile, calibration, "input", progress)
+    source.notes.extend(notes)
+    return data

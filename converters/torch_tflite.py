@@ -1,0 +1,101 @@
+"""Route: PyTorch -> full-int8 TFLite through litert-torch's PT2E quantizer.
+
+The model is wrapped to take channels-last input when the recipe's layout is
+NHWC (ARM CPU and Edge TPU), exported with torch.export, calibrated with
+static int8 observers, converted, and its float boundary ops removed so that
+input and output are int8 (or uint8). What stays float is caught afterwards
+by the coverage check, not assumed away.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgesdk.data import to_artifact_layout
+from edgesdk.errors import ConversionError, OptionError
+from edgesdk.util import captured_output
+
+from .torch_model import import_torch
+
+FORMAT = "tflite"
+FRAMEWORK = "torch"
+
+
+def _channels_last(model, torch):
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 3, 1, 2))
+    return ChannelsLast(model).eval()
+
+
+def _io_types(flatbuffer: bytes, recipe) -> bytes:
+    """Drop the QUANTIZE/DEQUANTIZE at the graph boundary so the artifact takes and returns integers."""
+    from edgesdk.converters.keras_model import import_tf
+    tf = import_tf()
+    from tensorflow.lite.python.util import modify_model_io_type
+    from edgesdk.tflite_artifact import interpreter_module
+    interp = interpreter_module().Interpreter(model_content=flatbuffer)
+    have_in = np.dtype(interp.get_input_details()[0]["dtype"]).name
+    have_out = np.dtype(interp.get_output_details()[0]["dtype"]).name
+    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+    # int8 first: the boundary ops that litert-torch left float go away
+    want_in = "int8" if have_in == "float32" and recipe.input_dtype != "float32" else "float32"
+    want_out = "int8" if have_out == "float32" and recipe.output_dtype != "float32" else "float32"
+    try:
+        flatbuffer = modify_model_io_type(flatbuffer, dtypes[want_in], dtypes[want_out])
+        if recipe.input_dtype == "uint8" or recipe.output_dtype == "uint8":
+            if recipe.input_dtype != recipe.output_dtype:
+                raise ValueError("mixed int8/uint8 input and output")
+            from .tflite_io import int8_io_to_uint8
+            flatbuffer = int8_io_to_uint8(flatbuffer)
+    except (ValueError, RuntimeError) as exc:
+        raise ConversionError(f"Could not make the artifact's input/output {recipe.input_dtype}/"
+                              f"{recipe.output_dtype}: {exc}") from None
+    return flatbuffer
+
+
+def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
+    torch = import_torch()
+    if source.flavor == "torchscript":
+        raise ConversionError("TorchScript cannot be converted to TFLite (litert-torch needs torch.export). "
+                              "Save an ExportedProgram with torch.export.save, or use --format onnx.")
+    if recipe.quantization == "fp16":
+        raise OptionError("fp16 TFLite from PyTorch is not supported yet; use int8 or float.")
+    import litert_torch
+    model, example = source.model, source.example_input[0]
+    if recipe.layout == "NHWC" and source.layout == "NCHW":
+        model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()
+    try:
+        with captured_output():
+            if recipe.quantization == "int8":
+                from litert_torch.quantize import pt2e_quantizer
+                from litert_torch.quantize.quant_config import QuantConfig
+                from torchao.quantization.pt2e import quantize_pt2e
+                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=recipe.per_channel,
+                                                                     is_dynamic=False))
+                exported = torch.export.export(model, (example,)).module()
+                prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
+                x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
+                with torch.no_grad():
+                    for i in range(len(x)):
+                        prepared(torch.from_numpy(x[i:i + 1]))
+                        if progress:
+                            progress(i + 1, len(x))
+                converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+                edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            else:
+                edge = litert_torch.convert(model, (example,))
+            flatbuffer = edge.model_content()
+    except (ConversionError, OptionError):
+        raise
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConversionError(f"litert-torch could not convert the model: {first[:400]}") from None
+    if recipe.quantization == "int8":
+        flatbuffer = _io_types(bytes(flatbuffer), recipe)
+    return bytes(flatbuffer)
