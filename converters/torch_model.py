@@ -56,11 +56,7 @@ def load_factory(spec: str):
 
 def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False) -> SourceModel:
     torch = import_torch()
-    names = _zip_names(path)
-    if not names:
-        raise ModelLoadError(f"'{path}' is not a PyTorch file (not a zip archive; it may be truncated or a "
-                             f"legacy pickle). Save it with torch.export.save, torch.jit.save or torch.save.")
-    if model_factory:
+    if model_factory:  # a state_dict, zip or legacy format: torch.load reads both
         module = load_factory(model_factory)()
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=not unsafe)
@@ -78,6 +74,11 @@ def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False)
             raise ModelLoadError(f"The weights in '{path}' do not fit the module from {model_factory}: "
                                  f"{_first_line(exc)}") from None
         return from_module(module, example_input=_example(torch, input_shape, path), path=path)
+    names = _zip_names(path)
+    if not names:
+        raise ModelLoadError(f"'{path}' is not a PyTorch file (not a zip archive; it may be truncated). Save "
+                             f"it with torch.export.save or torch.jit.save, or give --model-factory for a "
+                             f"state_dict.")
     if any(n.endswith(("/models/model.json", "/archive_format")) for n in names) or path.suffix == ".pt2":
         try:
             program = torch.export.load(str(path))
@@ -99,6 +100,14 @@ def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False)
                          f"into with --model-factory package.module:function.")
 
 
+def set_mode(module, training: bool) -> None:
+    """train()/eval(), where the module allows it (an ExportedProgram's module does not)."""
+    try:
+        module.train(training)
+    except (NotImplementedError, AttributeError):
+        pass
+
+
 def _example(torch, input_shape, path):
     if input_shape is None:
         raise ModelLoadError(f"'{path}': give the input shape to export with, e.g. --input-shape 1,3,224,224.")
@@ -114,8 +123,7 @@ def from_module(module, example_input=None, path=None, flavor="module") -> Sourc
     args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if len(args) != 1 or not isinstance(args[0], torch.Tensor):
         raise ModelLoadError("Only single-input models with a tensor example input are supported for now.")
-    if hasattr(module, "eval"):
-        module.eval()
+    set_mode(module, training=False)
     try:
         with torch.no_grad():
             out = module(*args)
@@ -126,11 +134,18 @@ def from_module(module, example_input=None, path=None, flavor="module") -> Sourc
     if not all(isinstance(o, torch.Tensor) for o in outs):
         raise ModelLoadError("The model's outputs must be tensors (or a tuple of tensors).")
 
-    def run(model, x, batch_size=256):
+    # an ExportedProgram is specialised to its example's batch size
+    batch_size = int(args[0].shape[0]) if flavor == "exported-program" else 256
+
+    def run(model, x):
         results = None
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                y = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
+                chunk = np.ascontiguousarray(x[i:i + batch_size])
+                if flavor == "exported-program" and len(chunk) < batch_size:
+                    raise ModelLoadError(f"This ExportedProgram runs batches of {batch_size} only; give a "
+                                         f"multiple of {batch_size} samples or export it with batch 1.")
+                y = model(torch.from_numpy(chunk))
                 y = [t.numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))]
                 results = [[t] for t in y] if results is None else [r + [t] for r, t in zip(results, y)]
         return [np.concatenate(r) for r in results]

@@ -13,6 +13,8 @@ import numpy as np
 
 from edgesdk.errors import ConversionError, DataError
 
+from .torch_model import set_mode
+
 
 def prunable_parameters(model) -> list:
     import torch
@@ -98,14 +100,14 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
                 for h in hooks:
                     h.remove()
                 hooks = [p.register_hook(lambda g, m=m: g * m) for (_, p), m in zip(params, masks)]
-                source.model.train()
+                set_mode(source.model, training=True)
                 step(source.model, epoch)
-                source.model.eval()
+                set_mode(source.model, training=False)
                 _apply(params, masks)
         finally:
             for h in hooks:
                 h.remove()
-            source.model.eval()
+            set_mode(source.model, training=False)
         _apply(params, global_masks(params, sparsity))
         report["method"] = "gradual global magnitude"
         report["epochs"] = epochs

@@ -1,13 +1,17 @@
-"""Route: PyTorch -> full-int8 TFLite through litert-torch's PT2E quantizer.
+"""Route: PyTorch -> full-int8 TFLite: litert-torch for the float graph, ai-edge-quantizer for int8.
 
 The model is wrapped to take channels-last input when the recipe's layout is
-NHWC (ARM CPU and Edge TPU), exported with torch.export, calibrated with
-static int8 observers, converted, and its float boundary ops removed so that
-input and output are int8 (or uint8). What stays float is caught afterwards
-by the coverage check, not assumed away.
+NHWC (ARM CPU and Edge TPU) and converted to a float TFLite graph by
+litert-torch; ai-edge-quantizer's static recipe then makes weights and
+activations int8 from the calibration data. (litert-torch's PT2E quantizer
+leaves ops it does not annotate, such as PReLU, in float.) Input and output
+become int8 (or uint8). What stays float is caught afterwards by the coverage
+check, not assumed away.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -29,7 +33,9 @@ def _channels_last(model, torch):
 
         def forward(self, x):
             return self.inner(x.permute(0, 3, 1, 2))
-    return ChannelsLast(model).eval()
+    wrapper = ChannelsLast(model)
+    wrapper.training = False  # not .eval(): it would recurse into a module that may refuse train()
+    return wrapper
 
 
 def _io_types(flatbuffer: bytes, recipe) -> bytes:
@@ -58,6 +64,22 @@ def _io_types(flatbuffer: bytes, recipe) -> bytes:
     return flatbuffer
 
 
+def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None) -> bytes:
+    """ai-edge-quantizer's static int8 recipe (int8 weights and activations) on a float TFLite."""
+    from ai_edge_quantizer import quantizer, recipe as aeq_recipe
+    from edgesdk.tflite_artifact import interpreter_module
+    signatures = interpreter_module().Interpreter(model_content=flatbuffer).get_signature_list()
+    (key, sig), = signatures.items()
+    (input_name,) = sig["inputs"]
+    samples = [{input_name: x[i:i + 1]} for i in range(len(x))]
+    q = quantizer.Quantizer(flatbuffer)
+    q.load_quantization_recipe(aeq_recipe.static_wi8_ai8())
+    calibration = q.calibrate({key: samples})
+    if progress:
+        progress(len(x), len(x))
+    return bytes(q.quantize(calibration).quantized_model)
+
+
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     torch = import_torch()
     if source.flavor == "torchscript":
@@ -65,37 +87,22 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                               "Save an ExportedProgram with torch.export.save, or use --format onnx.")
     if recipe.quantization == "fp16":
         raise OptionError("fp16 TFLite from PyTorch is not supported yet; use int8 or float.")
-    import litert_torch
     model, example = source.model, source.example_input[0]
     if recipe.layout == "NHWC" and source.layout == "NCHW":
         model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()
     try:
-        with captured_output():
+        with captured_output(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import litert_torch
+            flatbuffer = bytes(litert_torch.convert(model, (example,)).model_content())
             if recipe.quantization == "int8":
-                from litert_torch.quantize import pt2e_quantizer
-                from litert_torch.quantize.quant_config import QuantConfig
-                from torchao.quantization.pt2e import quantize_pt2e
-                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=recipe.per_channel,
-                                                                     is_dynamic=False))
-                exported = torch.export.export(model, (example,)).module()
-                prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
                 x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
-                with torch.no_grad():
-                    for i in range(len(x)):
-                        prepared(torch.from_numpy(x[i:i + 1]))
-                        if progress:
-                            progress(i + 1, len(x))
-                converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-                edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
-            else:
-                edge = litert_torch.convert(model, (example,))
-            flatbuffer = edge.model_content()
+                flatbuffer = _quantize_static_int8(flatbuffer, x, progress)
     except (ConversionError, OptionError):
         raise
     except Exception as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ConversionError(f"litert-torch could not convert the model: {first[:400]}") from None
     if recipe.quantization == "int8":
-        flatbuffer = _io_types(bytes(flatbuffer), recipe)
-    return bytes(flatbuffer)
+        flatbuffer = _io_types(flatbuffer, recipe)
+    return flatbuffer

@@ -99,11 +99,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.warn(f"only {len(calib)} calibration samples: activation ranges estimated from fewer than "
                       f"{FEW_CALIBRATION_SAMPLES} samples often clip real inputs and cost accuracy; "
                       f"give a few hundred representative samples.")
-    if fine_tune is not None:
+    if callable(fine_tune):
+        tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
+    elif fine_tune is not None:
         tune = load_data(fine_tune, input_shape=source.input_shape, preprocess=recipe.preprocess,
                          what="fine-tuning data")
-    if callable(fine_tune):
-        tune = fine_tune  # a training callback (PyTorch)
     if recipe.sparsity == 0 and tune is not None:
         progress.warn("--fine-tune is only used with --prune; ignoring it.")
 
@@ -231,7 +231,9 @@ def _cache_key(source, profile, recipe, calib, val, tune) -> str:
         "source": source.sha256, "profile": profile.to_dict(), "recipe": recipe.to_dict(),
         "calibration": data_fingerprint(calib) if calib is not None else None,
         "validation": data_fingerprint(val) if val is not None else None,
-        "fine_tune": data_fingerprint(tune) if tune is not None else None,
+        # a training callback's effect cannot be fingerprinted: never a cache hit
+        "fine_tune": (f"callback {os.urandom(8).hex()}" if callable(tune) else
+                      data_fingerprint(tune) if tune is not None else None),
         "tools": tool_versions(),
     }
     parts["profile"].pop("source", None)
@@ -285,7 +287,8 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
         "data": {
             "calibration": _data_entry(calib, min(len(calib), recipe.calibration_samples)) if calib else None,
             "validation": _data_entry(val, held_out=held_out),
-            "fine_tune": _data_entry(tune) if tune is not None else None,
+            "fine_tune": ({"callback": getattr(tune, "__qualname__", repr(tune))} if callable(tune) else
+                          _data_entry(tune) if tune is not None else None),
         },
         "sparsity": sparsity,
         "quantization": {"scheme": recipe.quantization, "input_dtype": recipe.input_dtype,

@@ -42,6 +42,9 @@ FIXTURES = {
                          "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
                          "PP-OCR text-direction classifier (0 upright, 1 rotated 180); opset 11, dynamic "
                          "shapes, NCHW 3x48x192 in [-1, 1]"),
+    "facenet_onet": Fixture("facenet-pytorch", "2.6.0", "facenet_pytorch/data/onet.pt",
+                            "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+                            "MTCNN O-Net as a PyTorch state_dict; NCHW 3x48x48, (x - 127.5) / 128"),
     "mtcnn_onet": Fixture("mtcnn", "1.0.0", "mtcnn/assets/weights/onet.lz4",
                           "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
                           "MTCNN O-Net weights (joblib pickle; hash-pinned because loading runs code)"),

@@ -1,0 +1,177 @@
+"""PyTorch sources: live modules, .pt2, TorchScript, state_dict + factory; full-int8 NHWC TFLite and QDQ ONNX."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import edgesdk
+from edgesdk import ConversionError, ModelLoadError
+
+from conftest import REPO, run_cli
+from test_convert_keras import assert_full_int8
+from test_convert_onnx import qdq_facts
+
+pytestmark = pytest.mark.slow
+torch = pytest.importorskip("torch")
+CLI_ENV = {"PYTHONPATH": str(REPO / "tests")}  # so --model-factory torch_models:... imports
+
+
+@pytest.fixture(scope="module")
+def digits_nchw(mnist, tmp_path_factory):
+    d = tmp_path_factory.mktemp("digits-nchw")
+    x_train, x_test = (np.ascontiguousarray(mnist[k].transpose(0, 3, 1, 2)) for k in ("x_train", "x_test"))
+    np.savez(d / "train.npz", x=x_train, y=mnist["y_train"])
+    np.savez(d / "test.npz", x=x_test, y=mnist["y_test"])
+    return {"train": d / "train.npz", "test": d / "test.npz", "x_train": x_train, "y_train": mnist["y_train"]}
+
+
+@pytest.fixture(scope="module")
+def digit_net(digits_nchw):
+    import torch_models
+    return torch_models.train_digit_net(digits_nchw["x_train"], digits_nchw["y_train"])
+
+
+EXAMPLE = (1, 1, 28, 28)
+
+
+def test_live_module_to_rpi4_nhwc_full_int8(digit_net, digits_nchw, tmp_path):
+    art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
+                          calibration=digits_nchw["train"], validation=digits_nchw["test"], output_dir=tmp_path,
+                          quiet=True)
+    assert_full_int8(art.path)
+    m = art.manifest
+    # the profile decides: channels-last for the ARM CPU, and the manifest says so
+    assert m["inputs"][0]["shape"] == [1, 28, 28, 1] and m["layout"] == "NHWC"
+    assert m["source"]["layout"] == "NCHW" and m["source"]["framework"] == "torch"
+    v = art.validation
+    assert v["passed"] and v["reference_accuracy"] > 0.88
+    assert v["reference_accuracy"] - v["artifact_accuracy"] <= 0.01 and v["top1_agreement"] >= 0.98
+
+
+def test_live_module_to_coral_uint8_io(digit_net, digits_nchw, tmp_path):
+    art = edgesdk.convert(digit_net, target="coral-usb", example_input=torch.zeros(*EXAMPLE),
+                          calibration=digits_nchw["train"], validation=digits_nchw["test"], output_dir=tmp_path,
+                          quiet=True)
+    assert_full_int8(art.path, io_dtype="uint8")
+    assert art.manifest["inputs"][0]["quantization"]["zero_point"] >= 0
+    assert art.validation["passed"] and art.validation["top1_agreement"] >= 0.98
+
+
+def test_live_module_to_jetson_qdq_onnx_keeps_nchw(digit_net, digits_nchw, tmp_path):
+    art = edgesdk.convert(digit_net, target="jetson-orin-nano", example_input=torch.zeros(*EXAMPLE),
+                          calibration=digits_nchw["train"], validation=digits_nchw["test"], output_dir=tmp_path,
+                          quiet=True)
+    facts = qdq_facts(art.path)
+    assert len(facts["weights"]) == 4 and all(w.dtype == np.int8 for w in facts["weights"])
+    assert art.manifest["inputs"][0]["shape"] == [1, 1, 28, 28] and art.manifest["layout"] == "NCHW"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digitnet.jetson-orin-nano.onnx",
+                                                         "digitnet.jetson-orin-nano.onnx.json"]
+    assert art.validation["passed"]
+
+
+def test_pruning_with_fine_tuning_and_the_callers_module_left_intact(digit_net, digits_nchw, tmp_path):
+    before = {k: v.clone() for k, v in digit_net.state_dict().items()}
+    art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), prune=0.75,
+                          fine_tune=digits_nchw["train"], calibration=digits_nchw["train"],
+                          validation=digits_nchw["test"], output_dir=tmp_path, quiet=True)
+    s = art.manifest["sparsity"]
+    assert s["method"] == "gradual global magnitude" and s["source_after_pruning"] >= 0.749
+    assert s["artifact"] >= 0.74  # measured in the int8 weights of the artifact
+    assert art.validation["passed"]
+    for k, v in digit_net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_pruning_with_a_training_callback(digit_net, digits_nchw, tmp_path):
+    calls = []
+    x, y = torch.from_numpy(digits_nchw["x_train"]), torch.from_numpy(digits_nchw["y_train"])
+
+    def train_one_epoch(model, epoch):
+        calls.append(epoch)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for idx in torch.arange(len(x)).split(128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+
+    art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), prune=0.5,
+                          fine_tune=train_one_epoch, epochs=3, calibration=digits_nchw["train"],
+                          output_dir=tmp_path, quiet=True, max_accuracy_drop=3)
+    assert calls == [0, 1, 2]
+    assert art.manifest["sparsity"]["artifact"] >= 0.49
+
+
+@pytest.fixture(scope="module")
+def onet_data(lfw_onet_inputs, tmp_path_factory):
+    x, y = lfw_onet_inputs
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # the PyTorch O-Net is NCHW
+    d = tmp_path_factory.mktemp("onet-nchw")
+    np.savez(d / "calib.npz", x=x[0::2])
+    np.savez(d / "val.npz", x=x[1::2], y=y[1::2])
+    return d
+
+
+def test_pretrained_facenet_onet_state_dict_with_factory(onet_data, tmp_path):
+    from edgesdk import fixtures
+    r = run_cli("convert", fixtures.fetch("facenet_onet"), "--model-factory", "torch_models:onet",
+                "--input-shape", "1,3,48,48", "-t", "rpi4", "-c", onet_data / "calib.npz",
+                "--validation", onet_data / "val.npz", "-o", tmp_path, "--json", env=CLI_ENV)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert_full_int8(doc["artifact"])
+    v = doc["validation"]
+    assert v["reference_accuracy"] == 1.0 and v["artifact_accuracy"] >= 0.99
+    m = json.loads(open(doc["manifest"]).read())
+    assert m["validation"]["class_output"] == 2
+    assert sorted(o["shape"] for o in m["outputs"]) == [[1, 2], [1, 4], [1, 10]]
+    assert m["inputs"][0]["shape"] == [1, 48, 48, 3]
+
+
+def test_exported_program_and_torchscript_files(digit_net, digits_nchw, tmp_path):
+    pt2 = tmp_path / "digits.pt2"
+    torch.export.save(torch.export.export(digit_net, (torch.zeros(*EXAMPLE),)), str(pt2))
+    r = run_cli("convert", pt2, "-t", "rpi5", "-c", digits_nchw["train"], "-o", tmp_path / "a", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["inputs"][0]["shape"] == [1, 28, 28, 1]
+
+    ts = tmp_path / "digits_ts.pt"
+    torch.jit.trace(digit_net, (torch.zeros(*EXAMPLE),)).save(str(ts))
+    r = run_cli("convert", ts, "-t", "jetson-orin-nano", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
+                "-o", tmp_path / "b", "--json")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("convert", ts, "-t", "rpi4", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
+                "-o", tmp_path / "c")
+    assert r.returncode == ConversionError.exit_code and "torch.export.save" in r.stderr
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_torch_bad_inputs(digit_net, digits_nchw, tmp_path):
+    sd = tmp_path / "sd.pt"
+    torch.save(digit_net.state_dict(), sd)
+
+    def fails(*args, needle):
+        r = run_cli("convert", *args, "-c", digits_nchw["train"], "-o", tmp_path / "out", env=CLI_ENV)
+        assert r.returncode == ModelLoadError.exit_code, r.stderr
+        assert needle in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+    fails(sd, needle="--model-factory package.module:function")
+    fails(sd, "--model-factory", "no_such_module:f", "--input-shape", "1,1,28,28", needle="cannot import 'no_such_module'")
+    fails(sd, "--model-factory", "torch_models:nope", "--input-shape", "1,1,28,28", needle="has no callable 'nope'")
+    fails(sd, "--model-factory", "torch_models:onet", "--input-shape", "1,3,48,48", needle="do not fit the module")
+    fails(sd, "--model-factory", "torch_models:digit_net", "--input-shape", "1,3,28,28",
+          needle="fails on the example input of shape (1, 3, 28, 28)")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"weights": digit_net.state_dict(), "opt": torch.optim.SGD(digit_net.parameters(), lr=0.1)}, pickled)
+    fails(pickled, "--model-factory", "torch_models:digit_net", "--input-shape", "1,1,28,28",
+          needle="--unsafe-load")
+    junk = tmp_path / "junk.pt2"
+    junk.write_bytes(os.urandom(2000))
+    fails(junk, needle="not a PyTorch file")
+    with pytest.raises(ModelLoadError, match="needs an example input"):
+        edgesdk.convert(digit_net, target="rpi4", calibration=digits_nchw["train"], output_dir=tmp_path)
+    with pytest.raises(edgesdk.DataError, match="looks channels-last"):
+        edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
+                        calibration=np.zeros((10, 28, 28, 1), np.float32), output_dir=tmp_path)
