@@ -8,8 +8,12 @@ want static shapes.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import warnings
+
+import numpy as np
 
 from edgesdk.errors import ConversionError
 from edgesdk.util import captured_output
@@ -85,7 +89,12 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             elif recipe.quantization == "fp16":
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
                 conv.target_spec.supported_types = [tf.float16]
-            flatbuffer = conv.convert()
+            if recipe.quantization == "int8" and (recipe.exclude_nodes or recipe.exclude_op_types):
+                flatbuffer = _with_exclusions(tf, conv, recipe, x)
+            else:
+                flatbuffer = conv.convert()
+        except ConversionError:
+            raise
         except Exception as exc:
             text = f"{exc}\n{log()}"
             ops = failing_ops(str(exc)) or failing_ops(text)
@@ -97,3 +106,62 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                     f"choose a profile that allows float fallback. Converter said: {first[:300]}") from None
             raise ConversionError(f"The TFLite converter failed: {first[:500]}") from None
     return flatbuffer
+
+
+def _rmse_per_scale(float_values, quant_values, scale, zero_point):
+    dequantized = (quant_values.astype(np.float32) - zero_point) * scale
+    return float(np.sqrt(np.mean((float_values - dequantized) ** 2)) / scale) if scale else float("nan")
+
+
+def _debugger(tf, conv, x, denylisted_nodes=(), denylisted_ops=()):
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics={"rmse_per_scale": _rmse_per_scale},
+        denylisted_nodes=list(denylisted_nodes) or None, denylisted_ops=list(denylisted_ops) or None)
+    return tf.lite.experimental.QuantizationDebugger(
+        converter=conv, debug_dataset=lambda: ([x[i:i + 1]] for i in range(len(x))), debug_options=options)
+
+
+def _with_exclusions(tf, conv, recipe, x) -> bytes:
+    """Selective quantization: the named nodes / op types stay float (TFLite's QuantizationDebugger)."""
+    from tensorflow.lite.python.util import modify_model_io_type
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    conv.inference_input_type = conv.inference_output_type = tf.float32
+    model = _debugger(tf, conv, x[:8], recipe.exclude_nodes,
+                      [t.upper() for t in recipe.exclude_op_types]).get_nondebug_quantized_model()
+    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+    try:
+        return modify_model_io_type(model, dtypes[recipe.input_dtype], dtypes[recipe.output_dtype])
+    except (ValueError, RuntimeError) as exc:
+        raise ConversionError(f"With those layers excluded the artifact cannot take {recipe.input_dtype} "
+                              f"input/output ({exc}); pass --input-dtype float32 --output-dtype float32.") from None
+
+
+def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
+    """Layers whose int8 outputs stray furthest from float, worst first (TFLite's QuantizationDebugger).
+
+    `rmse_per_scale` is each layer's output RMS error in units of its
+    quantization step: about 0.29 is plain rounding; far above it the range
+    or the layer itself is the problem.
+    """
+    tf = import_tf()
+    x = calibration.x[: recipe.calibration_samples]
+
+    def representative_dataset():
+        for i in range(len(x)):
+            yield [x[i:i + 1]]
+    with captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        conv = _converter(tf, source)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative_dataset
+        debugger = _debugger(tf, conv, val_x[:32])
+        debugger.run()
+        dump = io.StringIO()
+        debugger.layer_statistics_dump(dump)
+    rows = []
+    for rec in csv.DictReader(io.StringIO(dump.getvalue())):
+        rows.append({"node": rec["tensor_name"], "op": rec["op_name"],
+                     "rmse_per_scale": round(float(rec["rmse_per_scale"]), 3),
+                     "max_abs_error": round(float(rec["max_abs_error"]), 5)})
+    rows.sort(key=lambda r: -r["rmse_per_scale"] if r["rmse_per_scale"] == r["rmse_per_scale"] else 0)
+    return rows[:worst]

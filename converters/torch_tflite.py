@@ -87,6 +87,9 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                               "Save an ExportedProgram with torch.export.save, or use --format onnx.")
     if recipe.quantization == "fp16":
         raise OptionError("fp16 TFLite from PyTorch is not supported yet; use int8 or float.")
+    if recipe.exclude_nodes or recipe.exclude_op_types:
+        raise OptionError("Excluding layers from quantization is not supported for PyTorch -> TFLite yet; "
+                          "use --format onnx, where it is.")
     model, example = source.model, source.example_input[0]
     if recipe.layout == "NHWC" and source.layout == "NCHW":
         model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()

@@ -134,20 +134,29 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             pruning = pruner.prune(source, recipe.sparsity, tune,
                                         epochs=recipe.epochs, batch_size=recipe.batch_size,
                                         learning_rate=recipe.learning_rate, log=progress.warn)
-            pruning["pruned_source_outputs"] = source.predict(val.x)
+            pruned_outputs = source.predict(val.x)
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
         data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
         tmp.write_bytes(data)
         info = _inspect(tmp, recipe)
         from edgesdk.targets import get_family
+        if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
+                and not info["coverage"]["float_ops"]:
+            raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
+                              "names the validation error lists (TFLite tensor names) or TFLite op types.")
         compat = get_family(profile.family).check(info, profile, recipe)
         progress.step("validating against the source model")
         figures, verdict = _validate(tmp, reference, val, recipe, progress, source.layout, artifact_layout)
+        if pruning:  # separates what pruning cost from what quantization cost
+            from .validation import compare
+            after = compare(reference, pruned_outputs, labels=val.y, class_output=figures["class_output"])
+            figures["pruned_source_accuracy"] = after["artifact_accuracy"]
+            figures["pruned_source_top1_agreement"] = after["top1_agreement"]
         from .validation import describe, raise_if_failed
         progress.step(f"validation: {describe(figures)}")
-        if not verdict["passed"] and recipe.format == "onnx" and recipe.quantization == "int8":
+        if not verdict["passed"] and recipe.quantization == "int8":
             progress.step("finding the layers that lose the most to quantization")
-            figures["worst_layers"] = _diagnose_onnx(source, tmp, val)
+            figures["worst_layers"] = _diagnose(source, recipe, calib, tmp, val)
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings)
         if not verdict["passed"] and not keep_failed:
@@ -186,15 +195,19 @@ def _shape_option(value):
         raise OptionError(f"--input-shape takes comma-separated integers, e.g. 1,3,224,224; got {value!r}.") from None
 
 
-def _diagnose_onnx(source, artifact_path: Path, val, samples: int = 32) -> list:
-    from edgesdk.converters import onnx_int8
-    if not source.float_onnx:
-        return []
+def _diagnose(source, recipe, calib, artifact_path: Path, val, samples: int = 32) -> list:
+    """Per-layer quantization error, where the route has a debugger for it."""
     try:
-        return onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], source.input_name
-                                  if source.framework == "onnx" else _onnx_input_name(source.float_onnx))
+        if recipe.format == "onnx" and source.float_onnx:
+            from edgesdk.converters import onnx_int8
+            name = source.input_name if source.framework == "onnx" else _onnx_input_name(source.float_onnx)
+            return onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], name)
+        if recipe.format == "tflite" and source.framework == "keras":
+            from edgesdk.converters import keras_tflite
+            return keras_tflite.diagnose(source, recipe, calib, val.x[:samples])
     except Exception as exc:  # diagnostics must never hide the validation failure itself
         return [{"error": f"diagnostics failed: {exc}"}]
+    return []
 
 
 def _onnx_input_name(path) -> str:
@@ -262,16 +275,12 @@ def _data_entry(ds, used=None, **extra) -> dict:
 
 def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key, info, compat,
               figures, verdict, pruning, warnings) -> dict:
-    from .validation import compare
     sparsity = {"target": recipe.sparsity, "artifact": info["weight_sparsity"]["overall"],
                 "artifact_layers": info["weight_sparsity"]["layers"]}
     if pruning:
-        pruned_outputs = pruning.pop("pruned_source_outputs")
-        pruned = compare(pruned_outputs, pruned_outputs, labels=val.y,
-                         class_output=figures["class_output"])
         sparsity.update({"method": pruning["method"], "fine_tuned": pruning["fine_tuned"],
                          "epochs": pruning["epochs"], "source_after_pruning": pruning["achieved"],
-                         "pruned_source_accuracy": pruned["reference_accuracy"]})
+                         "pruned_source_accuracy": figures.get("pruned_source_accuracy")})
     cov = info["coverage"]
     return {
         "schema": MANIFEST_SCHEMA,

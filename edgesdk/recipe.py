@@ -96,9 +96,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
         if profile.family == "edgetpu":
             raise OptionError(f"The Edge TPU ({profile.name}) runs only int8 ops; nothing can be excluded from "
                               f"quantization for it.")
-        if fmt != "onnx":
-            raise OptionError("Excluding nodes or op types from quantization applies to ONNX artifacts in this "
-                              "version; add --format onnx where the profile allows it.")
+        if fmt == "tflite" and not allow_float_fallback:
+            raise OptionError("Excluded layers run in float, so a TFLite artifact is no longer full-integer: "
+                              "add --allow-float-fallback to accept that.")
     samples = calibration_samples or spec.calibration_samples
     if samples < 1:
         raise OptionError("--calibration-samples must be at least 1.")

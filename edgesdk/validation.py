@@ -127,7 +127,9 @@ def gate(figures: dict, max_accuracy_drop: float, min_sqnr_db: float | None = No
 def describe(figures: dict) -> str:
     parts = [f"{figures['samples']} samples"]
     if figures.get("reference_accuracy") is not None:
-        parts.append(f"accuracy source {100 * figures['reference_accuracy']:.2f}% vs artifact "
+        pruned = (f" (pruned float model {100 * figures['pruned_source_accuracy']:.2f}%)"
+                  if figures.get("pruned_source_accuracy") is not None else "")
+        parts.append(f"accuracy source {100 * figures['reference_accuracy']:.2f}%{pruned} vs artifact "
                      f"{100 * figures['artifact_accuracy']:.2f}%")
     if figures.get("top1_agreement") is not None:
         parts.append(f"top-1 agreement {100 * figures['top1_agreement']:.2f}%")
@@ -142,12 +144,17 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
             if artifact_kept else " Nothing was written.")
     worst = [w for w in figures.get("worst_layers", []) if "node" in w]
     culprits = ""
-    if worst:
+    if worst and "qdq_sqnr_db" in worst[0]:  # ONNX
         listed = "; ".join(f"{w['node'] or w['tensor']} ({w['op']}): {w['qdq_sqnr_db']:.1f} dB own, "
                            f"{w['xmodel_sqnr_db']:.1f} dB accumulated" for w in worst)
         culprits = (f" Layers that lose the most to quantization (output SQNR, lower is worse): {listed}. "
                     f"Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or "
                     f"try --calibration-method percentile or entropy.")
+    elif worst:  # TFLite
+        listed = "; ".join(f"{w['node']} ({w['op']}): {w['rmse_per_scale']:.3g} steps" for w in worst)
+        culprits = (f" Layers whose int8 output strays furthest from float (RMS error in quantization steps; "
+                    f"0.29 is plain rounding): {listed}. Keep those in float with --exclude-nodes NAME[,NAME] "
+                    f"or --exclude-op-types TYPE plus --allow-float-fallback (not on the Edge TPU).")
     raise ValidationFailed(
         f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "

@@ -227,3 +227,42 @@ def test_subclassed_keras3_model_built_with_a_shape(mnist, tmp_path):
                           quiet=True, max_accuracy_drop=100)
     assert_full_int8(art.path)
     assert art.manifest["source"]["input_shape"] == [None, 28, 28, 1]
+
+
+def test_accuracy_guard_for_tflite_names_layers_and_separates_pruning_loss(keras3_mnist, mnist_files, tmp_path):
+    kwargs = dict(target="rpi4", calibration=mnist_files["train"], validation=mnist_files["test"],
+                  output_dir=tmp_path, quiet=True)
+    with pytest.raises(ValidationFailed) as e:
+        edgesdk.convert(str(keras3_mnist), prune=0.6, **kwargs)
+    f = e.value.figures
+    # one-shot pruning, not int8, cost the accuracy here, and the figures say so
+    assert f["pruned_source_accuracy"] < f["reference_accuracy"] - 0.1
+    assert abs(f["pruned_source_accuracy"] - f["artifact_accuracy"]) < 0.02
+    assert "pruned float model" in str(e.value)
+    worst = f["worst_layers"]
+    assert worst and all(w["op"] in ("CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "MAX_POOL_2D", "RESHAPE")
+                         for w in worst)
+    assert worst[0]["node"] in str(e.value) and "--exclude-nodes" in str(e.value)
+
+
+def test_tflite_exclusions_keep_named_layers_float(keras3_mnist, mnist_files, tmp_path):
+    from edgesdk import OptionError
+    from edgesdk.converters.keras_tflite import diagnose
+    from edgesdk.data import load_data
+    from edgesdk.recipe import make_recipe
+    from edgesdk.source import load_source
+    src = load_source(keras3_mnist)
+    calib = load_data(mnist_files["train"], input_shape=src.input_shape)
+    worst = diagnose(src, make_recipe(edgesdk.load_profile("rpi4")), calib, calib.x[:16])
+    fc = next(w["node"] for w in worst if w["op"] == "FULLY_CONNECTED")
+    kwargs = dict(target="rpi4", calibration=mnist_files["train"], output_dir=tmp_path, quiet=True)
+    with pytest.raises(OptionError, match="--allow-float-fallback"):
+        edgesdk.convert(str(keras3_mnist), exclude_nodes=[fc], **kwargs)
+    with pytest.raises(OptionError, match="matched nothing"):
+        edgesdk.convert(str(keras3_mnist), exclude_nodes=["no/such/layer"], allow_float_fallback=True, **kwargs)
+    art = edgesdk.convert(str(keras3_mnist), exclude_nodes=[fc], allow_float_fallback=True, **kwargs)
+    q = art.manifest["quantization"]
+    assert "FULLY_CONNECTED" in [o["op"] for o in q["float_ops"]]
+    assert q["excluded"]["nodes"] == [fc]
+    assert art.manifest["inputs"][0]["dtype"] == "int8"  # the boundary stays integer
+    assert art.validation["passed"]

@@ -172,6 +172,9 @@ def test_torch_bad_inputs(digit_net, digits_nchw, tmp_path):
     fails(junk, needle="not a PyTorch file")
     with pytest.raises(ModelLoadError, match="needs an example input"):
         edgesdk.convert(digit_net, target="rpi4", calibration=digits_nchw["train"], output_dir=tmp_path)
+    with pytest.raises(edgesdk.OptionError, match="use --format onnx"):
+        edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), allow_float_fallback=True,
+                        calibration=digits_nchw["train"], exclude_op_types=["SOFTMAX"], output_dir=tmp_path)
     with pytest.raises(edgesdk.DataError, match="looks channels-last"):
         edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
                         calibration=np.zeros((10, 28, 28, 1), np.float32), output_dir=tmp_path)
