@@ -16,9 +16,7 @@ def int8_io_to_uint8(flatbuffer: bytes) -> bytes:
     from edgesdk.converters.keras_model import import_tf
     import_tf()
     from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.python.util import (_convert_model_from_bytearray_to_object,
-                                             _convert_model_from_object_to_bytearray)
-    model = _convert_model_from_bytearray_to_object(flatbuffer)
+    model = read_model(flatbuffer)
     quant_idx = next((i for i, c in enumerate(model.operatorCodes)
                       if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.QUANTIZE), None)
     if quant_idx is None:
@@ -67,4 +65,22 @@ def int8_io_to_uint8(flatbuffer: bytes) -> bytes:
             if sig.subgraphIndex == model.subgraphs.index(sg):
                 for item in list(sig.inputs) + list(sig.outputs):
                     item.tensorIndex = remap.get(int(item.tensorIndex), item.tensorIndex)
-    return bytes(_convert_model_from_object_to_bytearray(model))
+    return write_model(model)
+
+
+def read_model(flatbuffer: bytes):
+    """The flatbuffer as objects, with constants stored past its end (buffer offsets) pulled inline."""
+    from edgesdk.converters.keras_model import import_tf
+    import_tf()
+    from tensorflow.lite.tools import flatbuffer_utils
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+
+
+def write_model(model) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def inline_buffers(flatbuffer: bytes) -> bytes:
+    """ai-edge-quantizer may store constants by offset; TensorFlow's rewriting tools expect them inline."""
+    return write_model(read_model(flatbuffer))

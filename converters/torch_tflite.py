@@ -77,7 +77,8 @@ def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None) -> by
     calibration = q.calibrate({key: samples})
     if progress:
         progress(len(x), len(x))
-    return bytes(q.quantize(calibration).quantized_model)
+    from .tflite_io import inline_buffers
+    return inline_buffers(bytes(q.quantize(calibration).quantized_model))
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:

@@ -172,3 +172,19 @@ def test_exclusion_levers_are_checked(ppocr, keras3_mnist, mnist_files, tmp_path
     r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--exclude-op-types", "Softmax")
     assert r.returncode == OptionError.exit_code and "add --allow-float-fallback" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_with_an_op_onnx_runtime_cannot_run(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    f = tmp_path / "mystery.onnx"
+    onnx.save(model, str(f))
+    np.save(tmp_path / "x.npy", np.zeros((10, 4), np.float32))
+    r = run_cli("convert", f, "-t", "jetson-orin-nano", "-c", tmp_path / "x.npy", "-o", tmp_path / "o")
+    assert r.returncode == ModelLoadError.exit_code and "Mystery" in r.stderr and "Traceback" not in r.stderr
+    assert list((tmp_path / "o").iterdir()) == []

