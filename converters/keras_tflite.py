@@ -160,8 +160,13 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
         debugger.layer_statistics_dump(dump)
     rows = []
     for rec in csv.DictReader(io.StringIO(dump.getvalue())):
-        rows.append({"node": rec["tensor_name"], "op": rec["op_name"],
-                     "rmse_per_scale": round(float(rec["rmse_per_scale"]), 3),
-                     "max_abs_error": round(float(rec["max_abs_error"]), 5)})
+        steps = float(rec["rmse_per_scale"])
+        rows.append({"node": rec["tensor_name"], "op": rec["op_name"], "rmse_per_scale": round(steps, 3),
+                     "max_abs_error": round(float(rec["max_abs_error"]), 5),
+                     "detail": f"RMS error {steps:.3g} quantization steps (0.29 is plain rounding)"})
     rows.sort(key=lambda r: -r["rmse_per_scale"] if r["rmse_per_scale"] == r["rmse_per_scale"] else 0)
     return rows[:worst]
+
+
+DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
+                  "--allow-float-fallback (not on the Edge TPU).")

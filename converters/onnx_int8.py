@@ -166,7 +166,12 @@ def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5) -> list:
         own = sqnr(match["pre_qdq"], match["post_qdq"])
         # tensors the quantizer renamed have no float twin
         acc = sqnr(match["float"], match["post_qdq"]) if match.get("float") else float("nan")
-        rows.append({"tensor": tensor, "node": node.name if node else "", "op": node.op_type if node else "",
-                     "qdq_sqnr_db": round(float(own), 2), "xmodel_sqnr_db": round(float(acc), 2)})
+        rows.append({"tensor": tensor, "node": node.name if node else tensor, "op": node.op_type if node else "",
+                     "qdq_sqnr_db": round(float(own), 2), "xmodel_sqnr_db": round(float(acc), 2),
+                     "detail": f"SQNR {own:.1f} dB own, {acc:.1f} dB accumulated"})
     rows.sort(key=lambda r: r["qdq_sqnr_db"])
     return rows[:worst]
+
+
+DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or try "
+                  "--calibration-method percentile or entropy.")

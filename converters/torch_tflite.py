@@ -66,19 +66,60 @@ def _io_types(flatbuffer: bytes, recipe) -> bytes:
 
 def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None) -> bytes:
     """ai-edge-quantizer's static int8 recipe (int8 weights and activations) on a float TFLite."""
+    q, data = _quantizer(flatbuffer, x)
+    calibration = q.calibrate(data)
+    if progress:
+        progress(len(x), len(x))
+    from .tflite_io import inline_buffers
+    return inline_buffers(bytes(q.quantize(calibration).quantized_model))
+
+
+def _float_model(source, recipe, torch):
+    """(float flatbuffer, example) for the source as it is now, in the artifact's layout."""
+    import litert_torch
+    model, example = source.model, source.example_input[0]
+    if recipe.layout == "NHWC" and source.layout == "NCHW":
+        model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()
+    return bytes(litert_torch.convert(model, (example,)).model_content())
+
+
+def _quantizer(flatbuffer: bytes, x: np.ndarray):
     from ai_edge_quantizer import quantizer, recipe as aeq_recipe
     from edgesdk.tflite_artifact import interpreter_module
     signatures = interpreter_module().Interpreter(model_content=flatbuffer).get_signature_list()
     (key, sig), = signatures.items()
     (input_name,) = sig["inputs"]
-    samples = [{input_name: x[i:i + 1]} for i in range(len(x))]
     q = quantizer.Quantizer(flatbuffer)
     q.load_quantization_recipe(aeq_recipe.static_wi8_ai8())
-    calibration = q.calibrate({key: samples})
-    if progress:
-        progress(len(x), len(x))
-    from .tflite_io import inline_buffers
-    return inline_buffers(bytes(q.quantize(calibration).quantized_model))
+    data = {key: [{input_name: x[i:i + 1]} for i in range(len(x))]}
+    return q, data
+
+
+def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
+    """Tensors whose int8 values drift furthest from float (ai-edge-quantizer's validation), worst first."""
+    from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+    torch = import_torch()
+    with captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flatbuffer = _float_model(source, recipe, torch)
+        x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
+        q, data = _quantizer(flatbuffer, x)
+        q.quantize(q.calibrate(data))
+        key = next(iter(data))
+        result = q.validate({key: _quantizer(flatbuffer, val_x)[1][key]},
+                            error_metrics=[ValidationErrorMetric.SNR], use_xnnpack=True)
+    rows = []
+    for sig in result.available_signature_keys():
+        r = result.get_signature_comparison_result(sig)
+        for name, metrics in {**r.intermediate_tensors, **r.output_tensors}.items():
+            snr = float(metrics.get("snr", float("nan")))
+            rows.append({"node": name, "op": "", "snr_db": round(snr, 2), "detail": f"SNR {snr:.1f} dB"})
+    rows.sort(key=lambda r: r["snr_db"] if r["snr_db"] == r["snr_db"] else float("inf"))
+    return rows[:worst]
+
+
+DIAGNOSIS_HINT = ("Excluding layers is not supported for PyTorch -> TFLite yet: --format onnx allows "
+                  "--exclude-nodes, or give more calibration data.")
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
@@ -91,14 +132,10 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     if recipe.exclude_nodes or recipe.exclude_op_types:
         raise OptionError("Excluding layers from quantization is not supported for PyTorch -> TFLite yet; "
                           "use --format onnx, where it is.")
-    model, example = source.model, source.example_input[0]
-    if recipe.layout == "NHWC" and source.layout == "NCHW":
-        model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()
     try:
         with captured_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import litert_torch
-            flatbuffer = bytes(litert_torch.convert(model, (example,)).model_content())
+            flatbuffer = _float_model(source, recipe, torch)
             if recipe.quantization == "int8":
                 x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
                 flatbuffer = _quantize_static_int8(flatbuffer, x, progress)

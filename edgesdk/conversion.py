@@ -17,7 +17,8 @@ from pathlib import Path
 
 from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
-from .data import FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, split_holdout
+from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, split_holdout,
+                   to_artifact_layout)
 from .errors import DataError, OptionError
 from .profiles import load_profile
 from .progress import Progress
@@ -156,7 +157,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.step(f"validation: {describe(figures)}")
         if not verdict["passed"] and recipe.quantization == "int8":
             progress.step("finding the layers that lose the most to quantization")
-            figures["worst_layers"] = _diagnose(source, recipe, calib, tmp, val)
+            figures["worst_layers"], figures["worst_layers_hint"] = _diagnose(source, recipe, calib, tmp, val)
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings)
         if not verdict["passed"] and not keep_failed:
@@ -196,18 +197,20 @@ def _shape_option(value):
 
 
 def _diagnose(source, recipe, calib, artifact_path: Path, val, samples: int = 32) -> list:
-    """Per-layer quantization error, where the route has a debugger for it."""
+    """(per-layer quantization error, what to do about it), where the route has a debugger for it."""
+    from edgesdk.converters import get_route, onnx_int8
     try:
         if recipe.format == "onnx" and source.float_onnx:
-            from edgesdk.converters import onnx_int8
             name = source.input_name if source.framework == "onnx" else _onnx_input_name(source.float_onnx)
-            return onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], name)
-        if recipe.format == "tflite" and source.framework == "keras":
-            from edgesdk.converters import keras_tflite
-            return keras_tflite.diagnose(source, recipe, calib, val.x[:samples])
+            rows = onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], name)
+            return rows, onnx_int8.DIAGNOSIS_HINT
+        if recipe.format == "tflite":
+            route = get_route(source.framework, "tflite")
+            x = to_artifact_layout(val.x[:samples], source.layout, _artifact_layout(source, recipe))
+            return route.diagnose(source, recipe, calib, x), route.DIAGNOSIS_HINT
     except Exception as exc:  # diagnostics must never hide the validation failure itself
-        return [{"error": f"diagnostics failed: {exc}"}]
-    return []
+        return [{"error": f"diagnostics failed: {exc}"}], ""
+    return [], ""
 
 
 def _onnx_input_name(path) -> str:
@@ -230,7 +233,6 @@ def _artifact_layout(source, recipe):
 
 def _validate(path: Path, reference, val, recipe, progress, source_layout, artifact_layout):
     from .validation import compare, gate, match_outputs
-    from .data import to_artifact_layout
     art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format)
     x = to_artifact_layout(val.x, source_layout, artifact_layout)  # data comes in the source's layout
     outs = art.predict(x, progress=progress.bar("validating"))

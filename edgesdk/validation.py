@@ -144,17 +144,10 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
             if artifact_kept else " Nothing was written.")
     worst = [w for w in figures.get("worst_layers", []) if "node" in w]
     culprits = ""
-    if worst and "qdq_sqnr_db" in worst[0]:  # ONNX
-        listed = "; ".join(f"{w['node'] or w['tensor']} ({w['op']}): {w['qdq_sqnr_db']:.1f} dB own, "
-                           f"{w['xmodel_sqnr_db']:.1f} dB accumulated" for w in worst)
-        culprits = (f" Layers that lose the most to quantization (output SQNR, lower is worse): {listed}. "
-                    f"Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or "
-                    f"try --calibration-method percentile or entropy.")
-    elif worst:  # TFLite
-        listed = "; ".join(f"{w['node']} ({w['op']}): {w['rmse_per_scale']:.3g} steps" for w in worst)
-        culprits = (f" Layers whose int8 output strays furthest from float (RMS error in quantization steps; "
-                    f"0.29 is plain rounding): {listed}. Keep those in float with --exclude-nodes NAME[,NAME] "
-                    f"or --exclude-op-types TYPE plus --allow-float-fallback (not on the Edge TPU).")
+    if worst:
+        listed = "; ".join(f"{w['node']}{' (' + w['op'] + ')' if w.get('op') else ''}: {w['detail']}"
+                           for w in worst)
+        culprits = f" Layers that lose the most to quantization: {listed}. {figures.get('worst_layers_hint', '')}"
     raise ValidationFailed(
         f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "

@@ -199,3 +199,15 @@ def test_pretrained_crepe_tiny_pitch_tracker(tmp_path):
         assert art.validation["sqnr_db"] > 25 and art.validation["top1_agreement"] >= 0.85
         if art.format == "tflite":
             assert_full_int8(art.path, io_dtype=io)
+
+
+def test_failed_gate_names_the_drifting_tensors(digit_net, digits_nchw, tmp_path):
+    with pytest.raises(edgesdk.ValidationFailed) as e:
+        edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), prune=0.9,
+                        calibration=digits_nchw["train"], validation=digits_nchw["test"], output_dir=tmp_path,
+                        quiet=True)
+    worst = e.value.figures["worst_layers"]
+    assert worst and all("snr_db" in w for w in worst), worst
+    assert worst[0]["snr_db"] <= worst[-1]["snr_db"]
+    assert "SNR" in str(e.value) and "--format onnx" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
