@@ -6,7 +6,6 @@ TensorRT and ONNX Runtime take it as it is.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError
@@ -43,15 +42,4 @@ def export_float(source, path: Path) -> None:
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
-    # The float export is kept beside the source: the accuracy diagnostics compare against it.
-    tmp = tempfile.TemporaryDirectory(prefix="edgesdk-keras-onnx-")
-    float_path = Path(tmp.name) / "float.onnx"
-    export_float(source, float_path)
-    source.float_onnx, source.keepalive = str(float_path), tmp
-    if recipe.quantization != "int8":
-        return float_path.read_bytes()
-    import onnx
-    input_name = onnx.load(str(float_path)).graph.input[0].name
-    data, notes = onnx_int8.quantize(float_path, recipe, profile, calibration, input_name, progress)
-    source.notes.extend(notes)
-    return data
+    return onnx_int8.from_export(source, export_float, recipe, calibration, progress, profile)

@@ -129,6 +129,24 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         return out.read_bytes(), notes
 
 
+def from_export(source, export_float, recipe, calibration, progress=None, profile=None) -> bytes:
+    """The ONNX routes from a framework: export_float(source, path), then the int8 step.
+
+    The float export stays beside the source: the accuracy diagnostics compare against it.
+    """
+    import onnx
+    tmp = tempfile.TemporaryDirectory(prefix="edgesdk-onnx-export-")
+    float_path = Path(tmp.name) / "float.onnx"
+    export_float(source, float_path)
+    source.float_onnx, source.keepalive = str(float_path), tmp
+    if recipe.quantization != "int8":
+        return float_path.read_bytes()
+    input_name = onnx.load(str(float_path)).graph.input[0].name
+    data, notes = quantize(float_path, recipe, profile, calibration, input_name, progress)
+    source.notes.extend(notes)
+    return data
+
+
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     """An ONNX source: its (shape-fixed) float model, quantized unless the recipe keeps it float."""
     data = Path(source.float_onnx).read_bytes()

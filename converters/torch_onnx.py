@@ -7,7 +7,6 @@ exporter; everything else through the torch.export-based one.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError
@@ -39,12 +38,4 @@ def export_float(source, path: Path) -> None:
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
-    tmp = tempfile.TemporaryDirectory(prefix="edgesdk-torch-onnx-")
-    float_path = Path(tmp.name) / "float.onnx"
-    export_float(source, float_path)
-    source.float_onnx, source.keepalive = str(float_path), tmp
-    if recipe.quantization != "int8":
-        return float_path.read_bytes()
-    data, notes = onnx_int8.quantize(float_path, recipe, profile, calibration, "input", progress)
-    source.notes.extend(notes)
-    return data
+    return onnx_int8.from_export(source, export_float, recipe, calibration, progress, profile)
