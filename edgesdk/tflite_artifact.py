@@ -1,5 +1,11 @@
-"""Read a .tflite file with the LiteRT interpreter: tensors, ops, int8 coverage, weight sparsity, and
-inference on float data (quantize in, dequantize out)."""
+"""Read a .tflite file.
+
+Structure (tensors, ops, int8 coverage, weight sparsity) comes from the
+flatbuffer itself, through the schema that ai-edge-litert ships, so files with
+custom ops or resource variables are described rather than refused.
+Inference (quantize in, dequantize out) and the XNNPACK delegation count use
+the LiteRT interpreter.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ from .errors import ModelLoadError, RuntimeMissing
 
 # Ops whose input 1 is the weight tensor that pruning zeroes.
 WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
-FLOAT_TYPES = (np.float32, np.float16, np.float64)
+FLOAT_DTYPES = ("float32", "float16", "float64")
+_NUMPY = {"FLOAT32": "float32", "FLOAT16": "float16", "FLOAT64": "float64", "INT8": "int8", "UINT8": "uint8",
+          "INT16": "int16", "INT32": "int32", "INT64": "int64", "BOOL": "bool", "STRING": "string",
+          "RESOURCE": "resource", "VARIANT": "variant", "INT4": "int4", "UINT16": "uint16", "UINT32": "uint32"}
 
 
 def interpreter_module():
@@ -25,41 +34,87 @@ def interpreter_module():
     return module
 
 
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        raise RuntimeMissing("Reading TFLite files needs ai-edge-litert: pip install 'edgesdk[litert]'") from None
+    return schema
+
+
+def _enum_names(cls) -> dict:
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
 class TFLiteArtifact:
-    """`delegates=False` shows the graph as written (for inspection); True runs it as a device would."""
+    """`delegates=False` runs the graph as written; True as a device would (XNNPACK)."""
 
     def __init__(self, path, num_threads: int = 1, delegates: bool = False):
         self.path = str(path)
-        from .util import captured_output
+        self.num_threads, self.delegates = num_threads, delegates
         try:
-            module = interpreter_module()
-            # Without this, XNNPACK folds the ops it takes into one DELEGATE node.
-            kwargs = {} if delegates else {
-                "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-            with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-                self.interpreter = module.Interpreter(model_path=self.path, num_threads=num_threads, **kwargs)
-                self.interpreter.allocate_tensors()
-        except RuntimeMissing:
-            raise
+            with open(self.path, "rb") as f:
+                self.buffer = f.read()
+        except OSError as exc:
+            raise ModelLoadError(f"Cannot read '{path}': {exc.strerror or exc}.") from None
+        schema = _schema()
+        if len(self.buffer) < 8 or not schema.Model.ModelBufferHasIdentifier(self.buffer, 0):
+            raise ModelLoadError(f"'{path}' is not a TFLite model (no TFL3 flatbuffer identifier); it may be "
+                                 f"another format or truncated.")
+        try:
+            self.model = schema.ModelT.InitFromPackedBuf(self.buffer, 0)
+            self.graph = self.model.subgraphs[0]
         except Exception as exc:
-            raise ModelLoadError(f"'{path}' is not a loadable TFLite model: {str(exc).splitlines()[0]}") from None
-        self.inputs = self.interpreter.get_input_details()
-        self.outputs = self.interpreter.get_output_details()
-        self.output_names = [d["name"] for d in self.outputs]
+            raise ModelLoadError(f"'{path}' is a damaged TFLite file (it may be truncated): "
+                                 f"{type(exc).__name__}: {exc}") from None
+        ops, types = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
+        self._op_names = []
+        for code in self.model.operatorCodes:
+            if code.customCode is not None:
+                self._op_names.append("CUSTOM:" + code.customCode.decode())
+            else:
+                self._op_names.append(ops.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN"))
+        self._types = [_NUMPY.get(types.get(t.type, ""), str(t.type)) for t in self.graph.tensors]
+        self._interpreter = None
 
     # -- structure ------------------------------------------------------------
-    @staticmethod
-    def _io(d) -> dict:
-        scale, zp = d["quantization"]
-        return {"name": d["name"], "shape": [int(s) for s in d["shape"]],
-                "dtype": np.dtype(d["dtype"]).name,
-                "quantization": {"scale": float(scale), "zero_point": int(zp)} if scale else None}
+    def tensor_name(self, i: int) -> str:
+        name = self.graph.tensors[i].name
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def tensor_type(self, i: int) -> str:
+        return self._types[i]
+
+    def _io(self, i: int) -> dict:
+        t = self.graph.tensors[i]
+        q = t.quantization
+        quant = None
+        if q is not None and q.scale is not None and len(q.scale) == 1:
+            quant = {"scale": float(q.scale[0]), "zero_point": int(q.zeroPoint[0])}
+        elif q is not None and q.scale is not None and len(q.scale) > 1:
+            quant = {"scales": len(q.scale), "per_channel_axis": int(q.quantizedDimension)}
+        shape = [int(s) for s in (t.shapeSignature if t.shapeSignature is not None else t.shape)]
+        return {"name": self.tensor_name(i), "shape": shape, "dtype": self._types[i], "quantization": quant}
 
     def io(self) -> dict:
-        return {"inputs": [self._io(d) for d in self.inputs], "outputs": [self._io(d) for d in self.outputs]}
+        return {"inputs": [self._io(int(i)) for i in self.graph.inputs],
+                "outputs": [self._io(int(i)) for i in self.graph.outputs]}
+
+    @property
+    def output_names(self) -> list:
+        return [self.tensor_name(int(i)) for i in self.graph.outputs]
 
     def ops(self) -> list:
-        return self.interpreter._get_ops_details()
+        return [{"index": k, "op_name": self._op_names[op.opcodeIndex],
+                 "inputs": [int(i) for i in (op.inputs if op.inputs is not None else [])],
+                 "outputs": [int(i) for i in (op.outputs if op.outputs is not None else [])]}
+                for k, op in enumerate(self.graph.operators)]
+
+    def subgraph_count(self) -> int:
+        return len(self.model.subgraphs)
+
+    def custom_ops(self) -> list:
+        return sorted({n[len("CUSTOM:"):] for n in self._op_names if n.startswith("CUSTOM:")})
 
     def coverage(self) -> dict:
         """Which ops compute in float: for a full-int8 artifact this list must be empty.
@@ -68,16 +123,16 @@ class TFLiteArtifact:
         only converts float I/O at the boundary; those are counted apart.
         """
         ops = self.ops()
-        graph_in = {int(d["index"]) for d in self.inputs}
-        graph_out = {int(d["index"]) for d in self.outputs}
+        graph_in = {int(i) for i in self.graph.inputs}
+        graph_out = {int(i) for i in self.graph.outputs}
         float_ops, io_ops = [], []
         for op in ops:
-            types = list(op.get("operand_types", [])) + list(op.get("result_types", []))
-            if not any(t in FLOAT_TYPES for t in types):
+            tensors = [i for i in op["inputs"] + op["outputs"] if i >= 0]
+            if not any(self._types[i] in FLOAT_DTYPES for i in tensors):
                 continue
-            entry = {"index": int(op["index"]), "op": op["op_name"]}
-            boundary = (op["op_name"] == "QUANTIZE" and set(map(int, op["inputs"])) <= graph_in) or \
-                (op["op_name"] == "DEQUANTIZE" and set(map(int, op["outputs"])) <= graph_out)
+            entry = {"index": op["index"], "op": op["op_name"]}
+            boundary = (op["op_name"] == "QUANTIZE" and set(op["inputs"]) <= graph_in) or \
+                (op["op_name"] == "DEQUANTIZE" and set(op["outputs"]) <= graph_out)
             (io_ops if boundary else float_ops).append(entry)
         hist: dict = {}
         for op in ops:
@@ -87,50 +142,109 @@ class TFLiteArtifact:
 
     def tensor_dtypes(self) -> dict:
         counts: dict = {}
-        for d in self.interpreter.get_tensor_details():
-            name = np.dtype(d["dtype"]).name
+        for name in self._types:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
+    def constant(self, i: int):
+        """The stored value of a constant tensor, or None for activations."""
+        t = self.graph.tensors[i]
+        buf = self.model.buffers[t.buffer] if t.buffer < len(self.model.buffers) else None
+        if buf is None:
+            return None
+        if buf.data is not None and len(buf.data):
+            raw = bytes(np.asarray(buf.data, dtype=np.uint8))
+        elif getattr(buf, "offset", 0) and buf.offset > 1:  # stored past the flatbuffer
+            raw = self.buffer[buf.offset:buf.offset + buf.size]
+        else:
+            return None
+        dtype = self._types[i]
+        if dtype in ("string", "resource", "variant", "int4"):
+            return None
+        return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape([int(s) for s in t.shape])
+
+    def parameter_bytes(self) -> int:
+        """Bytes of constant data (weights, biases): what the Edge TPU would cache on chip."""
+        total = 0
+        for t in self.graph.tensors:
+            buf = self.model.buffers[t.buffer] if t.buffer < len(self.model.buffers) else None
+            if buf is not None:
+                total += len(buf.data) if buf.data is not None else int(getattr(buf, "size", 0) or 0)
+        return total
+
     def weight_sparsity(self) -> dict:
         """Fraction of exact zeros in the weight tensors of conv/dense ops, as stored in the file."""
-        layers, zeros, total = [], 0, 0
-        details = {d["index"]: d for d in self.interpreter.get_tensor_details()}
-        seen = set()
+        layers, zeros, total, seen = [], 0, 0, set()
         for op in self.ops():
             pos = WEIGHT_OPS.get(op["op_name"])
             if pos is None or len(op["inputs"]) <= pos:
                 continue
-            idx = int(op["inputs"][pos])
+            idx = op["inputs"][pos]
             if idx < 0 or idx in seen:
                 continue
             seen.add(idx)
-            try:
-                w = self.interpreter.get_tensor(idx)
-            except ValueError:  # a non-constant weight input
+            w = self.constant(idx)
+            if w is None:
                 continue
             z, n = int(np.count_nonzero(w == 0)), int(w.size)
             zeros, total = zeros + z, total + n
-            layers.append({"tensor": details[idx]["name"], "op": op["op_name"], "dtype": np.dtype(w.dtype).name,
+            layers.append({"tensor": self.tensor_name(idx), "op": op["op_name"], "dtype": w.dtype.name,
                            "params": n, "sparsity": round(z / n, 4) if n else 0.0})
         return {"overall": round(zeros / total, 4) if total else 0.0, "weights": total, "layers": layers}
 
-    # -- inference ------------------------------------------------------------
+    # -- running --------------------------------------------------------------
+    @property
+    def interpreter(self):
+        if self._interpreter is None:
+            self._interpreter = self._make_interpreter(self.delegates)
+        return self._interpreter
+
+    def _make_interpreter(self, delegates: bool):
+        from .util import captured_output
+        module = interpreter_module()
+        # Without this, XNNPACK folds the ops it takes into one DELEGATE node.
+        kwargs = {} if delegates else {
+            "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+        try:
+            with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+                interp = module.Interpreter(model_path=self.path, num_threads=self.num_threads, **kwargs)
+                interp.allocate_tensors()
+        except Exception as exc:
+            custom = self.custom_ops()
+            hint = f" It uses custom ops ({', '.join(custom)}) this runtime does not have." if custom else ""
+            raise ModelLoadError(f"The TFLite runtime cannot run '{self.path}': "
+                                 f"{str(exc).splitlines()[0]}.{hint}") from None
+        return interp
+
+    def xnnpack_delegation(self) -> dict:
+        """How much of the graph XNNPACK takes: load it with the delegate and count what is left over."""
+        interp = self._make_interpreter(delegates=True)
+        remaining = [op["op_name"] for op in interp._get_ops_details() if op["op_name"] != "DELEGATE"]
+        partitions = sum(1 for op in interp._get_ops_details() if op["op_name"] == "DELEGATE")
+        total = len(self.graph.operators)
+        hist: dict = {}
+        for name in remaining:
+            hist[name] = hist.get(name, 0) + 1
+        return {"ops": total, "delegated": total - len(remaining), "partitions": partitions,
+                "not_delegated": dict(sorted(hist.items()))}
+
     def predict(self, x: np.ndarray, progress=None) -> list:
         """Run float samples one at a time; return dequantized float outputs."""
-        inp = self.inputs[0]
+        interp = self.interpreter
+        inp = interp.get_input_details()[0]
+        outputs = interp.get_output_details()
         scale, zp = inp["quantization"]
         dtype = inp["dtype"]
-        outs = [[] for _ in self.outputs]
+        outs = [[] for _ in outputs]
         for i in range(len(x)):
             sample = x[i:i + 1]
             if np.issubdtype(dtype, np.integer):
                 info = np.iinfo(dtype)
                 sample = np.clip(np.round(sample / scale) + zp, info.min, info.max)
-            self.interpreter.set_tensor(inp["index"], sample.astype(dtype).reshape(inp["shape"]))
-            self.interpreter.invoke()
-            for k, d in enumerate(self.outputs):
-                y = self.interpreter.get_tensor(d["index"])
+            interp.set_tensor(inp["index"], sample.astype(dtype).reshape(inp["shape"]))
+            interp.invoke()
+            for k, d in enumerate(outputs):
+                y = interp.get_tensor(d["index"])
                 s, z = d["quantization"]
                 outs[k].append((y.astype(np.float32) - z) * s if s else y.astype(np.float32))
             if progress:

@@ -29,7 +29,7 @@ def assert_full_int8(path, io_dtype="int8"):
     assert set(dtypes) <= ALLOWED_INT | {io_dtype}, dtypes
     assert "float32" not in dtypes
     # every conv/dense op: int8 activations in and out, int8 weights, int32 bias
-    types = {d["index"]: np.dtype(d["dtype"]).name for d in art.interpreter.get_tensor_details()}
+    types = {i: art.tensor_type(i) for i in range(len(art.graph.tensors))}
     weight_ops = [op for op in art.ops() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D")]
     assert weight_ops
     for op in weight_ops:
