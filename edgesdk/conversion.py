@@ -20,6 +20,7 @@ from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_version
 from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, split_holdout,
                    to_artifact_layout)
 from .errors import DataError, OptionError
+from .inspection import describe, open_artifact
 from .profiles import load_profile
 from .progress import Progress
 from .recipe import make_recipe
@@ -139,7 +140,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
         data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
         tmp.write_bytes(data)
-        info = _inspect(tmp, recipe)
+        info = describe(tmp, fmt=recipe.format)
         from edgesdk.targets import get_family
         if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
                 and not info["coverage"]["float_ops"]:
@@ -153,8 +154,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             after = compare(reference, pruned_outputs, labels=val.y, class_output=figures["class_output"])
             figures["pruned_source_accuracy"] = after["artifact_accuracy"]
             figures["pruned_source_top1_agreement"] = after["top1_agreement"]
-        from .validation import describe, raise_if_failed
-        progress.step(f"validation: {describe(figures)}")
+        from .validation import describe as describe_figures, raise_if_failed
+        progress.step(f"validation: {describe_figures(figures)}")
         if not verdict["passed"] and recipe.quantization == "int8":
             progress.step("finding the layers that lose the most to quantization")
             figures["worst_layers"], figures["worst_layers_hint"] = _diagnose(source, recipe, calib, tmp, val)
@@ -175,16 +176,6 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             pruner.restore(given, snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
-
-
-def open_artifact(path: Path, **kwargs):
-    """The reader for an artifact's format (.tflite or .onnx)."""
-    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".")
-    if fmt == "onnx":
-        from .onnx_artifact import ONNXArtifact
-        return ONNXArtifact(path, **kwargs)
-    from .tflite_artifact import TFLiteArtifact
-    return TFLiteArtifact(path, **kwargs)
 
 
 def _shape_option(value):
@@ -216,13 +207,6 @@ def _diagnose(source, recipe, calib, artifact_path: Path, val, samples: int = 32
 def _onnx_input_name(path) -> str:
     import onnx
     return onnx.load(str(path)).graph.input[0].name
-
-
-def _inspect(path: Path, recipe) -> dict:
-    art = open_artifact(path, format=recipe.format)
-    io = art.io()
-    return {"io": io, "coverage": art.coverage(), "tensor_dtypes": art.tensor_dtypes(),
-            "weight_sparsity": art.weight_sparsity(), "size_bytes": path.stat().st_size}
 
 
 def _artifact_layout(source, recipe):

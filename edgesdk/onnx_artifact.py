@@ -76,6 +76,11 @@ class ONNXArtifact:
         return {"ops": compute, "int8_ops": compute - len(float_ops) - len(io_ops), "qdq_ops": qdq,
                 "float_ops": float_ops, "io_conversion_ops": io_ops, "op_histogram": dict(sorted(hist.items()))}
 
+    def custom_ops(self) -> list:
+        """Ops from domains outside the ONNX standard (and ONNX Runtime's own contrib ops)."""
+        return sorted({f"{n.domain}.{n.op_type}" for n in self.graph.node
+                       if n.domain not in ("", "ai.onnx", "com.microsoft")})
+
     def tensor_dtypes(self) -> dict:
         counts: dict = {}
         for init in self.graph.initializer:

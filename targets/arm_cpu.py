@@ -1,7 +1,9 @@
 """ARM CPU boards (Raspberry Pi and the like) and the local machine: TFLite with XNNPACK, or ONNX Runtime.
 
-An int8 recipe means full integer: an op left in float is refused unless the
-user allowed float fallback (it runs, in slower float kernels).
+What XNNPACK takes is measured, not guessed: the artifact is loaded with the
+delegate and the nodes left outside it are counted (they run in the slower
+reference kernels). An int8 recipe means full integer: an op left in float is
+refused at conversion unless the user allowed float fallback.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ def float_compute_ops(float_ops: list) -> list:
     return sorted(names - {"QUANTIZE", "DEQUANTIZE"}) or sorted(names)
 
 
-def check(info: dict, profile, recipe) -> dict:
+def check(info: dict, profile, recipe=None) -> dict:
+    """Compatibility of an artifact with an ARM CPU profile; with a recipe, also its int8 promise."""
+    fmt = info["format"]
     float_ops = info["coverage"]["float_ops"]
-    notes = []
-    if recipe.format == "onnx":
+    notes, fallbacks = [], []
+    if fmt == "onnx":
         # ONNX Runtime runs QDQ graphs with float islands natively; report them, refuse nothing.
-        if float_ops and recipe.quantization == "int8":
-            notes.append(f"ONNX Runtime runs {', '.join(sorted({o['op'] for o in float_ops}))} in float")
-        return {"family": FAMILY, "status": "supported with fallbacks" if float_ops else "supported",
+        if float_ops and info.get("quantized"):
+            fallbacks = sorted({o["op"] for o in float_ops})
+            notes.append(f"ONNX Runtime runs {', '.join(fallbacks)} in float")
+        return {"family": FAMILY, "profile": profile.name, "status": _status(fallbacks), "fallbacks": fallbacks,
                 "notes": notes}
-    if float_ops and recipe.quantization == "int8":
+    if float_ops and recipe is not None and recipe.quantization == "int8":
         names = float_compute_ops(float_ops)
         if not recipe.allow_float_fallback:
             raise ConversionError(
@@ -35,5 +40,27 @@ def check(info: dict, profile, recipe) -> dict:
                 f"those layers, or pass --allow-float-fallback to accept float ops on {profile.name}.")
         notes.append(f"float fallback allowed: {', '.join(names)} run in float "
                      f"({len(float_ops)} ops including QUANTIZE/DEQUANTIZE)")
-    status = "supported with fallbacks" if float_ops and recipe.quantization == "int8" else "supported"
-    return {"family": FAMILY, "status": status, "notes": notes}
+        fallbacks += names
+    report = {"family": FAMILY, "profile": profile.name, "notes": notes}
+    reader = info.get("reader")
+    if reader is not None and hasattr(reader, "xnnpack_delegation"):
+        try:
+            xnn = reader.xnnpack_delegation()
+        except Exception as exc:  # e.g. custom ops the runtime lacks
+            return {**report, "status": "unsupported", "fallbacks": fallbacks,
+                    "notes": notes + [f"the TFLite runtime cannot load it: {exc}"]}
+        report["xnnpack"] = xnn
+        if xnn["not_delegated"]:
+            left = ", ".join(f"{k} x{v}" for k, v in xnn["not_delegated"].items())
+            notes.append(f"XNNPACK takes {xnn['delegated']} of {xnn['ops']} ops in {xnn['partitions']} "
+                         f"partition(s); {left} run in the reference kernels")
+            fallbacks += [k for k in xnn["not_delegated"] if k not in fallbacks]
+        else:
+            notes.append(f"XNNPACK takes all {xnn['ops']} ops")
+    report["status"] = _status(fallbacks)
+    report["fallbacks"] = fallbacks
+    return report
+
+
+def _status(fallbacks) -> str:
+    return "supported with fallbacks" if fallbacks else "supported"

@@ -1,22 +1,83 @@
-"""NVIDIA Jetson: ONNX artifacts built into TensorRT engines on the device (int8 QDQ or fp16)."""
+"""NVIDIA Jetson: ONNX artifacts that TensorRT builds into an engine on the device (int8 QDQ or fp16).
+
+The ONNX ops are checked against what the profile's TensorRT version parses
+(onnx-tensorrt's operator list): ops it cannot parse fail the engine build.
+Where the profile has DLA cores, the share of compute ops the DLA can take is
+noted (the rest falls back to the GPU, at a cost in transfers).
+"""
 
 from __future__ import annotations
 
+from edgesdk.errors import ConversionError
+
 FAMILY = "jetson"
 
+# ONNX ops the TensorRT ONNX parser does not implement (onnx-tensorrt operators.md).
+UNSUPPORTED = frozenset({
+    "BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "ConcatFromSequence", "ConvInteger",
+    "DynamicQuantizeLinear", "MatMulInteger", "QLinearConv", "QLinearMatMul", "Multinomial", "Optional",
+    "OptionalGetElement", "OptionalHasElement", "SequenceAt", "SequenceConstruct", "SequenceEmpty",
+    "SequenceErase", "SequenceInsert", "SequenceLength", "SplitToSequence", "StringNormalizer", "TfIdfVectorizer",
+    "Unique", "Bernoulli", "Col2Im", "ImageDecoder", "RegexFullMatch", "StringConcat", "StringSplit",
+    "MelWeightMatrix", "STFT", "DFT", "BlackmanWindow", "HammingWindow", "HannWindow",
+})
+# Ops TensorRT parses natively only from the version given (older ones fail or need a plugin).
+ADDED_IN = {"LayerNormalization": (8, 6), "GroupNormalization": (10, 0), "GridSample": (8, 5),
+            "Attention": (10, 13), "RotaryEmbedding": (10, 13)}
+# Layer kinds the DLA executes; anything else falls back to the GPU.
+DLA_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
+                     "GlobalMaxPool", "Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "PRelu",
+                     "BatchNormalization", "Add", "Sub", "Mul", "Max", "Min", "Concat", "LRN", "Softmax",
+                     "Resize", "Transpose", "Reshape", "Flatten", "QuantizeLinear", "DequantizeLinear"})
 
-def check(info: dict, profile, recipe) -> dict:
+
+def _version(text: str) -> tuple:
+    parts = [int(p) for p in text.split(".")[:2] if p.isdigit()]
+    return tuple(parts + [0] * (2 - len(parts)))
+
+
+def check(info: dict, profile, recipe=None) -> dict:
+    if info["format"] != "onnx":
+        message = (f"The Jetson profiles ({profile.name}) take ONNX artifacts that TensorRT builds on the device, "
+                   f"not {info['format']}.")
+        if recipe is not None:
+            raise ConversionError(message)
+        return {"family": FAMILY, "profile": profile.name, "status": "unsupported", "notes": [message],
+                "fallbacks": []}
     acc = profile.accelerator
+    trt = _version(acc.tensorrt or "10.0")
+    ops = info["coverage"]["op_histogram"]
     notes = [f"JetPack {acc.jetpack}, TensorRT {acc.tensorrt}"]
-    if recipe.quantization == "int8":
+    failing = sorted(op for op in ops if op in UNSUPPORTED)
+    too_new = sorted(op for op in ops if op in ADDED_IN and trt < ADDED_IN[op])
+    if info.get("quantized"):
         notes.append("int8 QDQ: build the engine with trtexec --int8 (scales come from the Q/DQ nodes)")
-    elif recipe.quantization == "fp16":
-        notes.append("fp32 ONNX: TensorRT builds the engine in fp16 on the device (trtexec --fp16)")
-    if acc.dla_cores:
-        notes.append(f"{acc.dla_cores} DLA core(s) available")
+    elif profile.artifact.quantization == "fp16":
+        notes.append("build the engine in fp16 on the device (trtexec --fp16)")
+    status, fallbacks = "supported", []
+    if failing or too_new:
+        status = "unsupported"
+        if failing:
+            notes.append(f"TensorRT's ONNX parser has no {', '.join(failing)}: the engine build fails")
+        if too_new:
+            notes.append(f"TensorRT {acc.tensorrt} predates native {', '.join(too_new)} (needs "
+                         + ", ".join(f"{op} >= {'.'.join(map(str, ADDED_IN[op]))}" for op in too_new) + ")")
+        if recipe is not None:
+            raise ConversionError(f"{profile.name} cannot run this model: {'; '.join(notes[-1:])}. Replace those "
+                                  f"ops, or choose a Jetson with a newer JetPack.")
     float_ops = info["coverage"]["float_ops"]
-    status = "supported"
-    if float_ops and recipe.quantization == "int8":
+    if float_ops and info.get("quantized") and status == "supported":
         status = "supported with fallbacks"
-        notes.append(f"TensorRT runs {', '.join(sorted({o['op'] for o in float_ops}))} outside int8")
-    return {"family": FAMILY, "status": status, "notes": notes}
+        fallbacks = sorted({o["op"] for o in float_ops})
+        notes.append(f"TensorRT runs {', '.join(fallbacks)} outside int8")
+    report = {"family": FAMILY, "profile": profile.name, "status": status, "fallbacks": fallbacks,
+              "notes": notes}
+    if acc.dla_cores:
+        compute = {op: n for op, n in ops.items() if op not in ("QuantizeLinear", "DequantizeLinear")}
+        on_dla = sum(n for op, n in compute.items() if op in DLA_OPS)
+        total = sum(compute.values()) or 1
+        off = sorted(op for op in compute if op not in DLA_OPS)
+        report["dla"] = {"cores": acc.dla_cores, "eligible_ops": on_dla, "ops": total, "gpu_fallback": off}
+        notes.append(f"DLA ({acc.dla_cores} cores) can take {on_dla} of {total} ops"
+                     + (f"; {', '.join(off)} fall back to the GPU" if off else ""))
+    return report

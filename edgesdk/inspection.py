@@ -1,0 +1,75 @@
+"""Describe any .tflite or .onnx file, and judge it against device profiles: `edgesdk inspect`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ModelLoadError
+from .util import gzip_size
+
+# The profile that stands for each family when no --target is given.
+FAMILY_REPRESENTATIVES = {"arm-cpu": "rpi4", "edgetpu": "coral-usb", "jetson": "jetson-orin-nano"}
+
+
+def open_artifact(path, **kwargs):
+    """The reader for an artifact's format (.tflite or .onnx)."""
+    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".")
+    if fmt == "onnx":
+        from .onnx_artifact import ONNXArtifact
+        return ONNXArtifact(path, **kwargs)
+    if fmt == "tflite":
+        from .tflite_artifact import TFLiteArtifact
+        return TFLiteArtifact(path, **kwargs)
+    raise ModelLoadError(f"'{path}' is neither a .tflite nor an .onnx file.")
+
+
+def describe(path, fmt: str | None = None) -> dict:
+    """Everything the family checks need: io, coverage, dtypes, sparsity, sizes, and the reader itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"'{path}' does not exist.")
+    reader = open_artifact(path, format=fmt)
+    fmt = fmt or path.suffix.lstrip(".")
+    coverage = reader.coverage()
+    if fmt == "tflite":
+        quantized = any(t in ("int8", "uint8") for t in reader.tensor_dtypes())
+    else:
+        quantized = coverage.get("qdq_ops", 0) > 0
+    return {"format": fmt, "reader": reader, "io": reader.io(), "coverage": coverage,
+            "tensor_dtypes": reader.tensor_dtypes(), "weight_sparsity": reader.weight_sparsity(),
+            "size_bytes": path.stat().st_size, "quantized": quantized,
+            "custom_ops": reader.custom_ops() if hasattr(reader, "custom_ops") else [],
+            "subgraphs": reader.subgraph_count() if hasattr(reader, "subgraph_count") else 1}
+
+
+def verdicts(info: dict, targets=None) -> list:
+    """Compatibility of a described artifact with each target (default: one profile per family)."""
+    from .profiles import load_profile
+    from edgesdk.targets import get_family
+    profiles = [load_profile(t) for t in (targets or FAMILY_REPRESENTATIVES.values())]
+    out = []
+    for profile in profiles:
+        report = get_family(profile.family).check(info, profile)
+        if info["format"] not in profile.artifact.formats:
+            report = {**report, "status": "unsupported",
+                      "notes": [f"{profile.name} takes {' or '.join(profile.artifact.formats)}, not "
+                                f"{info['format']}"] + report.get("notes", [])}
+        out.append(report)
+    return out
+
+
+def inspect(path, targets=None) -> dict:
+    info = describe(path)
+    path = Path(path)
+    cov = info["coverage"]
+    return {
+        "artifact": str(path), "format": info["format"],
+        "size_bytes": info["size_bytes"], "size_gzip_bytes": gzip_size(path),
+        "inputs": info["io"]["inputs"], "outputs": info["io"]["outputs"],
+        "ops": cov["ops"], "op_histogram": cov["op_histogram"],
+        "int8_ops": cov["int8_ops"], "float_ops": len(cov["float_ops"]),
+        "io_conversion_ops": len(cov["io_conversion_ops"]), "tensor_dtypes": info["tensor_dtypes"],
+        "quantized": info["quantized"], "custom_ops": info["custom_ops"], "subgraphs": info["subgraphs"],
+        "sparsity": info["weight_sparsity"]["overall"], "layers": info["weight_sparsity"]["layers"],
+        "compatibility": verdicts(info, targets),
+    }
