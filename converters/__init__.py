@@ -33,6 +33,11 @@ def get_route(framework: str, fmt: str):
     return importlib.import_module(f"{__name__}.{ROUTES[key]}")
 
 
+def pick_format(framework: str, formats) -> str:
+    """The first of a profile's formats this framework has a route to (else the first, to fail clearly)."""
+    return next((f for f in formats if (framework, f) in ROUTES), formats[0])
+
+
 def get_pruner(framework: str):
     if framework not in PRUNERS:
         from edgesdk.errors import OptionError

@@ -87,5 +87,12 @@ def _opset(model) -> int:
 
 
 def _params(model) -> int:
+    """Weights as initializers, or (older exporters) as Constant nodes."""
     import numpy as np
-    return int(sum(np.prod(i.dims) for i in model.graph.initializer))
+    total = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    total += int(np.prod(attr.t.dims))
+    return total

@@ -174,6 +174,74 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                f"sparsity {100 * (s['sparsity'] or 0):.1f}%{acc})")
 
 
+# --- check / inspect --------------------------------------------------------
+
+def _verdict_rows(reports) -> str:
+    lines = []
+    for r in reports:
+        lines.append(f"  {r['profile']:<18} {r['family']:<8} {r['status']}")
+        lines += [f"      - {note}" for note in r.get("notes", [])]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--target", "-t", "targets", multiple=True,
+              help="Profiles to check (repeatable). Default: one per family (rpi4, coral-usb, jetson-orin-nano).")
+@click.option("--input-shape", help="Input shape for ONNX sources with dynamic dims or PyTorch files.")
+@click.option("--model-factory", metavar="MODULE:FUNCTION", help="PyTorch state_dict: the module to load into.")
+@click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def check(ctx, model, targets, input_shape, model_factory, unsafe_load, as_json):
+    """Before converting: can MODEL run on each target family, and with what fallbacks?"""
+    ctx.meta["json"] = as_json
+    from .check import check_model
+    result = check_model(model, list(targets) or None, input_shape=input_shape, model_factory=model_factory,
+                         unsafe=unsafe_load)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    click.echo(f"{model}: {result['source']['framework']} ({result['source']['flavor']}), input "
+               f"{result['source']['input_shape']}, {result['source']['param_count']:,} parameters")
+    click.echo(_verdict_rows(result["targets"]))
+    if any(r["status"] == "unsupported" for r in result["targets"]):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("artifact")
+@click.option("--target", "-t", "targets", multiple=True,
+              help="Judge against these profiles (repeatable). Default: one per family.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def inspect(ctx, artifact, targets, as_json):
+    """Describe any .tflite or .onnx file: I/O, ops, int8 coverage, sparsity, sizes, target verdicts."""
+    ctx.meta["json"] = as_json
+    from .inspection import inspect as run_inspect
+    r = run_inspect(artifact, list(targets) or None)
+    if as_json:
+        click.echo(json.dumps(r, indent=2, default=str))
+        return
+    click.echo(f"{r['artifact']}: {r['format']}, {r['size_bytes']:,} bytes ({r['size_gzip_bytes']:,} gzipped)"
+               + (f", {r['subgraphs']} subgraphs" if r["subgraphs"] > 1 else ""))
+    for kind in ("inputs", "outputs"):
+        for t in r[kind]:
+            q = t["quantization"]
+            qs = (f"  scale {q['scale']:.6g} zero point {q['zero_point']}" if q and "scale" in q else "")
+            click.echo(f"  {kind[:-1]:<6} {t['name']}  {t['dtype']} {t['shape']}{qs}")
+    click.echo(f"  ops    {r['ops']} ({r['int8_ops']} integer, {r['float_ops']} float"
+               + (f", {r['io_conversion_ops']} float I/O conversions" if r["io_conversion_ops"] else "") + ")")
+    click.echo("         " + ", ".join(f"{k} x{v}" for k, v in r["op_histogram"].items()))
+    if r["custom_ops"]:
+        click.echo(f"  custom ops: {', '.join(r['custom_ops'])}")
+    click.echo(f"  tensors {', '.join(f'{k} {v}' for k, v in r['tensor_dtypes'].items())}")
+    click.echo(f"  weight sparsity {100 * r['sparsity']:.1f}%"
+               + "".join(f"\n    {layer['tensor'][:60]:<60} {layer['op']:<18} {100 * layer['sparsity']:5.1f}%"
+                         for layer in r["layers"]))
+    click.echo(_verdict_rows(r["compatibility"]))
+
+
 # --- bench ------------------------------------------------------------------
 
 @main.command()

@@ -23,7 +23,7 @@ from .errors import DataError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
 from .progress import Progress
-from .recipe import make_recipe
+from .recipe import make_recipe, replace
 from .source import load_source
 from .util import ensure_writable_dir, gzip_size, sha256_file, temp_path_in
 
@@ -75,9 +75,16 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     source = load_source(model, unsafe=unsafe, input_shape=_shape_option(input_shape),
                          example_input=example_input, model_factory=model_factory)
-    artifact_layout = _artifact_layout(source, recipe)
-    from edgesdk.converters import get_route
+    from edgesdk.converters import get_route, pick_format
+    if format is None:  # the profile's preferred format, or the next it takes that this source can reach
+        chosen = pick_format(source.framework, profile.artifact.formats)
+        if chosen != recipe.format:
+            progress.step(f"{profile.name} prefers {recipe.format}, but {source.framework} sources go to "
+                          f"{chosen}: making {chosen}")
+            recipe = replace(recipe, format=chosen, input_dtype="float32", output_dtype="float32",
+                             layout=profile.artifact.layout or "source")
     route = get_route(source.framework, recipe.format)
+    artifact_layout = _artifact_layout(source, recipe)
 
     calib = val = tune = None
     if calibration is not None:

@@ -50,7 +50,7 @@ def verdicts(info: dict, targets=None) -> list:
     out = []
     for profile in profiles:
         report = get_family(profile.family).check(info, profile)
-        if info["format"] not in profile.artifact.formats:
+        if info["format"] not in profile.artifact.formats and report["status"] != "unsupported":
             report = {**report, "status": "unsupported",
                       "notes": [f"{profile.name} takes {' or '.join(profile.artifact.formats)}, not "
                                 f"{info['format']}"] + report.get("notes", [])}

@@ -19,6 +19,8 @@ from pathlib import Path
 from .errors import ProfileError
 
 FAMILIES = ("arm-cpu", "edgetpu", "jetson")
+# What each family can run at all: an Edge TPU takes TFLite, a Jetson's TensorRT takes ONNX.
+FAMILY_FORMATS = {"arm-cpu": ("tflite", "onnx"), "edgetpu": ("tflite",), "jetson": ("onnx",)}
 FORMATS = ("tflite", "onnx")
 QUANTIZATIONS = ("int8", "fp16", "float")
 IO_DTYPES = ("int8", "uint8", "float32")
@@ -216,6 +218,13 @@ def parse_profile(text: str, source: str) -> DeviceProfile:
     formats = art.formats or (art.format,)
     if art.format not in formats:
         raise ProfileError(f"{source} [artifact]: format '{art.format}' is not in formats {list(formats)}.")
+    wrong = [f for f in formats if f not in FAMILY_FORMATS[top["family"]]]
+    if wrong:
+        raise ProfileError(f"{source} [artifact]: family '{top['family']}' cannot run {', '.join(wrong)} "
+                           f"artifacts; it takes {' or '.join(FAMILY_FORMATS[top['family']])}.")
+    if top["family"] == "edgetpu" and art.quantization != "int8":
+        raise ProfileError(f"{source} [artifact]: quantization must be int8 for the Edge TPU, got "
+                           f"'{art.quantization}'.")
     parts["artifact"] = ArtifactSpec(**{**asdict(art), "formats": formats})
     return DeviceProfile(source=source, **top, **parts)
 

@@ -31,6 +31,10 @@ def check(info: dict, profile, recipe=None) -> dict:
             notes.append(f"ONNX Runtime runs {', '.join(fallbacks)} in float")
         return {"family": FAMILY, "profile": profile.name, "status": _status(fallbacks), "fallbacks": fallbacks,
                 "notes": notes}
+    if float_ops and recipe is None and info.get("quantized"):
+        names = float_compute_ops(float_ops)
+        notes.append(f"{', '.join(names)} compute in float (not full-integer)")
+        fallbacks += names
     if float_ops and recipe is not None and recipe.quantization == "int8":
         names = float_compute_ops(float_ops)
         if not recipe.allow_float_fallback:

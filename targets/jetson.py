@@ -55,10 +55,16 @@ def check(info: dict, profile, recipe=None) -> dict:
     elif profile.artifact.quantization == "fp16":
         notes.append("build the engine in fp16 on the device (trtexec --fp16)")
     status, fallbacks = "supported", []
+    if info.get("quantized") and profile.artifact.quantization != "int8":
+        # e.g. the Jetson Nano: Maxwell (sm_53) has no int8 path, and a Q/DQ network needs one
+        failing = failing + ["int8 Q/DQ"]
+        notes.append(f"{profile.name}'s GPU has no int8 support in TensorRT; convert with --quantization "
+                     f"{profile.artifact.quantization}")
     if failing or too_new:
         status = "unsupported"
-        if failing:
-            notes.append(f"TensorRT's ONNX parser has no {', '.join(failing)}: the engine build fails")
+        parser_gaps = [op for op in failing if op != "int8 Q/DQ"]
+        if parser_gaps:
+            notes.append(f"TensorRT's ONNX parser has no {', '.join(parser_gaps)}: the engine build fails")
         if too_new:
             notes.append(f"TensorRT {acc.tensorrt} predates native {', '.join(too_new)} (needs "
                          + ", ".join(f"{op} >= {'.'.join(map(str, ADDED_IN[op]))}" for op in too_new) + ")")

@@ -1,0 +1,59 @@
+"""`edgesdk check`: before converting for real, what each target family would make of a model.
+
+For every family the model goes through that family's route with a small
+synthetic calibration set (op support does not depend on the ranges), and the
+result is judged by the family's own check. Nothing is written where the user
+looks; the trial artifacts live in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset
+from .errors import EdgeSDKError
+from .inspection import FAMILY_REPRESENTATIVES, describe
+from .profiles import load_profile
+from .recipe import make_recipe
+from .source import load_source
+
+TRIAL_SAMPLES = 16
+
+
+def check_model(model, targets=None, *, input_shape=None, example_input=None, model_factory=None,
+                unsafe=False) -> dict:
+    from .conversion import _shape_option
+    source = load_source(model, unsafe=unsafe, input_shape=_shape_option(input_shape),
+                         example_input=example_input, model_factory=model_factory)
+    shape = [d or 1 for d in source.input_shape[1:]]
+    rng = np.random.default_rng(0)
+    trial = Dataset(rng.standard_normal([TRIAL_SAMPLES] + shape).astype(np.float32), source="synthetic")
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="edgesdk-check-") as tmp:
+        for name in targets or FAMILY_REPRESENTATIVES.values():
+            profile = load_profile(name)
+            reports.append(_check_one(source, profile, trial, Path(tmp)))
+    return {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
+            "source": source.describe(), "targets": reports}
+
+
+def _check_one(source, profile, trial, tmp: Path) -> dict:
+    from edgesdk.converters import get_route
+    from edgesdk.targets import get_family
+    base = {"family": profile.family, "profile": profile.name, "quantization": profile.artifact.quantization}
+    try:
+        from edgesdk.converters import pick_format
+        recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES,
+                             format=pick_format(source.framework, profile.artifact.formats))
+        route = get_route(source.framework, recipe.format)
+        data = route.convert(source, recipe, trial, profile=profile)
+        path = tmp / f"{profile.name}.{recipe.format}"
+        path.write_bytes(data)
+        info = describe(path, fmt=recipe.format)
+        report = get_family(profile.family).check(info, profile)
+    except EdgeSDKError as exc:
+        return {**base, "status": "unsupported", "fallbacks": [], "notes": [str(exc)]}
+    return {**base, **report, "format": recipe.format, "size_bytes": len(data)}
