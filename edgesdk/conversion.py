@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from . import __version__
@@ -170,10 +171,17 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                              info, compat, figures, verdict, pruning, progress.warnings)
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict)
-        os.replace(tmp, final)
-        replaced = True
-        write_json_atomic(manifest_path_for(final), manifest)
-        replaced = False  # both in place
+        with tempfile.TemporaryDirectory(prefix=".edgesdk-edgetpu-", dir=out_dir) as work:
+            compiled = None
+            if compat.get("compiler") and verdict["passed"]:
+                progress.step("compiling for the Edge TPU (edgetpu_compiler)")
+                compiled = _compile_edgetpu(tmp, final, manifest, Path(work))
+            os.replace(tmp, final)
+            replaced = True
+            for produced in (compiled.iterdir() if compiled else []):
+                os.replace(produced, out_dir / produced.name)
+            write_json_atomic(manifest_path_for(final), manifest)
+            replaced = False  # both in place
         raise_if_failed(figures, verdict, artifact_kept=str(final))
         return Artifact(final, manifest)
     finally:
@@ -192,6 +200,22 @@ def _shape_option(value):
         return [int(v) for v in str(value).split(",")]
     except ValueError:
         raise OptionError(f"--input-shape takes comma-separated integers, e.g. 1,3,224,224; got {value!r}.") from None
+
+
+def _compile_edgetpu(tmp: Path, final: Path, manifest: dict, work: Path) -> Path:
+    """Compile in a private directory; the caller moves the results beside the artifact."""
+    import shutil
+    from edgesdk.targets import edgetpu
+    staged = work / "in" / final.name
+    staged.parent.mkdir()
+    shutil.copyfile(tmp, staged)
+    out = work / "out"
+    out.mkdir()
+    log = edgetpu.compile_model(staged, out)
+    (out / (final.stem + "_edgetpu.compiler.log")).write_text(log.pop("log"))
+    log["path"] = final.stem + "_edgetpu.tflite"
+    manifest["edgetpu_compiler"] = log
+    return out
 
 
 def _diagnose(source, recipe, calib, artifact_path: Path, val, samples: int = 32) -> list:
