@@ -129,6 +129,15 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         return out.read_bytes(), notes
 
 
+def to_fp16(float_path: Path) -> bytes:
+    """fp16 weights and compute, float32 at the graph boundary (Casts inserted): half the size."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    with captured_output():
+        model = convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True)
+    return model.SerializeToString()
+
+
 def from_export(source, export_float, recipe, calibration, progress=None, profile=None) -> bytes:
     """The ONNX routes from a framework: export_float(source, path), then the int8 step.
 
@@ -139,6 +148,8 @@ def from_export(source, export_float, recipe, calibration, progress=None, profil
     float_path = Path(tmp.name) / "float.onnx"
     export_float(source, float_path)
     source.float_onnx, source.keepalive = str(float_path), tmp
+    if recipe.quantization == "fp16":
+        return to_fp16(float_path)
     if recipe.quantization != "int8":
         return float_path.read_bytes()
     input_name = onnx.load(str(float_path)).graph.input[0].name
@@ -149,9 +160,10 @@ def from_export(source, export_float, recipe, calibration, progress=None, profil
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     """An ONNX source: its (shape-fixed) float model, quantized unless the recipe keeps it float."""
-    data = Path(source.float_onnx).read_bytes()
+    if recipe.quantization == "fp16":
+        return to_fp16(Path(source.float_onnx))
     if recipe.quantization != "int8":
-        return data
+        return Path(source.float_onnx).read_bytes()
     out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress)
     source.notes.extend(notes)
     return out

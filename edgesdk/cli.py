@@ -105,7 +105,9 @@ def profiles_show(ctx, name, as_json):
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--format", "fmt", type=click.Choice(["tflite", "onnx"]), help="Override the profile's format.")
-@click.option("--quantization", type=click.Choice(["int8", "fp16", "float"]), help="Override the profile's scheme.")
+@click.option("--quantization", "--precision", "quantization", type=click.Choice(["int8", "fp16", "float"]),
+              help="Override the profile's scheme: int8 (full integer / QDQ), fp16 (fp16 weights; for GPU "
+                   "delegates and TensorRT), float.")
 @click.option("--input-dtype", type=click.Choice(["int8", "uint8", "float32"]))
 @click.option("--output-dtype", type=click.Choice(["int8", "uint8", "float32"]))
 @click.option("--calibration-samples", type=int, help="How many calibration samples to use (profile default).")
@@ -129,6 +131,7 @@ def profiles_show(ctx, name, as_json):
 @click.option("--exclude-op-types", help="ONNX: keep these op types (e.g. Softmax,HardSigmoid) in float.")
 @click.option("--allow-float-fallback", is_flag=True,
               help="Accept ops left in float (CPU targets only; never the Edge TPU).")
+@click.option("--check-only", is_flag=True, help="Only report whether --target can run MODEL (see `edgesdk check`).")
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")
@@ -140,10 +143,14 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             min_sqnr_db, class_output, scale, offset, mean, std, channel_order, calibration_method, input_shape,
             model_factory, exclude_nodes, exclude_op_types,
-            allow_float_fallback, keep_failed, unsafe_load, force,
+            allow_float_fallback, check_only, keep_failed, unsafe_load, force,
             name, as_json, quiet):
     """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
     ctx.meta["json"] = as_json
+    if check_only:
+        ctx.invoke(check, model=model, targets=(target,), input_shape=input_shape, model_factory=model_factory,
+                   unsafe_load=unsafe_load, as_json=as_json)
+        return
     from .conversion import convert as run_convert
     from .data import Preprocess
     try:

@@ -138,7 +138,7 @@ def check(info: dict, profile, recipe=None) -> dict:
     compiler = shutil.which("edgetpu_compiler")
     if compiler is None:
         notes.append("edgetpu_compiler is not on PATH (it ships only for x86-64 Linux, from Coral's package "
-                     "repository): kept the checked, compile-ready int8 artifact; compile it with "
+                     "repository): the checked int8 artifact is compile-ready; compile it with "
                      "`edgetpu_compiler -s ARTIFACT` before deploying")
     return {"family": FAMILY, "profile": profile.name, "status": "supported with fallbacks" if fallbacks
             else "supported", "fallbacks": fallbacks, "notes": notes, "partition": part, "memory": memory,

@@ -52,8 +52,10 @@ def check(info: dict, profile, recipe=None) -> dict:
     too_new = sorted(op for op in ops if op in ADDED_IN and trt < ADDED_IN[op])
     if info.get("quantized"):
         notes.append("int8 QDQ: build the engine with trtexec --int8 (scales come from the Q/DQ nodes)")
-    elif profile.artifact.quantization == "fp16":
-        notes.append("build the engine in fp16 on the device (trtexec --fp16)")
+    elif info["tensor_dtypes"].get("float16"):
+        notes.append("fp16 ONNX: build the engine with trtexec --fp16")
+    else:
+        notes.append("fp32 ONNX: build the engine with trtexec --fp16 for speed, or as is in fp32")
     status, fallbacks = "supported", []
     if info.get("quantized") and profile.artifact.quantization != "int8":
         # e.g. the Jetson Nano: Maxwell (sm_53) has no int8 path, and a Q/DQ network needs one

@@ -3,9 +3,10 @@
 
 Standalone on purpose: it is copied to the device and run there with nothing
 but the standard library, numpy and whichever runtime the device has
-(ai_edge_litert, tflite_runtime or tensorflow.lite for .tflite; onnxruntime
-for .onnx). Python >= 3.8. It never imports edgesdk; the host imports
-`summarize` from here so both sides compute statistics the same way.
+(ai_edge_litert, tflite_runtime or tensorflow.lite for .tflite; TensorRT's
+trtexec, else onnxruntime, for .onnx). Python >= 3.8. It never imports
+edgesdk; the host imports `summarize` from here so both sides compute
+statistics the same way.
 
 Exit status 0 with {"ok": true, ...}; otherwise {"ok": false, "kind": ...,
 "error": ...} and a non-zero status.
@@ -16,7 +17,11 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 SCHEMA_VERSION = 1
@@ -191,12 +196,109 @@ class ONNXModel:
         return self.session.run(None, {i.name: v for i, v in zip(self.inputs, feed)})
 
 
+# --- TensorRT (trtexec) ----------------------------------------------------------
+
+TRTEXEC_PLACES = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/bin/trtexec")  # JetPack puts it in the first
+
+
+def find_trtexec():
+    found = shutil.which("trtexec")
+    if found:
+        return found
+    return next((p for p in TRTEXEC_PLACES if os.access(p, os.X_OK)), None)
+
+
+_STAT = re.compile(r"(min|max|mean|median|percentile\((\d+)%\))\s*=\s*([\d.eE+-]+)\s*ms")
+
+
+def _trt_version(digits):
+    """TensorRT's packed version: 8502 -> 8.5.2, 100300 -> 10.3.0."""
+    if len(digits) == 4:
+        return "%d.%d.%d" % (int(digits[0]), int(digits[1]), int(digits[2:]))
+    if len(digits) == 6:
+        return "%d.%d.%d" % (int(digits[:2]), int(digits[2:4]), int(digits[4:]))
+    return digits
+
+
+def parse_trtexec(stdout, times=None):
+    """trtexec's summary (and --exportTimes records when given) in the runner's result shape."""
+    out = {}
+    m = re.search(r"TensorRT v(\d+)", stdout)
+    if m:
+        out["runtime_version"] = _trt_version(m.group(1))
+    m = re.search(r"Engine built in ([\d.]+) sec", stdout)
+    if m:
+        out["init_ms"] = round(float(m.group(1)) * 1000.0, 4)
+    for line in stdout.splitlines():
+        if "] Latency:" in line or line.strip().startswith("Latency:"):
+            stats = {}
+            for name, pct, value in _STAT.findall(line):
+                key = ("p" + pct) if pct else {"median": "p50"}.get(name, name)
+                stats[key] = float(value)
+            out["summary"] = stats
+        m = re.search(r"Throughput:\s*([\d.]+)\s*qps", line)
+        if m:
+            out["throughput_qps"] = float(m.group(1))
+    if times:
+        out["latencies_ms"] = [float(t.get("latencyMs", t.get("computeMs", 0.0))) for t in times]
+    out["passed"] = "&&&& PASSED" in stdout
+    return out
+
+
+def measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core):
+    fd, times_path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    cmd = [trtexec, "--onnx=%s" % path, "--iterations=%d" % runs, "--avgRuns=1",
+           "--warmUp=%d" % max(200, warmup * 20), "--duration=%d" % (duration or 0),
+           "--exportTimes=%s" % times_path]
+    if precision in ("int8", "fp16"):
+        cmd.append("--%s" % precision)
+    if dla_core is not None:
+        cmd += ["--useDLACore=%d" % dla_core, "--allowGPUFallback"]
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        try:
+            with open(times_path) as f:
+                times = json.load(f)
+        except (OSError, ValueError):
+            times = None
+    finally:
+        if os.path.exists(times_path):
+            os.unlink(times_path)
+    parsed = parse_trtexec(proc.stdout, times)
+    if proc.returncode != 0 or not parsed["passed"]:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        raise RunnerFailure("run_failed", "trtexec failed (exit %d): %s" % (proc.returncode, tail))
+    latencies = parsed.get("latencies_ms")
+    if not latencies:
+        raise RunnerFailure("run_failed", "trtexec printed no per-iteration times (--exportTimes).")
+    return {
+        "ok": True, "schema": SCHEMA_VERSION, "model": os.path.basename(path), "format": "onnx",
+        "runtime": "tensorrt", "runtime_version": parsed.get("runtime_version", "unknown"),
+        "delegate": "trtexec %s%s" % (precision or "fp32", "" if dla_core is None else " DLA%d" % dla_core),
+        "threads": 1, "warmup": 0, "warmup_ms": max(200, warmup * 20), "runs": len(latencies),
+        "duration_s": duration, "inputs": [], "init_ms": parsed.get("init_ms", 0.0),
+        "first_inference_ms": round(latencies[0], 4), "latency_ms": summarize(latencies),
+        "latencies_ms": [round(v, 4) for v in latencies], "trtexec_summary": parsed.get("summary", {}),
+        "throughput_qps": parsed.get("throughput_qps"), "peak_rss_mb": None, "rss_before_load_mb": None,
+        "python": platform.python_version(), "machine": platform.machine(),
+    }
+
+
 # --- measurement -------------------------------------------------------------
 
-def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", delegate="auto", seed=0):
-    import numpy as np
+def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", delegate="auto", seed=0,
+            precision=None, dla_core=None):
     if not os.path.isfile(path):
         raise RunnerFailure("not_found", "Model file %s does not exist on this device." % path)
+    if path.endswith(".onnx") and runtime in ("auto", "trtexec"):
+        trtexec = find_trtexec()
+        if trtexec:
+            return measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core)
+        if runtime == "trtexec":
+            raise RunnerFailure("runtime_missing", "trtexec is not on this device (JetPack installs it in "
+                                "/usr/src/tensorrt/bin); install TensorRT or use --runtime onnxruntime.")
+    import numpy as np
     rss_start = peak_rss_mb()
     kind = ONNXModel if path.endswith(".onnx") else TFLiteModel
     t0 = time.perf_counter()
@@ -254,14 +356,18 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--duration", type=float, default=None, help="seconds; overrides --runs")
     p.add_argument("--runtime", default="auto",
-                   choices=["auto", "ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime"])
+                   choices=["auto", "ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime", "trtexec"])
+    p.add_argument("--precision", default=None, choices=["int8", "fp16", "fp32"],
+                   help="trtexec engine precision (ONNX on TensorRT)")
+    p.add_argument("--dla-core", type=int, default=None, help="trtexec --useDLACore")
     p.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "none"])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
         if a.runs < 1 or a.warmup < 0 or a.threads < 1 or (a.duration is not None and a.duration <= 0):
             raise RunnerFailure("bad_option", "runs and threads must be >= 1, warmup >= 0, duration > 0.")
-        result = measure(a.model, a.runs, a.warmup, a.threads, a.duration, a.runtime, a.delegate, a.seed)
+        result = measure(a.model, a.runs, a.warmup, a.threads, a.duration, a.runtime, a.delegate, a.seed,
+                         a.precision, a.dla_core)
     except RunnerFailure as exc:
         print(json.dumps({"ok": False, "kind": exc.kind, "error": str(exc)}))
         return 3

@@ -53,13 +53,27 @@ def test_keras_to_int8_qdq_onnx_for_jetson(keras3_mnist, mnist_files, tmp_path):
     assert any("TensorRT 10.3" in n for n in art.manifest["compatibility"]["notes"])
 
 
-def test_jetson_nano_fp16_profile_gets_a_float_onnx(keras3_mnist, mnist_files, tmp_path):
+def test_jetson_nano_fp16_profile_gets_an_fp16_onnx(keras3_mnist, mnist_files, tmp_path):
     art = edgesdk.convert(str(keras3_mnist), target="jetson-nano", calibration=mnist_files["train"],
                           output_dir=tmp_path, quiet=True)
     facts = qdq_facts(art.path)
-    assert "QuantizeLinear" not in facts["ops"]
-    assert art.validation["top1_agreement"] > 0.999 and art.validation["sqnr_db"] > 60
-    assert any("fp16" in n for n in art.manifest["compatibility"]["notes"])
+    assert "QuantizeLinear" not in facts["ops"] and "Cast" in facts["ops"]
+    weights = [i for i in facts["model"].graph.initializer if len(i.dims) >= 2]
+    assert weights and all(i.data_type == 10 for i in weights)  # FLOAT16
+    assert art.manifest["inputs"][0]["dtype"] == "float32"  # the boundary stays float32
+    assert art.manifest["recipe"]["quantization"] == "fp16"
+    assert art.validation["top1_agreement"] > 0.99 and art.validation["sqnr_db"] > 30
+    assert any("--fp16" in n for n in art.manifest["compatibility"]["notes"])
+
+
+def test_fp16_tflite_for_gpu_delegates(keras3_mnist, mnist_files, tmp_path):
+    r = run_cli("convert", keras3_mnist, "-t", "rpi5", "--precision", "fp16", "-c", mnist_files["train"],
+                "-o", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["quantization"] == "fp16" and doc["inputs"][0]["dtype"] == "float32"
+    m = json.loads(open(doc["manifest"]).read())
+    assert m["quantization"]["tensor_dtypes"]["float16"] >= 4 and m["recipe"]["quantization"] == "fp16"
 
 
 def test_pruned_keras_to_onnx_for_rpi4_measures_sparsity_in_the_int8_weights(keras3_mnist, mnist_files, tmp_path):

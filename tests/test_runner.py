@@ -39,8 +39,8 @@ def test_runner_is_standalone():
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
     assert "edgesdk" not in imported
-    assert imported <= {"argparse", "json", "math", "os", "platform", "sys", "time", "resource", "numpy",
-                        "onnxruntime", "importlib"}
+    assert imported <= {"argparse", "json", "math", "os", "platform", "re", "shutil", "subprocess", "sys",
+                        "tempfile", "time", "resource", "numpy", "onnxruntime", "importlib"}
 
 
 def _run(*args):
@@ -71,3 +71,70 @@ def test_runner_refuses_a_file_that_is_not_a_model(tmp_path):
     f.write_bytes(b"this is not a flatbuffer")
     doc = json.loads(_run(f).stdout)
     assert doc["ok"] is False and doc["kind"] == "load_failed"
+
+
+TRTEXEC_OUTPUT = """&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec --onnx=model.onnx --int8
+[11/22/2026-07:00:01] [I] === Model Options ===
+[11/22/2026-07:00:01] [I] Format: ONNX
+[11/22/2026-07:00:40] [I] Engine built in 38.417 sec.
+[11/22/2026-07:00:44] [I] === Performance summary ===
+[11/22/2026-07:00:44] [I] Throughput: 1398.27 qps
+[11/22/2026-07:00:44] [I] Latency: min = 0.6543 ms, max = 1.8813 ms, mean = 0.7011 ms, median = 0.6899 ms, percentile(90%) = 0.7312 ms, percentile(95%) = 0.7620 ms, percentile(99%) = 0.9841 ms
+[11/22/2026-07:00:44] [I] Enqueue Time: min = 0.2108 ms, max = 0.6111 ms, mean = 0.2405 ms, median = 0.2370 ms, percentile(90%) = 0.2561 ms, percentile(95%) = 0.2664 ms, percentile(99%) = 0.3372 ms
+[11/22/2026-07:00:44] [I] H2D Latency: min = 0.0166 ms, max = 0.0401 ms, mean = 0.0189 ms, median = 0.0183 ms, percentile(90%) = 0.0205 ms, percentile(95%) = 0.0217 ms, percentile(99%) = 0.0286 ms
+[11/22/2026-07:00:44] [I] GPU Compute Time: min = 0.6211 ms, max = 1.8324 ms, mean = 0.6643 ms, median = 0.6541 ms, percentile(90%) = 0.6930 ms, percentile(95%) = 0.7219 ms, percentile(99%) = 0.9336 ms
+[11/22/2026-07:00:44] [I] Total Host Walltime: 3.00155 s
+&&&& PASSED TensorRT.trtexec [TensorRT v8502] # trtexec --onnx=model.onnx --int8
+"""
+
+
+def test_parse_trtexec_summary():
+    from edgesdk.targets.runner import parse_trtexec
+    p = parse_trtexec(TRTEXEC_OUTPUT, [{"latencyMs": 0.7, "computeMs": 0.66}, {"latencyMs": 0.69}])
+    assert p["runtime_version"] == "8.5.2" and p["init_ms"] == 38417.0 and p["passed"]
+    assert p["summary"] == {"min": 0.6543, "max": 1.8813, "mean": 0.7011, "p50": 0.6899, "p90": 0.7312,
+                            "p95": 0.762, "p99": 0.9841}
+    assert p["throughput_qps"] == 1398.27 and p["latencies_ms"] == [0.7, 0.69]
+    assert parse_trtexec("&&&& RUNNING TensorRT.trtexec [TensorRT v100300]\n")["runtime_version"] == "10.3.0"
+
+
+FAKE_TRTEXEC = """#!/usr/bin/env python3
+# Stand-in for TensorRT's trtexec (NVIDIA GPUs only): same flags, same output format, fixed timings.
+import json, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+n = int(args["--iterations"])
+json.dump([{"startComputeMs": i, "computeMs": 0.5 + 0.001 * i, "latencyMs": 0.6 + 0.001 * i} for i in range(n)],
+          open(args["--exportTimes"], "w"))
+print(open(sys.argv[0] + ".out").read().replace("FLAGS", " ".join(sys.argv[1:])))
+sys.exit(0 if "--int8" in sys.argv else 1)
+"""
+
+
+def test_runner_uses_trtexec_when_present(tmp_path, monkeypatch):
+    import os
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text(FAKE_TRTEXEC)
+    trtexec.chmod(0o755)
+    (tmp_path / "trtexec.out").write_text(TRTEXEC_OUTPUT)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx bytes are only read by trtexec here")
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, str(runner_path()), str(model), "--runs", "40", "--precision", "int8"],
+                       capture_output=True, text=True, env=env)
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["runtime"] == "tensorrt" and doc["runtime_version"] == "8.5.2"
+    assert doc["runs"] == 40 and doc["latency_ms"]["min"] == 0.6 and doc["latency_ms"]["max"] == 0.639
+    assert doc["delegate"] == "trtexec int8" and doc["init_ms"] == 38417.0
+    r = subprocess.run([sys.executable, str(runner_path()), str(model), "--precision", "fp16"],
+                       capture_output=True, text=True, env=env)
+    doc = json.loads(r.stdout)
+    assert r.returncode != 0 and doc["kind"] == "run_failed" and "trtexec failed" in doc["error"]
+
+
+def test_runner_falls_back_to_onnxruntime_and_says_so(tmp_path):
+    r = _run(tmp_path / "absent.onnx", "--runtime", "trtexec")
+    assert json.loads(r.stdout)["kind"] == "not_found"
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    doc = json.loads(_run(model, "--runtime", "trtexec").stdout)
+    assert doc["kind"] == "runtime_missing" and "/usr/src/tensorrt/bin" in doc["error"]
