@@ -28,6 +28,9 @@ class BenchmarkResult:
     latencies_ms: list
     peak_rss_mb: float | None
     raw: dict = field(default_factory=dict, repr=False)
+    probe: dict | None = field(default=None, repr=False)
+    uploaded_bytes: int = 0
+    run_id: int | None = None
 
     @property
     def p50(self) -> float:
@@ -43,7 +46,9 @@ class BenchmarkResult:
              "warmup": self.warmup, "runs": self.runs, "init_ms": self.init_ms,
              "first_inference_ms": self.first_inference_ms, "latency_ms": self.latency_ms,
              "peak_rss_mb": self.peak_rss_mb, "inputs": self.raw.get("inputs"),
-             "machine": self.raw.get("machine"), "python": self.raw.get("python")}
+             "machine": self.raw.get("machine"), "python": self.raw.get("python"),
+             "throughput_ips": round(1000.0 / self.latency_ms["mean"], 2) if self.latency_ms["mean"] else None,
+             "uploaded_bytes": self.uploaded_bytes, "run_id": self.run_id, "probe": self.probe}
         if with_latencies:
             d["latencies_ms"] = self.latencies_ms
         return d

@@ -258,15 +258,23 @@ def inspect(ctx, artifact, targets, as_json):
 @click.option("--threads", type=int, help="Default: the profile's threads from the manifest (at most this machine's cores), else 1.")
 @click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
 @click.option("--delegate", type=click.Choice(["auto", "xnnpack", "none"]), default="auto", show_default=True)
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database (default: EDGESDK_RESULTS_DB or "
+              "~/.local/share/edgesdk/results.db).")
+@click.option("--no-store", is_flag=True, help="Do not record the run in the results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def bench(ctx, artifact, runs, warmup, threads, duration, delegate, as_json):
+def bench(ctx, artifact, runs, warmup, threads, duration, delegate, db, no_store, as_json):
     """Benchmark ARTIFACT on this machine with the on-device runner."""
     ctx.meta["json"] = as_json
     from .artifact import Artifact
     from .bench import benchmark
-    res = benchmark(Artifact.open(artifact), runs=runs, warmup=warmup, threads=threads, duration=duration,
-                    delegate=delegate)
+    art = Artifact.open(artifact)
+    res = benchmark(art, runs=runs, warmup=warmup, threads=threads, duration=duration, delegate=delegate)
+    if not no_store:
+        from .results import ResultStore
+        store = ResultStore(db)
+        res.run_id = store.add(res, manifest=art.manifest or None)
+        store.close()
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
         return
@@ -277,6 +285,135 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, as_json):
                f"peak RSS {res.peak_rss_mb} MB")
     click.echo("  " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("min", "mean", "p50", "p90", "p95", "p99", "max", "std"))
                + "  (ms)")
+
+
+# --- deploy / results -------------------------------------------------------
+
+@main.command()
+@click.argument("artifact")
+@click.option("--host", "hosts", multiple=True, help="ssh alias, user@host[:port], or local (repeatable).")
+@click.option("--hosts", "hosts_file", type=click.Path(dir_okay=False), help="File with one host per line.")
+@click.option("--profile", help="Device profile (default: the artifact's manifest).")
+@click.option("--runs", type=int, default=50, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, help="Default: the profile's.")
+@click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
+@click.option("--remote-python", help="Python on the device (default: the profile's, python3).")
+@click.option("--workdir", help="Work directory on the device (default: the profile's, ~/.cache/edgesdk).")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for the run on each device.")
+@click.option("--parallel", type=int, default=4, show_default=True, help="Hosts deployed at once.")
+@click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, remote_python, workdir,
+           timeout, parallel, accept_new_host_key, db, as_json):
+    """Push ARTIFACT to devices over SSH, probe them, and benchmark it there."""
+    ctx.meta["json"] = as_json
+    from .deploy import deploy as run_deploy, read_hosts_file
+    from .progress import Progress
+    from .results import ResultStore
+    targets = list(hosts) + (read_hosts_file(hosts_file) if hosts_file else [])
+    if not targets:
+        raise click.UsageError("Give --host HOST (an ssh alias, user@host[:port] or local) or --hosts FILE.")
+    store = ResultStore(db)
+    results = run_deploy(artifact, targets, store=store, parallel=parallel, progress=Progress(quiet=as_json),
+                         profile=profile, runs=runs, warmup=warmup, threads=threads, duration=duration,
+                         remote_python=remote_python, workdir=workdir, timeout=timeout,
+                         accept_new_host_key=accept_new_host_key)
+    store.close()
+    docs = [r if isinstance(r, dict) else r.to_dict() for r in results]
+    failed = [d for d in docs if "error" in d]
+    if as_json:
+        click.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, default=str))
+    else:
+        rows = []
+        for d in docs:
+            if "error" in d:
+                rows.append({"host": d["host"], "status": "failed", "p50": "", "p90": "", "p99": "", "ips": "",
+                             "runtime": "", "uploaded": ""})
+            else:
+                lat = d["latency_ms"]
+                rows.append({"host": d["host"], "status": f"ok (run {d['run_id']})", "p50": f"{lat['p50']:.3f}",
+                             "p90": f"{lat['p90']:.3f}", "p99": f"{lat['p99']:.3f}", "ips": d["throughput_ips"],
+                             "runtime": f"{d['runtime']} {d['runtime_version']}",
+                             "uploaded": f"{d['uploaded_bytes']:,} B"})
+        click.echo(_table(rows, ["host", "status", "p50", "p90", "p99", "ips", "runtime", "uploaded"]))
+        for d in failed:
+            click.echo(f"error: {d['host']}: {d['error']}", err=True)
+    if failed:
+        sys.exit(failed[0]["exit_code"] if len(docs) == 1 else 1)
+
+
+@main.group()
+def results():
+    """The local results database: list, show and compare runs."""
+
+
+@results.command("list")
+@click.option("--last", type=int, default=20, show_default=True)
+@click.option("--db", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def results_list(ctx, last, db, as_json):
+    ctx.meta["json"] = as_json
+    from .results import ResultStore
+    rows = ResultStore(db).list(last)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(_table(rows, ["id", "created", "host", "profile", "artifact", "runtime", "runs", "p50_ms", "p90_ms"])
+               if rows else "no runs recorded yet")
+
+
+@results.command("show")
+@click.argument("run_id", type=int)
+@click.option("--db", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def results_show(ctx, run_id, db, as_json):
+    ctx.meta["json"] = as_json
+    from .results import ResultStore
+    row = ResultStore(db).get(run_id)
+    if as_json:
+        click.echo(json.dumps(row, indent=2, default=str))
+        return
+    lat = row["stats"]["latency_ms"]
+    click.echo(f"run {row['id']}  {row['created']}  {row['host']}  {row['profile']}  {row['artifact']}")
+    click.echo(f"  {row['runtime']} {row['runtime_version']} ({row['delegate']}), {row['threads']} thread(s), "
+               f"{row['warmup']} warm-up, {row['runs']} runs")
+    click.echo("  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()) + "  (ms)")
+    probe = row["probe"] or {}
+    if probe:
+        click.echo(f"  device: {probe.get('machine')} {probe.get('cpu_model')} x{probe.get('cores')}, "
+                   f"{probe.get('os')}, governor {probe.get('governor')}, {probe.get('cur_freq_mhz')} MHz, "
+                   f"throttled {probe.get('throttled')}, power mode {probe.get('power_mode')}")
+
+
+@results.command("compare")
+@click.argument("first", type=int)
+@click.argument("second", type=int)
+@click.option("--db", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def results_compare(ctx, first, second, db, as_json):
+    """Is SECOND faster or slower than FIRST beyond run-to-run noise?"""
+    ctx.meta["json"] = as_json
+    from .results import ResultStore, compare
+    store = ResultStore(db)
+    c = compare(store.get(first), store.get(second))
+    if as_json:
+        click.echo(json.dumps(c, indent=2))
+        return
+    for key in ("p50", "p90", "p99", "mean"):
+        v = c[key]
+        click.echo(f"  {key:<4} {v['first']:.3f} -> {v['second']:.3f} ms ({v['change_pct']:+.1f}%)")
+    p = c["p_value"]
+    click.echo(f"  {c['test']}: p = {p:.3g}; {c['verdict']}" if p is not None else f"  {c['note']}")
+    for k, (a, b) in c.get("differences", {}).items():
+        click.echo(f"  note: {k} differs: {a} vs {b}")
+    for k, (a, b) in c.get("conditions_differ", {}).items():
+        click.echo(f"  note: device condition {k} differs: {a} vs {b}")
 
 
 def _table(rows, columns) -> str:

@@ -285,6 +285,83 @@ def measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core):
     }
 
 
+# --- probe -------------------------------------------------------------------------
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _command(argv):
+    exe = shutil.which(argv[0]) or next((p for p in ("/usr/bin/" + argv[0], "/opt/vc/bin/" + argv[0])
+                                         if os.access(p, os.X_OK)), None)
+    if exe is None:
+        return None
+    try:
+        return subprocess.run([exe] + argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _importable(name, load=True):
+    """The version of a module that imports here (TensorFlow is only looked up: importing it takes seconds)."""
+    try:
+        if load:
+            __import__(name)
+        else:
+            import importlib.util
+            if importlib.util.find_spec(name) is None:
+                return None
+        return _version_of(name)
+    except Exception:
+        return None
+
+
+def probe():
+    """What the device is and the conditions it measures under: stored beside every result."""
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    model = None
+    for key in ("model name", "Model", "Hardware", "CPU part"):
+        m = re.search(r"^%s\s*:\s*(.+)$" % re.escape(key), cpuinfo, re.M)
+        if m:
+            model = m.group(1).strip()
+            break
+    meminfo = _read("/proc/meminfo") or ""
+    m = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.M)
+    os_release = _read("/etc/os-release") or ""
+    m_os = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', os_release, re.M)
+    cpu0 = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    temps = []
+    for zone in sorted(os.listdir("/sys/class/thermal")) if os.path.isdir("/sys/class/thermal") else []:
+        value = _read("/sys/class/thermal/%s/temp" % zone)
+        if value and value.lstrip("-").isdigit():
+            temps.append({"zone": _read("/sys/class/thermal/%s/type" % zone) or zone,
+                          "celsius": int(value) / 1000.0})
+    runtimes = {name: _importable(name) for name in ("numpy", "ai_edge_litert", "tflite_runtime", "onnxruntime")}
+    runtimes["tensorflow"] = _importable("tensorflow", load=False)
+    runtimes["trtexec"] = find_trtexec()
+    edgetpu = [p for p in ("/usr/lib/aarch64-linux-gnu/libedgetpu.so.1", "/usr/lib/x86_64-linux-gnu/libedgetpu.so.1",
+                           "/usr/lib/arm-linux-gnueabihf/libedgetpu.so.1") if os.path.exists(p)]
+    throttled = _command(["vcgencmd", "get_throttled"])
+    return {
+        "ok": True, "schema": SCHEMA_VERSION, "machine": platform.machine(), "cpu_model": model,
+        "cores": os.cpu_count(), "memory_mb": int(m.group(1)) // 1024 if m else None,
+        "os": m_os.group(1) if m_os else platform.platform(), "kernel": platform.release(),
+        "python": platform.python_version(), "runtimes": runtimes, "edgetpu_library": edgetpu[0] if edgetpu else None,
+        "governor": _read(cpu0 + "scaling_governor"),
+        "cur_freq_mhz": int(_read(cpu0 + "scaling_cur_freq")) // 1000 if (_read(cpu0 + "scaling_cur_freq") or "").isdigit() else None,
+        "max_freq_mhz": int(_read(cpu0 + "cpuinfo_max_freq")) // 1000 if (_read(cpu0 + "cpuinfo_max_freq") or "").isdigit() else None,
+        "temperatures": temps,
+        "throttled": throttled.split("=", 1)[-1] if throttled else None,
+        "power_mode": _command(["nvpmodel", "-q"]),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
 # --- measurement -------------------------------------------------------------
 
 def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", delegate="auto", seed=0,
@@ -350,7 +427,8 @@ def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", d
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Time one .tflite or .onnx model and print JSON.")
-    p.add_argument("model")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--probe", action="store_true", help="describe this device instead of timing a model")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -363,6 +441,11 @@ def main(argv=None):
     p.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "none"])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    if a.probe:
+        print(json.dumps(probe()))
+        return 0
+    if not a.model:
+        p.error("a model path is required (or --probe)")
     try:
         if a.runs < 1 or a.warmup < 0 or a.threads < 1 or (a.duration is not None and a.duration <= 0):
             raise RunnerFailure("bad_option", "runs and threads must be >= 1, warmup >= 0, duration > 0.")

@@ -1,0 +1,250 @@
+"""A small session to a device: run a command, put a file. Over SSH (paramiko), or `local`.
+
+Honours ~/.ssh/config (HostName, User, Port, IdentityFile, HostKeyAlias,
+ProxyJump through a first hop), ssh-agent and key files. Unknown host keys are
+refused unless the caller opts in (like OpenSSH's accept-new, the key is then
+recorded); a changed key is always refused. Keepalives and TCP_USER_TIMEOUT
+make a dead link fail in seconds instead of blocking for minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EdgeSDKError
+
+
+class DeployError(EdgeSDKError):
+    """Connecting to, or running on, the device failed."""
+
+    exit_code = 11
+
+
+class HostKeyError(DeployError):
+    exit_code = 12
+
+
+class ConnectionLost(DeployError):
+    exit_code = 13
+
+
+def ssh_config_path() -> Path:
+    return Path(os.environ.get("EDGESDK_SSH_CONFIG", "~/.ssh/config")).expanduser()
+
+
+def known_hosts_path() -> Path:
+    return Path(os.environ.get("EDGESDK_KNOWN_HOSTS", "~/.ssh/known_hosts")).expanduser()
+
+
+@dataclass
+class Target:
+    """Where a host spec points: alias, user@host:port, or local."""
+
+    spec: str
+    hostname: str
+    user: str | None = None
+    port: int = 22
+    identity_files: tuple = ()
+    host_key_alias: str | None = None
+    proxy_jump: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.spec == "local"
+
+    @property
+    def key_name(self) -> str:
+        """The name the host key is filed under in known_hosts."""
+        name = self.host_key_alias or self.hostname
+        return name if self.port == 22 else f"[{name}]:{self.port}"
+
+
+def resolve(spec: str, default_user: str | None = None) -> Target:
+    if spec == "local":
+        return Target("local", "localhost")
+    user, _, rest = spec.rpartition("@") if "@" in spec else (None, "", spec)
+    host, port = rest, None
+    if rest.count(":") == 1:
+        host, port_text = rest.split(":")
+        if not port_text.isdigit():
+            raise DeployError(f"Host '{spec}': the port after ':' must be a number.")
+        port = int(port_text)
+    config = {}
+    path = ssh_config_path()
+    if path.is_file():
+        import paramiko
+        cfg = paramiko.SSHConfig.from_path(str(path))
+        config = cfg.lookup(host)
+    return Target(
+        spec=spec, hostname=config.get("hostname", host), user=user or config.get("user") or default_user,
+        port=port or int(config.get("port", 22)),
+        identity_files=tuple(os.path.expanduser(f) for f in config.get("identityfile", [])),
+        host_key_alias=config.get("hostkeyalias"), proxy_jump=config.get("proxyjump"))
+
+
+def fingerprint(key) -> str:
+    import base64
+    import hashlib
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class Session:
+    """run(cmd) -> (status, stdout, stderr) and put(local, remote) on the device."""
+
+    def __init__(self, target: Target, *, accept_new_host_key=False, connect_timeout=10.0, retries=2,
+                 password=None):
+        self.target = target
+        self.client = None
+        if not target.local:
+            self._connect(accept_new_host_key, connect_timeout, retries, password)
+
+    # -- connecting -----------------------------------------------------------
+    def _connect(self, accept_new, timeout, retries, password):
+        import paramiko
+        t = self.target
+        delay = 0.5
+        for attempt in range(retries + 1):
+            try:
+                sock = self._socket(timeout)
+                client = paramiko.SSHClient()
+                kh = known_hosts_path()
+                if kh.is_file():
+                    client.load_host_keys(str(kh))
+                client.set_missing_host_key_policy(_Policy(t, kh, accept_new))
+                client.connect(t.host_key_alias or t.hostname, port=t.port, username=t.user, sock=sock,
+                               key_filename=list(t.identity_files) or None, timeout=timeout,
+                               banner_timeout=timeout, auth_timeout=timeout, password=password,
+                               allow_agent=True, look_for_keys=True)
+                client.get_transport().set_keepalive(5)
+                self.client = client
+                return
+            except paramiko.BadHostKeyException as exc:
+                raise HostKeyError(
+                    f"The host key of {t.spec} ({t.key_name}) has CHANGED: it offered {fingerprint(exc.key)}, "
+                    f"known_hosts has {fingerprint(exc.expected_key)}. This can mean someone is intercepting "
+                    f"the connection, or the device was reinstalled. If you know why, remove the old key with "
+                    f"`ssh-keygen -R '{t.key_name}'` and connect again.") from None
+            except HostKeyError:
+                raise
+            except paramiko.AuthenticationException:
+                raise DeployError(f"Authentication to {t.user or '(default user)'}@{t.hostname}:{t.port} failed: "
+                                  f"no key was accepted. Load your key into ssh-agent, set IdentityFile in "
+                                  f"~/.ssh/config, or check the user name.") from None
+            except socket.gaierror:
+                raise DeployError(f"Cannot resolve host name '{t.hostname}' ({t.spec}). Check the name or "
+                                  f"your ~/.ssh/config.") from None
+            except (ConnectionRefusedError, socket.timeout, TimeoutError, OSError,
+                    paramiko.SSHException) as exc:
+                if attempt < retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                what = ("refused the connection (is sshd running on that port?)"
+                        if isinstance(exc, ConnectionRefusedError) else f"could not be reached ({exc})")
+                raise DeployError(f"{t.hostname}:{t.port} ({t.spec}) {what}; tried {retries + 1} times.") from None
+
+    def _socket(self, timeout):
+        t = self.target
+        if t.proxy_jump:
+            jump = Session(resolve(t.proxy_jump))
+            channel = jump.client.get_transport().open_channel("direct-tcpip", (t.hostname, t.port),
+                                                              ("127.0.0.1", 0), timeout=timeout)
+            self._jump = jump
+            return channel
+        sock = socket.create_connection((t.hostname, t.port), timeout=timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # a dead peer fails writes within 15 s
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 15000)
+        for opt, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+        return sock
+
+    # -- using ----------------------------------------------------------------
+    def run(self, argv, timeout=None, check=True):
+        """Run argv (a list; every word is quoted) and return (status, stdout, stderr)."""
+        command = " ".join(shlex.quote(str(a)) for a in argv)
+        if self.target.local:
+            try:
+                p = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise DeployError(f"`{argv[0]}` did not finish within {timeout:g} s.") from None
+            status, out, err = p.returncode, p.stdout, p.stderr
+        else:
+            status, out, err = self._run_remote(command, timeout)
+        if check and status != 0:
+            raise DeployError(f"On {self.target.spec}, `{command[:200]}` failed (exit {status}): "
+                              f"{(err or out).strip()[-400:]}")
+        return status, out, err
+
+    def _run_remote(self, command, timeout):
+        try:
+            chan = self.client.get_transport().open_session(timeout=10)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            out, err = chan.makefile("r").read(), chan.makefile_stderr("r").read()
+            status = chan.recv_exit_status()
+        except socket.timeout:
+            raise DeployError(f"The command on {self.target.spec} did not finish within {timeout:g} s.") from None
+        except (EOFError, OSError, AttributeError) as exc:
+            raise ConnectionLost(f"The connection to {self.target.spec} was lost ({exc or type(exc).__name__}).") \
+                from None
+        if status == -1:  # paramiko's way of saying the channel closed without an exit status
+            raise ConnectionLost(f"The connection to {self.target.spec} was lost while running the command.")
+        if isinstance(out, bytes):
+            out, err = out.decode(errors="replace"), err.decode(errors="replace")
+        return status, out, err
+
+    def put(self, local, remote, progress=None) -> int:
+        local = str(local)
+        if self.target.local:
+            shutil.copyfile(local, os.path.expanduser(remote))
+            return os.path.getsize(local)
+        try:
+            sftp = self.client.open_sftp()
+            try:
+                sftp.put(local, remote, callback=progress, confirm=True)
+            finally:
+                sftp.close()
+        except OSError as exc:
+            raise ConnectionLost(f"Uploading to {self.target.spec} failed: {exc}") from None
+        return os.path.getsize(local)
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()
+        if getattr(self, "_jump", None):
+            self._jump.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Policy:
+    """Refuse unknown hosts, showing the fingerprint; with accept_new, record the key (OpenSSH accept-new)."""
+
+    def __init__(self, target, known_hosts, accept_new):
+        self.target, self.known_hosts, self.accept_new = target, known_hosts, accept_new
+
+    def missing_host_key(self, client, hostname, key):
+        name = self.target.key_name
+        if not self.accept_new:
+            raise HostKeyError(
+                f"{self.target.spec} ({name}) is not in {self.known_hosts}. Its {key.get_name()} key is "
+                f"{fingerprint(key)}. If that is your device's key, either add it yourself "
+                f"(`ssh-keyscan -p {self.target.port} {self.target.hostname} >> {self.known_hosts}` after "
+                f"checking it) or pass --accept-new-host-key to record it on first use.")
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a") as f:
+            f.write(f"{name} {key.get_name()} {key.get_base64()}\n")
