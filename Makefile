@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-quick clean
+.PHONY: setup demo test test-quick test-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ setup: $(STAMP)
 demo: setup
 	$(PY) examples/mnist_demo.py edgesdk-demo
 
-## The whole test suite (real conversions; a few minutes).
-test: setup
+## Debian packages the tests use: a real OpenSSH server for the deploy tests.
+test-deps:
+	@test -x /usr/sbin/sshd || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server; }
+
+## The whole test suite (real conversions, real sshd; a few minutes).
+test: setup test-deps
 	$(PY) -m pytest -q
 
 ## The quick subset: everything but the slow real-model tests.

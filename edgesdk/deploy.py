@@ -35,6 +35,7 @@ _COMMIT = ("import hashlib,os,sys\ntmp,final,want=sys.argv[1:4]\nh=hashlib.sha25
            "f=open(tmp,'rb')\n[h.update(c) for c in iter(lambda:f.read(1<<20),b'')]\nf.close()\n"
            "ok=h.hexdigest()==want\nos.replace(tmp,final) if ok else os.unlink(tmp)\nprint('ok' if ok else 'mismatch')")
 _REMOVE = "import os,sys\n[os.unlink(p) for p in sys.argv[1:] if os.path.exists(p)]"
+_FREE = "import shutil,sys\nprint(shutil.disk_usage(sys.argv[1]).free)"
 
 
 def _sha256(path) -> str:
@@ -72,7 +73,11 @@ class _Device:
         bar = self.progress.bar(label)
         size = local.stat().st_size
         try:
-            sent = self.s.put(local, tmp, progress=lambda done, total: bar(done, total or size))
+            try:
+                sent = self.s.put(local, tmp, progress=lambda done, total: bar(done, total or size))
+            except DeployError:
+                self._explain_space(remote, size)
+                raise
             if self.py(_COMMIT, tmp, remote, sha) != "ok":
                 raise DeployError(f"The copy of {local.name} on {self.s.target.spec} does not match its sha256; "
                                   f"the upload was corrupted. Try again.")
@@ -80,6 +85,17 @@ class _Device:
             self.cleanup(tmp)
             raise
         return sent
+
+    def _explain_space(self, remote: str, size: int):
+        """A failed upload on a full disk looks like a short write; say what it really is."""
+        try:
+            free = int(self.py(_FREE, remote.rsplit("/", 1)[0], timeout=20))
+        except (EdgeSDKError, ValueError):
+            return
+        if free < size:
+            raise DeployError(f"No space left on {self.s.target.spec}: {free:,} bytes free in "
+                              f"{remote.rsplit('/', 1)[0]}, {remote.rsplit('/', 1)[1]} needs {size:,}. Free some "
+                              f"space or pass --workdir on a larger disk.") from None
 
     def cleanup(self, *paths):
         try:
@@ -125,14 +141,14 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         runner_local = Path(str(runner_path()))
         runner_sha = _sha256(runner_local)
         runner_remote = f"{root}/runner/runner-{runner_sha[:16]}.py"
-        dev.push(runner_local, runner_remote, runner_sha)
+        runner_sent = dev.push(runner_local, runner_remote, runner_sha)
         probe = json.loads(session.run([python, runner_remote, "--probe"], timeout=60)[1].strip().splitlines()[-1])
         fmt = art.path.suffix.lstrip(".")
         _needs(fmt, probe, python, host)
         sha = _sha256(art.path)
         session.run([python, "-c", "import os,sys;os.makedirs(sys.argv[1],exist_ok=True)", f"{root}/artifacts/{sha}"])
         remote = f"{root}/artifacts/{sha}/model.{fmt}"
-        uploaded = dev.push(art.path, remote, sha)
+        uploaded = dev.push(art.path, remote, sha) + runner_sent  # every byte this deploy sent
         progress.step(f"{host}: {'uploaded ' + format(uploaded, ',') + ' bytes' if uploaded else 'artifact already there'}"
                       f"; running {runs} runs")
         argv = [python, runner_remote, remote, "--runs", runs, "--warmup", warmup, "--threads", threads]

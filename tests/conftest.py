@@ -3,6 +3,7 @@
 Models are built once per session; every conversion writes into its own tmp dir.
 """
 
+import getpass
 import os
 import subprocess
 import sys
@@ -99,3 +100,40 @@ def lfw_onet_inputs():
                         np.float32) for im in x]
     rgb = np.repeat(np.stack(crops)[..., None], 3, axis=-1)
     return (rgb - 127.5) / 128.0, y
+
+
+# --- real OpenSSH servers for deploy tests ------------------------------------------
+
+@pytest.fixture
+def ssh_env(tmp_path, monkeypatch):
+    """A client key, an ssh config, an empty known_hosts and results db, all private to the test."""
+    from sshd import keygen
+    d = tmp_path / "client"
+    d.mkdir()
+    env = {"key": keygen(d / "id_ed25519"), "config": d / "ssh_config", "known_hosts": d / "known_hosts",
+           "db": d / "results.db", "dir": d}
+    env["config"].write_text("")
+    monkeypatch.setenv("EDGESDK_SSH_CONFIG", str(env["config"]))
+    monkeypatch.setenv("EDGESDK_KNOWN_HOSTS", str(env["known_hosts"]))
+    monkeypatch.setenv("EDGESDK_RESULTS_DB", str(env["db"]))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return env
+
+
+@pytest.fixture
+def device(ssh_env, tmp_path):
+    """A device called pi.local: a real sshd on loopback, reached through an ssh config alias."""
+    from sshd import SSHServer
+    servers = []
+
+    def make(alias="pi.local", key=None):
+        server = SSHServer(tmp_path / f"sshd-{alias}", alias, ssh_env["key"]).start()
+        servers.append(server)
+        with open(ssh_env["config"], "a") as f:
+            f.write(f"Host {alias}\n  HostName 127.0.0.1\n  Port {server.port}\n  User {getpass.getuser()}\n"
+                    f"  IdentityFile {key or ssh_env['key']}\n  HostKeyAlias {alias}\n\n")
+        server.workdir = tmp_path / f"remote-{alias}"
+        return server
+    yield make
+    for s in servers:
+        s.stop()

@@ -1,0 +1,201 @@
+"""Deploy over real OpenSSH servers on loopback: host keys, content-addressed uploads, probes, faults, fleets."""
+
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import edgesdk
+from edgesdk import ModelLoadError, RuntimeMissing
+from edgesdk.deploy import deploy
+from edgesdk.ssh import ConnectionLost, DeployError, HostKeyError
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+PY = sys.executable  # the "device" python with numpy and ai-edge-litert
+
+
+@pytest.fixture(scope="module")
+def artifact(keras3_mnist, mnist_files, tmp_path_factory):
+    return edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                           output_dir=tmp_path_factory.mktemp("art"), quiet=True)
+
+
+def remote_files(server) -> list:
+    root = server.workdir
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def _deploy(server, art, **kw):
+    return deploy(str(art.path), "pi.local" if server is None else server.name, remote_python=PY,
+                  workdir=str(server.workdir), runs=20, warmup=2, **kw)
+
+
+def test_deploy_checks_host_key_then_uploads_once(device, ssh_env, artifact):
+    server = device()
+    # unknown host: refused, with the key's fingerprint and the two ways forward
+    with pytest.raises(HostKeyError) as e:
+        _deploy(server, artifact)
+    msg = str(e.value)
+    assert server.fingerprint() in msg and "--accept-new-host-key" in msg and "ssh-keyscan" in msg
+    assert remote_files(server) == []  # nothing reached the device
+
+    from edgesdk.results import ResultStore
+    store = ResultStore()
+    first = _deploy(server, artifact, accept_new_host_key=True, store=store)
+    assert ssh_env["known_hosts"].read_text().strip() == server.public_host_key_line("pi.local")
+    assert first.uploaded_bytes > artifact.path.stat().st_size  # the artifact and the runner
+    assert first.runs == 20 and first.host == "pi.local" and first.runtime == "ai_edge_litert"
+    lat = first.latency_ms
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert first.probe["runtimes"]["ai_edge_litert"] and first.probe["cores"] == os.cpu_count()
+    # content-addressed: the second deploy sends nothing, and no temporary file is left
+    second = _deploy(server, artifact, store=store)
+    assert second.uploaded_bytes == 0
+    files = remote_files(server)
+    from edgesdk.util import sha256_file
+    assert f"artifacts/{sha256_file(artifact.path)}/model.tflite" in files
+    assert len(files) == 2 and not any(f.endswith(".part") for f in files)
+    rows = store.list()
+    assert [r["id"] for r in rows] == [second.run_id, first.run_id]
+    saved = store.get(first.run_id)
+    assert saved["latencies"] == first.latencies_ms and saved["probe"]["machine"] == first.probe["machine"]
+    assert saved["manifest"]["profile"]["name"] == "rpi4"
+    assert saved["extra"]["uploaded_bytes"] == first.uploaded_bytes
+
+
+def test_changed_host_key_is_always_refused(device, ssh_env, artifact):
+    server = device()
+    from sshd import keygen
+    other = keygen(ssh_env["dir"] / "other_host_key")
+    kind, b64 = Path(str(other) + ".pub").read_text().split()[:2]
+    ssh_env["known_hosts"].write_text(f"[pi.local]:{server.port} {kind} {b64}\n")
+    with pytest.raises(HostKeyError, match="CHANGED") as e:
+        _deploy(server, artifact, accept_new_host_key=True)
+    assert server.fingerprint() in str(e.value) and "ssh-keygen -R" in str(e.value)
+    assert remote_files(server) == []
+
+
+def test_wrong_key_and_refused_port(device, ssh_env, artifact):
+    from sshd import keygen
+    server = device("pi.local", key=keygen(ssh_env["dir"] / "not_authorized"))
+    with pytest.raises(DeployError, match="Authentication .* failed"):
+        _deploy(server, artifact, accept_new_host_key=True)
+    with pytest.raises(DeployError, match="refused the connection"):
+        deploy(str(artifact.path), "root@127.0.0.1:1", remote_python=PY)
+
+
+def test_remote_python_without_runtime(device, ssh_env, artifact):
+    server = device()
+    r = run_cli("deploy", artifact.path, "--host", "pi.local", "--remote-python", "/usr/bin/python3",
+                "--workdir", server.workdir, "--accept-new-host-key")
+    assert r.returncode == RuntimeMissing.exit_code, r.stderr
+    assert "numpy does not import in /usr/bin/python3" in r.stderr and "pip install numpy" in r.stderr
+    assert not any(f.startswith("artifacts/") for f in remote_files(server))  # stopped before uploading it
+    r = run_cli("deploy", artifact.path, "--host", "pi.local", "--remote-python", "/no/such/python",
+                "--workdir", server.workdir)
+    assert r.returncode == RuntimeMissing.exit_code and "install Python 3.8+" in r.stderr
+
+
+def test_hostile_artifact_name_stays_data(device, ssh_env, artifact, tmp_path):
+    server = device()
+    name = "a b'c\"$(touch PWNED);x`touch PWNED`; touch PWNED.tflite"
+    hostile = tmp_path / name
+    shutil.copyfile(artifact.path, hostile)
+    shutil.copyfile(artifact.manifest_path, Path(str(hostile) + ".json"))
+    r = run_cli("deploy", hostile, "--host", "pi.local", "--remote-python", PY, "--workdir", server.workdir,
+                "--accept-new-host-key", "--runs", "5", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["artifact"] == str(hostile)
+    for place in (tmp_path, server.workdir, Path.home()):
+        assert not list(place.rglob("PWNED*")), place
+
+
+def test_disk_full_on_the_device(device, ssh_env, artifact, tmp_path):
+    server = device()
+    small = server.workdir
+    small.mkdir()
+    if os.system(f"mount -t tmpfs -o size=48k tmpfs '{small}' 2>/dev/null") != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        r = run_cli("deploy", artifact.path, "--host", "pi.local", "--remote-python", PY, "--workdir", small,
+                    "--accept-new-host-key")
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert "No space left" in r.stderr or "Failure" in r.stderr or "space" in r.stderr.lower(), r.stderr
+        assert not any(f.endswith(".part") for f in remote_files(server))
+    finally:
+        os.system(f"umount '{small}'")
+
+
+def test_sshd_killed_mid_run(device, ssh_env, artifact):
+    server = device()
+    _deploy(server, artifact, accept_new_host_key=True)  # everything uploaded: the next call only runs
+    from edgesdk.results import ResultStore
+    store = ResultStore()
+    errors = []
+
+    def run():
+        try:
+            deploy(str(artifact.path), "pi.local", remote_python=PY, workdir=str(server.workdir), duration=8,
+                   store=store)
+        except DeployError as exc:
+            errors.append(exc)
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any("runner" in _cmdline(p) and "--duration" in _cmdline(p)
+                                                  for p in server.children()):
+        time.sleep(0.1)
+    server.stop()
+    t.join(30)
+    assert not t.is_alive()
+    assert errors and isinstance(errors[0], (ConnectionLost, DeployError))
+    assert "lost" in str(errors[0]) or "failed" in str(errors[0])
+    db = sqlite3.connect(str(ssh_env["db"]))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0  # no half result stored
+
+
+def _cmdline(pid) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_fleet_runs_in_parallel_and_one_failure_does_not_stop_the_others(device, ssh_env, artifact, tmp_path):
+    a, b = device("pi.local"), device("jetson.local")
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("pi.local\n# a comment\njetson.local\nroot@127.0.0.1:1\n")
+    r = run_cli("deploy", artifact.path, "--hosts", hosts, "--remote-python", PY, "--workdir", tmp_path / "fleet",
+                "--accept-new-host-key", "--runs", "10", "--json")
+    assert r.returncode == 1
+    docs = json.loads(r.stdout)
+    assert [d["host"] for d in docs] == ["pi.local", "jetson.local", "root@127.0.0.1:1"]
+    assert docs[0]["runs"] == docs[1]["runs"] == 10 and "refused" in docs[2]["error"]
+    r = run_cli("results", "list", "--json")
+    assert sorted(row["host"] for row in json.loads(r.stdout)) == ["jetson.local", "pi.local"]
+    ids = [row["id"] for row in json.loads(r.stdout)]
+    r = run_cli("results", "compare", str(ids[0]), str(ids[1]), "--json")
+    c = json.loads(r.stdout)
+    assert c["test"].startswith("Mann-Whitney") and 0 <= c["p_value"] <= 1
+    assert c["differences"]["host"] == ["jetson.local", "pi.local"] or c["differences"]["host"] == ["pi.local", "jetson.local"]
+
+
+def test_local_host_uses_the_same_runner_path(artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESDK_RESULTS_DB", str(tmp_path / "r.db"))
+    r = run_cli("deploy", artifact.path, "--host", "local", "--workdir", tmp_path / "w", "--runs", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["host"] == "local" and doc["runs"] == 10 and doc["probe"]["python"]
+    r = run_cli("results", "show", str(doc["run_id"]), "--json")
+    assert json.loads(r.stdout)["host"] == "local"
+    r = run_cli("results", "show", "999")
+    assert r.returncode != 0 and "No run 999" in r.stderr
