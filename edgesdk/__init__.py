@@ -12,7 +12,7 @@ from .errors import (  # noqa: E402
 )
 
 __all__ = [
-    "convert", "benchmark", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
+    "convert", "benchmark", "deploy", "check", "inspect", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
     "DeviceProfile", "EdgeSDKError", "OptionError", "ProfileError", "ModelLoadError", "DataError",
     "ConversionError", "ValidationFailed", "OutputError", "RuntimeMissing", "BenchmarkError",
 ]
@@ -22,6 +22,18 @@ def __getattr__(name):
     if name == "convert":
         from .conversion import convert
         return convert
+    if name == "deploy":
+        from .deploy import deploy
+        return deploy
+    if name == "check":
+        from .check import check_model
+        return check_model
+    if name == "inspect":
+        from .inspection import inspect
+        return inspect
+    if name == "ResultStore":
+        from .results import ResultStore
+        return ResultStore
     if name in ("benchmark", "BenchmarkResult"):
         from . import bench
         return getattr(bench, name)

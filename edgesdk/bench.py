@@ -48,6 +48,7 @@ class BenchmarkResult:
              "peak_rss_mb": self.peak_rss_mb, "inputs": self.raw.get("inputs"),
              "machine": self.raw.get("machine"), "python": self.raw.get("python"),
              "throughput_ips": round(1000.0 / self.latency_ms["mean"], 2) if self.latency_ms["mean"] else None,
+             "energy": self.raw.get("energy", {"available": False, "reason": "not measured"}),
              "uploaded_bytes": self.uploaded_bytes, "run_id": self.run_id, "probe": self.probe}
         if with_latencies:
             d["latencies_ms"] = self.latencies_ms

@@ -362,6 +362,64 @@ def probe():
     }
 
 
+# --- energy ------------------------------------------------------------------------
+
+def power_rails():
+    """Board power monitors the kernel exposes (the INA3221 on Jetson modules): {label: (volt_file, curr_file)}."""
+    rails = {}
+    root = "/sys/class/hwmon"
+    for hw in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        base = os.path.join(root, hw)
+        if (_read(os.path.join(base, "name")) or "") not in ("ina3221", "ina3221x"):
+            continue
+        for ch in range(1, 4):
+            label = _read(os.path.join(base, "in%d_label" % ch))
+            volt, curr = os.path.join(base, "in%d_input" % ch), os.path.join(base, "curr%d_input" % ch)
+            if label and os.path.exists(volt) and os.path.exists(curr):
+                rails[label] = (volt, curr)
+    return rails
+
+
+class PowerSampler:
+    """Samples the total input rail every 20 ms while the timed runs execute."""
+
+    def __init__(self):
+        rails = power_rails()
+        name = next((n for n in rails if n.upper() in ("VDD_IN", "POM_5V_IN", "VDD_IN_SYS")), None)
+        self.rail = (name, rails[name]) if name else None
+        self.samples = []
+        self._stop = None
+
+    def __enter__(self):
+        if self.rail:
+            import threading
+            self._stop = threading.Event()
+
+            def loop():
+                while not self._stop.is_set():
+                    v, i = _read(self.rail[1][0]), _read(self.rail[1][1])
+                    if v and i:
+                        self.samples.append(float(v) * float(i) / 1e6)  # mV * mA -> W
+                    self._stop.wait(0.02)
+            self._thread = threading.Thread(target=loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._stop:
+            self._stop.set()
+            self._thread.join()
+
+    def report(self, mean_latency_ms):
+        if not self.rail:
+            return {"available": False, "reason": "no INA3221 power monitor exposed by this device"}
+        if not self.samples:
+            return {"available": False, "reason": "the power monitor returned no samples"}
+        watts = sum(self.samples) / len(self.samples)
+        return {"available": True, "rail": self.rail[0], "mean_power_w": round(watts, 3), "samples": len(self.samples),
+                "energy_per_inference_mj": round(watts * mean_latency_ms, 4)}
+
+
 # --- measurement -------------------------------------------------------------
 
 def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", delegate="auto", seed=0,
@@ -391,15 +449,17 @@ def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", d
     latencies = []
     clock = time.perf_counter
     deadline = clock() + duration if duration else None
-    while True:
-        t0 = clock()
-        model.run(feed)
-        latencies.append((clock() - t0) * 1000.0)
-        if deadline is not None:
-            if clock() >= deadline and len(latencies) >= 1:
+    with PowerSampler() as power:
+        while True:
+            t0 = clock()
+            model.run(feed)
+            latencies.append((clock() - t0) * 1000.0)
+            if deadline is not None:
+                if clock() >= deadline and len(latencies) >= 1:
+                    break
+            elif len(latencies) >= runs:
                 break
-        elif len(latencies) >= runs:
-            break
+    stats = summarize(latencies)
     return {
         "ok": True,
         "schema": SCHEMA_VERSION,
@@ -415,8 +475,9 @@ def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", d
         "inputs": model.describe(),
         "init_ms": round(init_ms, 4),
         "first_inference_ms": round(first_ms, 4),
-        "latency_ms": summarize(latencies),
+        "latency_ms": stats,
         "latencies_ms": [round(v, 4) for v in latencies],
+        "energy": power.report(stats["mean"]),
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_load_mb": rss_start,
         "python": platform.python_version(),

@@ -195,6 +195,7 @@ def test_local_host_uses_the_same_runner_path(artifact, tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["host"] == "local" and doc["runs"] == 10 and doc["probe"]["python"]
+    assert doc["energy"]["available"] is False and "INA3221" in doc["energy"]["reason"]  # never invented
     r = run_cli("results", "show", str(doc["run_id"]), "--json")
     assert json.loads(r.stdout)["host"] == "local"
     r = run_cli("results", "show", "999")
