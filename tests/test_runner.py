@@ -40,7 +40,7 @@ def test_runner_is_standalone():
             imported.add((node.module or "").split(".")[0])
     assert "edgesdk" not in imported
     assert imported <= {"argparse", "json", "math", "os", "platform", "re", "shutil", "subprocess", "sys",
-                        "tempfile", "time", "resource", "numpy", "onnxruntime", "importlib"}
+                        "tempfile", "threading", "time", "resource", "numpy", "onnxruntime", "importlib"}
 
 
 def _run(*args):
