@@ -26,8 +26,12 @@ from .progress import Progress
 from .ssh import DeployError, Session, resolve
 
 # Small programs run by the device's own Python; paths arrive as argv, never inside the code.
-_PREPARE = ("import os,sys\nd=os.path.expanduser(sys.argv[1])\n"
-            "[os.makedirs(os.path.join(d,s),exist_ok=True) for s in ('runner','artifacts')]\nprint(d)")
+# Also sweeps partial uploads a dead link left behind (untouched for STALE_PART_S; a live upload keeps writing).
+STALE_PART_S = 30
+_PREPARE = ("import glob,os,sys,time\nd=os.path.expanduser(sys.argv[1])\n"
+            "[os.makedirs(os.path.join(d,s),exist_ok=True) for s in ('runner','artifacts')]\n"
+            "[os.unlink(p) for p in glob.glob(os.path.join(d,'*','*.part'))+glob.glob(os.path.join(d,'*','*','*.part'))"
+            " if time.time()-os.path.getmtime(p)>float(sys.argv[2])]\nprint(d)")
 _SHA = ("import hashlib,os,sys\np=sys.argv[1]\nh=hashlib.sha256()\n"
         "f=open(p,'rb') if os.path.isfile(p) else None\n"
         "[h.update(c) for c in iter(lambda:f.read(1<<20),b'')] if f else None\nprint(h.hexdigest() if f else '')")
@@ -57,7 +61,7 @@ class _Device:
 
     def prepare(self, workdir: str) -> str:
         try:
-            return self.py(_PREPARE, workdir)
+            return self.py(_PREPARE, workdir, STALE_PART_S)
         except DeployError as exc:
             if "not found" in str(exc) or "No such file" in str(exc) or "exit 127" in str(exc):
                 raise RuntimeMissing(f"{self.python} is not on {self.s.target.spec}: install Python 3.8+ there "

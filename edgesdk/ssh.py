@@ -194,7 +194,7 @@ class Session:
             status = chan.recv_exit_status()
         except socket.timeout:
             raise DeployError(f"The command on {self.target.spec} did not finish within {timeout:g} s.") from None
-        except (EOFError, OSError, AttributeError) as exc:
+        except (EOFError, OSError, AttributeError, _ssh_errors()) as exc:
             raise ConnectionLost(f"The connection to {self.target.spec} was lost ({exc or type(exc).__name__}).") \
                 from None
         if status == -1:  # paramiko's way of saying the channel closed without an exit status
@@ -214,8 +214,9 @@ class Session:
                 sftp.put(local, remote, callback=progress, confirm=True)
             finally:
                 sftp.close()
-        except OSError as exc:
-            raise ConnectionLost(f"Uploading to {self.target.spec} failed: {exc}") from None
+        except (EOFError, OSError, _ssh_errors()) as exc:
+            raise ConnectionLost(f"Uploading to {self.target.spec} failed, the connection was lost or refused "
+                                 f"the write: {exc or type(exc).__name__}") from None
         return os.path.getsize(local)
 
     def close(self):
@@ -229,6 +230,11 @@ class Session:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _ssh_errors():
+    import paramiko
+    return paramiko.SSHException
 
 
 class _Policy:

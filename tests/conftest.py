@@ -137,3 +137,26 @@ def device(ssh_env, tmp_path):
     yield make
     for s in servers:
         s.stop()
+
+
+@pytest.fixture
+def netns_device(ssh_env, tmp_path):
+    """Devices in their own network namespaces (root only; CI runs as root and must not skip)."""
+    import netns
+    why = netns.available()
+    if why:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(f"network namespaces are required in CI as root: {why}")
+        pytest.skip(why)
+    devices = []
+
+    def make(alias):
+        dev = netns.NamespacedDevice(tmp_path / f"ns-{alias}", alias, ssh_env["key"])
+        devices.append(dev)
+        with open(ssh_env["config"], "a") as f:
+            f.write(dev.ssh_config(getpass.getuser(), ssh_env["key"]))
+        dev.server.workdir = tmp_path / f"remote-{alias}"
+        return dev
+    yield make
+    for d in devices:
+        d.close()

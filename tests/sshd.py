@@ -28,10 +28,10 @@ def keygen(path: Path, kind="ed25519") -> Path:
 
 
 class SSHServer:
-    def __init__(self, root: Path, name: str, client_key: Path, address="127.0.0.1"):
-        self.root, self.name, self.address = root, name, address
+    def __init__(self, root: Path, name: str, client_key: Path, address="127.0.0.1", netns=None):
+        self.root, self.name, self.address, self.netns = root, name, address, netns
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port() if netns is None else 22  # a namespace has its own ports
         self.host_key = keygen(root / "host_key")
         (root / "authorized_keys").write_text(Path(str(client_key) + ".pub").read_text())
         self.config = root / "sshd_config"
@@ -55,7 +55,8 @@ LogLevel VERBOSE
     def start(self, timeout=10.0):
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory, needed as root
         self._log = open(self.log, "w+")
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stderr=self._log,
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.proc = subprocess.Popen(prefix + [SSHD, "-D", "-e", "-f", str(self.config)], stderr=self._log,
                                      stdout=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

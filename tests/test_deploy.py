@@ -200,3 +200,75 @@ def test_local_host_uses_the_same_runner_path(artifact, tmp_path, monkeypatch):
     assert json.loads(r.stdout)["host"] == "local"
     r = run_cli("results", "show", "999")
     assert r.returncode != 0 and "No run 999" in r.stderr
+
+
+# --- named devices in network namespaces: real links to cut and throttle ----------
+
+def _wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_link_cut_mid_upload_then_cleaned_on_next_contact(netns_device, ssh_env, artifact, tmp_path):
+    dev = netns_device("pi.local")
+    big = tmp_path / "big.tflite"
+    big.write_bytes(os.urandom(3 * 2**20))  # only its bytes matter: the link dies while they travel
+    shutil.copyfile(artifact.manifest_path, Path(str(big) + ".json"))
+    dev.throttle("1mbit")
+    errors, started = [], time.monotonic()
+
+    def run():
+        try:
+            deploy(str(big), "pi.local", remote_python=PY, workdir=str(dev.server.workdir), accept_new_host_key=True)
+        except DeployError as exc:
+            errors.append(exc)
+    t = threading.Thread(target=run)
+    t.start()
+    assert _wait_for(lambda: any(f.endswith(".part") and "artifacts" in f for f in remote_files(dev.server)))
+    dev.cut()
+    t.join(60)
+    assert not t.is_alive(), "a cut link must not hang the deploy"
+    assert errors and ("lost" in str(errors[0]) or "failed" in str(errors[0])), errors
+    assert time.monotonic() - started < 60
+    # the dead link kept us from removing the partial file; the next contact sweeps it
+    dev.restore()
+    sh_tc = __import__("netns").sh
+    sh_tc("tc", "qdisc", "del", "dev", dev.host_if, "root", check=False)
+    for f in remote_files(dev.server):
+        if f.endswith(".part"):
+            p = dev.server.workdir / f
+            os.utime(p, (time.time() - 120, time.time() - 120))
+    result = deploy(str(artifact.path), "pi.local", remote_python=PY, workdir=str(dev.server.workdir), runs=5)
+    assert result.runs == 5
+    assert not any(f.endswith(".part") for f in remote_files(dev.server))
+
+
+def test_fleet_of_namespaced_devices_with_a_link_cut_mid_run(netns_device, ssh_env, artifact):
+    pi, jetson = netns_device("pi.local"), netns_device("jetson.local")
+    for dev in (pi, jetson):  # first contact: keys recorded, everything uploaded
+        deploy(str(artifact.path), dev.alias, remote_python=PY, workdir=str(dev.server.workdir), runs=5,
+               accept_new_host_key=True)
+    # both devices share this machine's filesystem, so each is deployed with its own work dir
+    results = []
+
+    def one(dev, duration):
+        try:
+            results.append(deploy(str(artifact.path), dev.alias, remote_python=PY, workdir=str(dev.server.workdir),
+                                  duration=duration))
+        except DeployError as exc:
+            results.append({"host": dev.alias, "error": str(exc)})
+    threads = [threading.Thread(target=one, args=(pi, 2)), threading.Thread(target=one, args=(jetson, 8))]
+    for t in threads:
+        t.start()
+    assert _wait_for(lambda: any("--duration" in _cmdline(p) for p in jetson.server.children()))
+    jetson.cut()
+    for t in threads:
+        t.join(60)
+    ok = [r for r in results if not isinstance(r, dict)]
+    failed = [r for r in results if isinstance(r, dict)]
+    assert [r.host for r in ok] == ["pi.local"] and ok[0].runs > 10
+    assert [f["host"] for f in failed] == ["jetson.local"] and "lost" in failed[0]["error"]

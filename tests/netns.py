@@ -1,0 +1,67 @@
+"""Named test devices in network namespaces: each its own network stack, veth link and sshd.
+
+Used to cut and throttle a device's link mid-deploy (`ip link set ... down`, `tc ... tbf`).
+Addresses come from 10.213.0.0/16, only ever inside namespaces these tests create.
+"""
+
+import itertools
+import os
+import subprocess
+
+from sshd import SSHServer
+
+_ids = itertools.count(1)
+
+
+def sh(*argv, check=True):
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check)
+
+
+def available() -> str | None:
+    """None when namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = f"edgesdk-probe-{os.getpid()}"
+    r = sh("ip", "netns", "add", probe, check=False)
+    if r.returncode != 0:
+        return f"ip netns add failed: {r.stderr.strip()}"
+    sh("ip", "netns", "del", probe, check=False)
+    return None
+
+
+class NamespacedDevice:
+    def __init__(self, root, alias, client_key):
+        n = (os.getpid() % 200) * 10 + next(_ids)
+        self.ns = f"edgesdk-{os.getpid()}-{n}"
+        self.host_if, self.dev_if = f"eh{n}", f"ed{n}"
+        octet = n % 250 + 1
+        self.host_ip, self.ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.dev_if)
+        sh("ip", "link", "set", self.dev_if, "netns", self.ns)
+        sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        sh("ip", "link", "set", self.host_if, "up")
+        for cmd in (["ip", "addr", "add", f"{self.ip}/30", "dev", self.dev_if], ["ip", "link", "set", self.dev_if, "up"],
+                    ["ip", "link", "set", "lo", "up"]):
+            sh("ip", "netns", "exec", self.ns, *cmd)
+        self.server = SSHServer(root, alias, client_key, address=self.ip, netns=self.ns).start()
+        self.alias = alias
+
+    def ssh_config(self, user, key) -> str:
+        return (f"Host {self.alias}\n  HostName {self.ip}\n  Port {self.server.port}\n  User {user}\n"
+                f"  IdentityFile {key}\n  HostKeyAlias {self.alias}\n\n")
+
+    def cut(self):
+        sh("ip", "link", "set", self.host_if, "down")
+
+    def restore(self):
+        sh("ip", "link", "set", self.host_if, "up")
+
+    def throttle(self, rate="1mbit"):
+        sh("tc", "qdisc", "replace", "dev", self.host_if, "root", "tbf", "rate", rate, "burst", "16kb",
+           "latency", "400ms")
+
+    def close(self):
+        self.server.stop()
+        sh("ip", "link", "del", self.host_if, check=False)
+        sh("ip", "netns", "del", self.ns, check=False)
