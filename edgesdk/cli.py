@@ -317,11 +317,15 @@ def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, dur
     if not targets:
         raise click.UsageError("Give --host HOST (an ssh alias, user@host[:port] or local) or --hosts FILE.")
     store = ResultStore(db)
-    results = run_deploy(artifact, targets, store=store, parallel=parallel, progress=Progress(quiet=as_json),
+    # one host runs in this thread, so Ctrl-C reaches it and stops the remote runner too
+    results = run_deploy(artifact, targets if len(targets) > 1 else targets[0], store=store, parallel=parallel,
+                         progress=Progress(quiet=as_json),
                          profile=profile, runs=runs, warmup=warmup, threads=threads, duration=duration,
                          remote_python=remote_python, workdir=workdir, timeout=timeout,
                          accept_new_host_key=accept_new_host_key)
     store.close()
+    if not isinstance(results, list):
+        results = [results]
     docs = [r if isinstance(r, dict) else r.to_dict() for r in results]
     failed = [d for d in docs if "error" in d]
     if as_json:

@@ -272,3 +272,33 @@ def test_fleet_of_namespaced_devices_with_a_link_cut_mid_run(netns_device, ssh_e
     failed = [r for r in results if isinstance(r, dict)]
     assert [r.host for r in ok] == ["pi.local"] and ok[0].runs > 10
     assert [f["host"] for f in failed] == ["jetson.local"] and "lost" in failed[0]["error"]
+
+
+def test_dns_failure_and_timeout(device, ssh_env, artifact):
+    with pytest.raises(DeployError, match="Cannot resolve host name 'no-such-device.invalid'"):
+        deploy(str(artifact.path), "no-such-device.invalid", remote_python=PY)
+    server = device()
+    _deploy(server, artifact, accept_new_host_key=True)
+    with pytest.raises(DeployError, match="did not finish within 2 s"):
+        deploy(str(artifact.path), "pi.local", remote_python=PY, workdir=str(server.workdir), duration=10,
+               timeout=2)
+
+
+def test_ctrl_c_stops_the_remote_run(device, ssh_env, artifact):
+    import signal
+    import subprocess
+    server = device()
+    _deploy(server, artifact, accept_new_host_key=True)
+    exe = Path(sys.executable).with_name("edgesdk")
+    proc = subprocess.Popen([str(exe), "deploy", str(artifact.path), "--host", "pi.local", "--remote-python", PY,
+                             "--workdir", str(server.workdir), "--duration", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = lambda: [p for p in server.children() if "--duration" in _cmdline(p)]  # noqa: E731
+    assert _wait_for(lambda: bool(running()))
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    assert proc.returncode != 0
+    assert _wait_for(lambda: not running(), timeout=10), "the remote runner must stop with the local command"
+    db = sqlite3.connect(str(ssh_env["db"]))
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0  # an interrupted run stores nothing
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
