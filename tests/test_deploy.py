@@ -302,3 +302,33 @@ def test_ctrl_c_stops_the_remote_run(device, ssh_env, artifact):
     db = sqlite3.connect(str(ssh_env["db"]))
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0  # an interrupted run stores nothing
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_proxy_jump_through_a_first_device(device, ssh_env, artifact):
+    gateway, inner = device("gateway.local"), device("inner.local")
+    config = ssh_env["config"].read_text().replace("Host inner.local\n", "Host inner.local\n  ProxyJump gateway.local\n")
+    ssh_env["config"].write_text(config)
+    deploy(str(artifact.path), "gateway.local", remote_python=PY, workdir=str(gateway.workdir), runs=3,
+           accept_new_host_key=True)  # records the gateway's key
+    result = deploy(str(artifact.path), "inner.local", remote_python=PY, workdir=str(inner.workdir), runs=5,
+                    accept_new_host_key=True)
+    assert result.runs == 5 and result.host == "inner.local"
+    log = inner.log.read_text()
+    assert "Accepted publickey" in log
+
+
+def test_results_store_survives_concurrent_writer_processes(tmp_path):
+    import subprocess
+    db = tmp_path / "shared.db"
+    code = (
+        "import sys\nfrom edgesdk.results import ResultStore\nfrom edgesdk.bench import BenchmarkResult\n"
+        "s = ResultStore(sys.argv[1])\n"
+        "for i in range(25):\n"
+        "    r = BenchmarkResult('a.tflite', 'h' + sys.argv[2], 'rt', '1', 'x', 1, 0, 3, 1.0, 1.0,\n"
+        "        {'min': 1, 'mean': 1, 'p50': 1, 'p90': 1, 'p95': 1, 'p99': 1, 'max': 1, 'std': 0}, [1.0, 1.0, 1.0], None)\n"
+        "    s.add(r)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(db), str(k)]) for k in range(4)]
+    assert all(p.wait(60) == 0 for p in procs)
+    con = sqlite3.connect(str(db))
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT count(*), count(DISTINCT host) FROM runs").fetchone() == (100, 4)
