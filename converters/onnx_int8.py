@@ -117,7 +117,7 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         excluded = _exclusions(pre, recipe)
         extra = {"ActivationSymmetric": profile.family == "jetson"}
         try:
-            with captured_output() as log:
+            with captured_output():
                 quantize_static(str(pre), str(out), _reader(x, input_name, progress),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=recipe.per_channel,

@@ -7,14 +7,15 @@ when a conversion or a benchmark needs them.
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
-    BenchmarkError, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError, OutputError,
-    ProfileError, RuntimeMissing, ValidationFailed,
+    BenchmarkError, ConnectionLost, ConversionError, DataError, DeployError, EdgeSDKError, HostKeyError,
+    ModelLoadError, OptionError, OutputError, ProfileError, ResultsError, RuntimeMissing, ValidationFailed,
 )
 
 __all__ = [
     "convert", "benchmark", "deploy", "check", "inspect", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
     "DeviceProfile", "EdgeSDKError", "OptionError", "ProfileError", "ModelLoadError", "DataError",
-    "ConversionError", "ValidationFailed", "OutputError", "RuntimeMissing", "BenchmarkError",
+    "ConversionError", "ValidationFailed", "OutputError", "RuntimeMissing", "BenchmarkError", "DeployError",
+    "HostKeyError", "ConnectionLost", "ResultsError",
 ]
 
 

@@ -11,7 +11,6 @@ sha256, not its file name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -23,7 +22,9 @@ from .artifact import Artifact
 from .bench import parse_runner_output, result_from_runner
 from .errors import EdgeSDKError, OptionError, RuntimeMissing
 from .progress import Progress
-from .ssh import DeployError, Session, resolve
+from .errors import DeployError
+from .ssh import Session, resolve
+from .util import sha256_file
 
 # Small programs run by the device's own Python; paths arrive as argv, never inside the code.
 # Also sweeps partial uploads a dead link left behind (untouched for STALE_PART_S; a live upload keeps writing).
@@ -40,14 +41,6 @@ _COMMIT = ("import hashlib,os,sys\ntmp,final,want=sys.argv[1:4]\nh=hashlib.sha25
            "ok=h.hexdigest()==want\nos.replace(tmp,final) if ok else os.unlink(tmp)\nprint('ok' if ok else 'mismatch')")
 _REMOVE = "import os,sys\n[os.unlink(p) for p in sys.argv[1:] if os.path.exists(p)]"
 _FREE = "import shutil,sys\nprint(shutil.disk_usage(sys.argv[1]).free)"
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Device:
@@ -143,13 +136,13 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         dev = _Device(session, python, timeout, progress)
         root = dev.prepare(workdir or prof.connection.workdir or "~/.cache/edgesdk")
         runner_local = Path(str(runner_path()))
-        runner_sha = _sha256(runner_local)
+        runner_sha = sha256_file(runner_local)
         runner_remote = f"{root}/runner/runner-{runner_sha[:16]}.py"
         runner_sent = dev.push(runner_local, runner_remote, runner_sha)
         probe = json.loads(session.run([python, runner_remote, "--probe"], timeout=60)[1].strip().splitlines()[-1])
         fmt = art.path.suffix.lstrip(".")
         _needs(fmt, probe, python, host)
-        sha = _sha256(art.path)
+        sha = sha256_file(art.path)
         session.run([python, "-c", "import os,sys;os.makedirs(sys.argv[1],exist_ok=True)", f"{root}/artifacts/{sha}"])
         remote = f"{root}/artifacts/{sha}/model.{fmt}"
         uploaded = dev.push(art.path, remote, sha) + runner_sent  # every byte this deploy sent

@@ -68,3 +68,27 @@ class BenchmarkError(EdgeSDKError):
     """The on-device runner failed or returned something unreadable."""
 
     exit_code = 10
+
+
+class DeployError(EdgeSDKError):
+    """Connecting to, or running on, a device failed."""
+
+    exit_code = 11
+
+
+class HostKeyError(DeployError):
+    """The device's host key is unknown (and not accepted) or has changed."""
+
+    exit_code = 12
+
+
+class ConnectionLost(DeployError):
+    """The link to the device died mid-way."""
+
+    exit_code = 13
+
+
+class ResultsError(EdgeSDKError):
+    """The results database is missing a run or cannot be used."""
+
+    exit_code = 14

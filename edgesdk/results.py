@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .errors import EdgeSDKError
+from .errors import ResultsError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -41,10 +41,6 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_artifact ON runs (artifact_sha256);
 """
-
-
-class ResultsError(EdgeSDKError):
-    exit_code = 14
 
 
 def default_path() -> Path:

@@ -18,21 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeSDKError
-
-
-class DeployError(EdgeSDKError):
-    """Connecting to, or running on, the device failed."""
-
-    exit_code = 11
-
-
-class HostKeyError(DeployError):
-    exit_code = 12
-
-
-class ConnectionLost(DeployError):
-    exit_code = 13
+from .errors import ConnectionLost, DeployError, HostKeyError  # noqa: F401 (re-exported)
 
 
 def ssh_config_path() -> Path:

@@ -158,7 +158,6 @@ def test_op_left_in_float_is_refused_unless_allowed(tmp_path):
 
 
 def test_lambda_layers_need_unsafe_load(tmp_path, mnist_files):
-    import keras
     m = _model_with(lambda t: t * 2.0)
     f = tmp_path / "lambda.keras"
     m.save(f)
