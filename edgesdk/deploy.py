@@ -142,15 +142,24 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         probe = json.loads(session.run([python, runner_remote, "--probe"], timeout=60)[1].strip().splitlines()[-1])
         fmt = art.path.suffix.lstrip(".")
         _needs(fmt, probe, python, host)
-        sha = sha256_file(art.path)
+        local = art.path
+        if prof.family == "edgetpu":  # run the compiled model on the Edge TPU when there is one
+            compiled = art.path.with_name(art.path.stem + "_edgetpu.tflite")
+            local = compiled if compiled.is_file() else art.path
+            if not compiled.is_file():
+                progress.warn(f"{host}: no {compiled.name} beside the artifact (edgetpu_compiler was not "
+                              f"available); running the int8 model on the device's CPU")
+        sha = sha256_file(local)
         session.run([python, "-c", "import os,sys;os.makedirs(sys.argv[1],exist_ok=True)", f"{root}/artifacts/{sha}"])
         remote = f"{root}/artifacts/{sha}/model.{fmt}"
-        uploaded = dev.push(art.path, remote, sha) + runner_sent  # every byte this deploy sent
+        uploaded = dev.push(local, remote, sha) + runner_sent  # every byte this deploy sent
         progress.step(f"{host}: {'uploaded ' + format(uploaded, ',') + ' bytes' if uploaded else 'artifact already there'}"
                       f"; running {runs} runs")
         argv = [python, runner_remote, remote, "--runs", runs, "--warmup", warmup, "--threads", threads]
         if duration:
             argv += ["--duration", duration]
+        if local.name.endswith("_edgetpu.tflite"):
+            argv += ["--delegate", "edgetpu"]
         if fmt == "onnx" and prof.family == "jetson":
             argv += ["--precision", {"int8": "int8", "fp16": "fp16"}.get(
                 art.manifest.get("recipe", {}).get("quantization", ""), "fp32")]

@@ -120,6 +120,13 @@ class Session:
                     f"`ssh-keygen -R '{t.key_name}'` and connect again.") from None
             except HostKeyError:
                 raise
+            except paramiko.PasswordRequiredException:
+                if password is None and os.isatty(0):  # a passphrase prompt only on a terminal
+                    import getpass
+                    password = getpass.getpass(f"Passphrase for the key to {t.spec}: ")
+                    continue
+                raise DeployError(f"The key for {t.spec} is encrypted and there is no terminal to ask for its "
+                                  f"passphrase: add it to ssh-agent (`ssh-add KEY`) first.") from None
             except paramiko.AuthenticationException:
                 raise DeployError(f"Authentication to {t.user or '(default user)'}@{t.hostname}:{t.port} failed: "
                                   f"no key was accepted. Load your key into ssh-agent, set IdentityFile in "

@@ -119,6 +119,17 @@ class TFLiteModel:
         self.runtime, self.runtime_version, mod = _tflite_interpreter_class(runtime)
         kwargs = {"model_path": path, "num_threads": threads}
         self.delegate = "xnnpack"
+        if delegate == "edgetpu":
+            load = getattr(mod, "load_delegate", None)
+            library = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib"}.get(platform.system(),
+                                                                                      "edgetpu.dll")
+            try:
+                kwargs["experimental_delegates"] = [load(library)]
+            except Exception as exc:
+                raise RunnerFailure("runtime_missing", "The Edge TPU delegate (%s) could not be loaded: %s. Install "
+                                    "libedgetpu1-std from Coral's package repository and plug the device in."
+                                    % (library, exc))
+            self.delegate = "edgetpu"
         if delegate == "none":
             resolver = getattr(mod, "OpResolverType", None) or getattr(
                 getattr(mod, "experimental", None), "OpResolverType", None)
@@ -499,7 +510,7 @@ def main(argv=None):
     p.add_argument("--precision", default=None, choices=["int8", "fp16", "fp32"],
                    help="trtexec engine precision (ONNX on TensorRT)")
     p.add_argument("--dla-core", type=int, default=None, help="trtexec --useDLACore")
-    p.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "none"])
+    p.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "edgetpu", "none"])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.probe:

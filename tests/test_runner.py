@@ -138,3 +138,9 @@ def test_runner_falls_back_to_onnxruntime_and_says_so(tmp_path):
     model.write_bytes(b"x")
     doc = json.loads(_run(model, "--runtime", "trtexec").stdout)
     assert doc["kind"] == "runtime_missing" and "/usr/src/tensorrt/bin" in doc["error"]
+
+
+def test_edge_tpu_delegate_missing_is_a_clear_error():
+    from edgesdk import fixtures
+    doc = json.loads(_run(fixtures.fetch("okay_nabu"), "--delegate", "edgetpu").stdout)
+    assert doc["kind"] == "runtime_missing" and "libedgetpu" in doc["error"]
