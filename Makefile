@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-quick test-deps clean
+.PHONY: setup demo test test-quick test-deps bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ test: setup test-deps
 ## The quick subset: everything but the slow real-model tests.
 test-quick: setup
 	$(PY) -m pytest -q -m "not slow"
+
+## The performance suite: figures against baselines, written to bench/results/latest.{json,md}.
+bench: setup
+	$(PY) bench/run.py
+
+bench-quick: setup
+	$(PY) bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) edgesdk-out edgesdk-demo build dist *.egg-info

@@ -1,0 +1,275 @@
+"""The performance suite: every claim a figure measured beside its baseline in the same run.
+
+    python bench/run.py [--quick] [--only NAME ...]
+
+Writes bench/results/latest.json and latest.md. Each line is a ratio or a
+figure against its baseline, the median of several repetitions with the
+spread (min..max). Goals are goals, not assertions: a miss is reported, the
+suite still exits 0. --quick (used by the test suite so this cannot rot) runs
+fewer repetitions and smaller inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "results"
+
+
+def median_spread(values):
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
+            "max": round(max(values), 4), "n": len(values)}
+
+
+def timed(cmd, env=None):
+    """(wall seconds, peak RSS MB) of a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(after, before) / 1024.0  # ru_maxrss of children is the max over all of them so far
+
+
+def mobilenet_like(tmp: Path):
+    from edgesdk.converters.keras_model import import_tf
+    import_tf()
+    import keras
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10)
+    path = tmp / "mobilenet_v2_035_96.keras"
+    model.save(path)
+    x = np.random.default_rng(0).random((120, 96, 96, 3), np.float32) * 2 - 1
+    np.save(tmp / "mobilenet_calib.npy", x)
+    return path, tmp / "mobilenet_calib.npy", model.count_params()
+
+
+# --- the measurements --------------------------------------------------------------
+
+def bench_size(tmp, quick):
+    import edgesdk
+    path, calib, params = mobilenet_like(tmp)
+    art = edgesdk.convert(str(path), "rpi4", calibration=str(calib), output_dir=tmp / "size", quiet=True,
+                          max_accuracy_drop=100)
+    ratio = art.manifest["size"]["bytes"] / params
+    return [{"name": "int8 TFLite bytes / parameters (MobileNetV2-0.35 shaped)", "value": round(ratio, 4),
+             "goal": "<= 1.05", "met": ratio <= 1.05, "baseline": f"{params:,} parameters x 1 byte"}]
+
+
+def bench_pruned_size(tmp, quick, mnist):
+    import edgesdk
+    model, data = mnist
+    flt = edgesdk.convert(str(model), "rpi4", quantization="float", calibration=data["train"],
+                          output_dir=tmp / "f32", quiet=True)
+    pruned = edgesdk.convert(str(model), "rpi4", calibration=data["train"], prune=0.75, fine_tune=data["train"],
+                             output_dir=tmp / "p75", quiet=True, max_accuracy_drop=100)
+    ratio = flt.manifest["size"]["gzip_bytes"] / pruned.manifest["size"]["gzip_bytes"]
+    return [{"name": "fp32 TFLite gzip / (75% pruned + int8) gzip (MNIST CNN)", "value": round(ratio, 2),
+             "goal": ">= 12", "met": ratio >= 12, "baseline": f"fp32 {flt.manifest['size']['gzip_bytes']:,} B gzip"}]
+
+
+def bench_accuracy(tmp, quick, mnist):
+    import edgesdk
+    model, data = mnist
+    rows = []
+    for label, kwargs in (("int8", {}), ("75% pruned + int8", {"prune": 0.75, "fine_tune": data["train"]})):
+        art = edgesdk.convert(str(model), "rpi4", calibration=data["train"], validation=data["test"],
+                              output_dir=tmp / f"acc-{label[:3]}", quiet=True, max_accuracy_drop=100, **kwargs)
+        v = art.validation
+        drop = 100 * (v["reference_accuracy"] - v["artifact_accuracy"])
+        rows.append({"name": f"accuracy drop, fp32 -> {label} (MNIST CNN, 1,000 held-out digits)",
+                     "value": round(drop, 2), "unit": "points", "goal": "<= 0.5", "met": drop <= 0.5,
+                     "baseline": f"fp32 {100 * v['reference_accuracy']:.2f}%"})
+    return rows
+
+
+def bench_speed(tmp, quick):
+    import edgesdk
+    path, calib, _ = mobilenet_like(tmp)
+    f32 = edgesdk.convert(str(path), "local", quantization="float", calibration=str(calib),
+                          output_dir=tmp / "s32", quiet=True)
+    i8 = edgesdk.convert(str(path), "local", calibration=str(calib), output_dir=tmp / "s8", quiet=True,
+                         max_accuracy_drop=100)
+    runs, reps = (50, 3) if quick else (300, 5)
+    rows = []
+    for threads in sorted({1, os.cpu_count() or 1}):
+        ratios = []
+        for _ in range(reps):
+            a = edgesdk.benchmark(f32, runs=runs, warmup=10, threads=threads).p50
+            b = edgesdk.benchmark(i8, runs=runs, warmup=10, threads=threads).p50
+            ratios.append(a / b)
+        m = median_spread(ratios)
+        rows.append({"name": f"fp32 p50 / int8 p50, {threads} thread(s) (MobileNetV2-0.35 shaped, XNNPACK)",
+                     "value": m["median"], "spread": m, "goal": ">= 2", "met": m["median"] >= 2,
+                     "baseline": "the fp32 TFLite of the same model, same runner"})
+    return rows
+
+
+def bench_startup(tmp, quick):
+    exe = str(Path(sys.executable).with_name("edgesdk"))
+    reps = 3 if quick else 7
+    cli = [timed([exe, "--help"])[0] for _ in range(reps)]
+    tf = [timed([sys.executable, "-c", "import tensorflow"], env={"TF_CPP_MIN_LOG_LEVEL": "3"})[0]
+          for _ in range(max(2, reps // 2))]
+    c, t = median_spread(cli), median_spread(tf)
+    return [{"name": "`edgesdk --help` wall time", "value": c["median"], "unit": "s", "spread": c, "goal": "< 0.3",
+             "met": c["median"] < 0.3, "baseline": "-"},
+            {"name": "`import tensorflow` / `edgesdk --help`", "value": round(t["median"] / c["median"], 1),
+             "goal": ">= 10", "met": t["median"] / c["median"] >= 10, "baseline": f"import tensorflow {t['median']:.2f} s"}]
+
+
+PLAIN_CONVERTER = """
+import os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"; os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf, keras
+m = keras.saving.load_model(sys.argv[1])
+x = np.load(sys.argv[2])[:300]
+inp = keras.Input(m.input_shape[1:], batch_size=1); w = keras.Model(inp, m(inp))
+c = tf.lite.TFLiteConverter.from_keras_model(w)
+c.optimizations = [tf.lite.Optimize.DEFAULT]
+c.representative_dataset = lambda: ([x[i:i+1]] for i in range(len(x)))
+c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+c.inference_input_type = c.inference_output_type = tf.int8
+open(sys.argv[3], "wb").write(c.convert())
+"""
+
+
+def bench_overhead(tmp, quick):
+    path, calib, _ = mobilenet_like(tmp)
+    script = tmp / "plain.py"
+    script.write_text(PLAIN_CONVERTER)
+    exe = str(Path(sys.executable).with_name("edgesdk"))
+    reps = 2 if quick else 5
+    sdk, plain = [], []
+    for i in range(reps):
+        plain.append(timed([sys.executable, str(script), str(path), str(calib), str(tmp / "plain.tflite")]))
+        sdk.append(timed([exe, "convert", str(path), "-t", "rpi4", "-c", str(calib), "-o", str(tmp / f"o{i}"),
+                          "-q", "--max-accuracy-drop", "100", "--force"]))
+    t = median_spread([s[0] / p[0] for s, p in zip(sdk, plain)])
+    return [{"name": "`edgesdk convert` wall time / plain TFLiteConverter script (same model and options)",
+             "value": t["median"], "spread": t, "goal": "<= 1.10", "met": t["median"] <= 1.10,
+             "baseline": f"plain script {statistics.median(p[0] for p in plain):.2f} s; edgesdk also validates "
+                         f"and inspects"}]
+
+
+def bench_fidelity(tmp, quick, mnist):
+    import edgesdk
+    from edgesdk.tflite_artifact import interpreter_module
+    model, data = mnist
+    art = edgesdk.convert(str(model), "local", calibration=data["train"], output_dir=tmp / "fid", quiet=True)
+    runs = 200 if quick else 2000
+    runner = [edgesdk.benchmark(art, runs=runs, warmup=20, threads=1).p50 for _ in range(3 if quick else 7)]
+    interp = interpreter_module().Interpreter(model_path=str(art.path), num_threads=1)
+    interp.allocate_tensors()
+    d = interp.get_input_details()[0]
+    interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    for _ in range(20):
+        interp.invoke()
+    loop = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        interp.invoke()
+        loop.append((time.perf_counter() - t0) * 1000)
+    ratio = statistics.median(runner) / statistics.median(loop)
+    cv = statistics.pstdev(runner) / statistics.mean(runner)
+    return [{"name": "runner p50 / minimal in-process loop p50 (MNIST CNN int8, 1 thread)", "value": round(ratio, 3),
+             "goal": "0.95 .. 1.05", "met": 0.95 <= ratio <= 1.05, "baseline": f"loop p50 {statistics.median(loop):.4f} ms"},
+            {"name": "coefficient of variation of p50 across repeated runner runs", "value": round(cv, 4),
+             "goal": "report", "met": None, "baseline": f"{len(runner)} runs of {runs}"}]
+
+
+def mnist_fixture(tmp):
+    from edgesdk import fixtures
+    x, y = fixtures.mnist_5k()
+    x = fixtures.mnist_inputs(x)
+    model = fixtures.mnist_cnn(x[:4000], y[:4000], epochs=3)
+    path = tmp / "mnist.keras"
+    model.save(path)
+    np.savez(tmp / "train.npz", x=x[:4000], y=y[:4000])
+    np.savez(tmp / "test.npz", x=x[4000:], y=y[4000:])
+    return path, {"train": str(tmp / "train.npz"), "test": str(tmp / "test.npz")}
+
+
+SUITE = {
+    "size": (bench_size, False), "pruned_size": (bench_pruned_size, True), "accuracy": (bench_accuracy, True),
+    "speed": (bench_speed, False), "overhead": (bench_overhead, False), "startup": (bench_startup, False),
+    "fidelity": (bench_fidelity, True),
+}
+NOT_YET = ["deploy throughput vs scp and zero-byte redeploy", "fleet scaling (8 namespace hosts vs 1)"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="*", choices=list(SUITE))
+    p.add_argument("--output", default=str(OUT))
+    a = p.parse_args(argv)
+    rows, started = [], time.time()
+    with tempfile.TemporaryDirectory(prefix="edgesdk-bench-") as tmp:
+        tmp = Path(tmp)
+        mnist = None
+        for name in a.only or list(SUITE):
+            fn, needs_mnist = SUITE[name]
+            if needs_mnist and mnist is None:
+                mnist = mnist_fixture(tmp)
+            t0 = time.time()
+            try:
+                out = fn(tmp, a.quick, mnist) if needs_mnist else fn(tmp, a.quick)
+            except Exception as exc:  # a broken measurement is reported, not hidden
+                out = [{"name": name, "error": f"{type(exc).__name__}: {exc}", "met": False}]
+            for r in out:
+                r["group"], r["seconds"] = name, round(time.time() - t0, 1)
+            rows += out
+            print(f"[bench] {name}: " + "; ".join(f"{r['name']} = {r.get('value', r.get('error'))}" for r in out),
+                  flush=True)
+    doc = {"mode": "quick" if a.quick else "full", "machine": {"arch": platform.machine(), "cpus": os.cpu_count(),
+           "python": platform.python_version(), "processor": _cpu_model()}, "seconds": round(time.time() - started, 1),
+           "results": rows, "not_yet_measured": NOT_YET}
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "latest.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0
+
+
+def _cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def markdown(doc) -> str:
+    m = doc["machine"]
+    lines = [f"Measured {doc['mode']} on {m['processor']} ({m['arch']}, {m['cpus']} CPUs), Python {m['python']}, "
+             f"in {doc['seconds']} s.", "", "| measure | value | goal | met | baseline |", "|---|---|---|---|---|"]
+    for r in doc["results"]:
+        value = r.get("value", r.get("error"))
+        if "spread" in r:
+            value = f"{value} ({r['spread']['min']}..{r['spread']['max']}, n={r['spread']['n']})"
+        met = {True: "yes", False: "**no**", None: "-"}[r.get("met")]
+        lines.append(f"| {r['name']} | {value}{' ' + r['unit'] if r.get('unit') else ''} | {r.get('goal', '')} | "
+                     f"{met} | {r.get('baseline', '')} |")
+    lines += ["", "Not measured yet: " + "; ".join(doc["not_yet_measured"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
