@@ -420,6 +420,22 @@ def results_compare(ctx, first, second, db, as_json):
         click.echo(f"  note: device condition {k} differs: {a} vs {b}")
 
 
+@main.command()
+@click.argument("run_ids", nargs=-1, type=int)
+@click.option("--last", type=int, help="The last N runs (default: 10 when no ids are given).")
+@click.option("--output", "-o", default="edgesdk-report.html", show_default=True, help="A .html or .md file.")
+@click.option("--db", type=click.Path(dir_okay=False))
+@click.pass_context
+def report(ctx, run_ids, last, output, db):
+    """Stored runs as a report: latency histograms and CDFs, size vs accuracy vs latency, device conditions."""
+    from .report import build
+    from .results import ResultStore
+    store = ResultStore(db)
+    ids = list(run_ids) or [r["id"] for r in store.list(last or 10)][::-1]
+    path = build([store.get(i) for i in ids], output)
+    click.echo(f"{path} ({len(ids)} run(s))")
+
+
 def _table(rows, columns) -> str:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]

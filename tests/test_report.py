@@ -1,0 +1,45 @@
+"""Reports from real stored runs: the files exist, the HTML embeds its images, the table matches the database."""
+
+import base64
+import json
+import re
+
+import pytest
+
+import edgesdk
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatch):
+    db = tmp_path / "results.db"
+    monkeypatch.setenv("EDGESDK_RESULTS_DB", str(db))
+    arts = [edgesdk.convert(str(keras3_mnist), target=t, calibration=mnist_files["train"],
+                            validation=mnist_files["test"], output_dir=tmp_path / t, quiet=True)
+            for t in ("rpi4", "jetson-orin-nano")]
+    ids = []
+    for art in arts:
+        r = run_cli("bench", art.path, "--runs", "200", "--json")
+        assert r.returncode == 0, r.stderr
+        ids.append(json.loads(r.stdout)["run_id"])
+    html_path = tmp_path / "out" / "report.html"
+    r = run_cli("report", *ids, "-o", html_path)
+    assert r.returncode == 0, r.stderr
+    page = html_path.read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 3  # one per run and the size/accuracy/latency chart
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    store = edgesdk.ResultStore(db)
+    for i in ids:
+        row = store.get(i)
+        assert f"{row['stats']['latency_ms']['p50']:.3f}" in page and f"{row['stats']['latency_ms']['p99']:.3f}" in page
+        acc = row["manifest"]["validation"]["artifact_accuracy"]
+        assert f"{100 * acc:.2f}%" in page
+    md = tmp_path / "report.md"
+    r = run_cli("report", "--last", "2", "-o", md)
+    assert r.returncode == 0
+    assert md.read_text().count("](report_images/") == 3 and len(list((tmp_path / "report_images").glob("*.png"))) == 3
+    r = run_cli("report", "-o", tmp_path / "x.pdf")
+    assert r.returncode == 2 and ".html or .md" in r.stderr
