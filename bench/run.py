@@ -191,6 +191,125 @@ def bench_fidelity(tmp, quick, mnist):
              "goal": "report", "met": None, "baseline": f"{len(runner)} runs of {runs}"}]
 
 
+def _ssh_setup(tmp):
+    sys.path.insert(0, str(REPO / "tests"))
+    from sshd import keygen
+    key = tmp / "bench_key"
+    if not key.exists():  # shared by the deploy and fleet groups
+        keygen(key)
+    os.environ["EDGESDK_SSH_CONFIG"] = str(tmp / "ssh_config")
+    os.environ["EDGESDK_KNOWN_HOSTS"] = str(tmp / "known_hosts")
+    os.environ["EDGESDK_RESULTS_DB"] = str(tmp / "results.db")
+    return key
+
+
+def _alias(config: Path, alias, address, port, key):
+    import getpass
+    with open(config, "a") as f:
+        f.write(f"Host {alias}\n  HostName {address}\n  Port {port}\n  User {getpass.getuser()}\n"
+                f"  IdentityFile {key}\n  HostKeyAlias {alias}\n\n")
+
+
+def bench_deploy(tmp, quick, mnist):
+    import edgesdk
+    from edgesdk.deploy import _Device, deploy_one
+    from edgesdk.progress import Progress
+    from edgesdk.ssh import Session, resolve
+    from edgesdk.util import sha256_file
+    key = _ssh_setup(tmp)
+    from sshd import SSHServer
+    server = SSHServer(tmp / "sshd", "bench.local", key).start()
+    try:
+        _alias(tmp / "ssh_config", "bench.local", "127.0.0.1", server.port, key)
+        size_mb = 10 if quick else 50
+        blob = tmp / "blob.bin"
+        blob.write_bytes(os.urandom(size_mb * 2**20))
+        sha = sha256_file(blob)
+        remote = tmp / "remote"
+        remote.mkdir()
+        ours, scp = [], []
+        with Session(resolve("bench.local"), accept_new_host_key=True) as session:
+            dev = _Device(session, sys.executable, 600, Progress(quiet=True))
+            for i in range(2 if quick else 5):
+                t0 = time.perf_counter()
+                dev.push(blob, str(remote / f"ours{i}.bin"), sha)
+                ours.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                subprocess.run(["scp", "-q", "-P", str(server.port), "-i", str(key), "-o",
+                                f"UserKnownHostsFile={tmp / 'known_hosts'}", "-o", "StrictHostKeyChecking=no",
+                                str(blob), f"127.0.0.1:{remote / f'scp{i}.bin'}"], check=True, capture_output=True)
+                scp.append(time.perf_counter() - t0)
+        ratio = median_spread([s_ / o for s_, o in zip(scp, ours)])
+        model, data = mnist
+        art = edgesdk.convert(str(model), "local", calibration=data["train"], output_dir=tmp / "dep", quiet=True)
+        from edgesdk.progress import Progress
+        kwargs = dict(remote_python=sys.executable, workdir=str(tmp / "work"), runs=1, warmup=0, threads=1,
+                      progress=Progress(quiet=True))
+        deploy_one(art, "bench.local", accept_new_host_key=True, **kwargs)
+        walls, sent = [], []
+        for _ in range(3 if quick else 7):
+            t0 = time.perf_counter()
+            r = deploy_one(art, "bench.local", **kwargs)
+            walls.append(time.perf_counter() - t0)
+            sent.append(r.uploaded_bytes)
+        runner_alone = []
+        from edgesdk.targets import runner_path
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, str(runner_path()), str(art.path), "--runs", "1", "--warmup", "0"],
+                           check=True, capture_output=True)
+            runner_alone.append(time.perf_counter() - t0)
+        overhead = statistics.median(walls) - statistics.median(runner_alone)
+    finally:
+        server.stop()
+    return [{"name": f"deploy upload throughput / scp throughput ({size_mb} MB to a loopback sshd)",
+             "value": ratio["median"], "spread": ratio, "goal": ">= 0.8", "met": ratio["median"] >= 0.8,
+             "baseline": f"scp {size_mb / statistics.median(scp):.0f} MB/s"},
+            {"name": "bytes sent by a repeated deploy of the same artifact", "value": max(sent), "unit": "B",
+             "goal": "0", "met": max(sent) == 0, "baseline": "-"},
+            {"name": "repeated deploy wall time beyond the runner's own", "value": round(overhead, 3), "unit": "s",
+             "goal": "< 1", "met": overhead < 1,
+             "baseline": f"runner alone {statistics.median(runner_alone):.2f} s"}]
+
+
+def bench_fleet(tmp, quick, mnist):
+    import edgesdk
+    from edgesdk.deploy import deploy
+    key = _ssh_setup(tmp)
+    import netns
+    why = netns.available()
+    if why:
+        return [{"name": "fleet scaling", "value": None, "error": f"skipped: {why}", "met": None}]
+    n = 4 if quick else 8
+    devices = []
+    try:
+        for i in range(n):
+            dev = netns.NamespacedDevice(tmp / f"fleet{i}", f"fleet{i}.local", key)
+            devices.append(dev)
+            _alias(tmp / "ssh_config", dev.alias, dev.ip, dev.server.port, key)
+        model, data = mnist
+        art = edgesdk.convert(str(model), "local", calibration=data["train"], output_dir=tmp / "fleet", quiet=True)
+        from edgesdk.progress import Progress
+        kwargs = dict(remote_python=sys.executable, runs=200, warmup=5, threads=1, progress=Progress(quiet=True))
+        for dev in devices:  # keys and uploads first: the figure is about running, not first contact
+            deploy(str(art.path), dev.alias, workdir=str(tmp / f"w-{dev.alias}"), accept_new_host_key=True,
+                   **kwargs)
+        t0 = time.perf_counter()
+        deploy(str(art.path), devices[0].alias, workdir=str(tmp / f"w-{devices[0].alias}"), **kwargs)
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = deploy(str(art.path), [d.alias for d in devices], parallel=n, **kwargs)
+        many = time.perf_counter() - t0
+        failed = [r for r in results if isinstance(r, dict)]
+    finally:
+        for d in devices:
+            d.close()
+    ratio = many / one
+    return [{"name": f"deploy+bench to {n} namespace hosts / to 1 host (wall time)", "value": round(ratio, 3),
+             "goal": "<= 1.5", "met": ratio <= 1.5 and not failed,
+             "baseline": f"1 host {one:.2f} s; {len(failed)} host(s) failed; all share this machine's {os.cpu_count()} CPUs"}]
+
+
 def mnist_fixture(tmp):
     from edgesdk import fixtures
     x, y = fixtures.mnist_5k()
@@ -206,9 +325,9 @@ def mnist_fixture(tmp):
 SUITE = {
     "size": (bench_size, False), "pruned_size": (bench_pruned_size, True), "accuracy": (bench_accuracy, True),
     "speed": (bench_speed, False), "overhead": (bench_overhead, False), "startup": (bench_startup, False),
-    "fidelity": (bench_fidelity, True),
+    "fidelity": (bench_fidelity, True), "deploy": (bench_deploy, True), "fleet": (bench_fleet, True),
 }
-NOT_YET = ["deploy throughput vs scp and zero-byte redeploy", "fleet scaling (8 namespace hosts vs 1)"]
+NOT_YET = ["peak memory of `edgesdk convert` vs the plain converter script"]
 
 
 def main(argv=None):
