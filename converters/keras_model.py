@@ -142,7 +142,7 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     out_names = [getattr(o, "name", f"output_{i}") for i, o in enumerate(outputs)] if outputs else ["output_0"]
     in_name = getattr(model.inputs[0], "name", "input") if getattr(model, "inputs", None) else "input"
 
-    def run(model, x, batch_size=256):
+    def run(model, x, batch_size=32):  # small batches: reference outputs must not dominate peak memory
         outs = None
         for i in range(0, len(x), batch_size):
             y = model(x[i:i + batch_size], training=False)

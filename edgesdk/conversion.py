@@ -141,9 +141,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             progress.step(f"pruning to {recipe.sparsity:.0%} sparsity" + (
                 f", fine-tuning {recipe.epochs} epoch(s)" + ("" if callable(tune) else f" on {len(tune)} samples")
                 if tune is not None else ""))
-            pruning = pruner.prune(source, recipe.sparsity, tune,
-                                        epochs=recipe.epochs, batch_size=recipe.batch_size,
-                                        learning_rate=recipe.learning_rate, log=progress.warn)
+            pruning = pruner.prune(source, recipe.sparsity, tune, epochs=recipe.epochs,
+                                   batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+                                   log=progress.warn)
             pruned_outputs = source.predict(val.x)
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
         data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
