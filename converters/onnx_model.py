@@ -14,6 +14,8 @@ from edgesdk.errors import ModelLoadError
 from edgesdk.source import SourceModel
 from edgesdk.util import sha256_file
 
+RUNTIME_MAX_IR_VERSION = 10  # what ONNX Runtime 1.31 (and TensorRT 10) load
+
 
 def load_path(path: Path, input_shape=None) -> SourceModel:
     try:
@@ -61,6 +63,11 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:
         pass  # ONNX Runtime infers shapes again when it loads the model
+    if model.ir_version > RUNTIME_MAX_IR_VERSION:
+        # onnx itself now writes IR 14, which ONNX Runtime 1.31 refuses outright; the format
+        # change is in new data types, so a model that does not use them runs as IR 10
+        notes.append(f"IR version lowered from {model.ir_version} to {RUNTIME_MAX_IR_VERSION} for ONNX Runtime")
+        model.ir_version = RUNTIME_MAX_IR_VERSION
     onnx.save(model, str(fixed))
 
     from edgesdk.onnx_artifact import ONNXArtifact

@@ -202,3 +202,22 @@ def test_onnx_with_an_op_onnx_runtime_cannot_run(tmp_path):
     r = run_cli("convert", f, "-t", "jetson-orin-nano", "-c", tmp_path / "x.npy", "-o", tmp_path / "o")
     assert r.returncode == ModelLoadError.exit_code and "Mystery" in r.stderr and "Traceback" not in r.stderr
     assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_onnx_from_a_newer_onnx_package_runs(tmp_path):
+    """onnx 1.23 writes IR version 14 by default; ONNX Runtime refuses it unless edgesdk lowers it."""
+    import onnx
+    from onnx import TensorProto, helper
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.random.default_rng(0).standard_normal(12).tolist())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Softmax", ["h"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert model.ir_version > 10
+    f = tmp_path / "new.onnx"
+    onnx.save(model, str(f))
+    x = np.random.default_rng(1).standard_normal((200, 4)).astype(np.float32)
+    art = edgesdk.convert(str(f), target="jetson-orin-nano", calibration=x, output_dir=tmp_path / "o", quiet=True,
+                          max_accuracy_drop=5)
+    assert "IR version lowered from" in " ".join(art.manifest["source"]["notes"])
+    assert art.validation["top1_agreement"] >= 0.95
