@@ -19,11 +19,17 @@ setup: $(STAMP)
 demo: setup
 	$(PY) examples/mnist_demo.py edgesdk-demo
 
-## Debian packages the tests use: a real OpenSSH server for the deploy tests.
+## Debian packages the tests use: a real OpenSSH server and client (deploy tests),
+## iproute2 (network namespaces, tc) and procps (finding sshd's session processes).
+TEST_DEBS := /usr/sbin/sshd:openssh-server /usr/bin/ssh-keygen:openssh-client /usr/bin/scp:openssh-client \
+             /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/ps:procps
 test-deps:
-	@test -x /usr/sbin/sshd || { \
+	@missing=$$(for pair in $(TEST_DEBS); do test -x $${pair%%:*} || echo $${pair##*:}; done | sort -u); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server; }
+	  echo "installing $$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
 ## The whole test suite (real conversions, real sshd; a few minutes).
 test: setup test-deps
