@@ -43,10 +43,22 @@ class Preprocess:
         if scale != 1.0 or self.offset:
             x = x * np.float32(scale) + np.float32(self.offset)
         if self.mean:
-            x = x - np.asarray(self.mean, np.float32)
+            x = x - _per_channel(x, self.mean, "--mean")
         if self.std:
-            x = x / np.asarray(self.std, np.float32)
+            x = x / _per_channel(x, self.std, "--std")
         return x
+
+
+def _per_channel(x: np.ndarray, values, option: str) -> np.ndarray:
+    """Values shaped to broadcast over the channel axis: last (NHWC) or, for NCHW batches, axis 1."""
+    v = np.asarray(values, np.float32)
+    if v.size == 1 or x.shape[-1] == v.size:
+        return v if v.size > 1 else v.reshape(())
+    if x.ndim == 4 and x.shape[1] == v.size:
+        return v.reshape(-1, 1, 1)
+    raise DataError(f"{option} has {v.size} values, but the data's channel axis has "
+                    f"{x.shape[-1] if x.ndim < 4 else f'{x.shape[-1]} (NHWC) or {x.shape[1]} (NCHW)'}: give one "
+                    f"value, or one per channel.")
 
 
 @dataclass

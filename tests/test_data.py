@@ -108,3 +108,14 @@ def test_npz_without_x_and_pickled_data_and_missing_files(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="no images found"):
         load_data(empty, input_shape=(None, 8, 8, 3))
+
+
+def test_mean_and_std_per_channel_fit_the_channel_axis():
+    nhwc = np.ones((2, 4, 4, 3), np.float32)
+    out = load_data(nhwc, input_shape=(None, 4, 4, 3), preprocess=Preprocess(mean=(0.0, 1.0, 2.0)))
+    assert out.x[0, 0, 0].tolist() == [1.0, 0.0, -1.0]
+    nchw = np.ones((2, 3, 4, 4), np.float32)
+    out = load_data(nchw, input_shape=(None, 3, 4, 4), preprocess=Preprocess(mean=(0.0, 1.0, 2.0)))
+    assert out.x[0, :, 0, 0].tolist() == [1.0, 0.0, -1.0]
+    with pytest.raises(DataError, match="--mean has 3 values, but the data's channel axis has 1"):
+        load_data(np.ones((2, 28, 28, 1), np.float32), input_shape=NHWC, preprocess=Preprocess(mean=(0.5,) * 3))
