@@ -57,16 +57,15 @@ def check(info: dict, profile, recipe=None) -> dict:
     else:
         notes.append("fp32 ONNX: build the engine with trtexec --fp16 for speed, or as is in fp32")
     status, fallbacks = "supported", []
-    if info.get("quantized") and profile.artifact.quantization != "int8":
-        # e.g. the Jetson Nano: Maxwell (sm_53) has no int8 path, and a Q/DQ network needs one
-        failing = failing + ["int8 Q/DQ"]
+    # e.g. the Jetson Nano: Maxwell (sm_53) has no int8 path, and a Q/DQ network needs one
+    no_int8 = bool(info.get("quantized")) and profile.artifact.quantization != "int8"
+    if no_int8:
         notes.append(f"{profile.name}'s GPU has no int8 support in TensorRT; convert with --quantization "
                      f"{profile.artifact.quantization}")
-    if failing or too_new:
+    if failing or too_new or no_int8:
         status = "unsupported"
-        parser_gaps = [op for op in failing if op != "int8 Q/DQ"]
-        if parser_gaps:
-            notes.append(f"TensorRT's ONNX parser has no {', '.join(parser_gaps)}: the engine build fails")
+        if failing:
+            notes.append(f"TensorRT's ONNX parser has no {', '.join(failing)}: the engine build fails")
         if too_new:
             notes.append(f"TensorRT {acc.tensorrt} predates native {', '.join(too_new)} (needs "
                          + ", ".join(f"{op} >= {'.'.join(map(str, ADDED_IN[op]))}" for op in too_new) + ")")
