@@ -88,22 +88,19 @@ class ONNXArtifact:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
-    def _weight_array(self, name):
+    def _weight_array(self, name, dequantized_from):
         """The stored weights behind `name`: an initializer, or one reached through DequantizeLinear."""
-        if name in self.initializers:
-            return self._np.to_array(self.initializers[name])
-        for n in self.graph.node:
-            if n.op_type == "DequantizeLinear" and name in n.output and n.input[0] in self.initializers:
-                return self._np.to_array(self.initializers[n.input[0]])
-        return None
+        source = name if name in self.initializers else dequantized_from.get(name)
+        return self._np.to_array(self.initializers[source]) if source in self.initializers else None
 
     def weight_sparsity(self) -> dict:
         layers, zeros, total = [], 0, 0
+        dequantized_from = {n.output[0]: n.input[0] for n in self.graph.node if n.op_type == "DequantizeLinear"}
         for n in self.graph.node:
             pos = WEIGHT_OPS.get(n.op_type)
             if pos is None or len(n.input) <= pos:
                 continue
-            w = self._weight_array(n.input[pos])
+            w = self._weight_array(n.input[pos], dequantized_from)
             if w is None or w.ndim < 2:
                 continue
             z = int(np.count_nonzero(w == 0))
