@@ -72,7 +72,7 @@ def _apply_masks(variables, sparsity: float, masks=None) -> list:
     return masks
 
 
-def _loss_for(source, fine_tune):
+def _from_logits(source, fine_tune) -> bool:
     """Whether the loss needs from_logits: yes unless the model already ends in probabilities."""
     from edgesdk.validation import is_probabilities
     outs = source.predict(fine_tune.x[:64])
@@ -102,7 +102,7 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
         if fine_tune.y is None:
             raise DataError(f"Fine-tuning data ({fine_tune.source}) has no labels; give an .npz with 'y' "
                             f"or a folder with class subfolders.")
-        from_logits = _loss_for(source, fine_tune)
+        from_logits = _from_logits(source, fine_tune)
         steps_per_epoch = int(np.ceil(len(fine_tune) / batch_size))
         total = max(1, steps_per_epoch * epochs)
         if source.flavor == "tf-keras" and _tfmot_can_wrap(source.model):

@@ -25,8 +25,7 @@ TRIAL_SAMPLES = 16
 
 def check_model(model, targets=None, *, input_shape=None, example_input=None, model_factory=None,
                 unsafe=False) -> dict:
-    from .conversion import _shape_option
-    source = load_source(model, unsafe=unsafe, input_shape=_shape_option(input_shape),
+    source = load_source(model, unsafe=unsafe, input_shape=input_shape,
                          example_input=example_input, model_factory=model_factory)
     shape = [d or 1 for d in source.input_shape[1:]]
     rng = np.random.default_rng(0)

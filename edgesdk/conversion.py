@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -24,7 +25,7 @@ from .errors import DataError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
 from .progress import Progress
-from .recipe import make_recipe, replace
+from .recipe import make_recipe
 from .source import load_source
 from .util import ensure_writable_dir, gzip_size, sha256_file, temp_path_in
 
@@ -74,7 +75,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                         "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
 
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
-    source = load_source(model, unsafe=unsafe, input_shape=_shape_option(input_shape),
+    source = load_source(model, unsafe=unsafe, input_shape=input_shape,
                          example_input=example_input, model_factory=model_factory)
     from edgesdk.converters import get_route, pick_format
     if format is None:  # the profile's preferred format, or the next it takes that this source can reach
@@ -191,15 +192,6 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             pruner.restore(given, snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
-
-
-def _shape_option(value):
-    if value is None or isinstance(value, (list, tuple)):
-        return value
-    try:
-        return [int(v) for v in str(value).split(",")]
-    except ValueError:
-        raise OptionError(f"--input-shape takes comma-separated integers, e.g. 1,3,224,224; got {value!r}.") from None
 
 
 def _compile_edgetpu(tmp: Path, final: Path, manifest: dict, work: Path) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from .data import Preprocess
 from .errors import OptionError
@@ -110,5 +110,3 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                   calibration_method=calibration_method, exclude_nodes=exclude_nodes,
                   exclude_op_types=exclude_op_types, preprocess=preprocess or Preprocess())
 
-
-__all__ = ["Recipe", "make_recipe", "replace"]

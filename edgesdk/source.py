@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, OptionError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -46,13 +46,26 @@ def _is_keras_object(obj) -> bool:
     return any(m.startswith(("keras", "tf_keras")) for m in mods)
 
 
+def parse_shape(value):
+    if value is None or isinstance(value, (list, tuple)):
+        return value
+    try:
+        return [int(v) for v in str(value).split(",")]
+    except ValueError:
+        raise OptionError(f"--input-shape takes comma-separated integers, e.g. 1,3,224,224; got {value!r}.") from None
+
+
 def _is_torch_module(obj) -> bool:
     return any(c.__module__.startswith("torch.") for c in type(obj).__mro__)
 
 
 def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=None,
                 model_factory=None) -> SourceModel:
-    """A path or a live model -> SourceModel. Frameworks are imported here, lazily."""
+    """A path or a live model -> SourceModel. Frameworks are imported here, lazily.
+
+    input_shape: a sequence or "1,3,224,224" (the CLI's --input-shape).
+    """
+    input_shape = parse_shape(input_shape)
     if isinstance(model, (str, Path)):
         path = Path(model).expanduser()
         if not path.exists():
