@@ -14,6 +14,8 @@ import pytest
 import edgesdk
 from edgesdk import RuntimeMissing
 from edgesdk.deploy import deploy
+from edgesdk.results import ResultStore
+from edgesdk.util import sha256_file
 from edgesdk.ssh import ConnectionLost, DeployError, HostKeyError
 
 from conftest import run_cli
@@ -47,7 +49,6 @@ def test_deploy_checks_host_key_then_uploads_once(device, ssh_env, artifact):
     assert server.fingerprint() in msg and "--accept-new-host-key" in msg and "ssh-keyscan" in msg
     assert remote_files(server) == []  # nothing reached the device
 
-    from edgesdk.results import ResultStore
     store = ResultStore()
     first = _deploy(server, artifact, accept_new_host_key=True, store=store)
     assert ssh_env["known_hosts"].read_text().strip() == server.public_host_key_line("pi.local")
@@ -60,7 +61,6 @@ def test_deploy_checks_host_key_then_uploads_once(device, ssh_env, artifact):
     second = _deploy(server, artifact, store=store)
     assert second.uploaded_bytes == 0
     files = remote_files(server)
-    from edgesdk.util import sha256_file
     assert f"artifacts/{sha256_file(artifact.path)}/model.tflite" in files
     assert len(files) == 2 and not any(f.endswith(".part") for f in files)
     rows = store.list()
@@ -137,7 +137,6 @@ def test_disk_full_on_the_device(device, ssh_env, artifact, tmp_path):
 def test_sshd_killed_mid_run(device, ssh_env, artifact):
     server = device()
     _deploy(server, artifact, accept_new_host_key=True)  # everything uploaded: the next call only runs
-    from edgesdk.results import ResultStore
     store = ResultStore()
     errors = []
 

@@ -131,7 +131,7 @@ def test_runner_uses_trtexec_when_present(tmp_path, monkeypatch):
     assert r.returncode != 0 and doc["kind"] == "run_failed" and "trtexec failed" in doc["error"]
 
 
-def test_runner_falls_back_to_onnxruntime_and_says_so(tmp_path):
+def test_runner_says_where_trtexec_lives_when_it_is_asked_for_and_absent(tmp_path):
     r = _run(tmp_path / "absent.onnx", "--runtime", "trtexec")
     assert json.loads(r.stdout)["kind"] == "not_found"
     model = tmp_path / "m.onnx"

@@ -242,7 +242,7 @@ def test_tensorrt_version_decides_layer_normalization(tmp_path):
     assert orin["status"] == "supported"
 
 
-def test_tensorrt_parser_gaps_and_dla_share(tmp_path, keras3_mnist, mnist_files):
+def test_tensorrt_parser_gaps(tmp_path):
     f = _onnx_with("Unique", tmp_path / "u.onnx")
     (orin,) = inspect(f, ["jetson-orin-nano"])["compatibility"]
     assert orin["status"] == "unsupported" and "has no Unique" in " ".join(orin["notes"])
