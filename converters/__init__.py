@@ -28,14 +28,21 @@ def get_route(framework: str, fmt: str):
     if key not in ROUTES:
         have = ", ".join(f"{f}->{o}" for f, o in ROUTES)
         raise ConversionError(f"No conversion route from {framework} to {fmt} in this version "
-                              f"(available: {have}). Choose a target whose profile takes one of those, "
-                              f"or pass --format.")
+                              f"(available: {have}). Choose a target whose profile takes one of those.")
     return importlib.import_module(f"{__name__}.{ROUTES[key]}")
 
 
-def pick_format(framework: str, formats) -> str:
-    """The first of a profile's formats this framework has a route to (else the first, to fail clearly)."""
-    return next((f for f in formats if (framework, f) in ROUTES), formats[0])
+def pick_format(framework: str, profile) -> str:
+    """The first of the profile's formats this framework has a route to; none is an error that says so."""
+    formats = profile.artifact.formats
+    chosen = next((f for f in formats if (framework, f) in ROUTES), None)
+    if chosen is None:
+        reach = sorted({o for f, o in ROUTES if f == framework})
+        raise ConversionError(f"Profile '{profile.name}' takes {' or '.join(formats)} artifacts, and edgesdk cannot "
+                              f"make {' or '.join(formats)} from a {framework} model yet ({framework} sources go "
+                              f"to {', '.join(reach) or 'nothing'}). Convert from the model's original (Keras or "
+                              f"PyTorch) for this target, or choose a target that takes {' or '.join(reach)}.")
+    return chosen
 
 
 def get_pruner(framework: str):

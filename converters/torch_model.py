@@ -9,7 +9,6 @@ needs code unpickled is refused unless the user opts in.
 
 from __future__ import annotations
 
-import importlib
 import zipfile
 from pathlib import Path
 
@@ -40,18 +39,8 @@ def _first_line(exc) -> str:
 
 def load_factory(spec: str):
     """`package.module:function` -> the callable."""
-    if ":" not in spec:
-        raise ModelLoadError(f"--model-factory '{spec}' must look like package.module:function.")
-    mod_name, func_name = spec.split(":", 1)
-    try:
-        module = importlib.import_module(mod_name)
-    except Exception as exc:
-        raise ModelLoadError(f"--model-factory: cannot import '{mod_name}' ({_first_line(exc)}). Is it on "
-                             f"PYTHONPATH (or installed)?") from None
-    factory = getattr(module, func_name, None)
-    if not callable(factory):
-        raise ModelLoadError(f"--model-factory: '{mod_name}' has no callable '{func_name}'.")
-    return factory
+    from edgesdk.util import load_callable
+    return load_callable(spec, "--model-factory", ModelLoadError)
 
 
 def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False) -> SourceModel:

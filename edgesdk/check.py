@@ -46,7 +46,7 @@ def _check_one(source, profile, trial, tmp: Path) -> dict:
     try:
         from edgesdk.converters import pick_format
         recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES,
-                             format=pick_format(source.framework, profile.artifact.formats))
+                             format=pick_format(source.framework, profile))
         route = get_route(source.framework, recipe.format)
         data = route.convert(source, recipe, trial, profile=profile)
         path = tmp / f"{profile.name}.{recipe.format}"

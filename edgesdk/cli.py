@@ -113,7 +113,16 @@ def profiles_show(ctx, name, as_json):
 @click.option("--calibration-samples", type=int, help="How many calibration samples to use (profile default).")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
               help="Largest accepted accuracy drop, in percentage points.")
-@click.option("--min-sqnr", "min_sqnr_db", type=float, help="Also require this output SQNR (dB).")
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "regress"]), default="auto",
+              show_default=True, help="How the gate judges the outputs (auto: recognised from their shapes).")
+@click.option("--min-agreement", type=float, help="Least top-1 agreement with the source (classify; default 0.95).")
+@click.option("--min-recall", type=float, help="Least share of the source's detections found (detect; default 0.9).")
+@click.option("--min-precision", type=float, help="Least share of detections the source also made (detect; default 0.9).")
+@click.option("--min-iou", type=float, help="Least mean IoU with the source's maps (segment; default 0.9).")
+@click.option("--min-sqnr", "min_sqnr_db", type=float,
+              help="SQNR floor (dB) for outputs no task metric covers and a detector's channels (default 12).")
+@click.option("--metric", metavar="MODULE:FUNCTION",
+              help="Your own metric: function(reference_outputs, artifact_outputs, labels) -> dict with 'passed'.")
 @click.option("--class-output", type=int, help="Index of the output holding class scores (default: detected).")
 @click.option("--scale", type=float, help="Preprocess: x * scale + offset (images default to 1/255).")
 @click.option("--offset", type=float, default=0.0, help="Preprocess: added after --scale.")
@@ -141,7 +150,8 @@ def profiles_show(ctx, name, as_json):
 @click.pass_context
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
-            min_sqnr_db, class_output, scale, offset, mean, std, channel_order, calibration_method, input_shape,
+            task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
+            offset, mean, std, channel_order, calibration_method, input_shape,
             model_factory, exclude_nodes, exclude_op_types,
             allow_float_fallback, check_only, keep_failed, unsafe_load, force,
             name, as_json, quiet):
@@ -163,6 +173,8 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       output_dir=output_dir, format=fmt, quantization=quantization, input_dtype=input_dtype,
                       output_dtype=output_dtype, calibration_samples=calibration_samples,
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
+                      task=task, min_agreement=min_agreement, min_recall=min_recall,
+                      min_precision=min_precision, min_iou=min_iou, metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
                       calibration_method=calibration_method, input_shape=input_shape,
                       model_factory=model_factory,

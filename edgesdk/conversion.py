@@ -26,7 +26,8 @@ from .inspection import describe, open_artifact
 from .profiles import load_profile
 from .progress import Progress
 from .recipe import make_recipe
-from .source import load_source
+from .source import framework_of, load_source
+from .validation import load_metric
 from .util import ensure_writable_dir, gzip_size, sha256_file, temp_path_in
 
 
@@ -49,7 +50,8 @@ def _preprocess(value) -> Preprocess:
 def convert(model, target="local", *, calibration=None, validation=None, prune=0.0, fine_tune=None,
             epochs=2, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
-            max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, preprocess=None,
+            max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
+            min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
             allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(), exclude_op_types=(),
             input_shape=None, example_input=None, model_factory=None, keep_failed=False,
             unsafe=False, force=False, name=None, quiet=False,
@@ -62,13 +64,25 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     """
     progress = progress or Progress(quiet)
     profile = load_profile(target)
-    recipe = make_recipe(profile, format=format, quantization=quantization, input_dtype=input_dtype,
+    # The format is settled first, so every option is judged against the artifact really made.
+    from edgesdk.converters import get_route, pick_format
+    framework = framework_of(model, model_factory)
+    fmt = format
+    if fmt is None and framework is not None:
+        fmt = pick_format(framework, profile)
+        if fmt != profile.artifact.format:
+            progress.step(f"{profile.name} prefers {profile.artifact.format}, but {framework} sources go to "
+                          f"{fmt}: making {fmt}")
+    recipe = make_recipe(profile, format=fmt, quantization=quantization, input_dtype=input_dtype,
                          output_dtype=output_dtype, prune=prune, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
                          allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
-                         exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types)
+                         exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
+                         min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
+                         min_iou=min_iou)
+    metric = load_metric(metric)
     out_dir = ensure_writable_dir(output_dir)
     if recipe.quantization == "int8" and calibration is None:
         raise DataError("Full-integer quantization needs representative calibration data to set activation "
@@ -77,14 +91,6 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     source = load_source(model, unsafe=unsafe, input_shape=input_shape,
                          example_input=example_input, model_factory=model_factory)
-    from edgesdk.converters import get_route, pick_format
-    if format is None:  # the profile's preferred format, or the next it takes that this source can reach
-        chosen = pick_format(source.framework, profile.artifact.formats)
-        if chosen != recipe.format:
-            progress.step(f"{profile.name} prefers {recipe.format}, but {source.framework} sources go to "
-                          f"{chosen}: making {chosen}")
-            recipe = replace(recipe, format=chosen, input_dtype="float32", output_dtype="float32",
-                             layout=profile.artifact.layout or "source")
     route = get_route(source.framework, recipe.format)
     artifact_layout = _artifact_layout(source, recipe)
 
@@ -157,10 +163,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                               "names the validation error lists (TFLite tensor names) or TFLite op types.")
         compat = get_family(profile.family).check(info, profile, recipe)
         progress.step("validating against the source model")
-        figures, verdict = _validate(tmp, reference, val, recipe, progress, source.layout, artifact_layout)
+        figures, verdict = _validate(tmp, reference, val, recipe, progress, source, artifact_layout, metric)
         if pruning:  # separates what pruning cost from what quantization cost
-            from .validation import compare
-            after = compare(reference, pruned_outputs, labels=val.y, class_output=figures["class_output"])
+            from .validation import judge
+            after = judge(reference, pruned_outputs, val.y, io=_model_io(source), task=recipe.task,
+                          thresholds=recipe.thresholds())
             figures["pruned_source_accuracy"] = after["artifact_accuracy"]
             figures["pruned_source_top1_agreement"] = after["top1_agreement"]
         from .validation import describe as describe_figures, raise_if_failed
@@ -238,14 +245,26 @@ def _artifact_layout(source, recipe):
     return recipe.layout
 
 
-def _validate(path: Path, reference, val, recipe, progress, source_layout, artifact_layout):
-    from .validation import compare, gate, match_outputs
+def _model_io(source):
+    from .tasks import ModelIO
+    shape = source.input_shape
+    hw = None
+    if source.layout == "NCHW" and len(shape) == 4:
+        hw = tuple(shape[2:4])
+    elif source.layout == "NHWC" and len(shape) == 4:
+        hw = tuple(shape[1:3])
+    return ModelIO(output_names=list(source.output_names), input_hw=hw)
+
+
+def _validate(path: Path, reference, val, recipe, progress, source, artifact_layout, metric):
+    from .validation import gate, judge, match_outputs
     art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format)
-    x = to_artifact_layout(val.x, source_layout, artifact_layout)  # data comes in the source's layout
+    x = to_artifact_layout(val.x, source.layout, artifact_layout)  # data comes in the source's layout
     outs = art.predict(x, progress=progress.bar("validating"))
-    outs = match_outputs(reference, outs, art.output_names)
-    figures = compare(reference, outs, labels=val.y, class_output=recipe.class_output)
-    return figures, gate(figures, recipe.max_accuracy_drop, recipe.min_sqnr_db)
+    outs, matched = match_outputs(reference, list(source.output_names), outs, art.output_names)
+    figures = judge(reference, outs, val.y, io=_model_io(source), task=recipe.task,
+                    thresholds=recipe.thresholds(), metric=metric, matched=matched)
+    return figures, gate(figures)
 
 
 def _cache_key(source, profile, recipe, calib, val, tune) -> str:

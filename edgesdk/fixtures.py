@@ -54,6 +54,30 @@ FIXTURES = {
     "okay_nabu": Fixture("pymicro-wakeword", "2.5.0", "pymicro_wakeword/models/okay_nabu.tflite",
                          "d89128c4d16a72de429119fb2254ce46649553c2a24f5dd840175c80d7b9d094",
                          "microWakeWord 'okay nabu', streaming full-int8 TFLite with resource variables"),
+    "captcha_detector": Fixture("ddddocr", "1.6.1", "ddddocr/common_det.onnx",
+                                "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+                                "YOLOX character detector (ddddocr), NCHW 3x416x416 BGR pixels 0..255, one "
+                                "output (1, 3549, 6) without its grid decode"),
+    "ppocr_det": Fixture("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                         "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+                         "PP-OCRv4 text detector (DBNet): NCHW image in, (1, 1, H, W) text probability map out"),
+    "basic_pitch": Fixture("basic-pitch", "0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx",
+                           "2c3c1d144bfa61ad236e92e169c13535c880469a12a047d4e73451f2c059a0ec",
+                           "Basic Pitch audio-to-MIDI: 43,844 samples at 22,050 Hz in, three posteriorgrams "
+                           "out, listed as :2, :1, :0"),
+    "magika": Fixture("magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
+                      "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+                      "Magika file-type classifier: int32 input (N, 2048) of byte values (256 = padding), "
+                      "214 content types out"),
+    "text": Fixture("scikit-image", "0.26.0", "skimage/data/text.png",
+                    "bd84aa3a6e3c9887850d45d606c96b2e59433fbef50338570b63c319e668e6d1",
+                    "a photo of hand-painted text on a wall, 172x448 grey"),
+    "rocket": Fixture("scikit-image", "0.26.0", "skimage/data/rocket.jpg",
+                      "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
+                      "a photo of a rocket on its launch pad with lettering, 427x640 RGB"),
+    "motorcycle": Fixture("scikit-image", "0.26.0", "skimage/data/motorcycle_left.png",
+                          "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+                          "a photo of a motorcycle in a workshop, 500x741 RGB"),
     "mtcnn_onet": Fixture("mtcnn", "1.0.0", "mtcnn/assets/weights/onet.lz4",
                           "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
                           "MTCNN O-Net weights (joblib pickle; hash-pinned because loading runs code)"),
@@ -188,3 +212,109 @@ def mnist_example(directory, epochs: int = 3) -> dict:
     np.savez(directory / "heldout.npz", x=x[4000:], y=y[4000:])
     return {"model": directory / "mnist.keras", "train": directory / "train.npz",
             "heldout": directory / "heldout.npz", "params": model.count_params()}
+
+
+def letterbox(image, size: int):
+    """An image scaled to fit size x size, top-left, padded with grey 114 (as YOLO exporters do)."""
+    import numpy as np
+    from PIL import Image
+    w, h = image.size
+    r = min(size / w, size / h)
+    scaled = np.asarray(image.resize((max(1, round(w * r)), max(1, round(h * r))), Image.BILINEAR), np.float32)
+    canvas = np.full((size, size, 3), 114, np.float32)
+    canvas[:scaled.shape[0], :scaled.shape[1]] = scaled
+    return canvas
+
+
+def character_images(size: int = 416):
+    """Real photos and scans with lettering for the character detector: float32 (N, 3, size, size) BGR 0..255.
+
+    Windows of scikit-image's printed page at several zooms, its painted text,
+    the rocket's and the motorcycle's lettering: 48 images, most with characters.
+    """
+    import numpy as np
+    from PIL import Image
+    page = Image.open(fetch("page")).convert("RGB")
+    images = []
+    for side in (96, 128, 191):
+        for x0 in range(0, 384 - side + 1, max(24, (384 - side) // 5 or 1)):
+            for y0 in (0, 191 - side):
+                images.append(letterbox(page.crop((x0, y0, x0 + side, y0 + side)), size))
+    text = Image.open(fetch("text")).convert("RGB")
+    for x0 in range(0, 448 - 172 + 1, 46):
+        images.append(letterbox(text.crop((x0, 0, x0 + 172, 172)), size))
+    for name in ("rocket", "motorcycle"):
+        images.append(letterbox(Image.open(fetch(name)).convert("RGB"), size))
+    x = np.stack(images)[..., ::-1]  # BGR, as the detector was trained
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float32)
+
+
+def text_page_images(height: int = 192, width: int = 384):
+    """Real text images for the PP-OCR text detector: float32 (N, 3, H, W) in [-1, 1].
+
+    The printed page, its halves and shifted windows, and the painted text, each resized to H x W.
+    """
+    import numpy as np
+    from PIL import Image
+    page = Image.open(fetch("page")).convert("RGB")
+    text = Image.open(fetch("text")).convert("RGB")
+    boxes = [(0, 0, 384, 191), (0, 0, 192, 96), (192, 0, 384, 96), (0, 95, 192, 191), (192, 95, 384, 191),
+             (48, 20, 336, 164), (96, 40, 288, 136)]
+    crops = [page.crop(b) for b in boxes] + [text, text.crop((0, 0, 224, 172)), text.crop((224, 0, 448, 172))]
+    x = np.stack([np.asarray(c.resize((width, height), Image.BILINEAR), np.float32) for c in crops])
+    return ((x / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def piano_clips(n: int = 24, seed: int = 0, rate: int = 22050, samples: int = 43844):
+    """Synthesised piano-like clips for the audio-to-MIDI model: float32 (n, samples, 1).
+
+    Each clip strikes a few notes (harmonics with a decaying envelope) at random times and pitches.
+    """
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / rate
+    clips = np.zeros((n, samples), np.float64)
+    for k in range(n):
+        for _ in range(rng.integers(3, 9)):
+            f0 = 440.0 * 2 ** ((rng.integers(36, 85) - 69) / 12)
+            start = rng.uniform(0, t[-1] - 0.3)
+            env = np.where(t >= start, np.exp(-(t - start) * rng.uniform(1.5, 4.0)), 0.0)
+            tone = sum(np.sin(2 * np.pi * f0 * h * (t - start)) / h ** 1.5 for h in range(1, 6) if f0 * h < rate / 2)
+            clips[k] += 0.2 * env * tone
+    clips /= np.maximum(1.0, np.abs(clips).max(axis=1, keepdims=True))
+    return clips.astype(np.float32)[..., None]
+
+
+def file_byte_features(limit: int = 400, seed: int = 0):
+    """Magika's features from real files on this machine: int32 (N, 2048).
+
+    The first 1,024 and last 1,024 bytes of each file (whitespace stripped,
+    padded with 256), files of several kinds from the Python installation.
+    """
+    import numpy as np
+    import sysconfig
+    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
+    kinds = (".py", ".txt", ".json", ".png", ".so", ".html", ".css", ".js", ".xml", ".csv", ".gz", ".zip",
+             ".c", ".h", ".md", ".cfg", ".toml", ".jpg", ".pyi", ".rst")
+    per_kind = max(1, limit // len(kinds))
+    picked = []
+    for kind in kinds:
+        found = []
+        for root in roots:
+            for path in sorted(root.rglob(f"*{kind}")):
+                if path.is_file() and 64 <= path.stat().st_size <= 50_000_000:
+                    found.append(path)
+                if len(found) >= 20 * per_kind:
+                    break
+        rng = np.random.default_rng(seed)
+        picked += [found[i] for i in sorted(rng.permutation(len(found))[:per_kind])]
+    rows = []
+    for path in picked:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            f.seek(max(0, path.stat().st_size - 4096))
+            tail = f.read(4096)
+        beg = list(head.lstrip()[:1024])
+        end = list(tail.rstrip()[-1024:])
+        rows.append(beg + [256] * (1024 - len(beg)) + [256] * (1024 - len(end)) + end)
+    return np.asarray(rows, np.int32)

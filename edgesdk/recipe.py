@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass
 from .data import Preprocess
 from .errors import OptionError
 from .profiles import DeviceProfile, IO_DTYPES, QUANTIZATIONS
+from .tasks import TASKS, Thresholds
+
+DEFAULT_THRESHOLDS = Thresholds()
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -24,14 +27,24 @@ class Recipe:
     batch_size: int = 32
     learning_rate: float = 1e-3
     max_accuracy_drop: float = 1.0
-    min_sqnr_db: float | None = None
+    min_sqnr_db: float = DEFAULT_THRESHOLDS.min_sqnr_db
     class_output: int | None = None
+    task: str = "auto"
+    min_agreement: float = DEFAULT_THRESHOLDS.min_agreement
+    min_recall: float = DEFAULT_THRESHOLDS.min_recall
+    min_precision: float = DEFAULT_THRESHOLDS.min_precision
+    min_iou: float = DEFAULT_THRESHOLDS.min_iou
     allow_float_fallback: bool = False
     calibration_method: str = "minmax"
     exclude_nodes: tuple = ()
     exclude_op_types: tuple = ()
     layout: str = "NHWC"          # what the artifact takes for 4-D inputs; "source" keeps the model's
     preprocess: Preprocess = Preprocess()
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
+                          min_sqnr_db=self.min_sqnr_db, min_recall=self.min_recall,
+                          min_precision=self.min_precision, min_iou=self.min_iou, class_output=self.class_output)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -44,7 +57,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                 output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-3,
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
-                exclude_op_types=()) -> Recipe:
+                exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
+                min_iou=None) -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -91,6 +105,16 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if allow_float_fallback and profile.family == "edgetpu":
         raise OptionError(f"The Edge TPU ({profile.name}) cannot run float ops; --allow-float-fallback "
                           f"does not apply to it.")
+    if task not in TASKS:
+        raise OptionError(f"Unknown task '{task}'; expected one of {', '.join(TASKS)}.")
+    gate = {"min_agreement": min_agreement, "min_recall": min_recall, "min_precision": min_precision,
+            "min_iou": min_iou}
+    for key, value in gate.items():
+        if value is None:
+            gate[key] = getattr(DEFAULT_THRESHOLDS, key)
+        elif not 0.0 <= float(value) <= 1.0:
+            raise OptionError(f"--{key.replace('_', '-')} is a share in [0, 1] (e.g. 0.9), got {value:g}.")
+    min_sqnr_db = DEFAULT_THRESHOLDS.min_sqnr_db if min_sqnr_db is None else float(min_sqnr_db)
     exclude_nodes, exclude_op_types = tuple(exclude_nodes or ()), tuple(exclude_op_types or ())
     if exclude_nodes or exclude_op_types:
         if profile.family == "edgetpu":
@@ -108,5 +132,6 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
                   calibration_method=calibration_method, exclude_nodes=exclude_nodes,
-                  exclude_op_types=exclude_op_types, preprocess=preprocess or Preprocess())
+                  exclude_op_types=exclude_op_types, preprocess=preprocess or Preprocess(), task=task,
+                  **{k: float(v) for k, v in gate.items()})
 

@@ -9,6 +9,8 @@ from typing import Any, Callable
 from .errors import ModelLoadError, OptionError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+TORCH_SUFFIXES = (".pt", ".pt2", ".pth", ".ts")
+ARTIFACT_SUFFIXES = (".tflite",)
 
 
 @dataclass
@@ -59,6 +61,25 @@ def _is_torch_module(obj) -> bool:
     return any(c.__module__.startswith("torch.") for c in type(obj).__mro__)
 
 
+def framework_of(model, model_factory=None) -> str | None:
+    """Which framework a model (path or object) belongs to, without loading it; None if unknown."""
+    if isinstance(model, (str, Path)):
+        path = Path(model).expanduser()
+        suffix = path.suffix.lower()
+        if (path.is_dir() and (path / "saved_model.pb").is_file()) or suffix in KERAS_SUFFIXES:
+            return "keras"
+        if suffix == ".onnx":
+            return "onnx"
+        if suffix in TORCH_SUFFIXES or model_factory:
+            return "torch"
+        return None
+    if _is_keras_object(model):
+        return "keras"
+    if _is_torch_module(model):
+        return "torch"
+    return None
+
+
 def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=None,
                 model_factory=None) -> SourceModel:
     """A path or a live model -> SourceModel. Frameworks are imported here, lazily.
@@ -80,10 +101,14 @@ def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=
         if path.suffix.lower() == ".onnx":
             from edgesdk.converters import onnx_model
             return onnx_model.load_path(path, input_shape=input_shape)
-        if path.suffix.lower() in (".pt", ".pt2", ".pth", ".ts") or model_factory:
+        if path.suffix.lower() in TORCH_SUFFIXES or model_factory:
             from edgesdk.converters import torch_model
             return torch_model.load_path(path, input_shape=input_shape, model_factory=model_factory,
                                          unsafe=unsafe)
+        if path.suffix.lower() in ARTIFACT_SUFFIXES:
+            raise ModelLoadError(f"'{model}' is already a converted artifact, not a source model. Use it as it is "
+                                 f"(`edgesdk inspect`, `edgesdk bench`, `edgesdk deploy`), or convert from the "
+                                 f"float original (.keras, .h5, SavedModel, .onnx or PyTorch).")
         raise ModelLoadError(f"'{model}': unknown model type '{path.suffix or 'no suffix'}'. Give a .keras, "
                              f".h5, SavedModel directory, .onnx, or a PyTorch .pt2/.pt/.pth file.")
     if _is_keras_object(model):

@@ -88,3 +88,20 @@ def captured_output():
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def load_callable(spec: str, option: str, error):
+    """`package.module:function` (an option's value) -> the callable, or `error` saying what is wrong."""
+    import importlib
+    if ":" not in spec:
+        raise error(f"{option} '{spec}' must look like package.module:function.")
+    mod_name, func_name = spec.split(":", 1)
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+        raise error(f"{option}: cannot import '{mod_name}' ({first}). Is it on PYTHONPATH (or installed)?") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise error(f"{option}: '{mod_name}' has no callable '{func_name}'.")
+    return func

@@ -1,4 +1,13 @@
-"""Compare an artifact's outputs with the source model's on the same data, and gate on accuracy."""
+"""The gate: compare an artifact's outputs with the source model's on the same data, judged by task.
+
+    match outputs (by name, then shape, then similarity) -> closeness figures for
+    every output -> the task's own metric on the outputs it claims -> SQNR floor
+    on every other output -> the user's metric, if any -> one verdict
+
+Every check carries its interval; the verdict is pass only when every check
+passes with the sample size at hand, fail when one fails for certain, and
+inconclusive otherwise (it then says how many samples would settle it).
+"""
 
 from __future__ import annotations
 
@@ -6,126 +15,152 @@ import re
 
 import numpy as np
 
-from .errors import ValidationFailed
+from .errors import OptionError, ValidationFailed
+from .tasks import Head, ModelIO, Thresholds, confidence, module, pick, regress
+from .tasks.classify import is_probabilities  # noqa: F401  (the pruners ask it)
 
 
-def match_outputs(reference: list, artifact: list, artifact_names: list) -> list:
-    """Artifact outputs reordered to line up with the reference outputs.
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "", name.lower())
 
-    Converters may reorder outputs; match by shape, and where shapes repeat by
-    the numeric suffix of the tensor name (``...:N``), which follows the source order.
+
+def match_outputs(reference: list, reference_names: list, artifact: list, artifact_names: list) -> tuple:
+    """Artifact outputs reordered to line up with the reference outputs, and how each was matched.
+
+    By exact name, then by name ignoring case and punctuation, then by a shape no
+    other output has; outputs left with the same shape are paired so that the
+    total cosine similarity is largest (converters rename and reorder outputs).
     """
     if len(reference) != len(artifact):
-        raise ValueError(f"{len(reference)} reference outputs vs {len(artifact)} artifact outputs")
-    if len(artifact) == 1:
-        return artifact
-
-    def suffix(name):
-        m = re.search(r":(\d+)$", name)
-        return int(m.group(1)) if m else 0
-    order = sorted(range(len(artifact)), key=lambda i: suffix(artifact_names[i]))
-    remaining = list(order)
-    matched = []
-    for ref in reference:
-        pick = next((i for i in remaining if artifact[i].shape[1:] == ref.shape[1:]), None)
-        if pick is None:
-            raise ValueError(f"no artifact output of shape {ref.shape[1:]}")
-        remaining.remove(pick)
-        matched.append(artifact[pick])
-    return matched
-
-
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    if noise == 0:
-        return float("inf")
-    return round(10 * np.log10(signal / noise), 3) if signal > 0 else float("-inf")
-
-
-def cosine(ref: np.ndarray, test: np.ndarray) -> float:
-    a, b = ref.reshape(len(ref), -1).astype(np.float64), test.reshape(len(test), -1).astype(np.float64)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    sims = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
-    return round(float(np.mean(sims)), 6)
-
-
-def is_probabilities(y: np.ndarray) -> bool:
-    y2 = y.reshape(len(y), -1)
-    return y2.shape[1] >= 2 and bool(np.all(y2 >= -1e-6)) and bool(np.allclose(y2.sum(axis=1), 1.0, atol=1e-3))
-
-
-def class_output_index(reference: list, requested=None) -> int | None:
-    """Which output holds class scores: as asked, else the softmax-like one, else a lone vector output."""
-    if requested is not None:
-        return int(requested)
-    for i, y in enumerate(reference):
-        if y.ndim == 2 and is_probabilities(y):
-            return i
-    if len(reference) == 1 and reference[0].ndim == 2 and reference[0].shape[1] >= 2:
-        return 0
-    return None
+        raise ValidationFailed(f"The artifact has {len(artifact)} outputs but the source model has "
+                               f"{len(reference)}; the conversion lost or added outputs.")
+    pairs, how = {}, {}
+    free = set(range(len(artifact)))
+    for key in (lambda s: s, _norm):
+        for i, name in enumerate(reference_names):
+            if i in pairs:
+                continue
+            hits = [j for j in free if key(artifact_names[j]) == key(name)
+                    and artifact[j].shape[1:] == reference[i].shape[1:]]
+            if len(hits) == 1:
+                pairs[i], how[i] = hits[0], "name"
+                free.discard(hits[0])
+    for i in range(len(reference)):
+        if i in pairs:
+            continue
+        same = [j for j in free if artifact[j].shape[1:] == reference[i].shape[1:]]
+        rivals = [k for k in range(len(reference)) if k not in pairs and reference[k].shape[1:] == reference[i].shape[1:]]
+        if len(same) == 1 and len(rivals) == 1:
+            pairs[i], how[i] = same[0], "shape"
+            free.discard(same[0])
+    left = [i for i in range(len(reference)) if i not in pairs]
+    if left:
+        from scipy.optimize import linear_sum_assignment
+        cols = sorted(free)
+        cost = np.full((len(left), len(cols)), 1e9)
+        for r, i in enumerate(left):
+            for c, j in enumerate(cols):
+                if artifact[j].shape[1:] == reference[i].shape[1:]:
+                    cost[r, c] = -regress.cosine(reference[i], artifact[j])
+        rows, picked = linear_sum_assignment(cost)
+        for r, c in zip(rows, picked):
+            if cost[r, c] >= 1e9:
+                raise ValidationFailed(f"No artifact output matches the source output "
+                                       f"'{reference_names[left[r]]}' of shape {list(reference[left[r]].shape[1:])}.")
+            pairs[left[r]], how[left[r]] = cols[c], "similarity"
+    order = [pairs[i] for i in range(len(reference))]
+    return [artifact[j] for j in order], [{"artifact_name": artifact_names[j], "matched_by": how[i]}
+                                          for i, j in enumerate(order)]
 
 
-def compare(reference: list, artifact: list, labels=None, class_output=None) -> dict:
-    """Figures: per-output SQNR/cosine/max error, and top-1 agreement/accuracies on the class output."""
+def load_metric(spec):
+    """--metric package.module:function, or a callable."""
+    if spec is None or callable(spec):
+        return spec
+    from .util import load_callable
+    return load_callable(spec, "--metric", OptionError)
+
+
+def judge(reference: list, artifact: list, labels=None, *, io: ModelIO, task: str = "auto",
+          thresholds: Thresholds = Thresholds(), metric=None, matched=None) -> dict:
+    """All figures and the verdict. `artifact` is already matched to `reference`."""
     n = len(reference[0])
-    figures = {"samples": int(n), "outputs": []}
-    for ref, art in zip(reference, artifact):
-        figures["outputs"].append({
-            "shape": list(ref.shape[1:]),
-            "sqnr_db": sqnr_db(ref, art),
-            "cosine": cosine(ref, art),
-            "max_abs_error": round(float(np.max(np.abs(ref - art))), 6),
-        })
-    k = class_output_index(reference, class_output)
-    figures["class_output"] = k
-    figures["top1_agreement"] = None
-    figures["reference_accuracy"] = None
-    figures["artifact_accuracy"] = None
-    if k is not None:
-        ref_top = reference[k].reshape(n, -1).argmax(axis=1)
-        art_top = artifact[k].reshape(n, -1).argmax(axis=1)
-        figures["top1_agreement"] = round(float(np.mean(ref_top == art_top)), 6)
-        if labels is not None:
-            figures["reference_accuracy"] = round(float(np.mean(ref_top == labels)), 6)
-            figures["artifact_accuracy"] = round(float(np.mean(art_top == labels)), 6)
-    figures["sqnr_db"] = min(o["sqnr_db"] for o in figures["outputs"])
-    figures["cosine"] = min(o["cosine"] for o in figures["outputs"])
+    figures = {"samples": int(n), "task": task, "outputs": []}
+    for i, (ref, art) in enumerate(zip(reference, artifact)):
+        figures["outputs"].append({"name": io.output_names[i], **(matched[i] if matched else {}),
+                                   "shape": list(ref.shape[1:]), **regress.figures(ref, art)})
+    heads = pick(task, reference, io, thresholds.class_output)
+    checks, covered = [], set()
+    figures["heads"] = []
+    for head in heads:
+        head_figures, head_checks = module(head.task).judge(head, reference, artifact, labels, thresholds, io)
+        figures["heads"].append({"task": head.task, "outputs": head.outputs, **head_figures})
+        checks += head_checks
+        covered.update(head.outputs)
+    figures["task"] = heads[0].task if heads else "regress"
+    for i, (ref, art) in enumerate(zip(reference, artifact)):
+        if i not in covered:
+            checks.append(regress.sqnr_check(f"SQNR of output '{io.output_names[i]}'", ref, art,
+                                             thresholds.min_sqnr_db, output=i))
+    if metric is not None:
+        checks.append(_user_check(metric, reference, artifact, labels, n))
+    _legacy_fields(figures)
+    figures["checks"] = checks
     return figures
 
 
-def gate(figures: dict, max_accuracy_drop: float, min_sqnr_db: float | None = None) -> dict:
-    """Decide pass/fail. The drop is in percentage points.
+def _user_check(metric, reference, artifact, labels, n) -> dict:
+    try:
+        result = metric(reference, artifact, labels)
+    except Exception as exc:
+        raise OptionError(f"Your metric {getattr(metric, '__qualname__', metric)} raised "
+                          f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(result, dict) or "passed" not in result:
+        raise OptionError("A metric must return a dict with a boolean 'passed' (and any figures), e.g. "
+                          "{'passed': f1 >= 0.9, 'f1': f1}.")
+    verdict = "pass" if result["passed"] else "fail"
+    return {"check": f"metric {getattr(metric, '__qualname__', 'user')}", "output": None, "verdict": verdict,
+            "samples": int(n), "figures": {k: v for k, v in result.items() if k != "passed"}}
 
-    With labels: reference accuracy minus artifact accuracy. Without labels, the
-    source's own top-1 predictions are the labels, so the drop is the share of
-    samples whose top-1 changed. Outputs with no class scores are gated on SQNR
-    only when `min_sqnr_db` is given.
-    """
-    result = {"max_accuracy_drop": max_accuracy_drop, "min_sqnr_db": min_sqnr_db}
-    if figures["artifact_accuracy"] is not None:
-        drop = 100.0 * (figures["reference_accuracy"] - figures["artifact_accuracy"])
-        result["basis"] = "labels"
-    elif figures["top1_agreement"] is not None:
-        drop = 100.0 * (1.0 - figures["top1_agreement"])
-        result["basis"] = "source top-1 (no labels)"
-    else:
-        drop = None
-        result["basis"] = "none (no class output)"
-    result["accuracy_drop"] = None if drop is None else round(drop, 4)
-    reasons = []
-    if drop is not None and drop > max_accuracy_drop + 1e-9:
-        reasons.append(f"accuracy dropped {drop:.2f} points (budget {max_accuracy_drop:g})")
-    if min_sqnr_db is not None and figures["sqnr_db"] < min_sqnr_db:
-        reasons.append(f"output SQNR {figures['sqnr_db']:.1f} dB is below {min_sqnr_db:g} dB")
-    result["passed"] = not reasons
-    result["reasons"] = reasons
-    return result
+
+def _legacy_fields(figures: dict) -> None:
+    """Top-level summary figures: the class output's, and the worst SQNR/cosine of any output."""
+    cls = next((h for h in figures["heads"] if h["task"] == "classify"), {})
+    for key in ("class_output", "top1_agreement", "top5_agreement", "reference_accuracy", "artifact_accuracy"):
+        figures[key] = cls.get(key)
+    figures["sqnr_db"] = min(o["sqnr_db"] for o in figures["outputs"])
+    figures["cosine"] = min(o["cosine"] for o in figures["outputs"])
+
+
+def gate(figures: dict) -> dict:
+    """pass only when every check passes; fail when any fails; else inconclusive."""
+    checks = figures["checks"]
+    verdicts = [c["verdict"] for c in checks]
+    overall = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+    return {"verdict": overall, "passed": overall == "pass",
+            "reasons": [describe_check(c) for c in checks if c["verdict"] != "pass"]}
+
+
+def describe_check(c: dict) -> str:
+    if "value" not in c:  # a user metric
+        return f"{c['check']} {'passed' if c['verdict'] == 'pass' else 'failed'}: {c.get('figures')}"
+    unit = f" {c['unit']}" if c.get("unit") and c["unit"] != "points" else ""
+    pct = c.get("unit") == "" and c["threshold"] <= 1 and c["value"] is not None and 0 <= c["value"] <= 1
+    show = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}{unit}" if v is not None else "n/a")
+    op = ">=" if c["at_least"] else "<="
+    lo, hi = c["interval"]
+    where = "" if c.get("output") is None else f" [output {c['output']}]"
+    text = (f"{c['check']}{where} {show(c['value'])} (90% interval {show(lo)}..{show(hi)}, {c['samples']} samples), "
+            f"needs {op} {show(c['threshold'])}")
+    if c["verdict"] == "inconclusive":
+        need = c.get("samples_needed")
+        text += (": too few samples to tell" + (f"; about {need:,} would" if need else "")
+                 + (f" ({c['note']})" if c.get("note") else ""))
+    return text
 
 
 def describe(figures: dict) -> str:
-    parts = [f"{figures['samples']} samples"]
+    parts = [f"{figures['samples']} samples, task {figures['task']}"]
     if figures.get("reference_accuracy") is not None:
         pruned = (f" (pruned float model {100 * figures['pruned_source_accuracy']:.2f}%)"
                   if figures.get("pruned_source_accuracy") is not None else "")
@@ -133,7 +168,13 @@ def describe(figures: dict) -> str:
                      f"{100 * figures['artifact_accuracy']:.2f}%")
     if figures.get("top1_agreement") is not None:
         parts.append(f"top-1 agreement {100 * figures['top1_agreement']:.2f}%")
-    parts.append(f"SQNR {figures['sqnr_db']:.1f} dB, cosine {figures['cosine']:.4f}")
+    for h in figures.get("heads", []):
+        if h["task"] == "detect":
+            parts.append(f"detections {h['matched']}/{h['source_detections']} found"
+                         f" ({h['artifact_detections']} made)")
+        elif h["task"] == "segment":
+            parts.append(f"map mean IoU {h['mean_iou']:.3f}, pixel agreement {100 * h['pixel_agreement']:.2f}%")
+    parts.append("SQNR " + ", ".join(f"{o['name']} {o['sqnr_db']:.1f} dB" for o in figures["outputs"][:6]))
     return ", ".join(parts)
 
 
@@ -148,8 +189,18 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
         listed = "; ".join(f"{w['node']}{' (' + w['op'] + ')' if w.get('op') else ''}: {w['detail']}"
                            for w in worst)
         culprits = f" Layers that lose the most to quantization: {listed}. {figures.get('worst_layers_hint', '')}"
+    if verdict["verdict"] == "inconclusive":
+        raise ValidationFailed(
+            f"Validation inconclusive: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept} "
+            f"Give more --validation data (labelled if you can), or loosen the threshold if that loss is "
+            f"acceptable to you.", figures={**figures, "gate": verdict})
     raise ValidationFailed(
         f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "
-        f"fine-tune with --fine-tune DATA, or raise --max-accuracy-drop if the loss is acceptable.",
+        f"fine-tune with --fine-tune DATA, or loosen the threshold (--max-accuracy-drop, --min-agreement, "
+        f"--min-sqnr, --min-recall) if the loss is acceptable.",
         figures={**figures, "gate": verdict})
+
+
+__all__ = ["Head", "ModelIO", "Thresholds", "confidence", "match_outputs", "judge", "gate", "describe",
+           "raise_if_failed", "load_metric"]

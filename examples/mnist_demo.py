@@ -18,7 +18,8 @@ from edgesdk import fixtures
 
 TARGETS = [
     ("rpi4", {}),
-    ("rpi4", {"prune": 0.75, "name": "mnist-pruned75"}),
+    # pruning and fine-tuning flip predictions both ways: 1,000 digits can confirm a 2-point budget, not 1
+    ("rpi4", {"prune": 0.75, "name": "mnist-pruned75", "max_accuracy_drop": 2.0}),
     ("coral-usb", {}),
     ("jetson-orin-nano", {}),
 ]

@@ -1,0 +1,80 @@
+"""Judging an artifact by what the model is for.
+
+A task claims the outputs it understands (a classifier's scores, a detector's
+head, a segmentation map) and judges them with its own metric; every output
+no task claims is judged by `regress` (signal-to-quantization-noise ratio
+against a floor). `auto` tries detect, segment, classify in that order.
+
+Each task module has:
+    claim(reference, io) -> list of Head          (what it recognises; [] if nothing)
+    judge(head, reference, artifact, labels, thresholds) -> (figures, checks)
+A check is a dict made by `confidence.check`/`proportion_check`: the figure,
+its interval, the threshold and a pass / fail / inconclusive verdict.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from edgesdk.errors import OptionError
+
+TASKS = ("auto", "classify", "detect", "segment", "regress")
+AUTO_ORDER = ("detect", "segment", "classify")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What the gate demands. Defaults are in the README with the figures that justify them."""
+
+    max_accuracy_drop: float = 1.0   # percentage points, when labels exist
+    min_agreement: float = 0.95      # top-1 agreement with the source
+    min_sqnr_db: float = 12.0        # outputs no task metric covers; a detector's box and score channels
+    min_recall: float = 0.9          # a detector: share of the source's detections the artifact finds
+    min_precision: float = 0.9       # ... and share of the artifact's detections the source also made
+    min_iou: float = 0.9             # segmentation maps: mean IoU with the source's map
+    score_threshold: float = 0.25    # a detection counts from this score on
+    class_output: int | None = None  # classify: which output holds the class scores
+
+
+@dataclass
+class ModelIO:
+    """What tasks know of the model besides its outputs."""
+
+    output_names: list
+    input_hw: tuple | None = None  # spatial size of an image input (H, W)
+
+
+@dataclass
+class Head:
+    task: str
+    outputs: list                      # indices into the reference outputs
+    params: dict = field(default_factory=dict)
+
+
+def module(task: str):
+    return importlib.import_module(f"{__name__}.{task}")
+
+
+def pick(task: str, reference: list, io: ModelIO, class_output=None) -> list:
+    """The heads to judge: the asked task's, or (auto) whatever the outputs look like."""
+    if task not in TASKS:
+        raise OptionError(f"Unknown task '{task}'; expected one of {', '.join(TASKS)}.")
+    if task == "regress":
+        return []
+    if task != "auto":
+        heads = module(task).claim(reference, io, class_output=class_output)
+        if not heads:
+            raise OptionError(f"--task {task}: no output of this model looks like a {task} output "
+                              f"({_shapes(reference, io)}). {module(task).EXPECTED} Use --task auto or "
+                              f"--task regress to judge the outputs by SQNR.")
+        return heads
+    for name in AUTO_ORDER:
+        heads = module(name).claim(reference, io, class_output=class_output)
+        if heads:
+            return heads
+    return []
+
+
+def _shapes(reference, io) -> str:
+    return ", ".join(f"{n} {list(r.shape[1:])}" for n, r in zip(io.output_names, reference))
