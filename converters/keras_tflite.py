@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import warnings
 
@@ -136,6 +137,9 @@ def _with_exclusions(tf, conv, recipe, x) -> bytes:
                               f"input/output ({exc}); pass --input-dtype float32 --output-dtype float32.") from None
 
 
+PLAIN_ROUNDING_STEPS = 0.35  # uniform rounding error is 1/sqrt(12) ~ 0.29 of a step
+
+
 def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     """Layers whose int8 outputs stray furthest from float, worst first (TFLite's QuantizationDebugger).
 
@@ -159,12 +163,19 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
         dump = io.StringIO()
         debugger.layer_statistics_dump(dump)
     rows = []
+    excluded = set(recipe.exclude_nodes)
     for rec in csv.DictReader(io.StringIO(dump.getvalue())):
         steps = float(rec["rmse_per_scale"])
+        scale = float(rec.get("scale") or 0)
+        # a zero range (scale ~ 0) makes the ratio meaningless; plain rounding is no culprit; an
+        # excluded layer is already float
+        if not math.isfinite(steps) or scale < 1e-12 or steps <= PLAIN_ROUNDING_STEPS \
+                or rec["tensor_name"] in excluded:
+            continue
         rows.append({"node": rec["tensor_name"], "op": rec["op_name"], "rmse_per_scale": round(steps, 3),
                      "max_abs_error": round(float(rec["max_abs_error"]), 5),
                      "detail": f"RMS error {steps:.3g} quantization steps (0.29 is plain rounding)"})
-    rows.sort(key=lambda r: -r["rmse_per_scale"] if r["rmse_per_scale"] == r["rmse_per_scale"] else 0)
+    rows.sort(key=lambda r: -r["rmse_per_scale"])
     return rows[:worst]
 
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError, OptionError
-from edgesdk.util import captured_output
+from edgesdk.util import captured_output, working_directory
 
 FORMAT = "onnx"
 FRAMEWORK = "onnx"
@@ -63,13 +63,13 @@ def prepare(float_path: Path, out_path: Path, per_channel: bool) -> list:
         onnx.save(model, str(upgraded))
         float_path = upgraded
     try:
-        with captured_output():
+        with captured_output(), working_directory(out_path.parent):
             quant_pre_process(str(float_path), str(out_path), skip_symbolic_shape=False)
     except Exception:
         # ONNX Runtime's symbolic shape inference gives up on some exporters' graphs
         # (e.g. Concat on a non-zero axis of a shape tensor); ONNX's own inference suffices.
         try:
-            with captured_output():
+            with captured_output(), working_directory(out_path.parent):
                 quant_pre_process(str(float_path), str(out_path), skip_symbolic_shape=True)
         except Exception as exc:
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
@@ -116,17 +116,66 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         notes = prepare(float_path, pre, recipe.per_channel)
         excluded = _exclusions(pre, recipe)
         extra = {"ActivationSymmetric": profile.family == "jetson"}
-        try:
-            with captured_output():
+
+        per_channel = recipe.per_channel
+
+        def run():
+            with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
                 quantize_static(str(pre), str(out), _reader(x, input_name, progress),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                                weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
+                                weight_type=QuantType.QInt8, per_channel=per_channel,
                                 calibrate_method=methods[recipe.calibration_method], extra_options=extra,
                                 **excluded)
+        try:
+            try:
+                run()
+            except ValueError as exc:
+                if "truth value of an array" not in str(exc):
+                    raise
+                # ONNX Runtime's int32-bias weight-scale adjustment fails on per-tensor scales of some
+                # per-channel graphs; the quantization is valid without that adjustment.
+                extra["QDQDisableWeightAdjustForInt32Bias"] = True
+                notes.append("ONNX Runtime's weight-scale adjustment for int32 biases failed on this graph; "
+                             "quantized without it")
+                run()
+            problem = _run_error(out, x[:1], input_name)
+            if problem and "ShapeInferenceError" in problem:
+                # shapes recorded during preparation can go stale once Q/DQ nodes are inserted
+                _drop_recorded_shapes(out)
+                problem = _run_error(out, x[:1], input_name)
+            if problem and per_channel:
+                # some graphs get per-channel scales on tensors ONNX Runtime can only take per-tensor
+                notes.append(f"per-channel int8 made a model ONNX Runtime cannot run ({problem[:160]}); "
+                             f"quantized per-tensor instead")
+                per_channel = False
+                run()
+                problem = _run_error(out, x[:1], input_name)
+            if problem:
+                raise ConversionError(f"ONNX Runtime quantized the model, but cannot run the result: {problem}. "
+                                      f"Try --exclude-op-types with the op named there.")
+        except ConversionError:
+            raise
         except Exception as exc:
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise ConversionError(f"ONNX Runtime could not quantize the model: {first[:400]}") from None
         return out.read_bytes(), notes
+
+
+def _drop_recorded_shapes(path: Path) -> None:
+    import onnx
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+
+
+def _run_error(path: Path, x, input_name: str) -> str | None:
+    """None if ONNX Runtime loads and runs the model on one sample, else the first line of why not."""
+    import onnxruntime as ort
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {input_name: x})
+    except Exception as exc:
+        return next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+    return None
 
 
 def to_fp16(float_path: Path) -> bytes:
@@ -169,7 +218,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     return out
 
 
-def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5) -> list:
+def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5, excluded=()) -> list:
     """The activations that lose the most to quantization, worst first.
 
     ONNX Runtime's QDQ loss debugging: both models are run with every
@@ -177,6 +226,7 @@ def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5) -> list:
     is the error its own Q/DQ pair adds and `xmodel_sqnr_db` the error
     accumulated up to it against the float model.
     """
+    import numpy as np
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations, compute_signal_to_quantization_noice_ratio as sqnr, create_activation_matching,
@@ -193,10 +243,16 @@ def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5) -> list:
     rows = []
     for tensor, match in matching.items():
         node = producers.get(tensor)
-        own = sqnr(match["pre_qdq"], match["post_qdq"])
+        if node is None or node.name in excluded:  # a graph input, or already kept in float
+            continue
+        with np.errstate(all="ignore"):
+            own = float(sqnr(match["pre_qdq"], match["post_qdq"]))
+        if not np.isfinite(own):  # an all-zero tensor: no error to speak of
+            continue
         # tensors the quantizer renamed have no float twin
-        acc = sqnr(match["float"], match["post_qdq"]) if match.get("float") else float("nan")
-        rows.append({"tensor": tensor, "node": node.name if node else tensor, "op": node.op_type if node else "",
+        with np.errstate(all="ignore"):
+            acc = float(sqnr(match["float"], match["post_qdq"])) if match.get("float") is not None else float("nan")
+        rows.append({"tensor": tensor, "node": node.name, "op": node.op_type,
                      "qdq_sqnr_db": round(float(own), 2), "xmodel_sqnr_db": round(float(acc), 2),
                      "detail": f"SQNR {own:.1f} dB own, {acc:.1f} dB accumulated"})
     rows.sort(key=lambda r: r["qdq_sqnr_db"])

@@ -29,6 +29,14 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ModelLoadError(f"'{path}' is not a valid ONNX model ({first[:300]}). It may be truncated, or "
                              f"need external data files beside it.") from None
+    quantized = quantized_ops(model)
+    if quantized:
+        listed = ", ".join(f"{op} x{n}" for op, n in sorted(quantized.items()))
+        raise ModelLoadError(f"'{path}' is already quantized ({listed}); quantizing it again would compound the "
+                             f"error and its integer ops are not what the targets' converters take. Either use it "
+                             f"as it is (`edgesdk inspect {path.name} --target PROFILE` says whether a target runs "
+                             f"it; `edgesdk bench` / `edgesdk deploy` measure it), or convert from the float "
+                             f"original the quantized model was made from.")
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -82,7 +90,32 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
                       output_names=[o.name for o in model.graph.output], run=run, path=str(path),
                       param_count=_params(model), notes=notes, layout=layout)
     src.float_onnx, src.keepalive = str(fixed), tmp
+    src.input_dtype = str(onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
     return src
+
+
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
+                 "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax", "ConvInteger", "MatMulInteger",
+                 "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention",
+                 "QOrderedMatMul", "MatMulNBits"}
+
+
+def quantized_ops(model) -> dict:
+    """Quantization ops anywhere in the graph (subgraphs of If/Loop/Scan included): op type -> count."""
+    counts: dict = {}
+
+    def walk(graph):
+        for node in graph.node:
+            if node.op_type in QUANTIZED_OPS:
+                counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+    walk(model.graph)
+    return counts
 
 
 def _show(shape) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
-from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, split_holdout,
-                   to_artifact_layout)
+from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, representative,
+                   split_holdout, to_artifact_layout)
 from .errors import DataError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
@@ -96,10 +96,12 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
 
     calib = val = tune = None
     if calibration is not None:
-        calib = load_data(calibration, input_shape=source.input_shape, preprocess=recipe.preprocess,
+        calib = load_data(calibration, input_shape=source.input_shape, input_dtype=source.input_dtype,
+                          preprocess=recipe.preprocess,
                           what="calibration data")
     if validation is not None:
-        val = load_data(validation, input_shape=source.input_shape, preprocess=recipe.preprocess,
+        val = load_data(validation, input_shape=source.input_shape, input_dtype=source.input_dtype,
+                          preprocess=recipe.preprocess,
                         what="validation data")
         held_out = True
     elif calib is not None and calib.y is not None:
@@ -112,6 +114,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                       "source model's own predictions on the calibration samples (not held out).")
     else:
         raise DataError("Validation needs data: pass --validation DATA (or --calibration DATA).")
+    sampling = None
+    if calib is not None:
+        calib, sampling = representative(calib, recipe.calibration_samples)
     if calib is not None and len(calib) < FEW_CALIBRATION_SAMPLES:
         progress.warn(f"only {len(calib)} calibration samples: activation ranges estimated from fewer than "
                       f"{FEW_CALIBRATION_SAMPLES} samples often clip real inputs and cost accuracy; "
@@ -119,14 +124,15 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     if callable(fine_tune):
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
-        tune = load_data(fine_tune, input_shape=source.input_shape, preprocess=recipe.preprocess,
+        tune = load_data(fine_tune, input_shape=source.input_shape, input_dtype=source.input_dtype,
+                          preprocess=recipe.preprocess,
                          what="fine-tuning data")
     if recipe.sparsity == 0 and tune is not None:
         progress.warn("--fine-tune is only used with --prune; ignoring it.")
 
     stem = name or source.name
     final = out_dir / f"{stem}.{profile.name}.{recipe.format}"
-    cache_key = _cache_key(source, profile, recipe, calib, val, tune)
+    cache_key = _cache_key(source, profile, recipe, calib, val, tune, metric)
     cached = _cached(final, cache_key)
     if cached is not None and not force:
         progress.step(f"up to date: {final} (same source, data and recipe)")
@@ -172,11 +178,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             figures["pruned_source_top1_agreement"] = after["top1_agreement"]
         from .validation import describe as describe_figures, raise_if_failed
         progress.step(f"validation: {describe_figures(figures)}")
-        if not verdict["passed"] and recipe.quantization == "int8":
+        if verdict["verdict"] == "fail" and recipe.quantization == "int8":
             progress.step("finding the layers that lose the most to quantization")
             figures["worst_layers"], figures["worst_layers_hint"] = _diagnose(source, recipe, calib, tmp, val)
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
-                             info, compat, figures, verdict, pruning, progress.warnings)
+                             info, compat, figures, verdict, pruning, progress.warnings, sampling)
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict)
         with tempfile.TemporaryDirectory(prefix=".edgesdk-edgetpu-", dir=out_dir) as work:
@@ -223,7 +229,8 @@ def _diagnose(source, recipe, calib, artifact_path: Path, val, samples: int = 32
     try:
         if recipe.format == "onnx" and source.float_onnx:
             name = source.input_name if source.framework == "onnx" else _onnx_input_name(source.float_onnx)
-            rows = onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], name)
+            rows = onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], name,
+                                      excluded=recipe.exclude_nodes)
             return rows, onnx_int8.DIAGNOSIS_HINT
         if recipe.format == "tflite":
             route = get_route(source.framework, "tflite")
@@ -267,7 +274,7 @@ def _validate(path: Path, reference, val, recipe, progress, source, artifact_lay
     return figures, gate(figures)
 
 
-def _cache_key(source, profile, recipe, calib, val, tune) -> str:
+def _cache_key(source, profile, recipe, calib, val, tune, metric=None) -> str:
     parts = {
         "source": source.sha256, "profile": profile.to_dict(), "recipe": recipe.to_dict(),
         "calibration": data_fingerprint(calib) if calib is not None else None,
@@ -276,6 +283,9 @@ def _cache_key(source, profile, recipe, calib, val, tune) -> str:
         "fine_tune": (f"callback {os.urandom(8).hex()}" if callable(tune) else
                       data_fingerprint(tune) if tune is not None else None),
         "tools": tool_versions(),
+        # the user's metric judges too: a different one is a different verdict
+        "metric": f"{getattr(metric, '__module__', '')}.{getattr(metric, '__qualname__', repr(metric))}"
+                  if metric is not None else None,
     }
     parts["profile"].pop("source", None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -302,7 +312,7 @@ def _data_entry(ds, used=None, **extra) -> dict:
 
 
 def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key, info, compat,
-              figures, verdict, pruning, warnings) -> dict:
+              figures, verdict, pruning, warnings, sampling=None) -> dict:
     sparsity = {"target": recipe.sparsity, "artifact": info["weight_sparsity"]["overall"],
                 "artifact_layers": info["weight_sparsity"]["layers"]}
     if pruning:
@@ -322,7 +332,7 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
         "recipe": recipe.to_dict(),
         "tools": tool_versions(),
         "data": {
-            "calibration": _data_entry(calib, min(len(calib), recipe.calibration_samples)) if calib else None,
+            "calibration": _data_entry(calib, sampling=sampling) if calib else None,
             "validation": _data_entry(val, held_out=held_out),
             "fine_tune": ({"callback": getattr(tune, "__qualname__", repr(tune))} if callable(tune) else
                           _data_entry(tune) if tune is not None else None),

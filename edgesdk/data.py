@@ -133,8 +133,16 @@ def _load_images(folder: Path, target_hw, channels: int, preprocess: Preprocess)
                    [f"{len(files)} images resized to {target_hw[0]}x{target_hw[1]} {mode}"])
 
 
-def load_data(spec, *, input_shape=None, preprocess: Preprocess | None = None, what: str = "data") -> Dataset:
-    """Read `spec` into a Dataset shaped for a model whose input is `input_shape` (batch first)."""
+def load_data(spec, *, input_shape=None, input_dtype: str = "float32", preprocess: Preprocess | None = None,
+              what: str = "data") -> Dataset:
+    """Read `spec` into a Dataset shaped for a model whose input is `input_shape` (batch first).
+
+    An integer input (token ids, byte values) takes integer data as it is: no preprocessing, no float.
+    """
+    integer_input = np.issubdtype(np.dtype(input_dtype), np.integer)
+    if integer_input and preprocess not in (None, Preprocess()):
+        raise DataError(f"The model's input is {input_dtype} (ids or byte values): --scale/--offset/--mean/--std "
+                        f"do not apply to it. Drop them and give the integer values as they are.")
     preprocess = preprocess or Preprocess()
     if spec is None:
         raise DataError(f"No {what} given.")
@@ -159,7 +167,7 @@ def load_data(spec, *, input_shape=None, preprocess: Preprocess | None = None, w
         raise DataError(f"The {what} ({ds.source}) holds no samples. Give at least one; "
                         f"for calibration a few hundred representative samples.")
     if input_shape is not None:
-        ds.x = fit_to_input(ds.x, input_shape, ds.source, ds.notes)
+        ds.x = fit_to_input(ds.x, input_shape, ds.source, ds.notes, input_dtype)
     if not np.all(np.isfinite(ds.x)):
         raise DataError(f"The {what} ({ds.source}) contains NaN or infinite values; clean it first.")
     return ds
@@ -208,8 +216,8 @@ def _load_path(path: Path, input_shape, preprocess: Preprocess, what: str) -> Da
     return ds
 
 
-def fit_to_input(x: np.ndarray, input_shape, source: str, notes: list) -> np.ndarray:
-    """Check x against the model's input shape (batch first, None = any)."""
+def fit_to_input(x: np.ndarray, input_shape, source: str, notes: list, input_dtype: str = "float32") -> np.ndarray:
+    """Check x against the model's input shape (batch first, None = any) and give it the input's dtype."""
     want = tuple(input_shape)
     if x.ndim == len(want) - 1 and want[-1] == 1 and _dims_match(x.shape[1:], want[1:-1]):
         notes.append(f"added a channel axis: {x.shape} -> {x.shape + (1,)}")
@@ -224,7 +232,16 @@ def fit_to_input(x: np.ndarray, input_shape, source: str, notes: list) -> np.nda
             hint = " It looks channels-last (NHWC); this model takes channels-first (NCHW): " \
                    "transpose it with x.transpose(0, 3, 1, 2)."
         raise DataError(f"{source}: samples have shape {x.shape}, but the model takes {shown}.{hint}")
-    if not np.issubdtype(x.dtype, np.floating) or x.dtype != np.float32:
+    want_dtype = np.dtype(input_dtype)
+    if np.issubdtype(want_dtype, np.integer):
+        if not np.issubdtype(x.dtype, np.integer) and not (np.all(np.isfinite(x)) and np.all(x == np.round(x))):
+            raise DataError(f"{source}: the model's input is {want_dtype} (ids or byte values) but the data holds "
+                            f"fractional {x.dtype} values; give the integer values the model takes.")
+        info = np.iinfo(want_dtype)
+        if x.size and (x.min() < info.min or x.max() > info.max):
+            raise DataError(f"{source}: values {x.min()}..{x.max()} do not fit the model's {want_dtype} input.")
+        return x.astype(want_dtype)
+    if x.dtype != np.float32:
         x = x.astype(np.float32)
     return x
 
@@ -259,3 +276,26 @@ def to_artifact_layout(x: np.ndarray, source_layout, artifact_layout) -> np.ndar
     if source_layout == "NCHW" and artifact_layout == "NHWC" and x.ndim == 4:
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     return x
+
+
+def representative(ds: Dataset, n: int, seed: int = 0) -> tuple:
+    """At most n samples drawn across the whole dataset, and how they were drawn.
+
+    Data often arrives sorted (an image folder class by class): a prefix could
+    hold one class only. With labels each class gets its share (stratified);
+    without, a seeded shuffle.
+    """
+    if len(ds) <= n:
+        return ds, f"all {len(ds)} samples"
+    rng = np.random.default_rng(seed)
+    if ds.y is None:
+        return ds.subset(np.sort(rng.permutation(len(ds))[:n])), f"{n} of {len(ds)} by seeded shuffle (seed {seed})"
+    classes = np.unique(ds.y)
+    pools = [list(rng.permutation(np.flatnonzero(ds.y == c))) for c in classes]
+    picked = []
+    while len(picked) < n:  # round-robin over classes keeps every class's share
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(pool.pop())
+    return (ds.subset(np.sort(np.asarray(picked))),
+            f"{n} of {len(ds)} stratified by label across {len(classes)} classes (seed {seed})")

@@ -134,7 +134,7 @@ class ONNXArtifact:
         step = batch or 64
         outs = [[] for _ in sess.get_outputs()]
         for i in range(0, len(x), step):
-            chunk = x[i:i + step].astype(np.float32)
+            chunk = x[i:i + step].astype(_numpy_type(inp.type))
             if batch and len(chunk) != batch:  # a fixed batch: run the tail one sample at a time
                 results = [sess.run(None, {inp.name: chunk[j:j + 1]}) for j in range(len(chunk))]
                 for k in range(len(outs)):
@@ -145,3 +145,10 @@ class ONNXArtifact:
             if progress:
                 progress(min(i + step, len(x)), len(x))
         return [np.concatenate(o).astype(np.float32) for o in outs]
+
+
+def _numpy_type(ort_type: str):
+    """'tensor(int32)' -> numpy.int32; integer inputs (ids, byte values) are fed as integers."""
+    name = ort_type[len("tensor("):-1] if ort_type.startswith("tensor(") else "float"
+    return {"float": np.float32, "float16": np.float16, "double": np.float64, "bool": np.bool_}.get(
+        name, getattr(np, name, np.float32))

@@ -31,6 +31,7 @@ class SourceModel:
     float_onnx: str | None = None  # ONNX sources: the shape-fixed float model on disk
     keepalive: Any = None          # whatever must live as long as the source (temp dirs)
     example_input: Any = None      # PyTorch: the args the model is exported with
+    input_dtype: str = "float32"   # integer inputs (token ids, byte values) stay integer end to end
 
     def predict(self, x):
         """Outputs of the model as it is now (pruning may have replaced it)."""
@@ -39,7 +40,7 @@ class SourceModel:
     def describe(self) -> dict:
         return {"framework": self.framework, "flavor": self.flavor, "name": self.name,
                 "path": self.path, "sha256": self.sha256, "input_name": self.input_name,
-                "input_shape": list(self.input_shape), "outputs": list(self.output_names),
+                "input_shape": list(self.input_shape), "input_dtype": self.input_dtype, "outputs": list(self.output_names),
                 "param_count": self.param_count, "layout": self.layout}
 
 

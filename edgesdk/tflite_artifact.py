@@ -261,7 +261,7 @@ class TFLiteArtifact:
         outs = [[] for _ in outputs]
         for i in range(len(x)):
             sample = x[i:i + 1]
-            if np.issubdtype(dtype, np.integer):
+            if np.issubdtype(dtype, np.integer) and scale:  # quantized input; plain integer inputs go as they are
                 info = np.iinfo(dtype)
                 sample = np.clip(np.round(sample / scale) + zp, info.min, info.max)
             interp.set_tensor(inp["index"], sample.astype(dtype).reshape(inp["shape"]))

@@ -105,3 +105,14 @@ def load_callable(spec: str, option: str, error):
     if not callable(func):
         raise error(f"{option}: '{mod_name}' has no callable '{func_name}'.")
     return func
+
+
+@contextlib.contextmanager
+def working_directory(path):
+    """Run a library that writes scratch files into the current directory inside a private one."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -115,7 +115,8 @@ def test_byo_onnx_with_dynamic_shapes_needs_input_shape(ppocr, tmp_path):
 
 def test_byo_onnx_old_opset_to_int8_per_channel(ppocr, tmp_path):
     r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "--input-shape", "1,3,48,192",
-                "-c", ppocr["calib"], "--validation", ppocr["val"], "-o", tmp_path, "--json")
+                "-c", ppocr["calib"], "--validation", ppocr["val"], "-o", tmp_path, "--json",
+                "--max-accuracy-drop", "5")  # 132 labelled crops bound the drop within a few points, not 1
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["inputs"][0]["shape"] == [1, 3, 48, 192]
@@ -156,8 +157,9 @@ def test_onnx_artifact_reader_on_a_truncated_file(tmp_path, ppocr):
 
 def test_accuracy_guard_names_the_layers_and_exclusions_recover(ppocr, tmp_path):
     """Symmetric int8 activations (TensorRT's) cost the real PP-OCR classifier accuracy; the error says where."""
+    # judged on agreement with the source (unlabelled): 132 crops show it is below 99% for certain
     kwargs = dict(target="jetson-orin-nano", input_shape="1,3,48,192", calibration=ppocr["calib"],
-                  validation=ppocr["val"], output_dir=tmp_path, quiet=True)
+                  validation=np.load(ppocr["val"])["x"], min_agreement=0.99, output_dir=tmp_path, quiet=True)
     with pytest.raises(edgesdk.ValidationFailed) as e:
         edgesdk.convert(str(ppocr["model"]), **kwargs)
     worst = e.value.figures["worst_layers"]
@@ -166,8 +168,8 @@ def test_accuracy_guard_names_the_layers_and_exclusions_recover(ppocr, tmp_path)
     assert worst[0]["node"] in str(e.value) and "--exclude-nodes" in str(e.value)
     assert list(tmp_path.iterdir()) == []
     convs = [w["node"] for w in worst if w["op"] == "Conv"]
-    art = edgesdk.convert(str(ppocr["model"]), **kwargs, exclude_nodes=convs, keep_failed=True,
-                          max_accuracy_drop=100)
+    assert e.value.figures["gate"]["verdict"] == "fail"
+    art = edgesdk.convert(str(ppocr["model"]), **{**kwargs, "min_agreement": 0}, exclude_nodes=convs)
     assert art.validation["sqnr_db"] > e.value.figures["sqnr_db"]
     assert art.manifest["quantization"]["excluded"] == {"nodes": convs, "op_types": []}
     assert art.manifest["recipe"]["exclude_nodes"] == convs

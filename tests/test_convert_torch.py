@@ -117,7 +117,8 @@ def test_pretrained_facenet_onet_state_dict_with_factory(onet_data, tmp_path):
     from edgesdk import fixtures
     r = run_cli("convert", fixtures.fetch("facenet_onet"), "--model-factory", "torch_models:onet",
                 "--input-shape", "1,3,48,48", "-t", "rpi4", "-c", onet_data / "calib.npz",
-                "--validation", onet_data / "val.npz", "-o", tmp_path, "--json", env=CLI_ENV)
+                "--validation", onet_data / "val.npz", "-o", tmp_path, "--json", "--max-accuracy-drop", "3",
+                env=CLI_ENV)  # 100 labelled crops bound the drop at about 2.6 points
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert_full_int8(doc["artifact"])
@@ -125,6 +126,8 @@ def test_pretrained_facenet_onet_state_dict_with_factory(onet_data, tmp_path):
     assert v["reference_accuracy"] == 1.0 and v["artifact_accuracy"] >= 0.99
     m = json.loads(open(doc["manifest"]).read())
     assert m["validation"]["class_output"] == 2
+    # min/max calibration keeps the box regressor: 16 dB where the moving-average default gave 7 dB
+    assert all(o["sqnr_db"] > 14 for o in m["validation"]["outputs"]), m["validation"]["outputs"]
     assert sorted(o["shape"] for o in m["outputs"]) == [[1, 2], [1, 4], [1, 10]]
     assert m["inputs"][0]["shape"] == [1, 48, 48, 3]
 
@@ -180,6 +183,12 @@ def test_torch_bad_inputs(digit_net, digits_nchw, tmp_path):
                         calibration=np.zeros((10, 28, 28, 1), np.float32), output_dir=tmp_path)
 
 
+def pitch_within_one_bin(reference, artifact, labels):
+    """A user metric: the share of frames whose pitch bin is within one of the source's."""
+    share = float(np.mean(np.abs(reference[0].argmax(1) - artifact[0].argmax(1)) <= 1))
+    return {"passed": share >= 0.95, "within_one_bin": share}
+
+
 def test_pretrained_crepe_tiny_pitch_tracker(tmp_path):
     """A real 1-D audio model: CREPE tiny on harmonic tones of known pitch, for three targets."""
     import torch_models
@@ -190,13 +199,17 @@ def test_pretrained_crepe_tiny_pitch_tracker(tmp_path):
     float_bins = model.eval()(torch.from_numpy(x)).detach().numpy().argmax(1)
     assert np.mean(np.abs(float_bins - bins) <= 1) == 1.0  # the real model hears the pitch
     for target, io in (("rpi4", "int8"), ("coral-usb", "uint8"), ("jetson-orin-nano", "float32")):
-        # exact 20-cent bins flip between neighbours under int8; allow 3 points on exact-bin accuracy
+        # a pitch tracker, not a classifier: exact 20-cent bins flip between neighbours under int8, so
+        # it is judged by SQNR and by the pitch metric its users read (within one bin of the source's)
         art = edgesdk.convert(model, target=target, example_input=torch.zeros(1, 1024), calibration=x[:200],
                               validation=(x[200:], bins[200:]), output_dir=tmp_path, quiet=True,
-                              max_accuracy_drop=3)
+                              task="regress", metric=pitch_within_one_bin)
+        assert art.validation["task"] == "regress" and art.validation["verdict"] == "pass"
+        metric = next(c for c in art.validation["checks"] if c["check"].startswith("metric"))
+        assert metric["verdict"] == "pass" and metric["figures"]["within_one_bin"] >= 0.95
         assert art.manifest["inputs"][0]["shape"] == [1, 1024] and art.manifest["inputs"][0]["dtype"] == io
         assert art.manifest["quantization"]["float_ops"] == []
-        assert art.validation["sqnr_db"] > 25 and art.validation["top1_agreement"] >= 0.85
+        assert art.validation["sqnr_db"] > 25
         if art.format == "tflite":
             assert_full_int8(art.path, io_dtype=io)
 
