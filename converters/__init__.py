@@ -39,7 +39,7 @@ def pick_format(framework: str, profile) -> str:
     if chosen is None:
         reach = sorted({o for f, o in ROUTES if f == framework})
         raise ConversionError(f"Profile '{profile.name}' takes {' or '.join(formats)} artifacts, and edgesdk cannot "
-                              f"make {' or '.join(formats)} from a {framework} model yet ({framework} sources go "
+                              f"make {' or '.join(formats)} from {framework} models yet ({framework} sources go "
                               f"to {', '.join(reach) or 'nothing'}). Convert from the model's original (Keras or "
                               f"PyTorch) for this target, or choose a target that takes {' or '.join(reach)}.")
     return chosen

@@ -171,8 +171,11 @@ def _drop_recorded_shapes(path: Path) -> None:
 def _run_error(path: Path, x, input_name: str) -> str | None:
     """None if ONNX Runtime loads and runs the model on one sample, else the first line of why not."""
     import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the reason is returned, not printed
     try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {input_name: x})
+        with captured_output():
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {input_name: x})
     except Exception as exc:
         return next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
     return None

@@ -82,8 +82,8 @@ class Artifact:
             "sparsity": m.get("sparsity", {}).get("artifact"),
             "inputs": m.get("inputs", []),
             "outputs": m.get("outputs", []),
-            "validation": {k: v.get(k) for k in ("samples", "top1_agreement", "reference_accuracy",
-                                                  "artifact_accuracy", "sqnr_db", "cosine", "passed")},
+            "validation": {k: v.get(k) for k in ("samples", "task", "top1_agreement", "reference_accuracy",
+                                                  "artifact_accuracy", "sqnr_db", "cosine", "verdict", "passed")},
             "cached": self.cached,
         }
 

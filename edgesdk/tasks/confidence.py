@@ -48,10 +48,15 @@ def bootstrap(per_sample_stat, n: int, seed: int = 0) -> tuple:
     if n < 2:
         return -math.inf, math.inf
     rng = np.random.default_rng(seed)
-    draws = [per_sample_stat(rng.integers(0, n, n)) for _ in range(BOOTSTRAP_DRAWS)]
+    draws = np.array([per_sample_stat(rng.integers(0, n, n)) for _ in range(BOOTSTRAP_DRAWS)])
+    draws = np.clip(draws, -_HUGE, _HUGE)  # a noiseless resample has infinite SQNR
     tail = 100 * (1 - CONFIDENCE) / 2
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(lo), float(hi)
+    lo, hi = (float(v) if abs(v) < _HUGE else math.copysign(math.inf, v)
+              for v in np.percentile(draws, [tail, 100 - tail]))
+    return lo, hi
+
+
+_HUGE = 1e12
 
 
 def verdict(low: float, high: float, threshold: float, at_least: bool) -> str:

@@ -1,0 +1,156 @@
+"""The gate on real pretrained models that are not classifiers: every broken artifact refused, healthy ones pass.
+
+A YOLOX character detector (ddddocr), the same detector with a YOLOv8-style
+head, the PP-OCRv4 text detector (rapidocr), the Basic Pitch audio-to-MIDI
+model (three outputs) and Magika's byte classifier (int32 input), on real
+images, files and audio clips.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import edgesdk
+from edgesdk import fixtures
+from edgesdk.errors import ConversionError, ModelLoadError, ValidationFailed
+
+from conftest import run_cli
+from detector_heads import yolov8_layout
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chars(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chars")
+    np.savez(d / "chars.npz", x=fixtures.character_images())
+    return d / "chars.npz"
+
+
+def _checks(figures) -> dict:
+    return {c["check"]: c for c in figures["checks"]}
+
+
+def test_yolox_detector_judged_by_recall_and_precision(chars, tmp_path):
+    model = fixtures.fetch("captcha_detector")
+    art = edgesdk.convert(str(model), target="rpi4", calibration=chars, output_dir=tmp_path / "cpu", quiet=True)
+    v = art.validation
+    head = v["heads"][0]
+    assert v["task"] == "detect" and head["layout"] == "yolov5" and head["classes"] == 1
+    assert head["source_detections"] > 300  # the float model finds the characters on the real images
+    assert head["recall"] >= 0.9 and head["precision"] >= 0.9, head
+    assert {c["verdict"] for c in v["checks"]} == {"pass"}
+    # TensorRT's symmetric activations lose a quarter of the characters: refused, the failing figure named
+    out = tmp_path / "jetson"
+    cwd_before = set(os.listdir())
+    with pytest.raises(ValidationFailed) as e:
+        edgesdk.convert(str(model), target="jetson-orin-nano", calibration=chars, output_dir=out, quiet=True)
+    assert "detection recall vs the source [output 0]" in str(e.value)
+    assert _checks(e.value.figures)["detection recall vs the source"]["verdict"] == "fail"
+    assert list(out.iterdir()) == [] and set(os.listdir()) == cwd_before
+
+
+def test_yolov8_head_score_collapse_refused_then_recovered(chars, tmp_path):
+    """One Concat of pixel boxes and 0..1 scores in int8: overall SQNR looks fine, the scores are gone."""
+    model = yolov8_layout(fixtures.fetch("captcha_detector"), tmp_path / "det_v8.onnx")
+    r = run_cli("convert", model, "-t", "rpi4", "-c", chars, "-o", tmp_path / "broken")
+    assert r.returncode == ValidationFailed.exit_code and "Traceback" not in r.stderr
+    assert "scores channels SQNR [output 0]" in r.stderr and "detection recall vs the source" in r.stderr
+    assert list((tmp_path / "broken").iterdir()) == []
+    r = run_cli("convert", model, "-t", "rpi4", "-c", chars, "-o", tmp_path / "fixed", "--exclude-nodes",
+                "head_concat", "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(open(json.loads(r.stdout)["manifest"]).read())["validation"]
+    head = v["heads"][0]
+    assert head["layout"] == "yolov8" and head["recall"] >= 0.9
+    assert head["channels"]["scores"]["sqnr_db"] > 12
+
+
+def test_text_detector_maps_fp16_broken_int8_kept(tmp_path):
+    model = fixtures.fetch("ppocr_det")
+    x = fixtures.text_page_images()
+    kwargs = dict(input_shape="1,3,192,384", calibration=x, quiet=True)
+    art = edgesdk.convert(str(model), target="rpi4", output_dir=tmp_path / "int8", **kwargs)
+    head = art.validation["heads"][0]
+    assert art.validation["task"] == "segment" and head["channels"] == 1 and head["threshold"] == 0.5
+    assert head["mean_iou"] >= 0.85 and head["foreground_share"] > 0.02
+    # the map's SQNR is low even when the map is right: judged by IoU, not by the floor
+    assert art.validation["outputs"][0]["sqnr_db"] < 12
+    with pytest.raises(ValidationFailed, match=r"mean IoU with the source's map \[output 0\]") as e:
+        edgesdk.convert(str(model), target="jetson-nano", output_dir=tmp_path / "fp16", **kwargs)
+    assert e.value.figures["heads"][0]["mean_iou"] < 0.6
+
+
+def test_audio_model_outputs_matched_by_name_and_floored(tmp_path):
+    model = fixtures.fetch("basic_pitch")
+    clips = fixtures.piano_clips()
+    art = edgesdk.convert(str(model), target="jetson-nano", input_shape="1,43844,1", calibration=clips,
+                          output_dir=tmp_path, quiet=True)
+    v = art.validation
+    assert v["task"] == "regress"
+    assert [o["name"] for o in v["outputs"]] == ["StatefulPartitionedCall:2", "StatefulPartitionedCall:1",
+                                                 "StatefulPartitionedCall:0"]
+    assert all(o["artifact_name"] == o["name"] and o["matched_by"] == "name" for o in v["outputs"])
+    assert [c["check"] for c in v["checks"]] == [f"SQNR of output '{o['name']}'" for o in v["outputs"]]
+    assert all(o["sqnr_db"] > 12 for o in v["outputs"])
+
+
+def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
+    """The SavedModel in the same wheel through the TFLite route: the three outputs at 7-9 dB."""
+    saved = fixtures.fetch_dir("basic_pitch_saved_model")
+    with pytest.raises(ValidationFailed) as e:
+        edgesdk.convert(str(saved), target="rpi4", calibration=fixtures.piano_clips(), allow_float_fallback=True,
+                        output_dir=tmp_path / "out", quiet=True)
+    failed = [c for c in e.value.figures["checks"] if c["verdict"] == "fail"]
+    assert len(failed) == 3 and all(c["value"] < 12 for c in failed)
+    assert "SQNR of output 'contour'" in str(e.value)
+    assert all("e+" not in w["detail"] for w in e.value.figures["worst_layers"])  # finite, stated units
+
+
+def test_integer_input_classifier_end_to_end(tmp_path):
+    model = fixtures.fetch("magika")
+    features = fixtures.file_byte_features()
+    assert features.dtype == np.int32 and len(features) >= 300
+    with pytest.raises(ValidationFailed, match="top-1 agreement with the source") as e:
+        edgesdk.convert(str(model), target="rpi4", calibration=features, output_dir=tmp_path / "all", quiet=True)
+    assert e.value.figures["top1_agreement"] < 0.5  # int8 everywhere collapses it
+    # only the weight-heavy ops in int8: agrees with the source on real files
+    keep_float = ["Add", "Cast", "Div", "Equal", "Exp", "GlobalMaxPool", "Max", "Mul", "Reciprocal", "ReduceMax",
+                  "ReduceSum", "Reshape", "Slice", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze"]
+    art = edgesdk.convert(str(model), target="rpi4", calibration=features, exclude_op_types=keep_float,
+                          output_dir=tmp_path / "some", quiet=True)
+    assert art.validation["top1_agreement"] >= 0.99
+    assert art.manifest["inputs"][0]["dtype"] == "int32" and art.manifest["source"]["input_dtype"] == "int32"
+    r = run_cli("bench", art.path, "--runs", "5", "--json")
+    assert r.returncode == 0, r.stderr
+
+
+def test_already_quantized_source_is_named_and_nothing_is_left(tmp_path):
+    from onnxruntime.quantization import quantize_dynamic
+    dynamic = tmp_path / "cls_dynamic.onnx"
+    quantize_dynamic(str(fixtures.fetch("ppocr_cls")), str(dynamic))
+    x, _ = fixtures.text_direction_crops()
+    np.save(tmp_path / "x.npy", x[:20])
+    work = tmp_path / "cwd"
+    work.mkdir()
+    r = run_cli("convert", dynamic, "-t", "rpi4", "-c", tmp_path / "x.npy", "-o", tmp_path / "out",
+                "--input-shape", "1,3,48,192", cwd=work)
+    assert r.returncode == ModelLoadError.exit_code and "Traceback" not in r.stderr
+    assert "already quantized (ConvInteger x" in r.stderr and "convert from the float original" in r.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_format_is_settled_before_options_are_judged(tmp_path):
+    model = fixtures.fetch("ppocr_cls")
+    x, y = fixtures.text_direction_crops()
+    # an ONNX source for the Pi makes ONNX, so ONNX's options are accepted (not refused as TFLite ones)
+    art = edgesdk.convert(str(model), target="rpi4", input_shape="1,3,48,192", calibration=(x, y),
+                          calibration_method="percentile", output_dir=tmp_path, quiet=True, max_accuracy_drop=10)
+    assert art.format == "onnx" and art.manifest["recipe"]["calibration_method"] == "percentile"
+    # the Coral takes only TFLite: said once, without sending the user to --format
+    with pytest.raises(ConversionError) as e:
+        edgesdk.convert(str(model), target="coral-usb", input_shape="1,3,48,192", calibration=x,
+                        output_dir=tmp_path / "coral", quiet=True)
+    assert "cannot make tflite from onnx models yet" in str(e.value) and "--format" not in str(e.value)

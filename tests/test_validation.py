@@ -1,0 +1,156 @@
+"""The gate's own parts: output matching, intervals and verdicts, task recognition, data it is fed."""
+
+import numpy as np
+import pytest
+
+from edgesdk.data import Dataset, fit_to_input, representative
+from edgesdk.errors import DataError, OptionError, ValidationFailed
+from edgesdk.tasks import ModelIO, Thresholds, confidence, pick
+from edgesdk.validation import gate, judge, match_outputs
+
+rng = np.random.default_rng(0)
+
+
+def test_outputs_are_matched_by_name_not_by_suffix_order():
+    # a source listing ':2, :1, :0' (as tf2onnx writes them), the artifact in another order
+    names = ["Call:2", "Call:1", "Call:0"]
+    ref = [rng.normal(size=(8, 4, 3)) for _ in names]
+    art_names = ["Call:0", "Call:2", "Call:1"]
+    art = [ref[2] + 0.01, ref[0] + 0.01, ref[1] + 0.01]
+    matched, how = match_outputs(ref, names, art, art_names)
+    assert all(np.allclose(m, r + 0.01) for m, r in zip(matched, ref))
+    assert [h["artifact_name"] for h in how] == names and {h["matched_by"] for h in how} == {"name"}
+
+
+def test_renamed_outputs_of_one_shape_are_paired_by_similarity_and_unique_shapes_by_shape():
+    ref = [rng.normal(size=(16, 10)), rng.normal(size=(16, 10)), rng.normal(size=(16, 4))]
+    art = [ref[2] + 0.1, ref[1] + 0.1, ref[0] + 0.1]
+    matched, how = match_outputs(ref, ["a", "b", "box"], art, ["Identity", "Identity_1", "Identity_2"])
+    assert all(np.allclose(m, r + 0.1) for m, r in zip(matched, ref))
+    assert [h["matched_by"] for h in how] == ["similarity", "similarity", "shape"]
+    with pytest.raises(ValidationFailed, match="lost or added outputs"):
+        match_outputs(ref, ["a", "b", "box"], art[:2], ["x", "y"])
+
+
+def test_verdicts_follow_the_interval_not_the_point():
+    # 25 of 27 agree (92.6 %): cannot tell against 95 %; the same rate on 300 samples fails for certain
+    few = confidence.proportion_check("agreement", 25, 27, 0.95)
+    assert few["verdict"] == "inconclusive" and few["interval"][0] < 0.95 < few["interval"][1]
+    assert 100 < few["samples_needed"] < 1000
+    assert confidence.proportion_check("agreement", 278, 300, 0.95)["verdict"] == "fail"
+    # 97.7 % of 300 real photos is shown to be above 95 %
+    assert confidence.proportion_check("agreement", 293, 300, 0.95)["verdict"] == "pass"
+    # 0 of 5 wrong proves little; 0 of 400 proves the 1 % budget
+    lo, hi = confidence.wilson(0, 5)
+    assert lo == 0 and hi > 0.3
+    assert confidence.wilson(0, 400)[1] < 0.01
+
+
+def test_paired_accuracy_drop_interval():
+    # 1,000 digits: the artifact loses 5 the source got right and gains 3: drop 0.2 points, shown <= 1
+    low, high = confidence.paired_difference(925, 5, 3, 67)
+    assert low < 0.002 < high < 0.01
+    # the same share on 100 samples cannot show it
+    low, high = confidence.paired_difference(93, 0, 0, 7)
+    assert high > 0.02
+
+
+def _io(names, hw=None):
+    return ModelIO(output_names=names, input_hw=hw)
+
+
+def test_auto_task_recognises_heads_by_shape_against_the_input():
+    hw = (416, 416)  # 3,549 cells at strides 8/16/32
+    v8 = np.zeros((2, 5, 3549), np.float32)
+    assert pick("auto", [v8], _io(["out"], hw))[0].params["layout"] == "yolov8"
+    raw = rng.uniform(-0.5, 1.5, size=(2, 3549, 6)).astype(np.float32)  # YOLOX without decode: cell offsets
+    head = pick("auto", [raw], _io(["out"], hw))[0]
+    assert head.params == {"layout": "yolov5", "classes": 1, "anchors": 1, "strides": [8, 16, 32], "raw": True}
+    v5 = np.zeros((2, 3 * 3549, 85), np.float32)
+    assert pick("auto", [v5], _io(["out"], hw))[0].params["anchors"] == 3
+    # an audio posteriorgram (1, 172, 88) is not a detector: 172 is no cell count of the input
+    assert pick("auto", [np.zeros((2, 172, 88))], _io(["note"], None)) == []
+    seg = np.zeros((2, 1, 416, 416), np.float32)
+    assert pick("auto", [seg], _io(["map"], hw))[0].task == "segment"
+    assert pick("auto", [np.zeros((2, 10))], _io(["logits"]))[0].task == "classify"
+    with pytest.raises(OptionError, match="--task detect: no output of this model looks like a detect output"):
+        pick("detect", [np.zeros((2, 10))], _io(["logits"]))
+
+
+def test_detector_scores_collapse_is_refused_even_when_boxes_are_fine():
+    hw = (416, 416)
+    cells = 3549
+    ref = np.zeros((3, 5, cells), np.float32)
+    ref[:, 0:2] = rng.uniform(20, 400, size=(3, 2, cells))
+    ref[:, 2:4] = 30
+    ref[:, 4] = rng.uniform(0, 0.2, size=(3, cells))
+    ref[:, 4, :10] = 0.9  # ten confident objects per image
+    art = ref.copy()
+    art[:, 4] = 0.0  # int8 with one scale for pixels and scores: every score rounds to 0
+    figures = judge([ref], [art], io=_io(["output0"], hw))
+    head = figures["heads"][0]
+    assert head["source_detections"] > 0 and head["matched"] == 0
+    failed = {c["check"] for c in figures["checks"] if c["verdict"] == "fail"}
+    assert {"detection recall vs the source", "scores channels SQNR"} <= failed
+    assert "boxes channels SQNR" not in failed  # the boxes are untouched; the scores alone fail
+    assert gate(figures)["verdict"] == "fail"
+
+
+def test_outputs_no_task_covers_meet_the_sqnr_floor():
+    ref = [rng.normal(size=(30, 172, 88)), rng.normal(size=(30, 172, 264))]
+    noisy = [ref[0] + 0.01 * rng.normal(size=ref[0].shape), ref[1] + 0.5 * rng.normal(size=ref[1].shape)]
+    figures = judge(ref, noisy, io=_io(["note", "contour"]))
+    verdicts = {c["output"]: c["verdict"] for c in figures["checks"]}
+    assert figures["task"] == "regress" and verdicts == {0: "pass", 1: "fail"}
+    assert "SQNR of output 'contour'" in gate(figures)["reasons"][0]
+
+
+def test_a_users_metric_judges_too():
+    ref = [rng.normal(size=(20, 4))]
+
+    def within(reference, artifact, labels):
+        err = float(np.max(np.abs(reference[0] - artifact[0])))
+        return {"passed": err < 0.1, "max_error": err}
+    ok = judge(ref, [ref[0] + 0.01], io=_io(["y"]), task="regress", metric=within)
+    assert gate(ok)["passed"] and ok["checks"][-1]["figures"]["max_error"] == pytest.approx(0.01)
+    bad = judge(ref, [ref[0] + 1.0], io=_io(["y"]), task="regress", metric=within)
+    assert gate(bad)["verdict"] == "fail"
+    with pytest.raises(OptionError, match="must return a dict with a boolean 'passed'"):
+        judge(ref, ref, io=_io(["y"]), metric=lambda r, a, y: 0.5)
+
+
+def test_labels_make_the_drop_the_verdict_and_agreement_a_report():
+    n = 2000
+    y = rng.integers(0, 10, n)
+    ref = np.eye(10)[y] + 0.01
+    art = ref.copy()
+    art[:40] = np.roll(art[:40], 1, axis=1)  # 2 % of predictions move
+    with_labels = judge([ref], [art], y, io=_io(["p"]), thresholds=Thresholds(max_accuracy_drop=5))
+    assert [c["check"] for c in with_labels["checks"]] == ["accuracy drop (points)"]
+    assert with_labels["top1_agreement"] == 0.98 and gate(with_labels)["passed"]
+    without = judge([ref], [art], None, io=_io(["p"]), thresholds=Thresholds(min_agreement=0.99))
+    assert [c["check"] for c in without["checks"]] == ["top-1 agreement with the source"]
+    assert gate(without)["verdict"] == "fail"
+
+
+def test_calibration_is_drawn_across_classes():
+    # an image folder arrives class by class: a prefix of 300 would be class 0 only
+    y = np.repeat(np.arange(10), 100)
+    ds = Dataset(np.arange(1000, dtype=np.float32)[:, None], y, "folder")
+    sub, how = representative(ds, 300)
+    assert len(sub) == 300 and sorted(np.bincount(sub.y).tolist()) == [30] * 10
+    assert "stratified by label across 10 classes" in how
+    again, _ = representative(ds, 300)
+    assert np.array_equal(sub.x, again.x)  # seeded: the same data gives the same calibration set
+    unlabelled, how = representative(Dataset(ds.x), 300)
+    assert len(unlabelled) == 300 and unlabelled.x.max() > 900 and "seeded shuffle" in how
+
+
+def test_integer_inputs_stay_integer():
+    notes = []
+    x = fit_to_input(np.array([[1, 2, 256]], np.int64), (None, 3), "bytes.npz", notes, "int32")
+    assert x.dtype == np.int32 and x.tolist() == [[1, 2, 256]]
+    with pytest.raises(DataError, match="holds fractional float64 values"):
+        fit_to_input(np.array([[0.5, 1, 2]]), (None, 3), "bytes.npz", notes, "int32")
+    with pytest.raises(DataError, match="do not fit the model's int8 input"):
+        fit_to_input(np.array([[1000, 1, 2]]), (None, 3), "bytes.npz", notes, "int8")
