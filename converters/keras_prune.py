@@ -74,7 +74,7 @@ def _apply_masks(variables, sparsity: float, masks=None) -> list:
 
 def _from_logits(source, fine_tune) -> bool:
     """Whether the loss needs from_logits: yes unless the model already ends in probabilities."""
-    from edgesdk.validation import is_probabilities
+    from edgesdk.tasks.classify import is_probabilities
     outs = source.predict(fine_tune.x[:64])
     if len(outs) != 1:
         raise DataError("Fine-tuning from the command line supports single-output classifiers; "

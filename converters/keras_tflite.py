@@ -138,6 +138,7 @@ def _with_exclusions(tf, conv, recipe, x) -> bytes:
 
 
 PLAIN_ROUNDING_STEPS = 0.35  # uniform rounding error is 1/sqrt(12) ~ 0.29 of a step
+DEGENERATE_STEPS = 1e6       # beyond this the step itself is ~0: a constant tensor, not a lossy layer
 
 
 def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
@@ -169,7 +170,7 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
         scale = float(rec.get("scale") or 0)
         # a zero range (scale ~ 0) makes the ratio meaningless; plain rounding is no culprit; an
         # excluded layer is already float
-        if not math.isfinite(steps) or scale < 1e-12 or steps <= PLAIN_ROUNDING_STEPS \
+        if not math.isfinite(steps) or scale < 1e-12 or not PLAIN_ROUNDING_STEPS < steps < DEGENERATE_STEPS \
                 or rec["tensor_name"] in excluded:
             continue
         rows.append({"node": rec["tensor_name"], "op": rec["op_name"], "rmse_per_scale": round(steps, 3),

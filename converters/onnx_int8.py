@@ -264,3 +264,6 @@ def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5, excluded=
 
 DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or try "
                   "--calibration-method percentile or entropy.")
+
+MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
+                 "repairs them with --exclude-nodes NAME (several: NAME,NAME), or --exclude-op-types TYPE.")

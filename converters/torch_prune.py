@@ -121,7 +121,7 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
 
 def _cross_entropy_epoch(source, data, batch_size, learning_rate):
     import torch
-    from edgesdk.validation import is_probabilities
+    from edgesdk.tasks.classify import is_probabilities
     if data.y is None:
         raise DataError(f"Fine-tuning data ({data.source}) has no labels; give an .npz with 'y'.")
     outs = source.predict(data.x[:64])

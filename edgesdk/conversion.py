@@ -14,13 +14,12 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
-from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, data_fingerprint, load_data, representative,
-                   split_holdout, to_artifact_layout)
+from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_data,
+                   representative, split_holdout, to_artifact_layout)
 from .errors import DataError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
@@ -92,7 +91,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     source = load_source(model, unsafe=unsafe, input_shape=input_shape,
                          example_input=example_input, model_factory=model_factory)
     route = get_route(source.framework, recipe.format)
-    artifact_layout = _artifact_layout(source, recipe)
+    layout = artifact_layout(source.layout, recipe.layout)
 
     calib = val = tune = None
     if calibration is not None:
@@ -169,7 +168,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                               "names the validation error lists (TFLite tensor names) or TFLite op types.")
         compat = get_family(profile.family).check(info, profile, recipe)
         progress.step("validating against the source model")
-        figures, verdict = _validate(tmp, reference, val, recipe, progress, source, artifact_layout, metric)
+        figures, verdict = _validate(tmp, reference, val, recipe, progress, source, layout, metric)
         if pruning:  # separates what pruning cost from what quantization cost
             from .validation import judge
             after = judge(reference, pruned_outputs, val.y, io=_model_io(source), task=recipe.task,
@@ -180,7 +179,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.step(f"validation: {describe_figures(figures)}")
         if verdict["verdict"] == "fail" and recipe.quantization == "int8":
             progress.step("finding the layers that lose the most to quantization")
-            figures["worst_layers"], figures["worst_layers_hint"] = _diagnose(source, recipe, calib, tmp, val)
+            from .diagnosis import diagnose
+            figures["worst_layers"], figures["worst_layers_hint"] = diagnose(
+                source, recipe, profile, calib, val, tmp, reference, figures, _model_io(source))
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings, sampling)
         if not verdict["passed"] and not keep_failed:
@@ -223,35 +224,6 @@ def _compile_edgetpu(tmp: Path, final: Path, manifest: dict, work: Path) -> Path
     return out
 
 
-def _diagnose(source, recipe, calib, artifact_path: Path, val, samples: int = 32) -> list:
-    """(per-layer quantization error, what to do about it), where the route has a debugger for it."""
-    from edgesdk.converters import get_route, onnx_int8
-    try:
-        if recipe.format == "onnx" and source.float_onnx:
-            name = source.input_name if source.framework == "onnx" else _onnx_input_name(source.float_onnx)
-            rows = onnx_int8.diagnose(source.float_onnx, artifact_path, val.x[:samples], name,
-                                      excluded=recipe.exclude_nodes)
-            return rows, onnx_int8.DIAGNOSIS_HINT
-        if recipe.format == "tflite":
-            route = get_route(source.framework, "tflite")
-            x = to_artifact_layout(val.x[:samples], source.layout, _artifact_layout(source, recipe))
-            return route.diagnose(source, recipe, calib, x), route.DIAGNOSIS_HINT
-    except Exception as exc:  # diagnostics must never hide the validation failure itself
-        return [{"error": f"diagnostics failed: {exc}"}], ""
-    return [], ""
-
-
-def _onnx_input_name(path) -> str:
-    import onnx
-    return onnx.load(str(path)).graph.input[0].name
-
-
-def _artifact_layout(source, recipe):
-    if source.layout is None or recipe.layout == "source":
-        return source.layout
-    return recipe.layout
-
-
 def _model_io(source):
     from .tasks import ModelIO
     shape = source.input_shape
@@ -263,10 +235,10 @@ def _model_io(source):
     return ModelIO(output_names=list(source.output_names), input_hw=hw)
 
 
-def _validate(path: Path, reference, val, recipe, progress, source, artifact_layout, metric):
+def _validate(path: Path, reference, val, recipe, progress, source, layout, metric):
     from .validation import gate, judge, match_outputs
     art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format)
-    x = to_artifact_layout(val.x, source.layout, artifact_layout)  # data comes in the source's layout
+    x = to_artifact_layout(val.x, source.layout, layout)  # data comes in the source's layout
     outs = art.predict(x, progress=progress.bar("validating"))
     outs, matched = match_outputs(reference, list(source.output_names), outs, art.output_names)
     figures = judge(reference, outs, val.y, io=_model_io(source), task=recipe.task,
@@ -349,7 +321,7 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
         "size": {"bytes": info["size_bytes"], "gzip_bytes": gzip_size(tmp), "source_params": source.param_count},
         "inputs": info["io"]["inputs"],
         "outputs": info["io"]["outputs"],
-        "layout": _artifact_layout(source, recipe),
+        "layout": artifact_layout(source.layout, recipe.layout),
         "validation": {**figures, **verdict},
         "compatibility": compat,
         "warnings": list(warnings),

@@ -271,6 +271,13 @@ def data_fingerprint(ds: Dataset) -> str:
     return h.hexdigest()
 
 
+def artifact_layout(source_layout, recipe_layout):
+    """The layout an artifact takes: the recipe's for image models, unless it keeps the source's."""
+    if source_layout is None or recipe_layout == "source":
+        return source_layout
+    return recipe_layout
+
+
 def to_artifact_layout(x: np.ndarray, source_layout, artifact_layout) -> np.ndarray:
     """Data arrives in the source model's layout; an NHWC artifact of an NCHW model takes it transposed."""
     if source_layout == "NCHW" and artifact_layout == "NHWC" and x.ndim == 4:

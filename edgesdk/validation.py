@@ -17,7 +17,6 @@ import numpy as np
 
 from .errors import OptionError, ValidationFailed
 from .tasks import Head, ModelIO, Thresholds, confidence, module, pick, regress
-from .tasks.classify import is_probabilities  # noqa: F401  (the pruners ask it)
 
 
 def _norm(name: str) -> str:
@@ -188,7 +187,9 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
     if worst:
         listed = "; ".join(f"{w['node']}{' (' + w['op'] + ')' if w.get('op') else ''}: {w['detail']}"
                            for w in worst)
-        culprits = f" Layers that lose the most to quantization: {listed}. {figures.get('worst_layers_hint', '')}"
+        heading = (f"Kept in float one at a time (measured on {worst[0]['measured_on']} samples)"
+                   if "gain" in worst[0] else "Layers that lose the most to quantization")
+        culprits = f" {heading}: {listed}. {figures.get('worst_layers_hint', '')}"
     if verdict["verdict"] == "inconclusive":
         raise ValidationFailed(
             f"Validation inconclusive: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept} "

@@ -162,17 +162,19 @@ def test_accuracy_guard_names_the_layers_and_exclusions_recover(ppocr, tmp_path)
                   validation=np.load(ppocr["val"])["x"], min_agreement=0.99, output_dir=tmp_path, quiet=True)
     with pytest.raises(edgesdk.ValidationFailed) as e:
         edgesdk.convert(str(ppocr["model"]), **kwargs)
-    worst = e.value.figures["worst_layers"]
-    assert len(worst) == 5 and all(w["node"] and w["op"] for w in worst)
-    assert worst[0]["qdq_sqnr_db"] <= worst[-1]["qdq_sqnr_db"]
-    assert worst[0]["node"] in str(e.value) and "--exclude-nodes" in str(e.value)
-    assert list(tmp_path.iterdir()) == []
-    convs = [w["node"] for w in worst if w["op"] == "Conv"]
     assert e.value.figures["gate"]["verdict"] == "fail"
-    art = edgesdk.convert(str(ppocr["model"]), **{**kwargs, "min_agreement": 0}, exclude_nodes=convs)
-    assert art.validation["sqnr_db"] > e.value.figures["sqnr_db"]
-    assert art.manifest["quantization"]["excluded"] == {"nodes": convs, "op_types": []}
-    assert art.manifest["recipe"]["exclude_nodes"] == convs
+    # each candidate was kept in float alone and the failing agreement measured again, best first
+    worst = e.value.figures["worst_layers"]
+    assert 1 <= len(worst) <= 4 and all(w["node"] and w["op"] and "kept in float" in w["detail"] for w in worst)
+    assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
+    assert worst[0]["node"] in str(e.value) and "--exclude-nodes" in str(e.value)
+    assert "Kept in float one at a time" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    best = [worst[0]["node"]]
+    art = edgesdk.convert(str(ppocr["model"]), **{**kwargs, "min_agreement": 0}, exclude_nodes=best)
+    assert art.validation["top1_agreement"] >= e.value.figures["top1_agreement"]
+    assert art.manifest["quantization"]["excluded"] == {"nodes": best, "op_types": []}
+    assert art.manifest["recipe"]["exclude_nodes"] == best
 
 
 def test_exclusion_levers_are_checked(ppocr, keras3_mnist, mnist_files, tmp_path):
