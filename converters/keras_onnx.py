@@ -28,9 +28,13 @@ def export_float(source, path: Path) -> None:
     try:
         with captured_output():
             if source.flavor == "saved_model":
+                from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
                 fn = source.model.signatures["serving_default"]
+                # frozen first: a function that captures variables exports them as extra graph inputs
+                frozen = convert_variables_to_constants_v2(
+                    tf.function(lambda t: fn(**{source.input_name: t})).get_concrete_function(*spec))
                 model_proto, _ = tf2onnx.convert.from_function(
-                    tf.function(lambda t: fn(**{source.input_name: t})), input_signature=spec, opset=OPSET)
+                    tf.function(lambda t: frozen(t)), input_signature=spec, opset=OPSET)
             else:
                 model_proto, _ = tf2onnx.convert.from_keras(_batch1_model(source), input_signature=spec,
                                                            opset=OPSET)

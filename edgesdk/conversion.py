@@ -20,7 +20,7 @@ from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
 from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_data,
                    representative, split_holdout, to_artifact_layout)
-from .errors import DataError, OptionError
+from .errors import ConversionError, DataError, EdgeSDKError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
 from .progress import Progress
@@ -96,12 +96,10 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     calib = val = tune = None
     if calibration is not None:
         calib = load_data(calibration, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                          preprocess=recipe.preprocess,
-                          what="calibration data")
+                          preprocess=recipe.preprocess, what="calibration data")
     if validation is not None:
         val = load_data(validation, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                          preprocess=recipe.preprocess,
-                        what="validation data")
+                        preprocess=recipe.preprocess, what="validation data")
         held_out = True
     elif calib is not None and calib.y is not None:
         calib, val = split_holdout(calib)
@@ -124,8 +122,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
         tune = load_data(fine_tune, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                          preprocess=recipe.preprocess,
-                         what="fine-tuning data")
+                         preprocess=recipe.preprocess, what="fine-tuning data")
     if recipe.sparsity == 0 and tune is not None:
         progress.warn("--fine-tune is only used with --prune; ignoring it.")
 
@@ -239,7 +236,14 @@ def _validate(path: Path, reference, val, recipe, progress, source, layout, metr
     from .validation import gate, judge, match_outputs
     art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format)
     x = to_artifact_layout(val.x, source.layout, layout)  # data comes in the source's layout
-    outs = art.predict(x, progress=progress.bar("validating"))
+    try:
+        outs = art.predict(x, progress=progress.bar("validating"))
+    except EdgeSDKError:
+        raise
+    except Exception as exc:  # the converter wrote something its own runtime cannot run: a route bug
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConversionError(f"The converted {recipe.format} artifact does not run here: {first[:300]}. "
+                              f"Nothing was written; please report it with the model.") from None
     outs, matched = match_outputs(reference, list(source.output_names), outs, art.output_names)
     figures = judge(reference, outs, val.y, io=_model_io(source), task=recipe.task,
                     thresholds=recipe.thresholds(), metric=metric, matched=matched)

@@ -110,6 +110,12 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     assert "SQNR of output 'contour'" in str(e.value)
     worst = e.value.figures["worst_layers"]  # finite, in quantization steps, zero-range tensors left out
     assert worst and all(0.35 < w["rmse_per_scale"] < 1e6 for w in worst), worst
+    # the same SavedModel to fp16 ONNX (through tf2onnx, variables frozen): runs, and each output is matched
+    art = edgesdk.convert(str(saved), target="jetson-nano", calibration=fixtures.piano_clips(),
+                          output_dir=tmp_path / "fp16", quiet=True)
+    v = art.validation
+    assert [o["name"] for o in v["outputs"]] == ["contour", "note", "onset"]
+    assert all(o["sqnr_db"] > 12 for o in v["outputs"]) and v["verdict"] == "pass"
 
 
 def test_integer_input_classifier_end_to_end(tmp_path):
