@@ -13,6 +13,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from .errors import ResultsError
@@ -56,14 +57,26 @@ class ResultStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=30000")
-            self.db.executescript(SCHEMA)
+            self._setup()
         except sqlite3.DatabaseError as exc:
             raise ResultsError(f"The results database {self.path} cannot be used ({exc}). Move it aside or "
                                f"point EDGESDK_RESULTS_DB / --db elsewhere.") from None
         self.db.row_factory = sqlite3.Row
         self._lock = threading.Lock()  # a fleet's threads share this connection
+
+    def _setup(self, attempts: int = 60) -> None:
+        """WAL mode and the schema. Switching the journal mode takes the database exclusively, and SQLite
+        answers "locked" at once (no busy wait) while another process opens it too: retry for a while."""
+        for attempt in range(attempts):
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 + 0.01 * attempt)
 
     def add(self, result, *, probe=None, manifest=None, profile=None, extra=None) -> int:
         lat = result.latency_ms

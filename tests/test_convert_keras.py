@@ -257,15 +257,11 @@ def test_accuracy_guard_for_tflite_names_layers_and_separates_pruning_loss(keras
 
 def test_tflite_exclusions_keep_named_layers_float(keras3_mnist, mnist_files, tmp_path):
     from edgesdk import OptionError
-    from edgesdk.converters.keras_tflite import diagnose
-    from edgesdk.data import load_data
-    from edgesdk.recipe import make_recipe
-    from edgesdk.source import load_source
-    src = load_source(keras3_mnist)
-    calib = load_data(mnist_files["train"], input_shape=src.input_shape)
-    worst = diagnose(src, make_recipe(edgesdk.load_profile("rpi4")), calib, calib.x[:16])
-    fc = next(w["node"] for w in worst if w["op"] == "FULLY_CONNECTED")
+    from edgesdk.tflite_artifact import TFLiteArtifact
     kwargs = dict(target="rpi4", calibration=mnist_files["train"], output_dir=tmp_path, quiet=True)
+    plain = TFLiteArtifact(edgesdk.convert(str(keras3_mnist), **kwargs, name="plain").path)
+    # layers are named by their TFLite output tensors, as the validation error lists them
+    fc = next(plain.tensor_name(op["outputs"][0]) for op in plain.ops() if op["op_name"] == "FULLY_CONNECTED")
     with pytest.raises(OptionError, match="--allow-float-fallback"):
         edgesdk.convert(str(keras3_mnist), exclude_nodes=[fc], **kwargs)
     with pytest.raises(OptionError, match="matched nothing"):

@@ -144,8 +144,9 @@ def _leaky_model():
 @pytest.mark.slow
 def test_edgetpu_split_at_an_unsupported_op_mid_graph(tmp_path):
     x = np.random.default_rng(0).random((120, 16, 16, 3), np.float32)
+    # an untrained model on noise: only the partition is under test, not agreement
     art = edgesdk.convert(_leaky_model(), target="coral-usb", calibration=x, output_dir=tmp_path, quiet=True,
-                          max_accuracy_drop=100)
+                          min_agreement=0)
     c = art.manifest["compatibility"]
     assert c["status"] == "supported with fallbacks"
     part = c["partition"]
