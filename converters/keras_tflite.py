@@ -180,5 +180,8 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     return rows[:worst]
 
 
+EXCLUDES_LAYERS = True  # --exclude-nodes/--exclude-op-types work here (with --allow-float-fallback)
+MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
+                 "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).")
 DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
                   "--allow-float-fallback (not on the Edge TPU).")

@@ -96,12 +96,12 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     calib = val = tune = None
     if calibration is not None:
         calib = load_data(calibration, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                          preprocess=recipe.preprocess, what="calibration data")
+                          preprocess=recipe.preprocess, what="calibration data", layout=source.layout)
     if validation is not None:
         val = load_data(validation, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                        preprocess=recipe.preprocess, what="validation data")
+                        preprocess=recipe.preprocess, what="validation data", layout=source.layout)
         held_out = True
-    elif calib is not None and calib.y is not None:
+    elif calib is not None and calib.labels is not None:
         calib, val = split_holdout(calib)
         held_out = True
         progress.step(f"holding out {len(val)} labelled calibration samples for validation")
@@ -122,7 +122,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
         tune = load_data(fine_tune, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                         preprocess=recipe.preprocess, what="fine-tuning data")
+                         preprocess=recipe.preprocess, what="fine-tuning data", layout=source.layout)
     if recipe.sparsity == 0 and tune is not None:
         progress.warn("--fine-tune is only used with --prune; ignoring it.")
 
@@ -168,7 +168,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         figures, verdict = _validate(tmp, reference, val, recipe, progress, source, layout, metric)
         if pruning:  # separates what pruning cost from what quantization cost
             from .validation import judge
-            after = judge(reference, pruned_outputs, val.y, io=_model_io(source), task=recipe.task,
+            after = judge(reference, pruned_outputs, val.labels, io=_model_io(source), task=recipe.task,
                           thresholds=recipe.thresholds())
             figures["pruned_source_accuracy"] = after["artifact_accuracy"]
             figures["pruned_source_top1_agreement"] = after["top1_agreement"]
@@ -245,7 +245,7 @@ def _validate(path: Path, reference, val, recipe, progress, source, layout, metr
         raise ConversionError(f"The converted {recipe.format} artifact does not run here: {first[:300]}. "
                               f"Nothing was written; please report it with the model.") from None
     outs, matched = match_outputs(reference, list(source.output_names), outs, art.output_names)
-    figures = judge(reference, outs, val.y, io=_model_io(source), task=recipe.task,
+    figures = judge(reference, outs, val.labels, io=_model_io(source), task=recipe.task,
                     thresholds=recipe.thresholds(), metric=metric, matched=matched)
     return figures, gate(figures)
 

@@ -68,13 +68,20 @@ class Dataset:
     source: str = "array"
     class_names: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    boxes: list | None = None  # detection labels: per image an (objects, 5) array of class, x1, y1, x2, y2 in 0..1
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def subset(self, idx) -> "Dataset":
+        boxes = None if self.boxes is None else [self.boxes[i] for i in np.arange(len(self))[idx]]
         return Dataset(self.x[idx], None if self.y is None else self.y[idx], self.source,
-                       self.class_names, list(self.notes))
+                       self.class_names, list(self.notes), boxes)
+
+    @property
+    def labels(self):
+        """What the gate compares with: boxes for detection data, else class labels."""
+        return self.boxes if self.boxes is not None else self.y
 
 
 def _labels(y, n: int, source: str):
@@ -93,6 +100,52 @@ def _labels(y, n: int, source: str):
     if len(y) != n:
         raise DataError(f"{source}: {n} samples in 'x' but {len(y)} labels in 'y'; they must match.")
     return y.astype(np.int64)
+
+
+def _yolo_boxes(files) -> list | None:
+    """YOLO label files beside the images (`class cx cy w h`, normalised), if there are any."""
+    if not any(f.with_suffix(".txt").is_file() for f, _ in files):
+        return None
+    boxes = []
+    for f, _ in files:
+        label = f.with_suffix(".txt")
+        rows = []
+        if label.is_file():
+            for n, line in enumerate(label.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    c, cx, cy, w, h = (float(v) for v in line.split()[:5])
+                except ValueError:
+                    raise DataError(f"{label}:{n}: expected 'class cx cy w h' (YOLO, normalised to 0..1), "
+                                    f"got {line.strip()[:60]!r}.") from None
+                rows.append([c, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        boxes.append(np.asarray(rows, np.float64).reshape(-1, 5))
+    return boxes
+
+
+def _coco_boxes(folder: Path, files) -> list | None:
+    """A COCO json in the folder: boxes per image by file name; classes in the sorted order of category ids."""
+    import json
+    found = [p for p in sorted(folder.glob("*.json"))]
+    if not found:
+        return None
+    try:
+        doc = json.loads(found[0].read_text())
+        images = {im["id"]: im for im in doc["images"]}
+        order = {c: i for i, c in enumerate(sorted(cat["id"] for cat in doc["categories"]))}
+        per_file: dict = {}
+        for a in doc["annotations"]:
+            im = images[a["image_id"]]
+            x, y, w, h = a["bbox"]
+            W, H = float(im["width"]), float(im["height"])
+            per_file.setdefault(Path(im["file_name"]).name, []).append(
+                [order[a["category_id"]], x / W, y / H, (x + w) / W, (y + h) / H])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{found[0]}: not a COCO annotation file ({type(exc).__name__}: {exc}); it needs "
+                        f"'images' (id, file_name, width, height), 'categories' and 'annotations' "
+                        f"(image_id, category_id, bbox).") from None
+    return [np.asarray(per_file.get(f.name, []), np.float64).reshape(-1, 5) for f, _ in files]
 
 
 def _load_images(folder: Path, target_hw, channels: int, preprocess: Preprocess) -> Dataset:
@@ -129,12 +182,15 @@ def _load_images(folder: Path, target_hw, channels: int, preprocess: Preprocess)
         arrays.append(a)
     x = preprocess.apply(np.stack(arrays), is_image=True)
     y = np.asarray([i for _, i in files]) if class_names else None
-    return Dataset(x, y, str(folder), class_names,
-                   [f"{len(files)} images resized to {target_hw[0]}x{target_hw[1]} {mode}"])
+    notes = [f"{len(files)} images resized to {target_hw[0]}x{target_hw[1]} {mode}"]
+    boxes = None if class_names else (_yolo_boxes(files) or _coco_boxes(folder, files))
+    if boxes is not None:
+        notes.append(f"{sum(len(b) for b in boxes)} labelled boxes")
+    return Dataset(x, y, str(folder), class_names, notes, boxes)
 
 
 def load_data(spec, *, input_shape=None, input_dtype: str = "float32", preprocess: Preprocess | None = None,
-              what: str = "data") -> Dataset:
+              what: str = "data", layout: str | None = None) -> Dataset:
     """Read `spec` into a Dataset shaped for a model whose input is `input_shape` (batch first).
 
     An integer input (token ids, byte values) takes integer data as it is: no preprocessing, no float.
@@ -149,7 +205,7 @@ def load_data(spec, *, input_shape=None, input_dtype: str = "float32", preproces
     if isinstance(spec, Dataset):
         ds = spec
     elif isinstance(spec, (str, Path)):
-        ds = _load_path(Path(spec), input_shape, preprocess, what)
+        ds = _load_path(Path(spec), input_shape, preprocess, what, layout)
     else:
         if isinstance(spec, dict):
             x, y = spec.get("x"), spec.get("y")
@@ -181,13 +237,18 @@ def _as_numeric(x: np.ndarray, source: str) -> np.ndarray:
     return x
 
 
-def _load_path(path: Path, input_shape, preprocess: Preprocess, what: str) -> Dataset:
+def _load_path(path: Path, input_shape, preprocess: Preprocess, what: str, layout=None) -> Dataset:
     if not path.exists():
         raise DataError(f"The {what} path '{path}' does not exist.")
     if path.is_dir():
-        hw = tuple(input_shape[1:3]) if input_shape is not None and len(input_shape) == 4 else None
-        channels = input_shape[-1] if input_shape is not None and len(input_shape) == 4 else 3
-        return _load_images(path, hw, channels or 3, preprocess)
+        four = input_shape is not None and len(input_shape) == 4
+        nchw = four and layout == "NCHW"
+        hw = (tuple(input_shape[2:4]) if nchw else tuple(input_shape[1:3])) if four else None
+        channels = (input_shape[1] if nchw else input_shape[-1]) if four else 3
+        ds = _load_images(path, hw, channels or 3, preprocess)
+        if nchw:  # images load channels-last; this model takes channels-first
+            ds.x = np.ascontiguousarray(ds.x.transpose(0, 3, 1, 2))
+        return ds
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".npy"):
         raise DataError(f"{path}: unsupported {what} file type '{suffix}'. Use an .npz with 'x' "
@@ -268,6 +329,8 @@ def data_fingerprint(ds: Dataset) -> str:
     h.update(np.ascontiguousarray(ds.x).tobytes())
     if ds.y is not None:
         h.update(np.ascontiguousarray(ds.y).tobytes())
+    for b in ds.boxes or ():
+        h.update(np.ascontiguousarray(b).tobytes())
     return h.hexdigest()
 
 

@@ -91,8 +91,10 @@ def judge(reference: list, artifact: list, labels=None, *, io: ModelIO, task: st
     heads = pick(task, reference, io, thresholds.class_output)
     checks, covered = [], set()
     figures["heads"] = []
+    boxes = isinstance(labels, list)  # detection labels: boxes per image, for detectors only
     for head in heads:
-        head_figures, head_checks = module(head.task).judge(head, reference, artifact, labels, thresholds, io)
+        task_labels = labels if boxes == (head.task == "detect") else None
+        head_figures, head_checks = module(head.task).judge(head, reference, artifact, task_labels, thresholds, io)
         figures["heads"].append({"task": head.task, "outputs": head.outputs, **head_figures})
         checks += head_checks
         covered.update(head.outputs)
@@ -190,6 +192,10 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
         heading = (f"Kept in float one at a time (measured on {worst[0]['measured_on']} samples)"
                    if "gain" in worst[0] else "Layers that lose the most to quantization")
         culprits = f" {heading}: {listed}. {figures.get('worst_layers_hint', '')}"
+        if "gain" in worst[0] and max(w["gain"] for w in worst) <= 0.05:
+            culprits = (f" Keeping any one of {', '.join(w['node'][:60] for w in worst)} in float changed "
+                        f"nothing measurable (on {worst[0]['measured_on']} samples): the loss is not one "
+                        f"layer's rounding.")
     if verdict["verdict"] == "inconclusive":
         raise ValidationFailed(
             f"Validation inconclusive: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept} "

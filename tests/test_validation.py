@@ -154,3 +154,50 @@ def test_integer_inputs_stay_integer():
         fit_to_input(np.array([[0.5, 1, 2]]), (None, 3), "bytes.npz", notes, "int32")
     with pytest.raises(DataError, match="do not fit the model's int8 input"):
         fit_to_input(np.array([[1000, 1, 2]]), (None, 3), "bytes.npz", notes, "int8")
+
+
+def test_average_precision_at_iou_half():
+    from edgesdk.tasks.detect import average_precision
+    box = lambda x: np.array([x, 0, x + 10, 10], np.float64)  # noqa: E731
+    truth = [(np.stack([box(0), box(20)]), np.array([0, 0])), (np.stack([box(50)]), np.array([0]))]
+    dets = [(np.stack([box(0), box(100), box(21)]), np.array([0.9, 0.8, 0.7]), np.array([0, 0, 0])),
+            (np.stack([box(50)]), np.array([0.6]), np.array([0]))]
+    # ranked: hit, miss, hit, hit of 3 boxes -> precision envelope 1, .75, .75 at recall 1/3, 2/3, 1
+    assert average_precision(dets, truth, [0, 1]) == pytest.approx((1 + 0.75 + 0.75) / 3)
+    assert average_precision(dets, truth, [1]) == 1.0
+
+
+def test_detection_labels_from_yolo_files_or_coco_json(tmp_path):
+    import json
+    from PIL import Image
+    from edgesdk.data import load_data
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 32), (200, 10, 10)).save(tmp_path / f"{name}.png")
+    (tmp_path / "a.txt").write_text("2 0.5 0.5 0.25 0.5\n")  # b has no file: no objects
+    ds = load_data(tmp_path, input_shape=(None, 3, 16, 16), layout="NCHW")
+    assert ds.x.shape == (2, 3, 16, 16) and ds.x[0, 0, 0, 0] == pytest.approx(200 / 255)  # channels first
+    assert ds.boxes[0].tolist() == [[2, 0.375, 0.25, 0.625, 0.75]] and ds.boxes[1].shape == (0, 5)
+    assert ds.labels is ds.boxes and "1 labelled boxes" in ds.notes[-1]
+    (tmp_path / "a.txt").unlink()
+    coco = {"images": [{"id": 7, "file_name": "a.png", "width": 64, "height": 32}],
+            "categories": [{"id": 1}, {"id": 3}, {"id": 9}],
+            "annotations": [{"image_id": 7, "category_id": 9, "bbox": [24, 8, 16, 16]}]}
+    (tmp_path / "labels.json").write_text(json.dumps(coco))
+    ds = load_data(tmp_path, input_shape=(None, 16, 16, 3))
+    assert ds.x.shape == (2, 16, 16, 3) and ds.boxes[0].tolist() == [[2, 0.375, 0.25, 0.625, 0.75]]
+    (tmp_path / "labels.json").write_text("{}")
+    with pytest.raises(DataError, match="not a COCO annotation file"):
+        load_data(tmp_path, input_shape=(None, 16, 16, 3))
+
+
+def test_ssd_style_boxes_and_scores_pair():
+    boxes = np.tile(np.array([[10, 10, 50, 50], [60, 60, 90, 90], [0, 0, 5, 5]], np.float32), (4, 1, 1))
+    scores = np.zeros((4, 3, 2), np.float32)
+    scores[:, 0, 1] = 0.9
+    scores[:, 1, 0] = 0.8
+    head = pick("auto", [boxes, scores], _io(["boxes", "scores"], (100, 100)))[0]
+    assert head.params == {"layout": "boxes+scores", "classes": 2} and head.outputs == [0, 1]
+    art_scores = scores.copy()
+    art_scores[:, 1, 0] = 0.1  # the artifact loses the second object
+    figures = judge([boxes, scores], [boxes, art_scores], io=_io(["boxes", "scores"], (100, 100)))
+    assert figures["heads"][0]["recall"] == 0.5 and figures["heads"][0]["precision"] == 1.0

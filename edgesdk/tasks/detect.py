@@ -162,9 +162,12 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io) -> tuple:
     hw = io.input_hw
     n = len(reference[head.outputs[0]])
     found = per_ref = per_art = 0
+    ref_all, art_all = [], []
     for i in range(n):
         ref = detections(*candidates(head, reference, i, hw), t.score_threshold)
         art = detections(*candidates(head, artifact, i, hw), t.score_threshold)
+        ref_all.append(ref)
+        art_all.append(art)
         hits = match(ref, art)
         found += hits
         per_ref += len(ref[0])
@@ -187,6 +190,10 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io) -> tuple:
     if per_art:
         checks.append(confidence.proportion_check("detection precision vs the source", found, per_art,
                                                   t.min_precision, output=out))
+    if labels is not None:
+        figures_map, map_check = _against_ground_truth(ref_all, art_all, labels, hw, t, out)
+        figures.update(figures_map)
+        checks.append(map_check)
     ref_ch, art_ch = channel_slices(head, reference), channel_slices(head, artifact)
     figures["channels"] = {}
     for part in ("boxes", "scores"):
@@ -194,3 +201,64 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io) -> tuple:
         checks.append(regress.sqnr_check(f"{part} channels SQNR", ref_ch[part], art_ch[part], t.min_sqnr_db,
                                          output=out))
     return figures, checks
+
+
+def _ground_truth(labels, hw) -> list:
+    """Normalised (class, x1, y1, x2, y2) per image -> (boxes in input pixels, classes)."""
+    scale = np.array([hw[1], hw[0], hw[1], hw[0]], np.float64)
+    return [(np.asarray(b)[:, 1:5] * scale, np.asarray(b)[:, 0].astype(np.int64)) for b in labels]
+
+
+def average_precision(dets: list, truth: list, images) -> float:
+    """mAP at IoU 0.5 over the classes present in `truth`, for the given images (all-point interpolation)."""
+    classes = sorted({int(c) for i in images for c in truth[i][1]})
+    if not classes:
+        return float("nan")
+    aps = []
+    for c in classes:
+        scored = []  # (score, image slot, box)
+        gt = {}
+        for slot, i in enumerate(images):
+            boxes, cls = truth[i]
+            gt[slot] = (boxes[cls == c], np.zeros(int(np.sum(cls == c)), bool))
+            db, ds, dc = dets[i]
+            scored += [(float(sc), slot, box) for box, sc, k in zip(db, ds, dc) if int(k) == c]
+        total = sum(len(g[0]) for g in gt.values())
+        scored.sort(key=lambda r: -r[0])
+        tp = np.zeros(len(scored))
+        for k, (_, slot, box) in enumerate(scored):
+            boxes, used = gt[slot]
+            if len(boxes):
+                overlap = np.where(used, 0.0, iou(box, boxes))
+                j = int(overlap.argmax())
+                if overlap[j] >= IOU_MATCH:
+                    used[j] = True
+                    tp[k] = 1
+        if not len(scored):
+            aps.append(0.0)
+            continue
+        hits = np.cumsum(tp)
+        recall = hits / total
+        precision = hits / np.arange(1, len(scored) + 1)
+        precision = np.maximum.accumulate(precision[::-1])[::-1]  # the envelope
+        steps = np.diff(np.r_[0.0, recall])
+        aps.append(float(np.sum(steps * precision)))
+    return float(np.mean(aps))
+
+
+def _against_ground_truth(ref_all, art_all, labels, hw, t, out) -> tuple:
+    """mAP50 of the source and of the artifact against the labels; the drop gated in points."""
+    truth = _ground_truth(labels, hw)
+    everyone = list(range(len(truth)))
+    ref_map, art_map = average_precision(ref_all, truth, everyone), average_precision(art_all, truth, everyone)
+    drop = 100 * (ref_map - art_map)
+
+    def resampled(idx):
+        images = list(idx)
+        return 100 * (average_precision(ref_all, truth, images) - average_precision(art_all, truth, images))
+    interval = confidence.bootstrap(resampled, len(truth))
+    figures = {"labelled_boxes": int(sum(len(b) for b, _ in truth)), "reference_map50": round(ref_map, 6),
+               "artifact_map50": round(art_map, 6)}
+    check = confidence.check("mAP50 drop vs labels (points)", drop, interval, t.max_accuracy_drop, False,
+                             len(truth), output=out, unit="points")
+    return figures, check
