@@ -116,8 +116,10 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     failed = [c for c in e.value.figures["checks"] if c["verdict"] == "fail"]
     assert len(failed) == 3 and all(c["value"] < 12 for c in failed)
     assert "SQNR of output 'contour'" in str(e.value)
-    worst = e.value.figures["worst_layers"]  # finite, in quantization steps, zero-range tensors left out
-    assert worst and all(0.35 < w["rmse_per_scale"] < 1e6 for w in worst), worst
+    # candidates measured: each kept in float alone, the three failing SQNRs measured again
+    worst = e.value.figures["worst_layers"]
+    assert worst and all("kept in float: SQNR of output 'contour'" in w["detail"] for w in worst), worst
+    assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
     # the same SavedModel to fp16 ONNX (through tf2onnx, variables frozen): runs, and each output is matched
     art = edgesdk.convert(str(saved), target="jetson-nano", calibration=fixtures.piano_clips(),
                           output_dir=tmp_path / "fp16", quiet=True)
