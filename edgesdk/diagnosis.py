@@ -18,7 +18,8 @@ from pathlib import Path
 from .data import artifact_layout, to_artifact_layout
 from .errors import EdgeSDKError
 
-SAMPLES = 32
+SAMPLES = 32           # for the debuggers, which keep every intermediate tensor
+MEASURE_SAMPLES = 256  # for the measured trials: one flip in 32 would be 3 points of agreement
 CANDIDATES = 4
 # ops that only move, re-label or re-type values: the op that made an output's values sits behind them
 PASS_THROUGH = {"QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
@@ -54,7 +55,9 @@ def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference
         producers = _output_producers(artifact_path, recipe.format,
                                       {c["output"] for c in failing if c.get("output") is not None})
         candidates = list(dict.fromkeys([p for p, _ in producers] + [r["node"] for r in rows]))[:CANDIDATES]
-        measured = _measure(recipe, trial, x, val, reference, failing, candidates, io, artifact_path)
+        x_all = to_artifact_layout(val.x[:MEASURE_SAMPLES], source.layout,
+                                   artifact_layout(source.layout, recipe.layout))
+        measured = _measure(recipe, trial, x_all, val, reference, failing, candidates, io, artifact_path)
         ops = {r["node"]: r.get("op", "") for r in rows}
         ops.update(dict(producers))
         for m in measured:
@@ -107,11 +110,11 @@ def _output_producers(artifact_path, fmt: str, outputs: set) -> list:
 
 
 def _measure(recipe, trial, x, val, reference, failing, candidates, io, artifact_path) -> list:
-    """Each candidate kept in float: the failing checks again, on the first SAMPLES samples."""
+    """Each candidate kept in float: the failing checks again, on the same first len(x) samples."""
     from .inspection import open_artifact
     from .validation import judge, match_outputs
-    labels = None if val.labels is None else val.labels[:SAMPLES]
-    ref = [r[:SAMPLES] for r in reference]
+    labels = None if val.labels is None else val.labels[:len(x)]
+    ref = [r[:len(x)] for r in reference]
     keys = [(c["check"], c.get("output")) for c in failing]
 
     def measured(path) -> dict:
