@@ -201,3 +201,22 @@ def test_ssd_style_boxes_and_scores_pair():
     art_scores[:, 1, 0] = 0.1  # the artifact loses the second object
     figures = judge([boxes, scores], [boxes, art_scores], io=_io(["boxes", "scores"], (100, 100)))
     assert figures["heads"][0]["recall"] == 0.5 and figures["heads"][0]["precision"] == 1.0
+
+
+def test_tflite_detection_postprocess_outputs():
+    k = 10
+    boxes = np.zeros((3, k, 4), np.float32)
+    boxes[:, :3] = [[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.9, 0.8], [0.2, 0.6, 0.4, 0.9]]
+    classes = np.zeros((3, k), np.float32)
+    classes[:, 1] = 7
+    scores = np.zeros((3, k), np.float32)
+    scores[:, :3] = [0.9, 0.8, 0.6]
+    count = np.full((3,), 3, np.float32)
+    ref = [boxes, classes, scores, count]
+    head = pick("auto", ref, _io(["boxes", "classes", "scores", "count"]))[0]
+    assert head.params == {"layout": "postprocessed", "classes": 8} and head.outputs == [0, 1, 2, 3]
+    art_classes = classes.copy()
+    art_classes[:, 1] = 3  # the artifact calls the second object something else
+    figures = judge(ref, [boxes, art_classes, scores, count], io=_io(["boxes", "classes", "scores", "count"]))
+    h = figures["heads"][0]
+    assert h["source_detections"] == 9 and h["matched"] == 6 and h["recall"] == pytest.approx(2 / 3)

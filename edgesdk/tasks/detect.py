@@ -5,6 +5,7 @@ Heads recognised by their shapes against the input size (strides 8/16/32, and 64
   yolov5  (N, anchors * cells, 5 + classes) YOLOv5/v7 (3 anchors) and YOLOX (1): boxes, objectness, class
           scores; YOLOX exported without its decode (grid offsets, log sizes) is decoded here
   boxes + scores  (N, B, 4) and (N, B, classes): SSD-style pairs, corner boxes in any unit
+  postprocessed   TFLite_Detection_PostProcess's boxes, classes, scores and count (decoded, suppressed)
 Recall and precision at IoU 0.5 (same class) against the source's detections,
 pooled over the validation images; the head's box and score channels are also
 judged apart by SQNR, so a score channel that collapsed fails even when the
@@ -20,7 +21,8 @@ import numpy as np
 from . import Head, confidence, regress
 
 EXPECTED = ("Recognised detector heads: YOLOv8/v11 (N, 4+classes, cells), YOLOv5/YOLOX (N, cells, "
-            "5+classes), or a (N, boxes, 4) + (N, boxes, classes) pair; the input must be an image of known size.")
+            "5+classes), a (N, boxes, 4) + (N, boxes, classes) pair, or TFLite_Detection_PostProcess's four "
+            "outputs; YOLO heads need an image input of known size.")
 STRIDE_SETS = ((8, 16, 32), (8, 16, 32, 64))
 IOU_MATCH = 0.5
 IOU_NMS = 0.45
@@ -41,11 +43,10 @@ def _cell_counts(hw) -> dict:
 
 
 def claim(reference: list, io, class_output=None) -> list:
-    if io.input_hw is None or None in io.input_hw:
-        return []
-    counts = _cell_counts(io.input_hw)
+    known_size = io.input_hw is not None and None not in io.input_hw
+    counts = _cell_counts(io.input_hw) if known_size else {}
     heads = []
-    for i, y in enumerate(reference):
+    for i, y in enumerate(reference if known_size else []):
         if y.ndim != 3:
             continue
         a, b = y.shape[1:]
@@ -57,6 +58,9 @@ def claim(reference: list, io, class_output=None) -> list:
                                               "strides": list(strides), "raw": anchors == 1 and _looks_raw(y)}))
     if heads:
         return heads
+    post = _postprocessed(reference)
+    if post:
+        return [post]
     # SSD-style: one (N, B, 4) box tensor and one (N, B, C) score tensor with the same B
     boxes = [i for i, y in enumerate(reference) if y.ndim == 3 and y.shape[2] == 4]
     for i in boxes:
@@ -65,6 +69,22 @@ def claim(reference: list, io, class_output=None) -> list:
         if len(scores) == 1:
             return [Head("detect", [i, scores[0]], {"layout": "boxes+scores", "classes": reference[scores[0]].shape[2]})]
     return []
+
+
+def _postprocessed(reference: list):
+    """TFLite_Detection_PostProcess's four outputs: boxes (N, K, 4), classes (N, K), scores (N, K), count (N,)."""
+    if len(reference) != 4:
+        return None
+    boxes = [i for i, y in enumerate(reference) if y.ndim == 3 and y.shape[2] == 4]
+    counts = [i for i, y in enumerate(reference) if y.reshape(len(y), -1).shape[1] == 1]
+    pairs = [i for i, y in enumerate(reference) if y.ndim == 2 and i not in counts]
+    if len(boxes) != 1 or len(counts) != 1 or len(pairs) != 2:
+        return None
+    # classes are whole numbers, scores are not
+    a, b = pairs
+    classes, scores = (a, b) if np.all(reference[a] == np.round(reference[a])) else (b, a)
+    return Head("detect", [boxes[0], classes, scores, counts[0]],
+                {"layout": "postprocessed", "classes": int(reference[classes].max()) + 1})
 
 
 def _looks_raw(y: np.ndarray) -> bool:
@@ -85,6 +105,10 @@ def _grid(hw, strides):
 def candidates(head: Head, outputs: list, i: int, hw) -> tuple:
     """Image i's raw predictions -> (boxes xyxy, scores, classes) before thresholding."""
     p = head.params
+    if p["layout"] == "postprocessed":  # already decoded and suppressed: corner boxes (y, x order), best first
+        b, c, sc, k = (outputs[j][i] for j in head.outputs)
+        k = int(np.asarray(k).reshape(-1)[0])
+        return b[:k].astype(np.float64), sc[:k].astype(np.float64), np.round(c[:k]).astype(np.int64)
     if p["layout"] == "boxes+scores":
         boxes = outputs[head.outputs[0]][i].astype(np.float64)
         scores = outputs[head.outputs[1]][i].astype(np.float64)
@@ -150,8 +174,9 @@ def match(ref: tuple, art: tuple) -> int:
 
 def channel_slices(head: Head, outputs: list) -> dict:
     """The head's box and score channels, apart."""
-    if head.params["layout"] == "boxes+scores":
-        return {"boxes": outputs[head.outputs[0]], "scores": outputs[head.outputs[1]]}
+    if head.params["layout"] in ("boxes+scores", "postprocessed"):
+        scores = head.outputs[2] if head.params["layout"] == "postprocessed" else head.outputs[1]
+        return {"boxes": outputs[head.outputs[0]], "scores": outputs[scores]}
     y = outputs[head.outputs[0]]
     if head.params["layout"] == "yolov8":
         return {"boxes": y[:, :4, :], "scores": y[:, 4:, :]}
