@@ -11,6 +11,7 @@ import subprocess
 from sshd import SSHServer
 
 _ids = itertools.count(1)
+_sweeps = iter([True])  # sweep once per process
 
 
 def sh(*argv, check=True):
@@ -29,12 +30,41 @@ def available() -> str | None:
     return None
 
 
+def _sweep_stale() -> None:
+    """Namespaces (and their host-side links) left by test processes that were killed: their addresses
+    would shadow a new device's."""
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "edgesdk" and parts[1].isdigit() and not _alive(int(parts[1])):
+            sh("ip", "netns", "del", name, check=False)
+            sh("ip", "link", "del", f"eh{parts[2]}", check=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _octets_in_use() -> set:
+    out = sh("ip", "-br", "addr", check=False).stdout
+    return {int(a.split(".")[2]) for a in out.split() if a.startswith("10.213.")}
+
+
 class NamespacedDevice:
     def __init__(self, root, alias, client_key):
+        if next(_sweeps, None) is not None:
+            _sweep_stale()
         n = (os.getpid() % 200) * 10 + next(_ids)
         self.ns = f"edgesdk-{os.getpid()}-{n}"
         self.host_if, self.dev_if = f"eh{n}", f"ed{n}"
-        octet = n % 250 + 1
+        used = _octets_in_use()  # another live test process may hold the octet this pid maps to
+        octet = next(o for o in (((n + k) % 250) + 1 for k in range(250)) if o not in used)
         self.host_ip, self.ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
         sh("ip", "netns", "add", self.ns)
         sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.dev_if)
