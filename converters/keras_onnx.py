@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgesdk.errors import ConversionError
-from edgesdk.util import captured_output
+from edgesdk.util import captured_output, first_line
 
 from . import onnx_int8
 from .keras_model import import_tf
@@ -39,7 +39,7 @@ def export_float(source, path: Path) -> None:
                 model_proto, _ = tf2onnx.convert.from_keras(_batch1_model(source), input_signature=spec,
                                                            opset=OPSET)
     except Exception as exc:
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        first = first_line(exc)
         raise ConversionError(f"tf2onnx could not export the Keras model to ONNX: {first[:400]}") from None
     import onnx
     onnx.save(model_proto, str(path))

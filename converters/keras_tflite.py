@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from edgesdk.errors import ConversionError
-from edgesdk.util import captured_output
+from edgesdk.util import captured_output, first_line
 
 from .keras_model import import_tf
 
@@ -99,7 +99,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
         except Exception as exc:
             text = f"{exc}\n{log()}"
             ops = failing_ops(str(exc)) or failing_ops(text)
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            first = first_line(exc)
             if ops:
                 raise ConversionError(
                     f"The model cannot be converted to full-integer {recipe.quantization} TFLite: no int8 "

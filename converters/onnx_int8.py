@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError, OptionError
-from edgesdk.util import captured_output, working_directory
+from edgesdk.util import captured_output, first_line, working_directory
 
 FORMAT = "onnx"
 FRAMEWORK = "onnx"
@@ -72,7 +72,7 @@ def prepare(float_path: Path, out_path: Path, per_channel: bool) -> list:
             with captured_output(), working_directory(out_path.parent):
                 quant_pre_process(str(float_path), str(out_path), skip_symbolic_shape=True)
         except Exception as exc:
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            first = first_line(exc)
             raise ConversionError(f"Preparing the ONNX model for quantization failed: {first[:300]}") from None
         notes.append("symbolic shape inference failed; used ONNX shape inference only")
     return notes
@@ -156,7 +156,7 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         except ConversionError:
             raise
         except Exception as exc:
-            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            first = first_line(exc)
             raise ConversionError(f"ONNX Runtime could not quantize the model: {first[:400]}") from None
         return out.read_bytes(), notes
 
@@ -177,7 +177,7 @@ def _run_error(path: Path, x, input_name: str) -> str | None:
         with captured_output():
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {input_name: x})
     except Exception as exc:
-        return next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+        return first_line(exc)[:300]
     return None
 
 
@@ -265,5 +265,6 @@ def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5, excluded=
 DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or try "
                   "--calibration-method percentile or entropy.")
 
+EXCLUDES_LAYERS = True  # --exclude-nodes/--exclude-op-types keep nodes out of quantize_static
 MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
                  "repairs them with --exclude-nodes NAME (several: NAME,NAME), or --exclude-op-types TYPE.")

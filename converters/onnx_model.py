@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgesdk.errors import ModelLoadError
 from edgesdk.source import SourceModel
-from edgesdk.util import sha256_file
+from edgesdk.util import first_line, sha256_file
 
 RUNTIME_MAX_IR_VERSION = 10  # what ONNX Runtime 1.31 (and TensorRT 10) load
 
@@ -26,7 +26,7 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        first = first_line(exc)
         raise ModelLoadError(f"'{path}' is not a valid ONNX model ({first[:300]}). It may be truncated, or "
                              f"need external data files beside it.") from None
     quantized = quantized_ops(model)

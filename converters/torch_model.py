@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgesdk.errors import ModelLoadError
 from edgesdk.source import SourceModel
-from edgesdk.util import sha256_file
+from edgesdk.util import first_line, sha256_file
 
 
 def import_torch():
@@ -34,7 +34,7 @@ def _zip_names(path: Path) -> list:
 
 
 def _first_line(exc) -> str:
-    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+    return first_line(exc)[:300]
 
 
 def load_factory(spec: str):

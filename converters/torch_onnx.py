@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgesdk.errors import ConversionError
-from edgesdk.util import captured_output
+from edgesdk.util import captured_output, first_line
 
 from . import onnx_int8
 from .torch_model import import_torch
@@ -29,7 +29,7 @@ def export_float(source, path: Path) -> None:
                               external_data=False, opset_version=OPSET, input_names=["input"],
                               output_names=list(source.output_names))
     except Exception as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        first = first_line(exc)
         raise ConversionError(f"torch.onnx.export failed: {first[:400]}") from None
     stray = [p.name for p in path.parent.iterdir() if p != path]
     if stray:

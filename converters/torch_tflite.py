@@ -17,7 +17,7 @@ import numpy as np
 
 from edgesdk.data import to_artifact_layout
 from edgesdk.errors import ConversionError, OptionError
-from edgesdk.util import captured_output
+from edgesdk.util import captured_output, first_line
 
 from .torch_model import import_torch
 
@@ -158,7 +158,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     except (ConversionError, OptionError):
         raise
     except Exception as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        first = first_line(exc)
         raise ConversionError(f"litert-torch could not convert the model: {first[:400]}") from None
     if recipe.quantization == "int8":
         flatbuffer = _io_types(flatbuffer, recipe)

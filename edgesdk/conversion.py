@@ -27,7 +27,7 @@ from .progress import Progress
 from .recipe import make_recipe
 from .source import framework_of, load_source
 from .validation import load_metric
-from .util import ensure_writable_dir, gzip_size, sha256_file, temp_path_in
+from .util import ensure_writable_dir, first_line, gzip_size, sha256_file, temp_path_in
 
 
 def _preprocess(value) -> Preprocess:
@@ -241,7 +241,7 @@ def _validate(path: Path, reference, val, recipe, progress, source, layout, metr
     except EdgeSDKError:
         raise
     except Exception as exc:  # the converter wrote something its own runtime cannot run: a route bug
-        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        first = first_line(exc)
         raise ConversionError(f"The converted {recipe.format} artifact does not run here: {first[:300]}. "
                               f"Nothing was written; please report it with the model.") from None
     outs, matched = match_outputs(reference, list(source.output_names), outs, art.output_names)

@@ -127,7 +127,7 @@ def _yolo_boxes(files) -> list | None:
 def _coco_boxes(folder: Path, files) -> list | None:
     """A COCO json in the folder: boxes per image by file name; classes in the sorted order of category ids."""
     import json
-    found = [p for p in sorted(folder.glob("*.json"))]
+    found = sorted(folder.glob("*.json"))
     if not found:
         return None
     try:

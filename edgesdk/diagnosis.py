@@ -30,7 +30,8 @@ def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference
     """(rows, hint) for the validation error; never raises (it must not hide the failure itself)."""
     from edgesdk.converters import get_route, onnx_int8
     try:
-        x = to_artifact_layout(val.x[:SAMPLES], source.layout, artifact_layout(source.layout, recipe.layout))
+        layout = artifact_layout(source.layout, recipe.layout)
+        x = to_artifact_layout(val.x[:SAMPLES], source.layout, layout)
         if recipe.format == "onnx" and source.float_onnx:
             name = _onnx_input_name(source)
             rows = onnx_int8.diagnose(source.float_onnx, artifact_path, x, name, excluded=recipe.exclude_nodes)
@@ -38,7 +39,7 @@ def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference
 
             def trial(r):  # the float export is already beside the source: quantize it again
                 return onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, name)[0]
-            excludes = True
+            excludes = onnx_int8.EXCLUDES_LAYERS
         elif recipe.format == "tflite":
             route = get_route(source.framework, "tflite")
             rows, hint = route.diagnose(source, recipe, calib, x), route.DIAGNOSIS_HINT
@@ -55,8 +56,7 @@ def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference
         producers = _output_producers(artifact_path, recipe.format,
                                       {c["output"] for c in failing if c.get("output") is not None})
         candidates = list(dict.fromkeys([p for p, _ in producers] + [r["node"] for r in rows]))[:CANDIDATES]
-        x_all = to_artifact_layout(val.x[:MEASURE_SAMPLES], source.layout,
-                                   artifact_layout(source.layout, recipe.layout))
+        x_all = to_artifact_layout(val.x[:MEASURE_SAMPLES], source.layout, layout)
         measured = _measure(recipe, trial, x_all, val, reference, failing, candidates, io, artifact_path)
         ops = {r["node"]: r.get("op", "") for r in rows}
         ops.update(dict(producers))

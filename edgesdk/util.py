@@ -90,6 +90,11 @@ def captured_output():
             os.close(saved[1])
 
 
+def first_line(exc) -> str:
+    """The first non-empty line of an exception's message (libraries append pages of context), else its type."""
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+
+
 def load_callable(spec: str, option: str, error):
     """`package.module:function` (an option's value) -> the callable, or `error` saying what is wrong."""
     import importlib
@@ -99,7 +104,7 @@ def load_callable(spec: str, option: str, error):
     try:
         module = importlib.import_module(mod_name)
     except Exception as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:300]
+        first = first_line(exc)[:300]
         raise error(f"{option}: cannot import '{mod_name}' ({first}). Is it on PYTHONPATH (or installed)?") from None
     func = getattr(module, func_name, None)
     if not callable(func):

@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from .errors import OptionError, ValidationFailed
-from .tasks import Head, ModelIO, Thresholds, confidence, module, pick, regress
+from .tasks import ModelIO, Thresholds, module, pick, regress
 
 
 def _norm(name: str) -> str:
@@ -84,7 +84,7 @@ def judge(reference: list, artifact: list, labels=None, *, io: ModelIO, task: st
           thresholds: Thresholds = Thresholds(), metric=None, matched=None) -> dict:
     """All figures and the verdict. `artifact` is already matched to `reference`."""
     n = len(reference[0])
-    figures = {"samples": int(n), "task": task, "outputs": []}
+    figures = {"samples": int(n), "outputs": []}
     for i, (ref, art) in enumerate(zip(reference, artifact)):
         figures["outputs"].append({"name": io.output_names[i], **(matched[i] if matched else {}),
                                    "shape": list(ref.shape[1:]), **regress.figures(ref, art)})
@@ -105,7 +105,7 @@ def judge(reference: list, artifact: list, labels=None, *, io: ModelIO, task: st
                                              thresholds.min_sqnr_db, output=i))
     if metric is not None:
         checks.append(_user_check(metric, reference, artifact, labels, n))
-    _legacy_fields(figures)
+    _summary_fields(figures)
     figures["checks"] = checks
     return figures
 
@@ -124,7 +124,7 @@ def _user_check(metric, reference, artifact, labels, n) -> dict:
             "samples": int(n), "figures": {k: v for k, v in result.items() if k != "passed"}}
 
 
-def _legacy_fields(figures: dict) -> None:
+def _summary_fields(figures: dict) -> None:
     """Top-level summary figures: the class output's, and the worst SQNR/cosine of any output."""
     cls = next((h for h in figures["heads"] if h["task"] == "classify"), {})
     for key in ("class_output", "top1_agreement", "top5_agreement", "reference_accuracy", "artifact_accuracy"):
@@ -208,6 +208,3 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
         f"--min-sqnr, --min-recall) if the loss is acceptable.",
         figures={**figures, "gate": verdict})
 
-
-__all__ = ["Head", "ModelIO", "Thresholds", "confidence", "match_outputs", "judge", "gate", "describe",
-           "raise_if_failed", "load_metric"]
