@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError, OptionError
+from edgesdk.onnx_artifact import DISABLED_OPTIMIZERS
 from edgesdk.util import captured_output, first_line, working_directory
 
 FORMAT = "onnx"
@@ -175,7 +176,8 @@ def _run_error(path: Path, x, input_name: str) -> str | None:
     options.log_severity_level = 4  # the reason is returned, not printed
     try:
         with captured_output():
-            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {input_name: x})
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=DISABLED_OPTIMIZERS).run(None, {input_name: x})
     except Exception as exc:
         return first_line(exc)[:300]
     return None
@@ -265,6 +267,7 @@ def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5, excluded=
 DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or try "
                   "--calibration-method percentile or entropy.")
 
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # the recovery ladder tries them in this order
 EXCLUDES_LAYERS = True  # --exclude-nodes/--exclude-op-types keep nodes out of quantize_static
 MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
                  "repairs them with --exclude-nodes NAME (several: NAME,NAME), or --exclude-op-types TYPE.")

@@ -141,6 +141,9 @@ def profiles_show(ctx, name, as_json):
 @click.option("--allow-float-fallback", is_flag=True,
               help="Accept ops left in float (CPU targets only; never the Edge TPU).")
 @click.option("--check-only", is_flag=True, help="Only report whether --target can run MODEL (see `edgesdk check`).")
+@click.option("--no-recover", is_flag=True,
+              help="When int8 misses the gate, fail at once (with a diagnosis) instead of trying other "
+                   "calibration and keeping the measured culprits in float.")
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")
@@ -153,7 +156,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
             task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
             offset, mean, std, channel_order, calibration_method, input_shape,
             model_factory, exclude_nodes, exclude_op_types,
-            allow_float_fallback, check_only, keep_failed, unsafe_load, force,
+            allow_float_fallback, check_only, no_recover, keep_failed, unsafe_load, force,
             name, as_json, quiet):
     """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
     ctx.meta["json"] = as_json
@@ -179,7 +182,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       calibration_method=calibration_method, input_shape=input_shape,
                       model_factory=model_factory,
                       exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),
-                      keep_failed=keep_failed, unsafe=unsafe_load, force=force, name=name,
+                      keep_failed=keep_failed, recover=not no_recover, unsafe=unsafe_load, force=force, name=name,
                       quiet=quiet or as_json)
     s = art.summary()
     if as_json:

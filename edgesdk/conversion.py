@@ -52,12 +52,14 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
             allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(), exclude_op_types=(),
-            input_shape=None, example_input=None, model_factory=None, keep_failed=False,
+            input_shape=None, example_input=None, model_factory=None, keep_failed=False, recover=True,
             unsafe=False, force=False, name=None, quiet=False,
             progress: Progress | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
 
     Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple.
+    When int8 misses the gate, `recover` climbs the recovery ladder (edgesdk.recovery)
+    and keeps the first recipe that passes; recover=False fails at once, with a diagnosis.
     Raises an EdgeSDKError subclass on any user-facing failure; ValidationFailed
     carries the figures when the artifact misses the accuracy budget.
     """
@@ -128,7 +130,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
 
     stem = name or source.name
     final = out_dir / f"{stem}.{profile.name}.{recipe.format}"
-    cache_key = _cache_key(source, profile, recipe, calib, val, tune, metric)
+    cache_key = _cache_key(source, profile, recipe, calib, val, tune, metric, recover)
     cached = _cached(final, cache_key)
     if cached is not None and not force:
         progress.step(f"up to date: {final} (same source, data and recipe)")
@@ -157,15 +159,23 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
         data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
         tmp.write_bytes(data)
-        info = describe(tmp, fmt=recipe.format)
-        from edgesdk.targets import get_family
         if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
-                and not info["coverage"]["float_ops"]:
+                and not describe(tmp, fmt=recipe.format)["coverage"]["float_ops"]:
             raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
                               "names the validation error lists (TFLite tensor names) or TFLite op types.")
-        compat = get_family(profile.family).check(info, profile, recipe)
+        recipe, tail = _keep_detector_tail(tmp, source, recipe, profile, calib, reference, progress)
+
+        def validate(path, r):
+            return _validate(path, reference, val, r, progress, source, layout, metric)
         progress.step("validating against the source model")
-        figures, verdict = _validate(tmp, reference, val, recipe, progress, source, layout, metric)
+        figures, verdict = validate(tmp, recipe)
+        recovery = None
+        if verdict["verdict"] == "fail" and recipe.quantization == "int8" and recover:
+            recipe, figures, verdict, recovery = _recover(tmp, source, recipe, profile, calib, val, reference,
+                                                          (figures, verdict), validate, progress)
+        info = describe(tmp, fmt=recipe.format)
+        from edgesdk.targets import get_family
+        compat = get_family(profile.family).check(info, profile, recipe)
         if pruning:  # separates what pruning cost from what quantization cost
             from .validation import judge
             after = judge(reference, pruned_outputs, val.labels, io=_model_io(source), task=recipe.task,
@@ -174,13 +184,15 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             figures["pruned_source_top1_agreement"] = after["top1_agreement"]
         from .validation import describe as describe_figures, raise_if_failed
         progress.step(f"validation: {describe_figures(figures)}")
-        if verdict["verdict"] == "fail" and recipe.quantization == "int8":
+        if verdict["verdict"] == "fail" and recipe.quantization == "int8" and "worst_layers" not in figures:
             progress.step("finding the layers that lose the most to quantization")
             from .diagnosis import diagnose
             figures["worst_layers"], figures["worst_layers_hint"] = diagnose(
                 source, recipe, profile, calib, val, tmp, reference, figures, _model_io(source))
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings, sampling)
+        manifest["quantization"]["detector_tail"] = tail
+        manifest["recovery"] = recovery
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict)
         with tempfile.TemporaryDirectory(prefix=".edgesdk-edgetpu-", dir=out_dir) as work:
@@ -203,6 +215,50 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             pruner.restore(given, snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
+
+
+def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, progress) -> tuple:
+    """A detector head that merges pixel boxes and 0..1 scores in one Concat gets that Concat in float.
+
+    One int8 scale for both crushes the scores (recall 0.11 on the YOLOv8-style head). ONNX artifacts only:
+    a TFLite artifact's int8 output tensor would share the one scale anyway, and the Edge TPU runs no float.
+    Returns (recipe, what was kept in float or None); `tmp` then holds the re-quantized artifact.
+    """
+    from .mixed_precision import Trials, detector_tail
+    if recipe.quantization != "int8" or recipe.format != "onnx":
+        return recipe, None
+    tail = detector_tail(tmp, recipe.format, reference, _model_io(source), recipe.task)
+    if tail is None or set(tail.nodes) <= set(recipe.exclude_nodes):
+        return recipe, None
+    trials = Trials(source, recipe, profile, calib)
+    if not trials.excludes:
+        return recipe, None
+    progress.step(f"detector head: keeping {tail.label} in float, where boxes and scores meet, so each keeps "
+                  f"its own int8 scale")
+    recipe = tail.applied(recipe)
+    tmp.write_bytes(trials.convert(recipe))
+    return recipe, {"nodes": list(tail.nodes), "why": "boxes and scores merged in one tensor"}
+
+
+def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, validate, progress) -> tuple:
+    """The recovery ladder; on success `tmp` holds the passing artifact. (recipe, figures, verdict, record)"""
+    from . import recovery
+    progress.step("int8 missed the gate: trying the recovery ladder (calibration, then mixed precision; "
+                  "--no-recover to skip)")
+    outcome = recovery.recover(source, recipe, profile, calib, val, reference, _model_io(source), tmp, first,
+                               validate, progress)
+    record = recovery.summary(outcome)
+    rung = outcome["rung"]
+    if rung is None:
+        figures, verdict = first
+        if outcome["measured"]:  # else the diagnosis still ranks the layers
+            figures["worst_layers"], figures["worst_layers_hint"] = outcome["measured"], outcome["hint"]
+        figures["recovery"], figures["recovery_note"] = record, recovery.describe(outcome)
+        return recipe, figures, verdict, record
+    tmp.write_bytes(rung.data)
+    progress.step(f"recovered: {rung.change}")
+    rung.figures["recovery"] = record
+    return rung.recipe, rung.figures, rung.verdict, record
 
 
 def _compile_edgetpu(tmp: Path, final: Path, manifest: dict, work: Path) -> Path:
@@ -250,8 +306,9 @@ def _validate(path: Path, reference, val, recipe, progress, source, layout, metr
     return figures, gate(figures)
 
 
-def _cache_key(source, profile, recipe, calib, val, tune, metric=None) -> str:
+def _cache_key(source, profile, recipe, calib, val, tune, metric=None, recover=True) -> str:
     parts = {
+        "recover": bool(recover),  # a recovered artifact is not what --no-recover asked for
         "source": source.sha256, "profile": profile.to_dict(), "recipe": recipe.to_dict(),
         "calibration": data_fingerprint(calib) if calib is not None else None,
         "validation": data_fingerprint(val) if val is not None else None,

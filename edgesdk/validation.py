@@ -196,9 +196,11 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
             culprits = (f" Keeping any one of {', '.join(w['node'][:60] for w in worst)} in float changed "
                         f"nothing measurable (on {worst[0]['measured_on']} samples): the loss is not one "
                         f"layer's rounding.")
+    culprits += figures.get("recovery_note", "")
     if verdict["verdict"] == "inconclusive":
         raise ValidationFailed(
-            f"Validation inconclusive: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept} "
+            f"Validation inconclusive: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}"
+            f"{figures.get('recovery_note', '')} "
             f"Give more --validation data (labelled if you can), or loosen the threshold if that loss is "
             f"acceptable to you.", figures={**figures, "gate": verdict})
     raise ValidationFailed(

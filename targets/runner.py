@@ -186,7 +186,10 @@ class ONNXModel:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            # nodes kept in float on purpose stay float (ONNX Runtime's WeightBiasQuantization would
+            # re-quantize their weights per tensor at load time)
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=["WeightBiasQuantization"])
         except Exception as exc:
             raise RunnerFailure("load_failed", "onnxruntime could not load %s: %s" % (path, exc))
         self.inputs = self.session.get_inputs()

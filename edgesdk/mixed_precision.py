@@ -1,0 +1,163 @@
+"""What may stay out of int8, and how to make the trial artifacts that keep it there.
+
+Shared by the detector-head default, the measured diagnosis and the recovery
+ladder: a `Candidate` is a set of nodes and op types to keep in float; a
+`Trials` object re-quantizes the source with a candidate applied, through the
+route that made the artifact (for ONNX, from the float export already beside
+the source, so nothing is exported twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import EdgeSDKError
+
+# ops that only move, re-label or re-type values: the op that made an output's values sits behind them
+PASS_THROUGH = {"QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+                "Identity", "QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE"}
+# the weight-heavy ops that int8 pays off on; "every op type but these" is the widest useful exclusion
+WEIGHT_OPS = {"onnx": {"Conv", "ConvTranspose", "MatMul", "Gemm"},
+              "tflite": {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}}
+NOT_OPS = {"QuantizeLinear", "DequantizeLinear", "QUANTIZE", "DEQUANTIZE"}
+CONCATS = {"Concat", "CONCATENATION"}
+# detector heads that put pixel boxes and 0..1 scores in one tensor (one int8 scale would crush the scores)
+MERGED_HEADS = {"yolov8", "yolov5"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Nodes and op types kept in float; `op` is the node's type, for messages."""
+
+    nodes: tuple = ()
+    op_types: tuple = ()
+    op: str = ""
+
+    def __add__(self, other: "Candidate") -> "Candidate":
+        return Candidate(tuple(dict.fromkeys(self.nodes + other.nodes)),
+                         tuple(dict.fromkeys(self.op_types + other.op_types)))
+
+    @property
+    def label(self) -> str:
+        parts = [f"{n}{f' ({self.op})' if self.op and len(self.nodes) == 1 else ''}" for n in self.nodes]
+        if self.op_types:
+            parts.append(f"op types {','.join(self.op_types)}")
+        return "; ".join(parts)
+
+    @property
+    def flags(self) -> str:
+        """The options that apply it by hand."""
+        parts = ([f"--exclude-nodes {','.join(self.nodes)}"] if self.nodes else []) + \
+                ([f"--exclude-op-types {','.join(self.op_types)}"] if self.op_types else [])
+        return " ".join(parts)
+
+    def applied(self, recipe):
+        return replace(recipe, exclude_nodes=tuple(dict.fromkeys(tuple(recipe.exclude_nodes) + self.nodes)),
+                       exclude_op_types=tuple(dict.fromkeys(tuple(recipe.exclude_op_types) + self.op_types)),
+                       allow_float_fallback=True)
+
+
+def may_exclude(profile, recipe) -> bool:
+    """Whether this profile lets layers stay float at all (asked of the recipe rules, not of a family name)."""
+    from .recipe import make_recipe
+    try:
+        make_recipe(profile, format=recipe.format, exclude_nodes=("probe",), allow_float_fallback=True)
+    except EdgeSDKError:
+        return False
+    return True
+
+
+class Trials:
+    """Re-quantize the source with a different recipe, through the route that made the artifact."""
+
+    def __init__(self, source, recipe, profile, calib):
+        from edgesdk.converters import get_route, onnx_int8
+        self.format = recipe.format
+        if recipe.format == "onnx" and source.float_onnx:
+            name = _onnx_input_name(source)
+            self.excludes = onnx_int8.EXCLUDES_LAYERS
+            self.hint, self.measured_hint = onnx_int8.DIAGNOSIS_HINT, onnx_int8.MEASURED_HINT
+            self.calibration_methods = onnx_int8.CALIBRATION_METHODS
+            self._convert = lambda r: onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, name)[0]
+            self._debug = lambda path, x, r: onnx_int8.diagnose(source.float_onnx, path, x, name,
+                                                                excluded=r.exclude_nodes)
+        elif recipe.format == "tflite":
+            route = get_route(source.framework, "tflite")
+            self.excludes = getattr(route, "EXCLUDES_LAYERS", False)
+            self.hint = route.DIAGNOSIS_HINT
+            self.measured_hint = getattr(route, "MEASURED_HINT", self.hint)
+            self.calibration_methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
+            self._convert = lambda r: route.convert(source, r, calib, profile=profile)
+            self._debug = lambda path, x, r: route.diagnose(source, r, calib, x)
+        else:
+            raise ValueError(f"no trials for {recipe.format}")
+        self.excludes = self.excludes and may_exclude(profile, recipe)
+        self._made = {}
+
+    def convert(self, recipe) -> bytes:
+        """The artifact's bytes for this recipe (made once per recipe)."""
+        key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types)
+        if key not in self._made:
+            self._made[key] = self._convert(recipe)
+        return self._made[key]
+
+    def debugger_rows(self, artifact_path, x, recipe) -> list:
+        return self._debug(artifact_path, x, recipe)
+
+
+def _onnx_input_name(source) -> str:
+    if source.framework == "onnx":
+        return source.input_name
+    import onnx
+    return onnx.load(str(source.float_onnx)).graph.input[0].name
+
+
+def graph_ops(artifact_path, fmt: str) -> tuple:
+    """(op producing each tensor: name -> (node name, op type, input names), the graph's output names)."""
+    if fmt == "onnx":
+        import onnx
+        graph = onnx.load(str(artifact_path)).graph
+        return ({o: (n.name, n.op_type, list(n.input)) for n in graph.node for o in n.output},
+                [o.name for o in graph.output])
+    from .tflite_artifact import TFLiteArtifact
+    art = TFLiteArtifact(artifact_path)
+    # TFLite layers are named by their output tensor, as the converter's debugger names them
+    return ({art.tensor_name(op["outputs"][0]): (art.tensor_name(op["outputs"][0]), op["op_name"],
+                                                 [art.tensor_name(i) for i in op["inputs"] if i >= 0])
+             for op in art.ops() if op["outputs"]}, art.output_names)
+
+
+def output_producers(artifact_path, fmt: str, outputs: set) -> list:
+    """Candidate (one node) for the op that computes each of these outputs, looking through pass-through ops."""
+    by_output, outs = graph_ops(artifact_path, fmt)
+    found = []
+    for i in sorted(outputs):
+        node = by_output.get(outs[i])
+        while node is not None and node[1] in PASS_THROUGH and node[2]:
+            node = by_output.get(node[2][0])
+        if node is not None and node[0]:
+            found.append(Candidate(nodes=(node[0],), op=node[1]))
+    return found
+
+
+def non_weight_op_types(artifact_path, fmt: str) -> Candidate | None:
+    """Every quantized op type but the weight-heavy ones (Magika: 3.8 % -> 100 % top-1 agreement)."""
+    by_output, _ = graph_ops(artifact_path, fmt)
+    present = {op for _, op, _ in by_output.values()} - NOT_OPS
+    rest = sorted(present - WEIGHT_OPS[fmt])
+    if not rest or not present & WEIGHT_OPS[fmt]:
+        return None
+    return Candidate(op_types=tuple(rest))
+
+
+def detector_tail(artifact_path, fmt: str, reference: list, io, task: str) -> Candidate | None:
+    """The Concat where a detector head merges pixel boxes and 0..1 scores into one tensor, if any."""
+    from .tasks import pick
+    try:
+        heads = pick(task, reference, io)
+    except EdgeSDKError:
+        return None
+    merged = {h.outputs[0] for h in heads if h.task == "detect" and h.params.get("layout") in MERGED_HEADS}
+    tails = [c for c in output_producers(artifact_path, fmt, merged) if c.op in CONCATS] if merged else []
+    return sum(tails[1:], tails[0]) if tails else None

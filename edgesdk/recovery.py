@@ -1,0 +1,172 @@
+"""When int8 misses the gate: find a recipe that passes, cheapest first, and say what it cost.
+
+The ladder; every rung is a candidate recipe judged by the same gate on the
+same validation data:
+
+  a. calibration: the route's other range estimators (ONNX Runtime's
+     percentile, then entropy), each from the same calibration samples;
+  b. mixed precision by measured sensitivity: the candidates the diagnosis
+     measures (the op behind each failing output, the debugger's worst layers,
+     every op type but the weight-heavy ones) are each kept in float alone and
+     measured, then added best first, one more per rung, until the gate passes.
+     Only where the profile lets anything stay float (never the Edge TPU).
+
+The first rung that passes is the artifact. Each rung tried is recorded with
+its verdict, the figures that decided it, its size and its latency on this
+machine (the same runner as `edgesdk bench`), so the user sees the price.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .data import artifact_layout, to_artifact_layout
+from .diagnosis import SAMPLES, MIN_GAIN, candidates, failing_checks, gain, measure
+from .errors import EdgeSDKError
+from .mixed_precision import Candidate, Trials
+
+MAX_MIXED_RUNGS = 4
+LATENCY_RUNS = 30
+
+
+@dataclass
+class Rung:
+    step: str            # "as converted", "calibration", "mixed precision"
+    change: str          # what this rung does, in words
+    recipe: object
+    data: bytes | None = None
+    figures: dict | None = None
+    verdict: dict | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict and self.verdict["passed"])
+
+    def row(self, path: Path | None) -> dict:
+        row = {"step": self.step, "change": self.change,
+               "calibration_method": self.recipe.calibration_method,
+               "float_nodes": list(self.recipe.exclude_nodes), "float_op_types": list(self.recipe.exclude_op_types)}
+        if self.error:
+            return {**row, "verdict": "error", "error": self.error}
+        row.update({"verdict": self.verdict["verdict"], "size_bytes": len(self.data),
+                    "figures": {c["check"] + ("" if c.get("output") is None else f" [output {c['output']}]"):
+                                c.get("value") for c in self.figures["checks"]}})
+        if path is not None:
+            row["p50_ms"] = _latency_ms(path)
+        return row
+
+
+def _latency_ms(path: Path) -> float | None:
+    """Median latency here, through the same runner `edgesdk bench` uses; None if it cannot run."""
+    import os
+    from .bench import benchmark
+    try:
+        return round(benchmark(path, runs=LATENCY_RUNS, warmup=3, threads=os.cpu_count() or 1).p50, 4)
+    except EdgeSDKError:
+        return None
+
+
+def recover(source, recipe, profile, calib, val, reference, io, artifact_path: Path, first: tuple, validate,
+            progress) -> dict:
+    """Climb the ladder from the artifact at `artifact_path` whose gate result is `first` (figures, verdict).
+
+    validate(path, recipe) -> (figures, verdict) is the gate itself. Returns
+    {"rung": the passing Rung or None, "rows": one per rung for the manifest,
+     "measured": the diagnosis rows of the candidates measured alone, "hint": how to apply one by hand}.
+    """
+    trials = Trials(source, recipe, profile, calib)
+    start = Rung("as converted", "plain int8", recipe, data=artifact_path.read_bytes(), figures=first[0],
+                 verdict=first[1])
+    rungs, measured = [start], []
+    with tempfile.TemporaryDirectory(prefix="edgesdk-recovery-") as tmp:
+        def judge(rung: Rung) -> Rung:
+            path = Path(tmp) / f"rung{len(rungs)}.{recipe.format}"
+            try:
+                rung.data = trials.convert(rung.recipe)
+                path.write_bytes(rung.data)
+                rung.figures, rung.verdict = validate(path, rung.recipe)
+            except EdgeSDKError as exc:
+                rung.error = str(exc).splitlines()[0][:300]
+            rungs.append(rung)
+            progress.step(f"  {rung.step}, {rung.change}: "
+                          + (f"error: {rung.error}" if rung.error else _short(rung.figures, rung.verdict)))
+            return rung
+
+        # a. calibration: the best of them is the base the mixed-precision rungs build on
+        base = start
+        for method in trials.calibration_methods:
+            if method == recipe.calibration_method:
+                continue
+            rung = judge(Rung("calibration", f"{method} calibration", replace(recipe, calibration_method=method)))
+            if rung.passed:
+                return _outcome(rung, rungs, measured, tmp)
+            if not rung.error and _better(rung, base):
+                base = rung
+        # b. mixed precision: measure each candidate alone, then keep more in float, best first
+        failing = failing_checks(base.figures)
+        if trials.excludes and failing:
+            progress.step("  measuring what keeping each candidate in float repairs")
+            layout = artifact_layout(source.layout, recipe.layout)
+            base_path = Path(tmp) / f"base.{recipe.format}"
+            base_path.write_bytes(base.data)
+            x = to_artifact_layout(val.x[:SAMPLES], source.layout, layout)
+            picked, _ = candidates(trials, base.recipe, base_path, x, failing)
+            measured = measure(base.recipe, trials, val, reference, failing, picked, io, base_path, source, layout)
+            kept = Candidate()
+            helpful = [m for m in measured if m["gain"] > MIN_GAIN][:MAX_MIXED_RUNGS]
+            for m in helpful:
+                kept = kept + Candidate(tuple(m["nodes"]), tuple(m["op_types"]))
+                rung = judge(Rung("mixed precision", f"kept in float: {kept.label}", kept.applied(base.recipe)))
+                if rung.passed:
+                    return _outcome(rung, rungs, measured, tmp)
+    return _outcome(None, rungs, measured, None, trials.measured_hint)
+
+
+def _better(rung: Rung, than: Rung) -> bool:
+    before = failing_checks(than.figures)
+    after = {(c["check"], c.get("output")): c for c in rung.figures["checks"]}
+    return gain(before, after) > MIN_GAIN
+
+
+def _outcome(chosen: Rung | None, rungs: list, measured: list, tmp, hint: str = "") -> dict:
+    rows = []
+    for i, rung in enumerate(rungs):
+        path = None
+        if tmp is not None and rung.data is not None and (rung is chosen or i == 0):
+            # latency only for the plain artifact and the one kept: the price of the fix
+            path = Path(tmp) / f"timed{i}.{rung.recipe.format}"
+            path.write_bytes(rung.data)
+        rows.append(rung.row(path))
+    return {"rung": chosen, "rows": rows, "measured": measured, "hint": hint}
+
+
+def _short(figures, verdict) -> str:
+    failing = [c for c in figures["checks"] if c["verdict"] != "pass" and c.get("value") is not None]
+    shown = failing or figures["checks"]
+    return verdict["verdict"] + "".join(f", {c['check']} {c['value']:.3g}" for c in shown[:2]
+                                        if isinstance(c.get("value"), (int, float)))
+
+
+def summary(outcome: dict) -> dict:
+    """What the manifest records: the rung applied (or none), and every rung tried."""
+    chosen = outcome["rung"]
+    return {"applied": None if chosen is None else {"step": chosen.step, "change": chosen.change},
+            "rungs": outcome["rows"]}
+
+
+def describe(outcome: dict) -> str:
+    """One sentence for the error when no rung passed."""
+    tried = [r for r in outcome["rows"][1:]]
+    if not tried:
+        return ""
+    parts = []
+    for r in tried:
+        if r["verdict"] == "error":
+            parts.append(f"{r['change']}: {r['error']}")
+        else:
+            figs = ", ".join(f"{k} {v:.3g}" for k, v in list(r["figures"].items())[:2] if isinstance(v, (int, float)))
+            parts.append(f"{r['change']}: {r['verdict']} ({figs})")
+    return f" Recovery tried {len(tried)} recipe(s), none passed: {'; '.join(parts)}."
