@@ -105,8 +105,14 @@ def _exclusions(model_path: Path, recipe) -> dict:
     return kwargs
 
 
-def quantize(float_path: Path, recipe, profile, calibration, input_name: str, progress=None) -> tuple:
-    """Float ONNX file -> (int8 QDQ ONNX bytes, notes)."""
+def quantize(float_path: Path, recipe, profile, calibration, input_name: str, progress=None,
+             quirks: dict | None = None) -> tuple:
+    """Float ONNX file -> (int8 QDQ ONNX bytes, notes).
+
+    `quirks` (updated in place) remembers the workarounds this model needed, so
+    quantizing it again (another calibration, other layers in float) skips the failed tries.
+    """
+    quirks = {} if quirks is None else quirks
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -116,9 +122,9 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         out = Path(tmp) / "int8.onnx"
         notes = prepare(float_path, pre, recipe.per_channel)
         excluded = _exclusions(pre, recipe)
-        extra = {"ActivationSymmetric": profile.family == "jetson"}
-
-        per_channel = recipe.per_channel
+        extra = {"ActivationSymmetric": profile.family == "jetson",
+                 "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False)}
+        per_channel = recipe.per_channel and not quirks.get("per_tensor", False)
 
         def run():
             with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
@@ -135,7 +141,7 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
                     raise
                 # ONNX Runtime's int32-bias weight-scale adjustment fails on per-tensor scales of some
                 # per-channel graphs; the quantization is valid without that adjustment.
-                extra["QDQDisableWeightAdjustForInt32Bias"] = True
+                extra["QDQDisableWeightAdjustForInt32Bias"] = quirks["no_bias_weight_adjust"] = True
                 notes.append("ONNX Runtime's weight-scale adjustment for int32 biases failed on this graph; "
                              "quantized without it")
                 run()
@@ -148,7 +154,7 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
                 # some graphs get per-channel scales on tensors ONNX Runtime can only take per-tensor
                 notes.append(f"per-channel int8 made a model ONNX Runtime cannot run ({problem[:160]}); "
                              f"quantized per-tensor instead")
-                per_channel = False
+                per_channel, quirks["per_tensor"] = False, True
                 run()
                 problem = _run_error(out, x[:1], input_name)
             if problem:
@@ -207,7 +213,7 @@ def from_export(source, export_float, recipe, calibration, progress=None, profil
     if recipe.quantization != "int8":
         return float_path.read_bytes()
     input_name = onnx.load(str(float_path)).graph.input[0].name
-    data, notes = quantize(float_path, recipe, profile, calibration, input_name, progress)
+    data, notes = quantize(float_path, recipe, profile, calibration, input_name, progress, source.quantizer_quirks)
     source.notes.extend(notes)
     return data
 
@@ -218,7 +224,8 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
         return to_fp16(Path(source.float_onnx))
     if recipe.quantization != "int8":
         return Path(source.float_onnx).read_bytes()
-    out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress)
+    out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress,
+                          source.quantizer_quirks)
     source.notes.extend(notes)
     return out
 

@@ -79,7 +79,8 @@ class Trials:
             self.excludes = onnx_int8.EXCLUDES_LAYERS
             self.hint, self.measured_hint = onnx_int8.DIAGNOSIS_HINT, onnx_int8.MEASURED_HINT
             self.calibration_methods = onnx_int8.CALIBRATION_METHODS
-            self._convert = lambda r: onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, name)[0]
+            self._convert = lambda r: onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, name,
+                                                         quirks=source.quantizer_quirks)[0]
             self._debug = lambda path, x, r: onnx_int8.diagnose(source.float_onnx, path, x, name,
                                                                 excluded=r.exclude_nodes)
         elif recipe.format == "tflite":

@@ -30,6 +30,8 @@ class SourceModel:
     layout: str | None = None      # "NHWC" / "NCHW" for image models
     float_onnx: str | None = None  # ONNX sources: the shape-fixed float model on disk
     keepalive: Any = None          # whatever must live as long as the source (temp dirs)
+    # what the quantizer had to work around on this model, so a re-quantization starts from it
+    quantizer_quirks: dict = field(default_factory=dict)
     example_input: Any = None      # PyTorch: the args the model is exported with
     input_dtype: str = "float32"   # integer inputs (token ids, byte values) stay integer end to end
 
