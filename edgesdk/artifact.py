@@ -84,6 +84,7 @@ class Artifact:
             "outputs": m.get("outputs", []),
             "validation": {k: v.get(k) for k in ("samples", "task", "top1_agreement", "reference_accuracy",
                                                   "artifact_accuracy", "sqnr_db", "cosine", "verdict", "passed")},
+            "recovery": m.get("recovery"),  # the rungs tried when plain int8 missed the gate, and the one kept
             "cached": self.cached,
         }
 

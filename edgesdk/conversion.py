@@ -169,19 +169,27 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             return _validate(path, reference, val, r, progress, source, layout, metric)
         progress.step("validating against the source model")
         figures, verdict = validate(tmp, recipe)
+        pruned_passed, pruned_figures = True, {}
+        if pruning:  # separates what pruning cost from what quantization cost
+            from .validation import gate, judge
+            after = judge(reference, pruned_outputs, val.labels, io=_model_io(source), task=recipe.task,
+                          thresholds=recipe.thresholds())
+            pruned_passed = gate(after)["passed"]
+            pruned_figures = {"pruned_source_accuracy": after["artifact_accuracy"],
+                              "pruned_source_top1_agreement": after["top1_agreement"]}
+            figures.update(pruned_figures)
         recovery = None
         if verdict["verdict"] == "fail" and recipe.quantization == "int8" and recover:
-            recipe, figures, verdict, recovery = _recover(tmp, source, recipe, profile, calib, val, reference,
-                                                          (figures, verdict), validate, progress)
+            if pruned_passed:
+                recipe, figures, verdict, recovery = _recover(tmp, source, recipe, profile, calib, val, reference,
+                                                              (figures, verdict), validate, progress)
+                figures.update(pruned_figures)
+            else:  # no int8 recipe can give back what pruning took
+                figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 "
+                                            "recipe can pass: the recovery ladder was not tried.")
         info = describe(tmp, fmt=recipe.format)
         from edgesdk.targets import get_family
         compat = get_family(profile.family).check(info, profile, recipe)
-        if pruning:  # separates what pruning cost from what quantization cost
-            from .validation import judge
-            after = judge(reference, pruned_outputs, val.labels, io=_model_io(source), task=recipe.task,
-                          thresholds=recipe.thresholds())
-            figures["pruned_source_accuracy"] = after["artifact_accuracy"]
-            figures["pruned_source_top1_agreement"] = after["top1_agreement"]
         from .validation import describe as describe_figures, raise_if_failed
         progress.step(f"validation: {describe_figures(figures)}")
         if verdict["verdict"] == "fail" and recipe.quantization == "int8" and "worst_layers" not in figures:
@@ -257,7 +265,6 @@ def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, v
         return recipe, figures, verdict, record
     tmp.write_bytes(rung.data)
     progress.step(f"recovered: {rung.change}")
-    rung.figures["recovery"] = record
     return rung.recipe, rung.figures, rung.verdict, record
 
 

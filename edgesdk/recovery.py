@@ -159,9 +159,10 @@ def summary(outcome: dict) -> dict:
 
 def describe(outcome: dict) -> str:
     """One sentence for the error when no rung passed."""
-    tried = [r for r in outcome["rows"][1:]]
+    tried = outcome["rows"][1:]
     if not tried:
-        return ""
+        return (" Recovery found nothing to try: this route has no other calibration, and no layer kept in "
+                "float repaired anything measurable (or this target runs nothing in float).")
     parts = []
     for r in tried:
         if r["verdict"] == "error":
