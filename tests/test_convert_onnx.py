@@ -160,7 +160,8 @@ def test_failed_gate_measures_exclusions_and_says_when_none_helps(ppocr, tmp_pat
     blame, and the error says so instead of sending the user to exclude layers that change nothing."""
     # judged on agreement with the source (unlabelled): 132 crops show it is below 99% for certain
     kwargs = dict(target="jetson-orin-nano", input_shape="1,3,48,192", calibration=ppocr["calib"],
-                  validation=np.load(ppocr["val"])["x"], min_agreement=0.99, output_dir=tmp_path, quiet=True)
+                  validation=np.load(ppocr["val"])["x"], min_agreement=0.99, output_dir=tmp_path, quiet=True,
+                  recover=False)
     with pytest.raises(edgesdk.ValidationFailed) as e:
         edgesdk.convert(str(ppocr["model"]), **kwargs)
     assert e.value.figures["gate"]["verdict"] == "fail"
