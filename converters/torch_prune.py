@@ -87,27 +87,10 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
         _apply(params, global_masks(params, sparsity))
         report["method"] = "one-shot global magnitude"
     else:
-        step = fine_tune if callable(fine_tune) else _cross_entropy_epoch(source, fine_tune, batch_size,
-                                                                           learning_rate)
-        masks = None
-        hooks = []
-        try:
-            for epoch in range(epochs):
-                frac = min(1.0, (epoch + 1) / max(1, epochs - 1)) if epochs > 1 else 1.0
-                current = sparsity * (1.0 - (1.0 - frac) ** 3)
-                masks = global_masks(params, current)
-                _apply(params, masks)
-                for h in hooks:
-                    h.remove()
-                hooks = [p.register_hook(lambda g, m=m: g * m) for (_, p), m in zip(params, masks)]
-                set_mode(source.model, training=True)
-                step(source.model, epoch)
-                set_mode(source.model, training=False)
-                _apply(params, masks)
-        finally:
-            for h in hooks:
-                h.remove()
-            set_mode(source.model, training=False)
+        if callable(fine_tune):
+            _prune_per_epoch(source, params, sparsity, fine_tune, epochs)
+        else:
+            _prune_per_step(source, params, sparsity, fine_tune, epochs, batch_size, learning_rate)
         _apply(params, global_masks(params, sparsity))
         report["method"] = "gradual global magnitude"
         report["epochs"] = epochs
@@ -119,7 +102,57 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
     return report
 
 
-def _cross_entropy_epoch(source, data, batch_size, learning_rate):
+RAMP_SHARE = 0.7  # sparsity reaches its target after this share of the steps; the rest recovers at it
+
+
+def schedule(step: int, ramp_steps: int, sparsity: float) -> float:
+    """Polynomial (cubic) ramp from 0 to `sparsity` over `ramp_steps`, as tfmot's PolynomialDecay."""
+    frac = min(1.0, step / max(1, ramp_steps))
+    return sparsity * (1.0 - (1.0 - frac) ** 3)
+
+
+def _prune_per_step(source, params, sparsity, data, epochs, batch_size, learning_rate) -> None:
+    """Masks raised every few optimizer steps and re-applied after each, so Adam's momentum cannot move a
+    pruned weight (with per-epoch masks and epochs=2 the whole sparsity landed at epoch 0)."""
+    steps_per_epoch = -(-len(data.x) // batch_size)
+    ramp = max(1, int(RAMP_SHARE * epochs * steps_per_epoch))
+    every = max(1, ramp // 10)
+    state = {"masks": global_masks(params, schedule(0, ramp, sparsity))}
+
+    def after_step(step: int) -> None:
+        if step % every == 0 and step <= ramp + every:
+            state["masks"] = global_masks(params, schedule(step, ramp, sparsity))
+        _apply(params, state["masks"])
+    trainer = _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step)
+    try:
+        set_mode(source.model, training=True)
+        for epoch in range(epochs):
+            trainer(source.model, epoch)
+    finally:
+        set_mode(source.model, training=False)
+
+
+def _prune_per_epoch(source, params, sparsity, train_one_epoch, epochs) -> None:
+    """A caller's training callback runs whole epochs: masks rise per epoch, gradients masked by hooks."""
+    hooks = []
+    try:
+        for epoch in range(epochs):
+            masks = global_masks(params, schedule(epoch + 1, epochs, sparsity))
+            _apply(params, masks)
+            for h in hooks:
+                h.remove()
+            hooks = [p.register_hook(lambda g, m=m: g * m) for (_, p), m in zip(params, masks)]
+            set_mode(source.model, training=True)
+            train_one_epoch(source.model, epoch)
+            set_mode(source.model, training=False)
+            _apply(params, masks)
+    finally:
+        for h in hooks:
+            h.remove()
+        set_mode(source.model, training=False)
+
+
+def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=None):
     import torch
     from edgesdk.tasks.classify import is_probabilities
     if data.y is None:
@@ -132,6 +165,7 @@ def _cross_entropy_epoch(source, data, batch_size, learning_rate):
     optimizer = torch.optim.Adam(source.model.parameters(), lr=learning_rate)
     x, y = torch.from_numpy(np.ascontiguousarray(data.x)), torch.from_numpy(data.y)
     gen = torch.Generator().manual_seed(0)
+    steps = [0]
 
     def epoch(model, _epoch):
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
@@ -141,6 +175,10 @@ def _cross_entropy_epoch(source, data, batch_size, learning_rate):
                 else torch.nn.functional.cross_entropy(out, y[idx])
             loss.backward()
             optimizer.step()
+            steps[0] += 1
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(steps[0])
     return epoch
 
 
