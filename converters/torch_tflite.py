@@ -64,9 +64,9 @@ def _io_types(flatbuffer: bytes, recipe) -> bytes:
     return flatbuffer
 
 
-def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None) -> bytes:
+def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None, recipe=None) -> bytes:
     """ai-edge-quantizer's static int8 recipe (int8 weights and activations) on a float TFLite."""
-    q, data = _quantizer(flatbuffer, x)
+    q, data = _quantizer(flatbuffer, x, recipe)
     calibration = _calibrate_min_max(q, data)
     if progress:
         progress(len(x), len(x))
@@ -91,15 +91,19 @@ def _calibrate_min_max(q, data) -> dict:
 
 
 def _float_model(source, recipe, torch):
-    """(float flatbuffer, example) for the source as it is now, in the artifact's layout."""
+    """The float flatbuffer for the source as it is now, in the artifact's layout (made once per source:
+    recovery and diagnosis re-quantize it many times, and pruning happens before the first)."""
     import litert_torch
-    model, example = source.model, source.example_input[0]
-    if recipe.layout == "NHWC" and source.layout == "NCHW":
-        model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()
-    return bytes(litert_torch.convert(model, (example,)).model_content())
+    key = ("float_tflite", recipe.layout)
+    if key not in source.derived:
+        model, example = source.model, source.example_input[0]
+        if recipe.layout == "NHWC" and source.layout == "NCHW":
+            model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()
+        source.derived[key] = bytes(litert_torch.convert(model, (example,)).model_content())
+    return source.derived[key]
 
 
-def _quantizer(flatbuffer: bytes, x: np.ndarray):
+def _quantizer(flatbuffer: bytes, x: np.ndarray, recipe=None):
     from ai_edge_quantizer import quantizer, recipe as aeq_recipe
     from edgesdk.tflite_artifact import interpreter_module
     signatures = interpreter_module().Interpreter(model_content=flatbuffer).get_signature_list()
@@ -107,8 +111,42 @@ def _quantizer(flatbuffer: bytes, x: np.ndarray):
     (input_name,) = sig["inputs"]
     q = quantizer.Quantizer(flatbuffer)
     q.load_quantization_recipe(aeq_recipe.static_wi8_ai8())
+    if recipe is not None:
+        _keep_float(q, flatbuffer, recipe)
     data = {key: [{input_name: x[i:i + 1]} for i in range(len(x))]}
     return q, data
+
+
+def _keep_float(q, flatbuffer: bytes, recipe) -> None:
+    """The recipe's excluded layers (TFLite output tensor names) and op types stay float."""
+    import difflib
+    import re
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+    import tempfile
+    from pathlib import Path
+    from edgesdk.tflite_artifact import TFLiteArtifact
+    with tempfile.TemporaryDirectory(prefix="edgesdk-float-") as tmp:
+        (Path(tmp) / "float.tflite").write_bytes(flatbuffer)
+        art = TFLiteArtifact(Path(tmp) / "float.tflite")
+        names = [art.tensor_name(op["outputs"][0]) for op in art.ops() if op["outputs"]]
+        types = sorted({op["op_name"] for op in art.ops()})
+    for name in recipe.exclude_nodes:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+            raise OptionError(f"--exclude-nodes: the graph has no layer '{name}'."
+                              + (f" Close names: {', '.join(close)}." if close else "")
+                              + " Layers are named by their TFLite output tensors, as the validation error lists them.")
+        # the library matches "scopes": the op's output tensor names, each followed by ";"
+        q.update_quantization_recipe(regex=f"^{re.escape(name)};", operation_name=TFLOperationName.ALL_SUPPORTED,
+                                     algorithm_key=AlgorithmName.NO_QUANTIZE)
+    known = {o.value for o in TFLOperationName}
+    for op_type in recipe.exclude_op_types:
+        if op_type.upper() not in types or op_type.upper() not in known:
+            raise OptionError(f"--exclude-op-types: the graph has no {op_type} ops that int8 applies to "
+                              f"(it has {', '.join(t for t in types if t in known)}).")
+        q.update_quantization_recipe(regex=".*", operation_name=TFLOperationName(op_type.upper()),
+                                     algorithm_key=AlgorithmName.NO_QUANTIZE)
 
 
 def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
@@ -134,8 +172,11 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     return rows[:worst]
 
 
-DIAGNOSIS_HINT = ("Excluding layers is not supported for PyTorch -> TFLite yet: --format onnx allows "
-                  "--exclude-nodes, or give more calibration data.")
+EXCLUDES_LAYERS = True  # ai-edge-quantizer's recipe keeps named layers / op types float
+MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
+                 "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).")
+DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
+                  "--allow-float-fallback (not on the Edge TPU), or give more calibration data.")
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
@@ -145,16 +186,13 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                               "Save an ExportedProgram with torch.export.save, or use --format onnx.")
     if recipe.quantization == "fp16":
         raise OptionError("fp16 TFLite from PyTorch is not supported yet; use int8 or float.")
-    if recipe.exclude_nodes or recipe.exclude_op_types:
-        raise OptionError("Excluding layers from quantization is not supported for PyTorch -> TFLite yet; "
-                          "use --format onnx, where it is.")
     try:
         with captured_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             flatbuffer = _float_model(source, recipe, torch)
             if recipe.quantization == "int8":
                 x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
-                flatbuffer = _quantize_static_int8(flatbuffer, x, progress)
+                flatbuffer = _quantize_static_int8(flatbuffer, x, progress, recipe)
     except (ConversionError, OptionError):
         raise
     except Exception as exc:

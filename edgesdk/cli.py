@@ -136,8 +136,10 @@ def profiles_show(ctx, name, as_json):
               "example input for PyTorch files without one. E.g. 1,3,224,224.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION",
               help="PyTorch state_dict: the function that builds the module to load the weights into.")
-@click.option("--exclude-nodes", help="ONNX: keep these nodes (comma-separated names) in float.")
-@click.option("--exclude-op-types", help="ONNX: keep these op types (e.g. Softmax,HardSigmoid) in float.")
+@click.option("--exclude-nodes", help="Keep these nodes in float (comma-separated; ONNX node names, TFLite "
+              "output tensor names as the validation error lists them).")
+@click.option("--exclude-op-types", help="Keep these op types in float (ONNX: Softmax,HardSigmoid; TFLite: "
+              "SOFTMAX,MUL).")
 @click.option("--allow-float-fallback", is_flag=True,
               help="Accept ops left in float (CPU targets only; never the Edge TPU).")
 @click.option("--check-only", is_flag=True, help="Only report whether --target can run MODEL (see `edgesdk check`).")

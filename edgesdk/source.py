@@ -32,6 +32,7 @@ class SourceModel:
     keepalive: Any = None          # whatever must live as long as the source (temp dirs)
     # what the quantizer had to work around on this model, so a re-quantization starts from it
     quantizer_quirks: dict = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)  # routes' intermediate forms (a float graph), made once
     example_input: Any = None      # PyTorch: the args the model is exported with
     input_dtype: str = "float32"   # integer inputs (token ids, byte values) stay integer end to end
 
