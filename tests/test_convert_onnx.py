@@ -227,3 +227,24 @@ def test_onnx_from_a_newer_onnx_package_runs(tmp_path):
                           max_accuracy_drop=5)
     assert "IR version lowered from" in " ".join(art.manifest["source"]["notes"])
     assert art.validation["top1_agreement"] >= 0.95
+
+
+def test_nodes_kept_in_float_stay_float_when_onnx_runtime_loads_them(ppocr, tmp_path):
+    """ONNX Runtime's WeightBiasQuantization re-quantizes a float-kept node's weights per tensor at load time;
+    validation (and the runner) load with it off, so what was measured is what was asked for."""
+    import onnxruntime as ort
+    from edgesdk.onnx_artifact import ONNXArtifact
+    from edgesdk.tasks import regress
+    art = edgesdk.convert(str(ppocr["model"]), target="rpi4", input_shape="1,3,48,192", calibration=ppocr["calib"],
+                          exclude_nodes=["Conv@2"], output_dir=tmp_path, quiet=True, min_agreement=0)
+    x = np.load(ppocr["calib"])["x"][:48]
+    ours = ONNXArtifact(art.path).predict(x)[0]
+    reference = ONNXArtifact(ppocr["model"]).predict(x)[0]
+
+    def plain(disabled):
+        s = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return np.concatenate([s.run(None, {s.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_array_equal(ours, plain(["WeightBiasQuantization"]))
+    default = plain([])
+    assert not np.array_equal(ours, default)  # the default session computes something else
+    assert regress.figures(reference, ours)["sqnr_db"] > regress.figures(reference, default)["sqnr_db"]
