@@ -147,6 +147,11 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     assert all(o["sqnr_db"] > 12 for o in v["outputs"]) and v["verdict"] == "pass"
 
 
+# Magika's op types but the weight-heavy Conv/Gemm/MatMul: in float, int8 agrees with the source on real files
+KEEP_FLOAT = ["Add", "Cast", "Div", "Equal", "Exp", "GlobalMaxPool", "Max", "Mul", "Reciprocal", "ReduceMax",
+              "ReduceSum", "Reshape", "Slice", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze"]
+
+
 def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(tmp_path):
     model = fixtures.fetch("magika")
     features = fixtures.file_byte_features()
@@ -155,6 +160,10 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
         edgesdk.convert(str(model), target="rpi4", calibration=features, output_dir=tmp_path / "all", quiet=True,
                         recover=False)
     assert e.value.figures["top1_agreement"] < 0.5  # int8 everywhere collapses it
+    # the diagnosis measures the lever that works and says how to apply it
+    best = e.value.figures["worst_layers"][0]
+    assert best["op_types"] == KEEP_FLOAT and best["gain"] > 1, best
+    assert "--exclude-op-types Add,Cast,Div" in str(e.value)
     # the default climbs the ladder: other calibration changes nothing, then every op type but the
     # weight-heavy ones kept in float agrees with the source on real files
     art = edgesdk.convert(str(model), target="rpi4", calibration=features, output_dir=tmp_path / "some", quiet=True)
@@ -164,10 +173,8 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     assert [r["verdict"] for r in rungs] == ["fail", "fail", "fail", "pass"]
     assert [r["calibration_method"] for r in rungs[1:3]] == ["percentile", "entropy"]
     assert all(list(r["figures"].values())[0] < 0.5 for r in rungs[:3])
-    keep_float = ["Add", "Cast", "Div", "Equal", "Exp", "GlobalMaxPool", "Max", "Mul", "Reciprocal", "ReduceMax",
-                  "ReduceSum", "Reshape", "Slice", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze"]
-    assert rungs[-1]["float_op_types"] == keep_float
-    assert art.manifest["recipe"]["exclude_op_types"] == keep_float
+    assert rungs[-1]["float_op_types"] == KEEP_FLOAT
+    assert art.manifest["recipe"]["exclude_op_types"] == KEEP_FLOAT
     assert art.manifest["recovery"]["applied"]["step"] == "mixed precision"
     # what the fix cost, beside the plain artifact's: size and latency here
     assert rungs[0]["size_bytes"] > 0 and rungs[-1]["size_bytes"] > 0
