@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatch):
     db = tmp_path / "results.db"
     monkeypatch.setenv("EDGESDK_RESULTS_DB", str(db))
+    # (about reports, not accuracy: TensorRT's symmetric int8 costs this small CNN 1-3 points)
     arts = [edgesdk.convert(str(keras3_mnist), target=t, calibration=mnist_files["train"],
-                            validation=mnist_files["test"], output_dir=tmp_path / t, quiet=True)
+                            validation=mnist_files["test"], output_dir=tmp_path / t, quiet=True, max_accuracy_drop=3)
             for t in ("rpi4", "jetson-orin-nano")]
     ids = []
     for art in arts:
