@@ -121,10 +121,11 @@ def _keep_float(q, flatbuffer: bytes, recipe) -> None:
     """The recipe's excluded layers (TFLite output tensor names) and op types stay float."""
     import difflib
     import re
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
-    from ai_edge_quantizer.qtyping import TFLOperationName
     import tempfile
     from pathlib import Path
+
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
     from edgesdk.tflite_artifact import TFLiteArtifact
     with tempfile.TemporaryDirectory(prefix="edgesdk-float-") as tmp:
         (Path(tmp) / "float.tflite").write_bytes(flatbuffer)

@@ -35,8 +35,7 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     rows = trials.debugger_rows(artifact_path, x, recipe)
     producers = output_producers(artifact_path, recipe.format,
                                  {c["output"] for c in failing if c.get("output") is not None})
-    ops = {r["node"]: r.get("op", "") for r in rows}
-    singles = [*producers, *(Candidate(nodes=(r["node"],), op=ops[r["node"]]) for r in rows)]
+    singles = [*producers, *(Candidate(nodes=(r["node"],), op=r.get("op", "")) for r in rows)]
     seen, picked = set(recipe.exclude_nodes), []
     for c in singles:
         if c.nodes[0] not in seen:
