@@ -144,8 +144,7 @@ def _outcome(chosen: Rung | None, rungs: list, measured: list, tmp, hint: str = 
 
 
 def _short(figures, verdict) -> str:
-    failing = [c for c in figures["checks"] if c["verdict"] != "pass" and c.get("value") is not None]
-    shown = failing or figures["checks"]
+    shown = failing_checks(figures) or figures["checks"]
     return verdict["verdict"] + "".join(f", {c['check']} {c['value']:.3g}" for c in shown[:2]
                                         if isinstance(c.get("value"), (int, float)))
 
