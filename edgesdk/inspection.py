@@ -14,7 +14,9 @@ FAMILY_REPRESENTATIVES = {"arm-cpu": "rpi4", "edgetpu": "coral-usb", "jetson": "
 def open_artifact(path, **kwargs):
     """The reader for an artifact's format (.tflite or .onnx)."""
     fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".")
+    exact = kwargs.pop("exact", False)  # TFLite's int8 kernels (XNNPACK and the reference) are exact anyway
     if fmt == "onnx":
+        kwargs["exact"] = exact
         from .onnx_artifact import ONNXArtifact
         return ONNXArtifact(path, **kwargs)
     if fmt == "tflite":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import asdict, dataclass
 
 from .data import Preprocess
@@ -40,6 +41,9 @@ class Recipe:
     exclude_op_types: tuple = ()
     layout: str = "NHWC"          # what the artifact takes for 4-D inputs; "source" keeps the model's
     preprocess: Preprocess = Preprocess()
+    # How validation runs int8 ONNX: "exact" as the device computes it (ONNX Runtime's QDQ reference),
+    # or "host" with this machine's kernels, when the target is this machine.
+    int8_arithmetic: str = "exact"
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
@@ -127,8 +131,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if samples < 1:
         raise OptionError("--calibration-samples must be at least 1.")
     layout = spec.layout or ("NHWC" if fmt == "tflite" else "source")
-    return Recipe(layout=layout, format=fmt, quantization=quant, input_dtype=in_dt, output_dtype=out_dt,
-                  per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
+    arithmetic = "host" if profile.device.arch == platform.machine() else "exact"
+    return Recipe(layout=layout, int8_arithmetic=arithmetic, format=fmt, quantization=quant, input_dtype=in_dt,
+                  output_dtype=out_dt, per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
                   calibration_method=calibration_method, exclude_nodes=exclude_nodes,
