@@ -105,12 +105,27 @@ def _exclusions(model_path: Path, recipe) -> dict:
     return kwargs
 
 
+def _round_weights(model_path: Path, recipe, per_channel: bool) -> int:
+    """Conv weights of the prepared model (batch norms folded) moved onto their int8 grid by kernel sums."""
+    if recipe.weight_rounding != "kernel-sum" or "Conv" in recipe.exclude_op_types:
+        return 0
+    import onnx
+
+    from .weight_rounding import round_onnx
+    model = onnx.load(str(model_path))
+    rounded = round_onnx(model, per_channel, skip_nodes=recipe.exclude_nodes)
+    if rounded:
+        onnx.save(model, str(model_path))
+    return rounded
+
+
 def quantize(float_path: Path, recipe, profile, calibration, input_name: str, progress=None,
-             quirks: dict | None = None) -> tuple:
+             quirks: dict | None = None, stats: dict | None = None) -> tuple:
     """Float ONNX file -> (int8 QDQ ONNX bytes, notes).
 
     `quirks` (updated in place) remembers the workarounds this model needed, so
     quantizing it again (another calibration, other layers in float) skips the failed tries.
+    `stats`, when given, gets "rounded_layers": the conv weights rounded by their kernels' sums.
     """
     quirks = {} if quirks is None else quirks
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -122,6 +137,9 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         out = Path(tmp) / "int8.onnx"
         notes = prepare(float_path, pre, recipe.per_channel)
         excluded = _exclusions(pre, recipe)
+        rounded = _round_weights(pre, recipe, recipe.per_channel and not quirks.get("per_tensor", False))
+        if stats is not None:
+            stats["rounded_layers"] = rounded
         extra = {"ActivationSymmetric": profile.family == "jetson",
                  "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False)}
         per_channel = recipe.per_channel and not quirks.get("per_tensor", False)
@@ -213,7 +231,10 @@ def from_export(source, export_float, recipe, calibration, progress=None, profil
     if recipe.quantization != "int8":
         return float_path.read_bytes()
     input_name = onnx.load(str(float_path)).graph.input[0].name
-    data, notes = quantize(float_path, recipe, profile, calibration, input_name, progress, source.quantizer_quirks)
+    stats = {}
+    data, notes = quantize(float_path, recipe, profile, calibration, input_name, progress, source.quantizer_quirks,
+                           stats)
+    source.rounded_layers = stats.get("rounded_layers")
     source.notes.extend(notes)
     return data
 
@@ -224,8 +245,10 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
         return to_fp16(Path(source.float_onnx))
     if recipe.quantization != "int8":
         return Path(source.float_onnx).read_bytes()
+    stats = {}
     out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress,
-                          source.quantizer_quirks)
+                          source.quantizer_quirks, stats)
+    source.rounded_layers = stats.get("rounded_layers")
     source.notes.extend(notes)
     return out
 

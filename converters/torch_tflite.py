@@ -74,6 +74,17 @@ def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None, recip
     return inline_buffers(bytes(q.quantize(calibration).quantized_model))
 
 
+def _rounded(source, flatbuffer: bytes, recipe) -> bytes:
+    """The float graph with its conv kernels on the int8 grid, each kernel's sum kept (weight_rounding.py)."""
+    source.rounded_layers = 0
+    if recipe.weight_rounding != "kernel-sum":
+        return flatbuffer
+    from .weight_rounding import round_tflite
+    flatbuffer, source.rounded_layers = round_tflite(flatbuffer, recipe.per_channel, recipe.exclude_nodes,
+                                                     recipe.exclude_op_types)
+    return flatbuffer
+
+
 def _calibrate_min_max(q, data) -> dict:
     """Activation ranges as the true min/max over the calibration data.
 
@@ -193,7 +204,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             flatbuffer = _float_model(source, recipe, torch)
             if recipe.quantization == "int8":
                 x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
-                flatbuffer = _quantize_static_int8(flatbuffer, x, progress, recipe)
+                flatbuffer = _quantize_static_int8(_rounded(source, flatbuffer, recipe), x, progress, recipe)
     except (ConversionError, OptionError):
         raise
     except Exception as exc:

@@ -132,6 +132,9 @@ def profiles_show(ctx, name, as_json):
               help="Channel order of image-folder inputs.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Activation range estimation (ONNX artifacts).")
+@click.option("--weight-rounding", type=click.Choice(["kernel-sum", "nearest"]), default="kernel-sum",
+              show_default=True, help="int8 conv weights: keep each kernel's sum (more accurate), or round each "
+              "weight to its nearest step (what the plain quantizers do).")
 @click.option("--input-shape", help="Input shape to build for: fixes an ONNX source's dynamic dims; the "
               "example input for PyTorch files without one. E.g. 1,3,224,224.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION",
@@ -156,7 +159,7 @@ def profiles_show(ctx, name, as_json):
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
-            offset, mean, std, channel_order, calibration_method, input_shape,
+            offset, mean, std, channel_order, calibration_method, weight_rounding, input_shape,
             model_factory, exclude_nodes, exclude_op_types,
             allow_float_fallback, check_only, no_recover, keep_failed, unsafe_load, force,
             name, as_json, quiet):
@@ -181,7 +184,8 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       task=task, min_agreement=min_agreement, min_recall=min_recall,
                       min_precision=min_precision, min_iou=min_iou, metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
-                      calibration_method=calibration_method, input_shape=input_shape,
+                      calibration_method=calibration_method, weight_rounding=weight_rounding,
+                      input_shape=input_shape,
                       model_factory=model_factory,
                       exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),
                       keep_failed=keep_failed, recover=not no_recover, unsafe=unsafe_load, force=force, name=name,

@@ -51,7 +51,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
-            allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(), exclude_op_types=(),
+            allow_float_fallback=False, calibration_method="minmax", weight_rounding="kernel-sum",
+            exclude_nodes=(), exclude_op_types=(),
             input_shape=None, example_input=None, model_factory=None, keep_failed=False, recover=True,
             unsafe=False, force=False, name=None, quiet=False,
             progress: Progress | None = None) -> Artifact:
@@ -80,6 +81,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
                          allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
+                         weight_rounding=weight_rounding,
                          exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
                          min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
                          min_iou=min_iou)
@@ -388,6 +390,7 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
                          "ops": cov["ops"], "int8_ops": cov["int8_ops"], "float_ops": cov["float_ops"],
                          "io_conversion_ops": cov["io_conversion_ops"], "qdq_ops": cov.get("qdq_ops"),
                          "calibration_method": recipe.calibration_method,
+                         "weight_rounding": {"mode": recipe.weight_rounding, "layers": source.rounded_layers},
                          "excluded": {"nodes": list(recipe.exclude_nodes),
                                       "op_types": list(recipe.exclude_op_types)},
                          "op_histogram": cov["op_histogram"], "tensor_dtypes": info["tensor_dtypes"]},

@@ -1,0 +1,92 @@
+"""Kernel-sum weight rounding: the arithmetic on its own, then what it buys on a real ImageNet CNN."""
+
+import numpy as np
+import pytest
+
+from edgesdk.converters.weight_rounding import QMAX, kernel_sum
+
+
+def cancelling_kernels(seed=0, out=32, size=3):
+    """Depthwise-like kernels whose large weights nearly cancel, as in real CNNs' depthwise layers."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, (out, 1, size, size)).astype(np.float32)
+    w -= w.mean(axis=(2, 3), keepdims=True) * 0.97  # sums near zero, weights not
+    w[3, 0, 1, 1] = 0.0  # a pruned weight
+    return w
+
+
+def test_kernel_sum_keeps_each_kernels_sum_on_the_same_grid():
+    w = cancelling_kernels()
+    r = kernel_sum(w)
+    scale = np.abs(w.reshape(len(w), -1)).max(1) / QMAX
+    q = r / scale[:, None, None, None]
+    assert np.allclose(q, np.round(q), atol=1e-3)  # on the int8 grid of the original scale
+    assert np.abs(r.reshape(len(r), -1)).max(1) == pytest.approx(np.abs(w.reshape(len(w), -1)).max(1), rel=1e-6)
+    assert np.abs(q - w / scale[:, None, None, None]).max() < 1.0  # every weight within one step
+    float_sums = np.round((w / scale[:, None, None, None]).sum(axis=(2, 3)))
+    assert np.array_equal(np.round(q).sum(axis=(2, 3)), float_sums)
+    nearest = np.round(w / scale[:, None, None, None]).sum(axis=(2, 3))
+    assert (nearest != float_sums).sum() >= 8  # plain rounding does miss these sums: the test has teeth
+    assert r[3, 0, 1, 1] == 0.0
+    changed = np.round(q) != np.round(w / scale[:, None, None, None])
+    assert changed.sum() == np.abs(nearest - float_sums).sum()  # the fewest weights moved
+
+
+def test_one_tap_kernels_and_per_tensor_grids():
+    w = np.random.default_rng(1).normal(size=(8, 4, 1, 1)).astype(np.float32)
+    scale = np.abs(w).reshape(8, -1).max(1) / QMAX
+    assert np.allclose(kernel_sum(w), np.round(w / scale[:, None, None, None]) * scale[:, None, None, None])
+    w = cancelling_kernels(seed=2)
+    r = kernel_sum(w, per_channel=False)
+    q = r / (np.abs(w).max() / QMAX)
+    assert np.allclose(q, np.round(q), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def imagenet():
+    torch = pytest.importorskip("torch")
+    from edgesdk import fixtures
+    x, photo = fixtures.photo_crops(per_photo=12)
+    x = ((x.astype(np.float32) - 127) / 128).transpose(0, 3, 1, 2).copy()
+    model = fixtures.efficientnet_lite0()
+    return model, x[photo < 7], x[photo >= 7], torch.zeros(1, 3, 224, 224)
+
+
+@pytest.mark.slow
+def test_kernel_sum_rounding_beats_nearest_on_efficientnet_lite0_tflite(imagenet, tmp_path):
+    """Same float graph, same calibration, 216 real-photo crops: only the rounding of the weights differs."""
+    import edgesdk
+    model, cal, val, example = imagenet
+    figures = {}
+    for mode in ("kernel-sum", "nearest"):
+        art = edgesdk.convert(model, "rpi4", example_input=example, calibration=cal, validation=val,
+                              weight_rounding=mode, min_agreement=0.0, task="classify", recover=False,
+                              output_dir=tmp_path / mode, quiet=True)
+        figures[mode] = art.validation
+        assert art.manifest["quantization"]["weight_rounding"] == {
+            "mode": mode, "layers": 17 if mode == "kernel-sum" else 0}  # the stem and 16 depthwise convs
+        assert art.manifest["quantization"]["float_ops"] == []  # still full int8
+    assert figures["kernel-sum"]["samples"] == 216
+    assert figures["kernel-sum"]["sqnr_db"] >= figures["nearest"]["sqnr_db"] + 2.0, figures
+    assert figures["kernel-sum"]["top1_agreement"] >= figures["nearest"]["top1_agreement"], figures
+
+
+@pytest.mark.slow
+def test_int8_onnx_for_a_pi_is_judged_as_the_pi_computes_it(imagenet, tmp_path):
+    """On x86 hosts without VNNI, ONNX Runtime's fused int8 kernels saturate (9 dB here); the Pi's do not."""
+    import torch
+
+    import edgesdk
+    from edgesdk.onnx_artifact import ONNXArtifact
+    from edgesdk.tasks.regress import sqnr_db
+    model, cal, val, example = imagenet
+    art = edgesdk.convert(model, "rpi4", format="onnx", example_input=example, calibration=cal, validation=val,
+                          min_agreement=0.0, task="classify", recover=False, output_dir=tmp_path, quiet=True)
+    assert art.manifest["recipe"]["int8_arithmetic"] == "exact"
+    assert art.manifest["quantization"]["weight_rounding"]["layers"] == 17
+    v = art.validation
+    assert v["sqnr_db"] >= 19.0 and v["top1_agreement"] >= 0.95, v
+    with torch.no_grad():
+        ref = model(torch.from_numpy(val[:24])).numpy()
+    exact = ONNXArtifact(art.path, exact=True).predict(val[:24])[0]
+    assert sqnr_db(ref, exact) >= 18.0
