@@ -105,18 +105,20 @@ def _exclusions(model_path: Path, recipe) -> dict:
     return kwargs
 
 
-def _round_weights(model_path: Path, recipe, per_channel: bool) -> int:
-    """Conv weights of the prepared model (batch norms folded) moved onto their int8 grid by kernel sums."""
-    if recipe.weight_rounding != "kernel-sum" or "Conv" in recipe.exclude_op_types:
-        return 0
+def _round_weights(model_path: Path, recipe, per_channel: bool, x) -> dict | None:
+    """The prepared model's (batch norms folded) weights onto their int8 grid, kernel sums kept and
+    biases corrected (weight_rounding.py). None when the recipe rounds to nearest."""
+    if recipe.weight_rounding != "corrected":
+        return None
     import onnx
 
     from .weight_rounding import round_onnx
     model = onnx.load(str(model_path))
-    rounded = round_onnx(model, per_channel, skip_nodes=recipe.exclude_nodes)
-    if rounded:
+    skip = tuple(recipe.exclude_nodes) + tuple(n.name for n in model.graph.node if n.op_type in recipe.exclude_op_types)
+    done = round_onnx(model, per_channel, skip_nodes=skip, x=x)
+    if done["layers"]:
         onnx.save(model, str(model_path))
-    return rounded
+    return done
 
 
 def quantize(float_path: Path, recipe, profile, calibration, input_name: str, progress=None,
@@ -125,7 +127,7 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
 
     `quirks` (updated in place) remembers the workarounds this model needed, so
     quantizing it again (another calibration, other layers in float) skips the failed tries.
-    `stats`, when given, gets "rounded_layers": the conv weights rounded by their kernels' sums.
+    `stats`, when given, gets "weight_rounding": what weight_rounding.py corrected.
     """
     quirks = {} if quirks is None else quirks
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -137,9 +139,9 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
         out = Path(tmp) / "int8.onnx"
         notes = prepare(float_path, pre, recipe.per_channel)
         excluded = _exclusions(pre, recipe)
-        rounded = _round_weights(pre, recipe, recipe.per_channel and not quirks.get("per_tensor", False))
+        rounded = _round_weights(pre, recipe, recipe.per_channel and not quirks.get("per_tensor", False), x)
         if stats is not None:
-            stats["rounded_layers"] = rounded
+            stats["weight_rounding"] = rounded
         extra = {"ActivationSymmetric": profile.family == "jetson",
                  "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False)}
         per_channel = recipe.per_channel and not quirks.get("per_tensor", False)
@@ -234,7 +236,7 @@ def from_export(source, export_float, recipe, calibration, progress=None, profil
     stats = {}
     data, notes = quantize(float_path, recipe, profile, calibration, input_name, progress, source.quantizer_quirks,
                            stats)
-    source.rounded_layers = stats.get("rounded_layers")
+    source.weight_rounding = stats.get("weight_rounding")
     source.notes.extend(notes)
     return data
 
@@ -248,7 +250,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     stats = {}
     out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress,
                           source.quantizer_quirks, stats)
-    source.rounded_layers = stats.get("rounded_layers")
+    source.weight_rounding = stats.get("weight_rounding")
     source.notes.extend(notes)
     return out
 

@@ -74,14 +74,14 @@ def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None, recip
     return inline_buffers(bytes(q.quantize(calibration).quantized_model))
 
 
-def _rounded(source, flatbuffer: bytes, recipe) -> bytes:
-    """The float graph with its conv kernels on the int8 grid, each kernel's sum kept (weight_rounding.py)."""
-    source.rounded_layers = 0
-    if recipe.weight_rounding != "kernel-sum":
+def _rounded(source, flatbuffer: bytes, recipe, x) -> bytes:
+    """The float graph's weights on their int8 grid, kernel sums kept, biases corrected (weight_rounding.py)."""
+    source.weight_rounding = None
+    if recipe.weight_rounding != "corrected":
         return flatbuffer
     from .weight_rounding import round_tflite
-    flatbuffer, source.rounded_layers = round_tflite(flatbuffer, recipe.per_channel, recipe.exclude_nodes,
-                                                     recipe.exclude_op_types)
+    flatbuffer, source.weight_rounding = round_tflite(flatbuffer, recipe.per_channel, recipe.exclude_nodes,
+                                                      recipe.exclude_op_types, x)
     return flatbuffer
 
 
@@ -204,7 +204,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             flatbuffer = _float_model(source, recipe, torch)
             if recipe.quantization == "int8":
                 x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
-                flatbuffer = _quantize_static_int8(_rounded(source, flatbuffer, recipe), x, progress, recipe)
+                flatbuffer = _quantize_static_int8(_rounded(source, flatbuffer, recipe, x), x, progress, recipe)
     except (ConversionError, OptionError):
         raise
     except Exception as exc:

@@ -132,9 +132,9 @@ def profiles_show(ctx, name, as_json):
               help="Channel order of image-folder inputs.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Activation range estimation (ONNX artifacts).")
-@click.option("--weight-rounding", type=click.Choice(["kernel-sum", "nearest"]), default="kernel-sum",
-              show_default=True, help="int8 conv weights: keep each kernel's sum (more accurate), or round each "
-              "weight to its nearest step (what the plain quantizers do).")
+@click.option("--weight-rounding", type=click.Choice(["corrected", "nearest"]), default="corrected",
+              show_default=True, help="int8 weights: each conv kernel's sum kept and the biases corrected for "
+              "what rounding shifts (more accurate), or each weight to its nearest step (the plain quantizers).")
 @click.option("--input-shape", help="Input shape to build for: fixes an ONNX source's dynamic dims; the "
               "example input for PyTorch files without one. E.g. 1,3,224,224.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION",

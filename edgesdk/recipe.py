@@ -13,7 +13,7 @@ from .tasks import TASKS, Thresholds
 DEFAULT_THRESHOLDS = Thresholds()
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-WEIGHT_ROUNDING = ("kernel-sum", "nearest")
+WEIGHT_ROUNDING = ("corrected", "nearest")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Recipe:
     # How validation runs int8 ONNX: "exact" as the device computes it (ONNX Runtime's QDQ reference),
     # or "host" with this machine's kernels, when the target is this machine.
     int8_arithmetic: str = "exact"
-    weight_rounding: str = "kernel-sum"  # converters/weight_rounding.py: "kernel-sum" or "nearest"
+    weight_rounding: str = "corrected"  # converters/weight_rounding.py: "corrected" or "nearest"
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
@@ -64,7 +64,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
-                min_iou=None, weight_rounding="kernel-sum") -> Recipe:
+                min_iou=None, weight_rounding="corrected") -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -137,8 +137,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
         raise OptionError("--calibration-samples must be at least 1.")
     layout = spec.layout or ("NHWC" if fmt == "tflite" else "source")
     arithmetic = "host" if profile.device.arch == platform.machine() else "exact"
-    return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt, quantization=quant, input_dtype=in_dt,
-                  output_dtype=out_dt, per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
+    return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt,
+                  quantization=quant, input_dtype=in_dt, output_dtype=out_dt, per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
                   calibration_method=calibration_method, exclude_nodes=exclude_nodes,

@@ -33,7 +33,7 @@ class SourceModel:
     # what the quantizer had to work around on this model, so a re-quantization starts from it
     quantizer_quirks: dict = field(default_factory=dict)
     derived: dict = field(default_factory=dict)  # routes' intermediate forms (a float graph), made once
-    rounded_layers: int | None = None  # how many conv kernels the last int8 conversion rounded by their sum
+    weight_rounding: dict | None = None  # what the last int8 conversion's weight rounding corrected
     example_input: Any = None      # PyTorch: the args the model is exported with
     input_dtype: str = "float32"   # integer inputs (token ids, byte values) stay integer end to end
 
