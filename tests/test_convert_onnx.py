@@ -160,9 +160,9 @@ def test_onnx_artifact_reader_on_a_truncated_file(tmp_path, ppocr):
     assert r.returncode == ModelLoadError.exit_code and "not a valid ONNX model" in r.stderr
 
 
-def test_failed_gate_measures_exclusions_and_says_when_none_helps(ppocr, tmp_path):
-    """Symmetric int8 activations (TensorRT's) cost the real PP-OCR classifier agreement; no single layer is to
-    blame, and the error says so instead of sending the user to exclude layers that change nothing."""
+def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
+    """Symmetric int8 activations (TensorRT's) cost the real PP-OCR classifier agreement. Each candidate is kept
+    in float and measured; the lever that works (every op type but Conv) comes first, with its flags."""
     # judged on agreement with the source (unlabelled): 132 crops show it is below 99% for certain
     kwargs = dict(target="jetson-orin-nano", input_shape="1,3,48,192", calibration=ppocr["calib"],
                   validation=np.load(ppocr["val"])["x"], min_agreement=0.99, output_dir=tmp_path, quiet=True,
@@ -170,18 +170,17 @@ def test_failed_gate_measures_exclusions_and_says_when_none_helps(ppocr, tmp_pat
     with pytest.raises(edgesdk.ValidationFailed) as e:
         edgesdk.convert(str(ppocr["model"]), **kwargs)
     assert e.value.figures["gate"]["verdict"] == "fail"
-    # each candidate (the op behind the output first, then the debugger's worst) kept in float alone, measured
     worst = e.value.figures["worst_layers"]
     nodes = [w["node"] for w in worst if not w["op_types"]]
-    assert nodes[0] == "Softmax@0"  # what computes the failing output is measured first among single layers
+    assert "Softmax@0" in nodes  # what computes the failing output is always measured
     (group,) = [w["op_types"] for w in worst if w["op_types"]]  # and every op type but Conv, together
     assert "Conv" not in group and {"Clip", "HardSigmoid", "Softmax"} <= set(group)
     assert 3 <= len(worst) <= 5 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
     assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
-    assert max(w["gain"] for w in worst) <= 0.05
-    assert "changed nothing measurable" in str(e.value) and "Softmax@0" in str(e.value)
+    assert worst[0]["op_types"] == group and worst[0]["gain"] > 0.5  # measured 92.4 -> 97.7 %
+    assert "--exclude-op-types " + ",".join(group) in str(e.value)
     assert list(tmp_path.iterdir()) == []
-    chosen = [nodes[1]]
+    chosen = [nodes[0]]
     art = edgesdk.convert(str(ppocr["model"]), **{**kwargs, "min_agreement": 0}, exclude_nodes=chosen)
     assert art.manifest["quantization"]["excluded"] == {"nodes": chosen, "op_types": []}
     assert art.manifest["recipe"]["exclude_nodes"] == chosen
