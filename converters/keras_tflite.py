@@ -27,10 +27,7 @@ FRAMEWORK = "keras"
 
 def _batch1_model(source):
     """Wrap the model in a functional model whose input has batch size 1."""
-    if source.flavor == "tf-keras":
-        import tf_keras as K
-    else:
-        import keras as K
+    K = _keras_module(source)
     inp = K.Input(shape=source.input_shape[1:], batch_size=1, name=_safe_name(source.input_name))
     out = source.model(inp)
     return K.Model(inp, out, name=f"{source.name}_batch1")
@@ -39,6 +36,26 @@ def _batch1_model(source):
 def _safe_name(name: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_]", "_", name.split(":")[0]) or "input"
     return name if name[0].isalpha() else f"input_{name}"
+
+
+def _keras_module(source):
+    if source.flavor == "tf-keras":
+        import tf_keras as K
+    else:
+        import keras as K
+    return K
+
+
+def _rounded_weights(source, recipe, x):
+    """Kernel sums kept and biases corrected in the live model (weight_rounding.py); returns the weights to
+    restore, or None. Not with exclusions: a layer kept in float must keep its exact weights."""
+    source.weight_rounding = None
+    if recipe.quantization != "int8" or recipe.weight_rounding != "corrected" or source.flavor == "saved_model" \
+            or recipe.exclude_nodes or recipe.exclude_op_types:
+        return None
+    from .weight_rounding import round_keras
+    source.weight_rounding, before = round_keras(source.model, _keras_module(source), recipe.per_channel, x)
+    return before
 
 
 def _converter(tf, source):
@@ -78,7 +95,9 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     with captured_output() as log, warnings.catch_warnings():
         # "Statistics for quantized inputs were expected": the representative dataset provides them.
         warnings.simplefilter("ignore", UserWarning)
+        before = None
         try:
+            before = _rounded_weights(source, recipe, x)
             conv = _converter(tf, source)
             if recipe.quantization == "int8":
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -106,6 +125,9 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                     f"kernel for op(s) {', '.join(ops)}. Replace those layers with int8-friendly ones, or "
                     f"choose a profile that allows float fallback. Converter said: {first[:300]}") from None
             raise ConversionError(f"The TFLite converter failed: {first[:500]}") from None
+        finally:
+            if before is not None:
+                source.model.set_weights(before)
     return flatbuffer
 
 

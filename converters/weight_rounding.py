@@ -207,3 +207,56 @@ def _tflite_input_means(flatbuffer: bytes, tensors, x) -> dict:
             sums[t] = sums.get(t, 0) + out.astype(np.float64).reshape(-1, out.shape[-1]).mean(axis=0)
         count += 1
     return {t: total / count for t, total in sums.items()}
+
+
+def round_keras(model, keras, per_channel: bool = True, x=None) -> tuple:
+    """A Keras model's Conv2D / DepthwiseConv2D kernels corrected in place (biases too, where the layer
+    has one and calibration inputs `x` are given): ({"layers", "biases"}, the weights before, to restore).
+
+    The TFLite converter folds a following batch norm into the kernel by scaling whole output channels,
+    which keeps each channel's grid. `keras` is the model's own Keras module (keras or tf_keras).
+    """
+    before = [w.copy() for w in model.get_weights()]
+    layers = []
+    for layer in _keras_layers(model):
+        kind = type(layer).__name__
+        if kind in ("Conv2D", "DepthwiseConv2D") and getattr(layer, "groups", 1) == 1 \
+                and layer.get_weights()[0].ndim == 4:
+            layers.append(layer)
+    means = _keras_input_means(model, keras, layers, x) if x is not None and layers else {}
+    biases = 0
+    for layer in layers:
+        weights = layer.get_weights()
+        kernel, bias = weights[0], (weights[1] if len(weights) > 1 else None)
+        kh, kw, cin, last = kernel.shape
+        if type(layer).__name__ == "DepthwiseConv2D":  # (kh, kw, in, mult): output channel c * mult + m
+            shaped, groups = kernel.reshape(kh, kw, 1, cin * last).transpose(3, 2, 0, 1), cin
+        else:  # (kh, kw, in, out)
+            shaped, groups = kernel.transpose(3, 2, 0, 1), 1
+        grid, corrected = _corrected(shaped, per_channel, means.get(layer.name), groups, bias)
+        weights[0] = grid.transpose(2, 3, 1, 0).reshape(kernel.shape)
+        if corrected is not None:
+            weights[1] = corrected
+            biases += 1
+        layer.set_weights(weights)
+    return {"layers": len(layers), "biases": biases}, before
+
+
+def _keras_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers"):  # a nested model
+            yield from _keras_layers(layer)
+        else:
+            yield layer
+
+
+def _keras_input_means(model, keras, layers, x) -> dict:
+    """Per-channel (last axis) means of each layer's input from the float model; {} where the graph
+    cannot be tapped (subclassed or nested models)."""
+    try:
+        probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    except Exception:  # noqa: BLE001 - no functional graph to tap: kernel sums only
+        return {}
+    outs = probe.predict(x[:MEAN_SAMPLES], verbose=0, batch_size=32)
+    outs = outs if isinstance(outs, list) else [outs]
+    return {layer.name: o.astype(np.float64).reshape(-1, o.shape[-1]).mean(axis=0) for layer, o in zip(layers, outs)}
