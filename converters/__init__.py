@@ -20,7 +20,8 @@ ROUTES = {
 
 PRUNERS = {"keras": "keras_prune", "torch": "torch_prune"}
 
-# Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes.
+# Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes, and
+# CALIBRATION_METHODS: the --calibration-method values it takes (default: "minmax" only).
 
 
 def get_route(framework: str, fmt: str):

@@ -16,6 +16,7 @@ from .keras_model import import_tf
 from .keras_tflite import _batch1_model, _safe_name
 
 FORMAT = "onnx"
+CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
 FRAMEWORK = "keras"
 OPSET = 17
 

@@ -23,6 +23,7 @@ from .keras_model import import_tf
 
 FORMAT = "tflite"
 FRAMEWORK = "keras"
+CALIBRATION_METHODS = ("minmax",)  # the TFLite converter's calibrator has no other
 
 
 def _batch1_model(source):

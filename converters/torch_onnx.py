@@ -16,6 +16,7 @@ from . import onnx_int8
 from .torch_model import import_torch
 
 FORMAT = "onnx"
+CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
 FRAMEWORK = "torch"
 OPSET = 17
 

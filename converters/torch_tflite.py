@@ -23,6 +23,9 @@ from .torch_model import import_torch
 
 FORMAT = "tflite"
 FRAMEWORK = "torch"
+# minmax: the true range over the data. moving-average: ai-edge-quantizer's own default (0.95 per sample),
+# which clips more the more data it sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with min/max.
+CALIBRATION_METHODS = ("minmax", "moving-average")  # the recovery ladder tries them in this order
 
 
 def _channels_last(model, torch):
@@ -67,7 +70,8 @@ def _io_types(flatbuffer: bytes, recipe) -> bytes:
 def _quantize_static_int8(flatbuffer: bytes, x: np.ndarray, progress=None, recipe=None) -> bytes:
     """ai-edge-quantizer's static int8 recipe (int8 weights and activations) on a float TFLite."""
     q, data = _quantizer(flatbuffer, x, recipe)
-    calibration = _calibrate_min_max(q, data)
+    calibration = q.calibrate(data) if recipe is not None and recipe.calibration_method == "moving-average" \
+        else _calibrate_min_max(q, data)
     if progress:
         progress(len(x), len(x))
     from .tflite_io import inline_buffers

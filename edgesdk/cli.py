@@ -130,8 +130,9 @@ def profiles_show(ctx, name, as_json):
 @click.option("--std", help="Preprocess: divide, per channel: 0.229,0.224,0.225.")
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
               help="Channel order of image-folder inputs.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="Activation range estimation (ONNX artifacts).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "moving-average", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="Activation range estimation: min/max over the data; "
+              "moving-average (PyTorch -> TFLite); entropy, percentile (ONNX).")
 @click.option("--weight-rounding", type=click.Choice(["corrected", "nearest"]), default="corrected",
               show_default=True, help="int8 weights: each conv kernel's sum kept and the biases corrected for "
               "what rounding shifts (more accurate), or each weight to its nearest step (the plain quantizers).")

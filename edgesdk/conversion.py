@@ -95,6 +95,10 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     source = load_source(model, unsafe=unsafe, input_shape=input_shape,
                          example_input=example_input, model_factory=model_factory)
     route = get_route(source.framework, recipe.format)
+    methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
+    if recipe.calibration_method not in methods:
+        raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
+                          f"{source.framework} to {recipe.format}: this route calibrates with {' or '.join(methods)}.")
     layout = artifact_layout(source.layout, recipe.layout)
 
     calib = val = tune = None

@@ -12,7 +12,7 @@ from .tasks import TASKS, Thresholds
 
 DEFAULT_THRESHOLDS = Thresholds()
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("minmax", "moving-average", "entropy", "percentile")  # each route says which it has
 WEIGHT_ROUNDING = ("corrected", "nearest")
 
 
@@ -90,9 +90,6 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if calibration_method not in CALIBRATION_METHODS:
         raise OptionError(f"Unknown calibration method '{calibration_method}'; expected one of "
                           f"{', '.join(CALIBRATION_METHODS)}.")
-    if calibration_method != "minmax" and fmt != "onnx":
-        raise OptionError(f"--calibration-method {calibration_method} applies to ONNX artifacts; the TFLite "
-                          f"converter calibrates with min/max.")
     if weight_rounding not in WEIGHT_ROUNDING:
         raise OptionError(f"Unknown weight rounding '{weight_rounding}'; expected one of "
                           f"{', '.join(WEIGHT_ROUNDING)}.")
