@@ -114,7 +114,8 @@ def _round_weights(model_path: Path, recipe, per_channel: bool, x) -> dict | Non
 
     from .weight_rounding import round_onnx
     model = onnx.load(str(model_path))
-    skip = tuple(recipe.exclude_nodes) + tuple(n.name for n in model.graph.node if n.op_type in recipe.exclude_op_types)
+    skip = tuple(recipe.exclude_nodes) + tuple(n.name for n in model.graph.node
+                                               if n.op_type in recipe.exclude_op_types)
     done = round_onnx(model, per_channel, skip_nodes=skip, x=x)
     if done["layers"]:
         onnx.save(model, str(model_path))

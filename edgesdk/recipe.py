@@ -135,7 +135,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     layout = spec.layout or ("NHWC" if fmt == "tflite" else "source")
     arithmetic = "host" if profile.device.arch == platform.machine() else "exact"
     return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt,
-                  quantization=quant, input_dtype=in_dt, output_dtype=out_dt, per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
+                  quantization=quant, input_dtype=in_dt, output_dtype=out_dt, per_channel=spec.per_channel,
+                  calibration_samples=samples, sparsity=prune, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
                   calibration_method=calibration_method, exclude_nodes=exclude_nodes,
