@@ -133,9 +133,9 @@ def profiles_show(ctx, name, as_json):
 @click.option("--calibration-method", type=click.Choice(["minmax", "moving-average", "entropy", "percentile"]),
               default="minmax", show_default=True, help="Activation range estimation: min/max over the data; "
               "moving-average (PyTorch -> TFLite); entropy, percentile (ONNX).")
-@click.option("--weight-rounding", type=click.Choice(["corrected", "nearest"]), default="corrected",
-              show_default=True, help="int8 weights: each conv kernel's sum kept and the biases corrected for "
-              "what rounding shifts (more accurate), or each weight to its nearest step (the plain quantizers).")
+@click.option("--weight-rounding", type=click.Choice(["nearest", "corrected"]), default="nearest",
+              show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
+              "kernel's sum kept and the biases corrected for what rounding shifts (better on photos).")
 @click.option("--input-shape", help="Input shape to build for: fixes an ONNX source's dynamic dims; the "
               "example input for PyTorch files without one. E.g. 1,3,224,224.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION",

@@ -51,7 +51,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
-            allow_float_fallback=False, calibration_method="minmax", weight_rounding="corrected",
+            allow_float_fallback=False, calibration_method="minmax", weight_rounding="nearest",
             exclude_nodes=(), exclude_op_types=(),
             input_shape=None, example_input=None, model_factory=None, keep_failed=False, recover=True,
             unsafe=False, force=False, name=None, quiet=False,

@@ -81,7 +81,8 @@ def test_int8_onnx_for_a_pi_is_judged_as_the_pi_computes_it(imagenet, tmp_path):
     from edgesdk.tasks.regress import sqnr_db
     model, cal, val, example = imagenet
     art = edgesdk.convert(model, "rpi4", format="onnx", example_input=example, calibration=cal, validation=val,
-                          min_agreement=0.0, task="classify", recover=False, output_dir=tmp_path, quiet=True)
+                          weight_rounding="corrected", min_agreement=0.0, task="classify", recover=False,
+                          output_dir=tmp_path, quiet=True)
     assert art.manifest["recipe"]["int8_arithmetic"] == "exact"
     assert art.manifest["quantization"]["weight_rounding"] == {"mode": "corrected", "layers": 50, "biases": 50}
     v = art.validation
