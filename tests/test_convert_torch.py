@@ -36,6 +36,18 @@ def digit_net(digits_nchw):
 EXAMPLE = (1, 1, 28, 28)
 
 
+def test_tflite_route_takes_the_librarys_moving_average_calibration(digit_net, digits_nchw, tmp_path):
+    """ai-edge-quantizer's own range estimate, on request; the route's min/max stays the default."""
+    kwargs = dict(target="rpi4", example_input=torch.zeros(*EXAMPLE), calibration=digits_nchw["train"],
+                  validation=digits_nchw["test"], quiet=True, max_accuracy_drop=100)
+    moving = edgesdk.convert(digit_net, calibration_method="moving-average", output_dir=tmp_path / "m", **kwargs)
+    minmax = edgesdk.convert(digit_net, output_dir=tmp_path / "d", **kwargs)
+    assert moving.manifest["quantization"]["calibration_method"] == "moving-average"
+    assert minmax.manifest["quantization"]["calibration_method"] == "minmax"
+    assert_full_int8(moving.path)
+    assert moving.path.read_bytes() != minmax.path.read_bytes()  # other activation ranges, another artifact
+
+
 def test_live_module_to_rpi4_nhwc_full_int8(digit_net, digits_nchw, tmp_path):
     art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
                           calibration=digits_nchw["train"], validation=digits_nchw["test"], output_dir=tmp_path,

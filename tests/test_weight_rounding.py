@@ -91,3 +91,19 @@ def test_int8_onnx_for_a_pi_is_judged_as_the_pi_computes_it(imagenet, tmp_path):
         ref = model(torch.from_numpy(val[:24])).numpy()
     exact = ONNXArtifact(art.path, exact=True).predict(val[:24])[0]
     assert sqnr_db(ref, exact) >= 18.0
+
+
+@pytest.mark.parametrize("flavor", ["keras3", "tf-keras"])
+def test_keras_route_rounds_the_live_model_and_gives_its_weights_back(flavor, tmp_path):
+    import edgesdk
+    from edgesdk import fixtures
+    x, y = fixtures.mnist_5k()
+    x = fixtures.mnist_inputs(x)
+    model = fixtures.mnist_cnn(x[:1000], y[:1000], epochs=1, flavor=flavor)
+    before = [w.copy() for w in model.get_weights()]
+    art = edgesdk.convert(model, "rpi4", calibration=(x[:1000], y[:1000]), validation=(x[4000:], y[4000:]),
+                          weight_rounding="corrected", max_accuracy_drop=100, output_dir=tmp_path, quiet=True)
+    assert art.manifest["quantization"]["weight_rounding"] == {"mode": "corrected", "layers": 2, "biases": 2}
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the caller's model untouched
+    v = art.validation
+    assert v["reference_accuracy"] - v["artifact_accuracy"] <= 0.01  # 1,000 held-out digits
