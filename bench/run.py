@@ -205,7 +205,7 @@ def bench_imagenet(tmp, quick):
                   "value": round(v["sqnr_db"] - base_sqnr, 2), "unit": "dB", "goal": ">= 3",
                   "met": v["sqnr_db"] - base_sqnr >= 3,
                   "baseline": f"plain {base_sqnr:.1f} dB, edgesdk {v['sqnr_db']:.1f} dB "
-                              f"({rounded['mode']} rounding, {rounded['layers']} conv layers)"}]
+                              f"({rounded['mode']} rounding, {rounded['layers']} layers)"}]
     return rows
 
 
