@@ -47,16 +47,11 @@ def _keras_module(source):
     return K
 
 
-def _rounded_weights(source, recipe, x):
-    """Kernel sums kept and biases corrected in the live model (weight_rounding.py); returns the weights to
-    restore, or None. Not with exclusions: a layer kept in float must keep its exact weights."""
-    source.weight_rounding = None
-    if recipe.quantization != "int8" or recipe.weight_rounding != "corrected" or source.flavor == "saved_model" \
-            or recipe.exclude_nodes or recipe.exclude_op_types:
-        return None
-    from .weight_rounding import round_keras
-    source.weight_rounding, before = round_keras(source.model, _keras_module(source), recipe.per_channel, x)
-    return before
+def _rounds_weights(source, recipe) -> bool:
+    """Whether the live model's weights get the corrected rounding (weight_rounding.py) before converting.
+    Not with exclusions: a layer kept in float must keep its exact weights."""
+    return recipe.quantization == "int8" and recipe.weight_rounding == "corrected" \
+        and source.flavor != "saved_model" and not (recipe.exclude_nodes or recipe.exclude_op_types)
 
 
 def _converter(tf, source):
@@ -96,9 +91,13 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     with captured_output() as log, warnings.catch_warnings():
         # "Statistics for quantized inputs were expected": the representative dataset provides them.
         warnings.simplefilter("ignore", UserWarning)
-        before = None
+        before, source.weight_rounding = None, None
         try:
-            before = _rounded_weights(source, recipe, x)
+            if _rounds_weights(source, recipe):  # the caller's model gets its weights back below
+                from .keras_prune import snapshot
+                from .weight_rounding import round_keras
+                before = snapshot(source.model)
+                source.weight_rounding = round_keras(source.model, _keras_module(source), recipe.per_channel, x)
             conv = _converter(tf, source)
             if recipe.quantization == "int8":
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -128,7 +127,8 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             raise ConversionError(f"The TFLite converter failed: {first[:500]}") from None
         finally:
             if before is not None:
-                source.model.set_weights(before)
+                from .keras_prune import restore
+                restore(source.model, before)
     return flatbuffer
 
 

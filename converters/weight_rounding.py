@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 
-MODES = ("corrected", "nearest")
 QMAX = 127  # symmetric int8 weights: [-127, 127], what ONNX Runtime and ai-edge-quantizer use
 MEAN_SAMPLES = 128  # calibration samples the layer-input means are taken over
 
@@ -144,8 +143,10 @@ def round_tflite(flatbuffer: bytes, per_channel: bool = True, skip_nodes=(), ski
     Ops kept in float (their output tensor's name before ";" in `skip_nodes`, or their type in
     `skip_op_types`) keep their weights exactly.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
+    from .keras_model import import_tf
     from .tflite_io import read_model, write_model
+    import_tf()  # TensorFlow's settings before its first import
+    from tensorflow.lite.python import schema_py_generated as schema
     model = read_model(flatbuffer)
     ops = schema.BuiltinOperator
     # each weight layout -> (out, in, *spatial); the activation's channel is its last axis (NHWC)
@@ -212,14 +213,13 @@ def _tflite_input_means(flatbuffer: bytes, tensors, x) -> dict:
     return {t: total / count for t, total in sums.items()}
 
 
-def round_keras(model, keras, per_channel: bool = True, x=None) -> tuple:
+def round_keras(model, keras, per_channel: bool = True, x=None) -> dict:
     """A Keras model's Conv2D / DepthwiseConv2D kernels corrected in place (biases too, where the layer
-    has one and calibration inputs `x` are given): ({"layers", "biases"}, the weights before, to restore).
+    has one and calibration inputs `x` are given): {"layers", "biases"}. The caller restores the weights.
 
     The TFLite converter folds a following batch norm into the kernel by scaling whole output channels,
     which keeps each channel's grid. `keras` is the model's own Keras module (keras or tf_keras).
     """
-    before = [w.copy() for w in model.get_weights()]
     layers = []
     for layer in _keras_layers(model):
         kind = type(layer).__name__
@@ -242,7 +242,7 @@ def round_keras(model, keras, per_channel: bool = True, x=None) -> tuple:
             weights[1] = corrected
             biases += 1
         layer.set_weights(weights)
-    return {"layers": len(layers), "biases": biases}, before
+    return {"layers": len(layers), "biases": biases}
 
 
 def _keras_layers(model):
