@@ -20,9 +20,13 @@ demo: setup
 	$(PY) examples/mnist_demo.py edgesdk-demo
 
 ## Debian packages the tests use: a real OpenSSH server and client (deploy tests),
-## iproute2 (network namespaces, tc) and procps (finding sshd's session processes).
+## iproute2 (network namespaces, tc), procps (finding sshd's session processes), and the
+## emulated arm64 device: debootstrap builds its Debian userland, qemu-user-static runs it
+## through binfmt_misc (binfmt-support registers it).
 TEST_DEBS := /usr/sbin/sshd:openssh-server /usr/bin/ssh-keygen:openssh-client /usr/bin/scp:openssh-client \
-             /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/ps:procps
+             /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/ps:procps \
+             /usr/sbin/debootstrap:debootstrap /usr/bin/qemu-aarch64-static:qemu-user-static \
+             /usr/sbin/update-binfmts:binfmt-support
 test-deps:
 	@missing=$$(for pair in $(TEST_DEBS); do test -x $${pair%%:*} || echo $${pair##*:}; done | sort -u); \
 	if [ -n "$$missing" ]; then \

@@ -17,6 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .util import cache_home
+
 
 @dataclass(frozen=True)
 class Fixture:
@@ -108,9 +110,7 @@ FIXTURES = {
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("EDGESDK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgesdk")
-    return Path(base) / "fixtures"
+    return cache_home() / "fixtures"
 
 
 def _sha256(data: bytes) -> str:

@@ -11,6 +11,13 @@ import tempfile
 from pathlib import Path
 
 
+def cache_home() -> Path:
+    """The SDK's cache dir ($EDGESDK_CACHE, else the user's cache dir): fixtures, device wheels, toolchains."""
+    base = os.environ.get("EDGESDK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "edgesdk")
+    return Path(base)
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

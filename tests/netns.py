@@ -57,7 +57,8 @@ def _octets_in_use() -> set:
 
 
 class NamespacedDevice:
-    def __init__(self, root, alias, client_key):
+    def __init__(self, root, alias, client_key, device=None):
+        """device: an emulated device's root filesystem whose own sshd serves this namespace."""
         if next(_sweeps, None) is not None:
             _sweep_stale()
         n = (os.getpid() % 200) * 10 + next(_ids)
@@ -74,7 +75,7 @@ class NamespacedDevice:
         for cmd in (["ip", "addr", "add", f"{self.ip}/30", "dev", self.dev_if], ["ip", "link", "set", self.dev_if, "up"],
                     ["ip", "link", "set", "lo", "up"]):
             sh("ip", "netns", "exec", self.ns, *cmd)
-        self.server = SSHServer(root, alias, client_key, address=self.ip, netns=self.ns).start()
+        self.server = SSHServer(root, alias, client_key, address=self.ip, netns=self.ns, device=device).start()
         self.alias = alias
 
     def ssh_config(self, user, key) -> str:

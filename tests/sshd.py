@@ -28,17 +28,23 @@ def keygen(path: Path, kind="ed25519") -> Path:
 
 
 class SSHServer:
-    def __init__(self, root: Path, name: str, client_key: Path, address="127.0.0.1", netns=None):
-        self.root, self.name, self.address, self.netns = root, name, address, netns
+    """sshd on `address`; in a network namespace with `netns`; with `device`, the sshd of an emulated
+    device's root filesystem (see emulated_device.py), its files written inside that root."""
+
+    def __init__(self, root: Path, name: str, client_key: Path, address="127.0.0.1", netns=None, device=None):
+        self.root, self.name, self.address, self.netns, self.device = root, name, address, netns, device
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port() if netns is None else 22  # a namespace has its own ports
-        self.host_key = keygen(root / "host_key")
-        (root / "authorized_keys").write_text(Path(str(client_key) + ".pub").read_text())
-        self.config = root / "sshd_config"
+        # where the server's files live on this machine, and how the server itself names them
+        files, seen_as = (device / "etc/edgesdk-sshd", "/etc/edgesdk-sshd") if device else (root, str(root))
+        files.mkdir(parents=True, exist_ok=True)
+        self.host_key = keygen(files / "host_key")
+        (files / "authorized_keys").write_text(Path(str(client_key) + ".pub").read_text())
+        self.config = files / "sshd_config"
         self.config.write_text(f"""Port {self.port}
 ListenAddress {address}
-HostKey {self.host_key}
-AuthorizedKeysFile {root / 'authorized_keys'}
+HostKey {seen_as}/host_key
+AuthorizedKeysFile {seen_as}/authorized_keys
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
@@ -46,17 +52,23 @@ UsePAM no
 PermitRootLogin prohibit-password
 StrictModes no
 Subsystem sftp internal-sftp
-PidFile {root / 'sshd.pid'}
+PidFile {seen_as}/sshd.pid
 LogLevel VERBOSE
 """)
+        self.sshd_argv = [SSHD if device is None else "/usr/sbin/sshd", "-D", "-e", "-f", f"{seen_as}/sshd_config"]
         self.proc = None
         self.log = root / "sshd.log"
 
     def start(self, timeout=10.0):
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory, needed as root
         self._log = open(self.log, "w+")
+        argv = self.sshd_argv
+        if self.device is not None:
+            import emulated_device
+            argv = emulated_device.device_command(self.device, argv)
+            timeout = max(timeout, 60.0)  # an emulated sshd starts slowly
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        self.proc = subprocess.Popen(prefix + [SSHD, "-D", "-e", "-f", str(self.config)], stderr=self._log,
+        self.proc = subprocess.Popen(prefix + argv, stderr=self._log,
                                      stdout=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
