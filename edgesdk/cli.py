@@ -318,9 +318,13 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, db, no_store
 @click.option("--profile", help="Device profile (default: the artifact's manifest).")
 @click.option("--runs", type=int, default=50, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
-@click.option("--threads", type=int, help="Default: the profile's.")
+@click.option("--threads", type=int, help="Default: the profile's, at most the cores the device reports.")
 @click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
-@click.option("--remote-python", help="Python on the device (default: the profile's, python3).")
+@click.option("--allow-cpu", is_flag=True, help="Measure on the device's CPU when the profile's accelerator cannot "
+              "be used there (stored as '<profile> (cpu only)').")
+@click.option("--dla-core", type=int, help="Jetson: build and run the engine on this DLA core.")
+@click.option("--remote-python", help="Python on the device (default: the venv `edgesdk device setup` made, else "
+              "the profile's python3); ~ is the device's home.")
 @click.option("--workdir", help="Work directory on the device (default: the profile's, ~/.cache/edgesdk).")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for the run on each device.")
 @click.option("--parallel", type=int, default=4, show_default=True, help="Hosts deployed at once.")
@@ -328,8 +332,8 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, db, no_store
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, remote_python, workdir,
-           timeout, parallel, accept_new_host_key, db, as_json):
+def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, allow_cpu, dla_core,
+           remote_python, workdir, timeout, parallel, accept_new_host_key, db, as_json):
     """Push ARTIFACT to devices over SSH, probe them, and benchmark it there."""
     ctx.meta["json"] = as_json
     from .deploy import deploy as run_deploy, read_hosts_file
@@ -344,7 +348,7 @@ def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, dur
                          progress=Progress(quiet=as_json),
                          profile=profile, runs=runs, warmup=warmup, threads=threads, duration=duration,
                          remote_python=remote_python, workdir=workdir, timeout=timeout,
-                         accept_new_host_key=accept_new_host_key)
+                         accept_new_host_key=accept_new_host_key, allow_cpu=allow_cpu, dla_core=dla_core)
     store.close()
     if not isinstance(results, list):
         results = [results]
@@ -369,6 +373,38 @@ def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, dur
             click.echo(f"error: {d['host']}: {d['error']}", err=True)
     if failed:
         sys.exit(failed[0]["exit_code"] if len(docs) == 1 else 1)
+
+
+@main.group()
+def device():
+    """Prepare a device for deploys."""
+
+
+@device.command("setup")
+@click.argument("host")
+@click.option("--profile", default="rpi4", show_default=True, help="The profile whose runtimes to install.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["tflite", "onnx"]),
+              help="Runtimes for these formats (repeatable; default: every format the profile takes).")
+@click.option("--remote-python", help="The device's Python to make the venv with (default: the profile's, python3).")
+@click.option("--workdir", help="Work directory on the device (default: the profile's, ~/.cache/edgesdk).")
+@click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def device_setup(ctx, host, profile, formats, remote_python, workdir, accept_new_host_key, as_json):
+    """Make a venv on HOST with the runtime PROFILE needs, from wheels downloaded here for its platform."""
+    ctx.meta["json"] = as_json
+    from .device_setup import setup
+    from .progress import Progress
+    r = setup(host, profile=profile, formats=formats, remote_python=remote_python, workdir=workdir,
+              accept_new_host_key=accept_new_host_key, progress=Progress(quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{host}: {r['python']} (Python {r['python_version']}, {r['platform']}) has "
+               + ", ".join(f"{k} {v}" for k, v in r["packages"].items())
+               + f"; sent {r['uploaded_bytes']:,} bytes. `edgesdk deploy` uses it from now on.")
+    if r["note"]:
+        click.echo(f"note: {r['note']}")
 
 
 @main.group()

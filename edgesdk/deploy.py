@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .artifact import Artifact
 from .bench import parse_runner_output, result_from_runner
-from .errors import EdgeSDKError, OptionError, RuntimeMissing
+from .errors import BenchmarkError, DeployError, EdgeSDKError, OptionError, RuntimeMissing
 from .progress import Progress
-from .errors import DeployError
-from .ssh import Session, resolve
+from .ssh import ConnectionLost, Session, resolve
 from .util import sha256_file
 
 # Small programs run by the device's own Python; paths arrive as argv, never inside the code.
@@ -32,7 +33,8 @@ STALE_PART_S = 30
 _PREPARE = ("import glob,os,sys,time\nd=os.path.expanduser(sys.argv[1])\n"
             "[os.makedirs(os.path.join(d,s),exist_ok=True) for s in ('runner','artifacts')]\n"
             "[os.unlink(p) for p in glob.glob(os.path.join(d,'*','*.part'))+glob.glob(os.path.join(d,'*','*','*.part'))"
-            " if time.time()-os.path.getmtime(p)>float(sys.argv[2])]\nprint(d)")
+            " if time.time()-os.path.getmtime(p)>float(sys.argv[2])]\nprint(d)\n"
+            "v=os.path.join(d,'venv','bin','python')\nprint(v if os.path.exists(v) else '')")
 _SHA = ("import hashlib,os,sys\np=sys.argv[1]\nh=hashlib.sha256()\n"
         "f=open(p,'rb') if os.path.isfile(p) else None\n"
         "[h.update(c) for c in iter(lambda:f.read(1<<20),b'')] if f else None\nprint(h.hexdigest() if f else '')")
@@ -41,20 +43,52 @@ _COMMIT = ("import hashlib,os,sys\ntmp,final,want=sys.argv[1:4]\nh=hashlib.sha25
            "ok=h.hexdigest()==want\nos.replace(tmp,final) if ok else os.unlink(tmp)\nprint('ok' if ok else 'mismatch')")
 _REMOVE = "import os,sys\n[os.unlink(p) for p in sys.argv[1:] if os.path.exists(p)]"
 _FREE = "import shutil,sys\nprint(shutil.disk_usage(sys.argv[1]).free)"
+# Runs argv in its own process group and files that group's id, so a stop (Ctrl-C, a timeout) ends this run's
+# processes and no one else's. A death by signal is said on stderr, with the cgroup's OOM-kill count, because
+# sshd would report it as a closed channel with no status.
+_SUPERVISE = r"""import json,os,signal,subprocess,sys
+pidfile=sys.argv[1]
+def ooms():
+    try:
+        cg=open('/proc/self/cgroup').read().strip().split('::')[-1]
+        for l in open('/sys/fs/cgroup'+cg+'/memory.events'):
+            if l.startswith('oom_kill '): return int(l.split()[1])
+    except Exception: return None
+before=ooms()
+p=subprocess.Popen(sys.argv[2:],start_new_session=True)
+d=os.path.dirname(pidfile);os.makedirs(d,exist_ok=True);open(pidfile,'w').write(str(p.pid))
+signal.signal(signal.SIGINT,signal.SIG_IGN)
+[signal.signal(s,lambda *a:os.killpg(p.pid,signal.SIGTERM)) for s in (signal.SIGTERM,signal.SIGHUP)]
+try: r=p.wait()
+finally:
+    try: os.unlink(pidfile)
+    except OSError: pass
+if r<0:
+    after=ooms()
+    sys.stderr.write('\nedgesdk-exit '+json.dumps({'signal':-r,'oom_kills':None if after is None or before is None else after-before})+'\n')
+    sys.exit(128-r)
+sys.exit(r)"""
+_STOP = ("import os,signal,sys,time\nfor pidfile in sys.argv[1:]:\n"
+         " try: pid=int(open(pidfile).read())\n except (OSError,ValueError): continue\n"
+         " for sig in (signal.SIGTERM,)*30+(signal.SIGKILL,):\n"
+         "  try: os.killpg(pid,sig)\n  except ProcessLookupError: break\n  time.sleep(0.1)\n"
+         " try: os.unlink(pidfile)\n except OSError: pass")
 
 
-class _Device:
+class Device:
     """One host's steps, sharing its session."""
 
     def __init__(self, session: Session, python: str, timeout: float, progress: Progress):
         self.s, self.python, self.timeout, self.progress = session, python, timeout, progress
 
-    def py(self, code, *args, timeout=60):
-        return self.s.run([self.python, "-c", code, *args], timeout=timeout)[1].strip()
+    def py(self, code, *args, timeout=60, python=None):
+        return self.s.run([python or self.python, "-c", code, *args], timeout=timeout)[1].strip()
 
-    def prepare(self, workdir: str) -> str:
+    def prepare(self, workdir: str) -> tuple:
+        """(the work dir, expanded; the python of the venv `device setup` made there, or '')."""
         try:
-            return self.py(_PREPARE, workdir, STALE_PART_S)
+            root, venv = (self.py(_PREPARE, workdir, STALE_PART_S) + "\n").split("\n")[:2]
+            return root, venv
         except DeployError as exc:
             if "not found" in str(exc) or "No such file" in str(exc) or "exit 127" in str(exc):
                 raise RuntimeMissing(f"{self.python} is not on {self.s.target.spec}: install Python 3.8+ there "
@@ -94,6 +128,33 @@ class _Device:
                               f"{remote.rsplit('/', 1)[0]}, {remote.rsplit('/', 1)[1]} needs {size:,}. Free some "
                               f"space or pass --workdir on a larger disk.") from None
 
+    def run_supervised(self, rundir: str, argv: list, running: dict | None, host: str):
+        """(status, stdout, stderr) of argv run under the supervisor; stops it on Ctrl-C or a timeout."""
+        pidfile = f"{rundir}/{secrets.token_hex(8)}.pid"
+
+        def stop():
+            try:
+                self.py(_STOP, pidfile, timeout=30)
+            except EdgeSDKError:
+                pass  # the link is gone; the run ends when its output pipe breaks
+        if running is not None:
+            running[host] = stop
+        try:
+            status, out, err = self.s.run([self.python, "-c", _SUPERVISE, pidfile, self.python, *argv],
+                                          timeout=self.timeout, check=False)
+        except (KeyboardInterrupt, DeployError) as exc:
+            if not isinstance(exc, ConnectionLost):
+                stop()
+            raise
+        finally:
+            if running is not None:
+                running.pop(host, None)
+        death = _death(err)
+        if death:
+            what, tail = death
+            raise BenchmarkError(f"The runner on {self.s.target.spec} {what}. Its last output:\n  " + "\n  ".join(tail))
+        return status, out, err
+
     def cleanup(self, *paths):
         try:
             self.py(_REMOVE, *paths, timeout=20)
@@ -101,97 +162,145 @@ class _Device:
             pass  # the link is gone: nothing more can be done from here
 
 
-def _needs(fmt: str, probe: dict, python: str, spec: str):
+def _death(stderr: str):
+    """(what happened, the stderr tail) when the supervisor says its process died by a signal, else None."""
+    lines = (stderr or "").strip().splitlines()
+    if not lines or not lines[-1].startswith("edgesdk-exit "):
+        return None
+    info = json.loads(lines[-1].split(" ", 1)[1])
+    n = info["signal"]
+    try:
+        name = signal.Signals(n).name
+    except ValueError:
+        name = f"signal {n}"
+    what = f"was killed by signal {n} ({name})"
+    if n == signal.SIGKILL:
+        what += (": the kernel's out-of-memory killer ended it (the model or runtime needs more memory than "
+                 "the device has free)" if info.get("oom_kills") else
+                 ": out of memory? That is what the kernel's OOM killer sends; check `dmesg` on the device")
+    elif n == signal.SIGSEGV:
+        what += ": the runtime crashed (a segmentation fault)"
+    tail = [ln for ln in lines[:-1] if ln.strip()][-8:]
+    return what, tail or ["(no output)"]
+
+
+def _needs(fmt: str, probe: dict, python: str, spec: str, profile: str):
     rt = probe.get("runtimes", {})
+    setup = (f"Run `edgesdk device setup {spec} --profile {profile}`: it makes a venv in the device's work dir "
+             f"with the runtime, from wheels this machine downloads (Raspberry Pi OS and Debian 12 refuse a "
+             f"system-wide pip install), and deploy uses that venv from then on.")
     if not rt.get("numpy"):
-        raise RuntimeMissing(f"numpy does not import in {python} (Python {probe.get('python')}) on {spec}. Install "
-                             f"it on the device: `{python} -m pip install numpy`.")
+        raise RuntimeMissing(f"numpy does not import in {python} (Python {probe.get('python')}) on {spec}. {setup}")
     if fmt == "tflite" and not (rt.get("ai_edge_litert") or rt.get("tflite_runtime") or rt.get("tensorflow")):
-        raise RuntimeMissing(f"No TFLite runtime in {python} on {spec}. Install one on the device: "
-                             f"`{python} -m pip install ai-edge-litert` (or tflite-runtime on Python < 3.9).")
+        raise RuntimeMissing(f"No TFLite runtime (ai-edge-litert) in {python} on {spec}. {setup}")
     if fmt == "onnx" and not (rt.get("onnxruntime") or rt.get("trtexec")):
-        raise RuntimeMissing(f"Neither onnxruntime nor TensorRT's trtexec is on {spec}. Install "
-                             f"onnxruntime (`{python} -m pip install onnxruntime`) or JetPack's TensorRT.")
+        raise RuntimeMissing(f"Neither onnxruntime nor TensorRT's trtexec is in {python} on {spec}. {setup}")
+
+
+def _threads(asked, profile, probe) -> tuple:
+    """(threads, why): the profile's, never more than the cores the device reported, unless asked for."""
+    cores = probe.get("cores") or profile.artifact.threads
+    if asked is not None:
+        why = "--threads" + (f" (more than the device's {cores} cores)" if asked > cores else "")
+        return asked, why
+    if profile.artifact.threads > cores:
+        return cores, f"the device has {cores} cores; {profile.name} asks for {profile.artifact.threads}"
+    return profile.artifact.threads, f"{profile.name}'s default"
 
 
 def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=None, duration=None,
                remote_python=None, workdir=None, timeout=600.0, accept_new_host_key=False, store=None,
-               progress: Progress | None = None):
+               allow_cpu=False, dla_core=None, progress: Progress | None = None, running=None):
+    """running: a dict the caller shares across a fleet; each host files how to stop its remote run there."""
     from .profiles import load_profile
-    from edgesdk.targets import runner_path
+    from edgesdk.targets import device_plan, runner_path
     progress = progress or Progress()
     art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     prof_name = profile or art.manifest.get("profile", {}).get("name")
     if prof_name is None and host != "local":
         raise OptionError(f"{art.path} has no manifest naming its profile; pass --profile.")
     prof = load_profile(prof_name or "local")
-    # local runs use this very interpreter; a device, its profile's python
-    python = remote_python or (sys.executable if host == "local" else prof.connection.python or "python3")
     if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
         raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0.")
-    threads = threads or (min(prof.artifact.threads, os.cpu_count() or 1) if host == "local" else prof.artifact.threads)
+    # local runs use this very interpreter; a device, the venv `device setup` made, else its profile's python
+    python = remote_python or (sys.executable if host == "local" else prof.connection.python or "python3")
     target = resolve(host, default_user=prof.connection.user or None)
     progress.step(f"{host}: connecting")
     with Session(target, accept_new_host_key=accept_new_host_key) as session:
-        dev = _Device(session, python, timeout, progress)
-        root = dev.prepare(workdir or prof.connection.workdir or "~/.cache/edgesdk")
+        dev = Device(session, python, timeout, progress)
+        root, venv_python = dev.prepare(workdir or prof.connection.workdir or "~/.cache/edgesdk")
+        if venv_python and not remote_python and host != "local":
+            python = dev.python = venv_python
         runner_local = Path(str(runner_path()))
         runner_sha = sha256_file(runner_local)
         runner_remote = f"{root}/runner/runner-{runner_sha[:16]}.py"
         runner_sent = dev.push(runner_local, runner_remote, runner_sha)
         probe = json.loads(session.run([python, runner_remote, "--probe"], timeout=60)[1].strip().splitlines()[-1])
         fmt = art.path.suffix.lstrip(".")
-        _needs(fmt, probe, python, host)
-        local = art.path
-        if prof.family == "edgetpu":  # run the compiled model on the Edge TPU when there is one
-            compiled = art.path.with_name(art.path.stem + "_edgetpu.tflite")
-            local = compiled if compiled.is_file() else art.path
-            if not compiled.is_file():
-                progress.warn(f"{host}: no {compiled.name} beside the artifact (edgetpu_compiler was not "
-                              f"available); running the int8 model on the device's CPU")
+        _needs(fmt, probe, python, host, prof.name)
+        plan = device_plan(prof.family, art, probe, prof, dla_core)
+        if plan.problem and not allow_cpu:
+            raise RuntimeMissing(f"{host} cannot run this artifact on {prof.name}'s accelerator: {plan.problem}. "
+                                 f"Nothing was uploaded. Pass --allow-cpu to measure it on the device's CPU "
+                                 f"instead (stored as such, not under {prof.name}).")
+        threads, threads_why = _threads(threads, prof, probe)
+        if threads_why.startswith("the device"):
+            progress.warn(f"{host}: {threads} threads: {threads_why}")
+        local = plan.path
         sha = sha256_file(local)
         session.run([python, "-c", "import os,sys;os.makedirs(sys.argv[1],exist_ok=True)", f"{root}/artifacts/{sha}"])
         remote = f"{root}/artifacts/{sha}/model.{fmt}"
         uploaded = dev.push(local, remote, sha) + runner_sent  # every byte this deploy sent
         progress.step(f"{host}: {'uploaded ' + format(uploaded, ',') + ' bytes' if uploaded else 'artifact already there'}"
                       f"; running {runs} runs")
-        argv = [python, runner_remote, remote, "--runs", runs, "--warmup", warmup, "--threads", threads]
+        argv = [runner_remote, remote, "--runs", runs, "--warmup", warmup, "--threads", threads, *plan.runner_args]
         if duration:
             argv += ["--duration", duration]
-        if local.name.endswith("_edgetpu.tflite"):
-            argv += ["--delegate", "edgetpu"]
-        if fmt == "onnx" and prof.family == "jetson":
-            argv += ["--precision", {"int8": "int8", "fp16": "fp16"}.get(
-                art.manifest.get("recipe", {}).get("quantization", ""), "fp32")]
-        try:
-            status, out, err = session.run(argv, timeout=timeout, check=False)
-        except KeyboardInterrupt:
-            session.run(["pkill", "-f", runner_remote], check=False, timeout=10)
-            raise
+        status, out, err = dev.run_supervised(f"{root}/runs", argv, running, host)
         doc = parse_runner_output(out, err, status)
     result = result_from_runner(doc, str(art.path), host)
     result.probe, result.uploaded_bytes = probe, uploaded
+    result.raw["threads_reason"] = threads_why
+    result.raw["accelerator"] = plan.accelerator
+    stored_profile = prof.name if plan.problem is None else f"{prof.name} (cpu only)"
     if store is not None:
-        result.run_id = store.add(result, probe=probe, manifest=art.manifest or None, profile=prof.name,
-                                  extra={"artifact_sha256": sha, "uploaded_bytes": uploaded, "python": python})
+        result.run_id = store.add(result, probe=probe, manifest=art.manifest or None, profile=stored_profile,
+                                  extra={"artifact_sha256": sha, "uploaded_bytes": uploaded, "python": python,
+                                         "threads_reason": threads_why, "accelerator": plan.accelerator,
+                                         "accelerator_problem": plan.problem})
     return result
 
 
 def deploy(artifact, host="local", *, parallel=4, store=None, progress=None, **kwargs):
-    """One host -> BenchmarkResult; several -> a list of BenchmarkResult or {"host", "error"} per host."""
+    """One host -> BenchmarkResult; several -> a list of BenchmarkResult or {"host", "error"} per host.
+
+    Ctrl-C stops the remote run on every host (each by the pid file its run wrote) before it is raised."""
+    running = {}
     if isinstance(host, str):
-        return deploy_one(artifact, host, store=store, progress=progress, **kwargs)
+        return deploy_one(artifact, host, store=store, progress=progress, running=running, **kwargs)
     hosts = list(host)
     if not hosts:
         raise OptionError("No hosts given.")
+    cancelled = threading.Event()
 
     def one(h):
+        if cancelled.is_set():
+            return {"host": h, "error": "not started: interrupted", "kind": "Interrupted", "exit_code": 130}
         try:
-            return deploy_one(artifact, h, store=store, progress=progress, **kwargs)
+            return deploy_one(artifact, h, store=store, progress=progress, running=running, **kwargs)
         except EdgeSDKError as exc:
             return {"host": h, "error": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code}
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
-        return list(pool.map(one, hosts))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts))))
+    try:
+        futures = [pool.submit(one, h) for h in hosts]
+        return [f.result() for f in futures]
+    except KeyboardInterrupt:
+        cancelled.set()
+        for stop in list(running.values()):
+            stop()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_hosts_file(path) -> list:

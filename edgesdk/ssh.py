@@ -164,7 +164,7 @@ class Session:
     # -- using ----------------------------------------------------------------
     def run(self, argv, timeout=None, check=True):
         """Run argv (a list; every word is quoted) and return (status, stdout, stderr)."""
-        command = " ".join(shlex.quote(str(a)) for a in argv)
+        command = " ".join(_quote(str(a)) for a in argv)
         if self.target.local:
             try:
                 p = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout)
@@ -191,6 +191,12 @@ class Session:
             raise ConnectionLost(f"The connection to {self.target.spec} was lost ({exc or type(exc).__name__}).") \
                 from None
         if status == -1:  # paramiko's way of saying the channel closed without an exit status
+            transport = self.client.get_transport()
+            if transport is not None and transport.is_active():  # the link is fine: a signal ended the command
+                tail = "\n  ".join((err.decode(errors="replace") if isinstance(err, bytes) else err)
+                                   .strip().splitlines()[-5:]) or "(no output)"
+                raise DeployError(f"On {self.target.spec}, `{command[:120]}` ended without an exit status "
+                                  f"(killed by a signal?). Its last output:\n  {tail}")
             raise ConnectionLost(f"The connection to {self.target.spec} was lost while running the command.")
         if isinstance(out, bytes):
             out, err = out.decode(errors="replace"), err.decode(errors="replace")
@@ -223,6 +229,13 @@ class Session:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _quote(word: str) -> str:
+    """Shell-quote a word, leaving a leading `~/` for the device's shell to expand (its home, not ours)."""
+    if word == "~" or word.startswith("~/"):
+        return "~" + (("/" + shlex.quote(word[2:])) if len(word) > 2 else ("/" if word == "~/" else ""))
+    return shlex.quote(word)
 
 
 def _ssh_errors():

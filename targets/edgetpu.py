@@ -23,6 +23,8 @@ from edgesdk.errors import ConversionError
 from .arm_cpu import float_compute_ops
 
 FAMILY = "edgetpu"
+SETUP_NOTE = ("The Edge TPU also needs libedgetpu, a system library that no wheel carries: install "
+              "libedgetpu1-std from Coral's package repository on the device and plug the accelerator in.")
 
 # Coral's list of operations the Edge TPU compiler maps, by TFLite builtin name.
 SUPPORTED_OPS = frozenset({
@@ -226,3 +228,20 @@ def compile_model(artifact: Path, out_dir: Path, timeout: int = 180) -> dict:
                               f"{(proc.stderr or proc.stdout).strip()[-500:]}")
     log["path"] = str(out_dir / (artifact.stem + "_edgetpu.tflite"))
     return log
+
+
+def device_plan(artifact, probe: dict, profile, dla_core=None):
+    """The compiled model on the Edge TPU, or the reason it cannot run there."""
+    from . import DevicePlan
+    if dla_core is not None:
+        from edgesdk.errors import OptionError
+        raise OptionError(f"--dla-core is for Jetson modules; {profile.name} is an Edge TPU.")
+    compiled = artifact.path.with_name(artifact.path.stem + "_edgetpu.tflite")
+    if not compiled.is_file():
+        return DevicePlan(artifact.path, problem=f"there is no {compiled.name} beside the artifact: "
+                          f"edgetpu_compiler was not available when it was converted (install it from Coral's "
+                          f"package repository and convert again)")
+    if not probe.get("edgetpu_library"):
+        return DevicePlan(artifact.path, problem="the device has no libedgetpu: install libedgetpu1-std from "
+                          "Coral's package repository there and plug the accelerator in")
+    return DevicePlan(compiled, ["--delegate", "edgetpu"], accelerator="edgetpu")

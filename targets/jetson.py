@@ -11,6 +11,8 @@ from __future__ import annotations
 from edgesdk.errors import ConversionError
 
 FAMILY = "jetson"
+SETUP_NOTE = ("The GPU runs artifacts through TensorRT's trtexec, which comes with JetPack (/usr/src/tensorrt/bin); "
+              "the onnxruntime wheel installed here runs on the CPU only.")
 
 # ONNX ops the TensorRT ONNX parser does not implement (onnx-tensorrt operators.md).
 UNSUPPORTED = frozenset({
@@ -88,3 +90,24 @@ def check(info: dict, profile, recipe=None) -> dict:
         notes.append(f"DLA ({acc.dla_cores} cores) can take {on_dla} of {total} ops"
                      + (f"; {', '.join(off)} fall back to the GPU" if off else ""))
     return report
+
+
+def device_plan(artifact, probe: dict, profile, dla_core=None):
+    """An ONNX artifact built into a TensorRT engine by trtexec, at the manifest's precision, on GPU or DLA."""
+    from . import DevicePlan
+    from edgesdk.errors import OptionError
+    cores = profile.accelerator.dla_cores if profile.accelerator else 0
+    if dla_core is not None and not 0 <= dla_core < cores:
+        raise OptionError(f"--dla-core {dla_core}: {profile.name} has "
+                          + (f"DLA cores 0-{cores - 1}." if cores else "no DLA."))
+    if artifact.path.suffix != ".onnx":
+        return DevicePlan(artifact.path, problem=f"a {artifact.path.suffix} artifact runs on the Jetson's CPU; "
+                          f"convert with --format onnx for TensorRT")
+    if not probe.get("runtimes", {}).get("trtexec"):
+        return DevicePlan(artifact.path, problem="TensorRT's trtexec is not on the device (JetPack installs it "
+                          "under /usr/src/tensorrt/bin): install JetPack's TensorRT")
+    quant = artifact.manifest.get("recipe", {}).get("quantization", "")
+    args = ["--precision", {"int8": "int8", "fp16": "fp16"}.get(quant, "fp32")]
+    if dla_core is not None:
+        args += ["--dla-core", dla_core]
+    return DevicePlan(artifact.path, args, accelerator="gpu" if dla_core is None else f"dla{dla_core}")

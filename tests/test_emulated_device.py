@@ -1,0 +1,220 @@
+"""Deploy to an emulated Raspberry Pi: Debian bookworm arm64 under qemu-user, its own aarch64 sshd.
+
+What a board runs is what runs here: aarch64 Python 3.11, numpy, ai-edge-litert (XNNPACK) and ONNX
+Runtime from PyPI's aarch64 wheels, installed by `edgesdk device setup`. Emulated timings mean nothing:
+these tests assert success, figures' order and what is left on the device, never time.
+"""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import edgesdk
+from edgesdk import RuntimeMissing
+from edgesdk.deploy import deploy
+from edgesdk.errors import BenchmarkError
+from edgesdk.results import ResultStore
+from edgesdk.util import sha256_file
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+ALIAS = "emupi"
+WORKDIR = "root/.cache/edgesdk"  # the profile's ~/.cache/edgesdk, as seen from outside the device
+
+
+@pytest.fixture(scope="module")
+def emupi(tmp_path_factory):
+    """One emulated Pi for the module: rootfs restored from the cache, sshd in its own namespaces."""
+    import emulated_device
+    import netns
+    from sshd import keygen
+    why = emulated_device.unavailable() or netns.available()
+    if why:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(f"the emulated device is required in CI as root: {why}")
+        pytest.skip(why)
+    emulated_device.ensure_binfmt()
+    base = tmp_path_factory.mktemp("emupi")
+    root = emulated_device.restore(emulated_device.rootfs_tarball(), base / "root")
+    key = keygen(base / "id_ed25519")
+    dev = netns.NamespacedDevice(base / "ns", ALIAS, key, device=root)
+    dev.root, dev.key = root, key
+    yield dev
+    dev.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pi(emupi, ssh_env):
+    """The emulated Pi reachable as `emupi` from this test's ssh config; nothing of this test's left running."""
+    with open(ssh_env["config"], "a") as f:
+        f.write(emupi.ssh_config("root", emupi.key))
+    yield emupi
+    assert _strays(emupi) == [], "processes left running on the device"
+
+
+def _strays(dev):
+    import emulated_device
+    return [cmd for pid, cmd in emulated_device.processes(dev.root) if "sshd" not in cmd]
+
+
+def _runners(dev):
+    return [pid for pid, cmd in __import__("emulated_device").processes(dev.root) if "runner-" in cmd]
+
+
+def _wait_for(cond, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def tflite_artifact(keras3_mnist, mnist_files, tmp_path_factory):
+    return edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                           output_dir=tmp_path_factory.mktemp("tfl"), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_artifact(keras3_mnist, mnist_files, tmp_path_factory):
+    return edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", calibration=mnist_files["train"],
+                           output_dir=tmp_path_factory.mktemp("onnx"), quiet=True)
+
+
+def _files(dev, sub):
+    d = dev.root / WORKDIR / sub
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def test_fresh_pi_setup_then_tflite_and_onnx(pi, ssh_env, tflite_artifact, onnx_artifact):
+    # a fresh Pi OS has python3 but no numpy and no runtime: refused before the artifact is sent, with the fix
+    r = run_cli("deploy", tflite_artifact.path, "--host", ALIAS, "--accept-new-host-key")
+    assert r.returncode == RuntimeMissing.exit_code, r.stderr
+    assert f"edgesdk device setup {ALIAS} --profile rpi4" in r.stderr and "Traceback" not in r.stderr
+    assert _files(pi, "artifacts") == []
+
+    r = run_cli("device", "setup", ALIAS, "--profile", "rpi4", "--json")
+    assert r.returncode == 0, r.stderr
+    setup = json.loads(r.stdout)
+    assert setup["python"] == "/root/.cache/edgesdk/venv/bin/python" and setup["python_version"] == "3.11"
+    assert setup["platform"].startswith("aarch64 glibc 2.36")
+    assert setup["packages"]["ai-edge-litert"].startswith("2.") and "onnxruntime" in setup["packages"]
+    assert setup["uploaded_bytes"] > 30_000_000  # the wheels went over the link: the device needs no index
+    assert any(n.startswith("ai_edge_litert-") and "aarch64" in n for n in _files(pi, "wheels"))
+
+    store = ResultStore()
+    tfl = deploy(str(tflite_artifact.path), ALIAS, runs=10, warmup=1, store=store)
+    assert tfl.runtime == "ai_edge_litert" and tfl.runs == 10 and tfl.raw["machine"] == "aarch64"
+    assert tfl.probe["machine"] == "aarch64" and tfl.probe["python"].startswith("3.11")
+    assert tfl.probe["cpu_model"].startswith("Raspberry Pi 4")  # the device's ARM cpuinfo, not this machine's
+    assert "Debian GNU/Linux 12" in tfl.probe["os"]
+    # rpi4 asks for 4 threads; the device has fewer cores: it gets its cores, and says why
+    cores = tfl.probe["cores"]
+    assert cores < 4 and tfl.threads == cores and "has %d cores" % cores in tfl.raw["threads_reason"]
+    lat = tfl.latency_ms
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["max"]
+    saved = store.get(tfl.run_id)
+    assert saved["extra"]["python"] == setup["python"] and saved["profile"] == "rpi4"
+
+    onnx = deploy(str(onnx_artifact.path), ALIAS, runs=10, warmup=1, store=store)
+    assert onnx.runtime == "onnxruntime" and onnx.raw["machine"] == "aarch64"
+    again = deploy(str(tflite_artifact.path), ALIAS, runs=3, warmup=0)
+    assert again.uploaded_bytes == 0
+    r = run_cli("device", "setup", ALIAS, "--profile", "rpi4", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["uploaded_bytes"] == 0  # the wheels are already there
+    # `~` in --remote-python is the device's home
+    home = deploy(str(tflite_artifact.path), ALIAS, runs=3, warmup=0,
+                  remote_python="~/.cache/edgesdk/venv/bin/python")
+    assert home.runtime == "ai_edge_litert"
+    assert sorted(_files(pi, "artifacts")) == sorted([sha256_file(tflite_artifact.path),
+                                                      sha256_file(onnx_artifact.path)])
+    assert _files(pi, "runs") == []  # no pid file outlives its run
+
+
+@pytest.mark.parametrize("sig, said", [(signal.SIGKILL, "signal 9 (SIGKILL): out of memory?"),
+                                       (signal.SIGSEGV, "segmentation fault")])
+def test_runner_dying_on_the_device_is_reported_as_such(pi, ssh_env, tflite_artifact, sig, said):
+    deploy(str(tflite_artifact.path), ALIAS, runs=2, warmup=0, accept_new_host_key=True)
+    outcome = {}
+
+    def run():
+        try:
+            deploy(str(tflite_artifact.path), ALIAS, duration=120, store=ResultStore())
+        except Exception as exc:  # noqa: BLE001 (the test inspects it)
+            outcome["error"] = exc
+    t = threading.Thread(target=run)
+    t.start()
+    assert _wait_for(lambda: bool(_runners(pi)))
+    time.sleep(2)  # let it load and print
+    for pid in _runners(pi):
+        os.kill(pid, sig)
+    t.join(120)
+    err = outcome.get("error")
+    assert isinstance(err, BenchmarkError) and err.exit_code == 10, err  # not "connection lost" (13)
+    assert f"The runner on {ALIAS} was killed by" in str(err) and said in str(err)
+    db = sqlite3.connect(str(ssh_env["db"]))
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def test_coral_without_libedgetpu_is_refused_before_upload(pi, ssh_env, tflite_artifact, tmp_path):
+    # the compiler's output is a stand-in copy: edgetpu_compiler cannot exist here; the device's lack of
+    # libedgetpu is real and is what is checked
+    art = tmp_path / "model.tflite"
+    shutil.copyfile(tflite_artifact.path, art)
+    shutil.copyfile(tflite_artifact.manifest_path, str(art) + ".json")
+    shutil.copyfile(tflite_artifact.path, tmp_path / "model_edgetpu.tflite")
+    before = _files(pi, "artifacts")
+    r = run_cli("deploy", art, "--host", ALIAS, "--profile", "coral-usb", "--accept-new-host-key")
+    assert r.returncode == RuntimeMissing.exit_code, r.stderr
+    assert "no libedgetpu" in r.stderr and "--allow-cpu" in r.stderr and "Nothing was uploaded" in r.stderr
+    assert _files(pi, "artifacts") == before
+    r = run_cli("deploy", art, "--host", ALIAS, "--profile", "coral-usb", "--allow-cpu", "--runs", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    row = ResultStore().get(doc["run_id"])
+    assert row["profile"] == "coral-usb (cpu only)" and row["extra"]["accelerator"] is None
+    assert "libedgetpu" in row["extra"]["accelerator_problem"]
+
+
+def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(pi, ssh_env, tflite_artifact):
+    import subprocess
+    deploy(str(tflite_artifact.path), ALIAS, runs=2, warmup=0, accept_new_host_key=True)
+    results = deploy(str(tflite_artifact.path), [ALIAS, "local"], runs=5, warmup=1)
+    assert [r.host for r in results] == [ALIAS, "local"]
+    assert results[0].raw["machine"] == "aarch64" and results[1].raw["machine"] == os.uname().machine
+
+    exe = Path(sys.executable).with_name("edgesdk")
+    proc = subprocess.Popen([str(exe), "deploy", str(tflite_artifact.path), "--host", ALIAS, "--host", "local",
+                             "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    local_runner = lambda: [p for p in _pids_with("--duration") if p != proc.pid]  # noqa: E731
+    assert _wait_for(lambda: bool(_runners(pi)) and bool(local_runner()))
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    assert proc.returncode != 0
+    assert _wait_for(lambda: not _runners(pi), timeout=30), "the device's runner must stop with the command"
+    assert _wait_for(lambda: not local_runner(), timeout=30), "the local runner must stop too"
+    db = sqlite3.connect(str(ssh_env["db"]))
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def _pids_with(word):
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if word.encode() in cmd and any(b"runner" in c for c in cmd):
+            out.append(int(pid))
+    return out
