@@ -97,7 +97,7 @@ def test_remote_python_without_runtime(device, ssh_env, artifact):
     r = run_cli("deploy", artifact.path, "--host", "pi.local", "--remote-python", "/usr/bin/python3",
                 "--workdir", server.workdir, "--accept-new-host-key")
     assert r.returncode == RuntimeMissing.exit_code, r.stderr
-    assert "numpy does not import in /usr/bin/python3" in r.stderr and "pip install numpy" in r.stderr
+    assert "numpy does not import in /usr/bin/python3" in r.stderr and "edgesdk device setup pi.local" in r.stderr
     assert not any(f.startswith("artifacts/") for f in remote_files(server))  # stopped before uploading it
     r = run_cli("deploy", artifact.path, "--host", "pi.local", "--remote-python", "/no/such/python",
                 "--workdir", server.workdir)

@@ -62,13 +62,25 @@ def pi(emupi, ssh_env):
     assert _strays(emupi) == [], "processes left running on the device"
 
 
+@pytest.fixture
+def ready_pi(pi):
+    """The Pi after `device setup` (done once; the first test does it through the CLI and checks it)."""
+    if not (pi.root / WORKDIR / "venv/bin/python").exists():
+        from edgesdk.device_setup import setup
+        setup(ALIAS, profile="rpi4", accept_new_host_key=True)
+    return pi
+
+
 def _strays(dev):
     import emulated_device
     return [cmd for pid, cmd in emulated_device.processes(dev.root) if "sshd" not in cmd]
 
 
 def _runners(dev):
-    return [pid for pid, cmd in __import__("emulated_device").processes(dev.root) if "runner-" in cmd]
+    """The benchmark runners on the device (not a probe, not the supervisor that started them)."""
+    import emulated_device
+    return [pid for pid, cmd in emulated_device.processes(dev.root)
+            if "runner-" in cmd and "--probe" not in cmd and "import " not in cmd]
 
 
 def _wait_for(cond, timeout=120.0):
@@ -144,7 +156,7 @@ def test_fresh_pi_setup_then_tflite_and_onnx(pi, ssh_env, tflite_artifact, onnx_
 
 @pytest.mark.parametrize("sig, said", [(signal.SIGKILL, "signal 9 (SIGKILL): out of memory?"),
                                        (signal.SIGSEGV, "segmentation fault")])
-def test_runner_dying_on_the_device_is_reported_as_such(pi, ssh_env, tflite_artifact, sig, said):
+def test_runner_dying_on_the_device_is_reported_as_such(ready_pi, ssh_env, tflite_artifact, sig, said):
     deploy(str(tflite_artifact.path), ALIAS, runs=2, warmup=0, accept_new_host_key=True)
     outcome = {}
 
@@ -155,9 +167,9 @@ def test_runner_dying_on_the_device_is_reported_as_such(pi, ssh_env, tflite_arti
             outcome["error"] = exc
     t = threading.Thread(target=run)
     t.start()
-    assert _wait_for(lambda: bool(_runners(pi)))
+    assert _wait_for(lambda: bool(_runners(ready_pi)))
     time.sleep(2)  # let it load and print
-    for pid in _runners(pi):
+    for pid in _runners(ready_pi):
         os.kill(pid, sig)
     t.join(120)
     err = outcome.get("error")
@@ -167,18 +179,18 @@ def test_runner_dying_on_the_device_is_reported_as_such(pi, ssh_env, tflite_arti
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
 
 
-def test_coral_without_libedgetpu_is_refused_before_upload(pi, ssh_env, tflite_artifact, tmp_path):
+def test_coral_without_libedgetpu_is_refused_before_upload(ready_pi, ssh_env, tflite_artifact, tmp_path):
     # the compiler's output is a stand-in copy: edgetpu_compiler cannot exist here; the device's lack of
     # libedgetpu is real and is what is checked
     art = tmp_path / "model.tflite"
     shutil.copyfile(tflite_artifact.path, art)
     shutil.copyfile(tflite_artifact.manifest_path, str(art) + ".json")
     shutil.copyfile(tflite_artifact.path, tmp_path / "model_edgetpu.tflite")
-    before = _files(pi, "artifacts")
+    before = _files(ready_pi, "artifacts")
     r = run_cli("deploy", art, "--host", ALIAS, "--profile", "coral-usb", "--accept-new-host-key")
     assert r.returncode == RuntimeMissing.exit_code, r.stderr
     assert "no libedgetpu" in r.stderr and "--allow-cpu" in r.stderr and "Nothing was uploaded" in r.stderr
-    assert _files(pi, "artifacts") == before
+    assert _files(ready_pi, "artifacts") == before
     r = run_cli("deploy", art, "--host", ALIAS, "--profile", "coral-usb", "--allow-cpu", "--runs", "3", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -187,7 +199,7 @@ def test_coral_without_libedgetpu_is_refused_before_upload(pi, ssh_env, tflite_a
     assert "libedgetpu" in row["extra"]["accelerator_problem"]
 
 
-def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(pi, ssh_env, tflite_artifact):
+def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(ready_pi, ssh_env, tflite_artifact):
     import subprocess
     deploy(str(tflite_artifact.path), ALIAS, runs=2, warmup=0, accept_new_host_key=True)
     results = deploy(str(tflite_artifact.path), [ALIAS, "local"], runs=5, warmup=1)
@@ -198,11 +210,11 @@ def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(pi,
     proc = subprocess.Popen([str(exe), "deploy", str(tflite_artifact.path), "--host", ALIAS, "--host", "local",
                              "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     local_runner = lambda: [p for p in _pids_with("--duration") if p != proc.pid]  # noqa: E731
-    assert _wait_for(lambda: bool(_runners(pi)) and bool(local_runner()))
+    assert _wait_for(lambda: bool(_runners(ready_pi)) and bool(local_runner()))
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
     assert proc.returncode != 0
-    assert _wait_for(lambda: not _runners(pi), timeout=30), "the device's runner must stop with the command"
+    assert _wait_for(lambda: not _runners(ready_pi), timeout=30), "the device's runner must stop with the command"
     assert _wait_for(lambda: not local_runner(), timeout=30), "the local runner must stop too"
     db = sqlite3.connect(str(ssh_env["db"]))
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
