@@ -63,6 +63,21 @@ def result_from_runner(doc: dict, artifact: str, host: str) -> BenchmarkResult:
         latencies_ms=doc["latencies_ms"], peak_rss_mb=doc.get("peak_rss_mb"), raw=doc)
 
 
+def pool_repeats(docs: list) -> dict:
+    """Several runner processes of one benchmark as one document: latencies pooled, each process summarized
+    in "repeats" (what `results compare` judges run-to-run noise by)."""
+    if len(docs) == 1:
+        return docs[0]
+    from edgesdk.targets.runner import summarize
+    doc = dict(docs[-1])
+    doc["latencies_ms"] = [v for d in docs for v in d["latencies_ms"]]
+    doc["latency_ms"] = summarize(doc["latencies_ms"])
+    doc["runs"] = sum(d["runs"] for d in docs)
+    doc["repeats"] = [{"p50": d["latency_ms"]["p50"], "p90": d["latency_ms"]["p90"], "mean": d["latency_ms"]["mean"],
+                       "runs": d["runs"], "init_ms": d["init_ms"]} for d in docs]
+    return doc
+
+
 def parse_runner_output(stdout: str, stderr: str, returncode: int) -> dict:
     """The runner prints one JSON document as its last stdout line; runtimes may print before it."""
     for line in reversed(stdout.strip().splitlines()):
@@ -89,7 +104,7 @@ def parse_runner_output(stdout: str, stderr: str, returncode: int) -> dict:
 
 def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = None,
               duration: float | None = None, delegate: str = "auto", python: str | None = None,
-              timeout: float | None = None) -> BenchmarkResult:
+              timeout: float | None = None, repeat: int = 1) -> BenchmarkResult:
     """Time `artifact` (an Artifact or a path) on this machine in a fresh subprocess."""
     from .artifact import Artifact
     from edgesdk.targets import runner_path
@@ -105,16 +120,18 @@ def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = N
             # threads make latencies bimodal and say nothing about the device.
             threads = artifact.manifest.get("profile", {}).get("artifact", {}).get("threads", 1)
             threads = max(1, min(threads, os.cpu_count() or 1))
-    if runs < 1 or warmup < 0 or threads < 1:
-        raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0.")
+    if runs < 1 or warmup < 0 or threads < 1 or repeat < 1:
+        raise OptionError("--runs, --threads and --repeat must be at least 1 and --warmup at least 0.")
     cmd = [python or sys.executable, str(runner_path()), str(path.resolve()), "--runs", str(runs),
            "--warmup", str(warmup), "--threads", str(threads), "--delegate", delegate]
     if duration:
         cmd += ["--duration", str(duration)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"The benchmark did not finish within {timeout:g} s; lower --runs or raise "
-                             f"--timeout.") from None
-    doc = parse_runner_output(proc.stdout, proc.stderr, proc.returncode)
-    return result_from_runner(doc, str(path), "local")
+    docs = []
+    for _ in range(repeat):  # a fresh process each time
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchmarkError(f"The benchmark did not finish within {timeout:g} s; lower --runs or raise "
+                                 f"--timeout.") from None
+        docs.append(parse_runner_output(proc.stdout, proc.stderr, proc.returncode))
+    return result_from_runner(pool_repeats(docs), str(path), "local")

@@ -280,22 +280,24 @@ def inspect(ctx, artifact, targets, as_json):
 @click.option("--threads", type=int, help="Default: the profile's threads from the manifest (at most this machine's cores), else 1.")
 @click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
 @click.option("--delegate", type=click.Choice(["auto", "xnnpack", "none"]), default="auto", show_default=True)
+@click.option("--repeat", type=int, default=1, show_default=True, help="Run this many times, a fresh process each.")
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database (default: EDGESDK_RESULTS_DB or "
               "~/.local/share/edgesdk/results.db).")
 @click.option("--no-store", is_flag=True, help="Do not record the run in the results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def bench(ctx, artifact, runs, warmup, threads, duration, delegate, db, no_store, as_json):
+def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, db, no_store, as_json):
     """Benchmark ARTIFACT on this machine with the on-device runner."""
     ctx.meta["json"] = as_json
     from .artifact import Artifact
     from .bench import benchmark
     art = Artifact.open(artifact)
-    res = benchmark(art, runs=runs, warmup=warmup, threads=threads, duration=duration, delegate=delegate)
+    res = benchmark(art, runs=runs, warmup=warmup, threads=threads, duration=duration, delegate=delegate,
+                    repeat=repeat)
     if not no_store:
         from .results import ResultStore
         store = ResultStore(db)
-        res.run_id = store.add(res, manifest=art.manifest or None)
+        res.run_id = store.add(res, manifest=art.manifest or None, extra={"repeats": res.raw.get("repeats")})
         store.close()
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
@@ -320,6 +322,9 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, db, no_store
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--threads", type=int, help="Default: the profile's, at most the cores the device reports.")
 @click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
+@click.option("--repeat", type=int, default=1, show_default=True,
+              help="Run the benchmark this many times, a fresh process each (3+ lets `results compare` measure "
+              "run-to-run noise).")
 @click.option("--allow-cpu", is_flag=True, help="Measure on the device's CPU when the profile's accelerator cannot "
               "be used there (stored as '<profile> (cpu only)').")
 @click.option("--dla-core", type=int, help="Jetson: build and run the engine on this DLA core.")
@@ -332,7 +337,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, db, no_store
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, allow_cpu, dla_core,
+def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, repeat, allow_cpu, dla_core,
            remote_python, workdir, timeout, parallel, accept_new_host_key, db, as_json):
     """Push ARTIFACT to devices over SSH, probe them, and benchmark it there."""
     ctx.meta["json"] = as_json
@@ -348,7 +353,8 @@ def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, dur
                          progress=Progress(quiet=as_json),
                          profile=profile, runs=runs, warmup=warmup, threads=threads, duration=duration,
                          remote_python=remote_python, workdir=workdir, timeout=timeout,
-                         accept_new_host_key=accept_new_host_key, allow_cpu=allow_cpu, dla_core=dla_core)
+                         accept_new_host_key=accept_new_host_key, allow_cpu=allow_cpu, dla_core=dla_core,
+                         repeat=repeat)
     store.close()
     if not isinstance(results, list):
         results = [results]
@@ -445,33 +451,58 @@ def results_show(ctx, run_id, db, as_json):
     click.echo(f"  {row['runtime']} {row['runtime_version']} ({row['delegate']}), {row['threads']} thread(s), "
                f"{row['warmup']} warm-up, {row['runs']} runs")
     click.echo("  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()) + "  (ms)")
-    probe = row["probe"] or {}
-    if probe:
-        click.echo(f"  device: {probe.get('machine')} {probe.get('cpu_model')} x{probe.get('cores')}, "
-                   f"{probe.get('os')}, governor {probe.get('governor')}, {probe.get('cur_freq_mhz')} MHz, "
-                   f"throttled {probe.get('throttled')}, power mode {probe.get('power_mode')}")
+    extra = row["extra"] or {}
+    if extra.get("threads_reason"):
+        click.echo(f"  threads: {extra['threads_reason']}")
+    if extra.get("accelerator_problem"):
+        click.echo(f"  on the CPU only: {extra['accelerator_problem']}")
+    if extra.get("repeats"):
+        click.echo(f"  {len(extra['repeats'])} runner processes, p50 each: "
+                   + ", ".join(f"{r['p50']:.3f}" for r in extra["repeats"]) + " ms")
+    conditions = _conditions(row["probe"] or {})
+    if conditions:
+        click.echo(f"  device: {conditions}")
+
+
+def _conditions(probe: dict) -> str:
+    """What the probe measured, and only that: a device without cpufreq or vcgencmd shows no 'None'."""
+    parts = [" ".join(str(probe[k]) for k in ("machine", "cpu_model") if probe.get(k))
+             + (f" x{probe['cores']}" if probe.get("cores") else ""), probe.get("os")]
+    if probe.get("governor"):
+        parts.append(f"governor {probe['governor']}")
+    if probe.get("cur_freq_mhz"):
+        parts.append(f"{probe['cur_freq_mhz']} MHz" + (f" of {probe['max_freq_mhz']}" if probe.get("max_freq_mhz")
+                                                        else ""))
+    if probe.get("throttled") is not None:
+        parts.append(f"throttled {probe['throttled']}")
+    if probe.get("power_mode"):
+        parts.append(f"power mode {probe['power_mode']}")
+    parts += [f"{t['zone']} {t['celsius']:.1f} °C" for t in probe.get("temperatures") or []]
+    return ", ".join(p for p in parts if p)
 
 
 @results.command("compare")
 @click.argument("first", type=int)
 @click.argument("second", type=int)
+@click.option("--min-effect", type=float, default=5.0, show_default=True,
+              help="Smallest change in median latency, in percent, that counts as a difference.")
 @click.option("--db", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def results_compare(ctx, first, second, db, as_json):
-    """Is SECOND faster or slower than FIRST beyond run-to-run noise?"""
+def results_compare(ctx, first, second, min_effect, db, as_json):
+    """Is SECOND faster or slower than FIRST beyond run-to-run noise, by enough to matter?"""
     ctx.meta["json"] = as_json
     from .results import ResultStore, compare
     store = ResultStore(db)
-    c = compare(store.get(first), store.get(second))
+    c = compare(store.get(first), store.get(second), min_effect_pct=min_effect)
     if as_json:
         click.echo(json.dumps(c, indent=2))
         return
     for key in ("p50", "p90", "p99", "mean"):
         v = c[key]
         click.echo(f"  {key:<4} {v['first']:.3f} -> {v['second']:.3f} ms ({v['change_pct']:+.1f}%)")
-    p = c["p_value"]
-    click.echo(f"  {c['test']}: p = {p:.3g}; {c['verdict']}" if p is not None else f"  {c['note']}")
+    click.echo(f"  median: {c['verdict']}")
+    click.echo(f"  (from {c['median_change']['basis']})")
     for k, (a, b) in c.get("differences", {}).items():
         click.echo(f"  note: {k} differs: {a} vs {b}")
     for k, (a, b) in c.get("conditions_differ", {}).items():

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .artifact import Artifact
-from .bench import parse_runner_output, result_from_runner
+from .bench import parse_runner_output, pool_repeats, result_from_runner
 from .errors import BenchmarkError, DeployError, EdgeSDKError, OptionError, RuntimeMissing
 from .progress import Progress
 from .ssh import ConnectionLost, Session, resolve
@@ -210,7 +210,7 @@ def _threads(asked, profile, probe) -> tuple:
 
 def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=None, duration=None,
                remote_python=None, workdir=None, timeout=600.0, accept_new_host_key=False, store=None,
-               allow_cpu=False, dla_core=None, progress: Progress | None = None, running=None):
+               allow_cpu=False, dla_core=None, repeat=1, progress: Progress | None = None, running=None):
     """running: a dict the caller shares across a fleet; each host files how to stop its remote run there."""
     from .profiles import load_profile
     from edgesdk.targets import device_plan, runner_path
@@ -220,8 +220,8 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
     if prof_name is None and host != "local":
         raise OptionError(f"{art.path} has no manifest naming its profile; pass --profile.")
     prof = load_profile(prof_name or "local")
-    if runs < 1 or warmup < 0 or (threads is not None and threads < 1):
-        raise OptionError("--runs and --threads must be at least 1 and --warmup at least 0.")
+    if runs < 1 or warmup < 0 or repeat < 1 or (threads is not None and threads < 1):
+        raise OptionError("--runs, --threads and --repeat must be at least 1 and --warmup at least 0.")
     # local runs use this very interpreter; a device, the venv `device setup` made, else its profile's python
     python = remote_python or (sys.executable if host == "local" else prof.connection.python or "python3")
     target = resolve(host, default_user=prof.connection.user or None)
@@ -252,12 +252,15 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         remote = f"{root}/artifacts/{sha}/model.{fmt}"
         uploaded = dev.push(local, remote, sha) + runner_sent  # every byte this deploy sent
         progress.step(f"{host}: {'uploaded ' + format(uploaded, ',') + ' bytes' if uploaded else 'artifact already there'}"
-                      f"; running {runs} runs")
+                      f"; running {runs} runs" + (f", {repeat} times" if repeat > 1 else ""))
         argv = [runner_remote, remote, "--runs", runs, "--warmup", warmup, "--threads", threads, *plan.runner_args]
         if duration:
             argv += ["--duration", duration]
-        status, out, err = dev.run_supervised(f"{root}/runs", argv, running, host)
-        doc = parse_runner_output(out, err, status)
+        docs = []
+        for _ in range(repeat):  # a fresh runner process each time: run-to-run noise is then measured
+            status, out, err = dev.run_supervised(f"{root}/runs", argv, running, host)
+            docs.append(parse_runner_output(out, err, status))
+        doc = pool_repeats(docs)
     result = result_from_runner(doc, str(art.path), host)
     result.probe, result.uploaded_bytes = probe, uploaded
     result.raw["threads_reason"] = threads_why
@@ -267,7 +270,7 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         result.run_id = store.add(result, probe=probe, manifest=art.manifest or None, profile=stored_profile,
                                   extra={"artifact_sha256": sha, "uploaded_bytes": uploaded, "python": python,
                                          "threads_reason": threads_why, "accelerator": plan.accelerator,
-                                         "accelerator_problem": plan.problem})
+                                         "accelerator_problem": plan.problem, "repeats": doc.get("repeats")})
     return result
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -115,49 +114,69 @@ class ResultStore:
         self.db.close()
 
 
-def mann_whitney(a: list, b: list) -> dict:
-    """Two-sided Mann-Whitney U test (normal approximation with tie correction) and the shift in medians."""
-    n1, n2 = len(a), len(b)
-    if n1 < 5 or n2 < 5:
-        return {"u": None, "p_value": None, "note": "too few samples for a test (need 5 or more per run)"}
-    combined = sorted([(v, 0) for v in a] + [(v, 1) for v in b])
-    ranks = [0.0] * len(combined)
-    ties = 0.0
-    i = 0
-    while i < len(combined):
-        j = i
-        while j + 1 < len(combined) and combined[j + 1][0] == combined[i][0]:
-            j += 1
-        rank = (i + j) / 2 + 1
-        for k in range(i, j + 1):
-            ranks[k] = rank
-        t = j - i + 1
-        ties += t ** 3 - t
-        i = j + 1
-    r1 = sum(r for r, (_, g) in zip(ranks, combined) if g == 0)
-    u1 = r1 - n1 * (n1 + 1) / 2
-    n = n1 + n2
-    mean = n1 * n2 / 2
-    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
-    if var <= 0:
-        return {"u": u1, "p_value": 1.0}
-    z = (u1 - mean - math.copysign(0.5, u1 - mean)) / math.sqrt(var) if u1 != mean else 0.0
-    p = math.erfc(abs(z) / math.sqrt(2))
-    return {"u": u1, "z": round(z, 4), "p_value": p}
+MIN_EFFECT_PCT = 5.0  # a change smaller than this is not worth acting on, whatever its confidence
+MIN_REPEATS = 3  # fewer fresh processes per side and the run-to-run noise is not measured
 
 
-def compare(first: dict, second: dict, alpha: float = 0.01) -> dict:
+def run_medians(row: dict) -> list:
+    """The p50 of each fresh runner process a stored run holds (`--repeat`), else its one p50."""
+    reps = (row.get("extra") or {}).get("repeats")
+    return [r["p50"] for r in reps] if reps else [row["stats"]["latency_ms"]["p50"]]
+
+
+def _block_medians(latencies, rng, n_resamples: int):
+    """Medians of circular block-bootstrap resamples: latencies within a run are autocorrelated (clock
+    ramps, thermal drift, caches), so single samples are not independent; blocks of sqrt(n) keep runs of them."""
+    import numpy as np
+    x = np.asarray(latencies, float)
+    n = len(x)
+    b = max(1, int(round(n ** 0.5)))
+    starts = rng.integers(0, n, size=(n_resamples, -(-n // b)))
+    idx = (starts[..., None] + np.arange(b)).reshape(n_resamples, -1)[:, :n] % n
+    return np.median(x[idx], axis=1)
+
+
+def change_interval(first: dict, second: dict, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Confidence interval of the change in median latency, second vs first, in percent."""
+    import numpy as np
+    from scipy import stats
+    rng = np.random.default_rng(seed)
+    ra, rb = np.asarray(run_medians(first)), np.asarray(run_medians(second))
+    point = 100 * (np.median(rb) / np.median(ra) - 1)
+    if len(ra) >= MIN_REPEATS and len(rb) >= MIN_REPEATS:
+        res = stats.bootstrap((ra, rb), lambda a, b, axis=-1: 100 * (np.median(b, axis) / np.median(a, axis) - 1),
+                              confidence_level=confidence, method="percentile", n_resamples=4000,
+                              vectorized=True, random_state=rng)
+        lo, hi = res.confidence_interval
+        basis = f"the medians of {len(ra)} and {len(rb)} fresh runner processes"
+    else:
+        ma = _block_medians(first["latencies"], rng, 4000)
+        mb = _block_medians(second["latencies"], rng, 4000)
+        lo, hi = np.percentile(100 * (mb / ma - 1), [50 * (1 - confidence), 50 * (1 + confidence)])
+        basis = ("one process per run: blocks of each run's own latencies; the run-to-run noise is not "
+                 f"measured (store runs with --repeat {MIN_REPEATS} or more)")
+    return {"change_pct": round(float(point), 2), "low_pct": round(float(lo), 2), "high_pct": round(float(hi), 2),
+            "confidence": confidence, "basis": basis}
+
+
+def compare(first: dict, second: dict, min_effect_pct: float = MIN_EFFECT_PCT, confidence: float = 0.95) -> dict:
+    """Is second's median latency different from first's beyond run-to-run noise, by enough to matter?"""
     from edgesdk.targets.runner import summarize
-    a, b = first["latencies"], second["latencies"]
-    sa, sb = summarize(a), summarize(b)
-    test = mann_whitney(a, b)
-    out = {"runs": [first["id"], second["id"]], "alpha": alpha, "test": "Mann-Whitney U (two-sided)", **test}
+    sa, sb = summarize(first["latencies"]), summarize(second["latencies"])
+    ci = change_interval(first, second, confidence)
+    out = {"runs": [first["id"], second["id"]], "median_change": ci, "min_effect_pct": min_effect_pct}
     for key in ("p50", "p90", "p99", "mean"):
         out[key] = {"first": sa[key], "second": sb[key], "change_pct": round(100 * (sb[key] - sa[key]) / sa[key], 2)
                     if sa[key] else None}
-    out["significant"] = test["p_value"] is not None and test["p_value"] < alpha
-    out["verdict"] = ("the latency distributions differ beyond run-to-run noise" if out["significant"] else
-                      "no difference beyond run-to-run noise")
+    beyond_noise = ci["low_pct"] > 0 or ci["high_pct"] < 0
+    out["differs"] = bool(beyond_noise and abs(ci["change_pct"]) >= min_effect_pct)
+    span = f"{ci['change_pct']:+.1f}% ({100 * confidence:.0f}% CI {ci['low_pct']:+.1f} to {ci['high_pct']:+.1f}%)"
+    if out["differs"]:
+        out["verdict"] = f"{'slower' if ci['change_pct'] > 0 else 'faster'} by {span}: beyond run-to-run noise"
+    elif beyond_noise:
+        out["verdict"] = f"{span}: measurable, but under the {min_effect_pct:g}% that counts as a difference"
+    else:
+        out["verdict"] = f"{span}: within run-to-run noise"
     same = [k for k in ("host", "profile", "runtime", "threads") if first.get(k) != second.get(k)]
     if same:
         out["differences"] = {k: [first.get(k), second.get(k)] for k in same}

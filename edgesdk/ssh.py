@@ -29,6 +29,11 @@ def known_hosts_path() -> Path:
     return Path(os.environ.get("EDGESDK_KNOWN_HOSTS", "~/.ssh/known_hosts")).expanduser()
 
 
+def global_known_hosts_path() -> Path:
+    """The system-wide file OpenSSH also trusts (read, never written)."""
+    return Path(os.environ.get("EDGESDK_GLOBAL_KNOWN_HOSTS", "/etc/ssh/ssh_known_hosts"))
+
+
 @dataclass
 class Target:
     """Where a host spec points: alias, user@host:port, or local."""
@@ -47,7 +52,14 @@ class Target:
 
     @property
     def key_name(self) -> str:
-        """The name the host key is filed under in known_hosts."""
+        """The name OpenSSH files the host key under: a HostKeyAlias as it is (no port), else host or [host]:port."""
+        if self.host_key_alias:
+            return self.host_key_alias
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+    @property
+    def paramiko_name(self) -> str:
+        """The name paramiko looks the key up under (and earlier edgesdk versions filed it under)."""
         name = self.host_key_alias or self.hostname
         return name if self.port == 22 else f"[{name}]:{self.port}"
 
@@ -102,8 +114,7 @@ class Session:
                 sock = self._socket(timeout)
                 client = paramiko.SSHClient()
                 kh = known_hosts_path()
-                if kh.is_file():
-                    client.load_host_keys(str(kh))
+                _load_known_keys(client.get_host_keys(), t)
                 client.set_missing_host_key_policy(_Policy(t, kh, accept_new))
                 client.connect(t.host_key_alias or t.hostname, port=t.port, username=t.user, sock=sock,
                                key_filename=list(t.identity_files) or None, timeout=timeout,
@@ -231,6 +242,25 @@ class Session:
         self.close()
 
 
+def _load_known_keys(into, target: Target) -> None:
+    """The keys OpenSSH would trust for target (user file, then the system's; hashed names too), filed under
+    the name paramiko looks up."""
+    import paramiko
+    for path in (known_hosts_path(), global_known_hosts_path()):
+        try:
+            keys = paramiko.HostKeys(str(path)) if path.is_file() else None
+        except (OSError, paramiko.SSHException):
+            continue  # unreadable: as if absent, like OpenSSH
+        for name in (target.key_name, target.paramiko_name) if keys else ():
+            found = keys.lookup(name)
+            if found:
+                have = into.lookup(target.paramiko_name) or {}
+                for kind in found.keys():
+                    if kind not in have:
+                        into.add(target.paramiko_name, kind, found[kind])
+                break
+
+
 def _quote(word: str) -> str:
     """Shell-quote a word, leaving a leading `~/` for the device's shell to expand (its home, not ours)."""
     if word == "~" or word.startswith("~/"):
@@ -252,11 +282,13 @@ class _Policy:
     def missing_host_key(self, client, hostname, key):
         name = self.target.key_name
         if not self.accept_new:
+            scan = ("" if self.target.host_key_alias else
+                    f", or `ssh-keyscan -p {self.target.port} {self.target.hostname} >> {self.known_hosts}`")
             raise HostKeyError(
-                f"{self.target.spec} ({name}) is not in {self.known_hosts}. Its {key.get_name()} key is "
-                f"{fingerprint(key)}. If that is your device's key, either add it yourself "
-                f"(`ssh-keyscan -p {self.target.port} {self.target.hostname} >> {self.known_hosts}` after "
-                f"checking it) or pass --accept-new-host-key to record it on first use.")
+                f"{self.target.spec} ({name}) is not in {self.known_hosts} nor {global_known_hosts_path()}. Its "
+                f"{key.get_name()} key is {fingerprint(key)}. If that is your device's key, either add it "
+                f"yourself after checking it (connect once with `ssh {self.target.spec}`{scan}) or pass "
+                f"--accept-new-host-key to record it on first use.")
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         with open(self.known_hosts, "a") as f:
             f.write(f"{name} {key.get_name()} {key.get_base64()}\n")

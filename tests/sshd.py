@@ -102,8 +102,9 @@ LogLevel VERBOSE
         self._log.close()
 
     def public_host_key_line(self, alias: str) -> str:
+        """The line OpenSSH writes for a host reached through HostKeyAlias: the alias alone, no port."""
         kind, b64 = Path(str(self.host_key) + ".pub").read_text().split()[:2]
-        return f"[{alias}]:{self.port} {kind} {b64}"
+        return f"{alias} {kind} {b64}"
 
     def fingerprint(self) -> str:
         out = subprocess.run(["ssh-keygen", "-lf", str(self.host_key) + ".pub"], capture_output=True, text=True)

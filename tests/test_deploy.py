@@ -76,11 +76,45 @@ def test_changed_host_key_is_always_refused(device, ssh_env, artifact):
     from sshd import keygen
     other = keygen(ssh_env["dir"] / "other_host_key")
     kind, b64 = Path(str(other) + ".pub").read_text().split()[:2]
-    ssh_env["known_hosts"].write_text(f"[pi.local]:{server.port} {kind} {b64}\n")
-    with pytest.raises(HostKeyError, match="CHANGED") as e:
-        _deploy(server, artifact, accept_new_host_key=True)
-    assert server.fingerprint() in str(e.value) and "ssh-keygen -R" in str(e.value)
-    assert remote_files(server) == []
+    # under the bare alias (as OpenSSH files it) and as [alias]:port (as earlier versions did)
+    for name in ("pi.local", f"[pi.local]:{server.port}"):
+        ssh_env["known_hosts"].write_text(f"{name} {kind} {b64}\n")
+        with pytest.raises(HostKeyError, match="CHANGED") as e:
+            _deploy(server, artifact, accept_new_host_key=True)
+        assert server.fingerprint() in str(e.value) and "ssh-keygen -R" in str(e.value)
+        assert remote_files(server) == []
+
+
+def test_host_keys_that_openssh_wrote_are_trusted(device, ssh_env, artifact, tmp_path, monkeypatch):
+    import subprocess
+    server = device()
+    kh = ssh_env["known_hosts"]
+    # real ssh, through the alias: files the key under the bare HostKeyAlias
+    r = subprocess.run(["ssh", "-F", str(ssh_env["config"]), "-o", f"UserKnownHostsFile={kh}", "-o",
+                        "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes", "pi.local", "true"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert kh.read_text().split()[0] == "pi.local"
+    written = kh.read_text()
+    assert _deploy(server, artifact).runs == 20  # no --accept-new-host-key needed
+    assert kh.read_text() == written  # and nothing added
+    # hashed entries from ssh-keyscan -H, for a host given as user@host:port, only in the system-wide file
+    kh.write_text("")
+    scan = subprocess.run(["ssh-keyscan", "-H", "-p", str(server.port), "127.0.0.1"], capture_output=True,
+                          text=True, timeout=30)
+    assert scan.stdout.startswith("|1|"), scan.stderr
+    system = tmp_path / "ssh_known_hosts"
+    system.write_text(scan.stdout)
+    monkeypatch.setenv("EDGESDK_GLOBAL_KNOWN_HOSTS", str(system))
+    import getpass
+    spec = f"{getpass.getuser()}@127.0.0.1:{server.port}"
+    result = deploy(str(artifact.path), spec, remote_python=PY, workdir=str(server.workdir), runs=3,
+                    profile="rpi4")
+    assert result.runs == 3 and kh.read_text() == ""  # trusted from the system file, the user's untouched
+    monkeypatch.delenv("EDGESDK_GLOBAL_KNOWN_HOSTS")
+    monkeypatch.setenv("EDGESDK_GLOBAL_KNOWN_HOSTS", str(tmp_path / "none"))
+    with pytest.raises(HostKeyError, match="not in"):
+        deploy(str(artifact.path), spec, remote_python=PY, workdir=str(server.workdir), runs=3, profile="rpi4")
 
 
 def test_wrong_key_and_refused_port(device, ssh_env, artifact):
@@ -184,7 +218,8 @@ def test_fleet_runs_in_parallel_and_one_failure_does_not_stop_the_others(device,
     ids = [row["id"] for row in json.loads(r.stdout)]
     r = run_cli("results", "compare", str(ids[0]), str(ids[1]), "--json")
     c = json.loads(r.stdout)
-    assert c["test"].startswith("Mann-Whitney") and 0 <= c["p_value"] <= 1
+    ci = c["median_change"]
+    assert ci["low_pct"] <= ci["change_pct"] <= ci["high_pct"] and "one process per run" in ci["basis"]
     assert sorted(c["differences"]["host"]) == ["jetson.local", "pi.local"]
 
 
