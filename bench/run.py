@@ -308,6 +308,33 @@ def bench_fidelity(tmp, quick, mnist):
              "goal": "report", "met": None, "baseline": f"{len(runner)} runs of {runs}"}]
 
 
+def bench_noise(tmp, quick, mnist):
+    """A/A: the same artifact benchmarked twice on this quiet host must compare as 'no difference'."""
+    import edgesdk
+    from scipy.stats import mannwhitneyu
+    from edgesdk.results import compare
+    model, data = mnist
+    art = edgesdk.convert(str(model), "local", calibration=data["train"], output_dir=tmp / "aa", quiet=True)
+    pairs, repeat = (8, 3) if quick else (40, 3)
+
+    def row(i, res, first_only=False):
+        reps = res.raw["repeats"]
+        lat = res.latencies_ms[:reps[0]["runs"]] if first_only else res.latencies_ms
+        return {"id": i, "latencies": lat, "extra": {} if first_only else {"repeats": reps}, "probe": {}}
+    same_repeat = same_single = mw_same = 0
+    for i in range(pairs):
+        a, b = (edgesdk.benchmark(art, runs=100, warmup=10, threads=1, repeat=repeat) for _ in range(2))
+        same_repeat += not compare(row(1, a), row(2, b))["differs"]
+        same_single += not compare(row(1, a, True), row(2, b, True))["differs"]
+        first = a.raw["repeats"][0]["runs"]
+        mw_same += mannwhitneyu(a.latencies_ms[:first], b.latencies_ms[:first]).pvalue >= 0.01
+    share = same_repeat / pairs
+    return [{"name": f"A/A comparisons judged 'no difference' ({pairs} pairs, --repeat {repeat}, MNIST int8, "
+                     f"this host)", "value": round(share, 3), "goal": ">= 0.95", "met": share >= 0.95,
+             "baseline": f"one process per run: {same_single / pairs:.3f}; a Mann-Whitney test on one pair of "
+                         f"runs' raw samples (p >= 0.01, what `results compare` did before): {mw_same / pairs:.3f}"}]
+
+
 def _ssh_setup(tmp):
     sys.path.insert(0, str(REPO / "tests"))
     from sshd import keygen
@@ -437,7 +464,8 @@ SUITE = {
     "size": (bench_size, True), "pruned_size": (bench_pruned_size, True), "accuracy": (bench_accuracy, True),
     "recovery": (bench_recovery, False), "imagenet": (bench_imagenet, False),
     "speed": (bench_speed, False), "overhead": (bench_overhead, False), "startup": (bench_startup, False),
-    "fidelity": (bench_fidelity, True), "deploy": (bench_deploy, True), "fleet": (bench_fleet, True),
+    "fidelity": (bench_fidelity, True), "noise": (bench_noise, True), "deploy": (bench_deploy, True),
+    "fleet": (bench_fleet, True),
 }
 NOT_YET = ["the detector fixtures' recall in the suite (the tests check it)"]
 
