@@ -25,6 +25,8 @@ import tempfile
 import time
 
 SCHEMA_VERSION = 1
+# Where the kernel's device files are; a test points this at a tree recorded from a board.
+SYSFS = os.environ.get("EDGESDK_SYSFS", "/sys")
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -253,6 +255,9 @@ def parse_trtexec(stdout, times=None):
     m = re.search(r"Engine built in ([\d.]+) sec", stdout)
     if m:
         out["init_ms"] = round(float(m.group(1)) * 1000.0, 4)
+    m = re.search(r"Engine loaded in ([\d.]+) sec", stdout)
+    if m:
+        out["load_ms"] = round(float(m.group(1)) * 1000.0, 4)
     for line in stdout.splitlines():
         if "] Latency:" in line or line.strip().startswith("Latency:"):
             stats = {}
@@ -269,18 +274,62 @@ def parse_trtexec(stdout, times=None):
     return out
 
 
-def measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core):
-    fd, times_path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    cmd = [trtexec, "--onnx=%s" % path, "--iterations=%d" % runs, "--avgRuns=1",
-           "--warmUp=%d" % max(200, warmup * 20), "--duration=%d" % (duration or 0),
-           "--exportTimes=%s" % times_path]
+def trtexec_version(trtexec):
+    """TensorRT's version as trtexec states it (its banner), or None."""
+    try:
+        out = subprocess.run([trtexec, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             universal_newlines=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"TensorRT v(\d+)", out)
+    return _trt_version(m.group(1)) if m else None
+
+
+def _trtexec(cmd):
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    return proc, parse_trtexec(proc.stdout)
+
+
+def build_engine(trtexec, path, precision, dla_core):
+    """The TensorRT engine for this artifact, built once per TensorRT version, precision and DLA core and
+    kept beside the artifact: (engine path, build ms or None when it was already there)."""
+    version = trtexec_version(trtexec) or "unknown"
+    engine = "%s.trt%s-%s%s.engine" % (os.path.splitext(path)[0], version, precision or "fp32",
+                                       "" if dla_core is None else "-dla%d" % dla_core)
+    if os.path.exists(engine):
+        return engine, None
+    part = "%s.%d.part" % (engine, os.getpid())  # swept by deploy if this process dies mid-build
+    cmd = [trtexec, "--onnx=%s" % path, "--saveEngine=%s" % part, "--iterations=1", "--warmUp=0", "--duration=0"]
     if precision in ("int8", "fp16"):
         cmd.append("--%s" % precision)
     if dla_core is not None:
         cmd += ["--useDLACore=%d" % dla_core, "--allowGPUFallback"]
+    t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        proc, parsed = _trtexec(cmd)
+        if proc.returncode != 0 or not parsed["passed"] or not os.path.exists(part):
+            tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+            raise RunnerFailure("run_failed", "trtexec could not build the engine (exit %d): %s"
+                                % (proc.returncode, tail))
+        os.replace(part, engine)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+    return engine, round(parsed.get("init_ms") or (time.perf_counter() - t0) * 1000.0, 4)
+
+
+def measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core):
+    engine, built_ms = build_engine(trtexec, path, precision, dla_core)
+    fd, times_path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    cmd = [trtexec, "--loadEngine=%s" % engine, "--iterations=%d" % runs, "--avgRuns=1",
+           "--warmUp=%d" % max(200, warmup * 20), "--duration=%d" % (duration or 0),
+           "--exportTimes=%s" % times_path]
+    if dla_core is not None:
+        cmd += ["--useDLACore=%d" % dla_core]
+    try:
+        with PowerSampler() as power:  # the timed runs only, not the engine build
+            proc, parsed = _trtexec(cmd)
         try:
             with open(times_path) as f:
                 times = json.load(f)
@@ -296,15 +345,18 @@ def measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core):
     latencies = parsed.get("latencies_ms")
     if not latencies:
         raise RunnerFailure("run_failed", "trtexec printed no per-iteration times (--exportTimes).")
+    stats = summarize(latencies)
     return {
         "ok": True, "schema": SCHEMA_VERSION, "model": os.path.basename(path), "format": "onnx",
         "runtime": "tensorrt", "runtime_version": parsed.get("runtime_version", "unknown"),
         "delegate": "trtexec %s%s" % (precision or "fp32", "" if dla_core is None else " DLA%d" % dla_core),
         "threads": 1, "warmup": 0, "warmup_ms": max(200, warmup * 20), "runs": len(latencies),
-        "duration_s": duration, "inputs": [], "init_ms": parsed.get("init_ms", 0.0),
-        "first_inference_ms": round(latencies[0], 4), "latency_ms": summarize(latencies),
+        "duration_s": duration, "inputs": [], "init_ms": parsed.get("load_ms", parsed.get("init_ms", 0.0)),
+        "engine": {"file": os.path.basename(engine), "cached": built_ms is None, "build_ms": built_ms},
+        "first_inference_ms": round(latencies[0], 4), "latency_ms": stats,
         "latencies_ms": [round(v, 4) for v in latencies], "trtexec_summary": parsed.get("summary", {}),
-        "throughput_qps": parsed.get("throughput_qps"), "peak_rss_mb": None, "rss_before_load_mb": None,
+        "throughput_qps": parsed.get("throughput_qps"), "energy": power.report(stats["mean"]),
+        "peak_rss_mb": None, "rss_before_load_mb": None,
         "python": platform.python_version(), "machine": platform.machine(),
     }
 
@@ -358,12 +410,13 @@ def probe():
     m = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.M)
     os_release = _read("/etc/os-release") or ""
     m_os = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', os_release, re.M)
-    cpu0 = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    cpu0 = SYSFS + "/devices/system/cpu/cpu0/cpufreq/"
     temps = []
-    for zone in sorted(os.listdir("/sys/class/thermal")) if os.path.isdir("/sys/class/thermal") else []:
-        value = _read("/sys/class/thermal/%s/temp" % zone)
+    thermal = SYSFS + "/class/thermal"
+    for zone in sorted(os.listdir(thermal)) if os.path.isdir(thermal) else []:
+        value = _read("%s/%s/temp" % (thermal, zone))
         if value and value.lstrip("-").isdigit():
-            temps.append({"zone": _read("/sys/class/thermal/%s/type" % zone) or zone,
+            temps.append({"zone": _read("%s/%s/type" % (thermal, zone)) or zone,
                           "celsius": int(value) / 1000.0})
     runtimes = {name: _importable(name) for name in ("numpy", "ai_edge_litert", "tflite_runtime", "onnxruntime")}
     runtimes["tensorflow"] = _importable("tensorflow", load=False)
@@ -388,17 +441,29 @@ def probe():
 
 # --- energy ------------------------------------------------------------------------
 
+def _monitors(root):
+    for dev in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        base = os.path.join(root, dev)
+        if (_read(os.path.join(base, "name")) or "") in ("ina3221", "ina3221x"):
+            yield base
+
+
 def power_rails():
-    """Board power monitors the kernel exposes (the INA3221 on Jetson modules): {label: (volt_file, curr_file)}."""
+    """Board power monitors the kernel exposes (the INA3221 on Jetson modules): {label: (mV file, mA file)}.
+
+    JetPack 5 and newer expose them through hwmon (in1_label, in1_input, curr1_input); JetPack 4 (Nano,
+    TX2, Xavier on L4T 32) through IIO (rail_name_0, in_voltage0_input, in_current0_input)."""
     rails = {}
-    root = "/sys/class/hwmon"
-    for hw in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        base = os.path.join(root, hw)
-        if (_read(os.path.join(base, "name")) or "") not in ("ina3221", "ina3221x"):
-            continue
+    for base in _monitors(SYSFS + "/class/hwmon"):
         for ch in range(1, 4):
             label = _read(os.path.join(base, "in%d_label" % ch))
             volt, curr = os.path.join(base, "in%d_input" % ch), os.path.join(base, "curr%d_input" % ch)
+            if label and os.path.exists(volt) and os.path.exists(curr):
+                rails[label] = (volt, curr)
+    for base in _monitors(SYSFS + "/bus/iio/devices"):
+        for ch in range(3):
+            label = _read(os.path.join(base, "rail_name_%d" % ch))
+            volt, curr = (os.path.join(base, "in_voltage%d_input" % ch), os.path.join(base, "in_current%d_input" % ch))
             if label and os.path.exists(volt) and os.path.exists(curr):
                 rails[label] = (volt, curr)
     return rails

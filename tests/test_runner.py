@@ -4,6 +4,7 @@ import ast
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -100,17 +101,62 @@ def test_parse_trtexec_summary():
 
 FAKE_TRTEXEC = """#!/usr/bin/env python3
 # Stand-in for TensorRT's trtexec (NVIDIA GPUs only): same flags, same output format, fixed timings.
+# It builds int8 engines only, so an fp16 build fails as a real one can.
 import json, sys
+out = open(sys.argv[0] + ".out").read()
+if "--help" in sys.argv:
+    print(out.splitlines()[0])
+    sys.exit(0)
+open(sys.argv[0] + ".calls", "a").write(" ".join(sys.argv[1:]) + "\\n")
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+if "--saveEngine" in args:
+    if "--int8" not in sys.argv:
+        print("[E] Error[4]: this stand-in builds int8 engines only")
+        sys.exit(1)
+    open(args["--saveEngine"], "w").write("int8 engine of " + args["--onnx"])
+    print(out)
+    sys.exit(0)
+assert open(args["--loadEngine"]).read().startswith("int8 engine")
 n = int(args["--iterations"])
 json.dump([{"startComputeMs": i, "computeMs": 0.5 + 0.001 * i, "latencyMs": 0.6 + 0.001 * i} for i in range(n)],
           open(args["--exportTimes"], "w"))
-print(open(sys.argv[0] + ".out").read().replace("FLAGS", " ".join(sys.argv[1:])))
-sys.exit(0 if "--int8" in sys.argv else 1)
+print(out.replace("Engine built in 38.417 sec", "Engine loaded in 0.25 sec"))
 """
 
 
-def test_runner_uses_trtexec_when_present(tmp_path, monkeypatch):
+def _jetson_sysfs(root, layout):
+    """A Jetson's power monitor as its kernel shows it: hwmon (JetPack 5+) or IIO (JetPack 4), 5 V x 1.2 A in."""
+    if layout == "hwmon":
+        d = root / "class/hwmon/hwmon1"
+        files = {"name": "ina3221", "in1_label": "VDD_IN", "in1_input": "5000", "curr1_input": "1200",
+                 "in2_label": "VDD_CPU_GPU_CV", "in2_input": "5000", "curr2_input": "400"}
+    else:
+        d = root / "bus/iio/devices/iio:device0"
+        files = {"name": "ina3221x", "rail_name_0": "POM_5V_IN", "in_voltage0_input": "5000",
+                 "in_current0_input": "1200", "rail_name_1": "POM_5V_GPU", "in_voltage1_input": "5000",
+                 "in_current1_input": "300"}
+    d.mkdir(parents=True)
+    for name, text in files.items():
+        (d / name).write_text(text + "\n")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["hwmon", "iio"])
+def test_power_rails_on_each_jetpack(tmp_path, monkeypatch, layout):
+    from edgesdk.targets import runner
+    monkeypatch.setattr(runner, "SYSFS", str(_jetson_sysfs(tmp_path, layout)))
+    rails = runner.power_rails()
+    main = "VDD_IN" if layout == "hwmon" else "POM_5V_IN"
+    assert len(rails) == 2 and main in rails
+    sampler = runner.PowerSampler()
+    assert sampler.rail[0] == main
+    with sampler:
+        time.sleep(0.2)
+    report = sampler.report(2.0)
+    assert report["available"] and report["mean_power_w"] == 6.0 and report["energy_per_inference_mj"] == 12.0
+
+
+def test_runner_uses_trtexec_when_present(tmp_path):
     import os
     trtexec = tmp_path / "trtexec"
     trtexec.write_text(FAKE_TRTEXEC)
@@ -118,17 +164,24 @@ def test_runner_uses_trtexec_when_present(tmp_path, monkeypatch):
     (tmp_path / "trtexec.out").write_text(TRTEXEC_OUTPUT)
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx bytes are only read by trtexec here")
-    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run([sys.executable, str(runner_path()), str(model), "--runs", "40", "--precision", "int8"],
-                       capture_output=True, text=True, env=env)
-    doc = json.loads(r.stdout)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+           "EDGESDK_SYSFS": str(_jetson_sysfs(tmp_path / "sys", "hwmon"))}
+    run = lambda *a: subprocess.run([sys.executable, str(runner_path()), str(model), *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env)
+    doc = json.loads(run("--runs", "40", "--precision", "int8").stdout)
     assert doc["ok"] and doc["runtime"] == "tensorrt" and doc["runtime_version"] == "8.5.2"
     assert doc["runs"] == 40 and doc["latency_ms"]["min"] == 0.6 and doc["latency_ms"]["max"] == 0.639
-    assert doc["delegate"] == "trtexec int8" and doc["init_ms"] == 38417.0
-    r = subprocess.run([sys.executable, str(runner_path()), str(model), "--precision", "fp16"],
-                       capture_output=True, text=True, env=env)
+    assert doc["delegate"] == "trtexec int8" and doc["init_ms"] == 250.0
+    assert doc["engine"] == {"file": "m.trt8.5.2-int8.engine", "cached": False, "build_ms": 38417.0}
+    assert doc["energy"]["available"] and doc["energy"]["rail"] == "VDD_IN" and doc["energy"]["mean_power_w"] == 6.0
+    doc = json.loads(run("--runs", "10", "--precision", "int8").stdout)
+    assert doc["ok"] and doc["engine"]["cached"] and doc["engine"]["build_ms"] is None
+    calls = (tmp_path / "trtexec.calls").read_text().splitlines()
+    assert sum("--saveEngine" in c for c in calls) == 1 and sum("--loadEngine" in c for c in calls) == 2
+    r = run("--precision", "fp16")
     doc = json.loads(r.stdout)
-    assert r.returncode != 0 and doc["kind"] == "run_failed" and "trtexec failed" in doc["error"]
+    assert r.returncode != 0 and doc["kind"] == "run_failed" and "could not build the engine" in doc["error"]
+    assert sorted(p.name for p in tmp_path.glob("m.*")) == ["m.onnx", "m.trt8.5.2-int8.engine"]  # no partial engine
 
 
 def test_runner_says_where_trtexec_lives_when_it_is_asked_for_and_absent(tmp_path):

@@ -286,3 +286,39 @@ def test_check_names_what_blocks_each_family(tmp_path):
     leaky = {t["family"]: t for t in check_model(_leaky_model())["targets"]}
     assert leaky["edgetpu"]["status"] == "supported with fallbacks"
     assert leaky["edgetpu"]["partition"]["first_unmapped"]["op"] == "LEAKY_RELU"
+
+
+# --- what a device runs: each family's plan against the device's probe (quick) ---------------
+
+def test_device_plans_check_the_accelerator_against_the_probe(tmp_path):
+    from edgesdk import OptionError
+    from edgesdk.artifact import Artifact
+    from edgesdk.profiles import load_profile
+    from edgesdk.targets import device_plan
+    tfl, onnx = tmp_path / "m.tflite", tmp_path / "m.onnx"
+    for p in (tfl, onnx):
+        p.write_bytes(b"model")
+    art = lambda p, q="int8": Artifact(p, {"recipe": {"quantization": q}})  # noqa: E731
+    bare = {"runtimes": {"ai_edge_litert": True, "trtexec": None}, "edgetpu_library": None}
+    coral = load_profile("coral-usb")
+    assert "edgetpu_compiler was not available" in device_plan("edgetpu", art(tfl), bare, coral).problem
+    (tmp_path / "m_edgetpu.tflite").write_bytes(b"compiled")
+    assert "no libedgetpu" in device_plan("edgetpu", art(tfl), bare, coral).problem
+    plan = device_plan("edgetpu", art(tfl), {**bare, "edgetpu_library": "/usr/lib/aarch64-linux-gnu/libedgetpu.so.1"},
+                       coral)
+    assert plan.problem is None and plan.path.name == "m_edgetpu.tflite" and plan.accelerator == "edgetpu"
+    assert plan.runner_args == ["--delegate", "edgetpu"]
+
+    orin, xavier = load_profile("jetson-orin-nano"), load_profile("jetson-xavier-nx")
+    assert "trtexec is not on the device" in device_plan("jetson", art(onnx), bare, orin).problem
+    jp = {**bare, "runtimes": {"trtexec": "/usr/src/tensorrt/bin/trtexec"}}
+    plan = device_plan("jetson", art(onnx, "fp16"), jp, orin)
+    assert plan.problem is None and plan.runner_args == ["--precision", "fp16"] and plan.accelerator == "gpu"
+    plan = device_plan("jetson", art(onnx), jp, xavier, dla_core=1)
+    assert plan.runner_args == ["--precision", "int8", "--dla-core", 1] and plan.accelerator == "dla1"
+    with pytest.raises(OptionError, match="has no DLA"):
+        device_plan("jetson", art(onnx), jp, orin, dla_core=0)
+    with pytest.raises(OptionError, match="DLA cores 0-1"):
+        device_plan("jetson", art(onnx), jp, xavier, dla_core=2)
+    plan = device_plan("arm-cpu", art(tfl), bare, load_profile("rpi4"))
+    assert plan.path == tfl and plan.runner_args == [] and plan.problem is None and plan.accelerator is None
