@@ -46,7 +46,7 @@ def test_deploy_checks_host_key_then_uploads_once(device, ssh_env, artifact):
     with pytest.raises(HostKeyError) as e:
         _deploy(server, artifact)
     msg = str(e.value)
-    assert server.fingerprint() in msg and "--accept-new-host-key" in msg and "ssh-keyscan" in msg
+    assert server.fingerprint() in msg and "--accept-new-host-key" in msg and "`ssh pi.local`" in msg
     assert remote_files(server) == []  # nothing reached the device
 
     store = ResultStore()
@@ -107,6 +107,8 @@ def test_host_keys_that_openssh_wrote_are_trusted(device, ssh_env, artifact, tmp
     system.write_text(scan.stdout)
     monkeypatch.setenv("EDGESDK_GLOBAL_KNOWN_HOSTS", str(system))
     import getpass
+    with open(ssh_env["config"], "a") as f:  # the key, but no alias: the host key is looked up as [host]:port
+        f.write(f"Host 127.0.0.1\n  IdentityFile {ssh_env['key']}\n")
     spec = f"{getpass.getuser()}@127.0.0.1:{server.port}"
     result = deploy(str(artifact.path), spec, remote_python=PY, workdir=str(server.workdir), runs=3,
                     profile="rpi4")
@@ -314,8 +316,20 @@ def test_dns_failure_and_timeout(device, ssh_env, artifact):
     server = device()
     _deploy(server, artifact, accept_new_host_key=True)
     with pytest.raises(DeployError, match="did not finish within 2 s"):
-        deploy(str(artifact.path), "pi.local", remote_python=PY, workdir=str(server.workdir), duration=10,
+        deploy(str(artifact.path), "pi.local", remote_python=PY, workdir=str(server.workdir), duration=30,
                timeout=2)
+    # the runner this run started is stopped on the device (by its pid file), not left timing for 30 s
+    assert _wait_for(lambda: not _pids_with(str(server.workdir), "--duration"), timeout=10)
+    assert not list((server.workdir / "runs").iterdir())
+
+
+def _pids_with(*words):
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        cmd = _cmdline(int(pid))
+        if all(w in cmd for w in words):
+            out.append(int(pid))
+    return out
 
 
 def test_ctrl_c_stops_the_remote_run(device, ssh_env, artifact):
