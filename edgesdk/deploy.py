@@ -33,6 +33,7 @@ STALE_PART_S = 30
 _PREPARE = ("import glob,os,sys,time\nd=os.path.expanduser(sys.argv[1])\n"
             "[os.makedirs(os.path.join(d,s),exist_ok=True) for s in ('runner','artifacts')]\n"
             "[os.unlink(p) for p in glob.glob(os.path.join(d,'*','*.part'))+glob.glob(os.path.join(d,'*','*','*.part'))"
+            "+glob.glob(os.path.join(d,'runs','*.cancel'))"
             " if time.time()-os.path.getmtime(p)>float(sys.argv[2])]\nprint(d)\n"
             "v=os.path.join(d,'venv','bin','python')\nprint(v if os.path.exists(v) else '')")
 _SHA = ("import hashlib,os,sys\np=sys.argv[1]\nh=hashlib.sha256()\n"
@@ -56,20 +57,26 @@ def ooms():
     except Exception: return None
 before=ooms()
 p=subprocess.Popen(sys.argv[2:],start_new_session=True)
-d=os.path.dirname(pidfile);os.makedirs(d,exist_ok=True);open(pidfile,'w').write(str(p.pid))
+d=os.path.dirname(pidfile);os.makedirs(d,exist_ok=True)
+open(pidfile+'.tmp','w').write(str(p.pid));os.replace(pidfile+'.tmp',pidfile)
+if os.path.exists(pidfile+'.cancel'): os.killpg(p.pid,signal.SIGTERM)
 signal.signal(signal.SIGINT,signal.SIG_IGN)
 [signal.signal(s,lambda *a:os.killpg(p.pid,signal.SIGTERM)) for s in (signal.SIGTERM,signal.SIGHUP)]
 try: r=p.wait()
 finally:
-    try: os.unlink(pidfile)
-    except OSError: pass
+    for f in (pidfile,pidfile+'.cancel'):
+        try: os.unlink(f)
+        except OSError: pass
 if r<0:
     after=ooms()
     sys.stderr.write('\nedgesdk-exit '+json.dumps({'signal':-r,'oom_kills':None if after is None or before is None else after-before})+'\n')
     sys.exit(128-r)
 sys.exit(r)"""
+# A stop that comes before the run has filed its pid leaves a cancel mark the supervisor looks for.
 _STOP = ("import os,signal,sys,time\nfor pidfile in sys.argv[1:]:\n"
-         " try: pid=int(open(pidfile).read())\n except (OSError,ValueError): continue\n"
+         " read=lambda: int(open(pidfile).read()) if os.path.exists(pidfile) else None\n"
+         " pid=read()\n if pid is None:\n  open(pidfile+'.cancel','w').close()\n  pid=read()\n"
+         " if pid is None: continue\n"
          " for sig in (signal.SIGTERM,)*30+(signal.SIGKILL,):\n"
          "  try: os.killpg(pid,sig)\n  except ProcessLookupError: break\n  time.sleep(0.1)\n"
          " try: os.unlink(pidfile)\n except OSError: pass")
@@ -128,7 +135,7 @@ class Device:
                               f"{remote.rsplit('/', 1)[0]}, {remote.rsplit('/', 1)[1]} needs {size:,}. Free some "
                               f"space or pass --workdir on a larger disk.") from None
 
-    def run_supervised(self, rundir: str, argv: list, running: dict | None, host: str):
+    def run_supervised(self, rundir: str, argv: list, runs: RemoteRuns | None):
         """(status, stdout, stderr) of argv run under the supervisor; stops it on Ctrl-C or a timeout."""
         pidfile = f"{rundir}/{secrets.token_hex(8)}.pid"
 
@@ -137,8 +144,8 @@ class Device:
                 self.py(_STOP, pidfile, timeout=30)
             except EdgeSDKError:
                 pass  # the link is gone; the run ends when its output pipe breaks
-        if running is not None:
-            running[host] = stop
+        if runs is not None:
+            runs.add(pidfile, stop)
         try:
             status, out, err = self.s.run([self.python, "-c", _SUPERVISE, pidfile, self.python, *argv],
                                           timeout=self.timeout, check=False)
@@ -147,8 +154,8 @@ class Device:
                 stop()
             raise
         finally:
-            if running is not None:
-                running.pop(host, None)
+            if runs is not None:
+                runs.remove(pidfile)
         death = _death(err)
         if death:
             what, tail = death
@@ -160,6 +167,30 @@ class Device:
             self.py(_REMOVE, *paths, timeout=20)
         except EdgeSDKError:
             pass  # the link is gone: nothing more can be done from here
+
+
+class RemoteRuns:
+    """The remote runs one deploy started, so that Ctrl-C can stop every one, on every host of a fleet."""
+
+    def __init__(self):
+        self.stops, self.cancelled, self._lock = {}, False, threading.Lock()
+
+    def add(self, key, stop):
+        with self._lock:
+            if self.cancelled:
+                raise DeployError("Interrupted before the run started.")
+            self.stops[key] = stop
+
+    def remove(self, key):
+        with self._lock:
+            self.stops.pop(key, None)
+
+    def stop_all(self):
+        with self._lock:
+            self.cancelled = True
+            stops = list(self.stops.values())
+        for stop in stops:
+            stop()
 
 
 def _death(stderr: str):
@@ -210,8 +241,8 @@ def _threads(asked, profile, probe) -> tuple:
 
 def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=None, duration=None,
                remote_python=None, workdir=None, timeout=600.0, accept_new_host_key=False, store=None,
-               allow_cpu=False, dla_core=None, repeat=1, progress: Progress | None = None, running=None):
-    """running: a dict the caller shares across a fleet; each host files how to stop its remote run there."""
+               allow_cpu=False, dla_core=None, repeat=1, progress: Progress | None = None, remote_runs=None):
+    """remote_runs: the RemoteRuns a fleet shares, where each host files how to stop its remote run."""
     from .profiles import load_profile
     from edgesdk.targets import device_plan, runner_path
     progress = progress or Progress()
@@ -258,7 +289,7 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
             argv += ["--duration", duration]
         docs = []
         for _ in range(repeat):  # a fresh runner process each time: run-to-run noise is then measured
-            status, out, err = dev.run_supervised(f"{root}/runs", argv, running, host)
+            status, out, err = dev.run_supervised(f"{root}/runs", argv, remote_runs)
             docs.append(parse_runner_output(out, err, status))
         doc = pool_repeats(docs)
     result = result_from_runner(doc, str(art.path), host)
@@ -278,19 +309,16 @@ def deploy(artifact, host="local", *, parallel=4, store=None, progress=None, **k
     """One host -> BenchmarkResult; several -> a list of BenchmarkResult or {"host", "error"} per host.
 
     Ctrl-C stops the remote run on every host (each by the pid file its run wrote) before it is raised."""
-    running = {}
+    remote_runs = RemoteRuns()
     if isinstance(host, str):
-        return deploy_one(artifact, host, store=store, progress=progress, running=running, **kwargs)
+        return deploy_one(artifact, host, store=store, progress=progress, remote_runs=remote_runs, **kwargs)
     hosts = list(host)
     if not hosts:
         raise OptionError("No hosts given.")
-    cancelled = threading.Event()
 
     def one(h):
-        if cancelled.is_set():
-            return {"host": h, "error": "not started: interrupted", "kind": "Interrupted", "exit_code": 130}
         try:
-            return deploy_one(artifact, h, store=store, progress=progress, running=running, **kwargs)
+            return deploy_one(artifact, h, store=store, progress=progress, remote_runs=remote_runs, **kwargs)
         except EdgeSDKError as exc:
             return {"host": h, "error": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code}
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts))))
@@ -298,9 +326,7 @@ def deploy(artifact, host="local", *, parallel=4, store=None, progress=None, **k
         futures = [pool.submit(one, h) for h in hosts]
         return [f.result() for f in futures]
     except KeyboardInterrupt:
-        cancelled.set()
-        for stop in list(running.values()):
-            stop()
+        remote_runs.stop_all()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

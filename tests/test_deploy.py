@@ -380,3 +380,20 @@ def test_results_store_survives_concurrent_writer_processes(tmp_path):
     con = sqlite3.connect(str(db))
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert con.execute("SELECT count(*), count(DISTINCT host) FROM runs").fetchone() == (100, 4)
+
+
+def test_a_stop_before_the_run_has_filed_its_pid_still_stops_it(tmp_path):
+    import subprocess
+    from edgesdk.deploy import _STOP, _SUPERVISE, _death
+    pidfile = tmp_path / "runs" / "abc.pid"
+    pidfile.parent.mkdir()
+    # Ctrl-C lands first: nothing to kill yet, so the stop leaves its mark
+    subprocess.run([PY, "-c", _STOP, str(pidfile)], check=True, timeout=30)
+    assert (tmp_path / "runs" / "abc.pid.cancel").exists()
+    t0 = time.monotonic()
+    p = subprocess.run([PY, "-c", _SUPERVISE, str(pidfile), PY, "-c", "import time; time.sleep(60)"],
+                       capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 30 and p.returncode == 128 + 15
+    what, _ = _death(p.stderr)
+    assert what == "was killed by signal 15 (SIGTERM)"
+    assert list(pidfile.parent.iterdir()) == []  # neither the pid file nor the mark outlives the run
