@@ -40,6 +40,8 @@ def platform_tags(machine: str, libc: str, libc_version: str) -> list:
     if libc != "glibc" or not libc_version:
         return [f"linux_{machine}"]
     major, minor = (int(p) for p in libc_version.split(".")[:2])
+    if (major, minor) < (2, 17):  # older than manylinux2014 itself
+        return [f"linux_{machine}"]
     return [f"manylinux_{major}_{m}_{machine}" for m in range(minor, 16, -1)] + \
         [f"manylinux2014_{machine}", f"linux_{machine}"]
 
@@ -116,15 +118,35 @@ def setup(host: str, *, profile: str = "rpi4", formats=None, remote_python=None,
         if status != 0:
             raise RuntimeMissing(f"Making a venv at {venv} on {host} failed: {(err or out).strip()[-300:]}")
         vpy = f"{venv}/bin/python"
-        status, out, err = session.run([vpy, "-m", "pip", "install", "--disable-pip-version-check", "--no-index",
+        # --no-compile: bytecode is written on first import instead (much faster on a small board, and under
+        # emulation); the venv is the user's own, so it can be
+        status, out, err = session.run([vpy, "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--no-compile",
                                         "--find-links", f"{root}/wheels", *requirements], timeout=1800, check=False)
         if status != 0:
             raise RuntimeMissing(f"Installing {', '.join(requirements)} on {host} failed: "
                                  f"{(err or out).strip()[-400:]}")
         installed = json.loads(dev.py(_VERSIONS, *requirements, python=vpy))
+    for name, version in installed.items():
+        ours = _host_version(name)
+        if ours and _major_minor(version) < _major_minor(ours):
+            progress.warn(f"{host} got {name} {version}, the newest for its platform; artifacts made here are "
+                          f"checked against {ours} and may use op versions it lacks: a newer OS image on the device "
+                          f"avoids that.")
     return {"host": host, "profile": prof.name, "python": vpy, "python_version": facts["python"],
             "platform": f"{facts['machine']} {facts['libc']} {facts['libc_version']}", "packages": installed,
             "uploaded_bytes": sent, "note": family_note(prof.family)}
+
+
+def _host_version(name: str) -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _major_minor(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in (version.split(".") + ["0"])[:2])
 
 
 _VERSIONS = ("import json,sys\nfrom importlib import metadata\n"
