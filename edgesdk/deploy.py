@@ -69,7 +69,8 @@ finally:
         except OSError: pass
 if r<0:
     after=ooms()
-    sys.stderr.write('\nedgesdk-exit '+json.dumps({'signal':-r,'oom_kills':None if after is None or before is None else after-before})+'\n')
+    kills=None if after is None or before is None else after-before
+    sys.stderr.write('\nedgesdk-exit '+json.dumps({'signal':-r,'oom_kills':kills})+'\n')
     sys.exit(128-r)
 sys.exit(r)"""
 # A stop that comes before the run has filed its pid leaves a cancel mark the supervisor looks for.

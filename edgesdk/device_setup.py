@@ -119,9 +119,10 @@ def setup(host: str, *, profile: str = "rpi4", formats=None, remote_python=None,
             raise RuntimeMissing(f"Making a venv at {venv} on {host} failed: {(err or out).strip()[-300:]}")
         vpy = f"{venv}/bin/python"
         # --no-compile: bytecode is written on first import instead (much faster on a small board, and under
-        # emulation); the venv is the user's own, so it can be
-        status, out, err = session.run([vpy, "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--no-compile",
-                                        "--find-links", f"{root}/wheels", *requirements], timeout=1800, check=False)
+        # emulation), and only for what the runner imports
+        status, out, err = session.run([vpy, "-m", "pip", "install", "--disable-pip-version-check", "--no-index",
+                                        "--no-compile", "--find-links", f"{root}/wheels", *requirements],
+                                       timeout=1800, check=False)
         if status != 0:
             raise RuntimeMissing(f"Installing {', '.join(requirements)} on {host} failed: "
                                  f"{(err or out).strip()[-400:]}")
