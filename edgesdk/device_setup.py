@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,12 @@ def platform_tags(machine: str, libc: str, libc_version: str) -> list:
         [f"manylinux2014_{machine}", f"linux_{machine}"]
 
 
+def _abis(python: str) -> list:
+    """CPython's ABI tags for a version: 3.7 and older also built 'm' (pymalloc) wheels."""
+    major, minor = (int(p) for p in python.split(".")[:2])
+    return [f"cp{major}{minor}"] + ([f"cp{major}{minor}m"] if (major, minor) < (3, 8) else [])
+
+
 def download_wheels(requirements: list, facts: dict, progress: Progress) -> list:
     """Wheels for the device's platform, cached per platform; the last good set is reused offline."""
     py = facts["python"].replace(".", "")
@@ -58,7 +65,8 @@ def download_wheels(requirements: list, facts: dict, progress: Progress) -> list
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input",
                 "--dest", tmp, "--only-binary=:all:", "--implementation", "cp", "--python-version", facts["python"],
-                "--abi", f"cp{py}", *(a for t in tags for a in ("--platform", t)), *requirements]
+                *(a for abi in _abis(facts["python"]) for a in ("--abi", abi)),
+                *(a for t in tags for a in ("--platform", t)), *requirements]
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode == 0:
             names = sorted(f.name for f in Path(tmp).iterdir())
@@ -66,12 +74,12 @@ def download_wheels(requirements: list, facts: dict, progress: Progress) -> list
                 Path(tmp, name).replace(cache / name)
             index.write_text(json.dumps(names))
         elif "No matching distribution" in p.stderr or "Could not find a version" in p.stderr:
-            missing = p.stderr.split("for ")[-1].strip().splitlines()[0] if "for " in p.stderr else requirements
+            m = re.search(r"No matching distribution found for (\S+)", p.stderr)
             raise RuntimeMissing(
-                f"No wheel of {missing} for the device's platform (CPython {facts['python']}, {facts['machine']}, "
-                f"{facts['libc']} {facts['libc_version'] or '?'}). The runtimes publish wheels for CPython 3.9-3.13 "
-                f"on aarch64/x86_64 with glibc 2.27 or newer: use a newer OS image (Raspberry Pi OS Bookworm has "
-                f"Python 3.11 and glibc 2.36) or pass --remote-python with a newer Python on the device.")
+                f"No wheel of {m.group(1) if m else ' or '.join(requirements)} fits the device's platform "
+                f"(CPython {facts['python']}, {facts['machine']}, {facts['libc']} {facts['libc_version'] or '?'}). "
+                f"Use a newer OS image there (Raspberry Pi OS Bookworm has Python 3.11 and glibc 2.36), or pass "
+                f"--remote-python with a newer Python on the device.")
         elif index.is_file() and all((cache / n).is_file() for n in json.loads(index.read_text())):
             progress.warn("could not reach the package index; using the wheels downloaded before")
         else:

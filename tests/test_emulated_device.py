@@ -138,11 +138,19 @@ def test_fresh_pi_setup_then_tflite_and_onnx(pi, ssh_env, tflite_artifact, onnx_
     assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["max"]
     saved = store.get(tfl.run_id)
     assert saved["extra"]["python"] == setup["python"] and saved["profile"] == "rpi4"
+    # results show prints what the device's probe measured, and nothing it did not
+    r = run_cli("results", "show", tfl.run_id)
+    assert r.returncode == 0 and "None" not in r.stdout, r.stdout
+    assert "Raspberry Pi 4 Model B" in r.stdout and f"threads: the device has {cores} cores" in r.stdout
 
     onnx = deploy(str(onnx_artifact.path), ALIAS, runs=10, warmup=1, store=store)
     assert onnx.runtime == "onnxruntime" and onnx.raw["machine"] == "aarch64"
-    again = deploy(str(tflite_artifact.path), ALIAS, runs=3, warmup=0)
-    assert again.uploaded_bytes == 0
+    # --repeat: fresh runner processes, each summarized, so compare can measure run-to-run noise
+    again = [deploy(str(tflite_artifact.path), ALIAS, runs=10, warmup=1, repeat=3, store=store) for _ in range(2)]
+    assert again[0].uploaded_bytes == 0 and again[0].runs == 30 and len(again[0].raw["repeats"]) == 3
+    r = run_cli("results", "compare", again[0].run_id, again[1].run_id, "--json")
+    c = json.loads(r.stdout)
+    assert c["median_change"]["basis"].startswith("the medians of 3 and 3 fresh runner processes")
     r = run_cli("device", "setup", ALIAS, "--profile", "rpi4", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["uploaded_bytes"] == 0  # the wheels are already there
     # `~` in --remote-python is the device's home
@@ -230,3 +238,30 @@ def _pids_with(word):
         if word.encode() in cmd and any(b"runner" in c for c in cmd):
             out.append(int(pid))
     return out
+
+
+def test_jetson_engine_cached_on_the_device_and_dla_core_reaches_trtexec(ready_pi, ssh_env, keras3_mnist,
+                                                                         mnist_files, tmp_path):
+    """TensorRT cannot exist here: the device gets test_runner's stand-in trtexec where JetPack puts the real one."""
+    from test_runner import FAKE_TRTEXEC, TRTEXEC_OUTPUT
+    art = edgesdk.convert(str(keras3_mnist), target="jetson-xavier-nx", calibration=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True)
+    bin_dir = ready_pi.root / "usr/src/tensorrt/bin"
+    bin_dir.mkdir(parents=True)
+    try:
+        (bin_dir / "trtexec").write_text(FAKE_TRTEXEC)
+        (bin_dir / "trtexec").chmod(0o755)
+        (bin_dir / "trtexec.out").write_text(TRTEXEC_OUTPUT)
+        first = deploy(str(art.path), ALIAS, runs=20, dla_core=1, accept_new_host_key=True)
+        second = deploy(str(art.path), ALIAS, runs=20, dla_core=1)
+        assert first.runtime == "tensorrt" and first.delegate == "trtexec int8 DLA1"
+        assert first.raw["engine"]["cached"] is False and second.raw["engine"]["cached"] is True
+        assert first.raw["accelerator"] == "dla1"
+        calls = (bin_dir / "trtexec.calls").read_text().splitlines()
+        builds = [c for c in calls if "--saveEngine" in c]
+        assert len(builds) == 1 and "--int8" in builds[0] and "--useDLACore=1" in builds[0]
+        assert all("--useDLACore=1" in c for c in calls if "--loadEngine" in c)
+        with pytest.raises(edgesdk.OptionError, match="DLA cores 0-1"):
+            deploy(str(art.path), ALIAS, runs=20, dla_core=2)
+    finally:
+        shutil.rmtree(ready_pi.root / "usr/src/tensorrt")
