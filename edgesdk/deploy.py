@@ -12,7 +12,6 @@ sha256, not its file name.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import sys

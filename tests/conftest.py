@@ -18,6 +18,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def wait_for(predicate, timeout=30.0, step=0.1) -> bool:
+    """Poll until predicate() is true; False when timeout seconds pass first."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def pids_with(*words) -> list:
+    """Processes on this machine whose command line holds every word."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(w in cmd for w in words):
+            found.append(int(pid))
+    return found
+
+
 def run_cli(*args, cwd=None, env=None):
     """Run the real console script; returns CompletedProcess with text output."""
     exe = Path(sys.executable).with_name("edgesdk")

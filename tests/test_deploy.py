@@ -18,7 +18,7 @@ from edgesdk.results import ResultStore
 from edgesdk.util import sha256_file
 from edgesdk.ssh import ConnectionLost, DeployError, HostKeyError
 
-from conftest import run_cli
+from conftest import pids_with, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 PY = sys.executable  # the "device" python with numpy and ai-edge-litert
@@ -240,13 +240,6 @@ def test_local_host_uses_the_same_runner_path(artifact, tmp_path, monkeypatch):
 
 # --- named devices in network namespaces: real links to cut and throttle ----------
 
-def _wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_link_cut_mid_upload_then_cleaned_on_next_contact(netns_device, ssh_env, artifact, tmp_path):
@@ -264,7 +257,7 @@ def test_link_cut_mid_upload_then_cleaned_on_next_contact(netns_device, ssh_env,
             errors.append(exc)
     t = threading.Thread(target=run)
     t.start()
-    assert _wait_for(lambda: any(f.endswith(".part") and "artifacts" in f for f in remote_files(dev.server)))
+    assert wait_for(lambda: any(f.endswith(".part") and "artifacts" in f for f in remote_files(dev.server)))
     dev.cut()
     t.join(60)
     assert not t.is_alive(), "a cut link must not hang the deploy"
@@ -300,7 +293,7 @@ def test_fleet_of_namespaced_devices_with_a_link_cut_mid_run(netns_device, ssh_e
     threads = [threading.Thread(target=one, args=(pi, 2)), threading.Thread(target=one, args=(jetson, 8))]
     for t in threads:
         t.start()
-    assert _wait_for(lambda: any("--duration" in _cmdline(p) for p in jetson.server.children()))
+    assert wait_for(lambda: any("--duration" in _cmdline(p) for p in jetson.server.children()))
     jetson.cut()
     for t in threads:
         t.join(60)
@@ -319,17 +312,9 @@ def test_dns_failure_and_timeout(device, ssh_env, artifact):
         deploy(str(artifact.path), "pi.local", remote_python=PY, workdir=str(server.workdir), duration=30,
                timeout=2)
     # the runner this run started is stopped on the device (by its pid file), not left timing for 30 s
-    assert _wait_for(lambda: not _pids_with(str(server.workdir), "--duration"), timeout=10)
+    assert wait_for(lambda: not pids_with(str(server.workdir), "--duration"), timeout=10)
     assert not list((server.workdir / "runs").iterdir())
 
-
-def _pids_with(*words):
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        cmd = _cmdline(int(pid))
-        if all(w in cmd for w in words):
-            out.append(int(pid))
-    return out
 
 
 def test_ctrl_c_stops_the_remote_run(device, ssh_env, artifact):
@@ -342,11 +327,11 @@ def test_ctrl_c_stops_the_remote_run(device, ssh_env, artifact):
                              "--workdir", str(server.workdir), "--duration", "30"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = lambda: [p for p in server.children() if "--duration" in _cmdline(p)]  # noqa: E731
-    assert _wait_for(lambda: bool(running()))
+    assert wait_for(lambda: bool(running()))
     proc.send_signal(signal.SIGINT)
     proc.wait(30)
     assert proc.returncode != 0
-    assert _wait_for(lambda: not running(), timeout=10), "the remote runner must stop with the local command"
+    assert wait_for(lambda: not running(), timeout=10), "the remote runner must stop with the local command"
     db = sqlite3.connect(str(ssh_env["db"]))
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0  # an interrupted run stores nothing
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

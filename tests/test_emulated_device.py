@@ -24,7 +24,7 @@ from edgesdk.errors import BenchmarkError
 from edgesdk.results import ResultStore
 from edgesdk.util import sha256_file
 
-from conftest import run_cli
+from conftest import pids_with, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 ALIAS = "emupi"
@@ -83,13 +83,8 @@ def _runners(dev):
             if "runner-" in cmd and "--probe" not in cmd and "import " not in cmd]
 
 
-def _wait_for(cond, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return False
+def _wait_for(cond, timeout=120.0):  # an emulated runtime takes its time to start
+    return wait_for(cond, timeout, step=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +212,7 @@ def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(rea
     exe = Path(sys.executable).with_name("edgesdk")
     proc = subprocess.Popen([str(exe), "deploy", str(tflite_artifact.path), "--host", ALIAS, "--host", "local",
                              "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    local_runner = lambda: [p for p in _pids_with("--duration") if p != proc.pid]  # noqa: E731
+    local_runner = lambda: [p for p in pids_with("runner", "--duration") if p != proc.pid]  # noqa: E731
     assert _wait_for(lambda: bool(_runners(ready_pi)) and bool(local_runner()))
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
@@ -227,41 +222,3 @@ def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(rea
     db = sqlite3.connect(str(ssh_env["db"]))
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
 
-
-def _pids_with(word):
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if word.encode() in cmd and any(b"runner" in c for c in cmd):
-            out.append(int(pid))
-    return out
-
-
-def test_jetson_engine_cached_on_the_device_and_dla_core_reaches_trtexec(ready_pi, ssh_env, keras3_mnist,
-                                                                         mnist_files, tmp_path):
-    """TensorRT cannot exist here: the device gets test_runner's stand-in trtexec where JetPack puts the real one."""
-    from test_runner import FAKE_TRTEXEC, TRTEXEC_OUTPUT
-    art = edgesdk.convert(str(keras3_mnist), target="jetson-xavier-nx", calibration=mnist_files["train"],
-                          output_dir=tmp_path, quiet=True)
-    bin_dir = ready_pi.root / "usr/src/tensorrt/bin"
-    bin_dir.mkdir(parents=True)
-    try:
-        (bin_dir / "trtexec").write_text(FAKE_TRTEXEC)
-        (bin_dir / "trtexec").chmod(0o755)
-        (bin_dir / "trtexec.out").write_text(TRTEXEC_OUTPUT)
-        first = deploy(str(art.path), ALIAS, runs=20, dla_core=1, accept_new_host_key=True)
-        second = deploy(str(art.path), ALIAS, runs=20, dla_core=1)
-        assert first.runtime == "tensorrt" and first.delegate == "trtexec int8 DLA1"
-        assert first.raw["engine"]["cached"] is False and second.raw["engine"]["cached"] is True
-        assert first.raw["accelerator"] == "dla1"
-        calls = (bin_dir / "trtexec.calls").read_text().splitlines()
-        builds = [c for c in calls if "--saveEngine" in c]
-        assert len(builds) == 1 and "--int8" in builds[0] and "--useDLACore=1" in builds[0]
-        assert all("--useDLACore=1" in c for c in calls if "--loadEngine" in c)
-        with pytest.raises(edgesdk.OptionError, match="DLA cores 0-1"):
-            deploy(str(art.path), ALIAS, runs=20, dla_core=2)
-    finally:
-        shutil.rmtree(ready_pi.root / "usr/src/tensorrt")
