@@ -240,8 +240,6 @@ def test_local_host_uses_the_same_runner_path(artifact, tmp_path, monkeypatch):
 
 # --- named devices in network namespaces: real links to cut and throttle ----------
 
-
-
 def test_link_cut_mid_upload_then_cleaned_on_next_contact(netns_device, ssh_env, artifact, tmp_path):
     dev = netns_device("pi.local")
     big = tmp_path / "big.tflite"
