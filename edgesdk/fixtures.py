@@ -56,6 +56,10 @@ FIXTURES = {
     "okay_nabu": Fixture("pymicro-wakeword", "2.5.0", "pymicro_wakeword/models/okay_nabu.tflite",
                          "d89128c4d16a72de429119fb2254ce46649553c2a24f5dd840175c80d7b9d094",
                          "microWakeWord 'okay nabu', streaming full-int8 TFLite with resource variables"),
+    "silero_vad": Fixture("silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx",
+                          "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+                          "Silero VAD, ONNX: three inputs (audio chunk, recurrent state, sample rate), an If "
+                          "whose branches hold the network (5 nodes at the top, 689 in all)"),
     "captcha_detector": Fixture("ddddocr", "1.6.1", "ddddocr/common_det.onnx",
                                 "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
                                 "YOLOX character detector (ddddocr), NCHW 3x416x416 BGR pixels 0..255, one "

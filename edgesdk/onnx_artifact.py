@@ -22,6 +22,19 @@ _ELEM = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64"
          11: "float64"}
 
 
+def _graphs(graph):
+    """graph and, depth first, every graph held in a node attribute (If's branches, Loop's and Scan's bodies)."""
+    from onnx import AttributeProto
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graphs(g)
+
+
 class ONNXArtifact:
     def __init__(self, path, num_threads: int = 1, delegates: bool = False, exact: bool = False):
         self.path = str(path)
@@ -37,7 +50,9 @@ class ONNXArtifact:
             raise ModelLoadError(f"'{path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
         self._np = numpy_helper
         self.graph = self.model.graph
-        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.graphs = list(_graphs(self.graph))  # the main graph, then every If/Loop/Scan body inside it
+        self.nodes = [n for g in self.graphs for n in g.node]
+        self.initializers = {i.name: i for g in self.graphs for i in g.initializer}
         self.output_names = [o.name for o in self.graph.output]
         self._session = None
         self._threads = num_threads
@@ -59,13 +74,17 @@ class ONNXArtifact:
         return [{"index": i, "op_name": n.op_type, "name": n.name, "inputs": list(n.input),
                  "outputs": list(n.output)} for i, n in enumerate(self.graph.node)]
 
+    def subgraph_count(self) -> int:
+        return len(self.graphs)
+
     def coverage(self) -> dict:
-        """A compute op is int8 when its activation inputs come from DequantizeLinear (QDQ form)."""
-        dq_outputs = {o for n in self.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        """A compute op is int8 when its activation inputs come from DequantizeLinear (QDQ form). Ops inside
+        control-flow bodies count like any other (index: the position in the depth-first walk)."""
+        dq_outputs = {o for n in self.nodes if n.op_type == "DequantizeLinear" for o in n.output}
         graph_inputs = {i.name for i in self.graph.input}
         float_ops, io_ops = [], []
         qdq = 0
-        for i, n in enumerate(self.graph.node):
+        for i, n in enumerate(self.nodes):
             if n.op_type in QDQ:
                 qdq += 1
                 continue
@@ -78,20 +97,20 @@ class ONNXArtifact:
             else:
                 float_ops.append(entry)
         hist: dict = {}
-        for n in self.graph.node:
+        for n in self.nodes:
             hist[n.op_type] = hist.get(n.op_type, 0) + 1
-        compute = len(self.graph.node) - qdq
+        compute = len(self.nodes) - qdq
         return {"ops": compute, "int8_ops": compute - len(float_ops) - len(io_ops), "qdq_ops": qdq,
                 "float_ops": float_ops, "io_conversion_ops": io_ops, "op_histogram": dict(sorted(hist.items()))}
 
     def custom_ops(self) -> list:
         """Ops from domains outside the ONNX standard (and ONNX Runtime's own contrib ops)."""
-        return sorted({f"{n.domain}.{n.op_type}" for n in self.graph.node
+        return sorted({f"{n.domain}.{n.op_type}" for n in self.nodes
                        if n.domain not in ("", "ai.onnx", "com.microsoft")})
 
     def tensor_dtypes(self) -> dict:
         counts: dict = {}
-        for init in self.graph.initializer:
+        for init in self.initializers.values():
             name = _ELEM.get(init.data_type, str(init.data_type))
             counts[name] = counts.get(name, 0) + 1
         return counts
@@ -103,8 +122,8 @@ class ONNXArtifact:
 
     def weight_sparsity(self) -> dict:
         layers, zeros, total = [], 0, 0
-        dequantized_from = {n.output[0]: n.input[0] for n in self.graph.node if n.op_type == "DequantizeLinear"}
-        for n in self.graph.node:
+        dequantized_from = {n.output[0]: n.input[0] for n in self.nodes if n.op_type == "DequantizeLinear"}
+        for n in self.nodes:
             pos = WEIGHT_OPS.get(n.op_type)
             if pos is None or len(n.input) <= pos:
                 continue

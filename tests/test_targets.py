@@ -322,3 +322,34 @@ def test_device_plans_check_the_accelerator_against_the_probe(tmp_path):
         device_plan("jetson", art(onnx), jp, xavier, dla_core=2)
     plan = device_plan("arm-cpu", art(tfl), bare, load_profile("rpi4"))
     assert plan.path == tfl and plan.runner_args == [] and plan.problem is None and plan.accelerator is None
+
+
+# --- control flow: ops inside If/Loop/Scan bodies count like any other -----------------------
+
+@pytest.mark.slow
+def test_silero_vad_ops_inside_if_branches_are_counted():
+    r = inspect(fixtures.fetch("silero_vad"))
+    assert [i["name"] for i in r["inputs"]] == ["input", "state", "sr"]
+    assert r["ops"] == 689 and r["subgraphs"] == 51  # 5 nodes at the top level, the network in If branches
+    hist = r["op_histogram"]
+    assert hist["If"] == 25 and hist["LSTM"] == 4 and hist["Conv"] == 12
+
+
+def test_an_op_a_target_lacks_inside_a_branch_blocks_it(tmp_path):
+    from onnx import TensorProto, helper, save
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    out = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [4])  # noqa: E731
+    window = helper.make_graph([helper.make_node("HannWindow", ["n"], ["w0"]),
+                                helper.make_node("Add", ["x", "x"], ["a"])], "then", [], [out("a")])
+    plain = helper.make_graph([helper.make_node("Relu", ["x"], ["b"])], "else", [], [out("b")])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["n"], value=helper.make_tensor("n", TensorProto.INT32, [], [4])),
+         helper.make_node("If", ["c"], ["y"], then_branch=window, else_branch=plain)], "g", [x, c], [y])
+    path = tmp_path / "branchy.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    r = inspect(path, ["jetson-orin-nano"])
+    assert r["ops"] == 5 and r["subgraphs"] == 3 and r["op_histogram"]["HannWindow"] == 1
+    jetson = r["compatibility"][0]
+    assert jetson["status"] == "unsupported" and any("HannWindow" in n for n in jetson["notes"])
