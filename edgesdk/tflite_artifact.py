@@ -74,7 +74,9 @@ class TFLiteArtifact:
                 self._op_names.append("CUSTOM:" + code.customCode.decode())
             else:
                 self._op_names.append(ops.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN"))
-        self._types = [_NUMPY.get(types.get(t.type, ""), str(t.type)) for t in self.graph.tensors]
+        self._sg_types = [[_NUMPY.get(types.get(t.type, ""), str(t.type)) for t in sg.tensors]
+                          for sg in self.model.subgraphs]
+        self._types = self._sg_types[0]
         self._interpreter = None
 
     # -- structure ------------------------------------------------------------
@@ -120,24 +122,28 @@ class TFLiteArtifact:
         """Which ops compute in float: for a full-int8 artifact this list must be empty.
 
         A QUANTIZE reading a graph input, or a DEQUANTIZE writing a graph output,
-        only converts float I/O at the boundary; those are counted apart.
+        only converts float I/O at the boundary; those are counted apart. Ops in the
+        other subgraphs (WHILE and IF bodies, CALL_ONCE initialisers) count like any
+        other; their entries name the subgraph.
         """
-        ops = self.ops()
         graph_in = {int(i) for i in self.graph.inputs}
         graph_out = {int(i) for i in self.graph.outputs}
-        float_ops, io_ops = [], []
-        for op in ops:
-            tensors = [i for i in op["inputs"] + op["outputs"] if i >= 0]
-            if not any(self._types[i] in FLOAT_DTYPES for i in tensors):
-                continue
-            entry = {"index": op["index"], "op": op["op_name"]}
-            boundary = (op["op_name"] == "QUANTIZE" and set(op["inputs"]) <= graph_in) or \
-                (op["op_name"] == "DEQUANTIZE" and set(op["outputs"]) <= graph_out)
-            (io_ops if boundary else float_ops).append(entry)
-        hist: dict = {}
-        for op in ops:
-            hist[op["op_name"]] = hist.get(op["op_name"], 0) + 1
-        return {"ops": len(ops), "int8_ops": len(ops) - len(float_ops) - len(io_ops), "float_ops": float_ops,
+        float_ops, io_ops, hist, total = [], [], {}, 0
+        for k, sg in enumerate(self.model.subgraphs):
+            types = self._sg_types[k]
+            for index, op in enumerate(sg.operators):
+                name = self._op_names[op.opcodeIndex]
+                hist[name] = hist.get(name, 0) + 1
+                total += 1
+                ins = [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+                outs = [int(i) for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+                if not any(types[i] in FLOAT_DTYPES for i in ins + outs):
+                    continue
+                entry = {"index": index, "op": name, **({"subgraph": k} if k else {})}
+                boundary = k == 0 and ((name == "QUANTIZE" and set(ins) <= graph_in) or
+                                       (name == "DEQUANTIZE" and set(outs) <= graph_out))
+                (io_ops if boundary else float_ops).append(entry)
+        return {"ops": total, "int8_ops": total - len(float_ops) - len(io_ops), "float_ops": float_ops,
                 "io_conversion_ops": io_ops, "op_histogram": dict(sorted(hist.items()))}
 
     def tensor_dtypes(self) -> dict:

@@ -78,7 +78,8 @@ def test_micro_wakeword_with_resource_variables():
     r = inspect(fixtures.fetch("okay_nabu"))
     assert r["subgraphs"] == 2 and r["tensor_dtypes"]["resource"] == 6
     assert r["inputs"][0]["dtype"] == "int8" and r["outputs"][0]["dtype"] == "uint8"
-    assert r["float_ops"] == 0 and r["op_histogram"]["VAR_HANDLE"] == 6
+    # six variables, each with a handle in the step graph and one in the CALL_ONCE initialiser subgraph
+    assert r["float_ops"] == 0 and r["ops"] == 73 and r["op_histogram"]["VAR_HANDLE"] == 12
     v = {c["family"]: c for c in r["compatibility"]}
     xnn = v["arm-cpu"]["xnnpack"]
     assert xnn["ops"] == 61 and xnn["delegated"] < 61
@@ -353,3 +354,21 @@ def test_an_op_a_target_lacks_inside_a_branch_blocks_it(tmp_path):
     assert r["ops"] == 5 and r["subgraphs"] == 3 and r["op_histogram"]["HannWindow"] == 1
     jetson = r["compatibility"][0]
     assert jetson["status"] == "unsupported" and any("HannWindow" in n for n in jetson["notes"])
+
+
+@pytest.mark.slow
+def test_tflite_while_body_ops_are_counted(tmp_path):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def repeat(x):
+        return tf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, tf.nn.relu(v * 2.0 + 1.0)), (0, x))[1]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([repeat.get_concrete_function()], repeat)
+    path = tmp_path / "loop.tflite"
+    path.write_bytes(converter.convert())
+    r = inspect(path, ["rpi4"])
+    hist = r["op_histogram"]
+    assert r["subgraphs"] == 3 and hist["WHILE"] == 1  # the step graph, the loop's condition and body
+    # the body's MUL and ADD (ReLU fused into it) and the counter's ADD and LESS: 4 of the 5 ops live in subgraphs
+    assert hist == {"ADD": 2, "LESS": 1, "MUL": 1, "WHILE": 1} and r["ops"] == 5
+    assert r["float_ops"] == 3  # WHILE, MUL and the float ADD; the int32 counter is not float compute
