@@ -63,6 +63,11 @@ def result_from_runner(doc: dict, artifact: str, host: str) -> BenchmarkResult:
         latencies_ms=doc["latencies_ms"], peak_rss_mb=doc.get("peak_rss_mb"), raw=doc)
 
 
+def input_shape_arg(input_shape) -> str:
+    """The runner's --input-shape from one spec or several ('name:1,3,640,640')."""
+    return ";".join([input_shape] if isinstance(input_shape, str) else list(input_shape))
+
+
 def pool_repeats(docs: list) -> dict:
     """Several runner processes of one benchmark as one document: latencies pooled, each process summarized
     in "repeats" (what `results compare` judges run-to-run noise by)."""
@@ -104,7 +109,8 @@ def parse_runner_output(stdout: str, stderr: str, returncode: int) -> dict:
 
 def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = None,
               duration: float | None = None, delegate: str = "auto", python: str | None = None,
-              timeout: float | None = None, repeat: int = 1) -> BenchmarkResult:
+              timeout: float | None = None, repeat: int = 1, input_shape=None) -> BenchmarkResult:
+    """input_shape: for inputs with dynamic dims, 'name:1,3,640,640' (a list of them, or one bare shape)."""
     """Time `artifact` (an Artifact or a path) on this machine in a fresh subprocess."""
     from .artifact import Artifact
     from edgesdk.targets import runner_path
@@ -126,6 +132,8 @@ def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = N
            "--warmup", str(warmup), "--threads", str(threads), "--delegate", delegate]
     if duration:
         cmd += ["--duration", str(duration)]
+    if input_shape:
+        cmd += ["--input-shape", input_shape_arg(input_shape)]
     docs = []
     for _ in range(repeat):  # a fresh process each time
         try:

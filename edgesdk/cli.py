@@ -281,19 +281,21 @@ def inspect(ctx, artifact, targets, as_json):
 @click.option("--duration", type=float, help="Run for this many seconds instead of --runs.")
 @click.option("--delegate", type=click.Choice(["auto", "xnnpack", "none"]), default="auto", show_default=True)
 @click.option("--repeat", type=int, default=1, show_default=True, help="Run this many times, a fresh process each.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]DIMS",
+              help="Shape for an input with dynamic dims, e.g. images:1,3,640,640 (repeatable).")
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database (default: EDGESDK_RESULTS_DB or "
               "~/.local/share/edgesdk/results.db).")
 @click.option("--no-store", is_flag=True, help="Do not record the run in the results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, db, no_store, as_json):
+def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, input_shapes, db, no_store, as_json):
     """Benchmark ARTIFACT on this machine with the on-device runner."""
     ctx.meta["json"] = as_json
     from .artifact import Artifact
     from .bench import benchmark
     art = Artifact.open(artifact)
     res = benchmark(art, runs=runs, warmup=warmup, threads=threads, duration=duration, delegate=delegate,
-                    repeat=repeat)
+                    repeat=repeat, input_shape=input_shapes or None)
     if not no_store:
         from .results import ResultStore
         store = ResultStore(db)
@@ -325,6 +327,8 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, db, 
 @click.option("--repeat", type=int, default=1, show_default=True,
               help="Run the benchmark this many times, a fresh process each (3+ lets `results compare` measure "
               "run-to-run noise).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]DIMS",
+              help="Shape for an input with dynamic dims, e.g. images:1,3,640,640 (repeatable).")
 @click.option("--allow-cpu", is_flag=True, help="Measure on the device's CPU when the profile's accelerator cannot "
               "be used there (stored as '<profile> (cpu only)').")
 @click.option("--dla-core", type=int, help="Jetson: build and run the engine on this DLA core.")
@@ -337,7 +341,8 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, db, 
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, repeat, allow_cpu, dla_core,
+def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, repeat, input_shapes,
+           allow_cpu, dla_core,
            remote_python, workdir, timeout, parallel, accept_new_host_key, db, as_json):
     """Push ARTIFACT to devices over SSH, probe them, and benchmark it there."""
     ctx.meta["json"] = as_json
@@ -354,7 +359,7 @@ def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, dur
                          profile=profile, runs=runs, warmup=warmup, threads=threads, duration=duration,
                          remote_python=remote_python, workdir=workdir, timeout=timeout,
                          accept_new_host_key=accept_new_host_key, allow_cpu=allow_cpu, dla_core=dla_core,
-                         repeat=repeat)
+                         repeat=repeat, input_shape=input_shapes or None)
     store.close()
     if not isinstance(results, list):
         results = [results]

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .artifact import Artifact
-from .bench import parse_runner_output, pool_repeats, result_from_runner
+from .bench import input_shape_arg, parse_runner_output, pool_repeats, result_from_runner
 from .errors import BenchmarkError, DeployError, EdgeSDKError, OptionError, RuntimeMissing
 from .progress import Progress
 from .ssh import ConnectionLost, Session, resolve
@@ -241,7 +241,8 @@ def _threads(asked, profile, probe) -> tuple:
 
 def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=None, duration=None,
                remote_python=None, workdir=None, timeout=600.0, accept_new_host_key=False, store=None,
-               allow_cpu=False, dla_core=None, repeat=1, progress: Progress | None = None, remote_runs=None):
+               allow_cpu=False, dla_core=None, repeat=1, input_shape=None, progress: Progress | None = None,
+               remote_runs=None):
     """remote_runs: the RemoteRuns a fleet shares, where each host files how to stop its remote run."""
     from .profiles import load_profile
     from edgesdk.targets import device_plan, runner_path
@@ -287,6 +288,8 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         argv = [runner_remote, remote, "--runs", runs, "--warmup", warmup, "--threads", threads, *plan.runner_args]
         if duration:
             argv += ["--duration", duration]
+        if input_shape:
+            argv += ["--input-shape", input_shape_arg(input_shape)]
         docs = []
         for _ in range(repeat):  # a fresh runner process each time: run-to-run noise is then measured
             status, out, err = dev.run_supervised(f"{root}/runs", argv, remote_runs)

@@ -102,6 +102,45 @@ def _version_of(dist):
         return "unknown"
 
 
+def parse_input_shapes(text):
+    """'x:1,3,640,640;state:2,1,128' -> {'x': [1, 3, 640, 640], ...}; a bare '1,3,640,640' -> {None: [...]}."""
+    shapes = {}
+    for part in (text or "").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, dims = part.rpartition(":")
+        try:
+            shapes[name or None] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise RunnerFailure("bad_option", "--input-shape %r: dims must be integers, e.g. "
+                                "images:1,3,640,640" % part)
+        if any(d < 1 for d in shapes[name or None]):
+            raise RunnerFailure("bad_option", "--input-shape %r: every dim must be at least 1" % part)
+    return shapes
+
+
+def fixed_shape(name, dims, shapes, n_inputs):
+    """The shape to feed an input: the one asked for, else its own with a dynamic batch taken as 1. Any other
+    dynamic dim has no honest default: the error names it."""
+    given = shapes.get(name, shapes.get(None) if n_inputs == 1 else None)
+    if given is not None:
+        if len(given) != len(dims):
+            raise RunnerFailure("bad_option", "--input-shape for %s has %d dims; the model's input has %d (%s)"
+                                % (name, len(given), len(dims), dims))
+        clash = [i for i, (g, d) in enumerate(zip(given, dims)) if isinstance(d, int) and d > 0 and g != d]
+        if clash:
+            raise RunnerFailure("bad_option", "--input-shape for %s changes fixed dim(s) %s of %s"
+                                % (name, clash, dims))
+        return list(given)
+    dynamic = [i for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
+    if [i for i in dynamic if i != 0]:
+        raise RunnerFailure("bad_option", "Input '%s' has dynamic dims %s (positions %s): pass --input-shape "
+                            "%s:%s" % (name, dims, ", ".join(map(str, dynamic)), name,
+                                       ",".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims)))
+    return [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+
+
 def _random_input(np, rng, shape, dtype):
     shape = [int(d) if int(d) > 0 else 1 for d in shape]
     if np.issubdtype(dtype, np.integer):
@@ -115,7 +154,7 @@ def _random_input(np, rng, shape, dtype):
 class TFLiteModel:
     format = "tflite"
 
-    def __init__(self, path, threads, runtime, delegate):
+    def __init__(self, path, threads, runtime, delegate, shapes=None):
         import numpy as np
         self.np = np
         self.runtime, self.runtime_version, mod = _tflite_interpreter_class(runtime)
@@ -141,6 +180,15 @@ class TFLiteModel:
             self.delegate = "none"
         try:
             self.interpreter = mod.Interpreter(**kwargs)
+        except Exception as exc:
+            raise RunnerFailure("load_failed", "The TFLite runtime could not load %s: %s" % (path, exc))
+        details = self.interpreter.get_input_details()
+        for d in details:
+            dims = [int(v) for v in d.get("shape_signature", d["shape"])]
+            want = fixed_shape(d["name"], dims, shapes or {}, len(details))
+            if want != [int(v) for v in d["shape"]]:
+                self.interpreter.resize_tensor_input(d["index"], want, strict=False)
+        try:
             self.interpreter.allocate_tensors()
         except Exception as exc:
             raise RunnerFailure("load_failed", "The TFLite runtime could not load %s: %s" % (path, exc))
@@ -172,7 +220,7 @@ class TFLiteModel:
 class ONNXModel:
     format = "onnx"
 
-    def __init__(self, path, threads, runtime, delegate):
+    def __init__(self, path, threads, runtime, delegate, shapes=None):
         import numpy as np
         self.np = np
         try:
@@ -203,9 +251,10 @@ class ONNXModel:
             if i.type not in types:
                 raise RunnerFailure("load_failed", "Input %s has unsupported type %s." % (i.name, i.type))
             self.dtypes.append(types[i.type])
+        self.shapes = [fixed_shape(i.name, list(i.shape), shapes or {}, len(self.inputs)) for i in self.inputs]
 
     def _shape(self, inp):
-        return [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        return self.shapes[self.inputs.index(inp)]
 
     def describe(self):
         return [{"name": i.name, "shape": self._shape(i), "dtype": self.np.dtype(t).name}
@@ -290,16 +339,27 @@ def _trtexec(cmd):
     return proc, parse_trtexec(proc.stdout)
 
 
-def build_engine(trtexec, path, precision, dla_core):
+def _trt_shapes(input_shapes):
+    """--shapes for trtexec: it needs each dynamic input by name."""
+    shapes = parse_input_shapes(input_shapes)
+    if None in shapes:
+        raise RunnerFailure("bad_option", "trtexec needs --input-shape with input names (name:1,3,640,640).")
+    return ["--shapes=" + ",".join("%s:%s" % (n, "x".join(map(str, d))) for n, d in sorted(shapes.items()))] \
+        if shapes else []
+
+
+def build_engine(trtexec, path, precision, dla_core, shapes=()):
     """The TensorRT engine for this artifact, built once per TensorRT version, precision and DLA core and
     kept beside the artifact: (engine path, build ms or None when it was already there)."""
     version = trtexec_version(trtexec) or "unknown"
-    engine = "%s.trt%s-%s%s.engine" % (os.path.splitext(path)[0], version, precision or "fp32",
-                                       "" if dla_core is None else "-dla%d" % dla_core)
+    engine = "%s.trt%s-%s%s%s.engine" % (os.path.splitext(path)[0], version, precision or "fp32",
+                                         "" if dla_core is None else "-dla%d" % dla_core,
+                                         "" if not shapes else "-" + re.sub(r"[^0-9A-Za-z]+", "_", shapes[0][9:]))
     if os.path.exists(engine):
         return engine, None
     part = "%s.%d.part" % (engine, os.getpid())  # swept by deploy if this process dies mid-build
     cmd = [trtexec, "--onnx=%s" % path, "--saveEngine=%s" % part, "--iterations=1", "--warmUp=0", "--duration=0"]
+    cmd += list(shapes)
     if precision in ("int8", "fp16"):
         cmd.append("--%s" % precision)
     if dla_core is not None:
@@ -318,13 +378,14 @@ def build_engine(trtexec, path, precision, dla_core):
     return engine, round(parsed.get("init_ms") or (time.perf_counter() - t0) * 1000.0, 4)
 
 
-def measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core):
-    engine, built_ms = build_engine(trtexec, path, precision, dla_core)
+def measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core, input_shapes=None):
+    shapes = _trt_shapes(input_shapes)
+    engine, built_ms = build_engine(trtexec, path, precision, dla_core, shapes)
     fd, times_path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     cmd = [trtexec, "--loadEngine=%s" % engine, "--iterations=%d" % runs, "--avgRuns=1",
            "--warmUp=%d" % max(200, warmup * 20), "--duration=%d" % (duration or 0),
-           "--exportTimes=%s" % times_path]
+           "--exportTimes=%s" % times_path] + shapes
     if dla_core is not None:
         cmd += ["--useDLACore=%d" % dla_core]
     try:
@@ -512,13 +573,13 @@ class PowerSampler:
 # --- measurement -------------------------------------------------------------
 
 def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", delegate="auto", seed=0,
-            precision=None, dla_core=None):
+            precision=None, dla_core=None, input_shapes=None):
     if not os.path.isfile(path):
         raise RunnerFailure("not_found", "Model file %s does not exist on this device." % path)
     if path.endswith(".onnx") and runtime in ("auto", "trtexec"):
         trtexec = find_trtexec()
         if trtexec:
-            return measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core)
+            return measure_trtexec(trtexec, path, runs, warmup, duration, precision, dla_core, input_shapes)
         if runtime == "trtexec":
             raise RunnerFailure("runtime_missing", "trtexec is not on this device (JetPack installs it in "
                                 "/usr/src/tensorrt/bin); install TensorRT or use --runtime onnxruntime.")
@@ -526,7 +587,7 @@ def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", d
     rss_start = peak_rss_mb()
     kind = ONNXModel if path.endswith(".onnx") else TFLiteModel
     t0 = time.perf_counter()
-    model = kind(path, threads, runtime, delegate)
+    model = kind(path, threads, runtime, delegate, parse_input_shapes(input_shapes))
     init_ms = (time.perf_counter() - t0) * 1000.0
     rng = np.random.default_rng(seed)
     feed = model.make_feed(rng)
@@ -591,6 +652,8 @@ def main(argv=None):
     p.add_argument("--dla-core", type=int, default=None, help="trtexec --useDLACore")
     p.add_argument("--delegate", default="auto", choices=["auto", "xnnpack", "edgetpu", "none"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-shape", default=None,
+                   help="shapes for dynamic inputs: name:1,3,640,640;other:1,16 (a bare shape for a single input)")
     a = p.parse_args(argv)
     if a.probe:
         print(json.dumps(probe()))
@@ -601,7 +664,7 @@ def main(argv=None):
         if a.runs < 1 or a.warmup < 0 or a.threads < 1 or (a.duration is not None and a.duration <= 0):
             raise RunnerFailure("bad_option", "runs and threads must be >= 1, warmup >= 0, duration > 0.")
         result = measure(a.model, a.runs, a.warmup, a.threads, a.duration, a.runtime, a.delegate, a.seed,
-                         a.precision, a.dla_core)
+                         a.precision, a.dla_core, a.input_shape)
     except RunnerFailure as exc:
         print(json.dumps({"ok": False, "kind": exc.kind, "error": str(exc)}))
         return 3

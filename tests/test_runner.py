@@ -197,3 +197,32 @@ def test_edge_tpu_delegate_missing_is_a_clear_error():
     from edgesdk import fixtures
     doc = json.loads(_run(fixtures.fetch("okay_nabu"), "--delegate", "edgetpu").stdout)
     assert doc["kind"] == "runtime_missing" and "libedgetpu" in doc["error"]
+
+
+def _dynamic_onnx(path):
+    from onnx import TensorProto, helper, save
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_dynamic_dims_need_a_shape_and_get_the_one_given(tmp_path):
+    model = _dynamic_onnx(tmp_path / "dyn.onnx")
+    doc = json.loads(_run(model, "--runs", "2").stdout)
+    assert doc["kind"] == "bad_option" and "Input 'x' has dynamic dims" in doc["error"]
+    assert "positions 0, 2, 3" in doc["error"] and "--input-shape x:N,3,N,N" in doc["error"]
+    doc = json.loads(_run(model, "--runs", "2", "--input-shape", "x:2,3,64,48").stdout)
+    assert doc["ok"] and doc["inputs"] == [{"name": "x", "shape": [2, 3, 64, 48], "dtype": "float32"}]
+    doc = json.loads(_run(model, "--runs", "2", "--input-shape", "1,3,32,32").stdout)  # the only input: no name
+    assert doc["ok"] and doc["inputs"][0]["shape"] == [1, 3, 32, 32]
+    doc = json.loads(_run(model, "--runs", "2", "--input-shape", "x:1,4,32,32").stdout)
+    assert doc["kind"] == "bad_option" and "changes fixed dim(s) [1]" in doc["error"]
+    from edgesdk import OptionError, benchmark
+    assert benchmark(model, runs=2, input_shape=["x:1,3,16,16"]).raw["inputs"][0]["shape"] == [1, 3, 16, 16]
+    with pytest.raises(OptionError, match="dynamic dims"):
+        benchmark(model, runs=2)
+    from edgesdk.deploy import deploy
+    res = deploy(str(model), "local", runs=2, warmup=0, input_shape="x:1,3,8,8", workdir=str(tmp_path / "w"))
+    assert res.raw["inputs"][0]["shape"] == [1, 3, 8, 8]
