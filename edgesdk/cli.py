@@ -342,8 +342,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, repeat, input_shapes,
-           allow_cpu, dla_core,
-           remote_python, workdir, timeout, parallel, accept_new_host_key, db, as_json):
+           allow_cpu, dla_core, remote_python, workdir, timeout, parallel, accept_new_host_key, db, as_json):
     """Push ARTIFACT to devices over SSH, probe them, and benchmark it there."""
     ctx.meta["json"] = as_json
     from .deploy import deploy as run_deploy, read_hosts_file
