@@ -1,7 +1,7 @@
 """Deploy to an emulated Raspberry Pi: Debian bookworm arm64 under qemu-user, its own aarch64 sshd.
 
 What a board runs is what runs here: aarch64 Python 3.11, numpy, ai-edge-litert (XNNPACK) and ONNX
-Runtime from PyPI's aarch64 wheels, installed by `edgesdk device setup`. Emulated timings mean nothing:
+Runtime from their published aarch64 wheels, installed by `edgesdk device setup`. Emulated timings mean nothing:
 these tests assert success, figures' order and what is left on the device, never time.
 """
 
