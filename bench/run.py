@@ -356,7 +356,7 @@ def _alias(config: Path, alias, address, port, key):
 
 def bench_deploy(tmp, quick, mnist):
     import edgesdk
-    from edgesdk.deploy import _Device, deploy_one
+    from edgesdk.deploy import Device, deploy_one
     from edgesdk.progress import Progress
     from edgesdk.ssh import Session, resolve
     from edgesdk.util import sha256_file
@@ -373,7 +373,7 @@ def bench_deploy(tmp, quick, mnist):
         remote.mkdir()
         ours, scp = [], []
         with Session(resolve("bench.local"), accept_new_host_key=True) as session:
-            dev = _Device(session, sys.executable, 600, Progress(quiet=True))
+            dev = Device(session, sys.executable, 600, Progress(quiet=True))
             for i in range(2 if quick else 5):
                 t0 = time.perf_counter()
                 dev.push(blob, str(remote / f"ours{i}.bin"), sha)
