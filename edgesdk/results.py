@@ -147,8 +147,13 @@ def change_interval(first: dict, second: dict, confidence: float = 0.95, seed: i
     if len(ra) >= MIN_REPEATS and len(rb) >= MIN_REPEATS:
         # Welch's t interval on log medians: a ratio, and honest with few processes (a percentile
         # bootstrap of three values is far too narrow)
-        res = stats.ttest_ind(np.log(rb), np.log(ra), equal_var=False)
-        lo, hi = (100 * (np.exp(v) - 1) for v in res.confidence_interval(confidence))
+        la, lb = np.log(ra), np.log(rb)
+        point = 100 * (np.exp(lb.mean() - la.mean()) - 1)  # the ratio of geometric means, as the interval
+        if la.std() == lb.std() == 0:  # every process gave the same median: no spread to speak of
+            lo = hi = point
+        else:
+            res = stats.ttest_ind(lb, la, equal_var=False)
+            lo, hi = (100 * (np.exp(v) - 1) for v in res.confidence_interval(confidence))
         basis = f"the medians of {len(ra)} and {len(rb)} fresh runner processes (Welch's t on their logs)"
     else:
         ma = _block_medians(first["latencies"], rng, 4000)
