@@ -314,7 +314,6 @@ def test_dns_failure_and_timeout(device, ssh_env, artifact):
     assert not list((server.workdir / "runs").iterdir())
 
 
-
 def test_ctrl_c_stops_the_remote_run(device, ssh_env, artifact):
     import signal
     import subprocess
