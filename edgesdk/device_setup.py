@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .artifact import tool_versions
 from .errors import DeployError, OptionError, RuntimeMissing
 from .progress import Progress
 from .util import cache_home, sha256_file
@@ -135,23 +136,15 @@ def setup(host: str, *, profile: str = "rpi4", formats=None, remote_python=None,
             raise RuntimeMissing(f"Installing {', '.join(requirements)} on {host} failed: "
                                  f"{(err or out).strip()[-400:]}")
         installed = json.loads(dev.py(_VERSIONS, *requirements, python=vpy))
+    ours = tool_versions(installed)
     for name, version in installed.items():
-        ours = _host_version(name)
-        if ours and _major_minor(version) < _major_minor(ours):
+        if name in ours and _major_minor(version) < _major_minor(ours[name]):
             progress.warn(f"{host} got {name} {version}, the newest for its platform; artifacts made here are "
-                          f"checked against {ours} and may use op versions it lacks: a newer OS image on the device "
-                          f"avoids that.")
+                          f"checked against {ours[name]} and may use op versions it lacks: a newer OS image on "
+                          f"the device avoids that.")
     return {"host": host, "profile": prof.name, "python": vpy, "python_version": facts["python"],
             "platform": f"{facts['machine']} {facts['libc']} {facts['libc_version']}", "packages": installed,
             "uploaded_bytes": sent, "note": family_note(prof.family)}
-
-
-def _host_version(name: str) -> str | None:
-    from importlib import metadata
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _major_minor(version: str) -> tuple:

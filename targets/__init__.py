@@ -39,6 +39,9 @@ class DevicePlan:
 
 def device_plan(family: str, artifact, probe: dict, profile, dla_core=None) -> DevicePlan:
     module = get_family(family)
+    if dla_core is not None and not getattr(module, "HAS_DLA", False):
+        from edgesdk.errors import OptionError
+        raise OptionError(f"--dla-core is for Jetson modules with a DLA; {profile.name} is {family}.")
     if hasattr(module, "device_plan"):
         return module.device_plan(artifact, probe, profile, dla_core)
     return DevicePlan(artifact.path)

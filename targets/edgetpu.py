@@ -233,9 +233,6 @@ def compile_model(artifact: Path, out_dir: Path, timeout: int = 180) -> dict:
 def device_plan(artifact, probe: dict, profile, dla_core=None):
     """The compiled model on the Edge TPU, or the reason it cannot run there."""
     from . import DevicePlan
-    if dla_core is not None:
-        from edgesdk.errors import OptionError
-        raise OptionError(f"--dla-core is for Jetson modules; {profile.name} is an Edge TPU.")
     compiled = artifact.path.with_name(artifact.path.stem + "_edgetpu.tflite")
     if not compiled.is_file():
         return DevicePlan(artifact.path, problem=f"there is no {compiled.name} beside the artifact: "

@@ -8,9 +8,10 @@ noted (the rest falls back to the GPU, at a cost in transfers).
 
 from __future__ import annotations
 
-from edgesdk.errors import ConversionError
+from edgesdk.errors import ConversionError, OptionError
 
 FAMILY = "jetson"
+HAS_DLA = True  # some modules have DLA cores (the profile says how many); --dla-core is refused elsewhere
 SETUP_NOTE = ("The GPU runs artifacts through TensorRT's trtexec, which comes with JetPack (/usr/src/tensorrt/bin); "
               "the onnxruntime wheel installed here runs on the CPU only.")
 
@@ -95,7 +96,6 @@ def check(info: dict, profile, recipe=None) -> dict:
 def device_plan(artifact, probe: dict, profile, dla_core=None):
     """An ONNX artifact built into a TensorRT engine by trtexec, at the manifest's precision, on GPU or DLA."""
     from . import DevicePlan
-    from edgesdk.errors import OptionError
     cores = profile.accelerator.dla_cores if profile.accelerator else 0
     if dla_core is not None and not 0 <= dla_core < cores:
         raise OptionError(f"--dla-core {dla_core}: {profile.name} has "

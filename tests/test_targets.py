@@ -321,6 +321,9 @@ def test_device_plans_check_the_accelerator_against_the_probe(tmp_path):
         device_plan("jetson", art(onnx), jp, orin, dla_core=0)
     with pytest.raises(OptionError, match="DLA cores 0-1"):
         device_plan("jetson", art(onnx), jp, xavier, dla_core=2)
+    for family, name in (("edgetpu", "coral-usb"), ("arm-cpu", "rpi4")):
+        with pytest.raises(OptionError, match="--dla-core is for Jetson"):
+            device_plan(family, art(tfl), bare, load_profile(name), dla_core=0)
     plan = device_plan("arm-cpu", art(tfl), bare, load_profile("rpi4"))
     assert plan.path == tfl and plan.runner_args == [] and plan.problem is None and plan.accelerator is None
 
