@@ -110,8 +110,8 @@ def bench_recovery(tmp, quick):
     import edgesdk
     from edgesdk import fixtures
     files = fixtures.file_byte_features(limit=160 if quick else 400)
-    art = edgesdk.convert(str(fixtures.fetch("magika")), "rpi4", calibration=files, output_dir=tmp / "magika",
-                          quiet=True)
+    art = edgesdk.convert(str(fixtures.fetch("magika")), "rpi4", format="onnx", calibration=files,
+                          output_dir=tmp / "magika", quiet=True)
     rungs = art.manifest["recovery"]["rungs"]
     plain, kept = rungs[0], rungs[-1]
     agree, base = art.validation["top1_agreement"], next(iter(plain["figures"].values()))

@@ -14,6 +14,7 @@ ROUTES = {
     ("keras", "tflite"): "keras_tflite",
     ("keras", "onnx"): "keras_onnx",
     ("onnx", "onnx"): "onnx_int8",
+    ("onnx", "tflite"): "onnx_tflite",
     ("torch", "tflite"): "torch_tflite",
     ("torch", "onnx"): "torch_onnx",
 }
@@ -21,7 +22,9 @@ ROUTES = {
 PRUNERS = {"keras": "keras_prune", "torch": "torch_prune"}
 
 # Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes, and
-# CALIBRATION_METHODS: the --calibration-method values it takes (default: "minmax" only).
+# CALIBRATION_METHODS: the --calibration-method values it takes (default: "minmax" only). A route that
+# needs a one-time step first (a private toolchain, an intermediate graph) has
+# prepare_source(source, recipe, calibration, step=None), called with progress messages before convert.
 
 
 def get_route(framework: str, fmt: str):

@@ -23,6 +23,15 @@ def import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import sys
     if "tensorflow" not in sys.modules:
+        try:
+            import importlib.util
+            found = importlib.util.find_spec("tensorflow") is not None
+        except ValueError:
+            found = False
+        if not found:
+            from edgesdk.errors import ConversionError
+            raise ConversionError("This step needs TensorFlow (TFLite conversion and quantization): "
+                                  "pip install 'edgesdk[keras]'.")
         with captured_output():  # CUDA probing and oneDNN notices on a CPU-only machine
             import tensorflow
             import keras  # noqa: F401

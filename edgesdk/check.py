@@ -48,6 +48,9 @@ def _check_one(source, profile, trial, tmp: Path) -> dict:
         recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES,
                              format=pick_format(source.framework, profile))
         route = get_route(source.framework, recipe.format)
+        if hasattr(route, "prepare_source"):  # a private toolchain's first use takes minutes: said so
+            from .progress import Progress
+            route.prepare_source(source, recipe, trial, step=Progress().step)
         data = route.convert(source, recipe, trial, profile=profile)
         path = tmp / f"{profile.name}.{recipe.format}"
         path.write_bytes(data)

@@ -162,6 +162,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                                    batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                                    log=progress.warn)
             pruned_outputs = source.predict(val.x)
+        if hasattr(route, "prepare_source"):
+            route.prepare_source(source, recipe, calib, step=progress.step)
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
         data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
         tmp.write_bytes(data)

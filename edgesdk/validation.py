@@ -29,10 +29,16 @@ def match_outputs(reference: list, reference_names: list, artifact: list, artifa
     By exact name, then by name ignoring case and punctuation, then by a shape no
     other output has; outputs left with the same shape are paired so that the
     total cosine similarity is largest (converters rename and reorder outputs).
+    A channels-last artifact of a channels-first model (TFLite from ONNX) gives its 4-D maps NHWC:
+    they are compared in the source's NCHW.
     """
     if len(reference) != len(artifact):
         raise ValidationFailed(f"The artifact has {len(artifact)} outputs but the source model has "
                                f"{len(reference)}; the conversion lost or added outputs.")
+    shapes = {r.shape[1:] for r in reference}
+    turned = [a.ndim == 4 and a.shape[1:] not in shapes and (a.shape[3],) + a.shape[1:3] in shapes
+              for a in artifact]
+    artifact = [a.transpose(0, 3, 1, 2) if t else a for a, t in zip(artifact, turned)]
     pairs, how = {}, {}
     free = set(range(len(artifact)))
     for key in (lambda s: s, _norm):
@@ -68,7 +74,8 @@ def match_outputs(reference: list, reference_names: list, artifact: list, artifa
                                        f"'{reference_names[left[r]]}' of shape {list(reference[left[r]].shape[1:])}.")
             pairs[left[r]], how[left[r]] = cols[c], "similarity"
     order = [pairs[i] for i in range(len(reference))]
-    return [artifact[j] for j in order], [{"artifact_name": artifact_names[j], "matched_by": how[i]}
+    return [artifact[j] for j in order], [{"artifact_name": artifact_names[j], "matched_by": how[i],
+                                           **({"layout": "NHWC"} if turned[j] else {})}
                                           for i, j in enumerate(order)]
 
 

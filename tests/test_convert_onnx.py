@@ -243,8 +243,8 @@ def test_nodes_kept_in_float_stay_float_when_onnx_runtime_loads_them(ppocr, tmp_
     import onnxruntime as ort
     from edgesdk.onnx_artifact import ONNXArtifact
     from edgesdk.tasks import regress
-    art = edgesdk.convert(str(ppocr["model"]), target="rpi4", input_shape="1,3,48,192", calibration=ppocr["calib"],
-                          exclude_nodes=["Conv@2"], output_dir=tmp_path, quiet=True, min_agreement=0)
+    art = edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
+                          calibration=ppocr["calib"], exclude_nodes=["Conv@2"], output_dir=tmp_path, quiet=True, min_agreement=0)
     x = np.load(ppocr["calib"])["x"][:48]
     ours = ONNXArtifact(art.path).predict(x)[0]
 

@@ -14,7 +14,7 @@ import pytest
 
 import edgesdk
 from edgesdk import fixtures
-from edgesdk.errors import ConversionError, ModelLoadError, ValidationFailed
+from edgesdk.errors import ModelLoadError, ValidationFailed
 
 from conftest import run_cli
 from detector_heads import yolov8_layout
@@ -37,7 +37,7 @@ def test_yolox_detector_judged_by_recall_precision_and_map(chars, tmp_path):
     model = fixtures.fetch("captcha_detector")
     # validated on a folder of page scans with YOLO label files (one box per printed character)
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
-    art = edgesdk.convert(str(model), target="rpi4", calibration=chars, validation=labelled,
+    art = edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=chars, validation=labelled,
                           preprocess={"scale": 1.0, "channel_order": "bgr"}, output_dir=tmp_path / "cpu",
                           quiet=True)
     v = art.validation
@@ -68,7 +68,7 @@ def test_yolov8_head_keeps_its_merging_concat_in_float(chars, tmp_path):
     from edgesdk.tasks import ModelIO
     from edgesdk.validation import judge
     model = yolov8_layout(fixtures.fetch("captcha_detector"), tmp_path / "det_v8.onnx")
-    r = run_cli("convert", model, "-t", "rpi4", "-c", chars, "-o", tmp_path / "out", "--json")
+    r = run_cli("convert", model, "-t", "rpi4", "--format", "onnx", "-c", chars, "-o", tmp_path / "out", "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(open(json.loads(r.stdout)["manifest"]).read())
     assert m["quantization"]["detector_tail"]["nodes"] == ["head_concat"] and m["recovery"] is None
@@ -101,7 +101,7 @@ def test_text_detector_maps_fp16_broken_int8_kept(tmp_path):
     model = fixtures.fetch("ppocr_det")
     x = fixtures.text_page_images()
     kwargs = dict(input_shape="1,3,192,384", calibration=x, quiet=True)
-    art = edgesdk.convert(str(model), target="rpi4", output_dir=tmp_path / "int8", **kwargs)
+    art = edgesdk.convert(str(model), target="rpi4", format="onnx", output_dir=tmp_path / "int8", **kwargs)
     head = art.validation["heads"][0]
     assert art.validation["task"] == "segment" and head["channels"] == 1 and head["threshold"] == 0.5
     assert head["mean_iou"] >= 0.85 and head["foreground_share"] > 0.02
@@ -157,8 +157,8 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     features = fixtures.file_byte_features()
     assert features.dtype == np.int32 and len(features) >= 300
     with pytest.raises(ValidationFailed, match="top-1 agreement with the source") as e:
-        edgesdk.convert(str(model), target="rpi4", calibration=features, output_dir=tmp_path / "all", quiet=True,
-                        recover=False)
+        edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=features, output_dir=tmp_path / "all",
+                        quiet=True, recover=False)
     assert e.value.figures["top1_agreement"] < 0.5  # int8 everywhere collapses it
     # the diagnosis measures the lever that works and says how to apply it
     best = e.value.figures["worst_layers"][0]
@@ -166,7 +166,8 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     assert "--exclude-op-types Add,Cast,Div" in str(e.value)
     # the default climbs the ladder: other calibration changes nothing, then every op type but the
     # weight-heavy ones kept in float agrees with the source on real files
-    art = edgesdk.convert(str(model), target="rpi4", calibration=features, output_dir=tmp_path / "some", quiet=True)
+    art = edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=features,
+                          output_dir=tmp_path / "some", quiet=True)
     assert art.validation["top1_agreement"] >= 0.99 and art.validation["passed"]
     rungs = art.manifest["recovery"]["rungs"]
     assert [r["step"] for r in rungs] == ["as converted", "calibration", "calibration", "mixed precision"]
@@ -202,12 +203,11 @@ def test_already_quantized_source_is_named_and_nothing_is_left(tmp_path):
 def test_format_is_settled_before_options_are_judged(tmp_path):
     model = fixtures.fetch("ppocr_cls")
     x, y = fixtures.text_direction_crops()
-    # an ONNX source for the Pi makes ONNX, so ONNX's options are accepted (not refused as TFLite ones)
-    art = edgesdk.convert(str(model), target="rpi4", input_shape="1,3,48,192", calibration=(x, y),
+    # asked for ONNX on the Pi, ONNX's options are accepted (not refused as TFLite ones); the Pi's own
+    # format (TFLite, from ONNX too) refuses them: tests/test_convert_onnx_tflite.py
+    art = edgesdk.convert(str(model), target="rpi4", format="onnx", input_shape="1,3,48,192", calibration=(x, y),
                           calibration_method="percentile", output_dir=tmp_path, quiet=True, max_accuracy_drop=10)
     assert art.format == "onnx" and art.manifest["recipe"]["calibration_method"] == "percentile"
-    # the Coral takes only TFLite: said once, without sending the user to --format
-    with pytest.raises(ConversionError) as e:
-        edgesdk.convert(str(model), target="coral-usb", input_shape="1,3,48,192", calibration=x,
-                        output_dir=tmp_path / "coral", quiet=True)
-    assert "cannot make tflite from onnx models yet" in str(e.value) and "--format" not in str(e.value)
+    # the Coral takes TFLite only: asking it for ONNX is refused before anything is loaded
+    r = run_cli("convert", model, "-t", "coral-usb", "--format", "onnx", "-c", tmp_path / "none.npz")
+    assert r.returncode == 2 and "takes tflite artifacts, not onnx" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,145 @@
+"""Private environments for converters whose pins clash with the main stack.
+
+onnx2tf pins TensorFlow 2.19, numpy 1.26 and onnx 1.19; the SDK runs TensorFlow 2.21 and onnx 1.23.
+Such a toolchain gets its own venv under the cache dir, keyed by what it contains (requirements, this
+Python, the platform), made on first use and reused after. It is built in a temporary directory and
+renamed into place, under a lock, so an interrupted or failed install never looks ready and two
+processes never build the same one.
+
+A job runs as one subprocess: a standalone worker script (it imports nothing of edgesdk) gets a JSON
+request on stdin and writes a JSON reply to the file the request names; its chatter goes to a log whose
+tail is the error message when it fails.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConversionError
+from .util import cache_home
+
+# A toolchain that pulls torch gets the CPU build the main stack uses, never a multi-GB CUDA build.
+CONSTRAINTS = ("torch==2.13.0",)
+INSTALL_TIMEOUT = 1800
+
+
+class ToolchainError(ConversionError):
+    """A private toolchain could not be made or its job failed (exit code 6, as conversion failures)."""
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    name: str
+    requirements: tuple      # pip requirement strings, installed with their dependencies
+    purpose: str             # what it is for, in messages
+    size_note: str = ""      # what the first use costs, said before it starts
+
+    def key(self) -> str:
+        parts = {"requirements": list(self.requirements), "constraints": list(CONSTRAINTS),
+                 "python": platform.python_version(), "machine": platform.machine(), "system": sys.platform}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def home(self) -> Path:
+        return cache_home() / "toolchains" / f"{self.name}-{self.key()}"
+
+    @property
+    def python(self) -> Path:
+        return self.home / "bin" / "python"
+
+    def ready(self) -> bool:
+        return (self.home / "READY").is_file() and self.python.is_file()
+
+
+def ensure(toolchain: Toolchain, step=None) -> Path:
+    """The toolchain's Python, making its environment first if it does not exist yet."""
+    if toolchain.ready():
+        return toolchain.python
+    root = toolchain.home.parent
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{toolchain.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it: wait, then reuse
+        if toolchain.ready():
+            return toolchain.python
+        if step:
+            step(f"creating the private {toolchain.name} environment for {toolchain.purpose} (first use"
+                 f"{': ' + toolchain.size_note if toolchain.size_note else ''}) in {toolchain.home}")
+        _build(toolchain, root)
+    return toolchain.python
+
+
+def _build(toolchain: Toolchain, root: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{toolchain.name}-", dir=root))
+    try:
+        # the venv is built where it will live: a venv's scripts record their own path
+        if toolchain.home.exists():
+            shutil.rmtree(toolchain.home)  # a leftover without READY: an install that did not finish
+        _run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(toolchain.home)], toolchain,
+             "creating its venv")
+        constraints = staging / "constraints.txt"
+        constraints.write_text("\n".join(CONSTRAINTS) + "\n")
+        _run([str(toolchain.python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
+              "--constraint", str(constraints), *toolchain.requirements], toolchain, "installing "
+             + " ".join(toolchain.requirements))
+        (toolchain.home / "READY").write_text(json.dumps({"requirements": list(toolchain.requirements)}) + "\n")
+    except BaseException:
+        shutil.rmtree(toolchain.home, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run(cmd: list, toolchain: Toolchain, what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
+                              env={**os.environ, "PIP_REQUIRE_VIRTUALENV": "0"})
+    except subprocess.TimeoutExpired:
+        raise ToolchainError(f"Creating the private {toolchain.name} environment timed out while {what} "
+                             f"(over {INSTALL_TIMEOUT // 60} minutes). Check the network or the package "
+                             f"index pip uses, then run the command again.") from None
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        raise ToolchainError(f"Could not create the private {toolchain.name} environment for "
+                             f"{toolchain.purpose}: {what} failed (exit {proc.returncode}). pip said:\n{tail}\n"
+                             f"It needs the package index that pip is set up for (or a local mirror of it). "
+                             f"Nothing was kept; the next run tries again.")
+
+
+def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3600, step=None) -> dict:
+    """Run `worker` with the toolchain's Python on `request`; returns its reply.
+
+    The worker runs in a fresh working directory (tools that drop files into the cwd drop them there),
+    with -I so nothing of the caller's environment (PYTHONPATH, user site) leaks into it.
+    """
+    python = ensure(toolchain, step)
+    with tempfile.TemporaryDirectory(prefix=f"edgesdk-{toolchain.name}-") as work:
+        reply_path = Path(work) / "reply.json"
+        log_path = Path(work) / "log.txt"
+        request = {**request, "reply": str(reply_path), "work": work}
+        with open(log_path, "w") as log:
+            try:
+                proc = subprocess.run([str(python), "-I", str(worker)], input=json.dumps(request), text=True,
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=work, timeout=timeout,
+                                      env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+            except subprocess.TimeoutExpired:
+                raise ToolchainError(f"{toolchain.name} did not finish within {timeout / 60:.0f} minutes.") from None
+        reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
+        if proc.returncode != 0 or reply is None or reply.get("error"):
+            said = reply.get("error") if reply and reply.get("error") else _tail(log_path)
+            raise ToolchainError(f"{toolchain.name} failed: {said}")
+        return reply
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    text = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return "\n".join(text[-lines:]) or "(no output)"

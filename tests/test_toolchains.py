@@ -1,0 +1,78 @@
+"""Private toolchain environments: made once under a lock, reused, never half-made; jobs through a subprocess."""
+
+import json
+import threading
+
+import pytest
+
+from edgesdk import toolchains
+from edgesdk.errors import ConversionError
+
+pytestmark = pytest.mark.slow
+
+# pip itself: installs from the new venv's own copy, so no package index is needed
+PIP_ONLY = toolchains.Toolchain("probe", ("pip",), "tests")
+
+ECHO = '''
+import json, os, sys
+request = json.loads(sys.stdin.read())
+print("chatter on stdout", flush=True)
+if request.get("fail"):
+    raise SystemExit("worker gave up: " + request["fail"])
+open(request["reply"], "w").write(json.dumps({"cwd": os.getcwd(), "got": request["value"],
+                                              "path": sys.path[0], "env": os.environ.get("PYTHONPATH")}))
+'''
+
+
+def test_made_once_under_a_lock_then_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESDK_CACHE", str(tmp_path / "cache"))
+    steps = []
+    # two callers at once: one builds, the other waits for it and reuses it
+    threads = [threading.Thread(target=toolchains.ensure, args=(PIP_ONLY, steps.append)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(steps) == 1 and "creating the private probe environment for tests" in steps[0]
+    assert PIP_ONLY.ready() and PIP_ONLY.home.parent == tmp_path / "cache" / "toolchains"
+    made = (PIP_ONLY.home / "READY").stat().st_mtime_ns
+    assert toolchains.ensure(PIP_ONLY, steps.append) == PIP_ONLY.python and len(steps) == 1
+    assert (PIP_ONLY.home / "READY").stat().st_mtime_ns == made
+    # keyed by what it contains: another requirement set is another environment
+    other = toolchains.Toolchain("probe", ("pip", "setuptools"), "tests")
+    assert other.home != PIP_ONLY.home
+
+
+def test_a_half_made_environment_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESDK_CACHE", str(tmp_path / "cache"))
+    PIP_ONLY.home.mkdir(parents=True)
+    (PIP_ONLY.home / "leftover").write_text("an install that was killed")
+    assert not PIP_ONLY.ready()
+    toolchains.ensure(PIP_ONLY)
+    assert PIP_ONLY.ready() and not (PIP_ONLY.home / "leftover").exists()
+
+
+def test_failed_install_leaves_nothing_and_says_what_pip_said(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESDK_CACHE", str(tmp_path / "cache"))
+    for k, v in {"PIP_CONFIG_FILE": "/dev/null", "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0",
+                 "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1"}.items():
+        monkeypatch.setenv(k, v)
+    missing = toolchains.Toolchain("absent", ("no-such-package-edgesdk==1.0",), "tests")
+    with pytest.raises(toolchains.ToolchainError, match="(?s)Could not create the private absent environment.*"
+                                                        "pip said:.*no-such-package-edgesdk") as e:
+        toolchains.ensure(missing)
+    assert isinstance(e.value, ConversionError) and e.value.exit_code == 6
+    assert not missing.home.exists()
+    assert [p for p in missing.home.parent.iterdir() if not p.name.startswith(".absent.lock")] == []
+
+
+def test_jobs_run_isolated_in_their_own_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESDK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", "/nowhere")
+    worker = tmp_path / "echo.py"
+    worker.write_text(ECHO)
+    reply = toolchains.run(PIP_ONLY, worker, {"value": [1, 2]})
+    assert reply["got"] == [1, 2] and reply["env"] is None  # nothing of the caller's PYTHONPATH
+    assert reply["cwd"] != str(tmp_path) and "edgesdk-probe-" in reply["cwd"]
+    with pytest.raises(toolchains.ToolchainError, match="(?s)probe failed: .*worker gave up: no"):
+        toolchains.run(PIP_ONLY, worker, {"value": 0, "fail": "no"})
