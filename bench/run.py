@@ -144,12 +144,12 @@ def _plain_tflite(model, cal, val):
     int8 recipe with its own calibration (Quantizer.calibrate), on the same data."""
     import litert_torch
     import torch
-    from edgesdk.converters import torch_tflite
+    from edgesdk.converters import tflite_int8, torch_tflite
     from edgesdk.tflite_artifact import TFLiteArtifact
     wrapped = torch_tflite._channels_last(model, torch)
     flat = bytes(litert_torch.convert(wrapped, (torch.zeros(1, 224, 224, 3),)).model_content())
     nhwc = lambda a: a.transpose(0, 2, 3, 1).copy()  # noqa: E731
-    q, data = torch_tflite._quantizer(flat, nhwc(cal))
+    q, data = tflite_int8.quantizer_for(flat, nhwc(cal))
     result = q.quantize(q.calibrate(data)).quantized_model
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "plain.tflite"
@@ -207,6 +207,41 @@ def bench_imagenet(tmp, quick):
                   "baseline": f"plain {base_sqnr:.1f} dB, edgesdk {v['sqnr_db']:.1f} dB "
                               f"({rounded['mode']} rounding, {rounded['layers']} layers)"}]
     return rows
+
+
+def bench_onnx_tflite(tmp, quick):
+    """An ONNX source to int8 TFLite for the Pi: the SDK's route against onnx2tf's own integer quantization
+    (what a user runs instead: `onnx2tf -oiqt` with the same calibration data), judged on real crops."""
+    import edgesdk
+    from edgesdk import fixtures, toolchains
+    from edgesdk.converters import onnx_tflite
+    from edgesdk.source import load_source
+    from edgesdk.tasks.regress import sqnr_db
+    from edgesdk.tflite_artifact import TFLiteArtifact
+    x, _ = fixtures.text_direction_crops()
+    order = np.random.default_rng(0).permutation(len(x))
+    cal, val = x[order[:132]], x[order[132:]]
+    model = fixtures.fetch("ppocr_cls")
+    source = load_source(str(model), input_shape="1,3,48,192")
+    ref = source.predict(val)[0]
+    nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+    np.save(tmp / "cal.npy", nhwc(cal))
+    reply = toolchains.run(onnx_tflite.ONNX2TF, onnx_tflite.WORKER,
+                           {"onnx": source.float_onnx, "out": str(tmp / "onnx2tf"), "int8": True,
+                            "samples": {"x": str(tmp / "cal.npy")}})
+    plain = TFLiteArtifact(reply["int8_tflite"]).predict(nhwc(val))[0]
+    art = edgesdk.convert(str(model), "rpi4", input_shape="1,3,48,192", calibration=cal, validation=val,
+                          output_dir=tmp / "onnx-tflite", quiet=True, min_agreement=0.0, task="classify",
+                          recover=False)
+    v = art.validation
+    base_sqnr, base_agree = sqnr_db(ref, plain), float((plain.argmax(1) == ref.argmax(1)).mean())
+    return [{"name": f"top-1 agreement with float, PP-OCR direction classifier ONNX -> int8 TFLite ({v['samples']} "
+                     f"real crops)", "value": round(v["top1_agreement"], 4), "goal": ">= 0.98",
+             "met": v["top1_agreement"] >= 0.98, "baseline": f"onnx2tf -oiqt {base_agree:.4f}"},
+            {"name": "output SQNR gain over onnx2tf's own int8, PP-OCR direction classifier",
+             "value": round(v["sqnr_db"] - base_sqnr, 2), "unit": "dB", "goal": ">= 3",
+             "met": v["sqnr_db"] - base_sqnr >= 3,
+             "baseline": f"onnx2tf {base_sqnr:.1f} dB, edgesdk {v['sqnr_db']:.1f} dB"}]
 
 
 def bench_speed(tmp, quick):
@@ -462,7 +497,7 @@ def mnist_fixture(tmp):
 
 SUITE = {
     "size": (bench_size, True), "pruned_size": (bench_pruned_size, True), "accuracy": (bench_accuracy, True),
-    "recovery": (bench_recovery, False), "imagenet": (bench_imagenet, False),
+    "recovery": (bench_recovery, False), "imagenet": (bench_imagenet, False), "onnx_tflite": (bench_onnx_tflite, False),
     "speed": (bench_speed, False), "overhead": (bench_overhead, False), "startup": (bench_startup, False),
     "fidelity": (bench_fidelity, True), "noise": (bench_noise, True), "deploy": (bench_deploy, True),
     "fleet": (bench_fleet, True),

@@ -6,6 +6,8 @@ Standalone: it imports nothing of edgesdk. Request on stdin (JSON):
   keep     input names to keep in their ONNX layout (only 4-D image inputs become NHWC)
   samples  {input name: .npy of real samples in the layout the TF model takes}, for onnx2tf's own
            ONNX-vs-TF comparisons while it picks transposes
+  int8     optional: also onnx2tf's own integer quantization, calibrated on the samples (the plain tool's
+           result, for the benchmark suite's baseline); the reply names the .tflite
   reply    where to write the reply (JSON); work: the working directory
 """
 
@@ -53,9 +55,12 @@ def main() -> None:
                 np.save(work / SAMPLE_FILE, x[:20].astype(np.float32))
         onnx2tf.convert(input_onnx_file_path=clean, output_folder_path=request["out"], output_signaturedefs=True,
                         non_verbose=True, keep_ncw_or_nchw_or_ncdhw_input_names=request.get("keep") or None,
-                        custom_input_op_name_np_data_path=custom or None)
-        reply.write_text(json.dumps({"saved_model": request["out"], "renamed_nodes": renamed,
-                                     "onnx2tf": onnx2tf.__version__}))
+                        custom_input_op_name_np_data_path=custom or None,
+                        output_integer_quantized_tflite=bool(request.get("int8")))
+        done = {"saved_model": request["out"], "renamed_nodes": renamed, "onnx2tf": onnx2tf.__version__}
+        if request.get("int8"):  # int8 inside, float input and output: compared on the same float data
+            done["int8_tflite"] = str(next(Path(request["out"]).glob("*_integer_quant.tflite")))
+        reply.write_text(json.dumps(done))
     except BaseException as exc:  # the caller reads the reply; the log keeps the traceback
         import traceback
         traceback.print_exc()

@@ -13,7 +13,7 @@ import pytest
 
 import edgesdk
 from edgesdk import fixtures
-from edgesdk.errors import ConversionError, OptionError, ValidationFailed
+from edgesdk.errors import ConversionError, OptionError
 from edgesdk.tflite_artifact import TFLiteArtifact
 
 from conftest import run_cli
@@ -50,11 +50,14 @@ def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(crops, tmp_path):
     assert m["inputs"][0]["shape"] == [1, 48, 192, 3] and m["inputs"][0]["dtype"] == "int8"
     assert m["outputs"][0]["shape"] == [1, 2] and m["outputs"][0]["dtype"] == "int8"
     assert not m["quantization"]["float_ops"] and m["quantization"]["op_histogram"]["CONV_2D"] >= 40
-    assert any("onnx2tf 1.29" in n for n in m["source"]["notes"])
-    # judged on 132 held-out real crops against the float ONNX model (measured: 94 % agreement, 20.4 dB)
+    notes = " ".join(m["source"]["notes"])
+    assert "onnx2tf 1.29" in notes and "9 HardSigmoid rewritten" in notes  # so every op has an int8 kernel
+    assert "RELU_0_TO_1" not in m["quantization"]["op_histogram"]
+    # judged on 132 held-out real crops against the float ONNX model (measured on 104 others: 97.1 %
+    # agreement, 24.0 dB; the TFLite converter's own quantizer on the same graph: 94.2 %, 20.4 dB)
     v = m["validation"]
     assert v["samples"] == 132 and v["task"] == "classify"
-    assert v["top1_agreement"] >= 0.9 and v["outputs"][0]["sqnr_db"] >= 17, v
+    assert v["top1_agreement"] >= 0.95 and v["outputs"][0]["sqnr_db"] >= 22, v
     # the float graph onnx2tf made is the source's, transposes and all: float TFLite agrees exactly
     x = np.load(crops["val"])["x"]
     from edgesdk.source import load_source
@@ -64,7 +67,7 @@ def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(crops, tmp_path):
     assert flt.validation["outputs"][0]["sqnr_db"] > 60
     assert _float_agreement(flt.path, x, reference) == 1.0
     # the route's options are judged for the format made
-    with pytest.raises(OptionError, match="from onnx to tflite: this route calibrates with minmax"):
+    with pytest.raises(OptionError, match="from onnx to tflite: this route calibrates with minmax or moving-average"):
         edgesdk.convert(str(crops["model"]), target="rpi4", input_shape="1,3,48,192", calibration=crops["calib"],
                         calibration_method="percentile", output_dir=tmp_path / "p", quiet=True)
     assert not (tmp_path / "p").exists() or list((tmp_path / "p").iterdir()) == []
@@ -77,7 +80,7 @@ def test_onnx_classifier_for_the_coral_is_checked_against_the_edge_tpu(crops, tm
     m = art.manifest
     assert m["format"] == "tflite" and m["inputs"][0]["dtype"] == "uint8" and m["outputs"][0]["dtype"] == "uint8"
     assert not m["quantization"]["float_ops"]
-    assert art.validation["top1_agreement"] >= 0.9
+    assert art.validation["top1_agreement"] >= 0.95
     # MobileNetV3's hard-swish has no Edge TPU kernel: the check says where the graph splits, honestly
     compat = m["compatibility"]
     assert compat["status"] == "supported with fallbacks" and "HARD_SWISH" in compat["fallbacks"]
@@ -85,26 +88,26 @@ def test_onnx_classifier_for_the_coral_is_checked_against_the_edge_tpu(crops, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([art.path.name, art.path.name + ".json"])
 
 
-def test_onnx_detector_to_pi_tflite_is_judged_by_recall(tmp_path):
-    """The YOLOX head merges pixel boxes and 0..1 scores in one tensor; a TFLite int8 tensor has one scale,
-    so the scores lose most (measured: recall 87.8 %, precision 97.5 % on 485 detections; the ONNX route,
-    which keeps that Concat in float, >= 90 %). The route is right (boxes at 22 dB); the gate says what
-    the shared scale costs and does not pass it at the default budget."""
+def test_onnx_detector_to_pi_tflite_keeps_recall(tmp_path):
+    """The YOLOX head merges pixel boxes and 0..1 scores in one tensor, so one int8 scale serves both.
+    Measured: recall 93.2 % and precision 97.2 % of the source's 485 detections on 36 real page scans
+    (the TFLite converter's own quantizer: 87.8 %, below the gate); mAP50 against the labels 0.69 points
+    below the source's, within a 2-point budget (the 1-point default is inconclusive on 36 images)."""
     model = fixtures.fetch("captcha_detector")
     chars = tmp_path / "chars.npz"
     np.savez(chars, x=fixtures.character_images())
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
-    with pytest.raises(ValidationFailed, match="detection recall vs the source") as e:
-        edgesdk.convert(str(model), target="rpi4", calibration=chars, validation=labelled,
-                        preprocess={"scale": 1.0, "channel_order": "bgr"}, output_dir=tmp_path / "out",
-                        quiet=True, recover=False)
-    v = e.value.figures
+    art = edgesdk.convert(str(model), target="rpi4", calibration=chars, validation=labelled,
+                          preprocess={"scale": 1.0, "channel_order": "bgr"}, output_dir=tmp_path / "out",
+                          quiet=True, max_accuracy_drop=2)
+    assert art.format == "tflite" and art.manifest["inputs"][0]["shape"] == [1, 416, 416, 3]
+    assert not art.manifest["quantization"]["float_ops"]
+    v = art.validation
     head = v["heads"][0]
     assert v["task"] == "detect" and head["images"] == 36 and head["source_detections"] > 300
-    assert head["recall"] >= 0.85 and head["precision"] >= 0.95, head
-    assert head["channels"]["boxes"]["sqnr_db"] >= 20 and head["channels"]["scores"]["sqnr_db"] < \
-        head["channels"]["boxes"]["sqnr_db"]
-    assert list((tmp_path / "out").iterdir()) == []
+    assert head["recall"] >= 0.9 and head["precision"] >= 0.95, head
+    assert head["channels"]["boxes"]["sqnr_db"] >= 20
+    assert {c["verdict"] for c in v["checks"]} == {"pass"}
 
 
 def test_toolchain_that_cannot_be_made_is_a_clear_error_and_leaves_nothing(crops, tmp_path):
@@ -121,3 +124,14 @@ def test_toolchain_that_cannot_be_made_is_a_clear_error_and_leaves_nothing(crops
     assert list(out.iterdir()) == []
     toolchains = cache / "toolchains"
     assert [p.name for p in toolchains.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_check_reports_every_family_for_an_onnx_source(crops):
+    r = run_cli("check", crops["model"], "--input-shape", "1,3,48,192", "--json")
+    assert r.returncode == 0, r.stderr
+    fams = {t["family"]: t for t in json.loads(r.stdout)["targets"]}
+    # int8 hard-swish has no XNNPACK kernel: named as what runs in the reference kernels
+    assert fams["arm-cpu"]["format"] == "tflite" and fams["arm-cpu"]["status"] == "supported with fallbacks"
+    assert "HARD_SWISH x18" in " ".join(fams["arm-cpu"]["notes"])
+    assert fams["edgetpu"]["format"] == "tflite" and "HARD_SWISH" in fams["edgetpu"]["fallbacks"]
+    assert fams["jetson"]["format"] == "onnx"
