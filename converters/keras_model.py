@@ -31,7 +31,7 @@ def import_tf():
         if not found:
             from edgesdk.errors import ConversionError
             raise ConversionError("This step needs TensorFlow (TFLite conversion and quantization): "
-                                  "pip install 'edgesdk[keras]'.")
+                                  "pip install 'edgesdk[tflite]'.")
         with captured_output():  # CUDA probing and oneDNN notices on a CPU-only machine
             import tensorflow
             import keras  # noqa: F401

@@ -41,6 +41,9 @@ def prepare_source(source, recipe, calibration, step=None):
     """The TensorFlow form of the source, made by onnx2tf once per source and kept beside it."""
     if "onnx2tf" in source.derived:
         return source.derived["onnx2tf"]
+    import_tf()  # what this side needs, checked before onnx2tf's minutes
+    if recipe.quantization == "int8":
+        tflite_int8.require()
     work = tempfile.TemporaryDirectory(prefix="edgesdk-onnx2tf-")
     out = Path(work.name) / "saved_model"
     graph = Path(work.name) / "source.onnx"

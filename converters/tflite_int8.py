@@ -24,6 +24,14 @@ DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exc
                   "--allow-float-fallback (not on the Edge TPU), or give more calibration data.")
 
 
+def require() -> None:
+    """ai-edge-quantizer present, or an error that says which extra brings it."""
+    import importlib.util
+    if importlib.util.find_spec("ai_edge_quantizer") is None:
+        raise ConversionError("Full-int8 TFLite from this source needs ai-edge-quantizer: pip install "
+                              "'edgesdk[tflite]' (or use --format onnx).")
+
+
 def io_types(flatbuffer: bytes, recipe) -> bytes:
     """Drop the QUANTIZE/DEQUANTIZE at the graph boundary so the artifact takes and returns integers."""
     from edgesdk.converters.keras_model import import_tf
@@ -52,6 +60,7 @@ def io_types(flatbuffer: bytes, recipe) -> bytes:
 
 def quantize(flatbuffer: bytes, x: np.ndarray, progress=None, recipe=None) -> bytes:
     """ai-edge-quantizer's static int8 recipe (int8 weights and activations) on a float TFLite."""
+    require()
     q, data = quantizer_for(flatbuffer, x, recipe)
     calibration = q.calibrate(data) if recipe is not None and recipe.calibration_method == "moving-average" \
         else calibrate_min_max(q, data)

@@ -1,5 +1,6 @@
 """The built wheel: one `edgesdk` namespace with converters, targets, the runner and the profiles inside."""
 
+import os
 import subprocess
 import sys
 import venv
@@ -51,3 +52,34 @@ def test_wheel_installs_into_a_fresh_venv_and_lists_profiles(wheel, tmp_path):
     r = subprocess.run([str(py), "-c", "from edgesdk.targets import runner_path; print(runner_path())"],
                        capture_output=True, text=True, cwd=tmp_path, check=True)
     assert Path(r.stdout.strip()).is_file() and str(env_dir) in r.stdout
+
+
+def test_onnx_extra_alone_converts_for_jetson_and_names_the_extra_tflite_needs(wheel, tmp_path):
+    """`pip install edgesdk[onnx]` into a fresh venv: the ONNX route works; the Pi's TFLite from ONNX asks for
+    the tflite extra in one line (exit 6), not with a traceback, before any private toolchain is made."""
+    import numpy as np
+    from edgesdk import fixtures
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{wheel}[onnx]"],
+                   check=True, capture_output=True, text=True)
+    missing = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True)
+    assert missing.returncode != 0  # the onnx extra does not drag TensorFlow in
+    x, _ = fixtures.text_direction_crops()
+    np.save(tmp_path / "x.npy", x[:64])
+    model = fixtures.fetch("ppocr_cls")
+    exe = env_dir / "bin" / "edgesdk"
+    cache = {"EDGESDK_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([str(exe), "convert", str(model), "-t", "jetson-orin-nano", "--input-shape", "1,3,48,192",
+                        "-c", str(tmp_path / "x.npy"), "-o", str(tmp_path / "out"), "--min-agreement", "0",
+                        "--max-accuracy-drop", "100", "-q"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, **cache})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / f"{model.stem}.jetson-orin-nano.onnx").is_file()
+    r = subprocess.run([str(exe), "convert", str(model), "-t", "rpi4", "--input-shape", "1,3,48,192",
+                        "-c", str(tmp_path / "x.npy"), "-o", str(tmp_path / "pi"), "-q"], capture_output=True,
+                       text=True, cwd=tmp_path, env={**os.environ, **cache})
+    assert r.returncode == 6 and "Traceback" not in r.stderr, r.stderr
+    assert "pip install 'edgesdk[tflite]'" in r.stderr
+    assert not (tmp_path / "cache" / "toolchains").exists() and list((tmp_path / "pi").iterdir()) == []
