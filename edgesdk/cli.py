@@ -136,8 +136,8 @@ def profiles_show(ctx, name, as_json):
 @click.option("--weight-rounding", type=click.Choice(["nearest", "corrected"]), default="nearest",
               show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
               "kernel's sum kept and the biases corrected for what rounding shifts (better on photos).")
-@click.option("--input-shape", help="Input shape to build for: fixes an ONNX source's dynamic dims; the "
-              "example input for PyTorch files without one. E.g. 1,3,224,224.")
+@click.option("--input-shape", metavar="[NAME:]DIMS", help="Input shape to build for: fixes an ONNX source's "
+              "dynamic dims; the example input for PyTorch files without one. E.g. 1,3,224,224 or x:1,3,48,192.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION",
               help="PyTorch state_dict: the function that builds the module to load the weights into.")
 @click.option("--exclude-nodes", help="Keep these nodes in float (comma-separated; ONNX node names, TFLite "
@@ -217,7 +217,8 @@ def _verdict_rows(reports) -> str:
 @click.argument("model")
 @click.option("--target", "-t", "targets", multiple=True,
               help="Profiles to check (repeatable). Default: one per family (rpi4, coral-usb, jetson-orin-nano).")
-@click.option("--input-shape", help="Input shape for ONNX sources with dynamic dims or PyTorch files.")
+@click.option("--input-shape", metavar="[NAME:]DIMS",
+              help="Input shape for ONNX sources with dynamic dims or PyTorch files, e.g. x:1,3,48,192.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION", help="PyTorch state_dict: the module to load into.")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

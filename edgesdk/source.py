@@ -53,13 +53,32 @@ def _is_keras_object(obj) -> bool:
     return any(m.startswith(("keras", "tf_keras")) for m in mods)
 
 
-def parse_shape(value):
-    if value is None or isinstance(value, (list, tuple)):
-        return value
+def parse_shape(value) -> tuple:
+    """--input-shape as (input name or None, dims or None): '1,3,224,224', 'images:1,3,224,224' (the form
+    bench and deploy take), a sequence, or {name: sequence}."""
+    if value is None:
+        return None, None
+    if isinstance(value, dict):
+        if len(value) != 1:
+            raise OptionError(f"--input-shape names {len(value)} inputs; multi-input models are not supported "
+                              f"yet, so give the one input's shape.")
+        (name, dims), = value.items()
+        return str(name), parse_shape(dims)[1]
+    if isinstance(value, (list, tuple)):
+        return None, [int(v) for v in value]
+    text = str(value).strip()
+    if ";" in text:
+        raise OptionError(f"--input-shape {text!r} names several inputs; multi-input models are not supported "
+                          f"yet, so give the one input's shape.")
+    name, _, dims = text.rpartition(":")
     try:
-        return [int(v) for v in str(value).split(",")]
+        shape = [int(v) for v in dims.split(",")]
     except ValueError:
-        raise OptionError(f"--input-shape takes comma-separated integers, e.g. 1,3,224,224; got {value!r}.") from None
+        raise OptionError(f"--input-shape takes comma-separated integers, optionally after the input's name: "
+                          f"1,3,224,224 or images:1,3,224,224; got {value!r}.") from None
+    if any(d < 1 for d in shape):
+        raise OptionError(f"--input-shape {value!r}: every dimension must be at least 1.")
+    return name or None, shape
 
 
 def _is_torch_module(obj) -> bool:
@@ -89,9 +108,18 @@ def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=
                 model_factory=None) -> SourceModel:
     """A path or a live model -> SourceModel. Frameworks are imported here, lazily.
 
-    input_shape: a sequence or "1,3,224,224" (the CLI's --input-shape).
+    input_shape: "1,3,224,224", "images:1,3,224,224", a sequence or {name: sequence} (parse_shape).
     """
-    input_shape = parse_shape(input_shape)
+    named, input_shape = parse_shape(input_shape)
+    source = _load(model, unsafe, input_shape, example_input, model_factory)
+    if named is not None and named != source.input_name:
+        raise ModelLoadError(f"--input-shape names the input '{named}', but the model's input is "
+                             f"'{source.input_name}'. Use --input-shape {source.input_name}:"
+                             f"{','.join(map(str, input_shape))} (or drop the name).")
+    return source
+
+
+def _load(model, unsafe, input_shape, example_input, model_factory) -> SourceModel:
     if isinstance(model, (str, Path)):
         path = Path(model).expanduser()
         if not path.exists():

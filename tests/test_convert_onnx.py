@@ -116,10 +116,20 @@ def test_byo_onnx_with_dynamic_shapes_needs_input_shape(ppocr, tmp_path):
     with pytest.raises(ModelLoadError, match="does not fit"):
         edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", calibration=ppocr["calib"],
                         input_shape=[1, 48, 192, 3], output_dir=tmp_path)
+    # the named form bench and deploy take: the name must be the model's input
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "-c", ppocr["calib"], "-o", tmp_path,
+                "--input-shape", "images:1,3,48,192")
+    assert r.returncode == ModelLoadError.exit_code and "Traceback" not in r.stderr
+    assert "names the input 'images', but the model's input is 'x'. Use --input-shape x:1,3,48,192" in r.stderr
+    for bad, said in (("x:1,3,48,192;y:1,4", "names several inputs"), ("1,3,0,192", "at least 1"),
+                      ("1x3x48x192", "comma-separated integers")):
+        r = run_cli("check", ppocr["model"], "--input-shape", bad)
+        assert r.returncode == edgesdk.OptionError.exit_code and said in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_byo_onnx_old_opset_to_int8_per_channel(ppocr, tmp_path):
-    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "--input-shape", "1,3,48,192",
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "--input-shape", "x:1,3,48,192",
                 "-c", ppocr["calib"], "--validation", ppocr["val"], "-o", tmp_path, "--json",
                 "--max-accuracy-drop", "5")  # 132 labelled crops bound the drop within a few points, not 1
     assert r.returncode == 0, r.stderr
