@@ -2,9 +2,9 @@
 
 onnx2tf pins TensorFlow 2.19, numpy 1.26 and onnx 1.19; the SDK runs TensorFlow 2.21 and onnx 1.23.
 Such a toolchain gets its own venv under the cache dir, keyed by what it contains (requirements, this
-Python, the platform), made on first use and reused after. It is built in a temporary directory and
-renamed into place, under a lock, so an interrupted or failed install never looks ready and two
-processes never build the same one.
+Python, the platform), made on first use and reused after. It is built where it will live (a venv
+records its own path) and marked READY only once complete, under a lock: an interrupted or failed
+install never looks ready (the next use rebuilds it) and two processes never build the same one.
 
 A job runs as one subprocess: a standalone worker script (it imports nothing of edgesdk) gets a JSON
 request on stdin and writes a JSON reply to the file the request names; its chatter goes to a log whose
@@ -74,19 +74,17 @@ def ensure(toolchain: Toolchain, step=None) -> Path:
         if step:
             step(f"creating the private {toolchain.name} environment for {toolchain.purpose} (first use"
                  f"{': ' + toolchain.size_note if toolchain.size_note else ''}) in {toolchain.home}")
-        _build(toolchain, root)
+        _build(toolchain)
     return toolchain.python
 
 
-def _build(toolchain: Toolchain, root: Path) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=f".{toolchain.name}-", dir=root))
+def _build(toolchain: Toolchain) -> None:
     try:
-        # the venv is built where it will live: a venv's scripts record their own path
         if toolchain.home.exists():
             shutil.rmtree(toolchain.home)  # a leftover without READY: an install that did not finish
         _run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(toolchain.home)], toolchain,
              "creating its venv")
-        constraints = staging / "constraints.txt"
+        constraints = toolchain.home / "constraints.txt"
         constraints.write_text("\n".join(CONSTRAINTS) + "\n")
         _run([str(toolchain.python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
               "--constraint", str(constraints), *toolchain.requirements], toolchain, "installing "
@@ -95,8 +93,6 @@ def _build(toolchain: Toolchain, root: Path) -> None:
     except BaseException:
         shutil.rmtree(toolchain.home, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _run(cmd: list, toolchain: Toolchain, what: str) -> None:
