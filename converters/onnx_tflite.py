@@ -22,14 +22,12 @@ from edgesdk.errors import ConversionError, OptionError
 from edgesdk.util import captured_output, first_line
 
 from . import keras_tflite, tflite_int8
+# what the recovery ladder and the diagnosis ask of a route: the shared int8 back end's
+from .tflite_int8 import CALIBRATION_METHODS, DIAGNOSIS_HINT, EXCLUDES_LAYERS, MEASURED_HINT  # noqa: F401
 from .keras_model import import_tf
 
 FORMAT = "tflite"
 FRAMEWORK = "onnx"
-CALIBRATION_METHODS = tflite_int8.CALIBRATION_METHODS
-EXCLUDES_LAYERS = tflite_int8.EXCLUDES_LAYERS
-MEASURED_HINT = tflite_int8.MEASURED_HINT
-DIAGNOSIS_HINT = tflite_int8.DIAGNOSIS_HINT
 
 ONNX2TF = toolchains.Toolchain("onnx2tf", ("onnx2tf==1.29.24",), "ONNX -> TFLite",
                                "about 2.6 GB and 2 minutes, once")

@@ -18,14 +18,12 @@ from edgesdk.errors import ConversionError, OptionError
 from edgesdk.util import captured_output, first_line
 
 from . import tflite_int8
+# what the recovery ladder and the diagnosis ask of a route: the shared int8 back end's
+from .tflite_int8 import CALIBRATION_METHODS, DIAGNOSIS_HINT, EXCLUDES_LAYERS, MEASURED_HINT  # noqa: F401
 from .torch_model import import_torch
 
 FORMAT = "tflite"
 FRAMEWORK = "torch"
-CALIBRATION_METHODS = tflite_int8.CALIBRATION_METHODS
-EXCLUDES_LAYERS = tflite_int8.EXCLUDES_LAYERS
-MEASURED_HINT = tflite_int8.MEASURED_HINT
-DIAGNOSIS_HINT = tflite_int8.DIAGNOSIS_HINT
 
 
 def _channels_last(model, torch):

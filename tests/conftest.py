@@ -184,3 +184,16 @@ def netns_device(ssh_env, tmp_path):
     yield make
     for d in devices:
         d.close()
+
+
+@pytest.fixture(scope="session")
+def ppocr(tmp_path_factory):
+    """The PP-OCR text-direction classifier (rapidocr's ONNX) and real text-line crops: 132 to calibrate
+    (unlabelled), 132 labelled to validate."""
+    from edgesdk import fixtures
+    x, y = fixtures.text_direction_crops()
+    order = np.random.default_rng(0).permutation(len(y))
+    d = tmp_path_factory.mktemp("ppocr")
+    np.savez(d / "calib.npz", x=x[order[:132]])
+    np.savez(d / "val.npz", x=x[order[132:]], y=y[order[132:]])
+    return {"model": fixtures.fetch("ppocr_cls"), "calib": d / "calib.npz", "val": d / "val.npz"}

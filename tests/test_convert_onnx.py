@@ -97,17 +97,6 @@ def test_onnx_int8_io_is_refused(keras3_mnist, mnist_files, tmp_path):
                         calibration=mnist_files["train"], output_dir=tmp_path)
 
 
-@pytest.fixture(scope="module")
-def ppocr(tmp_path_factory):
-    from edgesdk import fixtures
-    x, y = fixtures.text_direction_crops()
-    order = np.random.default_rng(0).permutation(len(y))
-    d = tmp_path_factory.mktemp("ppocr")
-    np.savez(d / "calib.npz", x=x[order[:132]])
-    np.savez(d / "val.npz", x=x[order[132:]], y=y[order[132:]])
-    return {"model": fixtures.fetch("ppocr_cls"), "calib": d / "calib.npz", "val": d / "val.npz"}
-
-
 def test_byo_onnx_with_dynamic_shapes_needs_input_shape(ppocr, tmp_path):
     r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "-c", ppocr["calib"], "-o", tmp_path)
     assert r.returncode == ModelLoadError.exit_code

@@ -1,5 +1,5 @@
-"""ONNX sources to TFLite for the Pi and the Coral: onnx2tf in its private environment, then the TFLite
-converter's full int8, judged by the same gate on real inputs.
+"""ONNX sources to TFLite for the Pi and the Coral: onnx2tf in its private environment, then full int8
+(ai-edge-quantizer), judged by the same gate on real inputs.
 
 The PP-OCR text-direction classifier (rapidocr's ONNX, exported from Paddle) on real text-line crops,
 and the ddddocr YOLOX character detector on real page scans.
@@ -21,26 +21,16 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def crops(tmp_path_factory):
-    x, y = fixtures.text_direction_crops()
-    order = np.random.default_rng(0).permutation(len(y))
-    d = tmp_path_factory.mktemp("crops")
-    np.savez(d / "calib.npz", x=x[order[:132]])
-    np.savez(d / "val.npz", x=x[order[132:]], y=y[order[132:]])
-    return {"model": fixtures.fetch("ppocr_cls"), "calib": d / "calib.npz", "val": d / "val.npz"}
-
-
 def _float_agreement(path, x, reference) -> float:
     art = TFLiteArtifact(path)
     out = art.predict(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))[0]
     return float(np.mean(out.argmax(1) == reference.argmax(1)))
 
 
-def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(crops, tmp_path):
+def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(ppocr, tmp_path):
     out = tmp_path / "out"
-    r = run_cli("convert", crops["model"], "-t", "rpi4", "--input-shape", "1,3,48,192", "-c", crops["calib"],
-                "--validation", crops["val"], "-o", out, "--min-agreement", "0.85", "--max-accuracy-drop", "10",
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--input-shape", "1,3,48,192", "-c", ppocr["calib"],
+                "--validation", ppocr["val"], "-o", out, "--min-agreement", "0.85", "--max-accuracy-drop", "10",
                 "--json")
     assert r.returncode == 0, r.stderr
     assert "prefers" not in r.stderr  # the profile's own format: nothing to announce
@@ -59,23 +49,23 @@ def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(crops, tmp_path):
     assert v["samples"] == 132 and v["task"] == "classify"
     assert v["top1_agreement"] >= 0.95 and v["outputs"][0]["sqnr_db"] >= 22, v
     # the float graph onnx2tf made is the source's, transposes and all: float TFLite agrees exactly
-    x = np.load(crops["val"])["x"]
+    x = np.load(ppocr["val"])["x"]
     from edgesdk.source import load_source
-    reference = load_source(str(crops["model"]), input_shape="1,3,48,192").predict(x)[0]
-    flt = edgesdk.convert(str(crops["model"]), target="rpi4", quantization="float", input_shape="1,3,48,192",
-                          calibration=crops["calib"], output_dir=tmp_path / "float", quiet=True)
+    reference = load_source(str(ppocr["model"]), input_shape="1,3,48,192").predict(x)[0]
+    flt = edgesdk.convert(str(ppocr["model"]), target="rpi4", quantization="float", input_shape="1,3,48,192",
+                          calibration=ppocr["calib"], output_dir=tmp_path / "float", quiet=True)
     assert flt.validation["outputs"][0]["sqnr_db"] > 60
     assert _float_agreement(flt.path, x, reference) == 1.0
     # the route's options are judged for the format made
     with pytest.raises(OptionError, match="from onnx to tflite: this route calibrates with minmax or moving-average"):
-        edgesdk.convert(str(crops["model"]), target="rpi4", input_shape="1,3,48,192", calibration=crops["calib"],
+        edgesdk.convert(str(ppocr["model"]), target="rpi4", input_shape="1,3,48,192", calibration=ppocr["calib"],
                         calibration_method="percentile", output_dir=tmp_path / "p", quiet=True)
     assert not (tmp_path / "p").exists() or list((tmp_path / "p").iterdir()) == []
 
 
-def test_onnx_classifier_for_the_coral_is_checked_against_the_edge_tpu(crops, tmp_path):
-    art = edgesdk.convert(str(crops["model"]), target="coral-usb", input_shape="1,3,48,192",
-                          calibration=crops["calib"], validation=crops["val"], output_dir=tmp_path, quiet=True,
+def test_onnx_classifier_for_the_coral_is_checked_against_the_edge_tpu(ppocr, tmp_path):
+    art = edgesdk.convert(str(ppocr["model"]), target="coral-usb", input_shape="1,3,48,192",
+                          calibration=ppocr["calib"], validation=ppocr["val"], output_dir=tmp_path, quiet=True,
                           min_agreement=0.85, max_accuracy_drop=10)
     m = art.manifest
     assert m["format"] == "tflite" and m["inputs"][0]["dtype"] == "uint8" and m["outputs"][0]["dtype"] == "uint8"
@@ -110,13 +100,13 @@ def test_onnx_detector_to_pi_tflite_keeps_recall(tmp_path):
     assert {c["verdict"] for c in v["checks"]} == {"pass"}
 
 
-def test_toolchain_that_cannot_be_made_is_a_clear_error_and_leaves_nothing(crops, tmp_path):
+def test_toolchain_that_cannot_be_made_is_a_clear_error_and_leaves_nothing(ppocr, tmp_path):
     """No package index: the private environment cannot be made. Said so, exit 6, nothing kept."""
     cache = tmp_path / "cache"
     env = {"EDGESDK_CACHE": str(cache), "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
            "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1"}
     out = tmp_path / "out"
-    r = run_cli("convert", crops["model"], "-t", "rpi4", "--input-shape", "1,3,48,192", "-c", crops["calib"],
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--input-shape", "1,3,48,192", "-c", ppocr["calib"],
                 "-o", out, env=env)
     assert r.returncode == ConversionError.exit_code and "Traceback" not in r.stderr, r.stderr
     assert "Could not create the private onnx2tf environment" in r.stderr and "pip said" in r.stderr
@@ -126,8 +116,8 @@ def test_toolchain_that_cannot_be_made_is_a_clear_error_and_leaves_nothing(crops
     assert [p.name for p in toolchains.iterdir() if not p.name.startswith(".")] == []
 
 
-def test_check_reports_every_family_for_an_onnx_source(crops):
-    r = run_cli("check", crops["model"], "--input-shape", "1,3,48,192", "--json")
+def test_check_reports_every_family_for_an_onnx_source(ppocr):
+    r = run_cli("check", ppocr["model"], "--input-shape", "1,3,48,192", "--json")
     assert r.returncode == 0, r.stderr
     fams = {t["family"]: t for t in json.loads(r.stdout)["targets"]}
     # int8 hard-swish has no XNNPACK kernel: named as what runs in the reference kernels

@@ -1,6 +1,5 @@
 """Private toolchain environments: made once under a lock, reused, never half-made; jobs through a subprocess."""
 
-import json
 import threading
 
 import pytest
