@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from edgesdk.errors import ModelLoadError
-from edgesdk.source import SourceModel
+from edgesdk.source import InputSpec, SourceModel
 from edgesdk.util import captured_output, sha256_file, sha256_tree
 
 
@@ -139,9 +139,7 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     if shape is None:
         raise ModelLoadError("Cannot tell this Keras model's input shape. Build it with an input shape "
                              "(model.build((None, H, W, C))) or wrap it: keras.Model(inp, model(inp)).")
-    if isinstance(shape, list) and len(shape) != 1:
-        raise ModelLoadError("Only single-input models are supported for now; this model has "
-                             f"{len(shape) if isinstance(shape, list) else 'unknown'} inputs.")
+    specs = _input_specs(model, shape)
     if isinstance(shape, list):
         shape = shape[0]
     shape = tuple(shape)
@@ -152,9 +150,14 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     in_name = getattr(model.inputs[0], "name", "input") if getattr(model, "inputs", None) else "input"
 
     def run(model, x, batch_size=32):  # small batches: reference outputs must not dominate peak memory
+        from edgesdk.inputs import Inputs
         outs = None
         for i in range(0, len(x), batch_size):
-            y = model(x[i:i + batch_size], training=False)
+            chunk = x[i:i + batch_size]
+            if isinstance(chunk, Inputs):
+                feed = chunk.feed()
+                chunk = [feed[s.name] for s in specs]
+            y = model(chunk, training=False)
             y = y if isinstance(y, (list, tuple)) else [y]
             y = [np.asarray(t) for t in y]
             outs = [[t] for t in y] if outs is None else [o + [t] for o, t in zip(outs, y)]
@@ -164,7 +167,26 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     return SourceModel(framework="keras", flavor=_flavor(model), model=model, name=name, sha256=sha,
                        input_name=str(in_name), input_shape=(None,) + shape[1:], output_names=out_names,
                        run=run, path=path, param_count=int(model.count_params()),
-                       layout="NHWC" if len(shape) == 4 else None)
+                       layout="NHWC" if len(shape) == 4 else None, input_dtype=specs[0].dtype,
+                       specs=specs if len(specs) > 1 else [])
+
+
+def _input_specs(model, shape) -> list:
+    """One InputSpec per model input (name, shape with the batch free, dtype; 4-D inputs are NHWC images)."""
+    shapes = shape if isinstance(shape, list) else [shape]
+    tensors = list(getattr(model, "inputs", None) or [])
+    if len(tensors) != len(shapes):
+        tensors = [None] * len(shapes)
+    specs = []
+    for i, (t, s) in enumerate(zip(tensors, shapes)):
+        s = tuple(s.as_list()) if hasattr(s, "as_list") else tuple(s)
+        name = str(getattr(t, "name", None) or f"input_{i}").split(":")[0]
+        dtype = getattr(t, "dtype", "float32")
+        dtype = getattr(dtype, "name", dtype) or "float32"
+        specs.append(InputSpec(name, (None,) + s[1:], str(dtype), "NHWC" if len(s) == 4 else None))
+    if len({sp.name for sp in specs}) != len(specs):
+        raise ModelLoadError("The model's inputs do not have distinct names; name each keras.Input(name=...).")
+    return specs
 
 
 def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:

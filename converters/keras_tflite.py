@@ -24,14 +24,27 @@ from .keras_model import import_tf
 FORMAT = "tflite"
 FRAMEWORK = "keras"
 CALIBRATION_METHODS = ("minmax",)  # the TFLite converter's calibrator has no other
+MULTI_INPUT = True  # Keras models with several inputs; SavedModel signatures take one
 
 
 def _batch1_model(source):
-    """Wrap the model in a functional model whose input has batch size 1."""
+    """Wrap the model in a functional model whose inputs have batch size 1."""
     K = _keras_module(source)
-    inp = K.Input(shape=source.input_shape[1:], batch_size=1, name=_safe_name(source.input_name))
-    out = source.model(inp)
-    return K.Model(inp, out, name=f"{source.name}_batch1")
+    inputs = [K.Input(shape=s.shape[1:], batch_size=1, name=_safe_name(s.name), dtype=s.dtype)
+              for s in source.inputs]
+    out = source.model(inputs if source.multi_input else inputs[0])
+    return K.Model(inputs if source.multi_input else inputs[0], out, name=f"{source.name}_batch1")
+
+
+def samples(source, x):
+    """Calibration samples one at a time, each a list of arrays in the model's input order."""
+    from edgesdk.inputs import Inputs
+    for i in range(len(x)):
+        if isinstance(x, Inputs):
+            feed = x[i:i + 1].feed()
+            yield [feed[s.name] for s in source.inputs]
+        else:
+            yield [x[i:i + 1]]
 
 
 def _safe_name(name: str) -> str:
@@ -83,16 +96,20 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     x = calibration.x[: recipe.calibration_samples] if calibration is not None else None
 
     def representative_dataset():
-        for i in range(len(x)):
+        for i, sample in enumerate(samples(source, x)):
             if progress:
                 progress(i + 1, len(x))
-            yield [x[i:i + 1]]
+            yield sample
 
     with captured_output() as log, warnings.catch_warnings():
         # "Statistics for quantized inputs were expected": the representative dataset provides them.
         warnings.simplefilter("ignore", UserWarning)
         before, source.weight_rounding = None, None
         try:
+            if source.multi_input and source.flavor == "saved_model":
+                raise ConversionError("A SavedModel signature with several inputs is not supported yet: load "
+                                      "the Keras model instead (.keras or tf-keras SavedModel with Keras "
+                                      "metadata).")
             if _rounds_weights(source, recipe):  # the caller's model gets its weights back below
                 from .keras_prune import snapshot
                 from .weight_rounding import round_keras
@@ -110,7 +127,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
                 conv.target_spec.supported_types = [tf.float16]
             if recipe.quantization == "int8" and (recipe.exclude_nodes or recipe.exclude_op_types):
-                flatbuffer = _with_exclusions(tf, conv, recipe, x)
+                flatbuffer = _with_exclusions(tf, conv, recipe, x, source)
             else:
                 flatbuffer = conv.convert()
         except ConversionError:
@@ -137,21 +154,21 @@ def _rmse_per_scale(float_values, quant_values, scale, zero_point):
     return float(np.sqrt(np.mean((float_values - dequantized) ** 2)) / scale) if scale else float("nan")
 
 
-def _debugger(tf, conv, x, denylisted_nodes=(), denylisted_ops=()):
+def _debugger(tf, conv, x, denylisted_nodes=(), denylisted_ops=(), source=None):
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"rmse_per_scale": _rmse_per_scale},
         denylisted_nodes=list(denylisted_nodes) or None, denylisted_ops=list(denylisted_ops) or None)
     return tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=lambda: ([x[i:i + 1]] for i in range(len(x))), debug_options=options)
+        converter=conv, debug_dataset=lambda: samples(source, x), debug_options=options)
 
 
-def _with_exclusions(tf, conv, recipe, x) -> bytes:
+def _with_exclusions(tf, conv, recipe, x, source) -> bytes:
     """Selective quantization: the named nodes / op types stay float (TFLite's QuantizationDebugger)."""
     from tensorflow.lite.python.util import modify_model_io_type
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     conv.inference_input_type = conv.inference_output_type = tf.float32
-    model = _debugger(tf, conv, x[:8], recipe.exclude_nodes,
-                      [t.upper() for t in recipe.exclude_op_types]).get_nondebug_quantized_model()
+    model = _debugger(tf, conv, x[:8], recipe.exclude_nodes, [t.upper() for t in recipe.exclude_op_types],
+                      source).get_nondebug_quantized_model()
     dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
     try:
         return modify_model_io_type(model, dtypes[recipe.input_dtype], dtypes[recipe.output_dtype])
@@ -174,15 +191,12 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     tf = import_tf()
     x = calibration.x[: recipe.calibration_samples]
 
-    def representative_dataset():
-        for i in range(len(x)):
-            yield [x[i:i + 1]]
     with captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         conv = _converter(tf, source)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset
-        debugger = _debugger(tf, conv, val_x[:32])
+        conv.representative_dataset = lambda: samples(source, x)
+        debugger = _debugger(tf, conv, val_x[:32], source=source)
         debugger.run()
         dump = io.StringIO()
         debugger.layer_statistics_dump(dump)

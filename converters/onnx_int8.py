@@ -13,12 +13,14 @@ import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError, OptionError
+from edgesdk.inputs import feed_rows
 from edgesdk.onnx_artifact import DISABLED_OPTIMIZERS
 from edgesdk.util import captured_output, first_line, working_directory
 
 FORMAT = "onnx"
 FRAMEWORK = "onnx"
 PER_CHANNEL_MIN_OPSET = 13
+MULTI_INPUT = True  # calibration feeds every input by name
 
 
 def _reader(x, input_name, progress):
@@ -34,7 +36,7 @@ def _reader(x, input_name, progress):
             self.i += 1
             if progress:
                 progress(self.i, len(x))
-            return {input_name: x[self.i - 1:self.i]}
+            return feed_rows(x, self.i - 1, self.i, [input_name])
 
         def rewind(self):
             self.i = 0
@@ -204,7 +206,7 @@ def _run_error(path: Path, x, input_name: str) -> str | None:
     try:
         with captured_output():
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=DISABLED_OPTIMIZERS).run(None, {input_name: x})
+                                 disabled_optimizers=DISABLED_OPTIMIZERS).run(None, feed_rows(x, 0, 1, [input_name]))
     except Exception as exc:
         return first_line(exc)[:300]
     return None

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ModelLoadError
-from edgesdk.source import SourceModel
+from edgesdk.source import InputSpec, SourceModel
 from edgesdk.util import first_line, sha256_file
 
 RUNTIME_MAX_IR_VERSION = 10  # what ONNX Runtime 1.31 (and TensorRT 10) load
@@ -39,28 +39,54 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
                              f"original the quantized model was made from.")
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelLoadError(f"'{path}' has {len(inputs)} inputs; only single-input models are supported for now.")
-    inp = inputs[0]
-    dims = inp.type.tensor_type.shape.dim
-    current = [d.dim_value if d.dim_value > 0 else None for d in dims]
-    notes = []
-    if input_shape is not None:
-        shape = [int(v) for v in input_shape]
-        if len(shape) != len(current) or any(c is not None and c != s for c, s in zip(current, shape)):
-            raise ModelLoadError(f"--input-shape {','.join(map(str, shape))} does not fit the model's input "
-                                 f"'{inp.name}' of shape {_show(current)}.")
-    elif None in current[1:]:
-        raise ModelLoadError(f"'{path}' has dynamic input dimensions {_show(current)} on '{inp.name}'. Give the "
-                             f"shape to build for with --input-shape, e.g. --input-shape "
-                             f"{','.join(str(c or 1) for c in current[:1])},{','.join(str(c or 224) for c in current[1:])}.")
-    else:
-        shape = [1] + current[1:]
-    if current != shape:
-        notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(shape)}")
-    for d, v in zip(dims, shape):
-        d.ClearField("dim_param")
-        d.dim_value = v
+    shapes = dict(input_shape or {})
+    if len(shapes) == 1 and len(inputs) == 1:  # the one input's shape (a wrong name is said by load_source)
+        shapes = {inputs[0].name: next(iter(shapes.values()))}
+    elif None in shapes:
+        raise ModelLoadError(f"--input-shape gives one unnamed shape, but '{path.name}' has {len(inputs)} inputs "
+                             f"({', '.join(i.name for i in inputs)}): name each, e.g. --input-shape "
+                             f"{inputs[0].name}:{','.join(map(str, shapes[None]))}.")
+    notes, specs, problems = [], [], []
+    dim0 = inputs[0].type.tensor_type.shape.dim[:1] if inputs else []
+    batch = (dim0[0].dim_param, dim0[0].dim_value) if dim0 else ("", 0)  # read before the loop fixes dims
+    for inp in inputs:
+        dims = inp.type.tensor_type.shape.dim
+        current = [d.dim_value if d.dim_value > 0 else None for d in dims]
+        axis = _batch_axis(dims, batch)
+        given = shapes.get(inp.name)
+        if given is not None:
+            shape = [int(v) for v in given]
+            if len(shape) != len(current) or any(c is not None and c != s for c, s in zip(current, shape)):
+                raise ModelLoadError(f"--input-shape {inp.name}:{','.join(map(str, shape))} does not fit the "
+                                     f"model's input '{inp.name}' of shape {_show(current)}.")
+        else:
+            shape = [1 if c is None and k == axis else c for k, c in enumerate(current)]
+            if None in shape:
+                problems.append((inp.name, current))
+                continue
+        if current != shape:
+            notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(shape)}")
+        for d, v in zip(dims, shape):
+            d.ClearField("dim_param")
+            d.dim_value = v
+        dtype = str(onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
+        layout = "NCHW" if len(shape) == 4 and shape[1] in (1, 3, 4) else None
+        specs.append(InputSpec(inp.name, tuple(None if k == axis else d for k, d in enumerate(shape)), dtype,
+                               layout, axis))
+    if problems:
+        listed = ", ".join(f"{_show(c)} on '{n}'" for n, c in problems)
+        example = ";".join(f"{n}:{','.join(str(c or 1) for c in cur[:1])}"
+                           f"{',' if len(cur) > 1 else ''}{','.join(str(c or 224) for c in cur[1:])}"
+                           for n, cur in problems)
+        if len(inputs) == 1:
+            example = example.split(":", 1)[1]
+        raise ModelLoadError(f"'{path}' has dynamic input dimensions {listed}. Give the shape to build for "
+                             f"with --input-shape, e.g. --input-shape {example}.")
+    output_axes = {}
+    for out in model.graph.output:  # a state output (layers, batch, units) stacks samples on axis 1
+        params = [d.dim_param for d in out.type.tensor_type.shape.dim]
+        if batch[0] and batch[0] in params and params.index(batch[0]) != 0:
+            output_axes[out.name] = params.index(batch[0])
     for out in model.graph.output:  # let shape inference recompute them from the fixed input
         for d in out.type.tensor_type.shape.dim:
             if d.dim_param:
@@ -78,20 +104,53 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
         model.ir_version = RUNTIME_MAX_IR_VERSION
     onnx.save(model, str(fixed))
 
+    from edgesdk.errors import EdgeSDKError
     from edgesdk.onnx_artifact import ONNXArtifact
     runner = ONNXArtifact(fixed)
+    try:
+        runner.session()
+    except EdgeSDKError as exc:
+        # If branches written for other sizes (another sample rate) can contradict fixed sizes in shape
+        # inference; such a model still runs with the sizes left open, and is fed the sizes asked for
+        plain = onnx.load(str(path))
+        plain.ir_version = min(plain.ir_version, RUNTIME_MAX_IR_VERSION)
+        onnx.save(plain, str(fixed))
+        runner = ONNXArtifact(fixed)
+        runner.session()  # a model ONNX Runtime cannot load at all says so here
+        notes.append(f"input sizes left open in the graph: with them fixed ONNX Runtime refuses it "
+                     f"({first_line(exc)[:160]})")
 
     def run(_model, x):
-        return runner.predict(x)
+        return runner.predict(x, output_axes=output_axes)
 
-    layout = "NCHW" if len(shape) == 4 and shape[1] in (1, 3, 4) else None
+    one = specs[0]
     src = SourceModel(framework="onnx", flavor=f"onnx opset {_opset(model)}", model=model, name=path.stem,
-                      sha256=sha256_file(path), input_name=inp.name, input_shape=(None,) + tuple(shape[1:]),
+                      sha256=sha256_file(path), input_name=one.name, input_shape=one.shape,
                       output_names=[o.name for o in model.graph.output], run=run, path=str(path),
-                      param_count=_params(model), notes=notes, layout=layout)
+                      param_count=_params(model), notes=notes, layout=one.layout, input_dtype=one.dtype,
+                      specs=specs if len(specs) > 1 else [], output_axes=output_axes)
     src.float_onnx, src.keepalive = str(fixed), tmp
-    src.input_dtype = str(onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
     return src
+
+
+def _batch_axis(dims, batch) -> int | None:
+    """Where samples stack in this input: the axis sharing the first input's batch dimension (a recurrent
+    state (layers, batch, units) stacks on axis 1); None for a scalar (a sample rate)."""
+    if not dims:
+        return None
+    params = [d.dim_param for d in dims]
+    b_param, b_value = batch
+    if b_param and b_param in params:
+        return params.index(b_param)
+    values = [d.dim_value for d in dims]
+    if not b_value:  # an unnamed dynamic batch: this input's first unnamed dynamic axis
+        free = [k for k, d in enumerate(dims) if not d.dim_value and not d.dim_param]
+        return free[0] if free else 0
+    if not values[0] or values[0] == b_value:
+        return 0
+    if b_value and b_value in values:
+        return values.index(b_value)
+    return 0
 
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",

@@ -13,7 +13,8 @@ import zipfile
 from pathlib import Path
 
 from edgesdk.errors import ModelLoadError
-from edgesdk.source import SourceModel
+from edgesdk.inputs import Inputs
+from edgesdk.source import InputSpec, SourceModel
 from edgesdk.util import first_line, sha256_file
 
 
@@ -110,8 +111,9 @@ def from_module(module, example_input=None, path=None, flavor="module") -> Sourc
         raise ModelLoadError("A PyTorch model needs an example input to export with: "
                              "edgesdk.convert(module, example_input=torch.zeros(1, 3, 224, 224), ...).")
     args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
-    if len(args) != 1 or not isinstance(args[0], torch.Tensor):
-        raise ModelLoadError("Only single-input models with a tensor example input are supported for now.")
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise ModelLoadError("The example input must be a tensor, or a tuple of tensors (one per forward() "
+                             "argument).")
     set_mode(module, training=False)
     try:
         with torch.no_grad():
@@ -119,6 +121,9 @@ def from_module(module, example_input=None, path=None, flavor="module") -> Sourc
     except Exception as exc:
         raise ModelLoadError(f"The model fails on the example input of shape {tuple(args[0].shape)}: "
                              f"{_first_line(exc)}. Give an example input of the shape the model takes.") from None
+    names = ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+    specs = [InputSpec(n, (None,) + tuple(a.shape[1:]) if a.dim() else (), str(a.dtype).removeprefix("torch."),
+                       "NCHW" if a.dim() == 4 else None, 0 if a.dim() else None) for n, a in zip(names, args)]
     outs = out if isinstance(out, (tuple, list)) else (out,)
     if not all(isinstance(o, torch.Tensor) for o in outs):
         raise ModelLoadError("The model's outputs must be tensors (or a tuple of tensors).")
@@ -130,11 +135,14 @@ def from_module(module, example_input=None, path=None, flavor="module") -> Sourc
         results = None
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                chunk = np.ascontiguousarray(x[i:i + batch_size])
-                if flavor == "exported-program" and len(chunk) < batch_size:
+                if flavor == "exported-program" and len(x[i:i + batch_size]) < batch_size:
                     raise ModelLoadError(f"This ExportedProgram runs batches of {batch_size} only; give a "
                                          f"multiple of {batch_size} samples or export it with batch 1.")
-                y = model(torch.from_numpy(chunk))
+                if isinstance(x, Inputs):
+                    feed = x[i:i + batch_size].feed()
+                    y = model(*[torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs])
+                else:
+                    y = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
                 y = [t.numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))]
                 results = [[t] for t in y] if results is None else [r + [t] for r, t in zip(results, y)]
         return [np.concatenate(r) for r in results]
@@ -153,6 +161,7 @@ def from_module(module, example_input=None, path=None, flavor="module") -> Sourc
     src = SourceModel(framework="torch", flavor=flavor, model=module, name=name, sha256=sha, input_name="input",
                       input_shape=(None,) + shape[1:], output_names=[f"output_{i}" for i in range(len(outs))],
                       run=run, path=str(path) if path else None, param_count=int(params),
-                      layout="NCHW" if len(shape) == 4 else None)
+                      layout="NCHW" if len(shape) == 4 else None, input_dtype=specs[0].dtype,
+                      specs=specs if len(specs) > 1 else [])
     src.example_input = args
     return src

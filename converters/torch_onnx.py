@@ -19,6 +19,7 @@ FORMAT = "onnx"
 CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
 FRAMEWORK = "torch"
 OPSET = 17
+MULTI_INPUT = True  # one ONNX input per forward() argument, named as the source's inputs
 
 
 def export_float(source, path: Path) -> None:
@@ -27,7 +28,8 @@ def export_float(source, path: Path) -> None:
     try:
         with captured_output(), torch.no_grad():
             torch.onnx.export(source.model, tuple(source.example_input), str(path), dynamo=dynamo,
-                              external_data=False, opset_version=OPSET, input_names=["input"],
+                              external_data=False, opset_version=OPSET,
+                              input_names=[s.name for s in source.inputs],
                               output_names=list(source.output_names))
     except Exception as exc:
         first = first_line(exc)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgesdk.inputs import Inputs, feed_rows
+
 QMAX = 127  # symmetric int8 weights: [-127, 127], what ONNX Runtime and ai-edge-quantizer use
 MEAN_SAMPLES = 128  # calibration samples the layer-input means are taken over
 
@@ -124,11 +126,11 @@ def _onnx_input_means(model, layers, x) -> dict:
         if name not in have:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0].name
+    feeds = [i.name for i in session.get_inputs()]
     names = [o.name for o in session.get_outputs()]
     sums, count = {}, 0
-    for sample in x[:MEAN_SAMPLES]:
-        for name, out in zip(names, session.run(None, {feed: sample[None]})):
+    for i in range(min(len(x), MEAN_SAMPLES)):
+        for name, out in zip(names, session.run(None, feed_rows(x, i, i + 1, feeds))):
             if name in wanted and out.ndim >= 2:
                 axes = (0,) + tuple(range(2, out.ndim))  # NC...: the channel is axis 1
                 sums[name] = sums.get(name, 0) + out.astype(np.float64).mean(axis=axes)
@@ -201,10 +203,12 @@ def _tflite_input_means(flatbuffer: bytes, tensors, x) -> dict:
     from edgesdk.tflite_artifact import interpreter_module
     interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
-    feed = interp.get_input_details()[0]
+    details = interp.get_input_details()
     sums, count = {}, 0
-    for sample in x[:MEAN_SAMPLES]:
-        interp.set_tensor(feed["index"], sample[None].astype(feed["dtype"]))
+    for i in range(min(len(x), MEAN_SAMPLES)):
+        feed = feed_rows(x, i, i + 1, [d["name"] for d in details])
+        for d in details:
+            interp.set_tensor(d["index"], np.asarray(feed[d["name"]]).astype(d["dtype"]).reshape(d["shape"]))
         interp.invoke()
         for t in set(int(i) for i in tensors):
             out = interp.get_tensor(t)
@@ -260,6 +264,9 @@ def _keras_input_means(model, keras, layers, x) -> dict:
         probe = keras.Model(model.inputs, [layer.input for layer in layers])
     except Exception:  # noqa: BLE001 - no functional graph to tap: kernel sums only
         return {}
-    outs = probe.predict(x[:MEAN_SAMPLES], verbose=0, batch_size=32)
+    x = x[:MEAN_SAMPLES]
+    if isinstance(x, Inputs):  # several inputs: a list in the model's input order
+        x = list(x.feed().values())
+    outs = probe.predict(x, verbose=0, batch_size=32)
     outs = outs if isinstance(outs, list) else [outs]
     return {layer.name: o.astype(np.float64).reshape(-1, o.shape[-1]).mean(axis=0) for layer, o in zip(layers, outs)}

@@ -23,13 +23,11 @@ from .source import load_source
 TRIAL_SAMPLES = 16
 
 
-def check_model(model, targets=None, *, input_shape=None, example_input=None, model_factory=None,
-                unsafe=False) -> dict:
-    source = load_source(model, unsafe=unsafe, input_shape=input_shape,
-                         example_input=example_input, model_factory=model_factory)
-    shape = [d or 1 for d in source.input_shape[1:]]
-    rng = np.random.default_rng(0)
-    trial = Dataset(rng.standard_normal([TRIAL_SAMPLES] + shape).astype(np.float32), source="synthetic")
+def check_model(model, targets=None, *, input_shape=None, input_values=None, example_input=None,
+                model_factory=None, unsafe=False) -> dict:
+    source = load_source(model, unsafe=unsafe, input_shape=input_shape, example_input=example_input,
+                         model_factory=model_factory, input_values=input_values, stateful="none")
+    trial = Dataset(synthetic(source, TRIAL_SAMPLES), source="synthetic")
     reports = []
     with tempfile.TemporaryDirectory(prefix="edgesdk-check-") as tmp:
         for name in targets or FAMILY_REPRESENTATIVES.values():
@@ -37,6 +35,24 @@ def check_model(model, targets=None, *, input_shape=None, example_input=None, mo
             reports.append(_check_one(source, profile, trial, Path(tmp)))
     return {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,
             "source": source.describe(), "targets": reports}
+
+
+def synthetic(source, n: int):
+    """n random samples for every input: normal floats, small non-negative integers (ids, a rate given
+    with --input-value keeps its value)."""
+    from .inputs import Inputs
+    rng = np.random.default_rng(0)
+
+    def one(spec):
+        if spec.name in source.fixed:
+            return np.broadcast_to(source.fixed[spec.name], (n,) + source.fixed[spec.name].shape).copy()
+        shape = [n] + [d or 1 for d in spec.sample_shape]
+        if spec.integer:
+            return rng.integers(0, 2, shape).astype(spec.dtype)
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if not source.multi_input:
+        return one(source.inputs[0])
+    return Inputs({s.name: one(s) for s in source.inputs}, {s.name: s.batch_axis for s in source.inputs})
 
 
 def _check_one(source, profile, trial, tmp: Path) -> dict:
@@ -48,6 +64,10 @@ def _check_one(source, profile, trial, tmp: Path) -> dict:
         recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES,
                              format=pick_format(source.framework, profile))
         route = get_route(source.framework, recipe.format)
+        if source.multi_input and not getattr(route, "MULTI_INPUT", False):
+            return {**base, "status": "unsupported", "fallbacks": [],
+                    "notes": [f"{len(source.inputs)} inputs: the route from {source.framework} to {recipe.format} "
+                              f"takes single-input models only so far"]}
         if hasattr(route, "prepare_source"):  # a private toolchain's first use takes minutes: said so
             from .progress import Progress
             route.prepare_source(source, recipe, trial, step=Progress().step)

@@ -136,8 +136,15 @@ def profiles_show(ctx, name, as_json):
 @click.option("--weight-rounding", type=click.Choice(["nearest", "corrected"]), default="nearest",
               show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
               "kernel's sum kept and the biases corrected for what rounding shifts (better on photos).")
-@click.option("--input-shape", metavar="[NAME:]DIMS", help="Input shape to build for: fixes an ONNX source's "
-              "dynamic dims; the example input for PyTorch files without one. E.g. 1,3,224,224 or x:1,3,48,192.")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
+              help="Input shape to build for: fixes an ONNX source's dynamic dims; the example input for PyTorch "
+                   "files without one. E.g. 1,3,224,224 or x:1,3,48,192; repeat it (or join with ;) per input.")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="An input that always takes one value (a sample rate: sr=16000); repeatable.")
+@click.option("--stateful", metavar="IN=OUT[,IN=OUT]",
+              help="Recurrent state: feed output OUT back as input IN step by step (state=stateN); calibration "
+                   "and validation then run over the data as one sequence. Default: detected from names and "
+                   "shapes; 'none' judges each sample on its own.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION",
               help="PyTorch state_dict: the function that builds the module to load the weights into.")
 @click.option("--exclude-nodes", help="Keep these nodes in float (comma-separated; ONNX node names, TFLite "
@@ -160,15 +167,15 @@ def profiles_show(ctx, name, as_json):
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
-            offset, mean, std, channel_order, calibration_method, weight_rounding, input_shape,
-            model_factory, exclude_nodes, exclude_op_types,
+            offset, mean, std, channel_order, calibration_method, weight_rounding, input_shape, input_values,
+            stateful, model_factory, exclude_nodes, exclude_op_types,
             allow_float_fallback, check_only, no_recover, keep_failed, unsafe_load, force,
             name, as_json, quiet):
     """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
     ctx.meta["json"] = as_json
     if check_only:
-        ctx.invoke(check, model=model, targets=(target,), input_shape=input_shape, model_factory=model_factory,
-                   unsafe_load=unsafe_load, as_json=as_json)
+        ctx.invoke(check, model=model, targets=(target,), input_shape=input_shape, input_values=input_values,
+                   model_factory=model_factory, unsafe_load=unsafe_load, as_json=as_json)
         return
     from .conversion import convert as run_convert
     from .data import Preprocess
@@ -186,7 +193,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       min_precision=min_precision, min_iou=min_iou, metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
                       calibration_method=calibration_method, weight_rounding=weight_rounding,
-                      input_shape=input_shape,
+                      input_shape=input_shape or None, input_values=input_values or None, stateful=stateful,
                       model_factory=model_factory,
                       exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),
                       keep_failed=keep_failed, recover=not no_recover, unsafe=unsafe_load, force=force, name=name,
@@ -217,18 +224,21 @@ def _verdict_rows(reports) -> str:
 @click.argument("model")
 @click.option("--target", "-t", "targets", multiple=True,
               help="Profiles to check (repeatable). Default: one per family (rpi4, coral-usb, jetson-orin-nano).")
-@click.option("--input-shape", metavar="[NAME:]DIMS",
-              help="Input shape for ONNX sources with dynamic dims or PyTorch files, e.g. x:1,3,48,192.")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
+              help="Input shape for ONNX sources with dynamic dims or PyTorch files, e.g. x:1,3,48,192; "
+                   "repeat it per input.")
+@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
+              help="An input that always takes one value (sr=16000); repeatable.")
 @click.option("--model-factory", metavar="MODULE:FUNCTION", help="PyTorch state_dict: the module to load into.")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def check(ctx, model, targets, input_shape, model_factory, unsafe_load, as_json):
+def check(ctx, model, targets, input_shape, input_values, model_factory, unsafe_load, as_json):
     """Before converting: can MODEL run on each target family, and with what fallbacks?"""
     ctx.meta["json"] = as_json
     from .check import check_model
-    result = check_model(model, list(targets) or None, input_shape=input_shape, model_factory=model_factory,
-                         unsafe=unsafe_load)
+    result = check_model(model, list(targets) or None, input_shape=input_shape or None,
+                         input_values=input_values or None, model_factory=model_factory, unsafe=unsafe_load)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return

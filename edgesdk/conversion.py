@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
-from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_data,
-                   representative, split_holdout, to_artifact_layout)
+from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_for,
+                   representative, split_holdout)
+from .inputs import artifact_outputs, source_states, to_artifact_layout
 from .errors import ConversionError, DataError, EdgeSDKError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
@@ -53,12 +54,17 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
             allow_float_fallback=False, calibration_method="minmax", weight_rounding="nearest",
             exclude_nodes=(), exclude_op_types=(),
-            input_shape=None, example_input=None, model_factory=None, keep_failed=False, recover=True,
+            input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
+            keep_failed=False, recover=True,
             unsafe=False, force=False, name=None, quiet=False,
             progress: Progress | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
 
-    Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple.
+    Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple; a model with several
+    inputs takes an .npz or dict with one array per input name (and `y`), or a tuple of arrays in input order.
+    input_values ("sr=16000" or a dict) gives inputs that always take one value; stateful ("state=stateN",
+    a dict, "auto" by default, or "none") names recurrent state fed back step by step: such a model is
+    calibrated on the states it meets over the data's sequence and validated over that sequence.
     When int8 misses the gate, `recover` climbs the recovery ladder (edgesdk.recovery)
     and keeps the first recipe that passes; recover=False fails at once, with a diagnosis.
     Raises an EdgeSDKError subclass on any user-facing failure; ValidationFailed
@@ -92,25 +98,31 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                         "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
 
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
-    source = load_source(model, unsafe=unsafe, input_shape=input_shape,
-                         example_input=example_input, model_factory=model_factory)
+    source = load_source(model, unsafe=unsafe, input_shape=input_shape, example_input=example_input,
+                         model_factory=model_factory, input_values=input_values, stateful=stateful)
     route = get_route(source.framework, recipe.format)
     methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
     if recipe.calibration_method not in methods:
         raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
                           f"{source.framework} to {recipe.format}: this route calibrates with {' or '.join(methods)}.")
+    if source.multi_input and not getattr(route, "MULTI_INPUT", False):
+        raise ConversionError(f"'{source.name}' has {len(source.inputs)} inputs "
+                              f"({', '.join(s.name for s in source.inputs)}); the route from {source.framework} "
+                              f"to {recipe.format} takes single-input models only so far. "
+                              f"{getattr(route, 'MULTI_INPUT_HINT', '')}".strip())
+    if source.multi_input and recipe.sparsity:
+        raise OptionError(f"--prune on a model with several inputs is not supported yet; convert "
+                          f"'{source.name}' without --prune.")
     layout = artifact_layout(source.layout, recipe.layout)
 
     calib = val = tune = None
     if calibration is not None:
-        calib = load_data(calibration, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                          preprocess=recipe.preprocess, what="calibration data", layout=source.layout)
+        calib = load_for(source, calibration, preprocess=recipe.preprocess, what="calibration data")
     if validation is not None:
-        val = load_data(validation, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                        preprocess=recipe.preprocess, what="validation data", layout=source.layout)
+        val = load_for(source, validation, preprocess=recipe.preprocess, what="validation data")
         held_out = True
     elif calib is not None and calib.labels is not None:
-        calib, val = split_holdout(calib)
+        calib, val = split_holdout(calib, contiguous=bool(source.stateful))
         held_out = True
         progress.step(f"holding out {len(val)} labelled calibration samples for validation")
     elif calib is not None:
@@ -119,6 +131,10 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                       "source model's own predictions on the calibration samples (not held out).")
     else:
         raise DataError("Validation needs data: pass --validation DATA (or --calibration DATA).")
+    if source.stateful:  # each a sequence from a zero state; calibration sees the states met on the way
+        progress.step(f"running the source over the data as a sequence (state {', '.join(source.stateful)})")
+        calib = _with_states(source, calib)
+        val = calib if val is calib else _with_states(source, val)
     sampling = None
     if calib is not None:
         calib, sampling = representative(calib, recipe.calibration_samples)
@@ -129,8 +145,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     if callable(fine_tune):
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
-        tune = load_data(fine_tune, input_shape=source.input_shape, input_dtype=source.input_dtype,
-                         preprocess=recipe.preprocess, what="fine-tuning data", layout=source.layout)
+        tune = load_for(source, fine_tune, preprocess=recipe.preprocess, what="fine-tuning data")
     if recipe.sparsity == 0 and tune is not None:
         progress.warn("--fine-tune is only used with --prune; ignoring it.")
 
@@ -167,6 +182,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
         data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
         tmp.write_bytes(data)
+        _refuse_unquantized(tmp, recipe)
         if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
                 and not describe(tmp, fmt=recipe.format)["coverage"]["float_ops"]:
             raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
@@ -231,6 +247,30 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             pruner.restore(given, snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
+
+
+def _refuse_unquantized(path: Path, recipe) -> None:
+    """int8 asked for and not one op quantized (a graph inside If branches the quantizer does not enter)
+    is not an int8 artifact, whatever the gate says of its outputs."""
+    if recipe.quantization != "int8":
+        return
+    cov = describe(path, fmt=recipe.format)["coverage"]
+    if cov["int8_ops"]:
+        return
+    control = sorted(set(cov["op_histogram"]) & {"If", "Loop", "Scan", "WHILE", "IF"})
+    why = (f" The graph's work sits inside {'/'.join(control)} branches, which the quantizer does not enter."
+           if control else "")
+    raise ConversionError(f"int8 was asked for, but the quantizer left all {cov['ops']} ops in float: the result "
+                          f"would be a float model labelled int8.{why} Convert with --quantization float (or "
+                          f"fp16), or export the model without control flow (fixed sizes, one branch). "
+                          f"Nothing was written.")
+
+
+def _with_states(source, ds):
+    if ds is None:
+        return None
+    from dataclasses import replace
+    return replace(ds, x=source_states(source, ds.x)[0])
 
 
 def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, progress) -> tuple:
@@ -304,16 +344,17 @@ def _model_io(source):
         hw = tuple(shape[2:4])
     elif source.layout == "NHWC" and len(shape) == 4:
         hw = tuple(shape[1:3])
-    return ModelIO(output_names=list(source.output_names), input_hw=hw)
+    states = tuple(source.output_names.index(o) for o in source.stateful.values())
+    return ModelIO(output_names=list(source.output_names), input_hw=hw, states=states)
 
 
 def _validate(path: Path, reference, val, recipe, progress, source, layout, metric):
     from .validation import gate, judge, match_outputs
     art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format,
                         exact=recipe.int8_arithmetic == "exact")
-    x = to_artifact_layout(val.x, source.layout, layout)  # data comes in the source's layout
+    x = to_artifact_layout(val.x, source, layout)  # data comes in the source's layout
     try:
-        outs = art.predict(x, progress=progress.bar("validating"))
+        outs = artifact_outputs(art, x, source, reference, progress=progress.bar("validating"))
     except EdgeSDKError:
         raise
     except Exception as exc:  # the converter wrote something its own runtime cannot run: a route bug

@@ -2,7 +2,9 @@
 
 Accepted forms: an .npz with array `x` (and optional integer labels `y`), an
 .npy, a folder of images (class-named subfolders give labels), a numpy array,
-an (x, y) tuple or a {"x": ..., "y": ...} dict.
+an (x, y) tuple or a {"x": ..., "y": ...} dict. A model with several inputs takes
+an .npz or dict with one array per input name (and `y`), or a tuple of arrays in
+input order (optionally `(inputs, y)`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .inputs import Inputs, complete
+from .util import first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FEW_CALIBRATION_SAMPLES = 100
@@ -63,7 +67,7 @@ def _per_channel(x: np.ndarray, values, option: str) -> np.ndarray:
 
 @dataclass
 class Dataset:
-    x: np.ndarray
+    x: np.ndarray | Inputs  # Inputs for a model with several inputs
     y: np.ndarray | None = None
     source: str = "array"
     class_names: list = field(default_factory=list)
@@ -71,7 +75,7 @@ class Dataset:
     boxes: list | None = None  # detection labels: per image an (objects, 5) array of class, x1, y1, x2, y2 in 0..1
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return len(self.x)
 
     def subset(self, idx) -> "Dataset":
         boxes = None if self.boxes is None else [self.boxes[i] for i in np.arange(len(self))[idx]]
@@ -224,9 +228,105 @@ def load_data(spec, *, input_shape=None, input_dtype: str = "float32", preproces
                         f"for calibration a few hundred representative samples.")
     if input_shape is not None:
         ds.x = fit_to_input(ds.x, input_shape, ds.source, ds.notes, input_dtype)
-    if not np.all(np.isfinite(ds.x)):
-        raise DataError(f"The {what} ({ds.source}) contains NaN or infinite values; clean it first.")
+    _check_finite(ds, what)
     return ds
+
+
+def _check_finite(ds: Dataset, what: str) -> None:
+    arrays = ds.x.arrays.items() if isinstance(ds.x, Inputs) else [(None, ds.x)]
+    for name, a in arrays:
+        if not np.all(np.isfinite(a)):
+            where = f" input '{name}'" if name else ""
+            raise DataError(f"The {what} ({ds.source}){where} contains NaN or infinite values; clean it first.")
+
+
+def load_for(source, spec, *, preprocess: Preprocess | None = None, what: str = "data") -> Dataset:
+    """Data for `source`: one array for a single-input model; for several inputs an Inputs holding every
+    input, fixed values and (zero, until the source fills them) recurrent states included."""
+    if not source.multi_input:
+        return load_data(spec, input_shape=source.input_shape, input_dtype=source.input_dtype,
+                         preprocess=preprocess, what=what, layout=source.layout)
+    if isinstance(spec, Dataset):
+        return spec
+    if spec is None:
+        raise DataError(f"No {what} given.")
+    wanted = source.data_inputs
+    preprocess = preprocess or Preprocess()
+    images = [s for s in wanted if s.layout and not s.integer]
+    processed = images or [s for s in wanted if not s.integer]
+    if len(wanted) == 1 and not (isinstance(spec, (str, Path)) and Path(spec).suffix.lower() == ".npz"
+                                 and wanted[0].name in _npz_keys(Path(spec))):
+        s = wanted[0]  # one data input beside fixed values and states: any single-input form
+        ds = load_data(spec, input_shape=(None,) + s.sample_shape, input_dtype=s.dtype,
+                       preprocess=preprocess if not s.integer else None, what=what, layout=s.layout)
+        ds.x = complete(source, {s.name: ds.x}, len(ds.x), what)
+        return ds
+    arrays, y, where = _named(spec, [s.name for s in wanted], what)
+    notes = []
+    for s in wanted:
+        a = _as_numeric(np.asarray(arrays[s.name]), f"{where} input '{s.name}'")
+        if preprocess != Preprocess() and s in processed:
+            a = preprocess.apply(a, is_image=False)
+        arrays[s.name] = fit_to_input(a, (None,) + s.sample_shape, f"{where} input '{s.name}'", notes, s.dtype)
+    if preprocess != Preprocess():
+        notes.append("preprocessing applied to " + ", ".join(s.name for s in processed))
+    n = len(next(iter(arrays.values())))
+    ds = Dataset(complete(source, arrays, n, what), _labels(y, n, where), where, notes=notes)
+    if len(ds) == 0:
+        raise DataError(f"The {what} ({where}) holds no samples.")
+    _check_finite(ds, what)
+    return ds
+
+
+def _npz_keys(path: Path) -> list:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return list(f.keys())
+    except Exception:
+        return []
+
+
+def _named(spec, names: list, what: str) -> tuple:
+    """({input name: array}, labels or None, where it came from) from an .npz, a dict or a tuple."""
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if not path.is_file() or path.suffix.lower() != ".npz":
+            raise DataError(f"The {what} '{spec}': a model with several inputs ({', '.join(names)}) takes an "
+                            f".npz with one array per input name (numpy.savez(path, {names[0]}=..., "
+                            f"{names[1]}=..., y=labels)).")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                spec = {k: f[k] for k in f.keys()}
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read it as plain numpy data ({first_line(exc)[:200]}).") from None
+        where = str(path)
+    else:
+        where = "array"
+    if isinstance(spec, (tuple, list)):
+        if len(spec) == 2 and isinstance(spec[0], (tuple, list, dict)):  # (inputs, labels)
+            inputs, y = spec
+        else:
+            inputs, y = spec, None
+        if isinstance(inputs, dict):
+            spec = {**inputs, **({"y": y} if y is not None else {})}
+        else:
+            if len(inputs) != len(names):
+                raise DataError(f"The {what} gives {len(inputs)} arrays; the model takes {len(names)} inputs "
+                                f"from data ({', '.join(names)}), in that order.")
+            spec = {**dict(zip(names, inputs)), **({"y": y} if y is not None else {})}
+    if not isinstance(spec, dict):
+        raise DataError(f"A model with several inputs ({', '.join(names)}) takes its {what} as an .npz or dict "
+                        f"with one array per input name, or a tuple of arrays in that order; got "
+                        f"{type(spec).__name__}.")
+    missing = [n for n in names if n not in spec]
+    if missing:
+        raise DataError(f"The {what} ({where}) has no array for the input '{missing[0]}' (it has: "
+                        f"{', '.join(map(str, spec)) or 'nothing'}). Give one array per input: "
+                        f"{', '.join(names)} (and 'y' for labels); or, if '{missing[0]}' always takes one value, "
+                        f"--input-value {missing[0]}=VALUE; if it is a recurrent state, --stateful "
+                        f"{missing[0]}=OUTPUT.")
+    return {n: spec[n] for n in names}, spec.get("y"), where
+
 
 
 def _as_numeric(x: np.ndarray, source: str) -> np.ndarray:
@@ -311,22 +411,26 @@ def _dims_match(have, want) -> bool:
     return len(have) == len(want) and all(w is None or h == w for h, w in zip(have, want))
 
 
-def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0):
-    """Stratified-by-shuffle split: (calibration, validation)."""
+def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0, contiguous: bool = False):
+    """Stratified-by-shuffle split: (calibration, validation). `contiguous` (a sequence, for a stateful
+    model) keeps the order: the last part is validation."""
     n = len(ds)
     n_val = max(1, int(round(n * fraction)))
     if n - n_val < 1:
         raise DataError(f"{ds.source}: {n} sample(s) is too few to hold out validation data; "
                         f"give --validation DATA or more calibration data.")
     order = np.random.default_rng(seed).permutation(n)
+    if contiguous:
+        return ds.subset(np.arange(n - n_val)), ds.subset(np.arange(n - n_val, n))
     return ds.subset(order[n_val:]), ds.subset(order[:n_val])
 
 
 def data_fingerprint(ds: Dataset) -> str:
     import hashlib
     h = hashlib.sha256()
-    h.update(str(ds.x.shape).encode())
-    h.update(np.ascontiguousarray(ds.x).tobytes())
+    for name, a in (ds.x.items() if isinstance(ds.x, Inputs) else [("", ds.x)]):
+        h.update(f"{name}{a.shape}{a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
     if ds.y is not None:
         h.update(np.ascontiguousarray(ds.y).tobytes())
     for b in ds.boxes or ():

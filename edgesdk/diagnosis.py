@@ -16,7 +16,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .data import artifact_layout, to_artifact_layout
+from .data import artifact_layout
+from .inputs import artifact_outputs, to_artifact_layout
 from .errors import EdgeSDKError
 from .mixed_precision import Candidate, Trials, non_weight_op_types, output_producers
 
@@ -55,7 +56,7 @@ def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference
             return [], ""
         trials = Trials(source, recipe, profile, calib)
         layout = artifact_layout(source.layout, recipe.layout)
-        x = to_artifact_layout(val.x[:SAMPLES], source.layout, layout)
+        x = to_artifact_layout(val.x[:SAMPLES], source, layout)
         failing = failing_checks(figures)
         if not (trials.excludes and failing):
             return trials.debugger_rows(artifact_path, x, recipe), trials.hint
@@ -82,14 +83,14 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
     """Each candidate kept in float: the failing checks again, on the same first MEASURE_SAMPLES samples."""
     from .inspection import open_artifact
     from .validation import judge, match_outputs
-    x = to_artifact_layout(val.x[:MEASURE_SAMPLES], source.layout, layout)
+    x = to_artifact_layout(val.x[:MEASURE_SAMPLES], source, layout)
     labels = None if val.labels is None else val.labels[:len(x)]
     ref = [r[:len(x)] for r in reference]
     keys = [(c["check"], c.get("output")) for c in failing]
 
     def measured(path) -> dict:
         art = open_artifact(path, format=recipe.format, exact=recipe.int8_arithmetic == "exact")
-        outs, _ = match_outputs(ref, io.output_names, art.predict(x), art.output_names)
+        outs, _ = match_outputs(ref, io.output_names, artifact_outputs(art, x, source, ref), art.output_names)
         checks = judge(ref, outs, labels, io=io, task=recipe.task, thresholds=recipe.thresholds())["checks"]
         return {(c["check"], c.get("output")): c for c in checks}
     base = measured(artifact_path)  # the same samples as the trials, so the figures compare

@@ -60,6 +60,10 @@ FIXTURES = {
                           "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
                           "Silero VAD, ONNX: three inputs (audio chunk, recurrent state, sample rate), an If "
                           "whose branches hold the network (5 nodes at the top, 689 in all)"),
+    "silero_vad_op15": Fixture("silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx",
+                               "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
+                               "Silero VAD 16 kHz, ONNX opset 15: input (batch, 64 + 512 samples), state "
+                               "(2, batch, 128), sr (scalar int64); the network in the top graph"),
     "captcha_detector": Fixture("ddddocr", "1.6.1", "ddddocr/common_det.onnx",
                                 "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
                                 "YOLOX character detector (ddddocr), NCHW 3x416x416 BGR pixels 0..255, one "
@@ -254,6 +258,33 @@ def mnist_cnn(x, y, epochs: int = 3, flavor: str = "keras3", seed: int = 0):
     return model
 
 
+def row_ink(x_uint8):
+    """How many inked pixels (> 127) each row of a digit has: int32 (N, 28), ids for an Embedding."""
+    import numpy as np
+    return (x_uint8 > 127).sum(axis=2).astype(np.int32)
+
+
+def mnist_two_input(x, ink, y, epochs: int = 3, seed: int = 0):
+    """A two-input digit classifier: pixels (N, 28, 28, 1) float through convolutions, and each row's ink
+    count (N, 28) int32 through an Embedding; trained briefly (~0.94 on 4,000 digits)."""
+    from edgesdk.converters.keras_model import import_tf
+    import_tf()
+    import keras as K
+    K.utils.set_random_seed(seed)
+    pixels = K.Input((28, 28, 1), name="pixels")
+    rows = K.Input((28,), name="row_ink", dtype="int32")
+    a = K.layers.Conv2D(16, 3, activation="relu")(pixels)
+    a = K.layers.MaxPooling2D()(a)
+    a = K.layers.Conv2D(32, 3, activation="relu")(a)
+    a = K.layers.Flatten()(K.layers.MaxPooling2D()(a))
+    b = K.layers.Flatten()(K.layers.Embedding(29, 4)(rows))
+    h = K.layers.Dense(64, activation="relu")(K.layers.Concatenate()([a, b]))
+    model = K.Model([pixels, rows], K.layers.Dense(10, activation="softmax")(h), name="mnist_two_input")
+    model.compile(optimizer=K.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit([x, ink], y, epochs=epochs, batch_size=64, verbose=0, shuffle=True)
+    return model
+
+
 def mnist_example(directory, epochs: int = 3) -> dict:
     """The demo's setup: the CNN trained on 4,000 digits saved as .keras, train/held-out .npz beside it."""
     import numpy as np
@@ -338,6 +369,43 @@ def piano_clips(n: int = 24, seed: int = 0, rate: int = 22050, samples: int = 43
             clips[k] += 0.2 * env * tone
     clips /= np.maximum(1.0, np.abs(clips).max(axis=1, keepdims=True))
     return clips.astype(np.float32)[..., None]
+
+
+SPOKEN_WORDS = Path("/usr/share/sounds/alsa")  # Debian's alsa-utils: a voice saying "Front left" etc.
+
+
+def speech_chunks(rate: int = 16000, chunk: int = 512, context: int = 64, seed: int = 0):
+    """A voice-activity sequence from real recordings: float32 (N, context + chunk) at `rate`, in order
+    (each chunk led by the last `context` samples before it, as Silero VAD takes them), and the chunk
+    index ranges that hold speech. Eight spoken phrases (alsa-utils' channel-test words) with pauses of
+    quiet room noise between them, and its recorded noise burst once in the middle."""
+    import numpy as np
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+    words = ["Front_Left", "Front_Center", "Front_Right", "Side_Left", "Side_Right", "Rear_Left",
+             "Rear_Center", "Rear_Right"]
+    missing = [w for w in words + ["Noise"] if not (SPOKEN_WORDS / f"{w}.wav").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{SPOKEN_WORDS}/{missing[0]}.wav is missing: install Debian's alsa-utils "
+                                f"(`make test-deps` does).")
+
+    def clip(name):
+        r, a = wavfile.read(SPOKEN_WORDS / f"{name}.wav")
+        return resample_poly(a.astype(np.float64) / 32768.0, rate, r)
+    rng = np.random.default_rng(seed)
+    parts, speech, at = [], [], 0
+    for k, w in enumerate(words):
+        gap = rng.standard_normal(int(rate * rng.uniform(0.4, 0.9))) * 0.002
+        parts += [gap, clip(w)]
+        speech.append((at + len(gap), at + len(gap) + len(parts[-1])))
+        at += len(gap) + len(parts[-1])
+        if k == 3:
+            parts.append(clip("Noise") * 0.5)
+            at += len(parts[-1])
+    audio = np.concatenate([np.zeros(context)] + parts)
+    n = (len(audio) - context) // chunk
+    x = np.stack([audio[i * chunk:i * chunk + context + chunk] for i in range(n)])
+    return x.astype(np.float32), [(a // chunk, b // chunk) for a, b in speech]
 
 
 def file_byte_features(limit: int = 400, seed: int = 0):

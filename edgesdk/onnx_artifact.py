@@ -157,21 +157,34 @@ class ONNXArtifact:
                                      f"{str(exc).splitlines()[0]}") from None
         return self._session
 
-    def predict(self, x: np.ndarray, progress=None) -> list:
+    def predict(self, x, progress=None, output_axes=None) -> list:
+        """x: one array (a single-input model) or an Inputs (several, matched to the session's by name).
+        output_axes: {output name: axis} for outputs that stack samples on another axis than 0."""
+        from .inputs import Inputs, match_names
         sess = self.session()
-        inp = sess.get_inputs()[0]
-        batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+        inputs = sess.get_inputs()
+        if not isinstance(x, Inputs):
+            x = Inputs({inputs[0].name: x})
+        names = match_names([i.name for i in inputs], x.names)
+        axes = [x.batch_axes[names[i.name]] for i in inputs]
+        fixed = [i.shape[a] for i, a in zip(inputs, axes)
+                 if a is not None and a < len(i.shape) and isinstance(i.shape[a], int) and i.shape[a] > 0]
+        batch = min(fixed) if fixed else None  # a model fixed to batch 1 (or N) takes samples so
         step = batch or 64
         outs = [[] for _ in sess.get_outputs()]
+        axes_out = [(output_axes or {}).get(o.name, 0) for o in sess.get_outputs()]
+
+        def run(chunk):
+            feed = chunk.feed()
+            return sess.run(None, {inp.name: np.asarray(feed[names[inp.name]]).astype(_numpy_type(inp.type))
+                                   for inp in inputs})
         for i in range(0, len(x), step):
-            chunk = x[i:i + step].astype(_numpy_type(inp.type))
-            if batch and len(chunk) != batch:  # a fixed batch: run the tail one sample at a time
-                results = [sess.run(None, {inp.name: chunk[j:j + 1]}) for j in range(len(chunk))]
-                for k in range(len(outs)):
-                    outs[k].extend(r[k] for r in results)
-            else:
-                for k, y in enumerate(sess.run(None, {inp.name: chunk})):
-                    outs[k].append(y)
+            chunk = x[i:i + step]
+            results = ([run(chunk[j:j + 1]) for j in range(len(chunk))] if batch and len(chunk) != batch
+                       else [run(chunk)])  # a fixed batch: the tail one sample at a time
+            for r in results:
+                for k, y in enumerate(r):
+                    outs[k].append(np.moveaxis(y, axes_out[k], 0) if axes_out[k] else y)
             if progress:
                 progress(min(i + step, len(x)), len(x))
         return [np.concatenate(o).astype(np.float32) for o in outs]

@@ -22,7 +22,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .data import artifact_layout, to_artifact_layout
+from .data import artifact_layout
+from .inputs import artifact_outputs, to_artifact_layout
 from .diagnosis import SAMPLES, MIN_GAIN, candidates, failing_checks, gain, measure
 from .errors import EdgeSDKError
 from .mixed_precision import Candidate, Trials
@@ -112,7 +113,7 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
             layout = artifact_layout(source.layout, recipe.layout)
             base_path = Path(tmp) / f"base.{recipe.format}"
             base_path.write_bytes(base.data)
-            x = to_artifact_layout(val.x[:SAMPLES], source.layout, layout)
+            x = to_artifact_layout(val.x[:SAMPLES], source, layout)
             picked, _ = candidates(trials, base.recipe, base_path, x, failing)
             measured = measure(base.recipe, trials, val, reference, failing, picked, io, base_path, source, layout)
             kept = Candidate()

@@ -257,25 +257,36 @@ class TFLiteArtifact:
         return {"ops": len(originals), "delegated": len(delegated), "partitions": len(partitions),
                 "not_delegated": dict(sorted(hist.items()))}
 
-    def predict(self, x: np.ndarray, progress=None) -> list:
-        """Run float samples one at a time; return dequantized float outputs."""
+    def predict(self, x, progress=None, output_axes=None) -> list:
+        """Run float samples one at a time; return dequantized float outputs.
+
+        x: one array, or an Inputs (several inputs, matched to the model's by name). output_axes:
+        {output name: axis} for outputs that stack samples on another axis than 0."""
+        from .inputs import Inputs, match_names
         interp = self.interpreter
-        inp = interp.get_input_details()[0]
+        details = interp.get_input_details()
         outputs = interp.get_output_details()
-        scale, zp = inp["quantization"]
-        dtype = inp["dtype"]
+        if not isinstance(x, Inputs):
+            x = Inputs({details[0]["name"]: x})
+        names = match_names([d["name"] for d in details], x.names)
+        axes_out = [(output_axes or {}).get(self.tensor_name(int(d["index"])), 0) for d in outputs]
         outs = [[] for _ in outputs]
         for i in range(len(x)):
-            sample = x[i:i + 1]
-            if np.issubdtype(dtype, np.integer) and scale:  # quantized input; plain integer inputs go as they are
-                info = np.iinfo(dtype)
-                sample = np.clip(np.round(sample / scale) + zp, info.min, info.max)
-            interp.set_tensor(inp["index"], sample.astype(dtype).reshape(inp["shape"]))
+            feed = x[i:i + 1].feed()
+            for inp in details:
+                sample = np.asarray(feed[names[inp["name"]]])
+                scale, zp = inp["quantization"]
+                dtype = inp["dtype"]
+                if np.issubdtype(dtype, np.integer) and scale:  # quantized input; plain integers go as they are
+                    info = np.iinfo(dtype)
+                    sample = np.clip(np.round(sample / scale) + zp, info.min, info.max)
+                interp.set_tensor(inp["index"], sample.astype(dtype).reshape(inp["shape"]))
             interp.invoke()
             for k, d in enumerate(outputs):
                 y = interp.get_tensor(d["index"])
                 s, z = d["quantization"]
-                outs[k].append((y.astype(np.float32) - z) * s if s else y.astype(np.float32))
+                y = (y.astype(np.float32) - z) * s if s else y.astype(np.float32)
+                outs[k].append(np.moveaxis(y, axes_out[k], 0) if axes_out[k] else y)
             if progress:
                 progress(i + 1, len(x))
         return [np.concatenate(o) for o in outs]

@@ -107,7 +107,9 @@ def judge(reference: list, artifact: list, labels=None, *, io: ModelIO, task: st
         covered.update(head.outputs)
     figures["task"] = heads[0].task if heads else "regress"
     for i, (ref, art) in enumerate(zip(reference, artifact)):
-        if i not in covered:
+        if i in io.states:  # its error shows, over the sequence, in the outputs the model is for
+            figures["outputs"][i]["state"] = True
+        elif i not in covered:
             checks.append(regress.sqnr_check(f"SQNR of output '{io.output_names[i]}'", ref, art,
                                              thresholds.min_sqnr_db, output=i))
     if metric is not None:
@@ -182,7 +184,8 @@ def describe(figures: dict) -> str:
                          f" ({h['artifact_detections']} made)")
         elif h["task"] == "segment":
             parts.append(f"map mean IoU {h['mean_iou']:.3f}, pixel agreement {100 * h['pixel_agreement']:.2f}%")
-    parts.append("SQNR " + ", ".join(f"{o['name']} {o['sqnr_db']:.1f} dB" for o in figures["outputs"][:6]))
+    parts.append("SQNR " + ", ".join(f"{o['name']}{' (state)' if o.get('state') else ''} {o['sqnr_db']:.1f} dB"
+                                   for o in figures["outputs"][:6]))
     return ", ".join(parts)
 
 

@@ -43,6 +43,7 @@ class ModelIO:
 
     output_names: list
     input_hw: tuple | None = None  # spatial size of an image input (H, W)
+    states: tuple = ()             # outputs fed back as recurrent state: judged through the other outputs
 
 
 @dataclass

@@ -11,7 +11,8 @@ import numpy as np
 
 from . import Head, confidence
 
-EXPECTED = "A classifier has an output of shape (N, classes), scores or probabilities."
+EXPECTED = ("A classifier has an output of shape (N, classes), scores or probabilities; a binary one (N, 1) "
+            "is judged by its decision (at 0.5 for probabilities, 0 for logits) when --class-output names it.")
 
 
 def is_probabilities(y: np.ndarray) -> bool:
@@ -40,10 +41,15 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io=None) -> tu
     n = len(reference[k])
     ref = reference[k].reshape(n, -1)
     art = artifact[k].reshape(n, -1)
-    ref_top, art_top = ref.argmax(axis=1), art.argmax(axis=1)
+    figures = {"class_output": k, "top5_agreement": None, "reference_accuracy": None, "artifact_accuracy": None}
+    if ref.shape[1] == 1:  # one score: a binary decision, at 0.5 for probabilities, at 0 for logits
+        cut = 0.5 if bool(np.all((ref >= 0) & (ref <= 1))) else 0.0
+        ref_top, art_top = (ref[:, 0] > cut).astype(np.int64), (art[:, 0] > cut).astype(np.int64)
+        figures["binary_threshold"] = cut
+    else:
+        ref_top, art_top = ref.argmax(axis=1), art.argmax(axis=1)
     agree = int(np.sum(ref_top == art_top))
-    figures = {"class_output": k, "top1_agreement": round(agree / n, 6), "top5_agreement": None,
-               "reference_accuracy": None, "artifact_accuracy": None}
+    figures["top1_agreement"] = round(agree / n, 6)
     if ref.shape[1] > 5:
         top5 = np.argsort(-art, axis=1)[:, :5]
         figures["top5_agreement"] = round(float(np.mean([r in row for r, row in zip(ref_top, top5)])), 6)

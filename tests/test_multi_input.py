@@ -1,0 +1,155 @@
+"""Models with several inputs.
+
+Silero VAD (ONNX, from its wheel): three inputs (audio chunk, recurrent state, sample rate), judged over a
+real speech sequence (alsa-utils' recorded voice) with the state fed back step by step. A two-input Keras
+digit classifier (float pixels + int32 ids into an Embedding) to full-int8 TFLite for the Pi and the Coral.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+import edgesdk
+from conftest import run_cli
+from edgesdk import fixtures
+from edgesdk.errors import ConversionError, DataError, ModelLoadError, OptionError, ValidationFailed
+
+pytestmark = pytest.mark.slow
+
+VAD = ["--input-shape", "input:1,576", "--input-value", "sr=16000", "--class-output", "0"]
+STFT = ("/model/stft/Conv", "/model/stft/Pow", "/model/stft/Pow_1", "/model/stft/Add", "/model/stft/Sqrt")
+
+
+@pytest.fixture(scope="module")
+def vad(tmp_path_factory):
+    x, speech = fixtures.speech_chunks()
+    d = tmp_path_factory.mktemp("vad")
+    np.savez(d / "speech.npz", input=x)
+    return {"model": fixtures.fetch("silero_vad_op15"), "data": d / "speech.npz", "x": x, "speech": speech}
+
+
+def test_stateful_vad_float_artifact_matches_the_source_over_the_sequence(vad, tmp_path):
+    r = run_cli("convert", vad["model"], "-t", "rpi4", "--format", "onnx", "--quantization", "float", *VAD,
+                "-c", vad["data"], "-o", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(open(json.loads(r.stdout)["manifest"]).read())
+    inputs = {i["name"]: i for i in m["source"]["inputs"]}
+    assert {k: v["batch_axis"] for k, v in inputs.items()} == {"input": 0, "state": 1, "sr": None}
+    assert inputs["sr"]["value"] == 16000 and inputs["state"]["state_from"] == "stateN"
+    assert inputs["sr"]["dtype"] == "int64"
+    assert any("state <- stateN" in n for n in m["source"]["notes"])
+    v = m["validation"]
+    assert v["samples"] == len(vad["x"]) == 555 and v["task"] == "classify" and v["top1_agreement"] == 1.0
+    outs = {o["name"]: o for o in v["outputs"]}
+    assert outs["stateN"]["state"] and outs["stateN"]["shape"] == [2, 128] and outs["output"]["sqnr_db"] > 60
+    # the data is speech to this model: its decisions fall inside the spoken phrases
+    from edgesdk.inputs import complete, source_states
+    from edgesdk.source import load_source
+    src = load_source(str(vad["model"]), input_shape="input:1,576", input_values="sr=16000")
+    _, (prob, _) = source_states(src, complete(src, {"input": vad["x"]}, len(vad["x"]), "data"))
+    spoken = np.zeros(len(vad["x"]), bool)
+    for a, b in vad["speech"]:
+        spoken[a:b] = True
+    said = prob[:, 0] > 0.5
+    assert said[spoken].mean() > 0.4 and said[~spoken].mean() < 0.05
+    assert all(said[a:b].any() for a, b in vad["speech"])  # every phrase heard
+
+
+def test_stateful_vad_int8_is_judged_over_the_sequence_with_its_own_state(vad, tmp_path):
+    # plain int8: the STFT front end's range and the recurrent state lose too much; the gate says so
+    r = run_cli("convert", vad["model"], "-t", "rpi4", "--format", "onnx", *VAD, "-c", vad["data"],
+                "-o", tmp_path, "--no-recover")
+    assert r.returncode == ValidationFailed.exit_code, r.stderr
+    assert "top-1 agreement with the source [output 0]" in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    # the STFT kept in float: the speech decisions agree over the whole sequence
+    art = edgesdk.convert(str(vad["model"]), target="rpi4", format="onnx", input_shape="input:1,576",
+                          input_values={"sr": 16000}, class_output=0, calibration=str(vad["data"]),
+                          exclude_nodes=STFT, min_agreement=0.9, output_dir=tmp_path, recover=False, quiet=True)
+    v = art.manifest["validation"]
+    assert v["passed"] and v["top1_agreement"] >= 0.93
+    outs = {o["name"]: o for o in v["outputs"]}
+    assert outs["output"]["sqnr_db"] >= 12
+    # the gate ran the artifact on its own state: fed the source's states instead, it would score otherwise
+    from edgesdk.inputs import artifact_outputs, complete, source_states
+    from edgesdk.inspection import open_artifact
+    from edgesdk.source import load_source
+    src = load_source(str(vad["model"]), input_shape="input:1,576", input_values="sr=16000")
+    x, ref = source_states(src, complete(src, {"input": vad["x"]}, len(vad["x"]), "data"))
+    reader = open_artifact(art.path, exact=art.manifest["recipe"]["int8_arithmetic"] == "exact")
+    free = artifact_outputs(reader, x, src, ref)
+    forced = reader.predict(x, output_axes={"stateN": 1})
+    agree = lambda o: float(np.mean((o[0][:, 0] > 0.5) == (ref[0][:, 0] > 0.5)))
+    assert agree(free) == pytest.approx(v["top1_agreement"], abs=1e-6)
+    assert not np.allclose(free[1], forced[1])
+
+
+def test_multi_input_mistakes_get_clear_errors(vad, tmp_path):
+    base = ["convert", vad["model"], "-t", "rpi4", "--format", "onnx", "-c", vad["data"], "-o", tmp_path]
+    cases = [
+        (["--input-shape", "input:1,576"], DataError, "--input-value sr=VALUE"),
+        (["--input-shape", "1,576", "--input-value", "sr=16000"], ModelLoadError, "name each"),
+        ([], ModelLoadError, "dynamic input dimensions (?, ?) on 'input'"),
+        (["--input-shape", "input:1,576", "--input-value", "rate=16000"], OptionError, "no input 'rate'"),
+        ([*VAD, "--stateful", "state=hidden"], OptionError, "no output 'hidden'"),
+        ([*VAD, "--prune", "0.5"], OptionError, "several inputs"),
+    ]
+    for extra, error, said in cases:
+        r = run_cli(*base, *extra)
+        assert r.returncode == error.exit_code and said in r.stderr, (extra, r.stderr[-600:])
+        assert "Traceback" not in r.stderr
+    # the If-wrapped release: ONNX Runtime's quantizer does not enter If branches: no int8 labelled int8
+    r = run_cli("convert", fixtures.fetch("silero_vad"), *base[2:], *VAD)
+    assert r.returncode == ConversionError.exit_code and "left all 224 ops in float" in r.stderr, r.stderr[-600:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def two_input(tmp_path_factory):
+    x8, y = fixtures.mnist_5k()
+    x, ink = fixtures.mnist_inputs(x8), fixtures.row_ink(x8)
+    model = fixtures.mnist_two_input(x[:4000], ink[:4000], y[:4000])
+    d = tmp_path_factory.mktemp("two")
+    model.save(d / "two.keras")
+    np.savez(d / "calib.npz", pixels=x[:400], row_ink=ink[:400])
+    np.savez(d / "val.npz", pixels=x[4000:], row_ink=ink[4000:])
+    return {"model": d / "two.keras", "calib": d / "calib.npz", "val": d / "val.npz", "x": x, "ink": ink, "y": y}
+
+
+@pytest.mark.parametrize("target, pixels_dtype", [("rpi4", "int8"), ("coral-usb", "uint8")])
+def test_two_input_keras_to_full_int8_tflite(two_input, tmp_path, target, pixels_dtype):
+    art = edgesdk.convert(str(two_input["model"]), target=target, calibration=str(two_input["calib"]),
+                          validation=str(two_input["val"]), output_dir=tmp_path, quiet=True)
+    inputs = {i["name"].split(":")[0].removeprefix("serving_default_"): i for i in art.manifest["inputs"]}
+    assert inputs["pixels"]["dtype"] == pixels_dtype and inputs["row_ink"]["dtype"] == "int32"  # ids stay ids
+    assert not art.manifest["quantization"]["float_ops"]
+    v = art.manifest["validation"]
+    assert v["passed"] and v["samples"] == 1000 and v["top1_agreement"] >= 0.97
+    # the artifact reads each input by name: the ids matter to its answers
+    from edgesdk.inputs import Inputs
+    from edgesdk.tflite_artifact import TFLiteArtifact
+    reader = TFLiteArtifact(art.path)
+    x = Inputs({"pixels": two_input["x"][4000:4200], "row_ink": two_input["ink"][4000:4200]})
+    shuffled = x.replaced(row_ink=two_input["ink"][4200:4400])
+    assert np.mean(reader.predict(x)[0].argmax(1) != reader.predict(shuffled)[0].argmax(1)) > 0.02
+
+
+def test_two_input_data_forms(two_input, tmp_path):
+    """An .npz by input name, a dict and a tuple in input order are the same data; labels ride along."""
+    from edgesdk.data import data_fingerprint, load_for
+    from edgesdk.source import load_source
+    src = load_source(str(two_input["model"]))
+    assert [s.name for s in src.inputs] == ["pixels", "row_ink"] and src.inputs[1].dtype == "int32"
+    x, ink, y = two_input["x"][:50], two_input["ink"][:50], two_input["y"][:50]
+    np.savez(tmp_path / "d.npz", pixels=x, row_ink=ink, y=y)
+    forms = [load_for(src, tmp_path / "d.npz"), load_for(src, {"pixels": x, "row_ink": ink, "y": y}),
+             load_for(src, ((x, ink), y))]
+    assert len({data_fingerprint(f) for f in forms}) == 1 and all(np.array_equal(f.y, y) for f in forms)
+    assert forms[0].x["row_ink"].dtype == np.int32
+    with pytest.raises(DataError, match="no array for the input 'row_ink'"):
+        load_for(src, {"pixels": x})
+    with pytest.raises(DataError, match="fractional"):
+        load_for(src, {"pixels": x, "row_ink": ink + 0.5})
+    with pytest.raises(DataError, match="different numbers of samples"):
+        load_for(src, {"pixels": x, "row_ink": ink[:10]})
