@@ -22,13 +22,14 @@ demo: setup
 ## Debian packages the tests use: a real OpenSSH server and client (deploy tests),
 ## iproute2 (network namespaces, tc), procps (finding sshd's session processes), and the
 ## emulated arm64 device: debootstrap builds its Debian userland, qemu-user-static runs it
-## through binfmt_misc (binfmt-support registers it).
+## through binfmt_misc (binfmt-support registers it); alsa-utils ships recorded spoken words (the
+## voice-activity tests' speech).
 TEST_DEBS := /usr/sbin/sshd:openssh-server /usr/bin/ssh-keygen:openssh-client /usr/bin/scp:openssh-client \
              /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/ps:procps \
              /usr/sbin/debootstrap:debootstrap /usr/bin/qemu-aarch64-static:qemu-user-static \
-             /usr/sbin/update-binfmts:binfmt-support
+             /usr/sbin/update-binfmts:binfmt-support /usr/share/sounds/alsa/Front_Center.wav:alsa-utils
 test-deps:
-	@missing=$$(for pair in $(TEST_DEBS); do test -x $${pair%%:*} || echo $${pair##*:}; done | sort -u); \
+	@missing=$$(for pair in $(TEST_DEBS); do test -e $${pair%%:*} || echo $${pair##*:}; done | sort -u); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  echo "installing $$missing"; \
