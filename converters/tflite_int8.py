@@ -39,8 +39,9 @@ def io_types(flatbuffer: bytes, recipe) -> bytes:
     from tensorflow.lite.python.util import modify_model_io_type
     from edgesdk.tflite_artifact import interpreter_module
     interp = interpreter_module().Interpreter(model_content=flatbuffer)
-    have_in = np.dtype(interp.get_input_details()[0]["dtype"]).name
-    have_out = np.dtype(interp.get_output_details()[0]["dtype"]).name
+    # integer inputs (ids) stay as they are; the float ones decide
+    have_in = "float32" if any(d["dtype"] == np.float32 for d in interp.get_input_details()) else "int8"
+    have_out = "float32" if any(d["dtype"] == np.float32 for d in interp.get_output_details()) else "int8"
     dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
     # int8 first: the boundary ops that litert-torch left float go away
     want_in = "int8" if have_in == "float32" and recipe.input_dtype != "float32" else "float32"
@@ -102,12 +103,13 @@ def quantizer_for(flatbuffer: bytes, x: np.ndarray, recipe=None):
     from edgesdk.tflite_artifact import interpreter_module
     signatures = interpreter_module().Interpreter(model_content=flatbuffer).get_signature_list()
     (key, sig), = signatures.items()
-    (input_name,) = sig["inputs"]
     q = quantizer.Quantizer(flatbuffer)
     q.load_quantization_recipe(aeq_recipe.static_wi8_ai8())
     if recipe is not None:
         keep_float(q, flatbuffer, recipe)
-    data = {key: [{input_name: x[i:i + 1]} for i in range(len(x))]}
+    from edgesdk.inputs import feed_rows
+    names = list(sig["inputs"])  # several inputs are matched to the data's by name, else by order
+    data = {key: [feed_rows(x, i, i + 1, names) for i in range(len(x))]}
     return q, data
 
 

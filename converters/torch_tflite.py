@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 
-from edgesdk.data import to_artifact_layout
 from edgesdk.errors import ConversionError, OptionError
 from edgesdk.util import captured_output, first_line
 
@@ -24,19 +23,27 @@ from .torch_model import import_torch
 
 FORMAT = "tflite"
 FRAMEWORK = "torch"
+MULTI_INPUT = True  # one TFLite input per forward() argument, in order
 
 
-def _channels_last(model, torch):
+def _channels_last(model, torch, turned: set):
+    """The model taking its 4-D image arguments (positions in `turned`) channels-last."""
     class ChannelsLast(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
-        def forward(self, x):
-            return self.inner(x.permute(0, 3, 1, 2))
+        def forward(self, *args):
+            return self.inner(*[a.permute(0, 3, 1, 2) if i in turned else a for i, a in enumerate(args)])
     wrapper = ChannelsLast(model)
     wrapper.training = False  # not .eval(): it would recurse into a module that may refuse train()
     return wrapper
+
+
+def _x(source, recipe, calibration):
+    """Calibration samples in the artifact's layout."""
+    from edgesdk.inputs import to_artifact_layout
+    return to_artifact_layout(calibration.x[: recipe.calibration_samples], source, recipe.layout)
 
 
 def _float_model(source, recipe, torch):
@@ -45,10 +52,12 @@ def _float_model(source, recipe, torch):
     import litert_torch
     key = ("float_tflite", recipe.layout)
     if key not in source.derived:
-        model, example = source.model, source.example_input[0]
-        if recipe.layout == "NHWC" and source.layout == "NCHW":
-            model, example = _channels_last(model, torch), example.permute(0, 2, 3, 1).contiguous()
-        source.derived[key] = bytes(litert_torch.convert(model, (example,)).model_content())
+        model, args = source.model, tuple(source.example_input)
+        turned = {i for i, s in enumerate(source.inputs) if s.layout == "NCHW"} if recipe.layout == "NHWC" else set()
+        if turned:
+            model = _channels_last(model, torch, turned)
+            args = tuple(a.permute(0, 2, 3, 1).contiguous() if i in turned else a for i, a in enumerate(args))
+        source.derived[key] = bytes(litert_torch.convert(model, args).model_content())
     return source.derived[key]
 
 
@@ -57,8 +66,7 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     with captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         flatbuffer = _float_model(source, recipe, torch)
-        x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
-        return tflite_int8.diagnose(flatbuffer, recipe, x, val_x, worst)
+        return tflite_int8.diagnose(flatbuffer, recipe, _x(source, recipe, calibration), val_x, worst)
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
@@ -73,7 +81,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             warnings.simplefilter("ignore")
             flatbuffer = _float_model(source, recipe, torch)
             if recipe.quantization == "int8":
-                x = to_artifact_layout(calibration.x[: recipe.calibration_samples], source.layout, recipe.layout)
+                x = _x(source, recipe, calibration)
                 flatbuffer = tflite_int8.quantize(tflite_int8.rounded(source, flatbuffer, recipe, x), x, progress,
                                                   recipe)
     except (ConversionError, OptionError):

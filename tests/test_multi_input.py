@@ -153,3 +153,34 @@ def test_two_input_data_forms(two_input, tmp_path):
         load_for(src, {"pixels": x, "row_ink": ink + 0.5})
     with pytest.raises(DataError, match="different numbers of samples"):
         load_for(src, {"pixels": x, "row_ink": ink[:10]})
+
+
+@pytest.fixture(scope="module")
+def gained_onet(lfw_onet_inputs):
+    """The pretrained O-Net (facenet-pytorch weights) behind a second input: a per-crop exposure gain."""
+    import torch
+    import torch_models
+    onet = torch_models.onet()
+    onet.load_state_dict(torch.load(fixtures.fetch("facenet_onet"), weights_only=True))
+    x, y = lfw_onet_inputs
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    gain = np.random.default_rng(0).uniform(0.7, 1.3, (len(x), 1)).astype(np.float32)
+    return torch_models.GainedONet(onet), x, gain, y
+
+
+@pytest.mark.parametrize("target, fmt, io", [("rpi4", "onnx", "float32"), ("rpi4", "tflite", "int8"),
+                                             ("coral-usb", "tflite", "uint8")])
+def test_two_input_pytorch_module_on_both_routes(gained_onet, tmp_path, target, fmt, io):
+    import torch
+    model, x, gain, y = gained_onet
+    # 100 labelled crops bound the accuracy drop at about 2.6 points
+    art = edgesdk.convert(model, target=target, format=fmt, example_input=(torch.zeros(1, 3, 48, 48), torch.ones(1, 1)),
+                          calibration=(x[0::2], gain[0::2]), validation=((x[1::2], gain[1::2]), y[1::2]),
+                          max_accuracy_drop=3, output_dir=tmp_path, quiet=True)
+    v = art.manifest["validation"]
+    assert v["reference_accuracy"] == 1.0 and v["artifact_accuracy"] >= 0.99
+    assert all(o["sqnr_db"] > 15 for o in v["outputs"]), v["outputs"]
+    shapes = [i["shape"] for i in art.manifest["inputs"]]
+    assert shapes == ([[1, 3, 48, 48], [1, 1]] if fmt == "onnx" else [[1, 48, 48, 3], [1, 1]])
+    assert {i["dtype"] for i in art.manifest["inputs"]} == {io}
+    assert [i["name"] for i in art.manifest["source"]["inputs"]] == ["input_0", "input_1"]

@@ -112,3 +112,14 @@ def tone_frames(n=300, seed=0):
     cents = 1200 * np.log2(f0 / 10.0)
     bins = np.round((cents - 1997.3794084376191) / 20).astype(np.int64)
     return frames.astype(np.float32), bins
+
+
+class GainedONet(nn.Module):
+    """Two inputs: face crops (N, 3, 48, 48) and a per-crop exposure gain (N, 1) applied before O-Net."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, gain):
+        return self.inner(x * gain.view(-1, 1, 1, 1))
