@@ -206,25 +206,28 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
         raise ModelLoadError(f"SavedModel '{path}' has no 'serving_default' signature to convert.") from None
     except Exception as exc:
         raise ModelLoadError(f"TensorFlow could not load the SavedModel '{path}': {exc}") from None
-    specs = fn.structured_input_signature[1]
-    if len(specs) != 1:
-        raise ModelLoadError(f"SavedModel '{path}' has {len(specs)} inputs; only single-input models are "
-                             f"supported for now.")
-    (in_name, spec), = specs.items()
+    signature = fn.structured_input_signature[1]
+    names = sorted(signature)
     out_names = sorted(fn.structured_outputs)
+    specs = [InputSpec(n, (None,) + tuple(signature[n].shape.as_list()[1:]), signature[n].dtype.name,
+                       "NHWC" if len(signature[n].shape) == 4 else None) for n in names]
 
     def run(_model, x, batch_size=256):
+        from edgesdk.inputs import Inputs
         outs = [[] for _ in out_names]
         for i in range(0, len(x), batch_size):
-            res = fn(**{in_name: tf.constant(x[i:i + batch_size], dtype=spec.dtype)})
+            chunk = x[i:i + batch_size]
+            feed = chunk.feed() if isinstance(chunk, Inputs) else {names[0]: chunk}
+            res = fn(**{n: tf.constant(feed[n], dtype=signature[n].dtype) for n in names})
             for k, name in enumerate(out_names):
                 outs[k].append(res[name].numpy())
         return [np.concatenate(o) for o in outs]
 
-    shape = tuple(spec.shape.as_list())
+    one = specs[0]
     src = SourceModel(framework="keras", flavor="saved_model", model=loaded, name=path.name,
-                      sha256=sha256_tree(path), input_name=in_name, input_shape=(None,) + shape[1:],
-                      output_names=out_names, run=run, path=str(path), layout="NHWC" if len(shape) == 4 else None,
+                      sha256=sha256_tree(path), input_name=one.name, input_shape=one.shape, input_dtype=one.dtype,
+                      output_names=out_names, run=run, path=str(path), layout=one.layout,
+                      specs=specs if len(specs) > 1 else [],
                       param_count=int(sum(np.prod(v.shape) for v in loaded.variables)) if hasattr(loaded, "variables") else 0)
     src.notes.append("plain SavedModel (no Keras layers): converted from its serving signature")
     return src

@@ -24,7 +24,7 @@ from .keras_model import import_tf
 FORMAT = "tflite"
 FRAMEWORK = "keras"
 CALIBRATION_METHODS = ("minmax",)  # the TFLite converter's calibrator has no other
-MULTI_INPUT = True  # Keras models with several inputs; SavedModel signatures take one
+MULTI_INPUT = True  # Keras models and SavedModel signatures with several inputs
 
 
 def _batch1_model(source):
@@ -37,12 +37,15 @@ def _batch1_model(source):
 
 
 def samples(source, x):
-    """Calibration samples one at a time, each a list of arrays in the model's input order."""
-    from edgesdk.inputs import Inputs
+    """Calibration samples one at a time: a list of arrays in the model's input order (a SavedModel's
+    signature: a dict by input name)."""
+    from edgesdk.inputs import Inputs, match_names
+    names = match_names([s.name for s in source.inputs], x.names) if isinstance(x, Inputs) else {}
     for i in range(len(x)):
         if isinstance(x, Inputs):
             feed = x[i:i + 1].feed()
-            yield [feed[s.name] for s in source.inputs]
+            yield ({s.name: feed[names[s.name]] for s in source.inputs} if source.flavor == "saved_model"
+                   else [feed[names[s.name]] for s in source.inputs])
         else:
             yield [x[i:i + 1]]
 
@@ -106,10 +109,6 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
         warnings.simplefilter("ignore", UserWarning)
         before, source.weight_rounding = None, None
         try:
-            if source.multi_input and source.flavor == "saved_model":
-                raise ConversionError("A SavedModel signature with several inputs is not supported yet: load "
-                                      "the Keras model instead (.keras or tf-keras SavedModel with Keras "
-                                      "metadata).")
             if _rounds_weights(source, recipe):  # the caller's model gets its weights back below
                 from .keras_prune import snapshot
                 from .weight_rounding import round_keras

@@ -23,7 +23,15 @@ PER_CHANNEL_MIN_OPSET = 13
 MULTI_INPUT = True  # calibration feeds every input by name
 
 
-def _reader(x, input_name, progress):
+def _input_names(path) -> list:
+    """The graph's real inputs (not initializers): what a feed may name."""
+    import onnx
+    graph = onnx.load(str(path)).graph
+    inits = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in inits]
+
+
+def _reader(x, names, progress):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -36,7 +44,7 @@ def _reader(x, input_name, progress):
             self.i += 1
             if progress:
                 progress(self.i, len(x))
-            return feed_rows(x, self.i - 1, self.i, [input_name])
+            return feed_rows(x, self.i - 1, self.i, names)
 
         def rewind(self):
             self.i = 0
@@ -124,7 +132,7 @@ def _round_weights(model_path: Path, recipe, per_channel: bool, x) -> dict | Non
     return done
 
 
-def quantize(float_path: Path, recipe, profile, calibration, input_name: str, progress=None,
+def quantize(float_path: Path, recipe, profile, calibration, progress=None,
              quirks: dict | None = None, stats: dict | None = None) -> tuple:
     """Float ONNX file -> (int8 QDQ ONNX bytes, notes).
 
@@ -151,7 +159,7 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
 
         def run():
             with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
-                quantize_static(str(pre), str(out), _reader(x, input_name, progress),
+                quantize_static(str(pre), str(out), _reader(x, _input_names(pre), progress),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=per_channel,
                                 calibrate_method=methods[recipe.calibration_method], extra_options=extra,
@@ -168,18 +176,18 @@ def quantize(float_path: Path, recipe, profile, calibration, input_name: str, pr
                 notes.append("ONNX Runtime's weight-scale adjustment for int32 biases failed on this graph; "
                              "quantized without it")
                 run()
-            problem = _run_error(out, x[:1], input_name)
+            problem = _run_error(out, x[:1])
             if problem and "ShapeInferenceError" in problem:
                 # shapes recorded during preparation can go stale once Q/DQ nodes are inserted
                 _drop_recorded_shapes(out)
-                problem = _run_error(out, x[:1], input_name)
+                problem = _run_error(out, x[:1])
             if problem and per_channel:
                 # some graphs get per-channel scales on tensors ONNX Runtime can only take per-tensor
                 notes.append(f"per-channel int8 made a model ONNX Runtime cannot run ({problem[:160]}); "
                              f"quantized per-tensor instead")
                 per_channel, quirks["per_tensor"] = False, True
                 run()
-                problem = _run_error(out, x[:1], input_name)
+                problem = _run_error(out, x[:1])
             if problem:
                 raise ConversionError(f"ONNX Runtime quantized the model, but cannot run the result: {problem}. "
                                       f"Try --exclude-op-types with the op named there.")
@@ -198,7 +206,7 @@ def _drop_recorded_shapes(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _run_error(path: Path, x, input_name: str) -> str | None:
+def _run_error(path: Path, x) -> str | None:
     """None if ONNX Runtime loads and runs the model on one sample, else the first line of why not."""
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -206,7 +214,7 @@ def _run_error(path: Path, x, input_name: str) -> str | None:
     try:
         with captured_output():
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=DISABLED_OPTIMIZERS).run(None, feed_rows(x, 0, 1, [input_name]))
+                                 disabled_optimizers=DISABLED_OPTIMIZERS).run(None, feed_rows(x, 0, 1, _input_names(path)))
     except Exception as exc:
         return first_line(exc)[:300]
     return None
@@ -235,9 +243,8 @@ def from_export(source, export_float, recipe, calibration, progress=None, profil
         return to_fp16(float_path)
     if recipe.quantization != "int8":
         return float_path.read_bytes()
-    input_name = onnx.load(str(float_path)).graph.input[0].name
     stats = {}
-    data, notes = quantize(float_path, recipe, profile, calibration, input_name, progress, source.quantizer_quirks,
+    data, notes = quantize(float_path, recipe, profile, calibration, progress, source.quantizer_quirks,
                            stats)
     source.weight_rounding = stats.get("weight_rounding")
     source.notes.extend(notes)
@@ -251,14 +258,14 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     if recipe.quantization != "int8":
         return Path(source.float_onnx).read_bytes()
     stats = {}
-    out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, source.input_name, progress,
+    out, notes = quantize(Path(source.float_onnx), recipe, profile, calibration, progress,
                           source.quantizer_quirks, stats)
     source.weight_rounding = stats.get("weight_rounding")
     source.notes.extend(notes)
     return out
 
 
-def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5, excluded=()) -> list:
+def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
     """The activations that lose the most to quantization, worst first.
 
     ONNX Runtime's QDQ loss debugging: both models are run with every
@@ -276,8 +283,8 @@ def diagnose(float_path, qdq_path, x, input_name: str, worst: int = 5, excluded=
         with captured_output():
             modify_model_output_intermediate_tensors(str(float_path), str(float_aug))
             modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
-            float_acts = collect_activations(str(float_aug), _reader(x, input_name, None))
-            qdq_acts = collect_activations(str(qdq_aug), _reader(x, input_name, None))
+            float_acts = collect_activations(str(float_aug), _reader(x, _input_names(float_path), None))
+            qdq_acts = collect_activations(str(qdq_aug), _reader(x, _input_names(float_path), None))
         matching = create_activation_matching(qdq_acts, float_acts)
     producers = {o: n for n in onnx.load(str(qdq_path)).graph.node for o in n.output}
     rows = []

@@ -104,24 +104,15 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
         model.ir_version = RUNTIME_MAX_IR_VERSION
     onnx.save(model, str(fixed))
 
-    from edgesdk.errors import EdgeSDKError
-    from edgesdk.onnx_artifact import ONNXArtifact
-    runner = ONNXArtifact(fixed)
-    try:
-        runner.session()
-    except EdgeSDKError as exc:
-        # If branches written for other sizes (another sample rate) can contradict fixed sizes in shape
-        # inference; such a model still runs with the sizes left open, and is fed the sizes asked for
-        plain = onnx.load(str(path))
-        plain.ir_version = min(plain.ir_version, RUNTIME_MAX_IR_VERSION)
-        onnx.save(plain, str(fixed))
-        runner = ONNXArtifact(fixed)
-        runner.session()  # a model ONNX Runtime cannot load at all says so here
-        notes.append(f"input sizes left open in the graph: with them fixed ONNX Runtime refuses it "
-                     f"({first_line(exc)[:160]})")
+    open_sizes = _loadable(fixed, onnx.load(str(path)))
+    if open_sizes:
+        notes.append(f"input sizes left open in the graph: with them fixed ONNX Runtime refuses it ({open_sizes})")
 
     def run(_model, x):
-        return runner.predict(x, output_axes=output_axes)
+        if "onnx_runner" not in src.derived:  # made anew when the graph is rewritten (resolve_control_flow)
+            from edgesdk.onnx_artifact import ONNXArtifact
+            src.derived["onnx_runner"] = ONNXArtifact(src.float_onnx)
+        return src.derived["onnx_runner"].predict(x, output_axes=output_axes)
 
     one = specs[0]
     src = SourceModel(framework="onnx", flavor=f"onnx opset {_opset(model)}", model=model, name=path.stem,
@@ -131,6 +122,61 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
                       specs=specs if len(specs) > 1 else [], output_axes=output_axes)
     src.float_onnx, src.keepalive = str(fixed), tmp
     return src
+
+
+def _loadable(fixed: Path, plain) -> str | None:
+    """None when ONNX Runtime loads the fixed-size graph; else the reason, and `fixed` holds the graph with
+    its sizes left open (If branches written for other sizes, another sample rate, can contradict fixed
+    sizes in shape inference; such a model still runs, fed the sizes asked for)."""
+    import onnx
+    from edgesdk.errors import EdgeSDKError
+    from edgesdk.onnx_artifact import ONNXArtifact
+    try:
+        ONNXArtifact(fixed).session()
+        return None
+    except EdgeSDKError as exc:
+        reason = first_line(exc)[:160]
+    plain.ir_version = min(plain.ir_version, RUNTIME_MAX_IR_VERSION)
+    onnx.save(plain, str(fixed))
+    ONNXArtifact(fixed).session()  # a model ONNX Runtime cannot load at all says so here
+    return reason
+
+
+def resolve_control_flow(source) -> None:
+    """If nodes that the fixed sizes and --input-value decide are inlined (onnx_fold); the source's graph
+    (and what runs it) is rewritten in place."""
+    import onnx
+    from . import onnx_fold
+    model = onnx.load(source.float_onnx)
+    if not any(n.op_type == "If" for n in model.graph.node):
+        return
+    shapes = {s.name: [1 if d is None else d for d in s.shape] for s in source.inputs}
+    before = len(model.graph.node)
+    try:
+        model, folded = onnx_fold.fold(model, source.fixed, shapes)
+    except Exception as exc:  # the graph stays as it was: the routes judge it
+        source.notes.append(f"If nodes left as they are: resolving them failed ({first_line(exc)[:160]})")
+        return
+    if not folded:
+        return
+    for inp in model.graph.input:  # with the branches gone, the sizes can be fixed where they were left open
+        if inp.name in shapes:
+            for d, v in zip(inp.type.tensor_type.shape.dim, shapes[inp.name]):
+                d.ClearField("dim_param")
+                d.dim_value = v
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        pass
+    onnx.save(model, source.float_onnx)
+    _loadable(Path(source.float_onnx), plain)
+    source.derived.pop("onnx_runner", None)
+    source.notes = [n for n in source.notes if not n.startswith("input sizes left open")]
+    fixed = f"; {', '.join(source.fixed)} built in as constants" if source.fixed else ""
+    source.notes.append(f"{folded} If node(s) resolved by the fixed sizes and values ({before} -> "
+                        f"{len(model.graph.node)} top-level nodes){fixed}")
 
 
 def _batch_axis(dims, batch) -> int | None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edgesdk import toolchains
-from edgesdk.data import Dataset, to_artifact_layout
+from edgesdk.data import Dataset
+from edgesdk.inputs import Inputs, to_artifact_layout
 from edgesdk.errors import ConversionError, OptionError
 from edgesdk.util import captured_output, first_line
 
@@ -28,6 +29,7 @@ from .keras_model import import_tf
 
 FORMAT = "tflite"
 FRAMEWORK = "onnx"
+MULTI_INPUT = True  # onnx2tf keeps the ONNX input names; several inputs are fed by name
 
 ONNX2TF = toolchains.Toolchain("onnx2tf", ("onnx2tf==1.29.24",), "ONNX -> TFLite",
                                "about 2.6 GB and 2 minutes, once")
@@ -47,12 +49,17 @@ def prepare_source(source, recipe, calibration, step=None):
     graph = Path(work.name) / "source.onnx"
     rewritten = _int8_friendly(source.float_onnx, graph)
     request = {"onnx": str(graph), "out": str(out),
-               # only 4-D image inputs become NHWC; audio (N, C, T) and feature inputs keep their layout
-               "keep": [] if source.layout == "NCHW" else [source.input_name]}
-    if calibration is not None and np.issubdtype(calibration.x.dtype, np.floating):
-        samples = Path(work.name) / "samples.npy"
-        np.save(samples, _tf_layout(calibration.x[:SAMPLES], source))
-        request["samples"] = {source.input_name: str(samples)}
+               # only 4-D image inputs become NHWC; audio (N, C, T), feature and state inputs keep their layout
+               # (onnx2tf takes the option for 3-D to 5-D inputs; it leaves the others as they are)
+               "keep": [s.name for s in source.inputs if s.layout != "NCHW" and 3 <= len(s.shape) <= 5]}
+    if calibration is not None:
+        x = _tf_layout(calibration.x[:SAMPLES], source)
+        arrays = list(x.feed().items()) if isinstance(x, Inputs) else [(source.input_name, x)]
+        if all(np.issubdtype(a.dtype, np.floating) for _, a in arrays):
+            request["samples"] = {}
+            for k, (name, a) in enumerate(arrays):
+                np.save(Path(work.name) / f"samples_{k}.npy", a)
+                request["samples"][name] = str(Path(work.name) / f"samples_{k}.npy")
     try:
         reply = toolchains.run(ONNX2TF, WORKER, request, step=step)
     except toolchains.ToolchainError as exc:
@@ -97,8 +104,8 @@ def _int8_friendly(src: str, dst: Path) -> int:
     return count
 
 
-def _tf_layout(x: np.ndarray, source) -> np.ndarray:
-    return to_artifact_layout(x, source.layout, "NHWC")
+def _tf_layout(x, source):
+    return to_artifact_layout(x, source, "NHWC")
 
 
 def _float_flatbuffer(tf_source) -> bytes:

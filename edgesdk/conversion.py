@@ -21,7 +21,7 @@ from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_version
 from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_for,
                    representative, split_holdout)
 from .inputs import artifact_outputs, source_states, to_artifact_layout
-from .errors import ConversionError, DataError, EdgeSDKError, OptionError
+from .errors import ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
 from .progress import Progress
@@ -355,6 +355,11 @@ def _validate(path: Path, reference, val, recipe, progress, source, layout, metr
     x = to_artifact_layout(val.x, source, layout)  # data comes in the source's layout
     try:
         outs = artifact_outputs(art, x, source, reference, progress=progress.bar("validating"))
+    except ModelLoadError as exc:  # the runtime refuses what the converter made (an XNNPACK kernel's limits)
+        raise ConversionError(f"The converted {recipe.format} artifact does not run here: "
+                              f"{first_line(exc).split(': ', 1)[-1][:300]} Nothing was written. If an op is "
+                              f"named, keep it in float (--exclude-op-types OP --allow-float-fallback) or "
+                              f"try --format onnx.") from None
     except EdgeSDKError:
         raise
     except Exception as exc:  # the converter wrote something its own runtime cannot run: a route bug

@@ -101,20 +101,26 @@ def match_names(wanted: list, given: list, what: str = "input") -> dict:
                 out[w] = hits[0]
                 free.remove(hits[0])
     for w in wanted:
-        if w in out:
-            continue
-        hits = [g for g in free if _norm(w) and re.search(rf"(^|[^0-9a-z]){re.escape(w.lower())}([^0-9a-z]|$)",
-                                                          g.lower())]
+        hits = [g for g in free if _holds(w, g) or _holds(g, w)] if w not in out else []
         if len(hits) == 1:
             out[w] = hits[0]
             free.remove(hits[0])
     left = [w for w in wanted if w not in out]
+    numbered = [re.search(r"(\d+)\D*$", w) for w in left]
+    if all(numbered):  # 'serving_default_args_1:0': the argument's position is in the name
+        left = [w for _, w in sorted(zip([int(m.group(1)) for m in numbered], left))]
     if left and len(left) == len(free):  # converters that rename every input keep their order
         out.update(zip(left, free))
     elif left:
         raise DataError(f"Cannot tell which of the artifact's {what}s ({', '.join(given)}) is "
                         f"'{left[0]}'.")
     return out
+
+
+def _holds(longer: str, name: str) -> bool:
+    """`name` appears in `longer` as a whole word ('state' in 'serving_default_state:0')."""
+    return bool(name) and re.search(rf"(^|[^0-9a-z]){re.escape(name.lower())}([^0-9a-z]|$)",
+                                    longer.lower()) is not None
 
 
 # -- fixed values and state, attached to the source ---------------------------------------------------

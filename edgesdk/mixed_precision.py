@@ -75,13 +75,12 @@ class Trials:
         from edgesdk.converters import get_route, onnx_int8
         self.format = recipe.format
         if recipe.format == "onnx" and source.float_onnx:
-            name = _onnx_input_name(source)
             self.excludes = onnx_int8.EXCLUDES_LAYERS
             self.hint, self.measured_hint = onnx_int8.DIAGNOSIS_HINT, onnx_int8.MEASURED_HINT
             self.calibration_methods = onnx_int8.CALIBRATION_METHODS
-            self._convert = lambda r: onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, name,
+            self._convert = lambda r: onnx_int8.quantize(Path(source.float_onnx), r, profile, calib,
                                                          quirks=source.quantizer_quirks)[0]
-            self._debug = lambda path, x, r: onnx_int8.diagnose(source.float_onnx, path, x, name,
+            self._debug = lambda path, x, r: onnx_int8.diagnose(source.float_onnx, path, x,
                                                                 excluded=r.exclude_nodes)
         elif recipe.format == "tflite":
             route = get_route(source.framework, "tflite")
@@ -105,13 +104,6 @@ class Trials:
 
     def debugger_rows(self, artifact_path, x, recipe) -> list:
         return self._debug(artifact_path, x, recipe)
-
-
-def _onnx_input_name(source) -> str:
-    if source.framework == "onnx":
-        return source.input_name
-    import onnx
-    return onnx.load(str(source.float_onnx)).graph.input[0].name
 
 
 def graph_ops(artifact_path, fmt: str) -> tuple:

@@ -198,6 +198,9 @@ def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=
         raise ModelLoadError(f"--input-shape {what}. Use --input-shape {wanted} (with the sizes you build for).")
     from .inputs import attach_fixed, attach_stateful
     attach_fixed(source, input_values)
+    if source.framework == "onnx":  # control flow the fixed sizes and values decide is resolved up front
+        from edgesdk.converters.onnx_model import resolve_control_flow
+        resolve_control_flow(source)
     attach_stateful(source, stateful)
     return source
 
