@@ -104,7 +104,8 @@ def test_multi_input_mistakes_get_clear_errors(vad, tmp_path):
     x = np.load(vad["data"])["input"]
     np.savez(tmp_path.parent / "with_rate.npz", input=x, sr=np.full(len(x), 16000))
     r = run_cli("convert", fixtures.fetch("silero_vad"), "-t", "rpi4", "--format", "onnx", "-o", tmp_path,
-                "-c", tmp_path.parent / "with_rate.npz", "--input-shape", "input:1,576", "--class-output", "0")
+                "-c", tmp_path.parent / "with_rate.npz", "--input-shape", "input:1,576", "--class-output", "0",
+                "--stateful", "state=stateN")
     assert r.returncode == ConversionError.exit_code and "in float: the result would be a float model" in r.stderr \
         and "inside If branches" in r.stderr, r.stderr[-600:]
     assert list(tmp_path.iterdir()) == []
