@@ -19,13 +19,15 @@ FORMAT = "onnx"
 CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
 FRAMEWORK = "keras"
 OPSET = 17
+MULTI_INPUT = True  # one ONNX input per model input, under its (TensorFlow-safe) name
 
 
 def export_float(source, path: Path) -> None:
     tf = import_tf()
     import tf2onnx
-    name = _safe_name(source.input_name)
-    spec = (tf.TensorSpec((1,) + tuple(source.input_shape[1:]), tf.float32, name=name),)
+    spec = tuple(tf.TensorSpec((1,) + tuple(s.shape[1:]), tf.dtypes.as_dtype(s.dtype), name=_safe_name(s.name))
+                 for s in source.inputs)
+    names = [s.name for s in source.inputs]
     try:
         with captured_output():
             if source.flavor == "saved_model":
@@ -33,9 +35,9 @@ def export_float(source, path: Path) -> None:
                 fn = source.model.signatures["serving_default"]
                 # frozen first: a function that captures variables exports them as extra graph inputs
                 frozen = convert_variables_to_constants_v2(
-                    tf.function(lambda t: fn(**{source.input_name: t})).get_concrete_function(*spec))
+                    tf.function(lambda *t: fn(**dict(zip(names, t)))).get_concrete_function(*spec))
                 model_proto, _ = tf2onnx.convert.from_function(
-                    tf.function(lambda t: frozen(t)), input_signature=spec, opset=OPSET)
+                    tf.function(lambda *t: frozen(*t)), input_signature=spec, opset=OPSET)
             else:
                 model_proto, _ = tf2onnx.convert.from_keras(_batch1_model(source), input_signature=spec,
                                                            opset=OPSET)

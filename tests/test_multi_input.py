@@ -158,6 +158,15 @@ def test_two_input_keras_to_full_int8_tflite(two_input, tmp_path, target, pixels
     assert np.mean(reader.predict(x)[0].argmax(1) != reader.predict(shuffled)[0].argmax(1)) > 0.02
 
 
+def test_two_input_keras_to_int8_onnx_for_jetson(two_input, tmp_path):
+    art = edgesdk.convert(str(two_input["model"]), target="jetson-orin-nano", calibration=str(two_input["calib"]),
+                          validation=str(two_input["val"]), output_dir=tmp_path, quiet=True)
+    assert [(i["name"], i["dtype"]) for i in art.manifest["inputs"]] == [("pixels", "float32"), ("row_ink", "int32")]
+    assert art.manifest["quantization"]["qdq_ops"] > 0
+    v = art.manifest["validation"]
+    assert v["passed"] and v["samples"] == 1000 and v["top1_agreement"] >= 0.97
+
+
 def test_two_input_data_forms(two_input, tmp_path):
     """An .npz by input name, a dict and a tuple in input order are the same data; labels ride along."""
     from edgesdk.data import data_fingerprint, load_for
