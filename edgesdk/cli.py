@@ -242,8 +242,11 @@ def check(ctx, model, targets, input_shape, input_values, model_factory, unsafe_
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return
-    click.echo(f"{model}: {result['source']['framework']} ({result['source']['flavor']}), input "
-               f"{result['source']['input_shape']}, {result['source']['param_count']:,} parameters")
+    src = result["source"]
+    shapes = (", ".join(f"{i['name']} {i['shape']}" for i in src["inputs"]) if "inputs" in src
+              else f"{src['input_shape']}")
+    click.echo(f"{model}: {src['framework']} ({src['flavor']}), input{'s' if 'inputs' in src else ''} {shapes}, "
+               f"{src['param_count']:,} parameters")
     click.echo(_verdict_rows(result["targets"]))
     if any(r["status"] == "unsupported" for r in result["targets"]):
         sys.exit(1)

@@ -132,7 +132,8 @@ def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
         if proc.returncode != 0 or reply is None or reply.get("error"):
             said = reply.get("error") if reply and reply.get("error") else _tail(log_path)
-            raise ToolchainError(f"{toolchain.name} failed: {said}")
+            said = " ".join(line.strip() for line in said.splitlines() if line.strip())  # one paragraph
+            raise ToolchainError(f"{toolchain.name} failed: {said[:600]}")
         return reply
 
 

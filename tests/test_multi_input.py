@@ -156,6 +156,9 @@ def test_two_input_keras_to_full_int8_tflite(two_input, tmp_path, target, pixels
     x = Inputs({"pixels": two_input["x"][4000:4200], "row_ink": two_input["ink"][4000:4200]})
     shuffled = x.replaced(row_ink=two_input["ink"][4200:4400])
     assert np.mean(reader.predict(x)[0].argmax(1) != reader.predict(shuffled)[0].argmax(1)) > 0.02
+    # the runner feeds every input its own synthetic values: ids stay in any vocabulary's range
+    res = edgesdk.benchmark(str(art.path), runs=5, warmup=1)
+    assert res.p50 > 0 and sorted(i["dtype"] for i in res.raw["inputs"]) == sorted([pixels_dtype, "int32"])
 
 
 def test_two_input_keras_to_int8_onnx_for_jetson(two_input, tmp_path):
