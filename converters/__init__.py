@@ -21,6 +21,19 @@ ROUTES = {
 
 PRUNERS = {"keras": "keras_prune", "torch": "torch_prune"}
 
+# What each route imports, and the extra that brings it: a route whose packages are missing says which
+# extra to install before it starts, instead of failing half-way with an import error.
+REQUIRES = {
+    ("keras", "tflite"): {"tensorflow": "keras", "tf_keras": "keras"},
+    ("keras", "onnx"): {"tensorflow": "keras", "tf2onnx": "onnx", "onnx": "onnx", "onnxruntime": "onnx"},
+    ("onnx", "onnx"): {"onnx": "onnx", "onnxruntime": "onnx"},
+    ("onnx", "tflite"): {"onnx": "onnx", "onnxruntime": "onnx", "tensorflow": "tflite",
+                         "ai_edge_quantizer": "tflite"},
+    ("torch", "tflite"): {"torch": "torch", "litert_torch": "torch", "ai_edge_quantizer": "torch",
+                          "tensorflow": "torch"},
+    ("torch", "onnx"): {"torch": "torch", "onnxscript": "torch", "onnx": "onnx", "onnxruntime": "onnx"},
+}
+
 # Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes, and
 # CALIBRATION_METHODS: the --calibration-method values it takes (default: "minmax" only). A route that
 # needs a one-time step first (a private toolchain, an intermediate graph) has
@@ -33,6 +46,12 @@ def get_route(framework: str, fmt: str):
         have = ", ".join(f"{f}->{o}" for f, o in ROUTES)
         raise ConversionError(f"No conversion route from {framework} to {fmt} in this version "
                               f"(available: {have}). Choose a target whose profile takes one of those.")
+    import importlib.util
+    missing = {m: extra for m, extra in REQUIRES.get(key, {}).items() if importlib.util.find_spec(m) is None}
+    if missing:
+        extras = ",".join(sorted(set(missing.values())))
+        raise ConversionError(f"Making {fmt} from {framework} needs {', '.join(missing)}, not installed here: "
+                              f"pip install 'edgesdk[{extras}]'.")
     return importlib.import_module(f"{__name__}.{ROUTES[key]}")
 
 

@@ -54,6 +54,55 @@ def test_wheel_installs_into_a_fresh_venv_and_lists_profiles(wheel, tmp_path):
     assert Path(r.stdout.strip()).is_file() and str(env_dir) in r.stdout
 
 
+def _fresh_venv(wheel, extra, tmp_path) -> Path:
+    """A new venv with the wheel and one extra, nothing else; its bin directory."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    f"{wheel}[{extra}]"], check=True, capture_output=True, text=True)
+    return env_dir / "bin"
+
+
+def test_keras_extra_alone_converts_for_the_pi_and_names_the_extra_onnx_needs(wheel, keras3_mnist, mnist_files,
+                                                                              tmp_path):
+    """`pip install edgesdk[keras]`: Keras -> full-int8 TFLite works; Keras -> ONNX (Jetson) asks for the onnx
+    extra in one line (exit 6)."""
+    bin_dir = _fresh_venv(wheel, "keras", tmp_path)
+    exe = str(bin_dir / "edgesdk")
+    args = [str(keras3_mnist), "-c", str(mnist_files["test"]), "-q"]
+    r = subprocess.run([exe, "convert", *args, "-t", "rpi4", "-o", str(tmp_path / "pi")], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "pi" / f"{keras3_mnist.stem}.rpi4.tflite").is_file()
+    r = subprocess.run([exe, "convert", *args, "-t", "jetson-orin-nano", "-o", str(tmp_path / "jetson")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 6 and "pip install 'edgesdk[onnx]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "jetson").exists() or list((tmp_path / "jetson").iterdir()) == []
+
+
+def test_torch_extra_alone_converts_for_the_pi_and_names_the_extra_onnx_needs(wheel, tmp_path):
+    """`pip install edgesdk[torch]`: PyTorch -> full-int8 TFLite works (TensorFlow comes with the extra);
+    PyTorch -> ONNX asks for the onnx extra in one line (exit 6)."""
+    import numpy as np
+    bin_dir = _fresh_venv(wheel, "torch", tmp_path)
+    script = tmp_path / "make.py"
+    script.write_text("import torch\n"
+                      "m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),\n"
+                      "                        torch.nn.Linear(8 * 14 * 14, 4), torch.nn.Softmax(dim=1)).eval()\n"
+                      "torch.manual_seed(0)\n"
+                      "torch.export.save(torch.export.export(m, (torch.zeros(1, 3, 16, 16),)), 'm.pt2')\n")
+    subprocess.run([str(bin_dir / "python"), str(script)], check=True, cwd=tmp_path, capture_output=True)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((64, 3, 16, 16)).astype(np.float32))
+    exe = str(bin_dir / "edgesdk")
+    args = ["m.pt2", "-c", "x.npy", "-q", "--min-agreement", "0.8"]
+    r = subprocess.run([exe, "convert", *args, "-t", "rpi4", "-o", "pi"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "pi" / "m.rpi4.tflite").is_file()
+    r = subprocess.run([exe, "convert", *args, "-t", "jetson-orin-nano", "-o", "jetson"], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 6 and "pip install 'edgesdk[onnx]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_onnx_extra_alone_converts_for_jetson_and_names_the_extra_tflite_needs(wheel, tmp_path):
     """`pip install edgesdk[onnx]` into a fresh venv: the ONNX route works; the Pi's TFLite from ONNX asks for
     the tflite extra in one line (exit 6), not with a traceback, before any private toolchain is made."""
