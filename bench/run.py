@@ -146,7 +146,7 @@ def _plain_tflite(model, cal, val):
     import torch
     from edgesdk.converters import tflite_int8, torch_tflite
     from edgesdk.tflite_artifact import TFLiteArtifact
-    wrapped = torch_tflite._channels_last(model, torch)
+    wrapped = torch_tflite._channels_last(model, torch, {0})
     flat = bytes(litert_torch.convert(wrapped, (torch.zeros(1, 224, 224, 3),)).model_content())
     nhwc = lambda a: a.transpose(0, 2, 3, 1).copy()  # noqa: E731
     q, data = tflite_int8.quantizer_for(flat, nhwc(cal))
