@@ -69,7 +69,7 @@ def test_keras_extra_alone_converts_for_the_pi_and_names_the_extra_onnx_needs(wh
     extra in one line (exit 6)."""
     bin_dir = _fresh_venv(wheel, "keras", tmp_path)
     exe = str(bin_dir / "edgesdk")
-    args = [str(keras3_mnist), "-c", str(mnist_files["test"]), "-q"]
+    args = [str(keras3_mnist), "-c", str(mnist_files["test"]), "-q", "--max-accuracy-drop", "3"]  # 200 held out
     r = subprocess.run([exe, "convert", *args, "-t", "rpi4", "-o", str(tmp_path / "pi")], capture_output=True,
                        text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
