@@ -300,7 +300,7 @@ def bench_overhead(tmp, quick):
     script = tmp / "plain.py"
     script.write_text(PLAIN_CONVERTER)
     exe = str(Path(sys.executable).with_name("edgesdk"))
-    reps = 2 if quick else 5
+    reps = 1 if quick else 5  # quick mode only keeps the measurement from rotting
     sdk, plain = [], []
     for i in range(reps):
         plain.append(timed([sys.executable, str(script), str(path), str(calib), str(tmp / "plain.tflite")]))
