@@ -171,10 +171,11 @@ def resolve_control_flow(source) -> None:
     except Exception:
         pass
     onnx.save(model, source.float_onnx)
-    _loadable(Path(source.float_onnx), plain)
+    still_open = _loadable(Path(source.float_onnx), plain)
     source.derived.pop("onnx_runner", None)
     source.param_count = _params(model)  # weights that sat in the branches count now
-    source.notes = [n for n in source.notes if not n.startswith("input sizes left open")]
+    if not still_open:
+        source.notes = [n for n in source.notes if not n.startswith("input sizes left open")]
     fixed = f"; {', '.join(source.fixed)} built in as constants" if source.fixed else ""
     source.notes.append(f"{folded} If node(s) resolved by the fixed sizes and values ({before} -> "
                         f"{len(model.graph.node)} top-level nodes){fixed}")

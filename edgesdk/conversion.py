@@ -108,8 +108,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     if source.multi_input and not getattr(route, "MULTI_INPUT", False):
         raise ConversionError(f"'{source.name}' has {len(source.inputs)} inputs "
                               f"({', '.join(s.name for s in source.inputs)}); the route from {source.framework} "
-                              f"to {recipe.format} takes single-input models only so far. "
-                              f"{getattr(route, 'MULTI_INPUT_HINT', '')}".strip())
+                              f"to {recipe.format} takes single-input models only.")
     if source.multi_input and recipe.sparsity:
         raise OptionError(f"--prune on a model with several inputs is not supported yet; convert "
                           f"'{source.name}' without --prune.")

@@ -328,7 +328,6 @@ def _named(spec, names: list, what: str) -> tuple:
     return {n: spec[n] for n in names}, spec.get("y"), where
 
 
-
 def _as_numeric(x: np.ndarray, source: str) -> np.ndarray:
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) \
             or np.issubdtype(x.dtype, np.complexfloating):
@@ -419,9 +418,9 @@ def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0, contiguous:
     if n - n_val < 1:
         raise DataError(f"{ds.source}: {n} sample(s) is too few to hold out validation data; "
                         f"give --validation DATA or more calibration data.")
-    order = np.random.default_rng(seed).permutation(n)
     if contiguous:
         return ds.subset(np.arange(n - n_val)), ds.subset(np.arange(n - n_val, n))
+    order = np.random.default_rng(seed).permutation(n)
     return ds.subset(order[n_val:]), ds.subset(order[:n_val])
 
 

@@ -39,9 +39,6 @@ class Inputs:
             return self.arrays[idx]
         return Inputs({k: v[idx] for k, v in self.arrays.items()}, self.batch_axes)
 
-    def __contains__(self, name) -> bool:
-        return name in self.arrays
-
     def items(self):
         return self.arrays.items()
 
@@ -60,10 +57,6 @@ class Inputs:
             axis = self.batch_axes[k]
             out[k] = np.asarray(v[0]) if axis is None else (np.moveaxis(v, 0, axis) if axis else v)
         return out
-
-
-def first_array(x) -> np.ndarray:
-    return x if isinstance(x, np.ndarray) else next(iter(x.arrays.values()))
 
 
 def feed_rows(x, start: int, stop: int, names: list) -> dict:
@@ -191,7 +184,7 @@ def _detect_states(source) -> dict:
     if not pairs:
         return {}
     try:  # a name match is kept only if the output's shape is the state's
-        probe = zero_inputs(source, 1, states=pairs)
+        probe = zero_inputs(source, 1)
         got = dict(zip(source.output_names, source.predict(probe)))
     except Exception:
         return {}
@@ -200,7 +193,7 @@ def _detect_states(source) -> dict:
             if got[o].size == int(np.prod([d or 1 for d in shapes[i].sample_shape]))}
 
 
-def zero_inputs(source, n: int, states=None) -> Inputs:
+def zero_inputs(source, n: int) -> Inputs:
     """n samples of zeros (fixed inputs at their value): a probe, or a state's starting point."""
     arrays = {}
     for s in source.inputs:
@@ -284,9 +277,3 @@ def artifact_outputs(art, x, source, reference, progress=None) -> list:
         return run_sequence(lambda step: art.predict(step, output_axes=axes), x, source, reference,
                             list(art.output_names), progress)
     return art.predict(x, progress=progress, output_axes=axes)
-
-
-def describe_shapes(x) -> str:
-    if isinstance(x, Inputs):
-        return ", ".join(f"{k} {list(v.shape)}" for k, v in x.items())
-    return str(list(x.shape))
