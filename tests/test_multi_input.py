@@ -244,3 +244,17 @@ def test_two_input_onnx_to_tflite(gained_onet, tmp_path):
     v = art.manifest["validation"]
     assert v["artifact_accuracy"] == 1.0 and min(o["sqnr_db"] for o in v["outputs"]) > 15
     assert {i["dtype"] for i in art.manifest["inputs"]} == {"int8"}
+
+
+def test_one_data_input_beside_a_rate_and_a_state_takes_every_form(vad):
+    """Only 'input' comes from data: an array, an .npz by name or as x, a dict by name or as x."""
+    from edgesdk.data import data_fingerprint, load_for
+    from edgesdk.source import load_source
+    src = load_source(str(vad["model"]), input_shape="input:1,576", input_values={"sr": 16000},
+                      stateful={"state": "stateN"})
+    assert [s.name for s in src.data_inputs] == ["input"]
+    x = vad["x"]
+    forms = [x, str(vad["data"]), {"input": x}, {"x": x}]
+    loaded = [load_for(src, f) for f in forms]
+    assert len({data_fingerprint(d) for d in loaded}) == 1
+    assert loaded[0].x.shape == {"input": (555, 576), "state": (555, 2, 128), "sr": (555,)}
