@@ -17,18 +17,12 @@ from edgesdk.inputs import feed_rows
 from edgesdk.onnx_artifact import DISABLED_OPTIMIZERS
 from edgesdk.util import captured_output, first_line, working_directory
 
+from .onnx_model import input_names
+
 FORMAT = "onnx"
 FRAMEWORK = "onnx"
 PER_CHANNEL_MIN_OPSET = 13
 MULTI_INPUT = True  # calibration feeds every input by name
-
-
-def _input_names(path) -> list:
-    """The graph's real inputs (not initializers): what a feed may name."""
-    import onnx
-    graph = onnx.load(str(path)).graph
-    inits = {i.name for i in graph.initializer}
-    return [i.name for i in graph.input if i.name not in inits]
 
 
 def _reader(x, names, progress):
@@ -159,7 +153,7 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
 
         def run():
             with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
-                quantize_static(str(pre), str(out), _reader(x, _input_names(pre), progress),
+                quantize_static(str(pre), str(out), _reader(x, input_names(pre), progress),
                                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=per_channel,
                                 calibrate_method=methods[recipe.calibration_method], extra_options=extra,
@@ -213,8 +207,9 @@ def _run_error(path: Path, x) -> str | None:
     options.log_severity_level = 4  # the reason is returned, not printed
     try:
         with captured_output():
-            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=DISABLED_OPTIMIZERS).run(None, feed_rows(x, 0, 1, _input_names(path)))
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=DISABLED_OPTIMIZERS)
+            session.run(None, feed_rows(x, 0, 1, input_names(path)))
     except Exception as exc:
         return first_line(exc)[:300]
     return None
@@ -283,8 +278,8 @@ def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
         with captured_output():
             modify_model_output_intermediate_tensors(str(float_path), str(float_aug))
             modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
-            float_acts = collect_activations(str(float_aug), _reader(x, _input_names(float_path), None))
-            qdq_acts = collect_activations(str(qdq_aug), _reader(x, _input_names(float_path), None))
+            float_acts = collect_activations(str(float_aug), _reader(x, input_names(float_path), None))
+            qdq_acts = collect_activations(str(qdq_aug), _reader(x, input_names(float_path), None))
         matching = create_activation_matching(qdq_acts, float_acts)
     producers = {o: n for n in onnx.load(str(qdq_path)).graph.node for o in n.output}
     rows = []

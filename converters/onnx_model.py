@@ -37,8 +37,7 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
                              f"as it is (`edgesdk inspect {path.name} --target PROFILE` says whether a target runs "
                              f"it; `edgesdk bench` / `edgesdk deploy` measure it), or convert from the float "
                              f"original the quantized model was made from.")
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    inputs = graph_inputs(model.graph)
     shapes = dict(input_shape or {})
     if len(shapes) == 1 and len(inputs) == 1:  # the one input's shape (a wrong name is said by load_source)
         shapes = {inputs[0].name: next(iter(shapes.values()))}
@@ -122,6 +121,17 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
                       specs=specs if len(specs) > 1 else [], output_axes=output_axes)
     src.float_onnx, src.keepalive = str(fixed), tmp
     return src
+
+
+def graph_inputs(graph) -> list:
+    """The graph's real inputs (ValueInfos): what a feed names; initializers listed as inputs are not."""
+    inits = {i.name for i in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def input_names(path) -> list:
+    import onnx
+    return [i.name for i in graph_inputs(onnx.load(str(path)).graph)]
 
 
 def _loadable(fixed: Path, plain) -> str | None:

@@ -26,6 +26,7 @@ from . import keras_tflite, tflite_int8
 # what the recovery ladder and the diagnosis ask of a route: the shared int8 back end's
 from .tflite_int8 import CALIBRATION_METHODS, DIAGNOSIS_HINT, EXCLUDES_LAYERS, MEASURED_HINT  # noqa: F401
 from .keras_model import import_tf
+from .onnx_model import input_names
 
 FORMAT = "tflite"
 FRAMEWORK = "onnx"
@@ -54,7 +55,8 @@ def prepare_source(source, recipe, calibration, step=None):
                "keep": [s.name for s in source.inputs if s.layout != "NCHW" and 3 <= len(s.shape) <= 5]}
     if calibration is not None:
         x = _tf_layout(calibration.x[:SAMPLES], source)
-        arrays = list(x.feed().items()) if isinstance(x, Inputs) else [(source.input_name, x)]
+        feed = x.feed() if isinstance(x, Inputs) else {source.input_name: x}
+        arrays = [(n, feed[n]) for n in input_names(graph)]  # a fixed input built into the graph is not fed
         if all(np.issubdtype(a.dtype, np.floating) for _, a in arrays):
             request["samples"] = {}
             for k, (name, a) in enumerate(arrays):

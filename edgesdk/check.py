@@ -38,21 +38,19 @@ def check_model(model, targets=None, *, input_shape=None, input_values=None, exa
 
 
 def synthetic(source, n: int):
-    """n random samples for every input: normal floats, small non-negative integers (ids, a rate given
-    with --input-value keeps its value)."""
-    from .inputs import Inputs
+    """n random samples for every input: normal floats, small non-negative integers (ids); a rate given
+    with --input-value keeps its value."""
+    from .inputs import complete
     rng = np.random.default_rng(0)
 
     def one(spec):
-        if spec.name in source.fixed:
-            return np.broadcast_to(source.fixed[spec.name], (n,) + source.fixed[spec.name].shape).copy()
         shape = [n] + [d or 1 for d in spec.sample_shape]
         if spec.integer:
             return rng.integers(0, 2, shape).astype(spec.dtype)
         return rng.standard_normal(shape).astype(spec.dtype)
     if not source.multi_input:
         return one(source.inputs[0])
-    return Inputs({s.name: one(s) for s in source.inputs}, {s.name: s.batch_axis for s in source.inputs})
+    return complete(source, {s.name: one(s) for s in source.data_inputs}, n, "trial data")
 
 
 def _check_one(source, profile, trial, tmp: Path) -> dict:

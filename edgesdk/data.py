@@ -254,8 +254,8 @@ def load_for(source, spec, *, preprocess: Preprocess | None = None, what: str = 
     preprocess = preprocess or Preprocess()
     images = [s for s in wanted if s.layout and not s.integer]
     processed = images or [s for s in wanted if not s.integer]
-    by_name = (isinstance(spec, dict) and wanted[0].name in spec) or (
-        isinstance(spec, (str, Path)) and Path(spec).suffix.lower() == ".npz" and wanted[0].name in _npz_keys(Path(spec)))
+    is_npz = isinstance(spec, (str, Path)) and Path(spec).suffix.lower() == ".npz"
+    by_name = wanted[0].name in (spec if isinstance(spec, dict) else _npz_keys(Path(spec)) if is_npz else ())
     if len(wanted) == 1 and not by_name:
         s = wanted[0]  # one data input beside fixed values and states: any single-input form
         ds = load_data(spec, input_shape=(None,) + s.sample_shape, input_dtype=s.dtype,

@@ -60,13 +60,12 @@ class Inputs:
 
 
 def feed_rows(x, start: int, stop: int, names: list) -> dict:
-    """Samples start:stop as {model input name: array} for a model whose inputs are `names` (a single
-    array goes to the first; several are matched by name, or taken as named when `names` is one name)."""
+    """Samples start:stop as {model input name: array} for a model whose inputs are `names`: a single array
+    goes to the first; an Inputs is matched by name (what the data holds beyond them, such as a rate built
+    into the graph, is not fed)."""
     if not isinstance(x, Inputs):
         return {names[0]: x[start:stop]}
     chunk = x[start:stop].feed()
-    if len(names) == 1 and len(x.names) > 1:  # the caller only knows the first input: names are the model's
-        return chunk
     return {n: chunk[m] for n, m in match_names(list(names), x.names).items()}
 
 
@@ -195,13 +194,8 @@ def _detect_states(source) -> dict:
 
 def zero_inputs(source, n: int) -> Inputs:
     """n samples of zeros (fixed inputs at their value): a probe, or a state's starting point."""
-    arrays = {}
-    for s in source.inputs:
-        if s.name in source.fixed:
-            arrays[s.name] = np.broadcast_to(source.fixed[s.name], (n,) + source.fixed[s.name].shape).copy()
-        else:
-            arrays[s.name] = np.zeros((n,) + tuple(d or 1 for d in s.sample_shape), np.dtype(s.dtype))
-    return Inputs(arrays, {s.name: s.batch_axis for s in source.inputs})
+    return complete(source, {s.name: np.zeros((n,) + tuple(d or 1 for d in s.sample_shape), np.dtype(s.dtype))
+                             for s in source.data_inputs}, n, "probe")
 
 
 def complete(source, data: dict, n: int, what: str) -> Inputs:
