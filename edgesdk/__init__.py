@@ -4,6 +4,9 @@ Importing edgesdk is cheap: TensorFlow, PyTorch and ONNX Runtime load only
 when a conversion or a benchmark needs them.
 """
 
+import sys
+import types
+
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
@@ -23,12 +26,6 @@ def __getattr__(name):
     if name == "convert":
         from .conversion import convert
         return convert
-    if name == "deploy":
-        from .deploy import deploy
-        return deploy
-    if name == "check":
-        from .check import check_model
-        return check_model
     if name == "inspect":
         from .inspection import inspect
         return inspect
@@ -45,3 +42,29 @@ def __getattr__(name):
         from .artifact import Artifact
         return Artifact
     raise AttributeError(f"module 'edgesdk' has no attribute {name!r}")
+
+
+class _API(types.ModuleType):
+    """`edgesdk.deploy` and `edgesdk.check` are the functions, though submodules share their names: the
+    import system records a submodule on its package when it loads it, and would shadow them."""
+
+    @property
+    def deploy(self):
+        from .deploy import deploy
+        return deploy
+
+    @deploy.setter
+    def deploy(self, _module):
+        pass
+
+    @property
+    def check(self):
+        from .check import check_model
+        return check_model
+
+    @check.setter
+    def check(self, _module):
+        pass
+
+
+sys.modules[__name__].__class__ = _API
