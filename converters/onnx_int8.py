@@ -15,6 +15,7 @@ from pathlib import Path
 from edgesdk.errors import ConversionError, OptionError
 from edgesdk.inputs import feed_rows
 from edgesdk.onnx_artifact import DISABLED_OPTIMIZERS
+from edgesdk.targets import get_family
 from edgesdk.util import captured_output, first_line, working_directory
 
 from .onnx_model import input_names
@@ -147,7 +148,8 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
         rounded = _round_weights(pre, recipe, recipe.per_channel and not quirks.get("per_tensor", False), x)
         if stats is not None:
             stats["weight_rounding"] = rounded
-        extra = {"ActivationSymmetric": profile.family == "jetson",
+        settings = get_family(profile.family).quantizer_settings(profile, "onnx")
+        extra = {"ActivationSymmetric": settings.get("activation_symmetric", False),
                  "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False)}
         per_channel = recipe.per_channel and not quirks.get("per_tensor", False)
 

@@ -110,8 +110,9 @@ def parse_runner_output(stdout: str, stderr: str, returncode: int) -> dict:
 def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = None,
               duration: float | None = None, delegate: str = "auto", python: str | None = None,
               timeout: float | None = None, repeat: int = 1, input_shape=None) -> BenchmarkResult:
-    """input_shape: for inputs with dynamic dims, 'name:1,3,640,640' (a list of them, or one bare shape)."""
-    """Time `artifact` (an Artifact or a path) on this machine in a fresh subprocess."""
+    """Time `artifact` (an Artifact or a path) on this machine in a fresh subprocess.
+
+    input_shape: for inputs with dynamic dims, 'name:1,3,640,640' (a list of them, or one bare shape)."""
     from .artifact import Artifact
     from edgesdk.targets import runner_path
     path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import EdgeSDKError
-from .inspection import FAMILY_REPRESENTATIVES, describe
+from .inspection import describe, representatives
 from .profiles import load_profile
 from .recipe import make_recipe
 from .source import load_source
@@ -30,7 +30,7 @@ def check_model(model, targets=None, *, input_shape=None, input_values=None, exa
     trial = Dataset(synthetic(source, TRIAL_SAMPLES), source="synthetic")
     reports = []
     with tempfile.TemporaryDirectory(prefix="edgesdk-check-") as tmp:
-        for name in targets or FAMILY_REPRESENTATIVES.values():
+        for name in targets or representatives():
             profile = load_profile(name)
             reports.append(_check_one(source, profile, trial, Path(tmp)))
     return {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__,

@@ -82,12 +82,28 @@ def profiles_show(ctx, name, as_json):
     click.echo(f"{p.name}: {p.description}")
     click.echo(f"  family     {p.family}   (from {p.source})")
     for section in ("device", "accelerator", "artifact", "connection"):
-        values = {k: v for k, v in d[section].items() if v not in ("", 0, 0.0, None) or k == "dla_cores"}
+        values = {k: v for k, v in d[section].items() if v not in ("", 0, 0.0, None) or k in p.accelerator.extra}
         if section == "accelerator" and values.get("kind") == "none":
             continue
         click.echo(f"  [{section}]")
         for k, v in values.items():
             click.echo(f"    {k:<20} {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def families(ctx, as_json):
+    """List target families (built-in and from installed plug-ins)."""
+    ctx.meta["json"] = as_json
+    from edgesdk.targets import ORIGINS, families as found
+    rows = [{"family": f.name, "formats": ",".join(f.formats), "quantization": ",".join(f.quantizations),
+             "float_ops": f.float_ops, "from": ORIGINS[f.name], "description": f.description}
+            for f in found().values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(_table(rows, ["family", "formats", "quantization", "from", "description"]))
 
 
 # --- convert ----------------------------------------------------------------
@@ -104,7 +120,7 @@ def profiles_show(ctx, name, as_json):
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
-@click.option("--format", "fmt", type=click.Choice(["tflite", "onnx"]), help="Override the profile's format.")
+@click.option("--format", "fmt", help="Override the profile's format (tflite, onnx, or one its family adds).")
 @click.option("--quantization", "--precision", "quantization", type=click.Choice(["int8", "fp16", "float"]),
               help="Override the profile's scheme: int8 (full integer / QDQ), fp16 (fp16 weights; for GPU "
                    "delegates and TensorRT), float.")
@@ -346,6 +362,8 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--allow-cpu", is_flag=True, help="Measure on the device's CPU when the profile's accelerator cannot "
               "be used there (stored as '<profile> (cpu only)').")
 @click.option("--dla-core", type=int, help="Jetson: build and run the engine on this DLA core.")
+@click.option("--device-option", "device_options", multiple=True, metavar="KEY=VALUE",
+              help="An option the profile's target family takes (see its documentation; repeatable).")
 @click.option("--remote-python", help="Python on the device (default: the venv `edgesdk device setup` made, else "
               "the profile's python3); ~ is the device's home.")
 @click.option("--workdir", help="Work directory on the device (default: the profile's, ~/.cache/edgesdk).")
@@ -356,12 +374,16 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, duration, repeat, input_shapes,
-           allow_cpu, dla_core, remote_python, workdir, timeout, parallel, accept_new_host_key, db, as_json):
+           allow_cpu, dla_core, device_options, remote_python, workdir, timeout, parallel, accept_new_host_key, db,
+           as_json):
     """Push ARTIFACT to devices over SSH, probe them, and benchmark it there."""
     ctx.meta["json"] = as_json
     from .deploy import deploy as run_deploy, read_hosts_file
     from .progress import Progress
     from .results import ResultStore
+    from .source import parse_pairs
+    options = {k: int(v) if v.lstrip("-").isdigit() else v
+               for k, v in parse_pairs(device_options, "--device-option", "npu_core=1").items()}
     targets = list(hosts) + (read_hosts_file(hosts_file) if hosts_file else [])
     if not targets:
         raise click.UsageError("Give --host HOST (an ssh alias, user@host[:port] or local) or --hosts FILE.")
@@ -372,7 +394,7 @@ def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, dur
                          profile=profile, runs=runs, warmup=warmup, threads=threads, duration=duration,
                          remote_python=remote_python, workdir=workdir, timeout=timeout,
                          accept_new_host_key=accept_new_host_key, allow_cpu=allow_cpu, dla_core=dla_core,
-                         repeat=repeat, input_shape=input_shapes or None)
+                         repeat=repeat, input_shape=input_shapes or None, device_options=options)
     store.close()
     if not isinstance(results, list):
         results = [results]
@@ -407,7 +429,7 @@ def device():
 @device.command("setup")
 @click.argument("host")
 @click.option("--profile", default="rpi4", show_default=True, help="The profile whose runtimes to install.")
-@click.option("--format", "formats", multiple=True, type=click.Choice(["tflite", "onnx"]),
+@click.option("--format", "formats", multiple=True,
               help="Runtimes for these formats (repeatable; default: every format the profile takes).")
 @click.option("--remote-python", help="The device's Python to make the venv with (default: the profile's, python3).")
 @click.option("--workdir", help="Work directory on the device (default: the profile's, ~/.cache/edgesdk).")

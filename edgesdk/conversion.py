@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .profiles import load_profile
 from .progress import Progress
 from .recipe import make_recipe
 from .source import framework_of, load_source
+from edgesdk.targets import get_family
 from .validation import load_metric
 from .util import ensure_writable_dir, first_line, gzip_size, sha256_file, temp_path_in
 
@@ -211,8 +213,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                 figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 "
                                             "recipe can pass: the recovery ladder was not tried.")
         info = describe(tmp, fmt=recipe.format)
-        from edgesdk.targets import get_family
-        compat = get_family(profile.family).check(info, profile, recipe)
+        family = get_family(profile.family)
+        compat = family.check(info, profile, recipe)
         from .validation import describe as describe_figures, raise_if_failed
         progress.step(f"validation: {describe_figures(figures)}")
         if verdict["verdict"] == "fail" and recipe.quantization == "int8" and "worst_layers" not in figures:
@@ -226,15 +228,19 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         manifest["recovery"] = recovery
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict)
-        with tempfile.TemporaryDirectory(prefix=".edgesdk-edgetpu-", dir=out_dir) as work:
+        with tempfile.TemporaryDirectory(prefix=f".edgesdk-{family.name}-", dir=out_dir) as work:
             compiled = None
-            if compat.get("compiler") and verdict["passed"]:
-                progress.step("compiling for the Edge TPU (edgetpu_compiler)")
-                compiled = _compile_edgetpu(tmp, final, manifest, Path(work))
+            if verdict["passed"]:  # the family's compile step, on the artifact under its final name
+                staged = Path(work) / "artifact" / final.name
+                staged.parent.mkdir()
+                shutil.copyfile(tmp, staged)
+                compiled = family.compile(staged, compat, Path(work), progress)
+                if compiled is not None:
+                    manifest[compiled.manifest_key] = compiled.record
             os.replace(tmp, final)
             replaced = True
-            for produced in (compiled.iterdir() if compiled else []):
-                os.replace(produced, out_dir / produced.name)
+            for produced in (compiled.files if compiled else []):
+                os.replace(produced, out_dir / Path(produced).name)
             write_json_atomic(manifest_path_for(final), manifest)
             replaced = False  # both in place
         raise_if_failed(figures, verdict, artifact_kept=str(final))
@@ -317,22 +323,6 @@ def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, v
     tmp.write_bytes(rung.data)
     progress.step(f"recovered: {rung.change}")
     return rung.recipe, rung.figures, rung.verdict, record
-
-
-def _compile_edgetpu(tmp: Path, final: Path, manifest: dict, work: Path) -> Path:
-    """Compile in a private directory; the caller moves the results beside the artifact."""
-    import shutil
-    from edgesdk.targets import edgetpu
-    staged = work / "in" / final.name
-    staged.parent.mkdir()
-    shutil.copyfile(tmp, staged)
-    out = work / "out"
-    out.mkdir()
-    log = edgetpu.compile_model(staged, out)
-    (out / (final.stem + "_edgetpu.compiler.log")).write_text(log.pop("log"))
-    log["path"] = final.stem + "_edgetpu.tflite"
-    manifest["edgetpu_compiler"] = log
-    return out
 
 
 def _model_io(source):

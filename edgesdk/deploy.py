@@ -215,17 +215,16 @@ def _death(stderr: str):
     return what, tail or ["(no output)"]
 
 
-def _needs(fmt: str, probe: dict, python: str, spec: str, profile: str):
-    rt = probe.get("runtimes", {})
-    setup = (f"Run `edgesdk device setup {spec} --profile {profile}`: it makes a venv in the device's work dir "
-             f"with the runtime, from wheels this machine downloads (Raspberry Pi OS and Debian 12 refuse a "
+def _needs(fmt: str, probe: dict, python: str, spec: str, profile):
+    setup = (f"Run `edgesdk device setup {spec} --profile {profile.name}`: it makes a venv in the device's work "
+             f"dir with the runtime, from wheels this machine downloads (Raspberry Pi OS and Debian 12 refuse a "
              f"system-wide pip install), and deploy uses that venv from then on.")
-    if not rt.get("numpy"):
+    if not probe.get("runtimes", {}).get("numpy"):
         raise RuntimeMissing(f"numpy does not import in {python} (Python {probe.get('python')}) on {spec}. {setup}")
-    if fmt == "tflite" and not (rt.get("ai_edge_litert") or rt.get("tflite_runtime") or rt.get("tensorflow")):
-        raise RuntimeMissing(f"No TFLite runtime (ai-edge-litert) in {python} on {spec}. {setup}")
-    if fmt == "onnx" and not (rt.get("onnxruntime") or rt.get("trtexec")):
-        raise RuntimeMissing(f"Neither onnxruntime nor TensorRT's trtexec is in {python} on {spec}. {setup}")
+    from edgesdk.targets import get_family
+    missing = get_family(profile.family).runtime_missing(fmt, probe)
+    if missing:
+        raise RuntimeMissing(f"{missing} in {python} on {spec}. {setup}")
 
 
 def _threads(asked, profile, probe) -> tuple:
@@ -242,8 +241,9 @@ def _threads(asked, profile, probe) -> tuple:
 def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=None, duration=None,
                remote_python=None, workdir=None, timeout=600.0, accept_new_host_key=False, store=None,
                allow_cpu=False, dla_core=None, repeat=1, input_shape=None, progress: Progress | None = None,
-               remote_runs=None):
-    """remote_runs: the RemoteRuns a fleet shares, where each host files how to stop its remote run."""
+               remote_runs=None, device_options=None):
+    """remote_runs: the RemoteRuns a fleet shares, where each host files how to stop its remote run.
+    device_options: options the profile's target family takes (its TargetFamily.device_options)."""
     from .profiles import load_profile
     from edgesdk.targets import device_plan, runner_path
     progress = progress or Progress()
@@ -269,8 +269,8 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         runner_sent = dev.push(runner_local, runner_remote, runner_sha)
         probe = json.loads(session.run([python, runner_remote, "--probe"], timeout=60)[1].strip().splitlines()[-1])
         fmt = art.path.suffix.lstrip(".")
-        _needs(fmt, probe, python, host, prof.name)
-        plan = device_plan(prof.family, art, probe, prof, dla_core)
+        _needs(fmt, probe, python, host, prof)
+        plan = device_plan(prof.family, art, probe, prof, dla_core, **(device_options or {}))
         if plan.problem and not allow_cpu:
             raise RuntimeMissing(f"{host} cannot run this artifact on {prof.name}'s accelerator: {plan.problem}. "
                                  f"Nothing was uploaded. Pass --allow-cpu to measure it on the device's CPU "

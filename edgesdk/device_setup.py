@@ -24,8 +24,6 @@ from .errors import DeployError, OptionError, RuntimeMissing
 from .progress import Progress
 from .util import cache_home, sha256_file
 
-# the pip requirement that gives each artifact format its runtime on a device
-RUNTIMES = {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}
 VENV = "venv"  # under the work dir; deploy looks for it there
 
 _FACTS = ("import json,platform,sys\nlibc=platform.libc_ver()\n"
@@ -95,17 +93,19 @@ def setup(host: str, *, profile: str = "rpi4", formats=None, remote_python=None,
     from .deploy import Device
     from .profiles import load_profile
     from .ssh import Session, resolve
-    from edgesdk.targets import family_note
+    from edgesdk.targets import get_family
     progress = progress or Progress()
     if host == "local":
         raise OptionError("`device setup` prepares a remote device; this machine's runtimes come with "
                           "`pip install edgesdk[keras]` or `[onnx]`.")
     prof = load_profile(profile)
     formats = list(formats or prof.artifact.formats or [prof.artifact.format])
-    bad = [f for f in formats if f not in RUNTIMES]
+    family = get_family(prof.family)  # which pip requirement gives each format its runtime there
+    bad = [f for f in formats if f not in family.runtimes]
     if bad:
-        raise OptionError(f"No runtime to install for format {', '.join(bad)}; choose from {', '.join(RUNTIMES)}.")
-    requirements = ["numpy"] + [RUNTIMES[f] for f in formats]
+        raise OptionError(f"No runtime to install for format {', '.join(bad)} on {prof.name}; choose from "
+                          f"{', '.join(family.runtimes)}.")
+    requirements = ["numpy"] + [family.runtimes[f] for f in formats]
     python = remote_python or prof.connection.python or "python3"
     progress.step(f"{host}: connecting")
     with Session(resolve(host, default_user=prof.connection.user or None),
@@ -144,7 +144,7 @@ def setup(host: str, *, profile: str = "rpi4", formats=None, remote_python=None,
                           f"the device avoids that.")
     return {"host": host, "profile": prof.name, "python": vpy, "python_version": facts["python"],
             "platform": f"{facts['machine']} {facts['libc']} {facts['libc_version']}", "packages": installed,
-            "uploaded_bytes": sent, "note": family_note(prof.family)}
+            "uploaded_bytes": sent, "note": family.setup_note}
 
 
 def _major_minor(version: str) -> tuple:

@@ -7,8 +7,11 @@ from pathlib import Path
 from .errors import ModelLoadError
 from .util import gzip_size
 
-# The profile that stands for each family when no --target is given.
-FAMILY_REPRESENTATIVES = {"arm-cpu": "rpi4", "edgetpu": "coral-usb", "jetson": "jetson-orin-nano"}
+
+def representatives() -> list:
+    """The profile that stands for each family when no --target is given."""
+    from edgesdk.targets import families
+    return [f.representative for f in families().values() if f.representative]
 
 
 def open_artifact(path, **kwargs):
@@ -48,7 +51,7 @@ def verdicts(info: dict, targets=None) -> list:
     """Compatibility of a described artifact with each target (default: one profile per family)."""
     from .profiles import load_profile
     from edgesdk.targets import get_family
-    profiles = [load_profile(t) for t in (targets or FAMILY_REPRESENTATIVES.values())]
+    profiles = [load_profile(t) for t in (targets or representatives())]
     out = []
     for profile in profiles:
         report = get_family(profile.family).check(info, profile)

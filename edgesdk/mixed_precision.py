@@ -59,13 +59,9 @@ class Candidate:
 
 
 def may_exclude(profile, recipe) -> bool:
-    """Whether this profile lets layers stay float at all (asked of the recipe rules, not of a family name)."""
-    from .recipe import make_recipe
-    try:
-        make_recipe(profile, format=recipe.format, exclude_nodes=("probe",), allow_float_fallback=True)
-    except EdgeSDKError:
-        return False
-    return True
+    """Whether this profile's family lets layers stay float at all."""
+    from edgesdk.targets import get_family
+    return get_family(profile.family).float_ops
 
 
 class Trials:

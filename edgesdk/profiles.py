@@ -18,14 +18,9 @@ from pathlib import Path
 
 from .errors import ProfileError
 
-FAMILIES = ("arm-cpu", "edgetpu", "jetson")
-# What each family can run at all: an Edge TPU takes TFLite, a Jetson's TensorRT takes ONNX.
-FAMILY_FORMATS = {"arm-cpu": ("tflite", "onnx"), "edgetpu": ("tflite",), "jetson": ("onnx",)}
-FORMATS = ("tflite", "onnx")
 QUANTIZATIONS = ("int8", "fp16", "float")
 IO_DTYPES = ("int8", "uint8", "float32")
 ARCHES = ("aarch64", "armv7l", "x86_64", "any", "auto")
-ACCELERATORS = ("none", "edgetpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -43,11 +38,17 @@ class Accelerator:
     kind: str = "none"
     name: str = ""
     tops: float = 0.0
-    on_chip_memory_mb: float = 0.0
-    dla_cores: int = 0
-    jetpack: str = ""
-    tensorrt: str = ""
     interface: str = ""
+    extra: dict = field(default_factory=dict, hash=False)  # the keys the profile's family adds (e.g. a Jetson's dla_cores)
+
+    def __getattr__(self, key):
+        extra = self.__dict__.get("extra", {})
+        if key in extra:
+            return extra[key]
+        raise AttributeError(f"this profile's accelerator has no '{key}'")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "tops": self.tops, "interface": self.interface, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class DeviceProfile:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["artifact"]["formats"] = list(self.artifact.formats)
+        d["accelerator"] = self.accelerator.to_dict()
         return d
 
 
@@ -92,7 +94,7 @@ class DeviceProfile:
 _TOP = {
     "name": (str, True, None),
     "description": (str, True, None),
-    "family": (str, True, FAMILIES),
+    "family": (str, True, None),  # one of the installed target families, checked against them
 }
 _TABLES = {
     "device": (Device, {
@@ -103,23 +105,19 @@ _TABLES = {
         "soc": (str, False, None),
         "cpu_max_mhz": (int, False, None),
     }),
-    "accelerator": (Accelerator, {
-        "kind": (str, False, ACCELERATORS),
+    "accelerator": (Accelerator, {  # and the keys the family adds (TargetFamily.accelerator_keys)
+        "kind": (str, False, None),
         "name": (str, False, None),
         "tops": (float, False, None),
-        "on_chip_memory_mb": (float, False, None),
-        "dla_cores": (int, False, None),
-        "jetpack": (str, False, None),
-        "tensorrt": (str, False, None),
         "interface": (str, False, None),
     }),
     "artifact": (ArtifactSpec, {
-        "format": (str, True, FORMATS),
+        "format": (str, True, None),
         "quantization": (str, True, QUANTIZATIONS),
         "input_dtype": (str, True, IO_DTYPES),
         "output_dtype": (str, True, IO_DTYPES),
         "threads": (int, True, None),
-        "formats": (list, False, FORMATS),
+        "formats": (list, False, None),
         "calibration_samples": (int, False, None),
         "per_channel": (bool, False, None),
         "layout": (str, False, ("NHWC", "NCHW")),
@@ -132,6 +130,20 @@ _TABLES = {
 }
 _REQUIRED_TABLES = ("device", "artifact")
 _POSITIVE = {"cores", "memory_mb", "threads", "calibration_samples"}
+
+
+def _schemas(family) -> dict:
+    """The tables' schemas for a profile of this family: what it runs, the accelerator keys it adds."""
+    from edgesdk.targets import all_formats
+    formats = all_formats()
+    tables = dict(_TABLES)
+    cls, acc = tables["accelerator"]
+    acc = {**acc, "kind": (str, False, ("none",) + tuple(k for k in family.accelerator_kinds if k != "none"))}
+    acc.update({key: (typ, False, None) for key, (typ, _default) in family.accelerator_keys.items()})
+    tables["accelerator"] = (cls, acc)
+    cls, art = tables["artifact"]
+    tables["artifact"] = (cls, {**art, "format": (str, True, formats), "formats": (list, False, formats)})
+    return tables
 
 
 def _type_name(t) -> str:
@@ -203,6 +215,7 @@ def parse_profile(text: str, source: str) -> DeviceProfile:
         raise ProfileError(f"{source}: unknown key or table '{unknown[0]}'. "
                            f"Known: {', '.join(list(_TOP) + list(_TABLES))}.")
     top = _build(None, source, {k: v for k, v in data.items() if k in _TOP}, _TOP)
+    family = _family(top["family"], source)
     for name in _REQUIRED_TABLES:
         if name not in data:
             raise ProfileError(f"{source}: missing required table [{name}].")
@@ -211,22 +224,38 @@ def parse_profile(text: str, source: str) -> DeviceProfile:
         if data.get("artifact", {}).get("threads") == 0:
             data["artifact"] = {**data["artifact"], "threads": data["device"]["cores"]}
     parts = {}
-    for name, (cls, schema) in _TABLES.items():
+    for name, (cls, schema) in _schemas(family).items():
         if name in data:
-            parts[name] = _build(cls, f"{source} [{name}]", data[name], schema)
+            parts[name] = _build(None if name == "accelerator" else cls, f"{source} [{name}]", data[name], schema)
+    extra = {key: default for key, (_typ, default) in family.accelerator_keys.items()}
+    acc = parts.get("accelerator", {})
+    extra.update({k: v for k, v in acc.items() if k in family.accelerator_keys})
+    parts["accelerator"] = Accelerator(**{k: v for k, v in acc.items() if k not in family.accelerator_keys},
+                                       extra=extra)
     art = parts["artifact"]
     formats = art.formats or (art.format,)
     if art.format not in formats:
         raise ProfileError(f"{source} [artifact]: format '{art.format}' is not in formats {list(formats)}.")
-    wrong = [f for f in formats if f not in FAMILY_FORMATS[top["family"]]]
+    wrong = [f for f in formats if f not in family.formats]
     if wrong:
-        raise ProfileError(f"{source} [artifact]: family '{top['family']}' cannot run {', '.join(wrong)} "
-                           f"artifacts; it takes {' or '.join(FAMILY_FORMATS[top['family']])}.")
-    if top["family"] == "edgetpu" and art.quantization != "int8":
-        raise ProfileError(f"{source} [artifact]: quantization must be int8 for the Edge TPU, got "
-                           f"'{art.quantization}'.")
+        raise ProfileError(f"{source} [artifact]: family '{family.name}' cannot run {', '.join(wrong)} "
+                           f"artifacts; it takes {' or '.join(family.formats)}.")
+    if art.quantization not in family.quantizations:
+        raise ProfileError(f"{source} [artifact]: quantization must be {' or '.join(family.quantizations)} for "
+                           f"family '{family.name}', got '{art.quantization}'.")
+    problem = family.validate_profile(art, parts["accelerator"])
+    if problem:
+        raise ProfileError(f"{source}: {problem}")
     parts["artifact"] = ArtifactSpec(**{**asdict(art), "formats": formats})
     return DeviceProfile(source=source, **top, **parts)
+
+
+def _family(name: str, source: str):
+    from edgesdk.targets import families
+    known = families()
+    if name not in known:
+        raise ProfileError(f"{source}: key 'family' is {name!r}; expected one of {list(known)}.")
+    return known[name]
 
 
 def user_profile_dir() -> Path:
@@ -235,8 +264,16 @@ def user_profile_dir() -> Path:
 
 
 def _builtin_files() -> dict:
-    root = resources.files("edgesdk.device_profiles")
-    return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".toml")}
+    """Name -> (file, label): the profiles shipped in the package, then those target-family plug-ins ship
+    (never shadowing ours)."""
+    from edgesdk.targets import families
+    found = {p.name[:-5]: (p, f"device_profiles/{p.name}")
+             for p in resources.files("edgesdk.device_profiles").iterdir() if p.name.endswith(".toml")}
+    for family in families().values():
+        if family.profile_dir:
+            for p in sorted(Path(family.profile_dir).glob("*.toml")):
+                found.setdefault(p.stem, (p, str(p)))
+    return found
 
 
 def _user_files() -> dict:
@@ -246,7 +283,8 @@ def _user_files() -> dict:
 
 def available_profiles() -> dict:
     """Name -> where it comes from ('built-in' or a user path)."""
-    names = {n: "built-in" for n in _builtin_files()}
+    names = {n: "built-in" if label.startswith("device_profiles/") else label
+             for n, (_path, label) in _builtin_files().items()}
     names.update({n: str(p) for n, p in _user_files().items()})
     return dict(sorted(names.items()))
 
@@ -275,7 +313,8 @@ def load_profile(target) -> DeviceProfile:
         return parse_profile(user[target].read_text(encoding="utf-8"), str(user[target]))
     builtin = _builtin_files()
     if target in builtin:
-        return parse_profile(builtin[target].read_text(encoding="utf-8"), f"device_profiles/{target}.toml")
+        path, label = builtin[target]
+        return parse_profile(path.read_text(encoding="utf-8"), label)
     names = list(available_profiles())
     close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from .data import Preprocess
 from .errors import OptionError
 from .profiles import DeviceProfile, IO_DTYPES, QUANTIZATIONS
+from edgesdk.targets import get_family
 from .tasks import TASKS, Thresholds
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -75,8 +76,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     quant = quantization or spec.quantization
     if quant not in QUANTIZATIONS:
         raise OptionError(f"Unknown quantization '{quant}'; expected one of {', '.join(QUANTIZATIONS)}.")
-    if profile.family == "edgetpu" and quant != "int8":
-        raise OptionError(f"The Edge TPU ({profile.name}) executes only 8-bit integer models; "
+    family = get_family(profile.family)
+    if quant not in family.quantizations:
+        raise OptionError(f"{profile.name} ({family.name}) computes only {' or '.join(family.quantizations)}; "
                           f"{quant} cannot run on it. Drop --quantization.")
     for label, value in (("input dtype", input_dtype), ("output dtype", output_dtype)):
         if value is not None and value not in IO_DTYPES:
@@ -110,8 +112,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if max_accuracy_drop < 0:
         raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
                           f"(got {max_accuracy_drop:g}).")
-    if allow_float_fallback and profile.family == "edgetpu":
-        raise OptionError(f"The Edge TPU ({profile.name}) cannot run float ops; --allow-float-fallback "
+    if allow_float_fallback and not family.float_ops:
+        raise OptionError(f"{profile.name} ({family.name}) cannot run float ops; --allow-float-fallback "
                           f"does not apply to it.")
     if task not in TASKS:
         raise OptionError(f"Unknown task '{task}'; expected one of {', '.join(TASKS)}.")
@@ -125,8 +127,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     min_sqnr_db = DEFAULT_THRESHOLDS.min_sqnr_db if min_sqnr_db is None else float(min_sqnr_db)
     exclude_nodes, exclude_op_types = tuple(exclude_nodes or ()), tuple(exclude_op_types or ())
     if exclude_nodes or exclude_op_types:
-        if profile.family == "edgetpu":
-            raise OptionError(f"The Edge TPU ({profile.name}) runs only int8 ops; nothing can be excluded from "
+        if not family.float_ops:
+            raise OptionError(f"{profile.name} ({family.name}) runs only int8 ops; nothing can be excluded from "
                               f"quantization for it.")
         if fmt == "tflite" and not allow_float_fallback:
             raise OptionError("Excluded layers run in float, so a TFLite artifact is no longer full-integer: "

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from edgesdk.errors import ConversionError
 
-FAMILY = "arm-cpu"
+from . import TargetFamily
 
 
 def float_compute_ops(float_ops: list) -> list:
     """The ops that make a graph float, without the QUANTIZE/DEQUANTIZE wrapped around them."""
     names = {o["op"] for o in float_ops}
     return sorted(names - {"QUANTIZE", "DEQUANTIZE"}) or sorted(names)
+
+
+NAME = "arm-cpu"
 
 
 def check(info: dict, profile, recipe=None) -> dict:
@@ -29,7 +32,7 @@ def check(info: dict, profile, recipe=None) -> dict:
         if float_ops and info.get("quantized"):
             fallbacks = sorted({o["op"] for o in float_ops})
             notes.append(f"ONNX Runtime runs {', '.join(fallbacks)} in float")
-        return {"family": FAMILY, "profile": profile.name, "status": _status(fallbacks), "fallbacks": fallbacks,
+        return {"family": NAME, "profile": profile.name, "status": _status(fallbacks), "fallbacks": fallbacks,
                 "notes": notes}
     if float_ops and recipe is None and info.get("quantized"):
         names = float_compute_ops(float_ops)
@@ -45,7 +48,7 @@ def check(info: dict, profile, recipe=None) -> dict:
         notes.append(f"float fallback allowed: {', '.join(names)} run in float "
                      f"({len(float_ops)} ops including QUANTIZE/DEQUANTIZE)")
         fallbacks += names
-    report = {"family": FAMILY, "profile": profile.name, "notes": notes}
+    report = {"family": NAME, "profile": profile.name, "notes": notes}
     reader = info.get("reader")
     if reader is not None and hasattr(reader, "xnnpack_delegation"):
         try:
@@ -68,3 +71,13 @@ def check(info: dict, profile, recipe=None) -> dict:
 
 def _status(fallbacks) -> str:
     return "supported with fallbacks" if fallbacks else "supported"
+
+
+class ArmCPU(TargetFamily):
+    name = NAME
+    description = "ARM CPU boards (Raspberry Pi and the like) and this machine: LiteRT with XNNPACK, ONNX Runtime"
+    representative = "rpi4"
+    check = staticmethod(check)
+
+
+FAMILY = ArmCPU()

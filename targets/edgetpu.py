@@ -20,9 +20,10 @@ from pathlib import Path
 
 from edgesdk.errors import ConversionError
 
+from . import Compiled, DevicePlan, TargetFamily
 from .arm_cpu import float_compute_ops
 
-FAMILY = "edgetpu"
+NAME = "edgetpu"
 SETUP_NOTE = ("The Edge TPU also needs libedgetpu, a system library that no wheel carries: install "
               "libedgetpu1-std from Coral's package repository on the device and plug the accelerator in.")
 
@@ -98,7 +99,7 @@ def check(info: dict, profile, recipe=None) -> dict:
         message = f"The Edge TPU ({profile.name}) runs TFLite models only, not {info['format']}."
         if recipe is not None:
             raise ConversionError(message)
-        return {"family": FAMILY, "profile": profile.name, "status": "unsupported", "notes": [message],
+        return {"family": NAME, "profile": profile.name, "status": "unsupported", "notes": [message],
                 "fallbacks": []}
     reader = info["reader"]
     float_ops = info["coverage"]["float_ops"] + info["coverage"]["io_conversion_ops"]
@@ -109,7 +110,7 @@ def check(info: dict, profile, recipe=None) -> dict:
                    f"or replace those layers.")
         if recipe is not None:
             raise ConversionError(message)
-        return {"family": FAMILY, "profile": profile.name, "status": "unsupported", "notes": [message],
+        return {"family": NAME, "profile": profile.name, "status": "unsupported", "notes": [message],
                 "fallbacks": names}
     for t in info["io"]["inputs"] + info["io"]["outputs"]:
         problem = None
@@ -120,7 +121,7 @@ def check(info: dict, profile, recipe=None) -> dict:
         if problem:
             if recipe is not None:
                 raise ConversionError(f"{problem}. Fix the input shape before converting.")
-            return {"family": FAMILY, "profile": profile.name, "status": "unsupported", "notes": [problem],
+            return {"family": NAME, "profile": profile.name, "status": "unsupported", "notes": [problem],
                     "fallbacks": []}
     part = partition(reader)
     notes, fallbacks = [], []
@@ -142,7 +143,7 @@ def check(info: dict, profile, recipe=None) -> dict:
         notes.append("edgetpu_compiler is not on PATH (it ships only for x86-64 Linux, from Coral's package "
                      "repository): the checked int8 artifact is compile-ready; compile it with "
                      "`edgetpu_compiler -s ARTIFACT` before deploying")
-    return {"family": FAMILY, "profile": profile.name, "status": "supported with fallbacks" if fallbacks
+    return {"family": NAME, "profile": profile.name, "status": "supported with fallbacks" if fallbacks
             else "supported", "fallbacks": fallbacks, "notes": notes, "partition": part, "memory": memory,
             "compiler": compiler}
 
@@ -230,9 +231,8 @@ def compile_model(artifact: Path, out_dir: Path, timeout: int = 180) -> dict:
     return log
 
 
-def device_plan(artifact, probe: dict, profile, dla_core=None):
+def device_plan(artifact, probe: dict, profile) -> DevicePlan:
     """The compiled model on the Edge TPU, or the reason it cannot run there."""
-    from . import DevicePlan
     compiled = artifact.path.with_name(artifact.path.stem + "_edgetpu.tflite")
     if not compiled.is_file():
         return DevicePlan(artifact.path, problem=f"there is no {compiled.name} beside the artifact: "
@@ -242,3 +242,39 @@ def device_plan(artifact, probe: dict, profile, dla_core=None):
         return DevicePlan(artifact.path, problem="the device has no libedgetpu: install libedgetpu1-std from "
                           "Coral's package repository there and plug the accelerator in")
     return DevicePlan(compiled, ["--delegate", "edgetpu"], accelerator="edgetpu")
+
+
+def compile_step(artifact: Path, report: dict, work: Path, progress) -> Compiled | None:
+    """edgetpu_compiler on the validated artifact when check() found it; its log kept beside the result."""
+    if not report.get("compiler"):
+        return None
+    progress.step("compiling for the Edge TPU (edgetpu_compiler)")
+    out = work / "out"
+    out.mkdir()
+    log = compile_model(artifact, out)
+    (out / (artifact.stem + "_edgetpu.compiler.log")).write_text(log.pop("log"))
+    log["path"] = artifact.stem + "_edgetpu.tflite"
+    return Compiled(sorted(out.iterdir()), "edgetpu_compiler", log)
+
+
+class EdgeTPU(TargetFamily):
+    name = NAME
+    description = "Coral Edge TPU: full-int8 TFLite, compiled by edgetpu_compiler"
+    formats = ("tflite",)
+    quantizations = ("int8",)
+    float_ops = False  # the compiler maps int8 ops only; anything else splits the graph onto the CPU
+    accelerator_kinds = ("edgetpu",)
+    accelerator_keys = {"on_chip_memory_mb": (float, 8.0)}
+    representative = "coral-usb"
+    runtimes = {"tflite": "ai-edge-litert"}
+    setup_note = SETUP_NOTE
+    check = staticmethod(check)
+
+    def compile(self, artifact, report, work, progress):
+        return compile_step(artifact, report, work, progress)
+
+    def device_plan(self, artifact, probe, profile, **options):
+        return device_plan(artifact, probe, profile)
+
+
+FAMILY = EdgeTPU()

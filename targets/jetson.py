@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from edgesdk.errors import ConversionError, OptionError
 
-FAMILY = "jetson"
-HAS_DLA = True  # some modules have DLA cores (the profile says how many); --dla-core is refused elsewhere
+from . import DevicePlan, TargetFamily
+
+NAME = "jetson"
 SETUP_NOTE = ("The GPU runs artifacts through TensorRT's trtexec, which comes with JetPack (/usr/src/tensorrt/bin); "
               "the onnxruntime wheel installed here runs on the CPU only.")
 
@@ -45,7 +46,7 @@ def check(info: dict, profile, recipe=None) -> dict:
                    f"not {info['format']}.")
         if recipe is not None:
             raise ConversionError(message)
-        return {"family": FAMILY, "profile": profile.name, "status": "unsupported", "notes": [message],
+        return {"family": NAME, "profile": profile.name, "status": "unsupported", "notes": [message],
                 "fallbacks": []}
     acc = profile.accelerator
     trt = _version(acc.tensorrt or "10.0")
@@ -80,7 +81,7 @@ def check(info: dict, profile, recipe=None) -> dict:
         status = "supported with fallbacks"
         fallbacks = sorted({o["op"] for o in float_ops})
         notes.append(f"TensorRT runs {', '.join(fallbacks)} outside int8")
-    report = {"family": FAMILY, "profile": profile.name, "status": status, "fallbacks": fallbacks,
+    report = {"family": NAME, "profile": profile.name, "status": status, "fallbacks": fallbacks,
               "notes": notes}
     if acc.dla_cores:
         compute = {op: n for op, n in ops.items() if op not in ("QuantizeLinear", "DequantizeLinear")}
@@ -93,9 +94,8 @@ def check(info: dict, profile, recipe=None) -> dict:
     return report
 
 
-def device_plan(artifact, probe: dict, profile, dla_core=None):
+def device_plan(artifact, probe: dict, profile, dla_core=None) -> DevicePlan:
     """An ONNX artifact built into a TensorRT engine by trtexec, at the manifest's precision, on GPU or DLA."""
-    from . import DevicePlan
     cores = profile.accelerator.dla_cores if profile.accelerator else 0
     if dla_core is not None and not 0 <= dla_core < cores:
         raise OptionError(f"--dla-core {dla_core}: {profile.name} has "
@@ -111,3 +111,26 @@ def device_plan(artifact, probe: dict, profile, dla_core=None):
     if dla_core is not None:
         args += ["--dla-core", dla_core]
     return DevicePlan(artifact.path, args, accelerator="gpu" if dla_core is None else f"dla{dla_core}")
+
+
+class Jetson(TargetFamily):
+    name = NAME
+    description = "NVIDIA Jetson: TensorRT engines built on the device from ONNX"
+    formats = ("onnx",)
+    accelerator_kinds = ("gpu",)
+    accelerator_keys = {"dla_cores": (int, 0), "jetpack": (str, ""), "tensorrt": (str, "")}
+    representative = "jetson-orin-nano"
+    runtimes = {"onnx": "onnxruntime"}
+    setup_note = SETUP_NOTE
+    device_options = {"dla_core": "Jetson modules with a DLA"}
+    check = staticmethod(check)
+
+    def quantizer_settings(self, profile, fmt):
+        # TensorRT's int8 is symmetric: zero points other than 0 are rejected
+        return {"activation_symmetric": fmt == "onnx"}
+
+    def device_plan(self, artifact, probe, profile, dla_core=None, **options):
+        return device_plan(artifact, probe, profile, dla_core)
+
+
+FAMILY = Jetson()
