@@ -39,7 +39,8 @@ def test_wheel_installs_into_a_fresh_venv_and_lists_profiles(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-compile",
+                    "--disable-pip-version-check", str(wheel)],
                    check=True, capture_output=True, text=True)
     r = subprocess.run([str(env_dir / "bin" / "edgesdk"), "profiles"], capture_output=True, text=True,
                        cwd=tmp_path)
@@ -58,8 +59,9 @@ def _fresh_venv(wheel, extra, tmp_path) -> Path:
     """A new venv with the wheel and one extra, nothing else; its bin directory."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
-    subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    f"{wheel}[{extra}]"], check=True, capture_output=True, text=True)
+    # --no-compile: byte-compiling TensorFlow and torch at install costs minutes; imports compile what they use
+    subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile",
+                    "--disable-pip-version-check", f"{wheel}[{extra}]"], check=True, capture_output=True, text=True)
     return env_dir / "bin"
 
 
@@ -111,7 +113,8 @@ def test_onnx_extra_alone_converts_for_jetson_and_names_the_extra_tflite_needs(w
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{wheel}[onnx]"],
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-compile",
+                    "--disable-pip-version-check", f"{wheel}[onnx]"],
                    check=True, capture_output=True, text=True)
     missing = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True)
     assert missing.returncode != 0  # the onnx extra does not drag TensorFlow in

@@ -154,8 +154,8 @@ KEEP_FLOAT = ["Add", "Cast", "Div", "Equal", "Exp", "GlobalMaxPool", "Max", "Mul
 
 def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(tmp_path):
     model = fixtures.fetch("magika")
-    features = fixtures.file_byte_features()
-    assert features.dtype == np.int32 and len(features) >= 300
+    features = fixtures.file_byte_features(limit=200)  # 10 files of each of 20 kinds: the ladder runs 4 times
+    assert features.dtype == np.int32 and len(features) >= 150
     with pytest.raises(ValidationFailed, match="top-1 agreement with the source") as e:
         edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=features, output_dir=tmp_path / "all",
                         quiet=True, recover=False)
