@@ -17,6 +17,9 @@ ROUTES = {
     ("onnx", "tflite"): "onnx_tflite",
     ("torch", "tflite"): "torch_tflite",
     ("torch", "onnx"): "torch_onnx",
+    ("onnx", "rknn"): "onnx_rknn",  # Keras and PyTorch through their float ONNX export
+    ("keras", "rknn"): "onnx_rknn",
+    ("torch", "rknn"): "onnx_rknn",
 }
 
 PRUNERS = {"keras": "keras_prune", "torch": "torch_prune"}
@@ -32,6 +35,9 @@ REQUIRES = {
     ("torch", "tflite"): {"torch": "torch", "litert_torch": "torch", "ai_edge_quantizer": "torch",
                           "tensorflow": "torch"},
     ("torch", "onnx"): {"torch": "torch", "onnxscript": "torch", "onnx": "onnx", "onnxruntime": "onnx"},
+    ("onnx", "rknn"): {"onnx": "onnx"},
+    ("keras", "rknn"): {"tensorflow": "keras", "tf2onnx": "onnx", "onnx": "onnx"},
+    ("torch", "rknn"): {"torch": "torch", "onnxscript": "torch", "onnx": "onnx"},
 }
 
 # Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes, and

@@ -119,7 +119,9 @@ def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = N
     if not path.is_file():
         raise ModelLoadError(f"Artifact '{path}' does not exist.")
     if path.suffix not in (".tflite", ".onnx"):
-        raise ModelLoadError(f"'{path}' is not a .tflite or .onnx artifact.")
+        raise ModelLoadError(f"'{path}' is not a .tflite or .onnx artifact, which this machine runs"
+                             + (": an .rknn runs only on a Rockchip NPU; measure it there with `edgesdk deploy "
+                                "ARTIFACT --host BOARD`." if path.suffix == ".rknn" else "."))
     if threads is None:
         threads = 1
         if isinstance(artifact, Artifact):

@@ -1,4 +1,4 @@
-"""Describe any .tflite or .onnx file, and judge it against device profiles: `edgesdk inspect`."""
+"""Describe any .tflite, .onnx or .rknn file, and judge it against device profiles: `edgesdk inspect`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def representatives() -> list:
 
 
 def open_artifact(path, **kwargs):
-    """The reader for an artifact's format (.tflite or .onnx)."""
+    """The reader for an artifact's format (.tflite, .onnx or .rknn)."""
     fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".")
     exact = kwargs.pop("exact", False)  # TFLite's int8 kernels (XNNPACK and the reference) are exact anyway
     if fmt == "onnx":
@@ -25,7 +25,10 @@ def open_artifact(path, **kwargs):
     if fmt == "tflite":
         from .tflite_artifact import TFLiteArtifact
         return TFLiteArtifact(path, **kwargs)
-    raise ModelLoadError(f"'{path}' is neither a .tflite nor an .onnx file.")
+    if fmt == "rknn":
+        from .rknn_artifact import RKNNArtifact
+        return RKNNArtifact(path, **kwargs)
+    raise ModelLoadError(f"'{path}' is not a .tflite, .onnx or .rknn file.")
 
 
 def describe(path, fmt: str | None = None) -> dict:
@@ -38,8 +41,10 @@ def describe(path, fmt: str | None = None) -> dict:
     coverage = reader.coverage()
     if fmt == "tflite":
         quantized = any(t in ("int8", "uint8") for t in reader.tensor_dtypes())
-    else:
+    elif fmt == "onnx":
         quantized = coverage.get("qdq_ops", 0) > 0
+    else:
+        quantized = coverage["int8_ops"] > 0
     return {"format": fmt, "reader": reader, "io": reader.io(), "coverage": coverage,
             "tensor_dtypes": reader.tensor_dtypes(), "weight_sparsity": reader.weight_sparsity(),
             "size_bytes": path.stat().st_size, "quantized": quantized,

@@ -78,16 +78,15 @@ class Trials:
                                                          quirks=source.quantizer_quirks)[0]
             self._debug = lambda path, x, r: onnx_int8.diagnose(source.float_onnx, path, x,
                                                                 excluded=r.exclude_nodes)
-        elif recipe.format == "tflite":
-            route = get_route(source.framework, "tflite")
+        else:  # any other route re-converts through itself; its debugger and exclusions if it has them
+            route = get_route(source.framework, recipe.format)
             self.excludes = getattr(route, "EXCLUDES_LAYERS", False)
-            self.hint = route.DIAGNOSIS_HINT
+            self.hint = getattr(route, "DIAGNOSIS_HINT", "")
             self.measured_hint = getattr(route, "MEASURED_HINT", self.hint)
             self.calibration_methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
             self._convert = lambda r: route.convert(source, r, calib, profile=profile)
-            self._debug = lambda path, x, r: route.diagnose(source, r, calib, x)
-        else:
-            raise ValueError(f"no trials for {recipe.format}")
+            debug = getattr(route, "diagnose", None)
+            self._debug = (lambda path, x, r: debug(source, r, calib, x)) if debug else (lambda path, x, r: [])
         self.excludes = self.excludes and may_exclude(profile, recipe)
         self._made = {}
 

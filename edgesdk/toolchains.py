@@ -8,7 +8,8 @@ install never looks ready (the next use rebuilds it) and two processes never bui
 
 A job runs as one subprocess: a standalone worker script (it imports nothing of edgesdk) gets a JSON
 request on stdin and writes a JSON reply to the file the request names; its chatter goes to a log whose
-tail is the error message when it fails.
+tail is the error message when it fails. A Worker is the same kept running for several requests, one JSON
+line each way, for tools whose state cannot be saved between them (a model built in memory).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import select
 import shutil
 import subprocess
 import sys
@@ -43,10 +45,13 @@ class Toolchain:
     requirements: tuple      # pip requirement strings, installed with their dependencies
     purpose: str             # what it is for, in messages
     size_note: str = ""      # what the first use costs, said before it starts
+    no_deps: tuple = ()      # installed after, without their declared dependencies (pins that cannot hold)
 
     def key(self) -> str:
         parts = {"requirements": list(self.requirements), "constraints": list(CONSTRAINTS),
                  "python": platform.python_version(), "machine": platform.machine(), "system": sys.platform}
+        if self.no_deps:
+            parts["no_deps"] = list(self.no_deps)
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -89,6 +94,10 @@ def _build(toolchain: Toolchain) -> None:
         _run([str(toolchain.python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
               "--constraint", str(constraints), *toolchain.requirements], toolchain, "installing "
              + " ".join(toolchain.requirements))
+        if toolchain.no_deps:
+            _run([str(toolchain.python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
+                  "--no-deps", "--constraint", str(constraints), *toolchain.no_deps], toolchain,
+                 "installing " + " ".join(toolchain.no_deps))
         (toolchain.home / "READY").write_text(json.dumps({"requirements": list(toolchain.requirements)}) + "\n")
     except BaseException:
         shutil.rmtree(toolchain.home, ignore_errors=True)
@@ -132,11 +141,63 @@ def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
         if proc.returncode != 0 or reply is None or reply.get("error"):
             said = reply.get("error") if reply and reply.get("error") else _tail(log_path)
-            said = " ".join(line.strip() for line in said.splitlines() if line.strip())  # one paragraph
-            raise ToolchainError(f"{toolchain.name} failed: {said[:600]}")
+            raise ToolchainError(f"{toolchain.name} failed: {_paragraph(said)[:600]}")
         return reply
 
 
 def _tail(path: Path, lines: int = 8) -> str:
     text = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return "\n".join(text[-lines:]) or "(no output)"
+
+
+class Worker:
+    """A toolchain's worker kept running: request and reply are one JSON line each on its stdin and stdout
+    (the worker moves its own chatter to stderr, which goes to a log). Close it, or use it as a context."""
+
+    def __init__(self, toolchain: Toolchain, worker: Path, *, step=None):
+        python = ensure(toolchain, step)
+        self.name = toolchain.name
+        self._work = tempfile.TemporaryDirectory(prefix=f"edgesdk-{toolchain.name}-")
+        self.work = Path(self._work.name)
+        self._log_path = self.work / "log.txt"
+        self._log = open(self._log_path, "w")
+        self._proc = subprocess.Popen([str(python), "-I", str(worker), "--serve"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._log, cwd=self.work, text=True,
+                                      env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+
+    def call(self, request: dict, timeout: float = 3600) -> dict:
+        if self._proc.poll() is not None:
+            raise ToolchainError(f"{self.name} stopped earlier: {_paragraph(_tail(self._log_path))}")
+        self._proc.stdin.write(json.dumps({**request, "work": str(self.work)}) + "\n")
+        self._proc.stdin.flush()
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        line = self._proc.stdout.readline() if ready else ""
+        if not ready:
+            self.close()
+            raise ToolchainError(f"{self.name} did not answer within {timeout / 60:.0f} minutes.")
+        reply = json.loads(line) if line.strip() else None
+        if reply is None or reply.get("error"):
+            said = reply["error"] if reply else _tail(self._log_path)
+            raise ToolchainError(f"{self.name} failed: {_paragraph(said)[:600]}")
+        return reply
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+        self._work.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _paragraph(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENTRY_POINT_GROUP = "edgesdk.targets"
-BUILTIN = {"arm-cpu": "arm_cpu", "edgetpu": "edgetpu", "jetson": "jetson"}
+BUILTIN = {"arm-cpu": "arm_cpu", "edgetpu": "edgetpu", "jetson": "jetson", "rockchip": "rockchip"}
 QUANTIZATIONS = ("int8", "fp16", "float")
 
 

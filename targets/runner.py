@@ -4,7 +4,7 @@
 Standalone on purpose: it is copied to the device and run there with nothing
 but the standard library, numpy and whichever runtime the device has
 (ai_edge_litert, tflite_runtime or tensorflow.lite for .tflite; TensorRT's
-trtexec, else onnxruntime, for .onnx). Python >= 3.8. It never imports
+trtexec, else onnxruntime, for .onnx; rknn-toolkit-lite2 for .rknn). Python >= 3.8. It never imports
 edgesdk; the host imports `summarize` from here so both sides compute
 statistics the same way.
 
@@ -274,6 +274,67 @@ class ONNXModel:
         return lambda: self.session.run(None, named)
 
 
+# --- Rockchip NPU (RKNNLite) ---------------------------------------------------------
+
+# one core: the runtime picks it (single-core SoCs such as the RK3566 take no mask); more: the RK3588's
+RKNN_CORE_MASKS = {1: "NPU_CORE_AUTO", 2: "NPU_CORE_0_1", 3: "NPU_CORE_0_1_2"}
+
+
+class RKNNModel:
+    """An .rknn on the board's NPU through rknn-toolkit-lite2; threads picks how many NPU cores run it."""
+    format = "rknn"
+
+    def __init__(self, path, threads, runtime, delegate, shapes=None):
+        import numpy as np
+        self.np = np
+        try:
+            from rknnlite.api import RKNNLite
+        except Exception as exc:
+            raise RunnerFailure("runtime_missing", "rknn-toolkit-lite2 could not be imported on this device (%s). "
+                                "Run `edgesdk device setup` with a Rockchip profile." % exc)
+        self.runtime, self.runtime_version = "rknnlite", _version_of("rknnlite") or _dist_version("rknn-toolkit-lite2")
+        cores = min(max(threads, 1), 3)
+        self.delegate = "npu x%d" % cores
+        self.rknn = RKNNLite(verbose=False)
+        if self.rknn.load_rknn(path) != 0:
+            raise RunnerFailure("load_failed", "RKNNLite could not load %s." % path)
+        mask = getattr(RKNNLite, RKNN_CORE_MASKS[cores], None)
+        status = self.rknn.init_runtime(core_mask=mask) if mask is not None else self.rknn.init_runtime()
+        if status != 0:
+            raise RunnerFailure("runtime_missing", "RKNNLite could not start the NPU (status %s): the board needs "
+                                "Rockchip's rknpu driver and librknnrt.so." % status)
+        named = shapes or {}
+        if not named:
+            raise RunnerFailure("bad_option", "an .rknn needs --input-shape (the manifest's; deploy passes it).")
+        self.shapes = [list(v) for v in named.values()]
+        self.names = list(named)
+
+    def describe(self):
+        return [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(self.names, self.shapes)]
+
+    def make_feed(self, rng):
+        return [rng.standard_normal(s).astype(self.np.float32) for s in self.shapes]
+
+    def _formats(self, feed):
+        # 4-D inputs come as the ONNX graph had them, which RKNN calls nchw whatever the axes mean
+        return ["nchw" if len(x.shape) == 4 else "nhwc" for x in feed]
+
+    def run(self, feed):
+        return self.rknn.inference(inputs=feed, data_format=self._formats(feed))
+
+    def timer(self, feed):
+        formats = self._formats(feed)
+        return lambda: self.rknn.inference(inputs=feed, data_format=formats)
+
+
+def _dist_version(dist):
+    try:
+        from importlib import metadata
+        return metadata.version(dist)
+    except Exception:
+        return None
+
+
 # --- TensorRT (trtexec) ----------------------------------------------------------
 
 TRTEXEC_PLACES = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/bin/trtexec")  # JetPack puts it in the first
@@ -482,17 +543,23 @@ def probe():
         if value and value.lstrip("-").isdigit():
             temps.append({"zone": _read("%s/%s/type" % (thermal, zone)) or zone,
                           "celsius": int(value) / 1000.0})
-    runtimes = {name: _importable(name) for name in ("numpy", "ai_edge_litert", "tflite_runtime", "onnxruntime")}
+    runtimes = {name: _importable(name) for name in ("numpy", "ai_edge_litert", "tflite_runtime", "onnxruntime",
+                                                     "rknnlite")}
     runtimes["tensorflow"] = _importable("tensorflow", load=False)
     runtimes["trtexec"] = find_trtexec()
     edgetpu = [p for p in ("/usr/lib/aarch64-linux-gnu/libedgetpu.so.1", "/usr/lib/x86_64-linux-gnu/libedgetpu.so.1",
                            "/usr/lib/arm-linux-gnueabihf/libedgetpu.so.1") if os.path.exists(p)]
+    # Rockchip NPU: the kernel driver and the runtime library RKNNLite loads
+    rknpu = [p for p in ("/sys/module/rknpu", "/dev/rknpu", "/sys/kernel/debug/rknpu") if os.path.exists(p)]
+    rknnrt = [p for p in ("/usr/lib/librknnrt.so", "/usr/lib/aarch64-linux-gnu/librknnrt.so",
+                          "/usr/local/lib/librknnrt.so") if os.path.exists(p)]
     throttled = _command(["vcgencmd", "get_throttled"])
     return {
         "ok": True, "schema": SCHEMA_VERSION, "machine": platform.machine(), "cpu_model": model,
         "cores": os.cpu_count(), "memory_mb": int(m.group(1)) // 1024 if m else None,
         "os": m_os.group(1) if m_os else platform.platform(), "kernel": platform.release(),
         "python": platform.python_version(), "runtimes": runtimes, "edgetpu_library": edgetpu[0] if edgetpu else None,
+        "rknpu_driver": rknpu[0] if rknpu else None, "rknn_library": rknnrt[0] if rknnrt else None,
         "governor": _read(cpu0 + "scaling_governor"),
         "cur_freq_mhz": int(_read(cpu0 + "scaling_cur_freq")) // 1000 if (_read(cpu0 + "scaling_cur_freq") or "").isdigit() else None,
         "max_freq_mhz": int(_read(cpu0 + "cpuinfo_max_freq")) // 1000 if (_read(cpu0 + "cpuinfo_max_freq") or "").isdigit() else None,
@@ -588,7 +655,7 @@ def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", d
                                 "/usr/src/tensorrt/bin); install TensorRT or use --runtime onnxruntime.")
     import numpy as np
     rss_start = peak_rss_mb()
-    kind = ONNXModel if path.endswith(".onnx") else TFLiteModel
+    kind = ONNXModel if path.endswith(".onnx") else RKNNModel if path.endswith(".rknn") else TFLiteModel
     t0 = time.perf_counter()
     model = kind(path, threads, runtime, delegate, parse_input_shapes(input_shapes))
     init_ms = (time.perf_counter() - t0) * 1000.0
@@ -641,7 +708,7 @@ def measure(path, runs=50, warmup=5, threads=1, duration=None, runtime="auto", d
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Time one .tflite or .onnx model and print JSON.")
+    p = argparse.ArgumentParser(description="Time one .tflite, .onnx or .rknn model and print JSON.")
     p.add_argument("model", nargs="?")
     p.add_argument("--probe", action="store_true", help="describe this device instead of timing a model")
     p.add_argument("--runs", type=int, default=50)

@@ -202,6 +202,23 @@ def test_coral_without_libedgetpu_is_refused_before_upload(ready_pi, ssh_env, tf
     assert "libedgetpu" in row["extra"]["accelerator_problem"]
 
 
+def test_rockchip_setup_installs_rknnlite_and_a_board_without_the_npu_is_refused(ready_pi, ssh_env, keras3_mnist,
+                                                                                   mnist_files, tmp_path):
+    # an arm64 Debian without Rockchip's kernel driver: the runtime installs from its aarch64 wheel and imports;
+    # the NPU is missing, and that is said before anything is uploaded
+    r = run_cli("device", "setup", ALIAS, "--profile", "rock5b", "--json")
+    assert r.returncode == 0, r.stderr
+    setup = json.loads(r.stdout)
+    assert setup["packages"]["rknn-toolkit-lite2"].startswith("2.") and "librknnrt.so" in setup["note"]
+    art = edgesdk.convert(str(keras3_mnist), "rock5b", calibration=mnist_files["train"], output_dir=tmp_path,
+                          quiet=True)
+    before = _files(ready_pi, "artifacts")
+    r = run_cli("deploy", art.path, "--host", ALIAS, "--json")
+    assert r.returncode == RuntimeMissing.exit_code, r.stderr
+    assert "no rknpu driver" in r.stderr and "Nothing was uploaded" in r.stderr and "Traceback" not in r.stderr
+    assert _files(ready_pi, "artifacts") == before
+
+
 def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(ready_pi, ssh_env, tflite_artifact):
     import subprocess
     deploy(str(tflite_artifact.path), ALIAS, runs=2, warmup=0, accept_new_host_key=True)

@@ -226,3 +226,53 @@ def test_dynamic_dims_need_a_shape_and_get_the_one_given(tmp_path):
     from edgesdk.deploy import deploy
     res = deploy(str(model), "local", runs=2, warmup=0, input_shape="x:1,3,8,8", workdir=str(tmp_path / "w"))
     assert res.raw["inputs"][0]["shape"] == [1, 3, 8, 8]
+
+
+FAKE_RKNNLITE = '''
+# Stand-in for rknn-toolkit-lite2 (aarch64 boards with a Rockchip NPU only): its API, a fixed 2 ms inference.
+import json, os, time
+import numpy as np
+LOG = os.environ["RKNNLITE_LOG"]
+class RKNNLite:
+    NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_0_1, NPU_CORE_0_1_2 = 0, 1, 3, 7
+    def __init__(self, verbose=False):
+        self.calls = []
+    def load_rknn(self, path):
+        return 0 if open(path, "rb").read(4) == b"RKNN" else -1
+    def init_runtime(self, core_mask=0):
+        open(LOG, "a").write(json.dumps({"core_mask": core_mask}) + "\\n")
+        return 0
+    def inference(self, inputs, data_format=None):
+        open(LOG, "a").write(json.dumps({"shapes": [list(x.shape) for x in inputs], "data_format": data_format})
+                             + "\\n")
+        time.sleep(0.002)
+        return [np.zeros((1, 2), np.float32)]
+'''
+
+
+def test_runner_times_an_rknn_on_the_npu_cores_it_is_given(tmp_path):
+    import os
+    pkg = tmp_path / "site" / "rknnlite" / "api"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text(FAKE_RKNNLITE)
+    log = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "RKNNLITE_LOG": str(log)}
+    model = tmp_path / "m.rknn"
+    model.write_bytes(b"RKNN model bytes")
+    run = lambda *a: subprocess.run([sys.executable, str(runner_path()), str(model), *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env)
+    doc = json.loads(run("--runs", "5", "--warmup", "1", "--threads", "3", "--input-shape", "x:1,3,48,192").stdout)
+    assert doc["ok"] and doc["format"] == "rknn" and doc["runtime"] == "rknnlite" and doc["delegate"] == "npu x3"
+    assert doc["runs"] == 5 and doc["latency_ms"]["min"] >= 2.0 and doc["inputs"][0]["shape"] == [1, 3, 48, 192]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls[0] == {"core_mask": 7}  # three cores: NPU_CORE_0_1_2
+    assert calls[1] == {"shapes": [[1, 3, 48, 192]], "data_format": ["nchw"]} and len(calls) == 1 + 1 + 1 + 5
+    log.unlink()
+    doc = json.loads(run("--runs", "2", "--threads", "1", "--input-shape", "x:1,2").stdout)
+    assert doc["ok"] and json.loads(log.read_text().splitlines()[0]) == {"core_mask": 0}  # the runtime's choice
+    doc = json.loads(run("--runs", "2").stdout)  # the manifest's shapes come from deploy; without them, said so
+    assert doc["kind"] == "bad_option" and "--input-shape" in doc["error"]
+    env["PYTHONPATH"] = str(tmp_path / "nothing")
+    doc = json.loads(run("--runs", "2", "--input-shape", "x:1,2").stdout)
+    assert doc["kind"] == "runtime_missing" and "rknn-toolkit-lite2" in doc["error"]

@@ -48,7 +48,7 @@ def test_a_plugged_in_family_is_listed_and_its_profiles_validated(toy_site, tmp_
     r = run_cli("families", "--json", env=env)
     assert r.returncode == 0, r.stderr
     rows = {row["family"]: row for row in json.loads(r.stdout)}
-    assert list(rows)[:3] == ["arm-cpu", "edgetpu", "jetson"] and rows["arm-cpu"]["from"] == "built-in"
+    assert list(rows)[:4] == ["arm-cpu", "edgetpu", "jetson", "rockchip"] and rows["arm-cpu"]["from"] == "built-in"
     assert rows["toy-npu"]["from"] == "edgesdk-toy-family 0.1" and rows["toy-npu"]["formats"] == "tflite"
     r = run_cli("profiles", "--json", env=env)
     toy = {row["name"]: row for row in json.loads(r.stdout)}["toy-board"]
@@ -92,7 +92,7 @@ def test_a_plugged_in_family_is_checked_converted_for_and_deployed(toy_site, ker
     site, env = toy_site
     # check: the representative of every family, the plug-in's included, with its own report
     fams = {t["family"]: t for t in edgesdk.check(str(keras3_mnist))["targets"]}
-    assert set(fams) == {"arm-cpu", "edgetpu", "jetson", "toy-npu"}
+    assert set(fams) == {"arm-cpu", "edgetpu", "jetson", "rockchip", "toy-npu"}
     assert fams["toy-npu"]["status"] == "supported" and fams["toy-npu"]["sram"]["sram_kb"] == 512
     # convert, from a fresh process that finds the family by its entry point only
     out = tmp_path / "out"

@@ -266,9 +266,10 @@ def test_check_reports_every_family_before_converting(keras3_mnist, tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     fams = {t["family"]: t for t in doc["targets"]}
-    assert set(fams) == {"arm-cpu", "edgetpu", "jetson"}
+    assert set(fams) == {"arm-cpu", "edgetpu", "jetson", "rockchip"}
     assert fams["arm-cpu"]["xnnpack"]["not_delegated"] == {"SOFTMAX": 1}
     assert fams["edgetpu"]["status"] == "supported" and fams["jetson"]["status"] == "supported"
+    assert fams["rockchip"]["format"] == "rknn" and fams["rockchip"]["npu"]["ops_on_npu"] >= 5
     assert fams["jetson"]["format"] == "onnx"
     assert list(tmp_path.iterdir()) == []  # nothing written where the user looks
 

@@ -75,3 +75,44 @@ def test_jobs_run_isolated_in_their_own_directory(tmp_path, monkeypatch):
     assert reply["cwd"] != str(tmp_path) and "edgesdk-probe-" in reply["cwd"]
     with pytest.raises(toolchains.ToolchainError, match="(?s)probe failed: .*worker gave up: no"):
         toolchains.run(PIP_ONLY, worker, {"value": 0, "fail": "no"})
+
+
+SERVER = '''
+import json, os, sys
+proto = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)  # chatter to the log, as the rknn worker does
+total = 0
+for line in sys.stdin:
+    request = json.loads(line)
+    print("chatter on stdout", flush=True)
+    if request.get("die"):
+        os._exit(3)
+    if request.get("fail"):
+        reply = {"error": "cannot: " + request["fail"]}
+    else:
+        total += request["add"]
+        reply = {"total": total, "work": request["work"]}
+    proto.write(json.dumps(reply) + "\\n")
+    proto.flush()
+'''
+
+
+def test_a_worker_keeps_its_state_between_requests_and_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESDK_CACHE", str(tmp_path / "cache"))
+    server = tmp_path / "server.py"
+    server.write_text(SERVER)
+    with toolchains.Worker(PIP_ONLY, server) as worker:
+        work = worker.work
+        assert worker.call({"add": 2})["total"] == 2 and worker.call({"add": 3})["total"] == 5  # one process
+        assert worker.call({"add": 0})["work"] == str(work)
+        with pytest.raises(toolchains.ToolchainError, match="probe failed: cannot: no"):
+            worker.call({"fail": "no"})
+        assert worker.call({"add": 1})["total"] == 6  # an error reply leaves the worker serving
+    assert not work.exists()
+    worker = toolchains.Worker(PIP_ONLY, server)
+    with pytest.raises(toolchains.ToolchainError, match="(?s)probe failed: .*chatter on stdout"):
+        worker.call({"die": True})  # gone without a reply: its log's tail is the message
+    with pytest.raises(toolchains.ToolchainError, match="probe stopped earlier"):
+        worker.call({"add": 1})
+    worker.close()
+    assert not worker.work.exists()
