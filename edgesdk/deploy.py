@@ -245,7 +245,7 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
     """remote_runs: the RemoteRuns a fleet shares, where each host files how to stop its remote run.
     device_options: options the profile's target family takes (its TargetFamily.device_options)."""
     from .profiles import load_profile
-    from edgesdk.targets import device_plan, runner_path
+    from edgesdk.targets import device_plan, get_family, runner_path
     progress = progress or Progress()
     art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     prof_name = profile or art.manifest.get("profile", {}).get("name")
@@ -267,7 +267,9 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         runner_sha = sha256_file(runner_local)
         runner_remote = f"{root}/runner/runner-{runner_sha[:16]}.py"
         runner_sent = dev.push(runner_local, runner_remote, runner_sha)
-        probe = json.loads(session.run([python, runner_remote, "--probe"], timeout=60)[1].strip().splitlines()[-1])
+        looks = [f"--look={name}={','.join(paths)}" for name, paths in get_family(prof.family).probe_files.items()]
+        probe = json.loads(session.run([python, runner_remote, "--probe", *looks],
+                                       timeout=60)[1].strip().splitlines()[-1])
         fmt = art.path.suffix.lstrip(".")
         _needs(fmt, probe, python, host, prof)
         plan = device_plan(prof.family, art, probe, prof, dla_core, **(device_options or {}))

@@ -28,7 +28,7 @@ def open_artifact(path, **kwargs):
     if fmt == "rknn":
         from .rknn_artifact import RKNNArtifact
         return RKNNArtifact(path, **kwargs)
-    raise ModelLoadError(f"'{path}' is not a .tflite, .onnx or .rknn file.")
+    raise ModelLoadError(f"'{path}' is neither a .tflite, an .onnx nor an .rknn file.")
 
 
 def describe(path, fmt: str | None = None) -> dict:

@@ -55,6 +55,7 @@ class TargetFamily:
     runtimes = {"tflite": "ai-edge-litert", "onnx": "onnxruntime"}  # pip requirement per format, on a device
     setup_note: str | None = None  # what `device setup` cannot install from wheels
     device_options: dict = {}  # deploy options it takes beyond the common ones: name -> who has them
+    probe_files: dict = {}  # what the device's probe looks for: name -> paths, the first that exists reported
     profile_dir = None  # a folder of .toml profiles the family ships (third-party packages)
 
     # --- profiles and recipes ----------------------------------------------------------

@@ -268,6 +268,9 @@ class EdgeTPU(TargetFamily):
     representative = "coral-usb"
     runtimes = {"tflite": "ai-edge-litert"}
     setup_note = SETUP_NOTE
+    probe_files = {"edgetpu_library": ("/usr/lib/aarch64-linux-gnu/libedgetpu.so.1",
+                                       "/usr/lib/x86_64-linux-gnu/libedgetpu.so.1",
+                                       "/usr/lib/arm-linux-gnueabihf/libedgetpu.so.1")}
     check = staticmethod(check)
 
     def compile(self, artifact, report, work, progress):

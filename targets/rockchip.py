@@ -80,6 +80,10 @@ class Rockchip(TargetFamily):
     representative = "rock5b"
     runtimes = {"rknn": "rknn-toolkit-lite2"}
     setup_note = SETUP_NOTE
+    # the NPU's kernel driver, and the runtime library RKNNLite loads
+    probe_files = {"rknpu_driver": ("/sys/module/rknpu", "/dev/rknpu", "/sys/kernel/debug/rknpu"),
+                   "rknn_library": ("/usr/lib/librknnrt.so", "/usr/lib/aarch64-linux-gnu/librknnrt.so",
+                                    "/usr/local/lib/librknnrt.so")}
     check = staticmethod(check)
 
     def validate_profile(self, artifact, accelerator):

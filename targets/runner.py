@@ -522,8 +522,11 @@ def _importable(name, load=True):
         return None
 
 
-def probe():
-    """What the device is and the conditions it measures under: stored beside every result."""
+def probe(looks=()):
+    """What the device is and the conditions it measures under: stored beside every result.
+
+    looks: ("name=/a/path,/another", ...) what the profile's target family needs here (a library, a
+    driver); each name is reported with the first of its paths that exists, or None."""
     cpuinfo = _read("/proc/cpuinfo") or ""
     model = None
     for key in ("model name", "Model", "Hardware", "CPU part"):
@@ -547,19 +550,17 @@ def probe():
                                                      "rknnlite")}
     runtimes["tensorflow"] = _importable("tensorflow", load=False)
     runtimes["trtexec"] = find_trtexec()
-    edgetpu = [p for p in ("/usr/lib/aarch64-linux-gnu/libedgetpu.so.1", "/usr/lib/x86_64-linux-gnu/libedgetpu.so.1",
-                           "/usr/lib/arm-linux-gnueabihf/libedgetpu.so.1") if os.path.exists(p)]
-    # Rockchip NPU: the kernel driver and the runtime library RKNNLite loads
-    rknpu = [p for p in ("/sys/module/rknpu", "/dev/rknpu", "/sys/kernel/debug/rknpu") if os.path.exists(p)]
-    rknnrt = [p for p in ("/usr/lib/librknnrt.so", "/usr/lib/aarch64-linux-gnu/librknnrt.so",
-                          "/usr/local/lib/librknnrt.so") if os.path.exists(p)]
     throttled = _command(["vcgencmd", "get_throttled"])
+    found = {}
+    for look in looks:
+        name, _, paths = look.partition("=")
+        found[name] = next((p for p in paths.split(",") if p and os.path.exists(p)), None)
     return {
+        **found,
         "ok": True, "schema": SCHEMA_VERSION, "machine": platform.machine(), "cpu_model": model,
         "cores": os.cpu_count(), "memory_mb": int(m.group(1)) // 1024 if m else None,
         "os": m_os.group(1) if m_os else platform.platform(), "kernel": platform.release(),
-        "python": platform.python_version(), "runtimes": runtimes, "edgetpu_library": edgetpu[0] if edgetpu else None,
-        "rknpu_driver": rknpu[0] if rknpu else None, "rknn_library": rknnrt[0] if rknnrt else None,
+        "python": platform.python_version(), "runtimes": runtimes,
         "governor": _read(cpu0 + "scaling_governor"),
         "cur_freq_mhz": int(_read(cpu0 + "scaling_cur_freq")) // 1000 if (_read(cpu0 + "scaling_cur_freq") or "").isdigit() else None,
         "max_freq_mhz": int(_read(cpu0 + "cpuinfo_max_freq")) // 1000 if (_read(cpu0 + "cpuinfo_max_freq") or "").isdigit() else None,
@@ -711,6 +712,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Time one .tflite, .onnx or .rknn model and print JSON.")
     p.add_argument("model", nargs="?")
     p.add_argument("--probe", action="store_true", help="describe this device instead of timing a model")
+    p.add_argument("--look", action="append", default=[], metavar="NAME=PATH[,PATH]",
+                   help="with --probe: report NAME as the first of these paths that exists (repeatable)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
@@ -726,7 +729,7 @@ def main(argv=None):
                    help="shapes for dynamic inputs: name:1,3,640,640;other:1,16 (a bare shape for a single input)")
     a = p.parse_args(argv)
     if a.probe:
-        print(json.dumps(probe()))
+        print(json.dumps(probe(a.look)))
         return 0
     if not a.model:
         p.error("a model path is required (or --probe)")

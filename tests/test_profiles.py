@@ -9,7 +9,8 @@ from edgesdk.profiles import parse_profile
 
 from conftest import run_cli
 
-REQUIRED = {"rpi4", "rpi5", "coral-usb", "coral-devboard", "jetson-nano", "jetson-orin-nano", "local"}
+REQUIRED = {"rpi4", "rpi5", "coral-usb", "coral-devboard", "jetson-nano", "jetson-orin-nano", "rock5b", "orangepi5",
+            "rk3566", "local"}
 
 
 def test_all_required_builtins_load_and_are_valid():
@@ -18,7 +19,7 @@ def test_all_required_builtins_load_and_are_valid():
     for name in names:
         p = load_profile(name)
         assert p.name == name
-        assert p.family in ("arm-cpu", "edgetpu", "jetson")
+        assert p.family in ("arm-cpu", "edgetpu", "jetson", "rockchip")
         assert p.artifact.format in p.artifact.formats
         assert p.artifact.threads >= 1 and p.device.cores >= 1
 
@@ -29,6 +30,8 @@ def test_all_required_builtins_load_and_are_valid():
     ("coral-devboard", "Cortex-A53", 4, "edgetpu", "tflite"),
     ("jetson-nano", "Cortex-A57", 4, "jetson", "onnx"),
     ("jetson-orin-nano", "Cortex-A78AE", 6, "jetson", "onnx"),
+    ("rock5b", "Cortex-A76 + Cortex-A55", 8, "rockchip", "rknn"),
+    ("rk3566", "Cortex-A55", 4, "rockchip", "rknn"),
 ])
 def test_builtin_profiles_match_the_hardware(name, cpu, cores, family, fmt):
     p = load_profile(name)

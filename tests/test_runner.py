@@ -41,7 +41,8 @@ def test_runner_is_standalone():
             imported.add((node.module or "").split(".")[0])
     assert "edgesdk" not in imported
     assert imported <= {"argparse", "json", "math", "os", "platform", "re", "shutil", "subprocess", "sys",
-                        "tempfile", "threading", "time", "resource", "numpy", "onnxruntime", "importlib"}
+                        "tempfile", "threading", "time", "resource", "numpy", "onnxruntime", "importlib",
+                        "rknnlite"}
 
 
 def _run(*args):
@@ -276,3 +277,13 @@ def test_runner_times_an_rknn_on_the_npu_cores_it_is_given(tmp_path):
     env["PYTHONPATH"] = str(tmp_path / "nothing")
     doc = json.loads(run("--runs", "2", "--input-shape", "x:1,2").stdout)
     assert doc["kind"] == "runtime_missing" and "rknn-toolkit-lite2" in doc["error"]
+
+
+def test_probe_reports_what_the_family_looks_for(tmp_path):
+    lib = tmp_path / "libthing.so.1"
+    lib.write_bytes(b"")
+    r = subprocess.run([sys.executable, str(runner_path()), "--probe", f"--look=thing_library=/nope.so,{lib}",
+                        "--look=driver=/sys/module/no_such_driver"], capture_output=True, text=True)
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["thing_library"] == str(lib) and doc["driver"] is None
+    assert "edgetpu_library" not in doc  # nothing looked for that no family asked about
