@@ -39,7 +39,7 @@ class Accelerator:
     name: str = ""
     tops: float = 0.0
     interface: str = ""
-    extra: dict = field(default_factory=dict, hash=False)  # the keys the profile's family adds (e.g. a Jetson's dla_cores)
+    extra: dict = field(default_factory=dict, hash=False)  # the keys its family adds (a Jetson's dla_cores)
 
     def __getattr__(self, key):
         extra = self.__dict__.get("extra", {})

@@ -168,7 +168,3 @@ def device_plan(family: str, artifact, probe: dict, profile, dla_core=None, **op
             raise OptionError(f"--{key.replace('_', '-')} is for {' or '.join(owners) or 'no family'}; "
                               f"{profile.name} is {family}.")
     return fam.device_plan(artifact, probe, profile, **options)
-
-
-def family_note(family: str) -> str | None:
-    return get_family(family).setup_note
