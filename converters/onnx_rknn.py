@@ -23,10 +23,11 @@ import numpy as np
 
 from edgesdk import toolchains
 from edgesdk.errors import ConversionError
+from edgesdk.inputs import feed_rows
 from edgesdk.util import sha256_file
 
 FORMAT = "rknn"
-MULTI_INPUT = False
+MULTI_INPUT = True  # every input fed by its ONNX name, in the graph's order
 CALIBRATION_METHODS = ("minmax", "entropy")  # the toolkit's "normal" and "kl_divergence"
 ALGORITHMS = {"minmax": "normal", "entropy": "kl_divergence"}
 DIAGNOSIS_HINT = ("try --calibration-method entropy (rknn-toolkit2's KL-divergence calibration), or more "
@@ -96,6 +97,10 @@ def prepare_source(source, recipe, calibration, step=None):
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     if recipe.quantization not in ("int8", "fp16"):
         raise ConversionError(f"Rockchip NPUs run int8 or fp16, not {recipe.quantization}.")
+    if source.stateful:
+        raise ConversionError(f"'{source.name}' carries a recurrent state ({', '.join(source.stateful)}); the .rknn "
+                              f"route does not validate state fed back step by step yet. Convert it for another "
+                              f"target, or export the model without the state input.")
     platform = profile.accelerator.platform if profile is not None else "rk3588"
     onnx_path = _float_onnx(source)
     inputs, outputs = _graph_io(onnx_path)
@@ -110,7 +115,8 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                    "algorithm": ALGORITHMS.get(recipe.calibration_method, "normal"),
                    "out": str(worker.work / "model.rknn")}
         if recipe.quantization == "int8":
-            request["dataset"] = str(_dataset(calibration.x[:recipe.calibration_samples], worker.work))
+            request["dataset"] = str(_dataset(calibration.x[:recipe.calibration_samples],
+                                              [i["name"] for i in inputs], worker.work))
         reply = worker.call(request)
         data = Path(reply["rknn"]).read_bytes()
     except BaseException:
@@ -121,15 +127,17 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     return data
 
 
-def _dataset(x: np.ndarray, work: Path) -> Path:
-    """The toolkit's calibration list: one .npy per sample (batch 1), one line each."""
+def _dataset(x, names: list, work: Path) -> Path:
+    """The toolkit's calibration list: a line per sample, its .npy per input (batch 1) in the graph's order."""
     folder = work / "calibration"
     folder.mkdir(exist_ok=True)
     lines = []
     for i in range(len(x)):
-        path = folder / f"{i}.npy"
-        np.save(path, np.asarray(x[i:i + 1], dtype=np.float32))
-        lines.append(str(path))
+        row = feed_rows(x, i, i + 1, names)
+        paths = [folder / f"{i}_{k}.npy" for k in range(len(names))]
+        for path, name in zip(paths, names):
+            np.save(path, np.asarray(row[name], dtype=np.float32))
+        lines.append(" ".join(str(p) for p in paths))
     listing = work / "dataset.txt"
     listing.write_text("\n".join(lines) + "\n")
     return listing

@@ -80,13 +80,15 @@ class RKNNArtifact:
 
     # -- inference ------------------------------------------------------------
     def predict(self, x, progress=None, output_axes=None) -> list:
-        from .inputs import Inputs
+        from .inputs import feed_rows
         if self.build is None:
             raise RuntimeMissing(
                 f"'{self.path}' can only run on a Rockchip NPU: rknn-toolkit2's simulator runs only a model "
                 f"built in the same process. Run it on the board with `edgesdk deploy`, or convert again to "
                 f"validate it on this machine.")
-        arrays = list(x.feed().values()) if isinstance(x, Inputs) else [x]
+        names = [i["name"] for i in self.inputs]
+        feed = feed_rows(x, 0, len(x), names)
+        arrays = [feed[n] for n in names]
         work = self.build.worker.work
         paths = []
         for i, a in enumerate(arrays):

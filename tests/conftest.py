@@ -197,3 +197,17 @@ def ppocr(tmp_path_factory):
     np.savez(d / "calib.npz", x=x[order[:132]])
     np.savez(d / "val.npz", x=x[order[132:]], y=y[order[132:]])
     return {"model": fixtures.fetch("ppocr_cls"), "calib": d / "calib.npz", "val": d / "val.npz"}
+
+
+@pytest.fixture(scope="session")
+def gained_onet(lfw_onet_inputs):
+    """The pretrained O-Net (facenet-pytorch weights) behind a second input: a per-crop exposure gain."""
+    import torch
+    import torch_models
+    from edgesdk import fixtures
+    onet = torch_models.onet()
+    onet.load_state_dict(torch.load(fixtures.fetch("facenet_onet"), weights_only=True))
+    x, y = lfw_onet_inputs
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    gain = np.random.default_rng(0).uniform(0.7, 1.3, (len(x), 1)).astype(np.float32)
+    return torch_models.GainedONet(onet), x, gain, y

@@ -190,19 +190,6 @@ def test_two_input_data_forms(two_input, tmp_path):
         load_for(src, {"pixels": x, "row_ink": ink[:10]})
 
 
-@pytest.fixture(scope="module")
-def gained_onet(lfw_onet_inputs):
-    """The pretrained O-Net (facenet-pytorch weights) behind a second input: a per-crop exposure gain."""
-    import torch
-    import torch_models
-    onet = torch_models.onet()
-    onet.load_state_dict(torch.load(fixtures.fetch("facenet_onet"), weights_only=True))
-    x, y = lfw_onet_inputs
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    gain = np.random.default_rng(0).uniform(0.7, 1.3, (len(x), 1)).astype(np.float32)
-    return torch_models.GainedONet(onet), x, gain, y
-
-
 @pytest.mark.parametrize("target, fmt, io", [("rpi4", "onnx", "float32"), ("rpi4", "tflite", "int8"),
                                              ("coral-usb", "tflite", "uint8")])
 def test_two_input_pytorch_module_on_both_routes(gained_onet, tmp_path, target, fmt, io):
