@@ -498,12 +498,38 @@ def mnist_fixture(tmp):
     return example["model"], {"train": str(example["train"]), "test": str(example["heldout"])}
 
 
+def bench_tune(tmp, quick, mnist):
+    """A default `edgesdk tune` of the MNIST CNN on `local`: how many candidates it evaluates, its wall time,
+    and what it found, beside what the plain way costs: converting and benchmarking each candidate by hand."""
+    import edgesdk
+    model, data = mnist
+    runs = 20 if quick else 100
+    t0 = time.time()
+    doc = edgesdk.tune(str(model), "local", calibration=data["train"], output_dir=tmp / "tune", runs=runs, quiet=True)
+    wall = time.time() - t0
+    evaluated = [r for r in doc["candidates"] if r["status"] not in ("skipped",)]
+    measured = [r for r in doc["candidates"] if r.get("p50_ms") is not None]
+    t0 = time.time()  # the second run: every passing conversion from the cache
+    edgesdk.tune(str(model), "local", calibration=data["train"], output_dir=tmp / "tune", runs=runs, quiet=True)
+    again = time.time() - t0
+    return [{"name": "candidates a default tune evaluates (MNIST CNN, local)", "value": len(evaluated),
+             "goal": "report", "met": None,
+             "baseline": f"{len(measured)} measured at {len(doc['threads'])} thread counts, winner {doc['winner']}"},
+            {"name": "default tune wall time (MNIST CNN, local)", "value": round(wall, 1), "unit": "s",
+             "goal": "report", "met": None, "baseline": f"second run, conversions cached: {again:.1f} s"},
+            {"name": "tune: winner p50 / int8 TFLite p50 (MNIST CNN, local)",
+             "value": round(min(r["p50_ms"] for r in measured)
+                            / next((r["p50_ms"] for r in measured if r["candidate"] == "tflite int8"),
+                                   float("nan")), 4),
+             "goal": "report", "met": None, "baseline": "the profile's default recipe, measured in the same run"}]
+
+
 SUITE = {
     "size": (bench_size, True), "pruned_size": (bench_pruned_size, True), "accuracy": (bench_accuracy, True),
     "recovery": (bench_recovery, False), "imagenet": (bench_imagenet, False), "onnx_tflite": (bench_onnx_tflite, False),
     "speed": (bench_speed, False), "overhead": (bench_overhead, False), "startup": (bench_startup, False),
     "fidelity": (bench_fidelity, True), "noise": (bench_noise, True), "deploy": (bench_deploy, True),
-    "fleet": (bench_fleet, True),
+    "fleet": (bench_fleet, True), "tune": (bench_tune, True),
 }
 NOT_YET = ["the detector fixtures' recall in the suite (the tests check it)"]
 

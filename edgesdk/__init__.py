@@ -15,7 +15,7 @@ from .errors import (  # noqa: E402
 )
 
 __all__ = [
-    "convert", "benchmark", "deploy", "check", "inspect", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
+    "convert", "benchmark", "deploy", "check", "inspect", "tune", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
     "DeviceProfile", "EdgeSDKError", "OptionError", "ProfileError", "ModelLoadError", "DataError",
     "ConversionError", "ValidationFailed", "OutputError", "RuntimeMissing", "BenchmarkError", "DeployError",
     "HostKeyError", "ConnectionLost", "ResultsError",
@@ -44,27 +44,19 @@ def __getattr__(name):
     raise AttributeError(f"module 'edgesdk' has no attribute {name!r}")
 
 
+def _function(module: str, name: str) -> property:
+    """An API function whose submodule shares its name: the import system records a submodule on its package
+    when it loads it (the setter takes that and keeps the function)."""
+    def get(self):
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return property(get, lambda self, _module: None)
+
+
 class _API(types.ModuleType):
-    """`edgesdk.deploy` and `edgesdk.check` are the functions, though submodules share their names: the
-    import system records a submodule on its package when it loads it, and would shadow them."""
-
-    @property
-    def deploy(self):
-        from .deploy import deploy
-        return deploy
-
-    @deploy.setter
-    def deploy(self, _module):
-        pass
-
-    @property
-    def check(self):
-        from .check import check_model
-        return check_model
-
-    @check.setter
-    def check(self, _module):
-        pass
+    deploy = _function("deploy", "deploy")
+    check = _function("check", "check_model")
+    tune = _function("tune", "tune")
 
 
 sys.modules[__name__].__class__ = _API

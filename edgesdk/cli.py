@@ -8,11 +8,15 @@ import sys
 import click
 
 from . import __version__
-from .errors import EdgeSDKError, ValidationFailed
+from .errors import BenchmarkError, EdgeSDKError, ValidationFailed
 
 
 def _floats(text):
     return tuple(float(v) for v in text.split(",")) if text else ()
+
+
+def _pct(share) -> str:
+    return "" if share is None else f"{100 * share:.1f}%"
 
 
 def _names(text):
@@ -341,6 +345,71 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
                f"peak RSS {res.peak_rss_mb} MB")
     click.echo("  " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("min", "mean", "p50", "p90", "p95", "p99", "max", "std"))
                + "  (ms)")
+
+
+# --- tune -------------------------------------------------------------------
+
+@main.command()
+@click.argument("model")
+@click.option("--target", "-t", default="local", show_default=True, help="Device profile name or .toml path.")
+@click.option("--host", "hosts", multiple=True, help="Where to measure: ssh alias, user@host[:port] or local "
+              "(repeatable: hosts of one profile share the work). Default: local.")
+@click.option("--calibration", "-c", help="Calibration data (.npz, .npy or image folder).")
+@click.option("--validation", "-v", help="Validation data (default: held out from labelled calibration data).")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy budget in percentage points: candidates past it are never picked.")
+@click.option("--budget", help="Wall-time bound for the whole search, e.g. 30m, 90s, 1h.")
+@click.option("--format", "formats", multiple=True, help="Only these artifact formats (repeatable).")
+@click.option("--quantization", "quantizations", multiple=True, help="Only these precisions (repeatable).")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per measurement.")
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
+@click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
+              help="Shape for an input with dynamic dims (repeatable).")
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "regress"]), default="auto",
+              show_default=True, help="How the gate judges the outputs.")
+@click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
+@click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.pass_context
+def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, budget, formats, quantizations, runs,
+         warmup, repeat, input_shape, task, output_dir, accept_new_host_key, db, as_json, quiet):
+    """Find the fastest artifact of MODEL for --target within the accuracy budget, measured on --host."""
+    ctx.meta["json"] = as_json
+    from .results import ResultStore
+    from .tune import tune as run_tune
+    store = ResultStore(db)
+    try:
+        doc = run_tune(model, target, hosts=list(hosts) or "local", calibration=calibration, validation=validation,
+                       max_accuracy_drop=max_accuracy_drop, budget=budget, formats=formats or None,
+                       quantizations=quantizations or None, runs=runs, warmup=warmup, repeat=repeat,
+                       output_dir=output_dir, store=store, accept_new_host_key=accept_new_host_key,
+                       quiet=quiet or as_json, input_shape=input_shape or None, task=task)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        rows = []
+        for r in doc["candidates"]:
+            rows.append({"candidate": r["candidate"] + (f" x{r['threads']}" if r.get("threads") else ""),
+                         "status": r["status"], "agreement": _pct(r.get("top1_agreement")),
+                         "sqnr_db": "" if r.get("sqnr_db") is None else f"{r['sqnr_db']:.1f}",
+                         "size": "" if r.get("size_bytes") is None else f"{r['size_bytes']:,}",
+                         "p50_ms": "" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
+                         "p90_ms": "" if r.get("p90_ms") is None else f"{r['p90_ms']:.3f}",
+                         "why": (r.get("why") or "")[:70]})
+        click.echo(_table(rows, ["candidate", "status", "agreement", "sqnr_db", "size", "p50_ms", "p90_ms", "why"]))
+        for s in doc["skipped"]:
+            click.echo(f"  not tried: {s['candidate']}: {s['why']}")
+        if doc.get("finding"):
+            click.echo(f"  {doc['finding']}")
+        click.echo(f"winner: {doc['winner']} -> {doc['artifact']}" if doc["winner"] else
+                   "no candidate was measured: nothing written")
+    if doc["winner"] is None:
+        ctx.exit(BenchmarkError.exit_code)
 
 
 # --- deploy / results -------------------------------------------------------

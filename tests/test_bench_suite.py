@@ -17,7 +17,7 @@ def test_bench_quick_mode_measures_every_group(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((tmp_path / "latest.json").read_text())
     groups = {row["group"] for row in doc["results"]}
-    assert groups == {"size", "pruned_size", "accuracy", "recovery", "imagenet", "onnx_tflite", "speed", "overhead", "startup", "fidelity", "noise", "deploy", "fleet"}
+    assert groups == {"size", "pruned_size", "accuracy", "recovery", "imagenet", "onnx_tflite", "speed", "overhead", "startup", "fidelity", "noise", "deploy", "fleet", "tune"}
     broken = [row for row in doc["results"] if "error" in row and not row["error"].startswith("skipped:")]
     assert not broken, broken  # a measurement that crashes is a bug; a missed goal is a finding
     assert all(isinstance(row["value"], (int, float)) for row in doc["results"] if "error" not in row)

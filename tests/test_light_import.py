@@ -25,7 +25,7 @@ def test_cli_help_loads_no_framework():
 def test_api_functions_are_not_shadowed_by_their_modules():
     # edgesdk.deploy and edgesdk.check share their names with submodules; loading those must not
     # turn the functions into modules (it did: the second edgesdk.deploy(...) call raised TypeError)
-    code = ("import edgesdk, edgesdk.deploy, edgesdk.check\nfrom edgesdk.deploy import deploy_one\n"
-            "print(edgesdk.deploy.__name__, edgesdk.check.__name__, callable(edgesdk.convert))")
+    code = ("import edgesdk, edgesdk.deploy, edgesdk.check, edgesdk.tune\nfrom edgesdk.deploy import deploy_one\n"
+            "print(edgesdk.deploy.__name__, edgesdk.check.__name__, edgesdk.tune.__name__, callable(edgesdk.convert))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["deploy", "check_model", "True"]
+    assert out.split() == ["deploy", "check_model", "tune", "True"]

@@ -1,0 +1,331 @@
+"""`edgesdk tune`: the fastest artifact that keeps the accuracy budget, measured on the user's own devices.
+
+A search over what the profile can run, cheapest checks first:
+  1. candidates: every format the profile takes that the source has a route to, times every precision its
+     family computes in (int8 with the recovery ladder when the gate fails, fp16, float); a recipe the
+     options refuse is dropped with why, before anything is converted;
+  2. each candidate converted and judged by the same gate as `convert` (cached: the same recipe and data
+     are not converted twice); a candidate that misses the gate is shown with why and never measured;
+  3. each survivor measured on the host(s) at each thread count (1 and the profile's), rounds interleaved
+     in a shuffled order so drift hits every candidate alike; after the first round a candidate over
+     DROP_AFTER times the best p50 cannot win and is not measured again;
+  4. the fastest within budget is written as the artifact, its manifest naming the search and the others.
+Several hosts of one profile share the measurements (a fleet is a tuning farm); a host that fails is
+reported and its jobs go to the others. `budget` bounds the wall time; what it cut is reported. Ctrl-C
+keeps what was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import shutil
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EdgeSDKError, OptionError
+from .progress import Progress
+
+DROP_AFTER = 1.5  # after round 1: p50 over this many times the best cannot win
+
+
+@dataclass
+class Candidate:
+    fmt: str
+    quantization: str
+    status: str = "pending"   # converted, failed, skipped, measured, dropped
+    why: str = ""
+    artifact: object = None   # edgesdk.Artifact once converted
+    cached: bool = False
+    figures: dict = field(default_factory=dict)
+    p50s: dict = field(default_factory=dict)   # threads -> [p50 per round]
+    results: dict = field(default_factory=dict)  # threads -> last BenchmarkResult
+
+    @property
+    def name(self) -> str:
+        return f"{self.fmt} {self.quantization}"
+
+
+def parse_budget(value) -> float | None:
+    """'30m', '90s', '1h', '45' (seconds) or a number -> seconds; None for no limit."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if scale else text) * (scale or 1)
+        except ValueError:
+            raise OptionError(f"--budget takes a time such as 30m, 90s or 1h; got {value!r}.") from None
+    if seconds <= 0:
+        raise OptionError(f"--budget must be positive, got {value!r}.")
+    return seconds
+
+
+def candidates(framework: str, profile, formats=None, quantizations=None) -> tuple:
+    """(candidates worth converting, [(name, why) dropped before converting]); formats/quantizations narrow
+    the search to those the user asked for."""
+    from edgesdk.converters import ROUTES
+    from edgesdk.targets import get_family
+    family = get_family(profile.family)
+    for asked, known, what in ((formats, profile.artifact.formats, "formats"),
+                               (quantizations, family.quantizations, "quantizations")):
+        unknown = [a for a in asked or () if a not in known]
+        if unknown:
+            raise OptionError(f"{profile.name} ({family.name}) cannot run {what} {', '.join(unknown)}; it takes "
+                              f"{', '.join(known)}.")
+    picked, dropped = [], []
+    for fmt in formats or profile.artifact.formats:
+        if (framework, fmt) not in ROUTES:
+            dropped.append((f"{fmt} *", f"no route from {framework} to {fmt}"))
+            continue
+        for quant in quantizations or ("int8", "fp16", "float"):
+            if quant not in family.quantizations:
+                dropped.append((f"{fmt} {quant}", f"{profile.name} ({family.name}) does not compute in {quant}"))
+                continue
+            picked.append(Candidate(fmt, quant))
+    return picked, dropped
+
+
+def thread_counts(profile) -> list:
+    return sorted({1, profile.artifact.threads})
+
+
+def tune(model, target="local", *, hosts="local", calibration=None, validation=None, max_accuracy_drop=1.0,
+         budget=None, runs=50, warmup=5, repeat=2, output_dir="edgesdk-out", store=None, seed=0,
+         formats=None, quantizations=None, remote_python=None, workdir=None, accept_new_host_key=False,
+         quiet=False, progress: Progress | None = None, **convert_options) -> dict:
+    """Search what `target` can run for the fastest artifact within the accuracy budget; see the module doc.
+
+    hosts: "local", one host, or a list of hosts of this profile. Returns the search as a dict: the winner's
+    artifact path, one row per candidate (figures, size, p50/p90 per thread count, why it failed or was cut)."""
+    from . import convert
+    from .deploy import deploy_one, RemoteRuns
+    from .profiles import load_profile
+    from .source import framework_of
+    progress = progress or Progress(quiet)
+    started = time.monotonic()
+    seconds = parse_budget(budget)
+    deadline = started + seconds if seconds else None
+    hosts = [hosts] if isinstance(hosts, str) else list(hosts)
+    if not hosts:
+        raise OptionError("tune needs at least one host (or 'local').")
+    if runs < 1 or warmup < 0 or repeat < 1:
+        raise OptionError("--runs and --repeat must be at least 1 and --warmup at least 0.")
+    profile = load_profile(target)
+    framework = framework_of(model, convert_options.get("model_factory"))
+    if framework is None:
+        raise OptionError(f"Cannot tell which framework {model!r} comes from; give a .keras/.h5/SavedModel, "
+                          f".onnx, .pt2 file or a live Keras/PyTorch model.")
+    out = Path(output_dir)
+    cands, dropped = candidates(framework, profile, formats, quantizations)
+    threads = thread_counts(profile)
+    progress.step(f"tune for {profile.name}: {len(cands)} candidate(s) x threads {threads} on "
+                  f"{', '.join(hosts)}" + (f", budget {seconds:.0f} s" if seconds else ""))
+    skipped = [{"candidate": n, "why": w} for n, w in dropped]
+    interrupted = False
+
+    def over_budget() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    try:
+        # 2. convert and judge, cheapest precisions first
+        for c in cands:
+            if over_budget():
+                c.status, c.why = "skipped", "the budget ran out before it was converted"
+                continue
+            progress.step(f"converting {c.name}")
+            try:
+                art = convert(model, profile, format=c.fmt, quantization=c.quantization, calibration=calibration,
+                              validation=validation, max_accuracy_drop=max_accuracy_drop,
+                              output_dir=out / "candidates" / f"{c.fmt}-{c.quantization}", quiet=True,
+                              **convert_options)
+            except EdgeSDKError as exc:
+                c.status, c.why = "failed", _first(exc)
+                c.figures = getattr(exc, "figures", None) or {}
+                progress.step(f"  {c.name}: {c.why[:160]}")
+                continue
+            c.status, c.artifact, c.cached = "converted", art, bool(getattr(art, "cached", False))
+            c.figures = art.manifest.get("validation", {})
+            progress.step(f"  {c.name}: passes the gate{' (cached)' if c.cached else ''}")
+        # 3. measure the survivors, rounds interleaved, across the hosts
+        live = [c for c in cands if c.status == "converted"]
+        rng = random.Random(seed)
+        farm = _Farm(hosts, progress)
+        remote_runs = RemoteRuns()
+        for rnd in range(repeat):
+            jobs = [(c, t) for c in live if c.status == "converted" for t in threads]
+            if not jobs:
+                break
+            if over_budget():
+                for c in live:
+                    if c.status == "converted" and not c.p50s:
+                        c.status, c.why = "skipped", "the budget ran out before it was measured"
+                break
+            rng.shuffle(jobs)
+
+            def measure(job, host):
+                c, t = job
+                res = deploy_one(c.artifact, host, runs=runs, warmup=warmup, threads=t, store=store,
+                                 accept_new_host_key=accept_new_host_key, progress=Progress(quiet=True),
+                                 remote_runs=remote_runs, remote_python=remote_python, workdir=workdir)
+                c.p50s.setdefault(t, []).append(res.p50)
+                c.results[t] = res
+            farm.run(jobs, measure, deadline)
+            if rnd == 0:  # 3b. what cannot win is not measured again
+                best = min((min(v) for c in live for v in c.p50s.values()), default=None)
+                for c in live:
+                    mine = min((min(v) for v in c.p50s.values()), default=None)
+                    if best and mine and mine > DROP_AFTER * best and repeat > 1:
+                        c.status, c.why = "dropped", f"{mine / best:.1f}x the best p50 after round 1"
+        for c in live:
+            if c.status == "converted" and c.p50s:
+                c.status = "measured"
+            elif c.status == "converted":
+                c.status, c.why = "skipped", farm.why_not_measured() or "not measured"
+        host_errors = farm.errors
+    except KeyboardInterrupt:
+        interrupted = True
+        host_errors = {}
+        if "remote_runs" in locals():
+            remote_runs.stop_all()  # no run left behind on any host
+        for c in cands:
+            if c.status == "converted" and c.p50s:
+                c.status = "measured"
+            elif c.status in ("pending", "converted"):
+                c.status, c.why = "skipped", "interrupted"
+        progress.warn("interrupted: keeping what was measured")
+    return _finish(cands, skipped, profile, hosts, threads, out, started, seconds, interrupted, host_errors,
+                   runs, warmup, repeat, progress)
+
+
+class _Farm:
+    """Measurement jobs spread over the hosts, one at a time per host; a failing host is retired and its
+    job given to another."""
+
+    def __init__(self, hosts: list, progress: Progress):
+        self.hosts, self.progress = list(hosts), progress
+        self.errors: dict = {}
+
+    def why_not_measured(self) -> str:
+        if self.errors and len(self.errors) == len(self.hosts):
+            return "no host was left to measure it: " + "; ".join(f"{h}: {e}" for h, e in self.errors.items())
+        return ""
+
+    def run(self, jobs: list, measure, deadline) -> None:
+        todo: queue.Queue = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+        lock = threading.Lock()
+
+        def worker(host):
+            while host not in self.errors:
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    measure(job, host)
+                except EdgeSDKError as exc:
+                    with lock:
+                        self.errors[host] = _first(exc)
+                    self.progress.warn(f"{host} failed ({_first(exc)[:120]}): its jobs go to the other hosts")
+                    todo.put(job)
+                    return
+        alive = [h for h in self.hosts if h not in self.errors]
+        if len(alive) == 1:
+            worker(alive[0])  # in this thread: Ctrl-C reaches the run
+            return
+        threads = [threading.Thread(target=worker, args=(h,), daemon=True) for h in alive]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+
+
+def _first(exc) -> str:
+    from .util import first_line
+    return first_line(exc)
+
+
+def _finish(cands, skipped, profile, hosts, threads, out, started, budget, interrupted, host_errors, runs, warmup,
+            repeat, progress) -> dict:
+    rows = []
+    for c in cands:
+        row = {"candidate": c.name, "format": c.fmt, "quantization": c.quantization, "status": c.status,
+               "why": c.why, "cached": c.cached, "passed": c.artifact is not None,
+               "top1_agreement": c.figures.get("top1_agreement"), "sqnr_db": c.figures.get("sqnr_db"),
+               "size_bytes": c.artifact.path.stat().st_size if c.artifact is not None else None,
+               "artifact": str(c.artifact.path) if c.artifact is not None else None, "by_threads": {}}
+        for t, p50s in sorted(c.p50s.items()):
+            res = c.results.get(t)
+            energy = (res.raw.get("energy") or {}) if res is not None else {}
+            row["by_threads"][t] = {"p50_ms": round(statistics.median(p50s), 4), "rounds": len(p50s),
+                                    "p90_ms": res.p90 if res is not None else None,
+                                    "peak_rss_mb": res.peak_rss_mb if res is not None else None,
+                                    "energy_mj": energy.get("energy_per_inference_mj"),
+                                    "run_id": res.run_id if res is not None else None,
+                                    "host": res.host if res is not None else None}
+        if row["by_threads"]:
+            t_best = min(row["by_threads"], key=lambda t: row["by_threads"][t]["p50_ms"])
+            row["threads"], row["p50_ms"] = t_best, row["by_threads"][t_best]["p50_ms"]
+            row["p90_ms"] = row["by_threads"][t_best]["p90_ms"]
+        rows.append(row)
+    timed = sorted((r for r in rows if r.get("p50_ms") is not None), key=lambda r: r["p50_ms"])
+    _mark_pareto(timed)
+    winner = timed[0] if timed else None
+    doc = {"profile": profile.name, "hosts": hosts, "threads": threads, "runs": runs, "warmup": warmup,
+           "repeat": repeat, "budget_s": budget, "wall_s": round(time.monotonic() - started, 1),
+           "interrupted": interrupted, "host_errors": host_errors, "skipped": skipped,
+           "candidates": timed + [r for r in rows if r.get("p50_ms") is None],
+           "converted": sum(r["passed"] and not r["cached"] for r in rows),
+           "cached": sum(r["cached"] for r in rows), "winner": None, "artifact": None}
+    if winner is not None:
+        doc["winner"] = winner["candidate"] + f" x{winner['threads']}"
+        doc["artifact"] = str(_write_winner(winner, doc, out))
+        int8 = [r["p50_ms"] for r in timed if r["quantization"] == "int8"]
+        if winner["quantization"] != "int8" and int8:  # a valid outcome, said plainly
+            doc["finding"] = (f"{winner['quantization']} is faster than int8 on this device: "
+                              f"{winner['p50_ms']:.3f} ms p50 against {min(int8):.3f} ms")
+        progress.step(f"winner: {doc['winner']}, p50 {winner['p50_ms']:.3f} ms -> {doc['artifact']}")
+    else:
+        progress.warn("no candidate was measured: nothing written")
+    return doc
+
+
+def _mark_pareto(timed: list) -> None:
+    """On the front: no other candidate is both faster and closer to the source (higher SQNR)."""
+    for r in timed:
+        r["pareto"] = not any(o is not r and o["p50_ms"] <= r["p50_ms"] and (o["sqnr_db"] or 0) >= (r["sqnr_db"] or 0)
+                              and (o["p50_ms"] < r["p50_ms"] or (o["sqnr_db"] or 0) > (r["sqnr_db"] or 0))
+                              for o in timed)
+
+
+def _write_winner(winner: dict, doc: dict, out: Path) -> Path:
+    """The winner beside the candidates, under the name `convert` gives it, its manifest naming the search;
+    files its family made beside it (a compiled model) come along."""
+    from .artifact import manifest_path_for, write_json_atomic
+    src = Path(winner["artifact"])
+    dest = out / src.name
+    for f in src.parent.iterdir():
+        if f.name.startswith(src.stem) and f != manifest_path_for(src):
+            tmp = out / f".{f.name}.tuning"
+            shutil.copyfile(f, tmp)
+            tmp.replace(out / f.name)
+    manifest = json.loads(manifest_path_for(src).read_text())
+    manifest["tune"] = {"winner": doc["winner"], "threads": winner["threads"], "p50_ms": winner["p50_ms"],
+                        "hosts": doc["hosts"], "runs": doc["runs"], "repeat": doc["repeat"],
+                        "alternatives": [{k: r.get(k) for k in ("candidate", "status", "why", "p50_ms", "threads",
+                                                                "top1_agreement", "sqnr_db", "size_bytes")}
+                                         for r in doc["candidates"] if r is not winner]}
+    write_json_atomic(manifest_path_for(dest), manifest)
+    return dest

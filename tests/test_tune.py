@@ -1,0 +1,111 @@
+"""`edgesdk tune`: candidates converted and gated, survivors measured on real hosts, the fastest kept.
+
+Latencies here are this machine's (or a namespaced sshd's, the same CPU): the tests assert the search's
+logic against what it stored, never that one candidate is faster than another.
+"""
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import edgesdk
+from edgesdk.errors import OptionError
+from edgesdk.results import ResultStore
+
+from conftest import run_cli, wait_for
+
+pytestmark = pytest.mark.slow
+PY = sys.executable
+
+
+def _measured(doc):
+    return [r for r in doc["candidates"] if r.get("p50_ms") is not None]
+
+
+def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mnist, mnist_files, tmp_path):
+    store = ResultStore(tmp_path / "results.db")
+    # SQNR judges here (task regress, 60 dB floor): int8 (about 42 dB) cannot pass, fp16 and float can
+    kwargs = dict(calibration=str(mnist_files["train"]), output_dir=tmp_path / "out", runs=20, warmup=2, repeat=2,
+                  budget="15m", store=store, task="regress", min_sqnr_db=60, quiet=True)
+    doc = edgesdk.tune(str(keras3_mnist), "local", **kwargs)
+    rows = {r["candidate"]: r for r in doc["candidates"]}
+    assert set(rows) == {"tflite int8", "tflite fp16", "tflite float", "onnx int8", "onnx fp16", "onnx float"}
+    assert doc["wall_s"] < 900 and not doc["interrupted"] and doc["threads"] == [1, 2]
+    # a candidate that misses the gate is shown with why and never measured, never picked
+    for name in ("tflite int8", "onnx int8"):
+        assert rows[name]["status"] == "failed" and "SQNR" in rows[name]["why"] and rows[name].get("p50_ms") is None
+    winner = rows[doc["winner"].rsplit(" x", 1)[0]]
+    assert winner["passed"] and winner["quantization"] in ("fp16", "float") and winner["pareto"]
+    # the choice agrees with the stored measurements: each candidate's p50 is the median of the runs stored
+    measured = _measured(doc)
+    assert len(measured) >= 2 and winner["p50_ms"] == min(r["p50_ms"] for r in measured)
+    for r in measured:
+        for t, m in r["by_threads"].items():
+            stored = store.get(m["run_id"])
+            assert stored["artifact"].endswith(r["artifact"].rsplit("/", 1)[-1]) and stored["threads"] == int(t)
+    # the winner is written as the artifact, its manifest naming the search and the alternatives
+    art = edgesdk.Artifact.open(doc["artifact"])
+    assert art.path.parent == tmp_path / "out" and art.path.read_bytes() == open(winner["artifact"], "rb").read()
+    assert art.manifest["tune"]["winner"] == doc["winner"] and len(art.manifest["tune"]["alternatives"]) == 5
+    # a second run converts nothing that passed: every passing candidate comes from the cache
+    again = edgesdk.tune(str(keras3_mnist), "local", **kwargs)
+    passing = [r for r in again["candidates"] if r["passed"]]
+    assert len(passing) == 4 and all(r["cached"] for r in passing) and again["converted"] == 0
+
+
+def test_tune_cli_narrowed_search_and_its_mistakes(keras3_mnist, mnist_files, tmp_path):
+    r = run_cli("tune", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "out",
+                "--format", "tflite", "--quantization", "int8", "--quantization", "float", "--runs", "10",
+                "--repeat", "1", "--db", tmp_path / "r.db", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert sorted(c["candidate"] for c in doc["candidates"]) == ["tflite float", "tflite int8"]
+    assert doc["threads"] == [1, 4] and all(c["status"] == "measured" for c in doc["candidates"])
+    assert doc["artifact"].startswith(str(tmp_path / "out")) and doc["winner"]
+    for args, said in ((("--budget", "soon"), "--budget takes a time such as 30m"),
+                       (("--format", "rknn"), "rpi4 (arm-cpu) cannot run formats rknn"),
+                       (("--quantization", "int4"), "cannot run quantizations int4")):
+        r = run_cli("tune", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "bad", *args)
+        assert r.returncode == OptionError.exit_code and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []
+
+
+def test_tune_across_a_fleet_survives_a_host_cut_mid_way(netns_device, ssh_env, keras3_mnist, mnist_files,
+                                                          tmp_path):
+    pi, other = netns_device("pi.local"), netns_device("pi2.local")
+    for dev in (pi, other):  # first contact: keys recorded
+        edgesdk.deploy(str(_any_artifact(keras3_mnist, mnist_files, tmp_path)), dev.alias, remote_python=PY,
+                       runs=2, accept_new_host_key=True)
+    outcome = {}
+
+    def run():
+        outcome["doc"] = edgesdk.tune(str(keras3_mnist), "rpi4", hosts=["pi.local", "pi2.local"],
+                                      calibration=str(mnist_files["train"]), output_dir=tmp_path / "out",
+                                      formats=["tflite"], runs=400, warmup=5, repeat=2, remote_python=PY,
+                                      store=ResultStore(tmp_path / "r.db"), quiet=True)
+    t = threading.Thread(target=run)
+    t.start()
+    # cut the second host while it runs a measurement
+    assert wait_for(lambda: any("--runs" in _cmdline(p) for p in other.server.children()), timeout=300, step=0.05)
+    other.cut()
+    t.join(600)
+    doc = outcome["doc"]
+    assert list(doc["host_errors"]) == ["pi2.local"] and "lost" in doc["host_errors"]["pi2.local"].lower()
+    measured = _measured(doc)
+    assert measured and all(set(r["by_threads"]) == {1, 4} for r in measured)  # the other host did them all
+    assert doc["winner"] and doc["artifact"]
+
+
+def _cmdline(pid) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _any_artifact(keras3_mnist, mnist_files, tmp_path):
+    return edgesdk.convert(str(keras3_mnist), "rpi4", calibration=str(mnist_files["train"]),
+                           output_dir=tmp_path / "first", quiet=True).path
