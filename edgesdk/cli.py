@@ -408,6 +408,8 @@ def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, 
             click.echo(f"  {doc['finding']}")
         click.echo(f"winner: {doc['winner']} -> {doc['artifact']}" if doc["winner"] else
                    "no candidate was measured: nothing written")
+        if len(doc["run_ids"]) > 1:
+            click.echo(f"accuracy vs latency, its Pareto front drawn: edgesdk report {' '.join(map(str, doc['run_ids']))}")
     if doc["winner"] is None:
         ctx.exit(BenchmarkError.exit_code)
 

@@ -1,7 +1,8 @@
 """`edgesdk report`: stored runs as a self-contained HTML page (or Markdown with PNGs beside it).
 
 Per run: a latency histogram and CDF with p50/p90/p99 marked, and the device's
-conditions beside the numbers. Across runs: a table, and artifact size vs
+conditions beside the numbers. Across runs: a table, accuracy vs latency with
+its Pareto front (what `edgesdk tune` chooses among), and artifact size vs
 accuracy vs latency per target and device. Plots are drawn headless (Agg) and
 embedded as data URIs, so the HTML is one file.
 """
@@ -93,6 +94,42 @@ def tradeoff_figure(runs: list) -> bytes:
     return _png(fig)
 
 
+def pareto_points(runs: list) -> tuple:
+    """(points, what y is): one (p50, accuracy, label, on the front) per run whose manifest carries the gate's
+    figures; accuracy is top-1 agreement with the source where every run has it, else output SQNR."""
+    rows = []
+    for r in runs:
+        m = r.get("manifest") or {}
+        v, recipe = m.get("validation", {}), m.get("recipe", {})
+        rows.append((r["stats"]["latency_ms"]["p50"], v.get("top1_agreement"), v.get("sqnr_db"),
+                     f"{recipe.get('format', '?')} {recipe.get('quantization', '?')} x{r['threads']}"))
+    if all(a is not None for _, a, _, _ in rows):
+        pts, what = [(p, 100 * a, label) for p, a, _, label in rows], "top-1 agreement with the source (%)"
+    else:
+        pts, what = [(p, s, label) for p, _, s, label in rows if s is not None], "output SQNR vs the source (dB)"
+    front = [not any(q[0] <= p[0] and q[1] >= p[1] and (q[0] < p[0] or q[1] > p[1]) for q in pts) for p in pts]
+    return [(*p, f) for p, f in zip(pts, front)], what
+
+
+def pareto_figure(runs: list) -> bytes | None:
+    """Accuracy vs p50 latency, one point per run; the front (nothing both faster and more accurate) joined."""
+    points, what = pareto_points(runs)
+    if len(points) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for x, y, label, front in points:
+        ax.scatter([x], [y], s=60, c="tab:red" if front else "tab:gray", zorder=3)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    line = sorted((x, y) for x, y, _, front in points if front)
+    ax.step([x for x, _ in line], [y for _, y in line], where="post", color="tab:red", alpha=0.5)
+    ax.margins(0.2)
+    ax.set_xlabel("p50 latency (ms)")
+    ax.set_ylabel(what)
+    ax.set_title("accuracy vs latency (red: the Pareto front)")
+    return _png(fig)
+
+
 def _conditions(probe: dict | None) -> str:
     if not probe:
         return "no probe"
@@ -127,6 +164,9 @@ def build(runs: list, output) -> Path:
     images = {f"run-{r['id']}": latency_figure(r) for r in runs}
     if len(runs) > 1:
         images["tradeoff"] = tradeoff_figure(runs)
+        pareto = pareto_figure(runs)
+        if pareto is not None:
+            images["pareto"] = pareto
     rows = [_row(r) for r in runs]
     cols = list(rows[0])
     if output.suffix == ".md":
@@ -146,6 +186,8 @@ def build(runs: list, output) -> Path:
     table += "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
     table += "</table>"
     body = [f"<h1>edgesdk results</h1><p>{len(runs)} run(s).</p>", table]
+    if "pareto" in images:
+        body.append(f"<h2>Accuracy and latency</h2>{img('pareto')}")
     if "tradeoff" in images:
         body.append(f"<h2>Size, accuracy and latency</h2>{img('tradeoff')}")
     for r in runs:

@@ -287,6 +287,7 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
            "repeat": repeat, "budget_s": budget, "wall_s": round(time.monotonic() - started, 1),
            "interrupted": interrupted, "host_errors": host_errors, "skipped": skipped,
            "candidates": timed + [r for r in rows if r.get("p50_ms") is None],
+           "run_ids": sorted(m["run_id"] for r in rows for m in r["by_threads"].values() if m["run_id"]),
            "converted": sum(r["passed"] and not r["cached"] for r in rows),
            "cached": sum(r["cached"] for r in rows), "winner": None, "artifact": None}
     if winner is not None:

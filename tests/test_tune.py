@@ -7,6 +7,7 @@ logic against what it stored, never that one candidate is faster than another.
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,40 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
     art = edgesdk.Artifact.open(doc["artifact"])
     assert art.path.parent == tmp_path / "out" and art.path.read_bytes() == open(winner["artifact"], "rb").read()
     assert art.manifest["tune"]["winner"] == doc["winner"] and len(art.manifest["tune"]["alternatives"]) == 5
+    # `edgesdk report` draws the search: accuracy vs latency, the Pareto front marked
+    from edgesdk.report import build, pareto_points
+    runs = [store.get(i) for i in doc["run_ids"]]
+    points, what = pareto_points(runs)
+    assert len(points) == len(runs) >= 4 and what == "output SQNR vs the source (dB)"  # task regress: SQNR
+    fastest = min(points, key=lambda p: p[0])
+    assert fastest[3]  # nothing is faster than the fastest: it is on the front
+    page = build(runs, tmp_path / "search.html").read_text()
+    assert "<h2>Accuracy and latency</h2><img" in page
     # a second run converts nothing that passed: every passing candidate comes from the cache
     again = edgesdk.tune(str(keras3_mnist), "local", **kwargs)
     passing = [r for r in again["candidates"] if r["passed"]]
     assert len(passing) == 4 and all(r["cached"] for r in passing) and again["converted"] == 0
+
+
+def test_tune_a_pretrained_text_classifier_within_its_budget(ppocr, tmp_path):
+    """PP-OCR's direction classifier (ONNX, real crops): ONNX candidates for the Pi, a 10-minute budget."""
+    kwargs = dict(input_shape="1,3,48,192", calibration=str(ppocr["calib"]), validation=str(ppocr["val"]),
+                  formats=["onnx"], max_accuracy_drop=5, runs=20, repeat=2, output_dir=tmp_path / "out", quiet=True,
+                  store=ResultStore(tmp_path / "r.db"))
+    doc = edgesdk.tune(str(ppocr["model"]), "rpi4", budget="10m", **kwargs)
+    assert doc["wall_s"] < 600 and doc["winner"] and not doc["interrupted"]
+    rows = {r["candidate"]: r for r in doc["candidates"]}
+    assert set(rows) == {"onnx int8", "onnx fp16", "onnx float"}
+    winner = rows[doc["winner"].rsplit(" x", 1)[0]]
+    assert winner["passed"] and winner["top1_agreement"] >= 0.95
+    assert winner["p50_ms"] == min(r["p50_ms"] for r in _measured(doc))
+    if winner["quantization"] != "int8" and rows["onnx int8"].get("p50_ms"):
+        assert "faster than int8 on this device" in doc["finding"]  # said plainly when it is so
+    # a budget too short for the search: what it cut is said, nothing is measured, nothing written
+    short = edgesdk.tune(str(ppocr["model"]), "rpi4", budget="1s", **{**kwargs, "output_dir": tmp_path / "short"})
+    cut = [r for r in short["candidates"] if r["status"] == "skipped"]
+    assert cut and all("budget" in r["why"] for r in cut) and short["winner"] is None
+    assert not list((tmp_path / "short").glob("*.onnx"))
 
 
 def test_tune_cli_narrowed_search_and_its_mistakes(keras3_mnist, mnist_files, tmp_path):
@@ -109,3 +140,28 @@ def _cmdline(pid) -> str:
 def _any_artifact(keras3_mnist, mnist_files, tmp_path):
     return edgesdk.convert(str(keras3_mnist), "rpi4", calibration=str(mnist_files["train"]),
                            output_dir=tmp_path / "first", quiet=True).path
+
+
+def test_ctrl_c_keeps_what_was_measured_and_leaves_no_run(keras3_mnist, mnist_files, tmp_path):
+    import os
+    import signal
+    import subprocess
+    from conftest import pids_with
+    out = tmp_path / "out"
+    args = ["-t", "local", "-c", mnist_files["train"], "-o", out, "--format", "tflite", "--db", tmp_path / "r.db"]
+    r = run_cli("tune", keras3_mnist, *args, "--runs", "5", "--repeat", "1", "--json")  # converted once, cached
+    assert r.returncode == 0, r.stderr
+    exe = Path(sys.executable).with_name("edgesdk")
+    proc = subprocess.Popen([str(exe), "tune", str(keras3_mnist), *map(str, args), "--runs", "200000", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: bool(pids_with("runner", "--runs", "200000")), timeout=120)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    doc = json.loads(stdout)
+    assert doc["interrupted"] and "interrupted: keeping what was measured" in stderr
+    assert {r["status"] for r in doc["candidates"]} <= {"measured", "skipped"}
+    assert any(r["why"] == "interrupted" for r in doc["candidates"])
+    assert wait_for(lambda: not pids_with("runner", "--runs", "200000"), timeout=30)  # no run left behind
+    assert os.path.isdir(out)
