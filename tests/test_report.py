@@ -30,7 +30,8 @@ def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatc
     assert r.returncode == 0, r.stderr
     page = html_path.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 3  # one per run and the size/accuracy/latency chart
+    assert len(images) == 4  # one per run, accuracy vs latency (its Pareto front) and size/accuracy/latency
+    assert "<h2>Accuracy and latency</h2>" in page
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     store = edgesdk.ResultStore(db)
     for i in ids:
@@ -41,6 +42,6 @@ def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatc
     md = tmp_path / "report.md"
     r = run_cli("report", "--last", "2", "-o", md)
     assert r.returncode == 0
-    assert md.read_text().count("](report_images/") == 3 and len(list((tmp_path / "report_images").glob("*.png"))) == 3
+    assert md.read_text().count("](report_images/") == 4 and len(list((tmp_path / "report_images").glob("*.png"))) == 4
     r = run_cli("report", "-o", tmp_path / "x.pdf")
     assert r.returncode == 2 and ".html or .md" in r.stderr
