@@ -206,7 +206,7 @@ def test_rockchip_setup_installs_rknnlite_and_a_board_without_the_npu_is_refused
                                                                                    mnist_files, tmp_path):
     # an arm64 Debian without Rockchip's kernel driver: the runtime installs from its aarch64 wheel and imports;
     # the NPU is missing, and that is said before anything is uploaded
-    r = run_cli("device", "setup", ALIAS, "--profile", "rock5b", "--json")
+    r = run_cli("device", "setup", ALIAS, "--profile", "rock5b", "--accept-new-host-key", "--json")
     assert r.returncode == 0, r.stderr
     setup = json.loads(r.stdout)
     assert setup["packages"]["rknn-toolkit-lite2"].startswith("2.") and "librknnrt.so" in setup["note"]
