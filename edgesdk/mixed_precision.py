@@ -58,12 +58,6 @@ class Candidate:
                        allow_float_fallback=True)
 
 
-def may_exclude(profile, recipe) -> bool:
-    """Whether this profile's family lets layers stay float at all."""
-    from edgesdk.targets import get_family
-    return get_family(profile.family).float_ops
-
-
 class Trials:
     """Re-quantize the source with a different recipe, through the route that made the artifact."""
 
@@ -87,7 +81,8 @@ class Trials:
             self._convert = lambda r: route.convert(source, r, calib, profile=profile)
             debug = getattr(route, "diagnose", None)
             self._debug = (lambda path, x, r: debug(source, r, calib, x)) if debug else (lambda path, x, r: [])
-        self.excludes = self.excludes and may_exclude(profile, recipe)
+        from edgesdk.targets import get_family
+        self.excludes = self.excludes and get_family(profile.family).float_ops  # the Edge TPU runs no float
         self._made = {}
 
     def convert(self, recipe) -> bytes:

@@ -134,6 +134,16 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
     def over_budget() -> bool:
         return deadline is not None and time.monotonic() > deadline
 
+    farm, remote_runs = _Farm(hosts, progress), RemoteRuns()
+
+    def measure(job, host):
+        c, t = job
+        res = deploy_one(c.artifact, host, runs=runs, warmup=warmup, threads=t, store=store,
+                         accept_new_host_key=accept_new_host_key, progress=Progress(quiet=True),
+                         remote_runs=remote_runs, remote_python=remote_python, workdir=workdir)
+        c.p50s.setdefault(t, []).append(res.p50)
+        c.results[t] = res
+
     try:
         # 2. convert and judge, cheapest precisions first
         for c in cands:
@@ -157,8 +167,6 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
         # 3. measure the survivors, rounds interleaved, across the hosts
         live = [c for c in cands if c.status == "converted"]
         rng = random.Random(seed)
-        farm = _Farm(hosts, progress)
-        remote_runs = RemoteRuns()
         for rnd in range(repeat):
             jobs = [(c, t) for c in live if c.status == "converted" for t in threads]
             if not jobs:
@@ -169,14 +177,6 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
                         c.status, c.why = "skipped", "the budget ran out before it was measured"
                 break
             rng.shuffle(jobs)
-
-            def measure(job, host):
-                c, t = job
-                res = deploy_one(c.artifact, host, runs=runs, warmup=warmup, threads=t, store=store,
-                                 accept_new_host_key=accept_new_host_key, progress=Progress(quiet=True),
-                                 remote_runs=remote_runs, remote_python=remote_python, workdir=workdir)
-                c.p50s.setdefault(t, []).append(res.p50)
-                c.results[t] = res
             farm.run(jobs, measure, deadline)
             if rnd == 0:  # 3b. what cannot win is not measured again
                 best = min((min(v) for c in live for v in c.p50s.values()), default=None)
@@ -189,19 +189,16 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
                 c.status = "measured"
             elif c.status == "converted":
                 c.status, c.why = "skipped", farm.why_not_measured() or "not measured"
-        host_errors = farm.errors
     except KeyboardInterrupt:
         interrupted = True
-        host_errors = {}
-        if "remote_runs" in locals():
-            remote_runs.stop_all()  # no run left behind on any host
+        remote_runs.stop_all()  # no run left behind on any host
         for c in cands:
             if c.status == "converted" and c.p50s:
                 c.status = "measured"
             elif c.status in ("pending", "converted"):
                 c.status, c.why = "skipped", "interrupted"
         progress.warn("interrupted: keeping what was measured")
-    return _finish(cands, skipped, profile, hosts, threads, out, started, seconds, interrupted, host_errors,
+    return _finish(cands, skipped, profile, hosts, threads, out, started, seconds, interrupted, farm.errors,
                    runs, warmup, repeat, progress)
 
 
