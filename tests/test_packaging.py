@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+# the wheel is built once for the module: its tests stay on one test worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 
 @pytest.fixture(scope="module")
