@@ -153,8 +153,18 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     stem = name or source.name
     final = out_dir / f"{stem}.{profile.name}.{recipe.format}"
     cache_key = _cache_key(source, profile, recipe, calib, val, tune, metric, recover)
-    cached = _cached(final, cache_key)
+    cached = _cached(final, cache_key, failed_too=keep_failed)
     if cached is not None and not force:
+        if not cached.manifest["validation"].get("passed"):  # a kept failure is the same verdict, not redone
+            progress.step(f"up to date: {final} failed validation with the same source, data and recipe")
+            from .validation import raise_if_failed
+            figures = cached.manifest["validation"]
+            try:
+                raise_if_failed(figures, {k: figures.get(k) for k in ("verdict", "passed", "reasons")},
+                                artifact_kept=str(final))
+            except EdgeSDKError as exc:
+                exc.cached = True
+                raise
         progress.step(f"up to date: {final} (same source, data and recipe)")
         return cached
 
@@ -379,7 +389,9 @@ def _cache_key(source, profile, recipe, calib, val, tune, metric=None, recover=T
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _cached(final: Path, cache_key: str) -> Artifact | None:
+def _cached(final: Path, cache_key: str, failed_too: bool = False) -> Artifact | None:
+    """The artifact already at `final` from the same conversion; one that failed validation and was kept
+    (--keep-failed) only when failed_too."""
     mp = manifest_path_for(final)
     if not (final.is_file() and mp.is_file()):
         return None
@@ -387,7 +399,7 @@ def _cached(final: Path, cache_key: str) -> Artifact | None:
         manifest = json.loads(mp.read_text())
     except (OSError, ValueError):
         return None
-    if manifest.get("cache_key") != cache_key or not manifest.get("validation", {}).get("passed"):
+    if manifest.get("cache_key") != cache_key or not (failed_too or manifest.get("validation", {}).get("passed")):
         return None
     if manifest.get("artifact", {}).get("sha256") != sha256_file(final):
         return None

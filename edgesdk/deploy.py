@@ -224,7 +224,7 @@ def _needs(fmt: str, probe: dict, python: str, spec: str, profile):
     from edgesdk.targets import get_family
     missing = get_family(profile.family).runtime_missing(fmt, probe)
     if missing:
-        raise RuntimeMissing(f"{missing} in {python} on {spec}. {setup}")
+        raise RuntimeMissing(f"{missing} in {python} on {spec}. {setup}", fmt=fmt)
 
 
 def _threads(asked, profile, probe) -> tuple:
@@ -276,7 +276,7 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
         if plan.problem and not allow_cpu:
             raise RuntimeMissing(f"{host} cannot run this artifact on {prof.name}'s accelerator: {plan.problem}. "
                                  f"Nothing was uploaded. Pass --allow-cpu to measure it on the device's CPU "
-                                 f"instead (stored as such, not under {prof.name}).")
+                                 f"instead (stored as such, not under {prof.name}).", fmt=fmt)
         threads, threads_why = _threads(threads, prof, probe)
         if threads_why.startswith("the device"):
             progress.warn(f"{host}: {threads} threads: {threads_why}")

@@ -63,6 +63,11 @@ class RuntimeMissing(EdgeSDKError):
 
     exit_code = 9
 
+    def __init__(self, message: str, fmt: str | None = None):
+        super().__init__(message)
+        self.fmt = fmt  # set when only artifacts of this format are out of reach there (a fleet uses the host
+        #                 for the others)
+
 
 class BenchmarkError(EdgeSDKError):
     """The on-device runner failed or returned something unreadable."""

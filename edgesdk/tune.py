@@ -155,11 +155,12 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
                 art = convert(model, profile, format=c.fmt, quantization=c.quantization, calibration=calibration,
                               validation=validation, max_accuracy_drop=max_accuracy_drop,
                               output_dir=out / "candidates" / f"{c.fmt}-{c.quantization}", quiet=True,
+                              keep_failed=True,  # kept, a failed candidate is a cached verdict next time
                               **convert_options)
             except EdgeSDKError as exc:
-                c.status, c.why = "failed", _first(exc)
+                c.status, c.why, c.cached = "failed", _first(exc), bool(getattr(exc, "cached", False))
                 c.figures = getattr(exc, "figures", None) or {}
-                progress.step(f"  {c.name}: {c.why[:160]}")
+                progress.step(f"  {c.name}: {c.why[:160]}{' (cached verdict)' if c.cached else ''}")
                 continue
             c.status, c.artifact, c.cached = "converted", art, bool(getattr(art, "cached", False))
             c.figures = art.manifest.get("validation", {})
@@ -188,7 +189,7 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
             if c.status == "converted" and c.p50s:
                 c.status = "measured"
             elif c.status == "converted":
-                c.status, c.why = "skipped", farm.why_not_measured() or "not measured"
+                c.status, c.why = "skipped", farm.why_not_measured(c.fmt) or "not measured"
     except KeyboardInterrupt:
         interrupted = True
         remote_runs.stop_all()  # no run left behind on any host
@@ -198,55 +199,80 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
             elif c.status in ("pending", "converted"):
                 c.status, c.why = "skipped", "interrupted"
         progress.warn("interrupted: keeping what was measured")
-    return _finish(cands, skipped, profile, hosts, threads, out, started, seconds, interrupted, farm.errors,
+    return _finish(cands, skipped, profile, hosts, threads, out, started, seconds, interrupted, farm,
                    runs, warmup, repeat, progress)
 
 
 class _Farm:
-    """Measurement jobs spread over the hosts, one at a time per host; a failing host is retired and its
-    job given to another."""
+    """Measurement jobs (candidate, threads) spread over the hosts, one at a time per host. A host that fails
+    is retired and its job given to another; a host that lacks one format's runtime keeps measuring the
+    others; a candidate whose run fails on the device is marked failed there, not retried."""
 
     def __init__(self, hosts: list, progress: Progress):
         self.hosts, self.progress = list(hosts), progress
-        self.errors: dict = {}
+        self.errors: dict = {}   # host -> why it was retired
+        self.cannot: dict = {}   # (host, format) -> why that host cannot run that format
 
-    def why_not_measured(self) -> str:
-        if self.errors and len(self.errors) == len(self.hosts):
-            return "no host was left to measure it: " + "; ".join(f"{h}: {e}" for h, e in self.errors.items())
-        return ""
+    def can(self, host: str, fmt: str) -> bool:
+        return host not in self.errors and (host, fmt) not in self.cannot
+
+    def why_not_measured(self, fmt: str) -> str:
+        whys = [f"{h}: {self.errors.get(h) or self.cannot.get((h, fmt))}" for h in self.hosts if not self.can(h, fmt)]
+        return "no host could measure it: " + "; ".join(whys) if len(whys) == len(self.hosts) else ""
 
     def run(self, jobs: list, measure, deadline) -> None:
-        todo: queue.Queue = queue.Queue()
-        for job in jobs:
-            todo.put(job)
-        lock = threading.Lock()
+        from .errors import BenchmarkError, RuntimeMissing
+        todo, lock = list(jobs), threading.Lock()
+
+        def take(host):
+            with lock:
+                for i, (c, _) in enumerate(todo):
+                    if self.can(host, c.fmt):
+                        return todo.pop(i)
+            return None
 
         def worker(host):
-            while host not in self.errors:
-                if deadline is not None and time.monotonic() > deadline:
+            while host not in self.errors and not (deadline is not None and time.monotonic() > deadline):
+                job = take(host)
+                if job is None:
                     return
-                try:
-                    job = todo.get_nowait()
-                except queue.Empty:
-                    return
+                c = job[0]
                 try:
                     measure(job, host)
+                except RuntimeMissing as exc:
+                    with lock:
+                        if exc.fmt:
+                            self.cannot[(host, exc.fmt)] = _first(exc)
+                        else:
+                            self.errors[host] = _first(exc)
+                        todo.append(job)
+                    self.progress.warn(f"{host} cannot run {exc.fmt or 'any'} artifacts ({_first(exc)[:120]}): "
+                                       f"those jobs go to the other hosts")
+                except BenchmarkError as exc:  # this artifact's run failed there: the candidate, not the host
+                    c.status, c.why = "failed", f"its run failed on {host}: {_first(exc)}"
+                    with lock:
+                        todo[:] = [j for j in todo if j[0] is not c]
+                    self.progress.warn(f"{c.name} failed on {host}: {_first(exc)[:120]}")
                 except EdgeSDKError as exc:
                     with lock:
                         self.errors[host] = _first(exc)
+                        todo.append(job)
                     self.progress.warn(f"{host} failed ({_first(exc)[:120]}): its jobs go to the other hosts")
-                    todo.put(job)
                     return
-        alive = [h for h in self.hosts if h not in self.errors]
-        if len(alive) == 1:
-            worker(alive[0])  # in this thread: Ctrl-C reaches the run
-            return
-        threads = [threading.Thread(target=worker, args=(h,), daemon=True) for h in alive]
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
+
+        while True:  # a job put back after its host gave up may fit a host that had run out of work
+            alive = [h for h in self.hosts if any(self.can(h, c.fmt) for c, _ in todo)]
+            if not alive or (deadline is not None and time.monotonic() > deadline):
+                return
+            if len(alive) == 1:
+                worker(alive[0])  # in this thread: Ctrl-C reaches the run
+                continue
+            threads = [threading.Thread(target=worker, args=(h,), daemon=True) for h in alive]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
 
 
 def _first(exc) -> str:
@@ -254,7 +280,7 @@ def _first(exc) -> str:
     return first_line(exc)
 
 
-def _finish(cands, skipped, profile, hosts, threads, out, started, budget, interrupted, host_errors, runs, warmup,
+def _finish(cands, skipped, profile, hosts, threads, out, started, budget, interrupted, farm, runs, warmup,
             repeat, progress) -> dict:
     rows = []
     for c in cands:
@@ -277,15 +303,20 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
             row["threads"], row["p50_ms"] = t_best, row["by_threads"][t_best]["p50_ms"]
             row["p90_ms"] = row["by_threads"][t_best]["p90_ms"]
         rows.append(row)
-    timed = sorted((r for r in rows if r.get("p50_ms") is not None), key=lambda r: r["p50_ms"])
+    # a candidate whose run failed on a device keeps its figures but is never picked
+    timed = sorted((r for r in rows if r.get("p50_ms") is not None and r["status"] != "failed"),
+                   key=lambda r: r["p50_ms"])
     _mark_pareto(timed)
     winner = timed[0] if timed else None
     doc = {"profile": profile.name, "hosts": hosts, "threads": threads, "runs": runs, "warmup": warmup,
            "repeat": repeat, "budget_s": budget, "wall_s": round(time.monotonic() - started, 1),
-           "interrupted": interrupted, "host_errors": host_errors, "skipped": skipped,
-           "candidates": timed + [r for r in rows if r.get("p50_ms") is None],
+           "interrupted": interrupted, "host_errors": farm.errors, "skipped": skipped,
+           "host_limits": {h: {f: why for (h2, f), why in farm.cannot.items() if h2 == h}
+                           for h in dict.fromkeys(h for h, _ in farm.cannot)},
+           "candidates": timed + [r for r in rows if r not in timed],
            "run_ids": sorted(m["run_id"] for r in rows for m in r["by_threads"].values() if m["run_id"]),
-           "converted": sum(r["passed"] and not r["cached"] for r in rows),
+           "converted": sum(c.status != "skipped" and not c.cached and (c.artifact is not None or bool(c.figures))
+                            for c in cands),
            "cached": sum(r["cached"] for r in rows), "winner": None, "artifact": None}
     if winner is not None:
         doc["winner"] = winner["candidate"] + f" x{winner['threads']}"

@@ -192,7 +192,7 @@ def describe(figures: dict) -> str:
 def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = None) -> None:
     if verdict["passed"]:
         return
-    kept = (f" The artifact was kept at {artifact_kept} because you asked (--keep-failed)."
+    kept = (f" The failed artifact was kept at {artifact_kept} (--keep-failed)."
             if artifact_kept else " Nothing was written.")
     worst = [w for w in figures.get("worst_layers", []) if "node" in w]
     culprits = ""

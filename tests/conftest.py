@@ -150,8 +150,8 @@ def device(ssh_env, tmp_path):
     from sshd import SSHServer
     servers = []
 
-    def make(alias="pi.local", key=None):
-        server = SSHServer(tmp_path / f"sshd-{alias}", alias, ssh_env["key"]).start()
+    def make(alias="pi.local", key=None, sshd_config=""):
+        server = SSHServer(tmp_path / f"sshd-{alias}", alias, ssh_env["key"], extra_config=sshd_config).start()
         servers.append(server)
         with open(ssh_env["config"], "a") as f:
             f.write(f"Host {alias}\n  HostName 127.0.0.1\n  Port {server.port}\n  User {getpass.getuser()}\n"

@@ -31,7 +31,8 @@ class SSHServer:
     """sshd on `address`; in a network namespace with `netns`; with `device`, the sshd of an emulated
     device's root filesystem (see emulated_device.py), its files written inside that root."""
 
-    def __init__(self, root: Path, name: str, client_key: Path, address="127.0.0.1", netns=None, device=None):
+    def __init__(self, root: Path, name: str, client_key: Path, address="127.0.0.1", netns=None, device=None,
+                 extra_config: str = ""):
         self.root, self.name, self.address, self.netns, self.device = root, name, address, netns, device
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port() if netns is None else 22  # a namespace has its own ports
@@ -54,7 +55,7 @@ StrictModes no
 Subsystem sftp internal-sftp
 PidFile {seen_as}/sshd.pid
 LogLevel VERBOSE
-""")
+{extra_config}""")
         self.sshd_argv = [SSHD if device is None else "/usr/sbin/sshd", "-D", "-e", "-f", f"{seen_as}/sshd_config"]
         self.proc = None
         self.log = root / "sshd.log"

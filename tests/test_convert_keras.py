@@ -141,12 +141,24 @@ def test_one_shot_pruning_warns_and_a_failed_gate_leaves_nothing(keras3_mnist, m
 
 
 def test_keep_failed_keeps_the_artifact_marked_failed(keras3_mnist, mnist_files, tmp_path):
-    with pytest.raises(ValidationFailed, match="kept at"):
+    with pytest.raises(ValidationFailed, match="kept at") as first:
         edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
                         keep_failed=True, output_dir=tmp_path, quiet=True)
     m = json.loads((tmp_path / "mnist.rpi4.tflite.json").read_text())
     assert m["validation"]["passed"] is False and m["validation"]["reasons"]
     assert any("one-shot" in w for w in m["warnings"])
+    # the same conversion again is the same verdict, from the kept artifact: nothing is redone or rewritten
+    mtime = (tmp_path / "mnist.rpi4.tflite").stat().st_mtime_ns
+    with pytest.raises(ValidationFailed, match="kept at") as again:
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
+                        keep_failed=True, output_dir=tmp_path, quiet=True)
+    assert again.value.cached and (tmp_path / "mnist.rpi4.tflite").stat().st_mtime_ns == mtime
+    assert str(again.value).split(" Figures:")[0] == str(first.value).split(" Figures:")[0]
+    # without --keep-failed the conversion is done again
+    with pytest.raises(ValidationFailed) as redone:
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
+                        output_dir=tmp_path, quiet=True)
+    assert not getattr(redone.value, "cached", False)
 
 
 def test_saved_model_directory(tfkeras_mnist, mnist_files, tmp_path):

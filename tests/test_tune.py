@@ -60,10 +60,14 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
     assert fastest[3]  # nothing is faster than the fastest: it is on the front
     page = build(runs, tmp_path / "search.html").read_text()
     assert "<h2>Accuracy and latency</h2><img" in page
-    # a second run converts nothing that passed: every passing candidate comes from the cache
+    assert doc["converted"] == 6 and doc["cached"] == 0
+    # a second run converts nothing: passing candidates come from the cache, failed ones keep their verdict
     again = edgesdk.tune(str(keras3_mnist), "local", **kwargs)
-    passing = [r for r in again["candidates"] if r["passed"]]
-    assert len(passing) == 4 and all(r["cached"] for r in passing) and again["converted"] == 0
+    assert again["converted"] == 0 and all(r["cached"] for r in again["candidates"])
+    rows_again = {r["candidate"]: r for r in again["candidates"]}
+    assert sum(r["passed"] for r in again["candidates"]) == 4
+    for name in ("tflite int8", "onnx int8"):
+        assert rows_again[name]["status"] == "failed" and rows_again[name]["why"] == rows[name]["why"]
 
 
 def test_tune_a_pretrained_text_classifier_within_its_budget(ppocr, tmp_path):
@@ -128,6 +132,35 @@ def test_tune_across_a_fleet_survives_a_host_cut_mid_way(netns_device, ssh_env, 
     measured = _measured(doc)
     assert measured and all(set(r["by_threads"]) == {1, 4} for r in measured)  # the other host did them all
     assert doc["winner"] and doc["artifact"]
+
+
+def test_a_host_without_one_runtime_keeps_measuring_the_other_format(device, ssh_env, keras3_mnist, mnist_files,
+                                                                     tmp_path):
+    """A board that lacks onnxruntime is not a dead board: its TFLite jobs still run there."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "onnxruntime.py").write_text("raise ImportError('not installed on this board')\n")
+    device("pi.local")
+    device("bare.local", sshd_config=f"SetEnv PYTHONPATH={block}\n")  # its Python cannot import onnxruntime
+    first = _any_artifact(keras3_mnist, mnist_files, tmp_path)
+    for host in ("pi.local", "bare.local"):
+        edgesdk.deploy(str(first), host, remote_python=PY, workdir=str(tmp_path / "remote"), runs=2,
+                       accept_new_host_key=True)
+    kwargs = dict(calibration=str(mnist_files["train"]), output_dir=tmp_path / "out", quantizations=["float"],
+                  runs=5, warmup=1, repeat=1, remote_python=PY, workdir=str(tmp_path / "remote"),
+                  store=ResultStore(tmp_path / "r.db"), quiet=True)
+    alone = edgesdk.tune(str(keras3_mnist), "rpi4", hosts=["bare.local"], **kwargs)
+    rows = {r["candidate"]: r for r in alone["candidates"]}
+    assert alone["host_errors"] == {} and "onnxruntime" in alone["host_limits"]["bare.local"]["onnx"]
+    assert rows["tflite float"]["status"] == "measured" and set(rows["tflite float"]["by_threads"]) == {1, 4}
+    assert rows["onnx float"]["status"] == "skipped" and rows["onnx float"]["passed"]
+    assert rows["onnx float"]["why"].startswith("no host could measure it: bare.local:")
+    assert alone["winner"] == "tflite float x" + str(rows["tflite float"]["threads"])
+    both = edgesdk.tune(str(keras3_mnist), "rpi4", hosts=["pi.local", "bare.local"], **kwargs)
+    assert both["converted"] == 0 and both["host_errors"] == {}
+    rows = {r["candidate"]: r for r in both["candidates"]}
+    assert all(r["status"] == "measured" and set(r["by_threads"]) == {1, 4} for r in rows.values())
+    assert {m["host"] for m in rows["onnx float"]["by_threads"].values()} == {"pi.local"}
 
 
 def _cmdline(pid) -> str:
