@@ -252,6 +252,13 @@ def deploy_one(artifact, host: str, *, profile=None, runs=50, warmup=5, threads=
     if prof_name is None and host != "local":
         raise OptionError(f"{art.path} has no manifest naming its profile; pass --profile.")
     prof = load_profile(prof_name or "local")
+    tuned = art.manifest.get("tune") if prof.name == art.manifest.get("profile", {}).get("name") else None
+    if tuned:  # `tune` measured how this artifact runs fastest: run it so unless told otherwise
+        threads = tuned.get("threads") if threads is None else threads
+        if not device_options and dla_core is None:
+            device_options = tuned.get("device_options") or None
+        progress.step(f"{host}: as tuned: {threads} thread(s)" + "".join(
+            f", {k}={v}" for k, v in (device_options or {}).items()))
     if runs < 1 or warmup < 0 or repeat < 1 or (threads is not None and threads < 1):
         raise OptionError("--runs, --threads and --repeat must be at least 1 and --warmup at least 0.")
     # local runs use this very interpreter; a device, the venv `device setup` made, else its profile's python

@@ -2,16 +2,19 @@
 
 A search over what the profile can run, cheapest checks first:
   1. candidates: every format the profile takes that the source has a route to, times every precision its
-     family computes in (int8 with the recovery ladder when the gate fails, fp16, float); a recipe the
-     options refuse is dropped with why, before anything is converted;
+     family computes in (int8 with the recovery ladder when the gate fails, fp16, float), each also run
+     the other ways the family offers (XNNPACK off, a DLA core); a recipe the options refuse is dropped with
+     why, before anything is converted;
   2. each candidate converted and judged by the same gate as `convert` (cached: the same recipe and data
-     are not converted twice); a candidate that misses the gate is shown with why and never measured;
+     are not converted twice, a failure is kept as its verdict); a candidate that misses the gate is shown
+     with why and never measured;
   3. each survivor measured on the host(s) at each thread count (1 and the profile's), rounds interleaved
      in a shuffled order so drift hits every candidate alike; after the first round a candidate over
      DROP_AFTER times the best p50 cannot win and is not measured again;
-  4. the fastest within budget is written as the artifact, its manifest naming the search and the others.
+  4. the fastest within budget is written as the artifact, its manifest naming the search, the others, and
+     the threads and device options deploy then runs it with.
 Several hosts of one profile share the measurements (a fleet is a tuning farm); a host that fails is
-reported and its jobs go to the others. `budget` bounds the wall time; what it cut is reported. Ctrl-C
+reported and its jobs go to the others, a host that lacks one format's runtime still measures the rest. `budget` bounds the wall time; what it cut is reported. Ctrl-C
 keeps what was measured.
 """
 
@@ -37,6 +40,9 @@ DROP_AFTER = 1.5  # after round 1: p50 over this many times the best cannot win
 class Candidate:
     fmt: str
     quantization: str
+    variant: str = ""         # how the device runs it when not the default (the family's execution variants)
+    options: dict = field(default_factory=dict)  # the device options that variant is
+    base: "Candidate | None" = None  # a variant measures its base's artifact: converted once
     status: str = "pending"   # converted, failed, skipped, measured, dropped
     why: str = ""
     artifact: object = None   # edgesdk.Artifact once converted
@@ -47,7 +53,7 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return f"{self.fmt} {self.quantization}"
+        return f"{self.fmt} {self.quantization}" + (f" {self.variant}" if self.variant else "")
 
 
 def parse_budget(value) -> float | None:
@@ -89,7 +95,10 @@ def candidates(framework: str, profile, formats=None, quantizations=None) -> tup
             if quant not in family.quantizations:
                 dropped.append((f"{fmt} {quant}", f"{profile.name} ({family.name}) does not compute in {quant}"))
                 continue
-            picked.append(Candidate(fmt, quant))
+            base = Candidate(fmt, quant)
+            picked.append(base)
+            picked += [Candidate(fmt, quant, label, dict(options), base)
+                       for label, options in family.execution_variants(fmt, profile)]
     return picked, dropped
 
 
@@ -138,7 +147,7 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
 
     def measure(job, host):
         c, t = job
-        res = deploy_one(c.artifact, host, runs=runs, warmup=warmup, threads=t, store=store,
+        res = deploy_one(c.artifact, host, runs=runs, warmup=warmup, threads=t, store=store, device_options=c.options,
                          accept_new_host_key=accept_new_host_key, progress=Progress(quiet=True),
                          remote_runs=remote_runs, remote_python=remote_python, workdir=workdir)
         c.p50s.setdefault(t, []).append(res.p50)
@@ -147,6 +156,10 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
     try:
         # 2. convert and judge, cheapest precisions first
         for c in cands:
+            if c.base is not None:  # the same artifact, run another way
+                c.status, c.why, c.artifact, c.cached, c.figures = (c.base.status, c.base.why, c.base.artifact,
+                                                                    c.base.cached, c.base.figures)
+                continue
             if over_budget():
                 c.status, c.why = "skipped", "the budget ran out before it was converted"
                 continue
@@ -284,7 +297,8 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
             repeat, progress) -> dict:
     rows = []
     for c in cands:
-        row = {"candidate": c.name, "format": c.fmt, "quantization": c.quantization, "status": c.status,
+        row = {"candidate": c.name, "format": c.fmt, "quantization": c.quantization, "variant": c.variant,
+               "device_options": c.options, "status": c.status,
                "why": c.why, "cached": c.cached, "passed": c.artifact is not None,
                "top1_agreement": c.figures.get("top1_agreement"), "sqnr_db": c.figures.get("sqnr_db"),
                "size_bytes": c.artifact.path.stat().st_size if c.artifact is not None else None,
@@ -316,8 +330,8 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
            "candidates": timed + [r for r in rows if r not in timed],
            "run_ids": sorted(m["run_id"] for r in rows for m in r["by_threads"].values() if m["run_id"]),
            "converted": sum(c.status != "skipped" and not c.cached and (c.artifact is not None or bool(c.figures))
-                            for c in cands),
-           "cached": sum(r["cached"] for r in rows), "winner": None, "artifact": None}
+                            for c in cands if c.base is None),
+           "cached": sum(c.cached for c in cands if c.base is None), "winner": None, "artifact": None}
     if winner is not None:
         doc["winner"] = winner["candidate"] + f" x{winner['threads']}"
         doc["artifact"] = str(_write_winner(winner, doc, out))
@@ -351,7 +365,9 @@ def _write_winner(winner: dict, doc: dict, out: Path) -> Path:
             shutil.copyfile(f, tmp)
             tmp.replace(out / f.name)
     manifest = json.loads(manifest_path_for(src).read_text())
+    # deploy runs the artifact as it won: these threads and device options unless told otherwise
     manifest["tune"] = {"winner": doc["winner"], "threads": winner["threads"], "p50_ms": winner["p50_ms"],
+                        "device_options": winner["device_options"],
                         "hosts": doc["hosts"], "runs": doc["runs"], "repeat": doc["repeat"],
                         "alternatives": [{k: r.get(k) for k in ("candidate", "status", "why", "p50_ms", "threads",
                                                                 "top1_agreement", "sqnr_db", "size_bytes")}

@@ -92,6 +92,12 @@ class TargetFamily:
         """What the device runs and how, checked against what its probe found."""
         return DevicePlan(artifact.path)
 
+    def execution_variants(self, fmt: str, profile) -> list:
+        """Other ways a device of this family can run a fmt artifact, each worth measuring against the
+        default (a delegate off, an accelerator core): [(label, device options)]. `tune` measures each;
+        deploy takes the options (--device-option)."""
+        return []
+
 
 def _load(spec: str):
     module, _, attr = spec.partition(":")

@@ -8,9 +8,9 @@ refused at conversion unless the user allowed float fallback.
 
 from __future__ import annotations
 
-from edgesdk.errors import ConversionError
+from edgesdk.errors import ConversionError, OptionError
 
-from . import TargetFamily
+from . import DevicePlan, TargetFamily
 
 
 def float_compute_ops(float_ops: list) -> list:
@@ -73,11 +73,33 @@ def _status(fallbacks) -> str:
     return "supported with fallbacks" if fallbacks else "supported"
 
 
+DELEGATES = ("xnnpack", "none")  # LiteRT's default XNNPACK delegate, or its built-in kernels alone
+
+
+def device_plan(artifact, profile, delegate=None) -> DevicePlan:
+    """The artifact on the CPU; TFLite with XNNPACK (the runtime's default) or without it."""
+    if delegate is None or delegate == "xnnpack":
+        return DevicePlan(artifact.path)
+    if delegate not in DELEGATES:
+        raise OptionError(f"delegate={delegate} is not one {profile.name} runs; it takes {' or '.join(DELEGATES)}.")
+    if artifact.path.suffix != ".tflite":
+        raise OptionError(f"delegate={delegate} is for TFLite artifacts; {artifact.path.name} runs on ONNX Runtime.")
+    return DevicePlan(artifact.path, ["--delegate", delegate])
+
+
 class ArmCPU(TargetFamily):
     name = NAME
     description = "ARM CPU boards (Raspberry Pi and the like) and this machine: LiteRT with XNNPACK, ONNX Runtime"
     representative = "rpi4"
+    device_options = {"delegate": "ARM CPU boards' TFLite (xnnpack or none)"}
     check = staticmethod(check)
+
+    def device_plan(self, artifact, probe, profile, delegate=None, **options):
+        return device_plan(artifact, profile, delegate)
+
+    def execution_variants(self, fmt, profile):
+        # XNNPACK is not always the faster: its int8 kernels lose to the built-in ones on some models and CPUs
+        return [("no XNNPACK", {"delegate": "none"})] if fmt == "tflite" else []
 
 
 FAMILY = ArmCPU()

@@ -132,5 +132,10 @@ class Jetson(TargetFamily):
     def device_plan(self, artifact, probe, profile, dla_core=None, **options):
         return device_plan(artifact, probe, profile, dla_core)
 
+    def execution_variants(self, fmt, profile):
+        # the DLA frees the GPU and draws less power, and is slower on most models: measured, not assumed
+        cores = profile.accelerator.dla_cores if profile.accelerator else 0
+        return [("DLA0", {"dla_core": 0})] if fmt == "onnx" and cores else []
+
 
 FAMILY = Jetson()

@@ -236,6 +236,14 @@ def test_local_host_uses_the_same_runner_path(artifact, tmp_path, monkeypatch):
     assert json.loads(r.stdout)["host"] == "local"
     r = run_cli("results", "show", "999")
     assert r.returncode != 0 and "No run 999" in r.stderr
+    # the ARM CPU family's device option: LiteRT's built-in kernels without XNNPACK
+    r = run_cli("deploy", artifact.path, "--host", "local", "--workdir", tmp_path / "w", "--runs", "5", "--json",
+                "--device-option", "delegate=none")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["delegate"] == "none" and doc["delegate"] == "xnnpack"
+    r = run_cli("deploy", artifact.path, "--host", "local", "--workdir", tmp_path / "w", "--device-option",
+                "delegate=gpu")
+    assert r.returncode == 2 and "delegate=gpu is not one" in r.stderr and "xnnpack or none" in r.stderr
 
 
 # --- named devices in network namespaces: real links to cut and throttle ----------

@@ -18,6 +18,22 @@ from conftest import run_cli
 DATA = Path(__file__).parent / "data"
 
 
+# --- what tune measures besides the default (quick) ---------------------------------
+
+def test_execution_variants_come_from_the_family():
+    from edgesdk.profiles import load_profile
+    from edgesdk.tune import candidates
+
+    def names(profile, framework="keras", quant="int8"):
+        return [c.name for c in candidates(framework, load_profile(profile), quantizations=[quant])[0]]
+    assert names("rpi4") == ["tflite int8", "tflite int8 no XNNPACK", "onnx int8"]
+    assert names("jetson-xavier-nx", "onnx", "fp16") == ["onnx fp16", "onnx fp16 DLA0"]
+    assert names("jetson-orin-nano", "onnx", "fp16") == ["onnx fp16"]  # no DLA on it
+    assert names("coral-usb") == ["tflite int8"]
+    dla = candidates("onnx", load_profile("jetson-xavier-nx"), quantizations=["fp16"])[0][1]
+    assert dla.options == {"dla_core": 0} and dla.base.name == "onnx fp16"
+
+
 # --- compiler logs (quick) -------------------------------------------------------
 
 def test_parse_compiler_log_with_cpu_fallback():

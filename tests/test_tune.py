@@ -33,10 +33,12 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
                   budget="15m", store=store, task="regress", min_sqnr_db=60, quiet=True)
     doc = edgesdk.tune(str(keras3_mnist), "local", **kwargs)
     rows = {r["candidate"]: r for r in doc["candidates"]}
-    assert set(rows) == {"tflite int8", "tflite fp16", "tflite float", "onnx int8", "onnx fp16", "onnx float"}
+    # each TFLite artifact also run with XNNPACK off (the ARM CPU family's execution variant), not converted again
+    assert set(rows) == {"tflite int8", "tflite fp16", "tflite float", "onnx int8", "onnx fp16", "onnx float",
+                         "tflite int8 no XNNPACK", "tflite fp16 no XNNPACK", "tflite float no XNNPACK"}
     assert doc["wall_s"] < 900 and not doc["interrupted"] and doc["threads"] == [1, 2]
     # a candidate that misses the gate is shown with why and never measured, never picked
-    for name in ("tflite int8", "onnx int8"):
+    for name in ("tflite int8", "onnx int8", "tflite int8 no XNNPACK"):
         assert rows[name]["status"] == "failed" and "SQNR" in rows[name]["why"] and rows[name].get("p50_ms") is None
     winner = rows[doc["winner"].rsplit(" x", 1)[0]]
     assert winner["passed"] and winner["quantization"] in ("fp16", "float") and winner["pareto"]
@@ -47,10 +49,20 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
         for t, m in r["by_threads"].items():
             stored = store.get(m["run_id"])
             assert stored["artifact"].endswith(r["artifact"].rsplit("/", 1)[-1]) and stored["threads"] == int(t)
+            assert stored["delegate"] == ("none" if r["variant"] == "no XNNPACK" else
+                                          "xnnpack" if r["format"] == "tflite" else "CPUExecutionProvider")
     # the winner is written as the artifact, its manifest naming the search and the alternatives
     art = edgesdk.Artifact.open(doc["artifact"])
     assert art.path.parent == tmp_path / "out" and art.path.read_bytes() == open(winner["artifact"], "rb").read()
-    assert art.manifest["tune"]["winner"] == doc["winner"] and len(art.manifest["tune"]["alternatives"]) == 5
+    assert art.manifest["tune"]["winner"] == doc["winner"] and len(art.manifest["tune"]["alternatives"]) == 8
+    # deploy runs it as it won: the winner's threads and device options, unless told otherwise
+    assert art.manifest["tune"]["device_options"] == winner["device_options"]
+    ran = edgesdk.deploy(str(art.path), "local", runs=3, warmup=0, store=store)
+    assert ran.threads == winner["threads"]
+    assert ran.delegate == ("none" if winner["variant"] else "xnnpack" if winner["format"] == "tflite"
+                            else "CPUExecutionProvider")
+    other = 1 if winner["threads"] != 1 else 2
+    assert edgesdk.deploy(str(art.path), "local", runs=3, warmup=0, threads=other, store=store).threads == other
     # `edgesdk report` draws the search: accuracy vs latency, the Pareto front marked
     from edgesdk.report import build, pareto_points
     runs = [store.get(i) for i in doc["run_ids"]]
@@ -65,8 +77,8 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
     again = edgesdk.tune(str(keras3_mnist), "local", **kwargs)
     assert again["converted"] == 0 and all(r["cached"] for r in again["candidates"])
     rows_again = {r["candidate"]: r for r in again["candidates"]}
-    assert sum(r["passed"] for r in again["candidates"]) == 4
-    for name in ("tflite int8", "onnx int8"):
+    assert sum(r["passed"] for r in again["candidates"]) == 6
+    for name in ("tflite int8", "onnx int8", "tflite int8 no XNNPACK"):
         assert rows_again[name]["status"] == "failed" and rows_again[name]["why"] == rows[name]["why"]
 
 
@@ -97,7 +109,8 @@ def test_tune_cli_narrowed_search_and_its_mistakes(keras3_mnist, mnist_files, tm
                 "--repeat", "1", "--db", tmp_path / "r.db", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert sorted(c["candidate"] for c in doc["candidates"]) == ["tflite float", "tflite int8"]
+    assert sorted(c["candidate"] for c in doc["candidates"]) == ["tflite float", "tflite float no XNNPACK",
+                                                                  "tflite int8", "tflite int8 no XNNPACK"]
     assert doc["threads"] == [1, 4] and all(c["status"] == "measured" for c in doc["candidates"])
     assert doc["artifact"].startswith(str(tmp_path / "out")) and doc["winner"]
     for args, said in ((("--budget", "soon"), "--budget takes a time such as 30m"),
