@@ -361,6 +361,11 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--budget", help="Wall-time bound for the whole search, e.g. 30m, 90s, 1h.")
 @click.option("--format", "formats", multiple=True, help="Only these artifact formats (repeatable).")
 @click.option("--quantization", "quantizations", multiple=True, help="Only these precisions (repeatable).")
+@click.option("--fine-tune", metavar="DATA", help="Labelled data: pruned int8 candidates are fine-tuned on it "
+              "and searched too.")
+@click.option("--sparsity", "sparsities", type=float, multiple=True,
+              help="Sparsity levels to search with --fine-tune (repeatable). Default: 0.5 and 0.75.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs per pruned candidate.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per measurement.")
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
@@ -374,8 +379,9 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, budget, formats, quantizations, runs,
-         warmup, repeat, input_shape, task, output_dir, accept_new_host_key, db, as_json, quiet):
+def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, budget, formats, quantizations,
+         fine_tune, sparsities, epochs, runs, warmup, repeat, input_shape, task, output_dir, accept_new_host_key, db,
+         as_json, quiet):
     """Find the fastest artifact of MODEL for --target within the accuracy budget, measured on --host."""
     ctx.meta["json"] = as_json
     from .results import ResultStore
@@ -384,7 +390,8 @@ def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, 
     try:
         doc = run_tune(model, target, hosts=list(hosts) or "local", calibration=calibration, validation=validation,
                        max_accuracy_drop=max_accuracy_drop, budget=budget, formats=formats or None,
-                       quantizations=quantizations or None, runs=runs, warmup=warmup, repeat=repeat,
+                       quantizations=quantizations or None, fine_tune=fine_tune, sparsities=sparsities or None,
+                       epochs=epochs, runs=runs, warmup=warmup, repeat=repeat,
                        output_dir=output_dir, store=store, accept_new_host_key=accept_new_host_key,
                        quiet=quiet or as_json, input_shape=input_shape or None, task=task)
     finally:
@@ -398,14 +405,17 @@ def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, 
                          "status": r["status"], "agreement": _pct(r.get("top1_agreement")),
                          "sqnr_db": "" if r.get("sqnr_db") is None else f"{r['sqnr_db']:.1f}",
                          "size": "" if r.get("size_bytes") is None else f"{r['size_bytes']:,}",
+                         "gzip": "" if r.get("gzip_bytes") is None else f"{r['gzip_bytes']:,}",
                          "p50_ms": "" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
                          "p90_ms": "" if r.get("p90_ms") is None else f"{r['p90_ms']:.3f}",
                          "why": (r.get("why") or "")[:70]})
-        click.echo(_table(rows, ["candidate", "status", "agreement", "sqnr_db", "size", "p50_ms", "p90_ms", "why"]))
+        click.echo(_table(rows, ["candidate", "status", "agreement", "sqnr_db", "size", "gzip", "p50_ms", "p90_ms",
+                                 "why"]))
         for s in doc["skipped"]:
             click.echo(f"  not tried: {s['candidate']}: {s['why']}")
-        if doc.get("finding"):
-            click.echo(f"  {doc['finding']}")
+        for said in ("finding", "tie"):
+            if doc.get(said):
+                click.echo(f"  {doc[said]}")
         click.echo(f"winner: {doc['winner']} -> {doc['artifact']}" if doc["winner"] else
                    "no candidate was measured: nothing written")
         if len(doc["run_ids"]) > 1:

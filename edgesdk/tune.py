@@ -34,12 +34,15 @@ from .errors import EdgeSDKError, OptionError
 from .progress import Progress
 
 DROP_AFTER = 1.5  # after round 1: p50 over this many times the best cannot win
+DEFAULT_SPARSITIES = (0.5, 0.75)  # searched when fine-tuning data is given
+TIE = 0.03  # p50s this close to the fastest are one speed: the smaller artifact wins
 
 
 @dataclass
 class Candidate:
     fmt: str
     quantization: str
+    sparsity: float = 0.0     # pruned to this before quantizing (fine-tuned on the user's data)
     variant: str = ""         # how the device runs it when not the default (the family's execution variants)
     options: dict = field(default_factory=dict)  # the device options that variant is
     base: "Candidate | None" = None  # a variant measures its base's artifact: converted once
@@ -53,7 +56,12 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return f"{self.fmt} {self.quantization}" + (f" {self.variant}" if self.variant else "")
+        return (f"{self.fmt} {self.quantization}" + (f" {self.sparsity:.0%} sparse" if self.sparsity else "")
+                + (f" {self.variant}" if self.variant else ""))
+
+    @property
+    def folder(self) -> str:
+        return f"{self.fmt}-{self.quantization}" + (f"-s{round(self.sparsity * 100)}" if self.sparsity else "")
 
 
 def parse_budget(value) -> float | None:
@@ -74,9 +82,10 @@ def parse_budget(value) -> float | None:
     return seconds
 
 
-def candidates(framework: str, profile, formats=None, quantizations=None) -> tuple:
+def candidates(framework: str, profile, formats=None, quantizations=None, sparsities=()) -> tuple:
     """(candidates worth converting, [(name, why) dropped before converting]); formats/quantizations narrow
-    the search to those the user asked for."""
+    the search to those the user asked for. Each sparsity adds a pruned int8 candidate per format (pruning
+    pays where weights are int8: that is the artifact the SDK ships)."""
     from edgesdk.converters import ROUTES
     from edgesdk.targets import get_family
     family = get_family(profile.family)
@@ -91,13 +100,15 @@ def candidates(framework: str, profile, formats=None, quantizations=None) -> tup
         if (framework, fmt) not in ROUTES:
             dropped.append((f"{fmt} *", f"no route from {framework} to {fmt}"))
             continue
-        for quant in quantizations or ("int8", "fp16", "float"):
+        quants = list(quantizations or ("int8", "fp16", "float"))
+        for quant, sparsity in [(q, 0.0) for q in quants] + [("int8", s) for s in sparsities if "int8" in quants]:
             if quant not in family.quantizations:
-                dropped.append((f"{fmt} {quant}", f"{profile.name} ({family.name}) does not compute in {quant}"))
+                dropped.append((Candidate(fmt, quant, sparsity).name,
+                                f"{profile.name} ({family.name}) does not compute in {quant}"))
                 continue
-            base = Candidate(fmt, quant)
+            base = Candidate(fmt, quant, sparsity)
             picked.append(base)
-            picked += [Candidate(fmt, quant, label, dict(options), base)
+            picked += [Candidate(fmt, quant, sparsity, label, dict(options), base)
                        for label, options in family.execution_variants(fmt, profile)]
     return picked, dropped
 
@@ -108,12 +119,14 @@ def thread_counts(profile) -> list:
 
 def tune(model, target="local", *, hosts="local", calibration=None, validation=None, max_accuracy_drop=1.0,
          budget=None, runs=50, warmup=5, repeat=2, output_dir="edgesdk-out", store=None, seed=0,
-         formats=None, quantizations=None, remote_python=None, workdir=None, accept_new_host_key=False,
-         quiet=False, progress: Progress | None = None, **convert_options) -> dict:
+         formats=None, quantizations=None, fine_tune=None, sparsities=None, remote_python=None, workdir=None,
+         accept_new_host_key=False, quiet=False, progress: Progress | None = None, **convert_options) -> dict:
     """Search what `target` can run for the fastest artifact within the accuracy budget; see the module doc.
 
-    hosts: "local", one host, or a list of hosts of this profile. Returns the search as a dict: the winner's
-    artifact path, one row per candidate (figures, size, p50/p90 per thread count, why it failed or was cut)."""
+    hosts: "local", one host, or a list of hosts of this profile. fine_tune: labelled data; with it, pruned int8
+    candidates at each of `sparsities` (default 50 % and 75 %) are fine-tuned on it and searched too. Returns the
+    search as a dict: the winner's artifact path, one row per candidate (figures, size, p50/p90 per thread
+    count, why it failed or was cut)."""
     from . import convert
     from .deploy import deploy_one, RemoteRuns
     from .profiles import load_profile
@@ -133,7 +146,11 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
         raise OptionError(f"Cannot tell which framework {model!r} comes from; give a .keras/.h5/SavedModel, "
                           f".onnx, .pt2 file or a live Keras/PyTorch model.")
     out = Path(output_dir)
-    cands, dropped = candidates(framework, profile, formats, quantizations)
+    if sparsities is None:
+        sparsities = DEFAULT_SPARSITIES if fine_tune is not None else ()
+    if any(not 0 < x < 1 for x in sparsities):
+        raise OptionError(f"--sparsity takes fractions between 0 and 1, e.g. 0.5; got {list(sparsities)}.")
+    cands, dropped = candidates(framework, profile, formats, quantizations, sorted(set(sparsities)))
     threads = thread_counts(profile)
     progress.step(f"tune for {profile.name}: {len(cands)} candidate(s) x threads {threads} on "
                   f"{', '.join(hosts)}" + (f", budget {seconds:.0f} s" if seconds else ""))
@@ -167,7 +184,8 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
             try:
                 art = convert(model, profile, format=c.fmt, quantization=c.quantization, calibration=calibration,
                               validation=validation, max_accuracy_drop=max_accuracy_drop,
-                              output_dir=out / "candidates" / f"{c.fmt}-{c.quantization}", quiet=True,
+                              prune=c.sparsity, fine_tune=fine_tune if c.sparsity else None,
+                              output_dir=out / "candidates" / c.folder, quiet=True,
                               keep_failed=True,  # kept, a failed candidate is a cached verdict next time
                               **convert_options)
             except EdgeSDKError as exc:
@@ -297,11 +315,14 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
             repeat, progress) -> dict:
     rows = []
     for c in cands:
-        row = {"candidate": c.name, "format": c.fmt, "quantization": c.quantization, "variant": c.variant,
+        row = {"candidate": c.name, "format": c.fmt, "quantization": c.quantization, "sparsity": c.sparsity,
+               "variant": c.variant,
                "device_options": c.options, "status": c.status,
                "why": c.why, "cached": c.cached, "passed": c.artifact is not None,
                "top1_agreement": c.figures.get("top1_agreement"), "sqnr_db": c.figures.get("sqnr_db"),
                "size_bytes": c.artifact.path.stat().st_size if c.artifact is not None else None,
+               # what a pruned artifact saves shows compressed (its zeros are stored dense)
+               "gzip_bytes": c.artifact.manifest.get("size", {}).get("gzip_bytes") if c.artifact is not None else None,
                "artifact": str(c.artifact.path) if c.artifact is not None else None, "by_threads": {}}
         for t, p50s in sorted(c.p50s.items()):
             res = c.results.get(t)
@@ -321,7 +342,7 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
     timed = sorted((r for r in rows if r.get("p50_ms") is not None and r["status"] != "failed"),
                    key=lambda r: r["p50_ms"])
     _mark_pareto(timed)
-    winner = timed[0] if timed else None
+    winner = _pick(timed)
     doc = {"profile": profile.name, "hosts": hosts, "threads": threads, "runs": runs, "warmup": warmup,
            "repeat": repeat, "budget_s": budget, "wall_s": round(time.monotonic() - started, 1),
            "interrupted": interrupted, "host_errors": farm.errors, "skipped": skipped,
@@ -334,6 +355,7 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
            "cached": sum(c.cached for c in cands if c.base is None), "winner": None, "artifact": None}
     if winner is not None:
         doc["winner"] = winner["candidate"] + f" x{winner['threads']}"
+        doc["tie"] = winner.get("tie")
         doc["artifact"] = str(_write_winner(winner, doc, out))
         int8 = [r["p50_ms"] for r in timed if r["quantization"] == "int8"]
         if winner["quantization"] != "int8" and int8:  # a valid outcome, said plainly
@@ -343,6 +365,19 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
     else:
         progress.warn("no candidate was measured: nothing written")
     return doc
+
+
+def _pick(timed: list) -> dict | None:
+    """The fastest; p50s within TIE of it are one speed (run-to-run noise), and of those the smallest
+    artifact (compressed: what a pruned one saves) wins."""
+    if not timed:
+        return None
+    tied = [r for r in timed if r["p50_ms"] <= timed[0]["p50_ms"] * (1 + TIE)]
+    winner = min(tied, key=lambda r: (r["gzip_bytes"] or r["size_bytes"] or 0, r["p50_ms"]))
+    if winner is not timed[0]:
+        winner["tie"] = (f"within {TIE:.0%} of the fastest ({timed[0]['candidate']}, {timed[0]['p50_ms']:.3f} ms) "
+                         f"and smaller: {winner['gzip_bytes'] or winner['size_bytes']:,} bytes compressed")
+    return winner
 
 
 def _mark_pareto(timed: list) -> None:
@@ -370,7 +405,8 @@ def _write_winner(winner: dict, doc: dict, out: Path) -> Path:
                         "device_options": winner["device_options"],
                         "hosts": doc["hosts"], "runs": doc["runs"], "repeat": doc["repeat"],
                         "alternatives": [{k: r.get(k) for k in ("candidate", "status", "why", "p50_ms", "threads",
-                                                                "top1_agreement", "sqnr_db", "size_bytes")}
+                                                                "top1_agreement", "sqnr_db", "size_bytes",
+                                                                "gzip_bytes", "sparsity")}
                                          for r in doc["candidates"] if r is not winner]}
     write_json_atomic(manifest_path_for(dest), manifest)
     return dest
