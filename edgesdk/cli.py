@@ -408,9 +408,14 @@ def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, 
                          "gzip": "" if r.get("gzip_bytes") is None else f"{r['gzip_bytes']:,}",
                          "p50_ms": "" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
                          "p90_ms": "" if r.get("p90_ms") is None else f"{r['p90_ms']:.3f}",
+                         "rss_mb": "" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}",
+                         "energy_mj": "" if r.get("energy_mj") is None else f"{r['energy_mj']:.2f}",
                          "why": (r.get("why") or "")[:70]})
-        click.echo(_table(rows, ["candidate", "status", "agreement", "sqnr_db", "size", "gzip", "p50_ms", "p90_ms",
-                                 "why"]))
+        columns = ["candidate", "status", "agreement", "sqnr_db", "size", "gzip", "p50_ms", "p90_ms", "rss_mb",
+                   "energy_mj", "why"]
+        if not any(r["energy_mj"] for r in rows):  # only boards with power rails measure it
+            columns.remove("energy_mj")
+        click.echo(_table(rows, columns))
         for s in doc["skipped"]:
             click.echo(f"  not tried: {s['candidate']}: {s['why']}")
         for said in ("finding", "tie"):

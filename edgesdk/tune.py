@@ -336,7 +336,8 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
         if row["by_threads"]:
             t_best = min(row["by_threads"], key=lambda t: row["by_threads"][t]["p50_ms"])
             row["threads"], row["p50_ms"] = t_best, row["by_threads"][t_best]["p50_ms"]
-            row["p90_ms"] = row["by_threads"][t_best]["p90_ms"]
+            for k in ("p90_ms", "peak_rss_mb", "energy_mj"):
+                row[k] = row["by_threads"][t_best][k]
         rows.append(row)
     # a candidate whose run failed on a device keeps its figures but is never picked
     timed = sorted((r for r in rows if r.get("p50_ms") is not None and r["status"] != "failed"),
