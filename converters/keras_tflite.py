@@ -25,6 +25,7 @@ FORMAT = "tflite"
 FRAMEWORK = "keras"
 CALIBRATION_METHODS = ("minmax",)  # the TFLite converter's calibrator has no other
 MULTI_INPUT = True  # Keras models and SavedModel signatures with several inputs
+CORRECTED_ROUNDING = True  # the live model's Conv2D/DepthwiseConv2D weights (not a SavedModel, not with exclusions)
 
 
 def _batch1_model(source):

@@ -308,5 +308,6 @@ DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exc
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # the recovery ladder tries them in this order
 EXCLUDES_LAYERS = True  # --exclude-nodes/--exclude-op-types keep nodes out of quantize_static
+CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float graph's weights rounded before quantize_static
 MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
                  "repairs them with --exclude-nodes NAME (several: NAME,NAME), or --exclude-op-types TYPE.")

@@ -18,6 +18,7 @@ from edgesdk.errors import ConversionError, OptionError
 # which clips more the more data it sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with min/max.
 CALIBRATION_METHODS = ("minmax", "moving-average")  # the recovery ladder tries them in this order
 EXCLUDES_LAYERS = True  # ai-edge-quantizer's recipe keeps named layers / op types float
+CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float flatbuffer's weights rounded first
 MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
                  "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).")
 DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "

@@ -17,6 +17,7 @@ from .torch_model import import_torch
 
 FORMAT = "onnx"
 CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
+CORRECTED_ROUNDING = onnx_int8.CORRECTED_ROUNDING
 FRAMEWORK = "torch"
 OPSET = 17
 MULTI_INPUT = True  # one ONNX input per forward() argument, named as the source's inputs

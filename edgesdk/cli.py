@@ -153,9 +153,10 @@ def families(ctx, as_json):
 @click.option("--calibration-method", type=click.Choice(["minmax", "moving-average", "entropy", "percentile"]),
               default="minmax", show_default=True, help="Activation range estimation: min/max over the data; "
               "moving-average (PyTorch -> TFLite); entropy, percentile (ONNX).")
-@click.option("--weight-rounding", type=click.Choice(["nearest", "corrected"]), default="nearest",
+@click.option("--weight-rounding", type=click.Choice(["auto", "nearest", "corrected"]), default="auto",
               show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
-              "kernel's sum kept and the biases corrected for what rounding shifts (better on photos).")
+              "kernel's sum kept and the biases corrected for what rounding shifts (better on photos); auto: "
+              "both where int8 costs accuracy, the one that measures better kept.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
               help="Input shape to build for: fixes an ONNX source's dynamic dims; the example input for PyTorch "
                    "files without one. E.g. 1,3,224,224 or x:1,3,48,192; repeat it (or join with ;) per input.")

@@ -68,8 +68,13 @@ class Trials:
             self.excludes = onnx_int8.EXCLUDES_LAYERS
             self.hint, self.measured_hint = onnx_int8.DIAGNOSIS_HINT, onnx_int8.MEASURED_HINT
             self.calibration_methods = onnx_int8.CALIBRATION_METHODS
-            self._convert = lambda r: onnx_int8.quantize(Path(source.float_onnx), r, profile, calib,
-                                                         quirks=source.quantizer_quirks)[0]
+            def convert(r):
+                stats = {}
+                data = onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, quirks=source.quantizer_quirks,
+                                          stats=stats)[0]
+                source.weight_rounding = stats.get("weight_rounding")  # as the route records it
+                return data
+            self._convert = convert
             self._debug = lambda path, x, r: onnx_int8.diagnose(source.float_onnx, path, x,
                                                                 excluded=r.exclude_nodes)
         else:  # any other route re-converts through itself; its debugger and exclusions if it has them
@@ -87,7 +92,7 @@ class Trials:
 
     def convert(self, recipe) -> bytes:
         """The artifact's bytes for this recipe (made once per recipe)."""
-        key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types)
+        key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types, recipe.weight_rounding)
         if key not in self._made:
             self._made[key] = self._convert(recipe)
         return self._made[key]

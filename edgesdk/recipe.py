@@ -14,7 +14,7 @@ from .tasks import TASKS, Thresholds
 DEFAULT_THRESHOLDS = Thresholds()
 
 CALIBRATION_METHODS = ("minmax", "moving-average", "entropy", "percentile")  # each route says which it has
-WEIGHT_ROUNDING = ("corrected", "nearest")
+WEIGHT_ROUNDING = ("auto", "corrected", "nearest")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,9 @@ class Recipe:
     # or "host" with this machine's kernels, when the target is this machine.
     int8_arithmetic: str = "exact"
     # converters/weight_rounding.py: "nearest" (the plain quantizers) or "corrected" (kernel sums, bias correction:
-    # +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops, so not the default until chosen per model)
-    weight_rounding: str = "nearest"
+    # +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops), or "auto": nearest, and corrected too
+    # where int8 costs something, the one that measures better kept (conversion.choose_rounding)
+    weight_rounding: str = "auto"
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
@@ -67,7 +68,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
-                min_iou=None, weight_rounding="nearest") -> Recipe:
+                min_iou=None, weight_rounding="auto") -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
