@@ -343,7 +343,9 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
         return nearest, figures, verdict, None
     plain = source.weight_rounding
     progress.step(f"int8 output SQNR {sqnr:.1f} dB: measuring the corrected weight rounding too")
-    record = {"nearest_sqnr_db": sqnr, "chosen": "nearest"}
+    def said(f):  # what the manifest keeps of each try
+        return {k: f.get(k) for k in ("sqnr_db", "top1_agreement", "passed") if f.get(k) is not None}
+    record = {"chosen": "nearest", "nearest": said({**figures, **verdict})}
     trial = temp_path_in(tmp.parent, tmp.name + ".corrected")
     try:
         data = Trials(source, recipe, profile, calib).convert(corrected)
@@ -352,7 +354,7 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
             return nearest, figures, verdict, None
         trial.write_bytes(data)
         tried, judged = validate(trial, corrected)
-        record["corrected_sqnr_db"] = tried.get("sqnr_db")
+        record["corrected"] = said({**tried, **judged})
         if (judged["passed"] and not verdict["passed"]) or (
                 judged["passed"] == verdict["passed"] and (tried.get("sqnr_db") or float("-inf")) >= sqnr + ROUNDING_MARGIN_DB):
             os.replace(trial, tmp)
