@@ -367,6 +367,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--sparsity", "sparsities", type=float, multiple=True,
               help="Sparsity levels to search with --fine-tune (repeatable). Default: 0.5 and 0.75.")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs per pruned candidate.")
+@click.option("--max-size", help="Largest artifact worth measuring, e.g. 5MB or 800KB (a flash budget).")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per measurement.")
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
@@ -381,7 +382,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, budget, formats, quantizations,
-         fine_tune, sparsities, epochs, runs, warmup, repeat, input_shape, task, output_dir, accept_new_host_key, db,
+         fine_tune, sparsities, epochs, max_size, runs, warmup, repeat, input_shape, task, output_dir, accept_new_host_key, db,
          as_json, quiet):
     """Find the fastest artifact of MODEL for --target within the accuracy budget, measured on --host."""
     ctx.meta["json"] = as_json
@@ -392,7 +393,7 @@ def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, 
         doc = run_tune(model, target, hosts=list(hosts) or "local", calibration=calibration, validation=validation,
                        max_accuracy_drop=max_accuracy_drop, budget=budget, formats=formats or None,
                        quantizations=quantizations or None, fine_tune=fine_tune, sparsities=sparsities or None,
-                       epochs=epochs, runs=runs, warmup=warmup, repeat=repeat,
+                       epochs=epochs, max_size=max_size, runs=runs, warmup=warmup, repeat=repeat,
                        output_dir=output_dir, store=store, accept_new_host_key=accept_new_host_key,
                        quiet=quiet or as_json, input_shape=input_shape or None, task=task)
     finally:

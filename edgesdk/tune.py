@@ -46,7 +46,7 @@ class Candidate:
     variant: str = ""         # how the device runs it when not the default (the family's execution variants)
     options: dict = field(default_factory=dict)  # the device options that variant is
     base: "Candidate | None" = None  # a variant measures its base's artifact: converted once
-    status: str = "pending"   # converted, failed, skipped, measured, dropped
+    status: str = "pending"   # converted, failed, cut (too big), skipped, measured, dropped
     why: str = ""
     artifact: object = None   # edgesdk.Artifact once converted
     cached: bool = False
@@ -80,6 +80,35 @@ def parse_budget(value) -> float | None:
     if seconds <= 0:
         raise OptionError(f"--budget must be positive, got {value!r}.")
     return seconds
+
+
+def parse_size(value) -> int | None:
+    """'5MB', '800KB', '1.5 GB', '123456' (bytes) or a number -> bytes; None for no limit."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, (int, float)):
+        size = float(value)
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        unit = next((u for u in ("KB", "MB", "GB", "B") if text.endswith(u)), "")
+        try:
+            size = float(text[: len(text) - len(unit)]) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}.get(unit, 1)
+        except ValueError:
+            raise OptionError(f"--max-size takes a size such as 5MB, 800KB or a number of bytes; got {value!r}.") \
+                from None
+    if size <= 0:
+        raise OptionError(f"--max-size must be positive, got {value!r}.")
+    return int(size)
+
+
+def too_big(size: int, max_size: int | None, profile) -> str:
+    """Why an artifact of `size` bytes cannot be the answer on this profile, or ''."""
+    if max_size is not None and size > max_size:
+        return f"{size:,} bytes, over --max-size {max_size:,}"
+    memory = getattr(profile.device, "memory_mb", None)
+    if memory and size > memory * 1e6 / 2:  # the runtime holds the weights at least once more as it loads them
+        return f"{size:,} bytes cannot load in {profile.name}'s {memory} MB"
+    return ""
 
 
 def candidates(framework: str, profile, formats=None, quantizations=None, sparsities=()) -> tuple:
@@ -119,7 +148,8 @@ def thread_counts(profile) -> list:
 
 def tune(model, target="local", *, hosts="local", calibration=None, validation=None, max_accuracy_drop=1.0,
          budget=None, runs=50, warmup=5, repeat=2, output_dir="edgesdk-out", store=None, seed=0,
-         formats=None, quantizations=None, fine_tune=None, sparsities=None, remote_python=None, workdir=None,
+         formats=None, quantizations=None, fine_tune=None, sparsities=None, max_size=None, remote_python=None,
+         workdir=None,
          accept_new_host_key=False, quiet=False, progress: Progress | None = None, **convert_options) -> dict:
     """Search what `target` can run for the fastest artifact within the accuracy budget; see the module doc.
 
@@ -134,6 +164,7 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
     progress = progress or Progress(quiet)
     started = time.monotonic()
     seconds = parse_budget(budget)
+    max_size = parse_size(max_size)
     deadline = started + seconds if seconds else None
     hosts = [hosts] if isinstance(hosts, str) else list(hosts)
     if not hosts:
@@ -196,6 +227,10 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
             c.status, c.artifact, c.cached = "converted", art, bool(getattr(art, "cached", False))
             c.figures = art.manifest.get("validation", {})
             progress.step(f"  {c.name}: passes the gate{' (cached)' if c.cached else ''}")
+            big = too_big(art.path.stat().st_size, max_size, profile)
+            if big:  # a cheap check before any measurement: it cannot be the answer
+                c.status, c.why = "cut", big
+                progress.step(f"  {c.name}: not measured: {big}")
         # 3. measure the survivors, rounds interleaved, across the hosts
         live = [c for c in cands if c.status == "converted"]
         rng = random.Random(seed)

@@ -130,10 +130,21 @@ def test_tune_cli_narrowed_search_and_its_mistakes(keras3_mnist, mnist_files, tm
     assert pruned["sparsity"] == 0.75 and manifest["sparsity"]["artifact"] >= 0.7 and manifest["sparsity"]["fine_tuned"]
     assert pruned["gzip_bytes"] < 0.7 * rows["tflite int8"]["gzip_bytes"]
     assert pruned["size_bytes"] == pytest.approx(rows["tflite int8"]["size_bytes"], rel=0.05)  # zeros stored dense
+    # a size budget is checked before anything is measured: over it, a candidate is cut
+    r = run_cli("tune", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "out", "--format",
+                "tflite", "--quantization", "int8", "--quantization", "float", "--max-size", "100KB", "--runs", "5",
+                "--max-accuracy-drop", "2",
+                "--repeat", "1", "--db", tmp_path / "r.db", "--json")
+    assert r.returncode == 0, r.stderr
+    small = {c["candidate"]: c for c in json.loads(r.stdout)["candidates"]}
+    assert small["tflite float"]["status"] == "cut" and "over --max-size 100,000" in small["tflite float"]["why"]
+    assert not small["tflite float"]["by_threads"] and small["tflite int8"]["status"] == "measured"
+    assert json.loads(r.stdout)["converted"] == 0  # all from the cache
     for args, said in ((("--budget", "soon"), "--budget takes a time such as 30m"),
                        (("--format", "rknn"), "rpi4 (arm-cpu) cannot run formats rknn"),
                        (("--quantization", "int4"), "cannot run quantizations int4"),
-                       (("--sparsity", "1.5"), "--sparsity takes fractions between 0 and 1")):
+                       (("--sparsity", "1.5"), "--sparsity takes fractions between 0 and 1"),
+                       (("--max-size", "big"), "--max-size takes a size such as 5MB")):
         r = run_cli("tune", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "bad", *args)
         assert r.returncode == OptionError.exit_code and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []
