@@ -254,3 +254,29 @@ def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(rea
     db = sqlite3.connect(str(ssh_env["db"]))
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
 
+
+
+def test_tune_measures_on_the_emulated_pi_and_deploy_runs_the_winner_as_tuned(ready_pi, ssh_env, keras3_mnist,
+                                                                              mnist_files, tmp_path):
+    """The search on an aarch64 userland: each candidate measured there, the winner deployed as it won."""
+    deploy(str(_any(keras3_mnist, mnist_files, tmp_path)), ALIAS, runs=2, warmup=0, accept_new_host_key=True)
+    store = ResultStore()
+    doc = edgesdk.tune(str(keras3_mnist), "rpi4", hosts=[ALIAS], calibration=str(mnist_files["train"]),
+                       formats=["tflite"], quantizations=["int8"], runs=10, warmup=1, repeat=1,
+                       output_dir=tmp_path / "out", store=store, quiet=True)
+    rows = {r["candidate"]: r for r in doc["candidates"]}
+    assert set(rows) == {"tflite int8", "tflite int8 no XNNPACK"} and doc["host_errors"] == {}
+    assert all(r["status"] == "measured" and set(r["by_threads"]) == {1, 4} for r in rows.values()), rows
+    for r in rows.values():
+        for m in r["by_threads"].values():
+            stored = store.get(m["run_id"])
+            assert stored["host"] == ALIAS and stored["probe"]["machine"] == "aarch64", stored
+    winner = rows[doc["winner"].rsplit(" x", 1)[0]]
+    ran = deploy(doc["artifact"], ALIAS, runs=3, warmup=0, store=store)
+    assert ran.raw["machine"] == "aarch64" and ran.delegate == ("none" if winner["variant"] else "xnnpack")
+    assert ran.threads == min(winner["threads"], ran.probe["cores"])
+
+
+def _any(keras3_mnist, mnist_files, tmp_path):
+    return edgesdk.convert(str(keras3_mnist), "rpi4", calibration=str(mnist_files["train"]),
+                           output_dir=tmp_path / "first", quiet=True).path
