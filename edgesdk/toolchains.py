@@ -168,14 +168,24 @@ class Worker:
     def call(self, request: dict, timeout: float = 3600) -> dict:
         if self._proc.poll() is not None:
             raise ToolchainError(f"{self.name} stopped earlier: {_paragraph(_tail(self._log_path))}")
-        self._proc.stdin.write(json.dumps({**request, "work": str(self.work)}) + "\n")
-        self._proc.stdin.flush()
+        try:
+            self._proc.stdin.write(json.dumps({**request, "work": str(self.work)}) + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:  # it ended between the poll and the write
+            self._proc.wait()
+            raise ToolchainError(f"{self.name} stopped earlier: {_paragraph(_tail(self._log_path))}") from None
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
         line = self._proc.stdout.readline() if ready else ""
         if not ready:
             self.close()
             raise ToolchainError(f"{self.name} did not answer within {timeout / 60:.0f} minutes.")
         reply = json.loads(line) if line.strip() else None
+        if reply is None:  # its stdout closed: it is ending; reap it so the next call knows
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         if reply is None or reply.get("error"):
             said = reply["error"] if reply else _tail(self._log_path)
             raise ToolchainError(f"{self.name} failed: {_paragraph(said)[:600]}")
