@@ -382,8 +382,8 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, budget, formats, quantizations,
-         fine_tune, sparsities, epochs, max_size, runs, warmup, repeat, input_shape, task, output_dir, accept_new_host_key, db,
-         as_json, quiet):
+         fine_tune, sparsities, epochs, max_size, runs, warmup, repeat, input_shape, task, output_dir,
+         accept_new_host_key, db, as_json, quiet):
     """Find the fastest artifact of MODEL for --target within the accuracy budget, measured on --host."""
     ctx.meta["json"] = as_json
     from .results import ResultStore

@@ -343,9 +343,7 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
         return nearest, figures, verdict, None
     plain = source.weight_rounding
     progress.step(f"int8 output SQNR {sqnr:.1f} dB: measuring the corrected weight rounding too")
-    def said(f):  # what the manifest keeps of each try
-        return {k: f.get(k) for k in ("sqnr_db", "top1_agreement", "passed") if f.get(k) is not None}
-    record = {"chosen": "nearest", "nearest": said({**figures, **verdict})}
+    record = {"chosen": "nearest", "nearest": _tried({**figures, **verdict})}
     trial = temp_path_in(tmp.parent, tmp.name + ".corrected")
     try:
         data = Trials(source, recipe, profile, calib).convert(corrected)
@@ -354,9 +352,10 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
             return nearest, figures, verdict, None
         trial.write_bytes(data)
         tried, judged = validate(trial, corrected)
-        record["corrected"] = said({**tried, **judged})
-        if (judged["passed"] and not verdict["passed"]) or (
-                judged["passed"] == verdict["passed"] and (tried.get("sqnr_db") or float("-inf")) >= sqnr + ROUNDING_MARGIN_DB):
+        record["corrected"] = _tried({**tried, **judged})
+        gain = (tried.get("sqnr_db") or float("-inf")) - sqnr
+        if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"]
+                                                             and gain >= ROUNDING_MARGIN_DB):
             os.replace(trial, tmp)
             progress.step(f"corrected weight rounding kept: {tried['sqnr_db']:.1f} dB against {sqnr:.1f} dB")
             return corrected, tried, judged, {**record, "chosen": "corrected"}
@@ -367,6 +366,11 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
             trial.unlink()
     source.weight_rounding = plain
     return nearest, figures, verdict, record
+
+
+def _tried(figures: dict) -> dict:
+    """What the manifest keeps of one try."""
+    return {k: figures[k] for k in ("sqnr_db", "top1_agreement", "passed") if figures.get(k) is not None}
 
 
 def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, validate, progress) -> tuple:

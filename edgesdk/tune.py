@@ -14,14 +14,13 @@ A search over what the profile can run, cheapest checks first:
   4. the fastest within budget is written as the artifact, its manifest naming the search, the others, and
      the threads and device options deploy then runs it with.
 Several hosts of one profile share the measurements (a fleet is a tuning farm); a host that fails is
-reported and its jobs go to the others, a host that lacks one format's runtime still measures the rest. `budget` bounds the wall time; what it cut is reported. Ctrl-C
-keeps what was measured.
+reported and its jobs go to the others, a host that lacks one format's runtime still measures the rest.
+`budget` bounds the wall time; what it cut is reported. Ctrl-C keeps what was measured.
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import random
 import shutil
 import statistics
@@ -149,8 +148,8 @@ def thread_counts(profile) -> list:
 def tune(model, target="local", *, hosts="local", calibration=None, validation=None, max_accuracy_drop=1.0,
          budget=None, runs=50, warmup=5, repeat=2, output_dir="edgesdk-out", store=None, seed=0,
          formats=None, quantizations=None, fine_tune=None, sparsities=None, max_size=None, remote_python=None,
-         workdir=None,
-         accept_new_host_key=False, quiet=False, progress: Progress | None = None, **convert_options) -> dict:
+         workdir=None, accept_new_host_key=False, quiet=False, progress: Progress | None = None,
+         **convert_options) -> dict:
     """Search what `target` can run for the fastest artifact within the accuracy budget; see the module doc.
 
     hosts: "local", one host, or a list of hosts of this profile. fine_tune: labelled data; with it, pruned int8
@@ -195,8 +194,8 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
 
     def measure(job, host):
         c, t = job
-        res = deploy_one(c.artifact, host, runs=runs, warmup=warmup, threads=t, store=store, device_options=c.options,
-                         accept_new_host_key=accept_new_host_key, progress=Progress(quiet=True),
+        res = deploy_one(c.artifact, host, runs=runs, warmup=warmup, threads=t, store=store,
+                         device_options=c.options, accept_new_host_key=accept_new_host_key, progress=Progress(quiet=True),
                          remote_runs=remote_runs, remote_python=remote_python, workdir=workdir)
         c.p50s.setdefault(t, []).append(res.p50)
         c.results[t] = res
@@ -351,9 +350,7 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
     rows = []
     for c in cands:
         row = {"candidate": c.name, "format": c.fmt, "quantization": c.quantization, "sparsity": c.sparsity,
-               "variant": c.variant,
-               "device_options": c.options, "status": c.status,
-               "why": c.why, "cached": c.cached, "passed": c.artifact is not None,
+               "variant": c.variant, "device_options": c.options, "status": c.status, "why": c.why, "cached": c.cached, "passed": c.artifact is not None,
                "top1_agreement": c.figures.get("top1_agreement"), "sqnr_db": c.figures.get("sqnr_db"),
                "size_bytes": c.artifact.path.stat().st_size if c.artifact is not None else None,
                # what a pruned artifact saves shows compressed (its zeros are stored dense)
@@ -384,7 +381,7 @@ def _finish(cands, skipped, profile, hosts, threads, out, started, budget, inter
            "interrupted": interrupted, "host_errors": farm.errors, "skipped": skipped,
            "host_limits": {h: {f: why for (h2, f), why in farm.cannot.items() if h2 == h}
                            for h in dict.fromkeys(h for h, _ in farm.cannot)},
-           "candidates": timed + [r for r in rows if r not in timed],
+           "candidates": timed + [r for r in rows if not any(r is t for t in timed)],
            "run_ids": sorted(m["run_id"] for r in rows for m in r["by_threads"].values() if m["run_id"]),
            "converted": sum(c.status != "skipped" and not c.cached and (c.artifact is not None or bool(c.figures))
                             for c in cands if c.base is None),
