@@ -72,6 +72,44 @@ def _apply_masks(variables, sparsity: float, masks=None) -> list:
     return masks
 
 
+RAMP = 0.7  # sparsity reaches its target after this share of the steps; the rest recovers at it
+# Knowledge distillation: the float source, before any weight is pruned, teaches its pruned self. Soft targets
+# at temperature T carry what the labels do not (which wrong classes are close); the labels keep it honest.
+DISTILL_ALPHA = 0.5  # weight of the teacher's soft targets (the rest: cross-entropy on the labels)
+DISTILL_T = 4.0
+
+
+def _targets(source, data, from_logits, K, distill: bool) -> tuple:
+    """(y for fit, its loss, the teacher's record): with distill, labels and the source's own outputs packed
+    side by side, judged by the distillation loss; else (or with no class distribution to teach) the labels
+    and cross-entropy."""
+    plain = data.y, K.losses.SparseCategoricalCrossentropy(from_logits=from_logits), None
+    if not distill:
+        return plain
+    teacher = np.asarray(source.predict(data.x)[0], dtype=np.float32)
+    classes = teacher.shape[-1] if teacher.ndim == 2 else 1
+    labels = np.asarray(data.y).reshape(-1).astype(np.int64)
+    if classes < 2:
+        return plain
+    y = np.concatenate([np.eye(classes, dtype=np.float32)[labels], teacher], axis=1)
+    return y, _distillation_loss(classes, from_logits), {"alpha": DISTILL_ALPHA, "temperature": DISTILL_T}
+
+
+def _distillation_loss(classes: int, from_logits: bool):
+    import tensorflow as tf
+
+    def loss(y_true, y_pred):
+        onehot, teacher = y_true[:, :classes], y_true[:, classes:]
+        student = y_pred if from_logits else tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        taught = teacher if from_logits else tf.math.log(tf.clip_by_value(teacher, 1e-7, 1.0))
+        hard = -tf.reduce_sum(onehot * tf.nn.log_softmax(student), axis=-1)
+        soft_t = tf.nn.softmax(taught / DISTILL_T)
+        soft = tf.reduce_sum(soft_t * (tf.math.log(soft_t + 1e-9) - tf.nn.log_softmax(student / DISTILL_T)),
+                             axis=-1)  # KL(teacher || student) at temperature T
+        return DISTILL_ALPHA * soft * DISTILL_T ** 2 + (1 - DISTILL_ALPHA) * hard
+    return loss
+
+
 def _from_logits(source, fine_tune) -> bool:
     """Whether the loss needs from_logits: yes unless the model already ends in probabilities."""
     from edgesdk.tasks.classify import is_probabilities
@@ -83,7 +121,7 @@ def _from_logits(source, fine_tune) -> bool:
 
 
 def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: int = 32,
-          learning_rate: float = 1e-3, log=print) -> dict:
+          learning_rate: float = 1e-3, log=print, distill: bool = False) -> dict:
     """Prune `source.model` in place to `sparsity`; returns a report with achieved figures."""
     if source.flavor == "saved_model":
         raise ConversionError(f"'{source.path}' is a plain SavedModel with no Keras layers to prune. Prune the "
@@ -105,13 +143,14 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
         from_logits = _from_logits(source, fine_tune)
         steps_per_epoch = int(np.ceil(len(fine_tune) / batch_size))
         total = max(1, steps_per_epoch * epochs)
+        y, loss, report["teacher"] = _targets(source, fine_tune, from_logits, K, distill)
         if source.flavor == "tf-keras" and _tfmot_can_wrap(source.model):
-            source.model = _tfmot_fit(source.model, K, fine_tune, sparsity, total, epochs, batch_size,
-                                      learning_rate, from_logits)
+            source.model = _tfmot_fit(source.model, fine_tune.x, y, loss, K, sparsity, total, epochs, batch_size,
+                                      learning_rate)
             report["method"] = "tfmot polynomial decay"
         else:
-            _mask_fit(source.model, K, variables, fine_tune, sparsity, total, epochs, batch_size,
-                      learning_rate, from_logits)
+            _mask_fit(source.model, fine_tune.x, y, loss, K, variables, sparsity, total, epochs, batch_size,
+                      learning_rate)
             report["method"] = "gradual magnitude masks"
         report["epochs"] = epochs
     achieved = measure_sparsity(source.model)
@@ -128,24 +167,23 @@ def _tfmot_can_wrap(model) -> bool:
     return isinstance(model, tf_keras.Sequential) or getattr(model, "_is_graph_network", False)
 
 
-def _tfmot_fit(model, K, data, sparsity, total_steps, epochs, batch_size, lr, from_logits):
+def _tfmot_fit(model, x, y, loss, K, sparsity, total_steps, epochs, batch_size, lr):
     import tensorflow_model_optimization as tfmot
-    end = max(1, int(total_steps * 0.7))
+    end = max(1, int(total_steps * RAMP))
     # tfmot's default frequency (100 steps) never fires on a short fine-tune and
     # silently leaves the model dense: prune about ten times along the ramp.
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0, end_step=end,
         frequency=max(1, end // 10))
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-    wrapped.compile(optimizer=K.optimizers.Adam(lr),
-                    loss=K.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
-    wrapped.fit(data.x, data.y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True,
+    wrapped.compile(optimizer=K.optimizers.Adam(lr), loss=loss)
+    wrapped.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True,
                 callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(wrapped)
 
 
-def _mask_fit(model, K, variables, data, sparsity, total_steps, epochs, batch_size, lr, from_logits):
-    end = max(1, int(total_steps * 0.7))
+def _mask_fit(model, x, y, loss, K, variables, sparsity, total_steps, epochs, batch_size, lr):
+    end = max(1, int(total_steps * RAMP))
     every = max(1, end // 10)
 
     class GradualMasks(K.callbacks.Callback):
@@ -164,9 +202,8 @@ def _mask_fit(model, K, variables, data, sparsity, total_steps, epochs, batch_si
             final = _apply_masks(variables, sparsity)  # exact target, whatever the step count
             self.masks = final
 
-    model.compile(optimizer=K.optimizers.Adam(lr),
-                  loss=K.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
-    model.fit(data.x, data.y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True,
+    model.compile(optimizer=K.optimizers.Adam(lr), loss=loss)
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True,
               callbacks=[GradualMasks()])
 
 

@@ -72,7 +72,7 @@ def _apply(params, masks):
 
 
 def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: int = 32,
-          learning_rate: float = 1e-3, log=print) -> dict:
+          learning_rate: float = 1e-3, log=print, distill: bool = False) -> dict:
     """Prune `source.model` in place; `fine_tune` is labelled data or a callable(model, epoch)."""
     if source.flavor == "torchscript":
         raise ConversionError("TorchScript models cannot be pruned here; prune the nn.Module before scripting "
@@ -90,7 +90,8 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
         if callable(fine_tune):
             _prune_per_epoch(source, params, sparsity, fine_tune, epochs)
         else:
-            _prune_per_step(source, params, sparsity, fine_tune, epochs, batch_size, learning_rate)
+            report["teacher"] = _prune_per_step(source, params, sparsity, fine_tune, epochs, batch_size,
+                                                learning_rate, distill)
         _apply(params, global_masks(params, sparsity))
         report["method"] = "gradual global magnitude"
         report["epochs"] = epochs
@@ -111,7 +112,7 @@ def schedule(step: int, ramp_steps: int, sparsity: float) -> float:
     return sparsity * (1.0 - (1.0 - frac) ** 3)
 
 
-def _prune_per_step(source, params, sparsity, data, epochs, batch_size, learning_rate) -> None:
+def _prune_per_step(source, params, sparsity, data, epochs, batch_size, learning_rate, distill=False):
     """Masks raised every few optimizer steps and re-applied after each, so Adam's momentum cannot move a
     pruned weight (with per-epoch masks and epochs=2 the whole sparsity landed at epoch 0)."""
     steps_per_epoch = -(-len(data.x) // batch_size)
@@ -123,13 +124,14 @@ def _prune_per_step(source, params, sparsity, data, epochs, batch_size, learning
         if step % every == 0 and step <= ramp + every:
             state["masks"] = global_masks(params, schedule(step, ramp, sparsity))
         _apply(params, state["masks"])
-    trainer = _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step)
+    trainer, teacher = _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step, distill)
     try:
         set_mode(source.model, training=True)
         for epoch in range(epochs):
             trainer(source.model, epoch)
     finally:
         set_mode(source.model, training=False)
+    return teacher
 
 
 def _prune_per_epoch(source, params, sparsity, train_one_epoch, epochs) -> None:
@@ -152,7 +154,13 @@ def _prune_per_epoch(source, params, sparsity, train_one_epoch, epochs) -> None:
         set_mode(source.model, training=False)
 
 
-def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=None):
+# Knowledge distillation, as the Keras pruner does it: the float source (before pruning) as teacher
+DISTILL_ALPHA, DISTILL_T = 0.5, 4.0
+
+
+def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=None, distill=False):
+    """(one epoch of fine-tuning, the teacher's record or None): cross-entropy on the labels, plus with
+    distill the KL divergence to the float source's outputs at temperature DISTILL_T."""
     import torch
     from edgesdk.tasks.classify import is_probabilities
     if data.y is None:
@@ -164,22 +172,34 @@ def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=Non
     probabilities = is_probabilities(outs[0])
     optimizer = torch.optim.Adam(source.model.parameters(), lr=learning_rate)
     x, y = torch.from_numpy(np.ascontiguousarray(data.x)), torch.from_numpy(data.y)
+    taught = None
+    if distill and outs[0].ndim == 2 and outs[0].shape[-1] >= 2:
+        taught = torch.from_numpy(np.asarray(source.predict(data.x)[0], dtype=np.float32))
+        taught = torch.log(taught.clamp_min(1e-7)) if probabilities else taught
+
+    def loss_of(out, idx):
+        logits = torch.log(out.clamp_min(1e-7)) if probabilities else out
+        loss = torch.nn.functional.cross_entropy(logits, y[idx])
+        if taught is None:
+            return loss
+        soft = torch.nn.functional.kl_div(torch.log_softmax(logits / DISTILL_T, -1),
+                                          torch.log_softmax(taught[idx] / DISTILL_T, -1), log_target=True,
+                                          reduction="batchmean")
+        return DISTILL_ALPHA * soft * DISTILL_T ** 2 + (1 - DISTILL_ALPHA) * loss
     gen = torch.Generator().manual_seed(0)
     steps = [0]
 
     def epoch(model, _epoch):
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
             optimizer.zero_grad()
-            out = model(x[idx])
-            loss = torch.nn.functional.nll_loss(torch.log(out.clamp_min(1e-7)), y[idx]) if probabilities \
-                else torch.nn.functional.cross_entropy(out, y[idx])
+            loss = loss_of(model(x[idx]), idx)
             loss.backward()
             optimizer.step()
             steps[0] += 1
             if after_step is not None:
                 with torch.no_grad():
                     after_step(steps[0])
-    return epoch
+    return epoch, ({"alpha": DISTILL_ALPHA, "temperature": DISTILL_T} if taught is not None else None)
 
 
 def snapshot(model):

@@ -121,6 +121,8 @@ def families(ctx, as_json):
 @click.option("--prune", type=float, default=0.0, metavar="SPARSITY", help="Magnitude-prune to this sparsity, e.g. 0.5.")
 @click.option("--fine-tune", metavar="DATA", help="Labelled data to fine-tune on while pruning.")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs.")
+@click.option("--distill", is_flag=True, help="Fine-tune the pruned model with the float one as its teacher "
+              "(soft targets at temperature 4 beside the labels).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
@@ -185,7 +187,7 @@ def families(ctx, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, batch_size, learning_rate,
+def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, distill, batch_size, learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
             offset, mean, std, channel_order, calibration_method, weight_rounding, input_shape, input_values,
@@ -206,7 +208,8 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
     except ValueError:
         raise click.BadParameter("--mean and --std take comma-separated numbers, e.g. 0.5,0.5,0.5")
     art = run_convert(model, target, calibration=calibration, validation=validation, prune=prune,
-                      fine_tune=fine_tune, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                      fine_tune=fine_tune, epochs=epochs, distill=distill, batch_size=batch_size,
+                      learning_rate=learning_rate,
                       output_dir=output_dir, format=fmt, quantization=quantization, input_dtype=input_dtype,
                       output_dtype=output_dtype, calibration_samples=calibration_samples,
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,

@@ -50,7 +50,7 @@ def _preprocess(value) -> Preprocess:
 
 
 def convert(model, target="local", *, calibration=None, validation=None, prune=0.0, fine_tune=None,
-            epochs=2, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
+            epochs=2, distill=False, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
@@ -84,7 +84,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             progress.step(f"{profile.name} prefers {profile.artifact.format}, but {framework} sources go to "
                           f"{fmt}: making {fmt}")
     recipe = make_recipe(profile, format=fmt, quantization=quantization, input_dtype=input_dtype,
-                         output_dtype=output_dtype, prune=prune, epochs=epochs, batch_size=batch_size,
+                         output_dtype=output_dtype, prune=prune, epochs=epochs, distill=distill, batch_size=batch_size,
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
@@ -147,6 +147,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
         tune = load_for(source, fine_tune, preprocess=recipe.preprocess, what="fine-tuning data")
+    if recipe.distill and (tune is None or callable(tune) or not recipe.sparsity):
+        raise OptionError("--distill fine-tunes a pruned model on --fine-tune DATA with the float source as its "
+                          "teacher: give --prune and --fine-tune DATA (a training callback brings its own loss).")
     if recipe.sparsity == 0 and tune is not None:
         progress.warn("--fine-tune is only used with --prune; ignoring it.")
 
@@ -184,7 +187,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             progress.step(f"pruning to {recipe.sparsity:.0%} sparsity" + (
                 f", fine-tuning {recipe.epochs} epoch(s)" + ("" if callable(tune) else f" on {len(tune)} samples")
                 if tune is not None else ""))
-            pruning = pruner.prune(source, recipe.sparsity, tune, epochs=recipe.epochs,
+            pruning = pruner.prune(source, recipe.sparsity, tune, epochs=recipe.epochs, distill=recipe.distill,
                                    batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                                    log=progress.warn)
             pruned_outputs = source.predict(val.x)
@@ -476,6 +479,7 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
     if pruning:
         sparsity.update({"method": pruning["method"], "fine_tuned": pruning["fine_tuned"],
                          "epochs": pruning["epochs"], "source_after_pruning": pruning["achieved"],
+                         "teacher": pruning.get("teacher"),
                          "pruned_source_accuracy": figures.get("pruned_source_accuracy")})
     cov = info["coverage"]
     return {

@@ -27,6 +27,7 @@ class Recipe:
     calibration_samples: int
     sparsity: float = 0.0
     epochs: int = 2
+    distill: bool = False  # fine-tune with the float source as teacher (soft targets beside the labels)
     batch_size: int = 32
     learning_rate: float = 1e-3
     max_accuracy_drop: float = 1.0
@@ -64,7 +65,7 @@ class Recipe:
 
 
 def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
-                output_dtype=None, prune=0.0, epochs=2, batch_size=32, learning_rate=1e-3,
+                output_dtype=None, prune=0.0, epochs=2, distill=False, batch_size=32, learning_rate=1e-3,
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
@@ -141,7 +142,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     arithmetic = "host" if profile.device.arch == platform.machine() else "exact"
     return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt,
                   quantization=quant, input_dtype=in_dt, output_dtype=out_dt, per_channel=spec.per_channel,
-                  calibration_samples=samples, sparsity=prune, epochs=epochs,
+                  calibration_samples=samples, sparsity=prune, epochs=epochs, distill=bool(distill),
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
                   calibration_method=calibration_method, exclude_nodes=exclude_nodes,

@@ -106,6 +106,7 @@ def test_tfkeras_h5_pruned_with_tfmot_fine_tune(tfkeras_mnist, mnist_files, tmp_
                           output_dir=tmp_path, quiet=True, max_accuracy_drop=2.0)
     s = art.manifest["sparsity"]
     assert s["method"] == "tfmot polynomial decay" and s["fine_tuned"] is True
+    assert s["teacher"] is None  # distillation is asked for (--distill), not the default
     # measured in the artifact's int8 weights, layer by layer, not taken from the recipe
     assert s["artifact"] >= 0.74
     assert all(layer["sparsity"] >= 0.74 for layer in s["artifact_layers"])
@@ -137,6 +138,11 @@ def test_one_shot_pruning_warns_and_a_failed_gate_leaves_nothing(keras3_mnist, m
     assert "Validation failed: accuracy drop (points)" in str(e.value) and "Nothing was written" in str(e.value)
     assert e.value.figures["gate"]["verdict"] == "fail"
     assert e.value.figures["artifact_accuracy"] < e.value.figures["reference_accuracy"] - 0.01
+    assert list(out.iterdir()) == []
+    # a teacher needs fine-tuning data to teach on
+    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--prune", "0.5", "--distill",
+                "-o", out)
+    assert r.returncode == 2 and "--distill fine-tunes a pruned model on --fine-tune DATA" in r.stderr, r.stderr
     assert list(out.iterdir()) == []
 
 

@@ -89,10 +89,11 @@ def test_live_module_to_jetson_qdq_onnx_keeps_nchw(digit_net, digits_nchw, tmp_p
 def test_pruning_with_fine_tuning_and_the_callers_module_left_intact(digit_net, digits_nchw, tmp_path):
     before = {k: v.clone() for k, v in digit_net.state_dict().items()}
     art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), prune=0.75,
-                          fine_tune=digits_nchw["train"], calibration=digits_nchw["train"],
+                          fine_tune=digits_nchw["train"], calibration=digits_nchw["train"], distill=True,
                           validation=digits_nchw["test"], output_dir=tmp_path, quiet=True)
     s = art.manifest["sparsity"]
     assert s["method"] == "gradual global magnitude" and s["source_after_pruning"] >= 0.749
+    assert s["teacher"] == {"alpha": 0.5, "temperature": 4.0}
     assert s["artifact"] >= 0.74  # measured in the int8 weights of the artifact
     assert art.validation["passed"]
     for k, v in digit_net.state_dict().items():
