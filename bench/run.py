@@ -91,9 +91,11 @@ def bench_accuracy(tmp, quick, mnist):
     import edgesdk
     model, data = mnist
     rows = []
-    for label, kwargs in (("int8", {}), ("75% pruned + int8", {"prune": 0.75, "fine_tune": data["train"]})):
+    pruned = {"prune": 0.75, "fine_tune": data["train"]}
+    for label, kwargs in (("int8", {}), ("75% pruned + int8", pruned),
+                          ("75% pruned + int8, distilled", {**pruned, "distill": True})):
         art = edgesdk.convert(str(model), "rpi4", calibration=data["train"], validation=data["test"],
-                              output_dir=tmp / f"acc-{label[:3]}", quiet=True, max_accuracy_drop=100, **kwargs)
+                              output_dir=tmp / f"acc-{len(kwargs)}", quiet=True, max_accuracy_drop=100, **kwargs)
         v = art.validation
         drop = 100 * (v["reference_accuracy"] - v["artifact_accuracy"])
         rows.append({"name": f"accuracy drop, fp32 -> {label} (MNIST CNN, 1,000 held-out digits)",
