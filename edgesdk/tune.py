@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EdgeSDKError, OptionError
+from .errors import BenchmarkError, EdgeSDKError, OptionError, RuntimeMissing
 from .progress import Progress
 
 DROP_AFTER = 1.5  # after round 1: p50 over this many times the best cannot win
@@ -286,7 +286,6 @@ class _Farm:
         return "no host could measure it: " + "; ".join(whys) if len(whys) == len(self.hosts) else ""
 
     def run(self, jobs: list, measure, deadline) -> None:
-        from .errors import BenchmarkError, RuntimeMissing
         todo, lock = list(jobs), threading.Lock()
 
         def take(host):

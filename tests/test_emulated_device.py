@@ -255,11 +255,10 @@ def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(rea
     assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
 
 
-
 def test_tune_measures_on_the_emulated_pi_and_deploy_runs_the_winner_as_tuned(ready_pi, ssh_env, keras3_mnist,
-                                                                              mnist_files, tmp_path):
+                                                                              mnist_files, tflite_artifact, tmp_path):
     """The search on an aarch64 userland: each candidate measured there, the winner deployed as it won."""
-    deploy(str(_any(keras3_mnist, mnist_files, tmp_path)), ALIAS, runs=2, warmup=0, accept_new_host_key=True)
+    deploy(str(tflite_artifact.path), ALIAS, runs=2, warmup=0, accept_new_host_key=True)  # first contact
     store = ResultStore()
     doc = edgesdk.tune(str(keras3_mnist), "rpi4", hosts=[ALIAS], calibration=str(mnist_files["train"]),
                        formats=["tflite"], quantizations=["int8"], runs=10, warmup=1, repeat=1,
@@ -275,8 +274,3 @@ def test_tune_measures_on_the_emulated_pi_and_deploy_runs_the_winner_as_tuned(re
     ran = deploy(doc["artifact"], ALIAS, runs=3, warmup=0, store=store)
     assert ran.raw["machine"] == "aarch64" and ran.delegate == ("none" if winner["variant"] else "xnnpack")
     assert ran.threads == min(winner["threads"], ran.probe["cores"])
-
-
-def _any(keras3_mnist, mnist_files, tmp_path):
-    return edgesdk.convert(str(keras3_mnist), "rpi4", calibration=str(mnist_files["train"]),
-                           output_dir=tmp_path / "first", quiet=True).path
