@@ -32,6 +32,7 @@ FORMAT = "tflite"
 FRAMEWORK = "onnx"
 MULTI_INPUT = True  # onnx2tf keeps the ONNX input names; several inputs are fed by name
 CORRECTED_ROUNDING = tflite_int8.CORRECTED_ROUNDING  # the float flatbuffer's weights, before ai-edge-quantizer
+CUTS_TAILS = True  # a detector head's merging Concat can be left to the host (edgesdk.host_tail)
 
 ONNX2TF = toolchains.Toolchain("onnx2tf", ("onnx2tf==1.29.24",), "ONNX -> TFLite",
                                "about 2.6 GB and 2 minutes, once")
@@ -40,16 +41,22 @@ SAMPLES = 20  # what onnx2tf compares ONNX and TF outputs on while it picks tran
 
 
 def prepare_source(source, recipe, calibration, step=None):
-    """The TensorFlow form of the source, made by onnx2tf once per source and kept beside it."""
-    if "onnx2tf" in source.derived:
-        return source.derived["onnx2tf"]
+    """The TensorFlow form of the source (cut before its host tail, if any), made by onnx2tf once per source
+    and cut, and kept beside it."""
+    key = ("onnx2tf", recipe.host_tail)
+    if key in source.derived:
+        return source.derived[key]
     import_tf()  # what this side needs, checked before onnx2tf's minutes
     if recipe.quantization == "int8":
         tflite_int8.require()
     work = tempfile.TemporaryDirectory(prefix="edgesdk-onnx2tf-")
     out = Path(work.name) / "saved_model"
     graph = Path(work.name) / "source.onnx"
-    rewritten = _int8_friendly(source.float_onnx, graph)
+    float_onnx = source.float_onnx
+    if recipe.host_tail:
+        from edgesdk.host_tail import cut_source
+        float_onnx = cut_source(source, recipe.host_tail)[0]
+    rewritten = _int8_friendly(float_onnx, graph)
     request = {"onnx": str(graph), "out": str(out),
                # only 4-D image inputs become NHWC; audio (N, C, T), feature and state inputs keep their layout
                # (onnx2tf takes the option for 3-D to 5-D inputs; it leaves the others as they are)
@@ -76,7 +83,7 @@ def prepare_source(source, recipe, calibration, step=None):
     if rewritten:
         source.notes.append(f"{rewritten} HardSigmoid rewritten as Mul, Add, Clip(0, 6), Mul (the same function; "
                             f"its TFLite form RELU_0_TO_1 has no int8 in ai-edge-quantizer)")
-    source.derived["onnx2tf"] = tf_source
+    source.derived[key] = tf_source
     return tf_source
 
 

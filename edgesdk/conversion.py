@@ -191,6 +191,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                                    batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                                    log=progress.warn)
             pruned_outputs = source.predict(val.x)
+        recipe = _cut_detector_tail(source, recipe, route, reference, progress)
         if hasattr(route, "prepare_source"):
             route.prepare_source(source, recipe, calib, step=progress.step)
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
@@ -239,7 +240,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                 source, recipe, profile, calib, val, tmp, reference, figures, _model_io(source))
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings, sampling)
-        manifest["quantization"]["detector_tail"] = tail
+        manifest["quantization"]["detector_tail"] = tail or _host_tail_record(tmp, source, recipe, val, layout)
         if rounding:
             manifest["quantization"]["weight_rounding"]["auto"] = rounding
         manifest["recovery"] = recovery
@@ -319,7 +320,39 @@ def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, pr
     progress.step(f"detector head: keeping {tail.label} in float, where boxes and scores meet, so each keeps "
                   f"its own int8 scale")
     tmp.write_bytes(data)
-    return tail.applied(recipe), {"nodes": list(tail.nodes), "why": "boxes and scores merged in one tensor"}
+    return tail.applied(recipe), {"mode": "float", "nodes": list(tail.nodes),
+                                  "why": "boxes and scores merged in one tensor"}
+
+
+def _cut_detector_tail(source, recipe, route, reference, progress):
+    """A TFLite artifact of a detector whose head merges boxes and scores in one Concat stops before it.
+
+    Its outputs are int8 at the boundary and the Edge TPU runs nothing in float, so keeping that Concat in
+    float (what ONNX artifacts do) is no answer: the artifact outputs the Concat's inputs, each with its
+    own scale, and the host joins them (host_tail.py). Routes that can cut their source say CUTS_TAILS.
+    """
+    if recipe.quantization != "int8" or not getattr(route, "CUTS_TAILS", False) or recipe.host_tail:
+        return recipe
+    from dataclasses import replace
+    from .host_tail import plan
+    outputs = plan(source, reference, _model_io(source), recipe.task)
+    if not outputs:
+        return recipe
+    progress.step(f"detector head: the artifact stops before the Concat that merges boxes and scores "
+                  f"({', '.join(outputs)}), so each keeps its own int8 scale; the host joins them")
+    return replace(recipe, host_tail=outputs)
+
+
+def _host_tail_record(path: Path, source, recipe, val, layout) -> dict | None:
+    """How the artifact's outputs join into the source's, in the artifact's own names (the manifest's)."""
+    if not recipe.host_tail:
+        return None
+    from .host_tail import read_as_source
+    art = open_artifact(path, format=recipe.format)
+    joined = read_as_source(art, source, recipe, val.x[:4], to_artifact_layout(val.x[:4], source, layout))
+    return {"mode": "host", "outputs": joined.describe(),
+            "why": "boxes and scores merged in one tensor: the artifact outputs each with its own scale, "
+                   "joined on the host (np.concatenate on 'axis', then each step of 'then')"}
 
 
 AUTO_ROUNDING_BELOW_DB = 30.0  # int8 this close to the source has nothing a rounding could measurably give back
@@ -410,10 +443,12 @@ def _model_io(source):
 
 def _validate(path: Path, reference, val, recipe, progress, source, layout, metric):
     from .validation import gate, judge, match_outputs
+    from .host_tail import read_as_source
     art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format,
                         exact=recipe.int8_arithmetic == "exact")
     x = to_artifact_layout(val.x, source, layout)  # data comes in the source's layout
     try:
+        art = read_as_source(art, source, recipe, val.x, x)
         outs = artifact_outputs(art, x, source, reference, progress=progress.bar("validating"))
     except ModelLoadError as exc:  # the runtime refuses what the converter made (an XNNPACK kernel's limits)
         raise ConversionError(f"The converted {recipe.format} artifact does not run here: "

@@ -81,6 +81,7 @@ def gain(before_checks, after: dict) -> float:
 
 def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout) -> list:
     """Each candidate kept in float: the failing checks again, on the same first MEASURE_SAMPLES samples."""
+    from .host_tail import read_as_source
     from .inspection import open_artifact
     from .validation import judge, match_outputs
     x = to_artifact_layout(val.x[:MEASURE_SAMPLES], source, layout)
@@ -89,7 +90,8 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
     keys = [(c["check"], c.get("output")) for c in failing]
 
     def measured(path) -> dict:
-        art = open_artifact(path, format=recipe.format, exact=recipe.int8_arithmetic == "exact")
+        art = read_as_source(open_artifact(path, format=recipe.format, exact=recipe.int8_arithmetic == "exact"),
+                             source, recipe, val.x[:len(x)], x)
         outs, _ = match_outputs(ref, io.output_names, artifact_outputs(art, x, source, ref), art.output_names)
         checks = judge(ref, outs, labels, io=io, task=recipe.task, thresholds=recipe.thresholds())["checks"]
         return {(c["check"], c.get("output")): c for c in checks}

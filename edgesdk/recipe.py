@@ -51,6 +51,9 @@ class Recipe:
     # +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops), or "auto": nearest, and corrected too
     # where int8 costs something, the one that measures better kept (conversion.choose_rounding)
     weight_rounding: str = "auto"
+    # source outputs whose merging tail (a detector head's Concat of boxes and scores) the artifact leaves
+    # to the host: its graph is cut before it (host_tail.py); set by conversion, not by the user
+    host_tail: tuple = ()
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
@@ -61,6 +64,7 @@ class Recipe:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         d["exclude_nodes"], d["exclude_op_types"] = list(self.exclude_nodes), list(self.exclude_op_types)
+        d["host_tail"] = list(self.host_tail)
         return d
 
 
