@@ -171,8 +171,9 @@ def test_yolov8_head_for_the_coral_stops_before_its_merging_concat(tmp_path):
     from edgesdk.onnx_artifact import ONNXArtifact
     source = ONNXArtifact(model).predict(fixtures.character_images()[:3])[0]
     assert joined.shape == source.shape == (3, 5, 3549)
-    scores = source[:, 4] > 0.25
-    assert np.corrcoef(joined[:, 4][scores], source[:, 4][scores])[0, 1] > 0.9
+    found = source[:, 4] > 0.25  # the cells the source detects a character in: their boxes line up
+    boxes, want = joined[:, :4].transpose(0, 2, 1)[found], source[:, :4].transpose(0, 2, 1)[found]
+    assert found.sum() > 20 and np.median(np.abs(boxes - want) / want) < 0.05
     # a head whose last Concat joins levels (YOLOX's cells), not boxes and scores, is not cut
     levels = Tail("output", ("a", "b"), 1, (), ((1, 2704, 6), (1, 676, 6)))
     assert not levels.splits(1) and Tail("output0", ("a", "b"), 1, (), ((1, 4, 10), (1, 2, 10))).splits(2)
