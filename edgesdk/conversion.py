@@ -181,7 +181,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         pruner = get_pruner(source.framework)
         snapshot = pruner.snapshot(given) if source.path is None else None
     tmp = temp_path_in(out_dir, final.name)
-    replaced = False
+    replaced, moved = False, []
     try:
         if recipe.sparsity:
             progress.step(f"pruning to {recipe.sparsity:.0%} sparsity" + (
@@ -240,7 +240,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                 source, recipe, profile, calib, val, tmp, reference, figures, _model_io(source))
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings, sampling)
-        manifest["quantization"]["detector_tail"] = tail or _host_tail_record(tmp, source, recipe, val, layout)
+        host_tail, host_tail_graph = _host_tail_record(tmp, final, source, recipe, val, layout)
+        manifest["quantization"]["detector_tail"] = tail or host_tail
         if rounding:
             manifest["quantization"]["weight_rounding"]["auto"] = rounding
         manifest["recovery"] = recovery
@@ -255,10 +256,15 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                 compiled = family.compile(staged, compat, Path(work), progress)
                 if compiled is not None:
                     manifest[compiled.manifest_key] = compiled.record
+            produced_files = list(compiled.files if compiled else [])
+            if host_tail_graph is not None:  # the tail goes with the artifact, renamed in with it
+                produced_files.append(Path(work) / tail_file(final).name)
+                shutil.copyfile(host_tail_graph, produced_files[-1])
             os.replace(tmp, final)
             replaced = True
-            for produced in (compiled.files if compiled else []):
+            for produced in produced_files:
                 os.replace(produced, out_dir / Path(produced).name)
+                moved.append(out_dir / Path(produced).name)
             write_json_atomic(manifest_path_for(final), manifest)
             replaced = False  # both in place
         raise_if_failed(figures, verdict, artifact_kept=str(final))
@@ -270,6 +276,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             pruner.restore(given, snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
+            for path in moved:
+                path.unlink(missing_ok=True)
 
 
 def _refuse_unquantized(path: Path, recipe) -> None:
@@ -343,16 +351,24 @@ def _cut_detector_tail(source, recipe, route, reference, progress):
     return replace(recipe, host_tail=outputs)
 
 
-def _host_tail_record(path: Path, source, recipe, val, layout) -> dict | None:
-    """How the artifact's outputs join into the source's, in the artifact's own names (the manifest's)."""
+def _host_tail_record(path: Path, path_final: Path, source, recipe, val, layout) -> tuple:
+    """(how the artifact's outputs are finished into the source's, in its own names, for the manifest; the
+    tail graph to write beside it), or (None, None) for an artifact that is not cut."""
     if not recipe.host_tail:
-        return None
+        return None, None
     from .host_tail import read_as_source
     art = open_artifact(path, format=recipe.format)
-    joined = read_as_source(art, source, recipe, val.x[:4], to_artifact_layout(val.x[:4], source, layout))
-    return {"mode": "host", "outputs": joined.describe(),
-            "why": "boxes and scores merged in one tensor: the artifact outputs each with its own scale, "
-                   "joined on the host (np.concatenate on 'axis', then each step of 'then')"}
+    finished = read_as_source(art, source, recipe, val.x[:4], to_artifact_layout(val.x[:4], source, layout))
+    return {"mode": "host", "file": tail_file(path_final).name, "sha256": sha256_file(finished.tail_path),
+            **finished.describe(),
+            "why": "boxes and scores merged in one tensor: the artifact outputs the branches before the head's "
+                   "post-processing, each with its own int8 scale; 'file' is that post-processing as a float "
+                   "ONNX graph, fed the artifact's outputs as 'feed' names them"}, finished.tail_path
+
+
+def tail_file(final: Path) -> Path:
+    """Where a cut artifact's host tail lives: NAME.PROFILE.tail.onnx beside it."""
+    return final.with_suffix(".tail.onnx")
 
 
 AUTO_ROUNDING_BELOW_DB = 30.0  # int8 this close to the source has nothing a rounding could measurably give back
@@ -499,6 +515,9 @@ def _cached(final: Path, cache_key: str, failed_too: bool = False) -> Artifact |
         return None
     if manifest.get("artifact", {}).get("sha256") != sha256_file(final):
         return None
+    tail = (manifest.get("quantization") or {}).get("detector_tail") or {}
+    if tail.get("file") and not (final.parent / tail["file"]).is_file():
+        return None  # a cut artifact without its host tail is half of one
     return Artifact(final, manifest, cached=True)
 
 

@@ -1,11 +1,13 @@
-"""A detector head's merging tail, finished on the host: the artifact stops where boxes and scores meet.
+"""A detector head's post-processing, finished on the host: the artifact stops where boxes and scores meet.
 
-A YOLO head joins pixel boxes (0..640) and 0..1 scores in one Concat; in one int8 tensor both get one
-scale and the scores collapse. An ONNX artifact keeps that Concat in float (conversion._keep_detector_tail).
-A TFLite artifact's outputs are int8 at its boundary, and the Edge TPU runs nothing in float, so there
-the source graph is cut before the Concat: the artifact outputs the Concat's inputs, each with its own
-scale, and the host joins them (the Concat and the reshapes or transposes after it: no arithmetic).
-The manifest says how, in the artifact's own output names; validation joins them the same way.
+A YOLO head decodes boxes to pixels (grid, stride, exp) and joins them with 0..1 scores in one Concat;
+in int8 that one tensor gets one scale and the scores collapse, and a decode in int8 (exp of a coarse
+input, pixels at a 1.6 px step) costs small boxes their overlap. An ONNX artifact keeps the Concat in
+float (conversion._keep_detector_tail). A TFLite artifact's outputs are int8 at its boundary and the
+Edge TPU runs nothing in float, so there the source graph is cut before its tail: the shape and
+arithmetic ops after the network's last layers (no weights, no activations), back from each merged
+output. The artifact outputs the branches, each with its own scale; the tail is written beside it as a
+small float ONNX graph, which validation and the user's program run on the host.
 """
 
 from __future__ import annotations
@@ -14,158 +16,127 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-SHAPING = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+# what a head's post-processing is made of: shapes, joins and elementwise arithmetic, no weights
+TAIL_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Concat", "Slice", "Split",
+            "Gather", "Add", "Sub", "Mul", "Div", "Exp", "Constant"}
 PROBE_SAMPLES = 4  # what the artifact's outputs are matched to the cut graph's on
 
 
 @dataclass(frozen=True)
 class Tail:
-    output: str    # the source output the host finishes
-    pieces: tuple  # the Concat's inputs: what the artifact outputs instead
-    axis: int      # the Concat's axis, counted from the front of the pieces' own shape
-    then: tuple = ()  # what follows the Concat: ("Transpose", perm) or ("Reshape", shape with -1 first)
-    shapes: tuple = ()  # each piece's shape (one sample), where the graph says it
-
-    def splits(self, cells_axis: int) -> bool:
-        """Whether the pieces are channel groups (boxes apart from scores), not runs of cells (levels)."""
-        if len(self.shapes) != len(self.pieces) or any(None in s for s in self.shapes):
-            return False
-        marked = self.join({p: np.full(s, k, np.float32) for k, (p, s) in enumerate(zip(self.pieces, self.shapes))})
-        return marked.ndim > cells_axis and bool(np.all(np.ptp(marked, axis=cells_axis) == 0))
-
-    def join(self, pieces: dict) -> np.ndarray:
-        """The source's output from the pieces (sample-first arrays, by piece name)."""
-        y = np.concatenate([pieces[p] for p in self.pieces], axis=self.axis)
-        for op, arg in self.then:
-            y = y.transpose(arg) if op == "Transpose" else y.reshape(arg)
-        return y
+    outputs: tuple  # the source outputs the host finishes
+    inputs: tuple   # where the graph is cut: what the artifact outputs instead
+    ops: tuple      # the tail's op types, for the manifest
 
 
-CELLS_AXIS = {"yolov8": 2, "yolov5": 1}  # (N, 4+nc, cells) and (N, cells, 5+nc)
-
-
-def merged_outputs(reference: list, io, task: str) -> dict:
-    """{output name: its cells axis} for the outputs a detection head merges boxes and scores in."""
+def merged_outputs(reference: list, io, task: str) -> set:
+    """Names of the outputs a detection head merges boxes and scores in (YOLOv8 and YOLOv5 layouts)."""
     from .errors import EdgeSDKError
+    from .mixed_precision import MERGED_HEADS
     from .tasks import pick
     try:
         heads = pick(task, reference, io)
     except EdgeSDKError:
-        return {}
-    return {io.output_names[h.outputs[0]]: CELLS_AXIS[h.params["layout"]] for h in heads
-            if h.task == "detect" and h.params.get("layout") in CELLS_AXIS}
+        return set()
+    return {io.output_names[h.outputs[0]] for h in heads
+            if h.task == "detect" and h.params.get("layout") in MERGED_HEADS}
 
 
-def find(onnx_path, outputs) -> tuple:
-    """The Tail of each named output that a Concat makes (through reshapes and transposes only)."""
+def find(onnx_path, outputs) -> Tail | None:
+    """The post-processing behind the named outputs: every op of TAIL_OPS whose results only the tail uses,
+    grown back from the outputs. None when there is no Concat in it or nothing to cut from."""
     import onnx
     model = onnx.load(str(onnx_path))
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:
-        pass  # without shapes, only tails with no reshape in them are found
+        pass  # then no cut point's type is known, and nothing is cut
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in list(graph.value_info) + list(graph.output)}
+    users = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(id(n))
+    finals = set(outputs) & set(producer)
+    tail = {id(producer[o]): producer[o] for o in finals if producer[o].op_type in TAIL_OPS}
+    graph_outputs = {o.name for o in graph.output}
+    grown = True
+    while grown:
+        grown = False
+        for node in list(tail.values()):
+            for i in node.input:
+                p = producer.get(i)
+                if p is None or id(p) in tail or p.op_type not in TAIL_OPS:
+                    continue
+                # a node whose results the network also uses, or that is an output itself, stays in it
+                if all(u in tail for o in p.output for u in users.get(o, [])) \
+                        and not (set(p.output) & (graph_outputs - finals)):
+                    tail[id(p)] = p
+                    grown = True
+    made = {o for n in tail.values() for o in n.output}
     constants = {i.name for i in graph.initializer}
-    tails = []
-    for out in sorted(outputs):
-        steps, node = [], producer.get(out)
-        while node is not None and node.op_type in SHAPING:
-            if node.op_type == "Transpose":
-                perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
-                rank = len(shapes.get(node.output[0]) or [])
-                if not perm and not rank:
-                    break
-                steps.append(("Transpose", tuple(perm[0] if perm else range(rank - 1, -1, -1))))
-            elif node.op_type != "Identity":
-                shape = shapes.get(node.output[0])
-                if not shape or None in shape[1:]:
-                    break
-                steps.append(("Reshape", (-1,) + tuple(shape[1:])))
-            node = producer.get(node.input[0])
-        if node is None or node.op_type != "Concat" or len(node.input) < 2 or set(node.input) & constants:
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        rank = len(shapes.get(node.output[0]) or [])
-        if axis < 0:
-            if not rank:
-                continue
-            axis += rank
-        sizes = tuple(tuple(shapes.get(p) or (None,)) for p in node.input)
-        tails.append(Tail(out, tuple(node.input), axis, tuple(reversed(steps)), sizes))
-    return tuple(tails)
+    cut = []
+    for n in graph.node:  # graph order: the cut points in the order the network makes them
+        if id(n) in tail:
+            cut += [i for i in n.input if i and i not in made and i not in constants and i not in cut]
+    inputs = {i.name for i in graph.input}
+    floats = {v.name for v in list(graph.value_info) + list(graph.output)
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    # the artifact outputs float maps only: a shape computed at run time (Shape -> Gather) is no cut point
+    if not any(n.op_type == "Concat" for n in tail.values()) or not cut or set(cut) & inputs \
+            or not set(cut) <= floats:
+        return None
+    return Tail(tuple(sorted(finals)), tuple(cut), tuple(sorted({n.op_type for n in tail.values()})))
 
 
-def cut(onnx_path, dst, tails) -> list:
-    """The graph without the tails: its outputs are the others, then each tail's pieces. Returns their names."""
+def split(onnx_path, tail: Tail, head_path, tail_path) -> list:
+    """The source graph in two: the head (outputs: the others, then the cut points) and the tail (inputs:
+    the cut points, outputs: the finished ones). Returns the head's output names."""
     import onnx
-    from onnx import helper
-    model = onnx.load(str(onnx_path))
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        pass
-    graph = model.graph
-    finished = {t.output for t in tails}
-    names = [o.name for o in graph.output if o.name not in finished]
-    for t in tails:
-        names += [p for p in t.pieces if p not in names]
-    known = {v.name: v for v in list(graph.value_info) + list(graph.output)}
-    outputs = [known[n] if n in known else helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-               for n in names]
-    needed, kept = set(names), []
-    for node in reversed(graph.node):  # only what the new outputs need
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    del graph.output[:]
-    graph.output.extend(outputs)
-    weights = [i for i in graph.initializer if i.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(weights)
-    onnx.save(model, str(dst))
+    from onnx.utils import extract_model
+    graph = onnx.load(str(onnx_path)).graph
+    inputs = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    names = [o.name for o in graph.output if o.name not in tail.outputs] + list(tail.inputs)
+    extract_model(str(onnx_path), str(head_path), inputs, names)
+    extract_model(str(onnx_path), str(tail_path), list(tail.inputs), list(tail.outputs))
     return names
 
 
 def cut_source(source, outputs: tuple) -> tuple:
-    """(the cut float ONNX's path, its tails, its output names) for an ONNX source, made once per source."""
+    """(the head's ONNX path, the tail's ONNX path, the Tail, the head's output names) for an ONNX source,
+    made once per source."""
     key = ("host_tail", tuple(outputs))
     if key not in source.derived:
-        tails = find(source.float_onnx, set(outputs))
+        tail = find(source.float_onnx, set(outputs))
         work = tempfile.TemporaryDirectory(prefix="edgesdk-cut-")
-        path = Path(work.name) / "cut.onnx"
-        names = cut(source.float_onnx, path, tails)
-        source.derived[key] = (path, tails, names, work)
-    return source.derived[key][:3]
+        head, rest = Path(work.name) / "head.onnx", Path(work.name) / "tail.onnx"
+        names = split(source.float_onnx, tail, head, rest)
+        source.derived[key] = (head, rest, tail, names, work)
+    return source.derived[key][:4]
 
 
 def plan(source, reference: list, io, task: str) -> tuple:
-    """The source outputs whose merging tail the host should finish: () when there is none to cut."""
+    """The source outputs whose post-processing the host should finish: () when there is none to cut."""
     if not source.float_onnx or source.stateful or source.output_axes:
         return ()
     merged = merged_outputs(reference, io, task)
-    # a YOLOv5/YOLOX head's last Concat joins the levels' cells, each level still merged: nothing to cut
-    return tuple(t.output for t in find(source.float_onnx, merged) if t.splits(merged[t.output])) if merged else ()
+    tail = find(source.float_onnx, merged) if merged else None
+    return tail.outputs if tail else ()
 
 
 class Finished:
-    """An artifact of the cut graph read as the source: its outputs matched by value to the cut graph's
-    (converters rename and reorder them), the pieces joined as the source's tail joins them."""
+    """An artifact of the cut graph read as the source: its outputs matched by value to the head graph's
+    (converters rename and reorder them), then the tail run on them in float."""
 
     def __init__(self, art, source, outputs: tuple, probe_source, probe_artifact):
         from .onnx_artifact import ONNXArtifact
         from .validation import match_outputs
-        path, self.tails, names = cut_source(source, outputs)
-        self.art, self.names = art, list(source.output_names)
-        reference = ONNXArtifact(path).predict(probe_source)
+        head, tail_path, self.tail, names = cut_source(source, outputs)
+        self.art, self.names, self.tail_path = art, list(source.output_names), tail_path
+        self.rest = ONNXArtifact(tail_path)
+        reference = ONNXArtifact(head).predict(probe_source)
         _, matched = match_outputs(reference, names, art.predict(probe_artifact), list(art.output_names))
-        # cut output name -> (the artifact's output index, NHWC map to turn back)
+        # head output name -> (the artifact's output index, an NHWC map to turn back)
         self.where = {n: (list(art.output_names).index(m["artifact_name"]), m.get("layout") == "NHWC")
                       for n, m in zip(names, matched)}
 
@@ -174,28 +145,27 @@ class Finished:
         return self.names
 
     def predict(self, x, progress=None, output_axes=None) -> list:
+        from .inputs import Inputs
         raw = self.art.predict(x, progress=progress)
         got = {n: raw[j].transpose(0, 3, 1, 2) if turned else raw[j] for n, (j, turned) in self.where.items()}
-        tails = {t.output: t for t in self.tails}
-        return [tails[n].join(got) if n in tails else got[n] for n in self.names]
+        finished = dict(zip(self.tail.outputs, self.rest.predict(Inputs({n: got[n] for n in self.tail.inputs}))))
+        return [finished[n] if n in finished else got[n] for n in self.names]
 
-    def describe(self) -> list:
-        """How a user joins the artifact's outputs, in its own output names (for the manifest)."""
+    def describe(self) -> dict:
+        """How a user finishes the artifact's outputs (for the manifest): the tail graph's inputs by the
+        artifact's own output names."""
         art_names = list(self.art.output_names)
-        rows = []
-        for t in self.tails:
-            turned = sorted({art_names[self.where[p][0]] for p in t.pieces if self.where[p][1]})
-            rows.append({"output": t.output, "concat": [art_names[self.where[p][0]] for p in t.pieces],
-                         "axis": t.axis, "then": [[op, list(arg)] for op, arg in t.then],
-                         **({"nhwc_to_nchw_first": turned} if turned else {})})
-        return rows
+        feed = {n: art_names[self.where[n][0]] for n in self.tail.inputs}
+        turned = [n for n in self.tail.inputs if self.where[n][1]]
+        return {"outputs": list(self.tail.outputs), "ops": list(self.tail.ops), "feed": feed,
+                **({"nhwc_to_nchw_first": turned} if turned else {})}
 
     def __getattr__(self, name):
         return getattr(self.art, name)
 
 
 def read_as_source(art, source, recipe, x_source, x_artifact):
-    """The artifact as validation reads it: joined by its host tail when its graph was cut."""
+    """The artifact as validation reads it: finished by its host tail when its graph was cut."""
     if not recipe.host_tail:
         return art
     return Finished(art, source, recipe.host_tail, x_source[:PROBE_SAMPLES], x_artifact[:PROBE_SAMPLES])

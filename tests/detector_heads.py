@@ -53,3 +53,74 @@ def yolov8_layout(raw_path, out_path, size=416, strides=(8, 16, 32)):
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return out_path
+
+
+def yolov8_branches(raw_path, out_path, size=416, strides=(8, 16, 32)):
+    """The head as Ultralytics YOLOv8 builds it: box and class branches apart until one final Concat.
+
+    YOLOX joins each level's regressions and sigmoids before its output (one tensor per level); here each
+    level's branches are taken before that join, boxes decoded to pixels (grid, stride, exp), the score
+    is objectness x class, and only the last op joins boxes (1, 4, cells) and scores (1, 1, cells) into
+    (1, 5, cells).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(str(raw_path))
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    last = producer[g.output[0].name]
+    while last.op_type != "Concat":  # the Transpose after the levels' Concat
+        last = producer[last.input[0]]
+    levels = [producer[producer[r].input[0]] for r in last.input]  # Reshape <- each level's Concat
+    assert all(c.op_type == "Concat" and len(c.input) == 3 for c in levels)
+    grid, stride = [], []
+    for s in strides:
+        n = math.ceil(size / s)
+        yv, xv = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        grid.append(np.stack([xv.ravel(), yv.ravel()]))
+        stride.append(np.full((1, n * n), s))
+    consts = {"b_grid": np.concatenate(grid, 1)[None].astype(np.float32),
+              "b_stride": np.concatenate(stride, 1)[None].astype(np.float32)}
+    for k, level in enumerate(levels):
+        n = math.ceil(size / strides[k])
+        consts[f"b_shape4_{k}"] = np.array([1, 4, n * n], np.int64)
+        consts[f"b_shape1_{k}"] = np.array([1, 1, n * n], np.int64)
+    consts.update({"b_s0": np.array([0], np.int64), "b_s2": np.array([2], np.int64),
+                   "b_s4": np.array([4], np.int64), "b_axis": np.array([1], np.int64)})
+    for name, value in consts.items():
+        g.initializer.append(numpy_helper.from_array(value, name))
+    nodes = []
+    for k, level in enumerate(levels):
+        reg, obj, cls = level.input
+        nodes += [helper.make_node("Reshape", [reg, f"b_shape4_{k}"], [f"b_reg{k}"]),
+                  helper.make_node("Reshape", [obj, f"b_shape1_{k}"], [f"b_obj{k}"]),
+                  helper.make_node("Reshape", [cls, f"b_shape1_{k}"], [f"b_cls{k}"])]
+    for part in ("reg", "obj", "cls"):
+        nodes.append(helper.make_node("Concat", [f"b_{part}{k}" for k in range(len(levels))], [f"b_{part}"], axis=2))
+    nodes += [
+        helper.make_node("Slice", ["b_reg", "b_s0", "b_s2", "b_axis"], ["b_xy"]),
+        helper.make_node("Slice", ["b_reg", "b_s2", "b_s4", "b_axis"], ["b_wh"]),
+        helper.make_node("Add", ["b_xy", "b_grid"], ["b_xy_g"]),
+        helper.make_node("Mul", ["b_xy_g", "b_stride"], ["b_centre"]),
+        helper.make_node("Exp", ["b_wh"], ["b_wh_e"]),
+        helper.make_node("Mul", ["b_wh_e", "b_stride"], ["b_size"]),
+        helper.make_node("Concat", ["b_centre", "b_size"], ["b_boxes"], axis=1),
+        helper.make_node("Mul", ["b_obj", "b_cls"], ["b_score"]),
+        helper.make_node("Concat", ["b_boxes", "b_score"], ["output0"], axis=1, name="head_concat"),
+    ]
+    g.node.extend(nodes)
+    needed, kept = {"output0"}, []
+    for node in reversed(list(g.node)):  # YOLOX's own joins are gone
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    weights = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(weights)
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 5, 3549]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_path))
+    return out_path

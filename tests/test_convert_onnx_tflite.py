@@ -5,8 +5,11 @@ The PP-OCR text-direction classifier (rapidocr's ONNX, exported from Paddle) on 
 and the ddddocr YOLOX character detector on real page scans.
 """
 
+import hashlib
 import json
 import os
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,10 +82,11 @@ def test_onnx_classifier_for_the_coral_is_checked_against_the_edge_tpu(ppocr, tm
 
 
 def test_onnx_detector_to_pi_tflite_keeps_recall(tmp_path):
-    """The YOLOX head merges pixel boxes and 0..1 scores in one tensor, so one int8 scale serves both.
-    Measured: recall 93.2 % and precision 97.2 % of the source's 485 detections on 36 real page scans
-    (the TFLite converter's own quantizer: 87.8 %, below the gate); mAP50 against the labels 0.69 points
-    below the source's, within a 2-point budget (the 1-point default is inconclusive on 36 images)."""
+    """The YOLOX head joins each level's box regressions and 0..1 sigmoids, then the levels, in one tensor:
+    the artifact stops before those joins (each map keeps its own int8 scale) and the host makes them.
+    Measured: recall 94.0 % and precision 97.2 % of the source's 485 detections on 36 real page scans
+    (one tensor, one scale: 93.2 %; the TFLite converter's own quantizer: 87.8 %, below the gate); mAP50
+    against the labels within a 2-point budget (the 1-point default is inconclusive on 36 images)."""
     model = fixtures.fetch("captcha_detector")
     chars = tmp_path / "chars.npz"
     np.savez(chars, x=fixtures.character_images())
@@ -97,6 +101,8 @@ def test_onnx_detector_to_pi_tflite_keeps_recall(tmp_path):
     assert v["task"] == "detect" and head["images"] == 36 and head["source_detections"] > 300
     assert head["recall"] >= 0.9 and head["precision"] >= 0.95, head
     assert head["channels"]["boxes"]["sqnr_db"] >= 20
+    # each level's box, objectness and class maps come out apart; the joins are the host's
+    assert art.manifest["quantization"]["detector_tail"]["mode"] == "host" and len(art.manifest["outputs"]) == 9
     assert {c["verdict"] for c in v["checks"]} == {"pass"}
 
 
@@ -127,53 +133,52 @@ def test_check_reports_every_family_for_an_onnx_source(ppocr):
     assert fams["jetson"]["format"] == "onnx"
 
 
-def test_yolov8_head_for_the_coral_stops_before_its_merging_concat(tmp_path):
-    """A YOLOv8-style head joins pixel boxes and 0..1 scores in one Concat; in one int8 tensor the scores
-    collapse (this model, the Concat kept: recall 0.08, scores 0.0 dB). The Edge TPU runs nothing in float,
-    so the artifact stops before that Concat: boxes and scores each keep their own scale, the host joins
-    them as the manifest says. Measured on 36 real page scans (485 source detections): recall 0.88,
-    precision 0.97, scores 12.4 dB. This model's raw head merges its regressions and sigmoids one level up
-    too (YOLOX), which costs the last points: the gate is asked for recall 0.85 and scores 11 dB here."""
-    from detector_heads import yolov8_layout
-    from edgesdk.host_tail import Tail
-    model = yolov8_layout(fixtures.fetch("captcha_detector"), tmp_path / "det_v8.onnx")
+def test_yolov8_head_for_the_coral_leaves_its_post_processing_to_the_host(tmp_path):
+    """A YOLOv8-style head (box and class branches apart until the end) decodes boxes to pixels (grid,
+    stride, exp) and joins them with 0..1 scores in one Concat. The Edge TPU runs nothing in float, so the
+    artifact stops before that post-processing: each branch keeps its own int8 scale, and the tail is a
+    float ONNX graph beside it. Measured on 36 real page scans (485 source detections): recall 0.94,
+    precision 0.96, scores 15.0 dB; cut at the last Concat only (the decode in int8) 0.74 / 0.54; not cut
+    (one tensor, one scale) recall 0.08."""
+    import onnxruntime as ort
+    from detector_heads import yolov8_branches
+    model = yolov8_branches(fixtures.fetch("captcha_detector"), tmp_path / "det_v8.onnx")
     chars = tmp_path / "chars.npz"
     np.savez(chars, x=fixtures.character_images())
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
     out = tmp_path / "out"
     r = run_cli("convert", model, "-t", "coral-usb", "-c", chars, "--validation", labelled, "--scale", "1",
-                "--channel-order", "bgr", "-o", out, "--max-accuracy-drop", "2", "--min-recall", "0.85",
-                "--min-sqnr", "11", "--json")
+                "--channel-order", "bgr", "-o", out, "--max-accuracy-drop", "2", "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(open(json.loads(r.stdout)["manifest"]).read())
-    # full integer, three uint8 outputs with their own scales: pixel centres and sizes, 0..1 scores
+    # full integer: each level's box, objectness and class maps, nine uint8 outputs with their own scales
     assert not m["quantization"]["float_ops"] and m["recipe"]["host_tail"] == ["output0"]
-    outs = {o["name"]: o for o in m["outputs"]}
-    assert len(outs) == 3 and {o["dtype"] for o in outs.values()} == {"uint8"}
-    scales = sorted(o["quantization"]["scale"] for o in outs.values())
-    assert scales[0] < 0.01 and scales[1] > 0.5  # the scores' step is a hundredth of the boxes'
+    assert len(m["outputs"]) == 9 and {o["dtype"] for o in m["outputs"]} == {"uint8"}
+    hist = m["quantization"]["op_histogram"]
+    assert "EXP" not in hist  # the box decode is the host's now
     head = m["validation"]["heads"][0]
     assert head["layout"] == "yolov8" and head["images"] == 36 and head["source_detections"] > 400
-    assert head["recall"] >= 0.85 and head["precision"] >= 0.95 and head["channels"]["scores"]["sqnr_db"] > 11, head
-    # the Edge TPU's check: the box decode's EXP runs on the CPU, said so
-    assert "EXP" in m["compatibility"]["fallbacks"]
-    # what the manifest tells a user does rebuild the source's output from the artifact's
+    assert head["recall"] >= 0.9 and head["precision"] >= 0.9 and head["channels"]["scores"]["sqnr_db"] > 12, head
+    assert {c["verdict"] for c in m["validation"]["checks"]} == {"pass"}
+    # the tail beside the artifact, as the manifest names it; nothing else in the output directory
     tail = m["quantization"]["detector_tail"]
-    assert tail["mode"] == "host" and [t["output"] for t in tail["outputs"]] == ["output0"]
-    art = TFLiteArtifact(json.loads(r.stdout)["manifest"][:-len(".json")])
-    x = np.ascontiguousarray(fixtures.character_images()[:3].transpose(0, 2, 3, 1))
-    got = dict(zip(art.output_names, art.predict(x)))
-    t = tail["outputs"][0]
-    joined = np.concatenate([got[n] for n in t["concat"]], axis=t["axis"])
-    for op, arg in t["then"]:
-        assert op == "Transpose"
-        joined = joined.transpose(arg)
+    assert tail["mode"] == "host" and tail["outputs"] == ["output0"] and {"Exp", "Concat"} <= set(tail["ops"])
+    art_path = Path(json.loads(r.stdout)["manifest"][:-len(".json")])
+    assert sorted(p.name for p in out.iterdir()) == sorted([art_path.name, art_path.name + ".json", tail["file"]])
+    assert hashlib.sha256((out / tail["file"]).read_bytes()).hexdigest() == tail["sha256"]
+    # what a user's program does with it: the artifact's outputs, fed to the tail by the manifest's names
+    art = TFLiteArtifact(art_path)
+    x = fixtures.character_images()[:3]
+    got = dict(zip(art.output_names, art.predict(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))))
+    turned = set(tail.get("nhwc_to_nchw_first", []))
+    session = ort.InferenceSession(str(out / tail["file"]), providers=["CPUExecutionProvider"])
+    joined = np.concatenate([session.run(None, {
+        n: (got[a][k:k + 1].transpose(0, 3, 1, 2) if n in turned else got[a][k:k + 1])
+        for n, a in tail["feed"].items()})[0] for k in range(len(x))])
     from edgesdk.onnx_artifact import ONNXArtifact
-    source = ONNXArtifact(model).predict(fixtures.character_images()[:3])[0]
+    source = ONNXArtifact(model).predict(x)[0]
     assert joined.shape == source.shape == (3, 5, 3549)
     found = source[:, 4] > 0.25  # the cells the source detects a character in: their boxes line up
     boxes, want = joined[:, :4].transpose(0, 2, 1)[found], source[:, :4].transpose(0, 2, 1)[found]
-    assert found.sum() > 20 and np.median(np.abs(boxes - want) / want) < 0.05
-    # a head whose last Concat joins levels (YOLOX's cells), not boxes and scores, is not cut
-    levels = Tail("output", ("a", "b"), 1, (), ((1, 2704, 6), (1, 676, 6)))
-    assert not levels.splits(1) and Tail("output0", ("a", "b"), 1, (), ((1, 4, 10), (1, 2, 10))).splits(2)
+    assert found.sum() > 20 and np.median(np.abs(boxes - want) / want) < 0.02  # measured 0.8 %
+    assert np.mean(joined[:, 4][found] > 0.25) >= 0.85  # and they are found (measured 33 of 36)
