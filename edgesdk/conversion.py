@@ -333,11 +333,12 @@ def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, pr
 
 
 def _cut_detector_tail(source, recipe, route, reference, progress):
-    """A TFLite artifact of a detector whose head merges boxes and scores in one Concat stops before it.
+    """A TFLite artifact of a detector whose head merges boxes and scores in one tensor stops before the
+    head's post-processing (host_tail.py).
 
-    Its outputs are int8 at the boundary and the Edge TPU runs nothing in float, so keeping that Concat in
-    float (what ONNX artifacts do) is no answer: the artifact outputs the Concat's inputs, each with its
-    own scale, and the host joins them (host_tail.py). Routes that can cut their source say CUTS_TAILS.
+    Its outputs are int8 at the boundary and the Edge TPU runs nothing in float, so keeping the merging
+    Concat in float (what ONNX artifacts do) is no answer: the artifact outputs the branches, each with its
+    own scale, and the host runs the decode and the joins. Routes that can cut their source say CUTS_TAILS.
     """
     if recipe.quantization != "int8" or not getattr(route, "CUTS_TAILS", False) or recipe.host_tail:
         return recipe
@@ -346,12 +347,12 @@ def _cut_detector_tail(source, recipe, route, reference, progress):
     outputs = plan(source, reference, _model_io(source), recipe.task)
     if not outputs:
         return recipe
-    progress.step(f"detector head: the artifact stops before the Concat that merges boxes and scores "
-                  f"({', '.join(outputs)}), so each keeps its own int8 scale; the host joins them")
+    progress.step(f"detector head: boxes and scores meet in {', '.join(outputs)}; the artifact stops before "
+                  f"the head's post-processing, each branch with its own int8 scale, and the host finishes it")
     return replace(recipe, host_tail=outputs)
 
 
-def _host_tail_record(path: Path, path_final: Path, source, recipe, val, layout) -> tuple:
+def _host_tail_record(path: Path, final: Path, source, recipe, val, layout) -> tuple:
     """(how the artifact's outputs are finished into the source's, in its own names, for the manifest; the
     tail graph to write beside it), or (None, None) for an artifact that is not cut."""
     if not recipe.host_tail:
@@ -359,7 +360,7 @@ def _host_tail_record(path: Path, path_final: Path, source, recipe, val, layout)
     from .host_tail import read_as_source
     art = open_artifact(path, format=recipe.format)
     finished = read_as_source(art, source, recipe, val.x[:4], to_artifact_layout(val.x[:4], source, layout))
-    return {"mode": "host", "file": tail_file(path_final).name, "sha256": sha256_file(finished.tail_path),
+    return {"mode": "host", "file": tail_file(final).name, "sha256": sha256_file(finished.tail_path),
             **finished.describe(),
             "why": "boxes and scores merged in one tensor: the artifact outputs the branches before the head's "
                    "post-processing, each with its own int8 scale; 'file' is that post-processing as a float "

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 # balanced by their quick-mode time alone on 2 cores (the heavy ones apart)
 BATCHES = [("recovery", "speed", "startup"), ("imagenet", "noise"),
-           ("onnx_tflite", "size", "pruned_size", "accuracy", "fidelity"), ("overhead", "deploy", "fleet", "tune")]
+           ("onnx_tflite", "size", "pruned_size", "accuracy", "fidelity"), ("overhead", "deploy", "fleet", "tune"),
+           ("detector",)]
 
 
 def _suite_groups() -> set:
