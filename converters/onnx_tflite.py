@@ -32,7 +32,7 @@ FORMAT = "tflite"
 FRAMEWORK = "onnx"
 MULTI_INPUT = True  # onnx2tf keeps the ONNX input names; several inputs are fed by name
 CORRECTED_ROUNDING = tflite_int8.CORRECTED_ROUNDING  # the float flatbuffer's weights, before ai-edge-quantizer
-CUTS_TAILS = True  # a detector head's merging Concat can be left to the host (edgesdk.host_tail)
+CUTS_TAILS = True  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
 
 ONNX2TF = toolchains.Toolchain("onnx2tf", ("onnx2tf==1.29.24",), "ONNX -> TFLite",
                                "about 2.6 GB and 2 minutes, once")

@@ -51,8 +51,8 @@ class Recipe:
     # +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops), or "auto": nearest, and corrected too
     # where int8 costs something, the one that measures better kept (conversion.choose_rounding)
     weight_rounding: str = "auto"
-    # source outputs whose merging tail (a detector head's Concat of boxes and scores) the artifact leaves
-    # to the host: its graph is cut before it (host_tail.py); set by conversion, not by the user
+    # source outputs whose post-processing (a detector head's decode and the Concat of boxes and scores) the
+    # artifact leaves to the host: its graph is cut before it (host_tail.py); set by conversion, not by the user
     host_tail: tuple = ()
 
     def thresholds(self) -> Thresholds:
