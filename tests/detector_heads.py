@@ -48,11 +48,7 @@ def yolov8_layout(raw_path, out_path, size=416, strides=(8, 16, 32)):
         helper.make_node("Transpose", ["h_concat"], ["output0"], perm=[0, 2, 1]),
     ]
     g.node.extend(nodes)
-    del g.output[:]
-    g.output.append(helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 5, 3549]))
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_path))
-    return out_path
+    return _with_output0(model, out_path)
 
 
 def yolov8_branches(raw_path, out_path, size=416, strides=(8, 16, 32)):
@@ -119,8 +115,15 @@ def yolov8_branches(raw_path, out_path, size=416, strides=(8, 16, 32)):
     weights = [i for i in g.initializer if i.name in needed]
     del g.initializer[:]
     g.initializer.extend(weights)
-    del g.output[:]
-    g.output.append(helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 5, 3549]))
+    return _with_output0(model, out_path)
+
+
+def _with_output0(model, out_path):
+    """The head's one output, (1, 4 + 1, cells), checked and saved."""
+    import onnx
+    from onnx import helper
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 5, 3549]))
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return out_path
