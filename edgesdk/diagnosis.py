@@ -19,7 +19,7 @@ from pathlib import Path
 from .data import artifact_layout
 from .inputs import artifact_outputs, to_artifact_layout
 from .errors import EdgeSDKError
-from .mixed_precision import Candidate, Trials, non_weight_op_types, output_producers
+from .mixed_precision import Candidate, Trials, front_end, non_weight_op_types, output_producers
 
 SAMPLES = 32           # for the debuggers, which keep every intermediate tensor
 MEASURE_SAMPLES = 256  # for the measured trials: one flip in 32 would be 3 points of agreement
@@ -46,6 +46,9 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     group = non_weight_op_types(artifact_path, recipe.format)
     if group is not None and not set(group.op_types) <= set(recipe.exclude_op_types):
         picked.append(group)
+    front = front_end(artifact_path, recipe.format)
+    if front is not None and not set(front.nodes) <= seen:
+        picked.append(front)
     return picked, rows
 
 

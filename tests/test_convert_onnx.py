@@ -180,7 +180,7 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     assert "Softmax@0" in nodes  # what computes the failing output is always measured
     (group,) = [w["op_types"] for w in worst if w["op_types"]]  # and every op type but Conv, together
     assert "Conv" not in group and {"Clip", "HardSigmoid", "Softmax"} <= set(group)
-    assert 3 <= len(worst) <= 5 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
+    assert 3 <= len(worst) <= 6 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
     assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
     assert worst[0]["op_types"] == group and worst[0]["gain"] > 0.1  # measured: 0.18 of the way to 99 %
     assert "--exclude-op-types " + ",".join(group) in str(e.value)

@@ -1,0 +1,27 @@
+"""The diagnosis's front-end candidate on a small graph built here (quick)."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgesdk.mixed_precision import front_end
+
+
+def test_front_end_is_the_first_layer_its_feed_and_what_follows_up_to_the_next_layers(tmp_path):
+    """input -> Pad -> Conv -> Pow -> Sqrt -> Conv -> Relu, with a skip from the Sqrt joining after the
+    second Conv: the spectrum-like front end is taken, the join with the later branch is not."""
+    w = lambda name, c: numpy_helper.from_array(np.ones((c, c, 1, 1), np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"], name="pad"),
+             helper.make_node("Conv", ["padded", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Pow", ["c1", "two"], ["p"], name="power"),
+             helper.make_node("Sqrt", ["p"], ["mag"], name="magnitude"),
+             helper.make_node("Conv", ["mag", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r"], name="relu"),
+             helper.make_node("Add", ["r", "mag"], ["y"], name="skip_add")]
+    inits = [w("w1", 2), w("w2", 2), numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.zeros(8, np.int64), "pads")]
+    graph = helper.make_graph(nodes, "front", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    path = tmp_path / "front.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    assert front_end(path, "onnx").nodes == ("pad", "conv1", "power", "magnitude")
