@@ -413,10 +413,14 @@ def _pick(timed: list) -> dict | None:
 
 
 def _mark_pareto(timed: list) -> None:
-    """On the front: no other candidate is both faster and closer to the source (higher SQNR)."""
+    """On the front: no other candidate is at least as fast, as close to the source (SQNR) and as small
+    (compressed), and better in one of them. Size counts because tune's own pick does: within noise of the
+    fastest, the smallest wins, and a winner off the front would contradict it."""
+    def scores(r):  # higher is better in each
+        return (-r["p50_ms"], r["sqnr_db"] or 0, -(r["gzip_bytes"] or r["size_bytes"] or 0))
     for r in timed:
-        r["pareto"] = not any(o is not r and o["p50_ms"] <= r["p50_ms"] and (o["sqnr_db"] or 0) >= (r["sqnr_db"] or 0)
-                              and (o["p50_ms"] < r["p50_ms"] or (o["sqnr_db"] or 0) > (r["sqnr_db"] or 0))
+        mine = scores(r)
+        r["pareto"] = not any(o is not r and all(a >= b for a, b in zip(scores(o), mine)) and scores(o) != mine
                               for o in timed)
 
 

@@ -240,3 +240,16 @@ def test_ctrl_c_keeps_what_was_measured_and_leaves_no_run(keras3_mnist, mnist_fi
     assert any(r["why"] == "interrupted" for r in doc["candidates"])
     assert wait_for(lambda: not pids_with("runner", "--runs", "200000"), timeout=30)  # no run left behind
     assert os.path.isdir(out)
+
+
+def test_a_winner_by_the_tie_rule_is_on_the_front():
+    """Within 3 % of the fastest the smallest wins; the front counts size too, so that winner is on it (the
+    float candidate, a little faster and closer to the source, used to push it off)."""
+    from edgesdk.tune import _mark_pareto, _pick
+    rows = [{"candidate": "float", "p50_ms": 1.00, "sqnr_db": 99.0, "gzip_bytes": 300, "size_bytes": 400},
+            {"candidate": "fp16", "p50_ms": 1.02, "sqnr_db": 70.0, "gzip_bytes": 150, "size_bytes": 200},
+            {"candidate": "slow", "p50_ms": 1.50, "sqnr_db": 60.0, "gzip_bytes": 200, "size_bytes": 200}]
+    winner = _pick(rows)
+    _mark_pareto(rows)
+    assert winner["candidate"] == "fp16" and "tie" in winner and winner["pareto"] and rows[0]["pareto"]
+    assert not rows[2]["pareto"]  # slower, further from the source and bigger than fp16
