@@ -4,9 +4,10 @@ The route's debugger ranks layers by their own quantization error. That ranking
 can point the wrong way (a detector's backbone convolutions, when the scores
 collapse in the head's final Concat), so the strongest candidates are each kept
 in float in turn and the failing checks measured again on the same samples:
-the op that produces each failing output, the debugger's worst layers, and
-every op type but the weight-heavy ones (what rescues a byte classifier whose
-elementwise ops cannot share int8 scales). Routes that can keep layers in
+the op that produces each failing output, the debugger's worst layers, every
+op type but the weight-heavy ones (what rescues a byte classifier whose
+elementwise ops cannot share int8 scales), and the front end (an audio model's
+STFT, whose range int8 cannot hold). Routes that can keep layers in
 float say so with EXCLUDES_LAYERS; profiles that forbid it (the Edge TPU) get
 the debugger's ranking only.
 """
@@ -32,7 +33,8 @@ def failing_checks(figures) -> list:
 
 
 def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple:
-    """(candidates to measure, the debugger's rows): output producers, the debugger's worst, the op-type group."""
+    """(candidates to measure, the debugger's rows): output producers, the debugger's worst, the op-type group,
+    the front end."""
     rows = trials.debugger_rows(artifact_path, x, recipe)
     producers = output_producers(artifact_path, recipe.format,
                                  {c["output"] for c in failing if c.get("output") is not None})
