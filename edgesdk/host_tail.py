@@ -29,19 +29,6 @@ class Tail:
     ops: tuple      # the tail's op types, for the manifest
 
 
-def merged_outputs(reference: list, io, task: str) -> set:
-    """Names of the outputs a detection head merges boxes and scores in (YOLOv8 and YOLOv5 layouts)."""
-    from .errors import EdgeSDKError
-    from .mixed_precision import MERGED_HEADS
-    from .tasks import pick
-    try:
-        heads = pick(task, reference, io)
-    except EdgeSDKError:
-        return set()
-    return {io.output_names[h.outputs[0]] for h in heads
-            if h.task == "detect" and h.params.get("layout") in MERGED_HEADS}
-
-
 def find(onnx_path, outputs) -> Tail | None:
     """The post-processing behind the named outputs: every op of TAIL_OPS whose results only the tail uses,
     grown back from the outputs. None when there is no Concat in it or nothing to cut from."""
@@ -119,7 +106,8 @@ def plan(source, reference: list, io, task: str) -> tuple:
     """The source outputs whose post-processing the host should finish: () when there is none to cut."""
     if not source.float_onnx or source.stateful or source.output_axes:
         return ()
-    merged = merged_outputs(reference, io, task)
+    from .mixed_precision import merged_heads
+    merged = {io.output_names[i] for i in merged_heads(reference, io, task)}
     tail = find(source.float_onnx, merged) if merged else None
     return tail.outputs if tail else ()
 

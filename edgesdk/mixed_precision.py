@@ -167,13 +167,18 @@ def front_end(artifact_path, fmt: str) -> Candidate | None:
     return Candidate(nodes=names) if len(names) > 1 else None
 
 
-def detector_tail(artifact_path, fmt: str, reference: list, io, task: str) -> Candidate | None:
-    """The Concat where a detector head merges pixel boxes and 0..1 scores into one tensor, if any."""
+def merged_heads(reference: list, io, task: str) -> set:
+    """Indices of the outputs a detection head merges pixel boxes and 0..1 scores in (YOLOv8, YOLOv5 layouts)."""
     from .tasks import pick
     try:
         heads = pick(task, reference, io)
     except EdgeSDKError:
-        return None
-    merged = {h.outputs[0] for h in heads if h.task == "detect" and h.params.get("layout") in MERGED_HEADS}
+        return set()
+    return {h.outputs[0] for h in heads if h.task == "detect" and h.params.get("layout") in MERGED_HEADS}
+
+
+def detector_tail(artifact_path, fmt: str, reference: list, io, task: str) -> Candidate | None:
+    """The Concat where a detector head merges pixel boxes and 0..1 scores into one tensor, if any."""
+    merged = merged_heads(reference, io, task)
     tails = [c for c in output_producers(artifact_path, fmt, merged) if c.op in CONCATS] if merged else []
     return sum(tails[1:], tails[0]) if tails else None
