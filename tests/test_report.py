@@ -10,9 +10,8 @@ import edgesdk
 
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatch):
     db = tmp_path / "results.db"
     monkeypatch.setenv("EDGESDK_RESULTS_DB", str(db))
@@ -45,3 +44,16 @@ def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatc
     assert md.read_text().count("](report_images/") == 4 and len(list((tmp_path / "report_images").glob("*.png"))) == 4
     r = run_cli("report", "-o", tmp_path / "x.pdf")
     assert r.returncode == 2 and ".html or .md" in r.stderr
+
+
+def test_pareto_front_with_a_tie_on_latency():
+    """Two runs with one p50: the more accurate is on the front, the other not; a slower, more accurate run is."""
+    from edgesdk.report import pareto_points
+
+    def run(p50, sqnr, q):
+        return {"stats": {"latency_ms": {"p50": p50}}, "threads": 1,
+                "manifest": {"validation": {"sqnr_db": sqnr}, "recipe": {"format": "tflite", "quantization": q}}}
+    points, what = pareto_points([run(1.0, 30.0, "int8"), run(1.0, 40.0, "fp16"), run(2.0, 90.0, "float"),
+                                  run(3.0, 50.0, "int8")])
+    assert what == "output SQNR vs the source (dB)"
+    assert [p[3] for p in points] == [False, True, True, False]

@@ -76,8 +76,9 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
     runs = [store.get(i) for i in doc["run_ids"]]
     points, what = pareto_points(runs)
     assert len(points) == len(runs) >= 4 and what == "output SQNR vs the source (dB)"  # task regress: SQNR
-    fastest = min(points, key=lambda p: p[0])
-    assert fastest[3]  # nothing is faster than the fastest: it is on the front
+    # nothing is faster than the fastest; of runs tied on p50 (a CI run had two), the most accurate is on the front
+    fastest = min(points, key=lambda p: (p[0], -p[1]))
+    assert fastest[3]
     page = build(runs, tmp_path / "search.html").read_text()
     assert "<h2>Accuracy and latency</h2><img" in page
     assert doc["converted"] == 6 and doc["cached"] == 0
