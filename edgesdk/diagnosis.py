@@ -84,8 +84,9 @@ def gain(before_checks, after: dict) -> float:
     return total
 
 
-def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout) -> list:
-    """Each candidate kept in float: the failing checks again, on the same first MEASURE_SAMPLES samples."""
+def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout, step=None) -> list:
+    """Each candidate kept in float: the failing checks again, on the same first MEASURE_SAMPLES samples.
+    step(line), if given, hears of each as it is measured (on a detector, minutes apart)."""
     from .host_tail import read_as_source
     from .inspection import open_artifact
     from .validation import judge, match_outputs
@@ -118,6 +119,9 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
                          "nodes": list(cand.nodes), "op_types": list(cand.op_types),
                          "gain": round(gain(before_all, after), 3), "measured_on": len(x),
                          "detail": f"kept in float: {', '.join(parts)}" + ("" if single else f" ({cand.flags})")})
+            if step is not None:
+                label = cand.label if len(cand.label) <= 70 else cand.label[:67] + "..."
+                step(f"    {label}: {', '.join(parts) or 'nothing measurable changed'}")
     rows.sort(key=lambda r: -r["gain"])
     return rows
 

@@ -109,13 +109,14 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
         # b. mixed precision: measure each candidate alone, then keep more in float, best first
         failing = failing_checks(base.figures)
         if trials.excludes and failing:
-            progress.step("  measuring what keeping each candidate in float repairs")
             layout = artifact_layout(source.layout, recipe.layout)
             base_path = Path(tmp) / f"base.{recipe.format}"
             base_path.write_bytes(base.data)
             x = to_artifact_layout(val.x[:SAMPLES], source, layout)
             picked, _ = candidates(trials, base.recipe, base_path, x, failing)
-            measured = measure(base.recipe, trials, val, reference, failing, picked, io, base_path, source, layout)
+            progress.step(f"  measuring what keeping each of {len(picked)} candidates in float repairs")
+            measured = measure(base.recipe, trials, val, reference, failing, picked, io, base_path, source, layout,
+                               step=progress.step)
             kept = Candidate()
             helpful = [m for m in measured if m["gain"] > MIN_GAIN][:MAX_MIXED_RUNGS]
             for m in helpful:

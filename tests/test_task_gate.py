@@ -8,6 +8,7 @@ images, files and audio clips.
 
 import json
 import os
+from io import StringIO
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import pytest
 import edgesdk
 from edgesdk import fixtures
 from edgesdk.errors import ModelLoadError, ValidationFailed
+from edgesdk.progress import Progress
 
 from conftest import run_cli
 from detector_heads import yolov8_layout
@@ -166,9 +168,17 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     assert "--exclude-op-types Add,Cast,Div" in str(e.value)
     # the default climbs the ladder: other calibration changes nothing, then every op type but the
     # weight-heavy ones kept in float agrees with the source on real files
+    heard = StringIO()
     art = edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=features,
-                          output_dir=tmp_path / "some", quiet=True)
+                          output_dir=tmp_path / "some", progress=Progress(stream=heard))
     assert art.validation["top1_agreement"] >= 0.99 and art.validation["passed"]
+    # each candidate is heard of as it is measured, with what it moved (on a detector they are minutes apart)
+    lines = heard.getvalue().splitlines()
+    count = next(int(line.split(" each of ")[1].split()[0]) for line in lines if "measuring what keeping" in line)
+    each = [line for line in lines if line.startswith("[edgesdk]     ")]
+    assert 2 <= count == len(each), lines
+    assert any(line.startswith("[edgesdk]     op types Add,Cast") and "top-1 agreement with the source 0." in line
+               and (" -> 1" in line or " -> 0.99" in line) for line in each), each
     rungs = art.manifest["recovery"]["rungs"]
     assert [r["step"] for r in rungs] == ["as converted", "calibration", "calibration", "mixed precision"]
     assert [r["verdict"] for r in rungs] == ["fail", "fail", "fail", "pass"]
