@@ -104,13 +104,19 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
     base = measured(artifact_path)  # the same samples as the trials, so the figures compare
     before_all = [base[k] for k in keys if k in base and base[k].get("value") is not None]
     rows = []
+
+    def heard(cand, what):
+        if step is not None:
+            label = cand.label if len(cand.label) <= 70 else cand.label[:67] + "..."
+            step(f"    {label}: {what}")
     with tempfile.TemporaryDirectory(prefix="edgesdk-diagnosis-") as tmp:
         for cand in picked:
             path = Path(tmp) / f"trial.{recipe.format}"
             try:
                 path.write_bytes(trials.convert(cand.applied(recipe)))
             except EdgeSDKError:
-                continue  # this layer cannot be kept in float on this route
+                heard(cand, "cannot be kept in float on this route")
+                continue
             after = measured(path)
             parts = [f"{b['check']} {_show(b['value'])} -> {_show(after[(b['check'], b.get('output'))]['value'])}"
                      for b in before_all if after.get((b["check"], b.get("output")), {}).get("value") is not None]
@@ -119,9 +125,7 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
                          "nodes": list(cand.nodes), "op_types": list(cand.op_types),
                          "gain": round(gain(before_all, after), 3), "measured_on": len(x),
                          "detail": f"kept in float: {', '.join(parts)}" + ("" if single else f" ({cand.flags})")})
-            if step is not None:
-                label = cand.label if len(cand.label) <= 70 else cand.label[:67] + "..."
-                step(f"    {label}: {', '.join(parts) or 'nothing measurable changed'}")
+            heard(cand, ", ".join(parts) or "nothing measurable changed")
     rows.sort(key=lambda r: -r["gain"])
     return rows
 
