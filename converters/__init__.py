@@ -23,6 +23,9 @@ ROUTES = {
 }
 
 PRUNERS = {"keras": "keras_prune", "torch": "torch_prune"}
+# Quantization-aware training, per route: the module has unavailable(source) and train(source, data, recipe,
+# teacher); the model it returns is converted by the route in the source's place.
+QAT_TRAINERS = {("keras", "tflite"): "keras_qat"}
 
 # What each route imports, and the extra that brings it: a route whose packages are missing says which
 # extra to install before it starts, instead of failing half-way with an import error.
@@ -72,6 +75,12 @@ def pick_format(framework: str, profile) -> str:
                               f"to {', '.join(reach) or 'nothing'}). Convert from the model's original (Keras or "
                               f"PyTorch) for this target, or choose a target that takes {' or '.join(reach)}.")
     return chosen
+
+
+def get_qat_trainer(framework: str, fmt: str):
+    """The route's quantization-aware trainer, or None."""
+    name = QAT_TRAINERS.get((framework, fmt))
+    return importlib.import_module(f"{__name__}.{name}") if name else None
 
 
 def get_pruner(framework: str):

@@ -77,16 +77,22 @@ RAMP = 0.7  # sparsity reaches its target after this share of the steps; the res
 # at temperature T carry what the labels do not (which wrong classes are close); the labels keep it honest.
 DISTILL_ALPHA = 0.5  # weight of the teacher's soft targets (the rest: cross-entropy on the labels)
 DISTILL_T = 4.0
+SEED = 0  # fine-tuning shuffles with a fixed seed: the same inputs make the same artifact
 
 
-def _targets(source, data, from_logits, K, distill: bool) -> tuple:
-    """(y for fit, its loss, the teacher's record): with distill, labels and the source's own outputs packed
-    side by side, judged by the distillation loss; else (or with no class distribution to teach) the labels
-    and cross-entropy."""
+def seeded() -> None:
+    import tensorflow as tf
+    tf.random.set_seed(SEED)
+
+
+def _targets(source, data, from_logits, K, distill: bool, teacher=None) -> tuple:
+    """(y for fit, its loss, the teacher's record): with distill, labels and the teacher's outputs (given, or
+    the source's own) packed side by side, judged by the distillation loss; else (or with no class distribution
+    to teach) the labels and cross-entropy."""
     plain = data.y, K.losses.SparseCategoricalCrossentropy(from_logits=from_logits), None
     if not distill:
         return plain
-    teacher = np.asarray(source.predict(data.x)[0], dtype=np.float32)
+    teacher = np.asarray(source.predict(data.x)[0] if teacher is None else teacher, dtype=np.float32)
     classes = teacher.shape[-1] if teacher.ndim == 2 else 1
     labels = np.asarray(data.y).reshape(-1).astype(np.int64)
     if classes < 2:
@@ -144,6 +150,7 @@ def prune(source, sparsity: float, fine_tune=None, epochs: int = 2, batch_size: 
         steps_per_epoch = int(np.ceil(len(fine_tune) / batch_size))
         total = max(1, steps_per_epoch * epochs)
         y, loss, report["teacher"] = _targets(source, fine_tune, from_logits, K, distill)
+        seeded()
         if source.flavor == "tf-keras" and _tfmot_can_wrap(source.model):
             source.model = _tfmot_fit(source.model, fine_tune.x, y, loss, K, sparsity, total, epochs, batch_size,
                                       learning_rate)

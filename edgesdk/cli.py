@@ -119,10 +119,11 @@ def families(ctx, as_json):
 @click.option("--calibration", "-c", metavar="DATA", help="Representative data: .npz (x[, y]), .npy or image folder.")
 @click.option("--validation", metavar="DATA", help="Validation data (default: 20% held out of labelled calibration data).")
 @click.option("--prune", type=float, default=0.0, metavar="SPARSITY", help="Magnitude-prune to this sparsity, e.g. 0.5.")
-@click.option("--fine-tune", metavar="DATA", help="Labelled data to fine-tune on while pruning.")
+@click.option("--fine-tune", metavar="DATA", help="Labelled data to fine-tune on: while pruning, and for "
+              "quantization-aware training when int8 misses the gate (tf-keras sources to TFLite).")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs.")
-@click.option("--distill", is_flag=True, help="Fine-tune the pruned model with the float one as its teacher "
-              "(soft targets at temperature 4 beside the labels).")
+@click.option("--distill", is_flag=True, help="Fine-tune (pruning, quantization-aware training) with the float "
+              "model as the teacher (soft targets at temperature 4 beside the labels).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
@@ -179,7 +180,7 @@ def families(ctx, as_json):
 @click.option("--check-only", is_flag=True, help="Only report whether --target can run MODEL (see `edgesdk check`).")
 @click.option("--no-recover", is_flag=True,
               help="When int8 misses the gate, fail at once (with a diagnosis) instead of trying other "
-                   "calibration and keeping the measured culprits in float.")
+                   "calibration, keeping the measured culprits in float, and quantization-aware training.")
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")

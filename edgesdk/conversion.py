@@ -147,11 +147,14 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
         tune = load_for(source, fine_tune, preprocess=recipe.preprocess, what="fine-tuning data")
-    if recipe.distill and (tune is None or callable(tune) or not recipe.sparsity):
-        raise OptionError("--distill fine-tunes a pruned model on --fine-tune DATA with the float source as its "
-                          "teacher: give --prune and --fine-tune DATA (a training callback brings its own loss).")
-    if recipe.sparsity == 0 and tune is not None:
-        progress.warn("--fine-tune is only used with --prune; ignoring it.")
+    if recipe.distill and (tune is None or callable(tune)):
+        raise OptionError("--distill fine-tunes (pruning, or quantization-aware training) on --fine-tune DATA with "
+                          "the float source as its teacher: give --fine-tune DATA (a training callback brings its "
+                          "own loss).")
+    trainer, untrainable = _qat_trainer(source, recipe, tune, recover)
+    if recipe.sparsity == 0 and tune is not None and trainer is None:
+        progress.warn(f"--fine-tune is used for pruning (--prune) and for quantization-aware training when int8 "
+                      f"misses the gate, and {untrainable}: ignoring it.")
 
     stem = name or source.name
     final = out_dir / f"{stem}.{profile.name}.{recipe.format}"
@@ -182,6 +185,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         snapshot = pruner.snapshot(given) if source.path is None else None
     tmp = temp_path_in(out_dir, final.name)
     replaced, moved = False, []
+    training = None
+    if trainer is not None:
+        from .recovery import Training
+        # a model about to be pruned teaches with its float outputs, taken now
+        training = Training(trainer, tune, source.predict(tune.x)[0] if recipe.sparsity and recipe.distill else None)
     try:
         if recipe.sparsity:
             progress.step(f"pruning to {recipe.sparsity:.0%} sparsity" + (
@@ -221,13 +229,16 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             figures.update(pruned_figures)
         recovery = None
         if verdict["verdict"] == "fail" and recipe.quantization == "int8" and recover:
-            if pruned_passed:
+            if pruned_passed or training is not None:  # only training can give back what pruning took
                 recipe, figures, verdict, recovery = _recover(tmp, source, recipe, profile, calib, val, reference,
-                                                              (figures, verdict), validate, progress)
+                                                              (figures, verdict), validate, progress, training,
+                                                              only_training=not pruned_passed)
                 figures.update(pruned_figures)
-            else:  # no int8 recipe can give back what pruning took
+            else:
                 figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 "
-                                            "recipe can pass: the recovery ladder was not tried.")
+                                            "recipe can pass: the recovery ladder was not tried (with a tf-keras "
+                                            "source, labelled --fine-tune DATA adds quantization-aware training, "
+                                            "which can).")
         info = describe(tmp, fmt=recipe.format)
         family = get_family(profile.family)
         compat = family.check(info, profile, recipe)
@@ -431,13 +442,30 @@ def _tried(figures: dict) -> dict:
     return {k: figures[k] for k in ("sqnr_db", "top1_agreement", "passed") if figures.get(k) is not None}
 
 
-def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, validate, progress) -> tuple:
+def _qat_trainer(source, recipe, tune, recover) -> tuple:
+    """(the route's quantization-aware trainer when the ladder could use it, else None; why not, in words)."""
+    from edgesdk.converters import get_qat_trainer
+    trainer = get_qat_trainer(source.framework, recipe.format)
+    if tune is None or callable(tune):
+        return None, "it takes labelled data, not a training callback"
+    if recipe.quantization != "int8" or not recover:
+        return None, "the artifact is not int8" if recipe.quantization != "int8" else "--no-recover is set"
+    why = (trainer.unavailable(source) if trainer else
+           f"there is no quantization-aware training from {source.framework} to {recipe.format}")
+    if why is None and tune.y is None:
+        why = "the fine-tuning data has no labels"
+    return (None, why) if why else (trainer, None)
+
+
+def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, validate, progress,
+             training=None, only_training=False) -> tuple:
     """The recovery ladder; on success `tmp` holds the passing artifact. (recipe, figures, verdict, record)"""
     from . import recovery
-    progress.step("int8 missed the gate: trying the recovery ladder (calibration, then mixed precision; "
-                  "--no-recover to skip)")
+    steps = ["calibration", "mixed precision"] * (not only_training) + ["quantization-aware training"] * bool(training)
+    progress.step(f"int8 missed the gate{' (so did the pruned float model)' if only_training else ''}: trying the "
+                  f"recovery ladder ({', then '.join(steps)}; --no-recover to skip)")
     outcome = recovery.recover(source, recipe, profile, calib, val, reference, _model_io(source), tmp, first,
-                               validate, progress)
+                               validate, progress, training, only_training)
     record = recovery.summary(outcome)
     rung = outcome["rung"]
     if rung is None:

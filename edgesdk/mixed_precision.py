@@ -92,7 +92,8 @@ class Trials:
 
     def convert(self, recipe) -> bytes:
         """The artifact's bytes for this recipe (made once per recipe)."""
-        key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types, recipe.weight_rounding)
+        key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types, recipe.weight_rounding,
+               recipe.qat)
         if key not in self._made:
             self._made[key] = self._convert(recipe)
         return self._made[key]

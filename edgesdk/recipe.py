@@ -54,6 +54,8 @@ class Recipe:
     # source outputs whose post-processing (a detector head's decode and the Concat of boxes and scores) the
     # artifact leaves to the host: its graph is cut before it (host_tail.py); set by conversion, not by the user
     host_tail: tuple = ()
+    # the artifact comes from the source trained quantization-aware (the recovery ladder's training rung)
+    qat: bool = False
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,

@@ -10,6 +10,12 @@ same validation data:
      every op type but the weight-heavy ones) are each kept in float alone and
      measured, then added best first, one more per rung, until the gate passes.
      Only where the profile lets anything stay float (never the Edge TPU).
+  c. quantization-aware training: with labelled --fine-tune data and a
+     route that has a trainer (tf-keras to TFLite: tfmot), the model is
+     fine-tuned with int8 rounding in the loop, the float source teaching
+     under --distill, and converted full int8 (so the Edge TPU has it too).
+     The one rung that can also give back what pruning took: when the pruned
+     float model already misses the gate, it is the only one tried.
 
 The first rung that passes is the artifact. Each rung tried is recorded with
 its verdict, the figures that decided it, its size and its latency on this
@@ -41,6 +47,7 @@ class Rung:
     figures: dict | None = None
     verdict: dict | None = None
     error: str | None = None
+    training: dict | None = None  # what the training rung trained: epochs, samples, learning rate, teacher
 
     @property
     def passed(self) -> bool:
@@ -50,6 +57,8 @@ class Rung:
         row = {"step": self.step, "change": self.change,
                "calibration_method": self.recipe.calibration_method,
                "float_nodes": list(self.recipe.exclude_nodes), "float_op_types": list(self.recipe.exclude_op_types)}
+        if self.training:
+            row["training"] = self.training
         if self.error:
             return {**row, "verdict": "error", "error": self.error}
         row.update({"verdict": self.verdict["verdict"], "size_bytes": len(self.data),
@@ -70,11 +79,21 @@ def _latency_ms(path: Path) -> float | None:
         return None
 
 
+@dataclass
+class Training:
+    """What the training rung needs: the route's trainer, the labelled fine-tuning data, and the float
+    source's outputs on it (the teacher, for a model pruned since)."""
+    trainer: object
+    data: object
+    teacher: object = None
+
+
 def recover(source, recipe, profile, calib, val, reference, io, artifact_path: Path, first: tuple, validate,
-            progress) -> dict:
+            progress, training: Training | None = None, only_training: bool = False) -> dict:
     """Climb the ladder from the artifact at `artifact_path` whose gate result is `first` (figures, verdict).
 
-    validate(path, recipe) -> (figures, verdict) is the gate itself. Returns
+    validate(path, recipe) -> (figures, verdict) is the gate itself. only_training: the pruned float model
+    misses the gate, so only training can help. Returns
     {"rung": the passing Rung or None, "rows": one per rung for the manifest,
      "measured": the diagnosis rows of the candidates measured alone, "hint": how to apply one by hand}.
     """
@@ -84,11 +103,13 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
     rungs, measured = [start], []
     with tempfile.TemporaryDirectory(prefix="edgesdk-recovery-") as tmp:
         def judge(rung: Rung) -> Rung:
+            """Convert, validate and record the rung (one that already failed, as its error, is recorded)."""
             path = Path(tmp) / f"rung{len(rungs)}.{recipe.format}"
             try:
-                rung.data = trials.convert(rung.recipe)
-                path.write_bytes(rung.data)
-                rung.figures, rung.verdict = validate(path, rung.recipe)
+                if rung.error is None:
+                    rung.data = trials.convert(rung.recipe)
+                    path.write_bytes(rung.data)
+                    rung.figures, rung.verdict = validate(path, rung.recipe)
             except EdgeSDKError as exc:
                 rung.error = str(exc).splitlines()[0][:300]
             rungs.append(rung)
@@ -98,7 +119,7 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
 
         # a. calibration: the best of them is the base the mixed-precision rungs build on
         base = start
-        for method in trials.calibration_methods:
+        for method in () if only_training else trials.calibration_methods:
             if method == recipe.calibration_method:
                 continue
             rung = judge(Rung("calibration", f"{method} calibration", replace(recipe, calibration_method=method)))
@@ -108,7 +129,7 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
                 base = rung
         # b. mixed precision: measure each candidate alone, then keep more in float, best first
         failing = failing_checks(base.figures)
-        if trials.excludes and failing:
+        if trials.excludes and failing and not only_training:
             layout = artifact_layout(source.layout, recipe.layout)
             base_path = Path(tmp) / f"base.{recipe.format}"
             base_path.write_bytes(base.data)
@@ -124,7 +145,30 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
                 rung = judge(Rung("mixed precision", f"kept in float: {kept.label}", kept.applied(base.recipe)))
                 if rung.passed:
                     return _outcome(rung, rungs, measured, tmp)
+        # c. quantization-aware training, full int8 from the plain recipe
+        if training is not None:
+            rung = _trained(source, recipe, training, judge, progress)
+            if rung.passed:
+                return _outcome(rung, rungs, measured, tmp)
     return _outcome(None, rungs, measured, None, trials.measured_hint)
+
+
+def _trained(source, recipe, training: Training, judge, progress) -> Rung:
+    """Train the source quantization-aware and judge its artifact; the source keeps its own model."""
+    data, r = training.data, recipe
+    change = (f"{r.epochs} epoch(s) quantization-aware on {len(data)} labelled samples"
+              + (", the float source teaching" if r.distill else ""))
+    progress.step(f"  training {change}")
+    rung = Rung("quantization-aware training", change, replace(recipe, qat=True, weight_rounding="nearest"))
+    given = source.model
+    try:
+        source.model, rung.training = training.trainer.train(source, data, recipe, training.teacher)
+    except EdgeSDKError as exc:  # recorded as the rung's error, as a failed conversion is
+        rung.error = str(exc).splitlines()[0][:300]
+    try:
+        return judge(rung)  # the route converts the trained model in the source's place
+    finally:
+        source.model = given
 
 
 def _better(rung: Rung, than: Rung) -> bool:

@@ -116,6 +116,39 @@ def test_tfkeras_h5_pruned_with_tfmot_fine_tune(tfkeras_mnist, mnist_files, tmp_
     assert art.manifest["size"]["gzip_bytes"] < 0.6 * art.manifest["size"]["bytes"]
 
 
+def test_quantization_aware_training_gives_back_what_pruning_took_on_the_edge_tpu(tfkeras_mnist, mnist_files,
+                                                                                  tmp_path):
+    """90 % pruning with distillation costs the digit CNN ~18 points; nothing can stay float on the Edge TPU, so
+    the ladder's only rung is quantization-aware training (tfmot), with the float source teaching."""
+    art = edgesdk.convert(str(tfkeras_mnist), target="coral-usb", calibration=mnist_files["train"],
+                          validation=mnist_files["test"], prune=0.9, fine_tune=mnist_files["train"], distill=True,
+                          max_accuracy_drop=12.0, output_dir=tmp_path, quiet=True)
+    m, v = art.manifest, art.validation
+    assert m["recovery"]["applied"]["step"] == "quantization-aware training" and m["recipe"]["qat"] is True
+    plain, trained = m["recovery"]["rungs"]  # the pruned float model missed the gate: only training can help
+    drop = "accuracy drop (points) [output 0]"
+    assert plain["verdict"] == "fail" and plain["figures"][drop] > 12
+    assert trained["verdict"] == "pass" and trained["figures"][drop] <= plain["figures"][drop] - 5
+    assert trained["training"]["teacher"] == {"alpha": 0.5, "temperature": 4.0}
+    assert trained["training"]["epochs"] == 2 and trained["training"]["samples"] == 4000
+    # on the same 1,000 held-out digits, at the same measured sparsity: above the pruned float model and PTQ
+    assert v["artifact_accuracy"] >= v["pruned_source_accuracy"] + 0.05
+    assert v["artifact_accuracy"] == pytest.approx(v["reference_accuracy"] - trained["figures"][drop] / 100)
+    s = m["sparsity"]
+    assert s["artifact"] >= 0.89 and all(layer["sparsity"] >= 0.89 for layer in s["artifact_layers"])
+    assert_full_int8(art.path, io_dtype="uint8")  # the Edge TPU's: nothing in float
+    assert m["quantization"]["float_ops"] == [] and m["compatibility"]["family"] == "edgetpu"
+    assert trained["size_bytes"] == art.path.stat().st_size and trained["p50_ms"] > 0
+
+
+def test_fine_tune_without_a_trainable_source_says_why_it_is_ignored(keras3_mnist, mnist_files, tmp_path):
+    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--fine-tune",
+                mnist_files["train"], "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "--fine-tune is used for pruning (--prune) and for quantization-aware training" in r.stderr
+    assert "tfmot does not support Keras 3" in r.stderr
+
+
 def test_keras3_pruned_with_masks_and_inmemory_model_left_untouched(keras3_mnist, mnist_files, mnist, tmp_path):
     import keras
     model = keras.saving.load_model(keras3_mnist)
@@ -142,7 +175,8 @@ def test_one_shot_pruning_warns_and_a_failed_gate_leaves_nothing(keras3_mnist, m
     # a teacher needs fine-tuning data to teach on
     r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--prune", "0.5", "--distill",
                 "-o", out)
-    assert r.returncode == 2 and "--distill fine-tunes a pruned model on --fine-tune DATA" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--distill fine-tunes (pruning, or quantization-aware training) on --fine-tune " \
+        "DATA" in r.stderr, r.stderr
     assert list(out.iterdir()) == []
 
 
