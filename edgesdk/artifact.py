@@ -85,6 +85,7 @@ class Artifact:
             "validation": {k: v.get(k) for k in ("samples", "task", "top1_agreement", "reference_accuracy",
                                                   "artifact_accuracy", "sqnr_db", "cosine", "verdict", "passed")},
             "recovery": m.get("recovery"),  # the rungs tried when plain int8 missed the gate, and the one kept
+            "aware_training": m.get("quantization", {}).get("aware_training"),  # what QAT trained, if it did
             "cached": self.cached,
         }
 

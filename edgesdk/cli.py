@@ -124,6 +124,8 @@ def families(ctx, as_json):
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs.")
 @click.option("--distill", is_flag=True, help="Fine-tune (pruning, quantization-aware training) with the float "
               "model as the teacher (soft targets at temperature 4 beside the labels).")
+@click.option("--qat", is_flag=True, help="Train quantization-aware on --fine-tune DATA before converting "
+              "(tfmot; tf-keras sources to TFLite), rather than only when int8 misses the gate.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
@@ -188,7 +190,8 @@ def families(ctx, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, distill, batch_size, learning_rate,
+def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, distill, qat, batch_size,
+            learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
             offset, mean, std, channel_order, calibration_method, weight_rounding, input_shape, input_values,
@@ -209,7 +212,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
     except ValueError:
         raise click.BadParameter("--mean and --std take comma-separated numbers, e.g. 0.5,0.5,0.5")
     art = run_convert(model, target, calibration=calibration, validation=validation, prune=prune,
-                      fine_tune=fine_tune, epochs=epochs, distill=distill, batch_size=batch_size,
+                      fine_tune=fine_tune, epochs=epochs, distill=distill, qat=qat, batch_size=batch_size,
                       learning_rate=learning_rate,
                       output_dir=output_dir, format=fmt, quantization=quantization, input_dtype=input_dtype,
                       output_dtype=output_dtype, calibration_samples=calibration_samples,

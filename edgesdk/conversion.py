@@ -54,7 +54,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
-            allow_float_fallback=False, calibration_method="minmax", weight_rounding="auto",
+            allow_float_fallback=False, calibration_method="minmax", weight_rounding="auto", qat=False,
             exclude_nodes=(), exclude_op_types=(),
             input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
             keep_failed=False, recover=True,
@@ -89,7 +89,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
                          allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
-                         weight_rounding=weight_rounding,
+                         weight_rounding=weight_rounding, qat=qat,
                          exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
                          min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
                          min_iou=min_iou)
@@ -151,7 +151,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         raise OptionError("--distill fine-tunes (pruning, or quantization-aware training) on --fine-tune DATA with "
                           "the float source as its teacher: give --fine-tune DATA (a training callback brings its "
                           "own loss).")
-    trainer, untrainable = _qat_trainer(source, recipe, tune, recover)
+    trainer, untrainable = _qat_trainer(source, recipe, tune, recover or recipe.qat)
+    if recipe.qat and trainer is None:
+        raise OptionError(f"--qat trains the model quantization-aware on labelled --fine-tune DATA, and "
+                          f"{untrainable if tune is not None else 'none was given'}. Drop --qat, or give "
+                          f"--fine-tune DATA with a tf-keras model converted to TFLite.")
     if recipe.sparsity == 0 and tune is not None and trainer is None:
         progress.warn(f"--fine-tune is used for pruning (--prune) and for quantization-aware training when int8 "
                       f"misses the gate, and {untrainable}: ignoring it.")
@@ -185,7 +189,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         snapshot = pruner.snapshot(given) if source.path is None else None
     tmp = temp_path_in(out_dir, final.name)
     replaced, moved = False, []
-    training = None
+    training = trained = None
     if trainer is not None:
         from .recovery import Training
         # a model about to be pruned teaches with its float outputs, taken now
@@ -199,6 +203,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                                    batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                                    log=progress.warn)
             pruned_outputs = source.predict(val.x)
+        if recipe.qat:  # asked for: the trained model is converted in the source's place (this run's copy)
+            progress.step(f"training {recipe.epochs} epoch(s) quantization-aware on {len(tune)} samples"
+                          + (", the float source teaching" if recipe.distill else ""))
+            source.model, trained = trainer.train(source, tune, recipe, training.teacher)
+            training = None  # the ladder has no training rung left to climb
         recipe = _cut_detector_tail(source, recipe, route, reference, progress)
         if hasattr(route, "prepare_source"):
             route.prepare_source(source, recipe, calib, step=progress.step)
@@ -256,6 +265,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         if rounding:
             manifest["quantization"]["weight_rounding"]["auto"] = rounding
         manifest["recovery"] = recovery
+        manifest["quantization"]["aware_training"] = trained or _trained_rung(recovery)
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict)
         with tempfile.TemporaryDirectory(prefix=f".edgesdk-{family.name}-", dir=out_dir) as work:
@@ -440,6 +450,14 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
 def _tried(figures: dict) -> dict:
     """What the manifest keeps of one try."""
     return {k: figures[k] for k in ("sqnr_db", "top1_agreement", "passed") if figures.get(k) is not None}
+
+
+def _trained_rung(recovery) -> dict | None:
+    """What the recovery ladder's training rung trained, when that rung is the artifact."""
+    applied = (recovery or {}).get("applied") or {}
+    if applied.get("step") != "quantization-aware training":
+        return None
+    return next(r["training"] for r in recovery["rungs"] if r["step"] == applied["step"] and r["verdict"] == "pass")
 
 
 def _qat_trainer(source, recipe, tune, recover) -> tuple:

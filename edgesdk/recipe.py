@@ -54,7 +54,8 @@ class Recipe:
     # source outputs whose post-processing (a detector head's decode and the Concat of boxes and scores) the
     # artifact leaves to the host: its graph is cut before it (host_tail.py); set by conversion, not by the user
     host_tail: tuple = ()
-    # the artifact comes from the source trained quantization-aware (the recovery ladder's training rung)
+    # the artifact comes from the source trained quantization-aware: asked for (--qat), or the recovery
+    # ladder's training rung
     qat: bool = False
 
     def thresholds(self) -> Thresholds:
@@ -75,7 +76,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
-                min_iou=None, weight_rounding="auto") -> Recipe:
+                min_iou=None, weight_rounding="auto", qat=False) -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -117,6 +118,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
         raise OptionError("--epochs and --batch-size must be at least 1.")
     if learning_rate <= 0:
         raise OptionError(f"--learning-rate must be positive, got {learning_rate:g}.")
+    if qat and quant != "int8":
+        raise OptionError(f"--qat trains the model for int8; this artifact is {quant}. Drop --qat or "
+                          f"--quantization.")
     if max_accuracy_drop < 0:
         raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
                           f"(got {max_accuracy_drop:g}).")
@@ -146,7 +150,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
         raise OptionError("--calibration-samples must be at least 1.")
     layout = spec.layout or ("NHWC" if fmt == "tflite" else "source")
     arithmetic = "host" if profile.device.arch == platform.machine() else "exact"
-    return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt,
+    if qat:  # the training learns the rounding; the trained model's kernels are not rounded again
+        weight_rounding = "nearest"
+    return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt, qat=bool(qat),
                   quantization=quant, input_dtype=in_dt, output_dtype=out_dt, per_channel=spec.per_channel,
                   calibration_samples=samples, sparsity=prune, epochs=epochs, distill=bool(distill),
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,

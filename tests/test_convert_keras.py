@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +140,42 @@ def test_quantization_aware_training_gives_back_what_pruning_took_on_the_edge_tp
     assert_full_int8(art.path, io_dtype="uint8")  # the Edge TPU's: nothing in float
     assert m["quantization"]["float_ops"] == [] and m["compatibility"]["family"] == "edgetpu"
     assert trained["size_bytes"] == art.path.stat().st_size and trained["p50_ms"] > 0
+
+
+def test_qat_asked_for_on_a_pruned_tfkeras_model(tfkeras_mnist, mnist_files, tmp_path):
+    r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--validation",
+                mnist_files["test"], "--prune", "0.75", "--fine-tune", mnist_files["train"], "--distill", "--qat",
+                "--epochs", "1", "--max-accuracy-drop", "3", "--json", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    t = s["aware_training"]
+    assert t["method"] == "tfmot quantization-aware training, pruning preserved" and t["epochs"] == 1
+    assert t["samples"] == 4000 and t["teacher"] == {"alpha": 0.5, "temperature": 4.0}
+    assert s["recovery"] is None and s["validation"]["passed"]
+    m = json.loads(Path(s["manifest"]).read_text())
+    assert m["recipe"]["qat"] is True and m["quantization"]["weight_rounding"]["mode"] == "nearest"
+    assert m["sparsity"]["artifact"] >= 0.74  # the zeros survive the training and the int8 kernels
+    assert_full_int8(s["artifact"])
+    # judged against the float source, not its trained self
+    v = m["validation"]
+    assert v["artifact_accuracy"] > v["pruned_source_accuracy"]  # one epoch of pruning, one of QAT on top
+
+
+def test_qat_needs_a_trainable_source_and_labelled_data(keras3_mnist, tfkeras_mnist, mnist_files, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--qat", "-o", out)
+    assert r.returncode == 2 and "--qat trains the model quantization-aware on labelled --fine-tune DATA, and " \
+        "none was given" in r.stderr, r.stderr
+    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--qat", "--fine-tune",
+                mnist_files["train"], "-o", out)
+    assert r.returncode == 2 and "tfmot does not support Keras 3" in r.stderr, r.stderr
+    r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--qat", "--fine-tune",
+                mnist_files["calib_npy"], "-o", out)
+    assert r.returncode == 2 and "the fine-tuning data has no labels" in r.stderr, r.stderr
+    r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "--quantization", "fp16", "--qat", "--fine-tune",
+                mnist_files["train"], "-o", out)
+    assert r.returncode == 2 and "--qat trains the model for int8; this artifact is fp16" in r.stderr, r.stderr
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_fine_tune_without_a_trainable_source_says_why_it_is_ignored(keras3_mnist, mnist_files, tmp_path):
