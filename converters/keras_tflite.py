@@ -57,7 +57,8 @@ def _safe_name(name: str) -> str:
 
 
 def _keras_module(source):
-    if source.flavor == "tf-keras":
+    """The Keras the live model is built with (a Keras 3 source trained quantization-aware is tf-keras now)."""
+    if source.flavor == "tf-keras" or type(source.model).__module__.split(".")[0] == "tf_keras":
         import tf_keras as K
     else:
         import keras as K

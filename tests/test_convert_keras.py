@@ -142,8 +142,9 @@ def test_quantization_aware_training_gives_back_what_pruning_took_on_the_edge_tp
     assert trained["size_bytes"] == art.path.stat().st_size and trained["p50_ms"] > 0
 
 
-def test_qat_asked_for_on_a_pruned_tfkeras_model(tfkeras_mnist, mnist_files, tmp_path):
-    r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--validation",
+def test_qat_asked_for_on_a_pruned_keras3_model(keras3_mnist, mnist_files, tmp_path):
+    """tfmot wraps tf-keras only: the Keras 3 model is rebuilt in tf-keras, checked, and trained."""
+    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--validation",
                 mnist_files["test"], "--prune", "0.75", "--fine-tune", mnist_files["train"], "--distill", "--qat",
                 "--epochs", "1", "--max-accuracy-drop", "3", "--json", "-o", tmp_path)
     assert r.returncode == 0, r.stderr
@@ -161,14 +162,14 @@ def test_qat_asked_for_on_a_pruned_tfkeras_model(tfkeras_mnist, mnist_files, tmp
     assert v["artifact_accuracy"] > v["pruned_source_accuracy"]  # one epoch of pruning, one of QAT on top
 
 
-def test_qat_needs_a_trainable_source_and_labelled_data(keras3_mnist, tfkeras_mnist, mnist_files, tmp_path):
+def test_qat_needs_a_trainable_source_and_labelled_data(tfkeras_mnist, mnist_files, tmp_path):
     out = tmp_path / "out"
     r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--qat", "-o", out)
     assert r.returncode == 2 and "--qat trains the model quantization-aware on labelled --fine-tune DATA, and " \
         "none was given" in r.stderr, r.stderr
-    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--qat", "--fine-tune",
-                mnist_files["train"], "-o", out)
-    assert r.returncode == 2 and "tfmot does not support Keras 3" in r.stderr, r.stderr
+    r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "--format", "onnx", "-c", mnist_files["train"], "--qat",
+                "--fine-tune", mnist_files["train"], "-o", out)
+    assert r.returncode == 2 and "there is no quantization-aware training from keras to onnx" in r.stderr, r.stderr
     r = run_cli("convert", tfkeras_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--qat", "--fine-tune",
                 mnist_files["calib_npy"], "-o", out)
     assert r.returncode == 2 and "the fine-tuning data has no labels" in r.stderr, r.stderr
@@ -176,14 +177,6 @@ def test_qat_needs_a_trainable_source_and_labelled_data(keras3_mnist, tfkeras_mn
                 mnist_files["train"], "-o", out)
     assert r.returncode == 2 and "--qat trains the model for int8; this artifact is fp16" in r.stderr, r.stderr
     assert not out.exists() or list(out.iterdir()) == []
-
-
-def test_fine_tune_without_a_trainable_source_says_why_it_is_ignored(keras3_mnist, mnist_files, tmp_path):
-    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--fine-tune",
-                mnist_files["train"], "-o", tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "--fine-tune is used for pruning (--prune) and for quantization-aware training" in r.stderr
-    assert "tfmot does not support Keras 3" in r.stderr
 
 
 def test_keras3_pruned_with_masks_and_inmemory_model_left_untouched(keras3_mnist, mnist_files, mnist, tmp_path):
@@ -246,6 +239,13 @@ def test_saved_model_directory(tfkeras_mnist, mnist_files, tmp_path):
                           quiet=True)
     assert_full_int8(art.path)
     assert art.validation["passed"]
+
+
+def test_fine_tune_data_nothing_can_use_is_said_to_be_ignored(keras3_mnist, mnist_files, tmp_path):
+    art = edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", calibration=mnist_files["train"],
+                          fine_tune=mnist_files["train"], output_dir=tmp_path, quiet=True)
+    (said,) = [w for w in art.manifest["warnings"] if w.startswith("--fine-tune is used for pruning")]
+    assert "there is no quantization-aware training from keras to onnx" in said and said.endswith("ignoring it.")
 
 
 def test_cli_convert_json_and_bench_json(keras3_mnist, mnist_files, tmp_path):
