@@ -155,7 +155,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     if recipe.qat and trainer is None:
         raise OptionError(f"--qat trains the model quantization-aware on labelled --fine-tune DATA, and "
                           f"{untrainable if tune is not None else 'none was given'}. Drop --qat, or give "
-                          f"--fine-tune DATA with a tf-keras model converted to TFLite.")
+                          f"--fine-tune DATA with a Keras model converted to TFLite.")
     if recipe.sparsity == 0 and tune is not None and trainer is None:
         progress.warn(f"--fine-tune is used for pruning (--prune) and for quantization-aware training when int8 "
                       f"misses the gate, and {untrainable}: ignoring it.")
@@ -245,7 +245,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                 figures.update(pruned_figures)
             else:
                 figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 "
-                                            "recipe can pass: the recovery ladder was not tried (with a tf-keras "
+                                            "recipe can pass: the recovery ladder was not tried (with a Keras "
                                             "source, labelled --fine-tune DATA adds quantization-aware training, "
                                             "which can).")
         info = describe(tmp, fmt=recipe.format)

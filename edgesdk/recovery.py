@@ -11,7 +11,7 @@ same validation data:
      measured, then added best first, one more per rung, until the gate passes.
      Only where the profile lets anything stay float (never the Edge TPU).
   c. quantization-aware training: with labelled --fine-tune data and a
-     route that has a trainer (tf-keras to TFLite: tfmot), the model is
+     route that has a trainer (Keras to TFLite: tfmot), the model is
      fine-tuned with int8 rounding in the loop, the float source teaching
      under --distill, and converted full int8 (so the Edge TPU has it too).
      The one rung that can also give back what pruning took: when the pruned
