@@ -13,7 +13,7 @@ why, before anything is trained.
 
 from __future__ import annotations
 
-from edgesdk.errors import ConversionError, DataError
+from edgesdk.errors import ConversionError
 from edgesdk.util import first_line
 
 
@@ -80,7 +80,8 @@ def _as_tf_keras(model):
 
 
 def train(source, data, recipe, teacher=None):
-    """Fine-tune `source.model` quantization-aware on `data` (labelled); returns (the trained model, a record).
+    """Fine-tune `source.model` quantization-aware on `data` (labelled: conversion checks, before anything runs);
+    returns (the trained model, a record).
 
     The source's own model is left as it was (tfmot clones it). teacher: the float source's outputs on
     data.x, for a model pruned since (else, with recipe.distill, the model itself teaches).
@@ -88,9 +89,6 @@ def train(source, data, recipe, teacher=None):
     import tensorflow_model_optimization as tfmot
     import tf_keras as K
     from .keras_prune import _from_logits, _targets, seeded
-    if data.y is None:
-        raise DataError(f"Fine-tuning data ({data.source}) has no labels; give an .npz with 'y' or a folder "
-                        f"with class subfolders.")
     y, loss, taught = _targets(source, data, _from_logits(source, data), K, recipe.distill, teacher)
     quantize = tfmot.quantization.keras
     try:

@@ -246,8 +246,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             else:
                 figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 "
                                             "recipe can pass: the recovery ladder was not tried (with a Keras "
-                                            "source, labelled --fine-tune DATA adds quantization-aware training, "
-                                            "which can).")
+                                            "source going to TFLite, labelled --fine-tune DATA adds "
+                                            "quantization-aware training, which can).")
         info = describe(tmp, fmt=recipe.format)
         family = get_family(profile.family)
         compat = family.check(info, profile, recipe)
