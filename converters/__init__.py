@@ -25,7 +25,7 @@ ROUTES = {
 PRUNERS = {"keras": "keras_prune", "torch": "torch_prune"}
 # Quantization-aware training, per route: the module has unavailable(source) and train(source, data, recipe,
 # teacher); the model it returns is converted by the route in the source's place.
-QAT_TRAINERS = {("keras", "tflite"): "keras_qat"}
+QAT_TRAINERS = {("keras", "tflite"): "keras_qat", ("torch", "tflite"): "torch_qat", ("torch", "onnx"): "torch_qat"}
 
 # What each route imports, and the extra that brings it: a route whose packages are missing says which
 # extra to install before it starts, instead of failing half-way with an import error.

@@ -78,7 +78,11 @@ def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False)
         if not args and input_shape is None:
             raise ModelLoadError(f"'{path}' carries no example inputs; give --input-shape.")
         example = args if args else _example(torch, input_shape, path)
-        return from_module(program.module(), example_input=example, path=path, flavor="exported-program")
+        module = program.module()
+        fixed = None if _any_batch(module, example, torch) else int(example[0].shape[0])
+        if fixed is None:  # a dynamic batch dimension: the artifact is made for batches of one
+            example = tuple(a[:1] for a in example)
+        return from_module(module, example_input=example, path=path, flavor="exported-program", fixed_batch=fixed)
     if any("/code/" in n for n in names):
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -88,6 +92,18 @@ def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False)
                            flavor="torchscript")
     raise ModelLoadError(f"'{path}' looks like a state_dict (weights only). Say which module to load them "
                          f"into with --model-factory package.module:function.")
+
+
+def _any_batch(module, example, torch) -> bool:
+    """Whether an ExportedProgram's module takes batches of any size (exported with a dynamic batch dimension),
+    not only its example's."""
+    try:
+        with torch.no_grad():
+            for n in (1, 3):
+                module(*[torch.cat([a[:1]] * n) for a in example])
+        return True
+    except Exception:  # a guard on the batch size the program was exported with
+        return False
 
 
 def set_mode(module, training: bool) -> None:
@@ -104,7 +120,8 @@ def _example(torch, input_shape, path):
     return (torch.zeros(*[int(d) for d in input_shape]),)
 
 
-def from_module(module, example_input=None, path=None, flavor="module") -> SourceModel:
+def from_module(module, example_input=None, path=None, flavor="module", fixed_batch: int | None = None) -> SourceModel:
+    """fixed_batch: the one batch size the module runs (an ExportedProgram exported without a dynamic batch)."""
     torch = import_torch()
     import numpy as np
     if example_input is None:
@@ -128,14 +145,13 @@ def from_module(module, example_input=None, path=None, flavor="module") -> Sourc
     if not all(isinstance(o, torch.Tensor) for o in outs):
         raise ModelLoadError("The model's outputs must be tensors (or a tuple of tensors).")
 
-    # an ExportedProgram is specialised to its example's batch size
-    batch_size = int(args[0].shape[0]) if flavor == "exported-program" else 256
+    batch_size = fixed_batch or 256
 
     def run(model, x):
         results = None
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                if flavor == "exported-program" and len(x[i:i + batch_size]) < batch_size:
+                if fixed_batch and len(x[i:i + batch_size]) < batch_size:
                     raise ModelLoadError(f"This ExportedProgram runs batches of {batch_size} only; give a "
                                          f"multiple of {batch_size} samples or export it with batch 1.")
                 if isinstance(x, Inputs):

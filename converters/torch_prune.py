@@ -158,9 +158,11 @@ def _prune_per_epoch(source, params, sparsity, train_one_epoch, epochs) -> None:
 DISTILL_ALPHA, DISTILL_T = 0.5, 4.0
 
 
-def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=None, distill=False):
+def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=None, distill=False, teacher=None,
+                         model=None):
     """(one epoch of fine-tuning, the teacher's record or None): cross-entropy on the labels, plus with
-    distill the KL divergence to the float source's outputs at temperature DISTILL_T."""
+    distill the KL divergence to the float source's outputs at temperature DISTILL_T (`teacher`: those
+    outputs taken earlier, for a model pruned since). `model`: what is trained, when not source.model."""
     import torch
     from edgesdk.tasks.classify import is_probabilities
     if data.y is None:
@@ -170,11 +172,12 @@ def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=Non
         raise DataError("Fine-tuning from the command line supports single-output classifiers; pass a "
                         "training callback in Python for other models.")
     probabilities = is_probabilities(outs[0])
-    optimizer = torch.optim.Adam(source.model.parameters(), lr=learning_rate)
+    optimizer = torch.optim.Adam((source.model if model is None else model).parameters(), lr=learning_rate)
     x, y = torch.from_numpy(np.ascontiguousarray(data.x)), torch.from_numpy(data.y)
     taught = None
     if distill and outs[0].ndim == 2 and outs[0].shape[-1] >= 2:
-        taught = torch.from_numpy(np.asarray(source.predict(data.x)[0], dtype=np.float32))
+        taught = torch.from_numpy(np.asarray(source.predict(data.x)[0] if teacher is None else teacher,
+                                             dtype=np.float32))
         taught = torch.log(taught.clamp_min(1e-7)) if probabilities else taught
 
     def loss_of(out, idx):
@@ -192,7 +195,11 @@ def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=Non
     def epoch(model, _epoch):
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
             optimizer.zero_grad()
-            loss = loss_of(model(x[idx]), idx)
+            try:
+                out = model(x[idx])
+            except Exception as exc:  # e.g. an ExportedProgram fixed to its example's batch size
+                raise ConversionError(_cannot_train(source, len(idx), exc)) from None
+            loss = loss_of(out, idx)
             loss.backward()
             optimizer.step()
             steps[0] += 1
@@ -200,6 +207,15 @@ def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=Non
                 with torch.no_grad():
                     after_step(steps[0])
     return epoch, ({"alpha": DISTILL_ALPHA, "temperature": DISTILL_T} if taught is not None else None)
+
+
+def _cannot_train(source, batch: int, exc) -> str:
+    from edgesdk.util import first_line
+    why = f"Fine-tuning could not run the model on a batch of {batch} samples: {first_line(exc)[:200]}."
+    if source.flavor == "exported-program":
+        why += (" An ExportedProgram keeps the batch size it was exported with: export it with a dynamic batch "
+                "dimension (dynamic_shapes with torch.export.Dim), or give the nn.Module.")
+    return why
 
 
 def snapshot(model):

@@ -155,7 +155,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     if recipe.qat and trainer is None:
         raise OptionError(f"--qat trains the model quantization-aware on labelled --fine-tune DATA, and "
                           f"{untrainable if tune is not None else 'none was given'}. Drop --qat, or give "
-                          f"--fine-tune DATA with a Keras model converted to TFLite.")
+                          f"--fine-tune DATA with a model it can train (Keras to TFLite; PyTorch to TFLite or ONNX).")
     if recipe.sparsity == 0 and tune is not None and trainer is None:
         progress.warn(f"--fine-tune is used for pruning (--prune) and for quantization-aware training when int8 "
                       f"misses the gate, and {untrainable}: ignoring it.")
@@ -207,6 +207,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             progress.step(f"training {recipe.epochs} epoch(s) quantization-aware on {len(tune)} samples"
                           + (", the float source teaching" if recipe.distill else ""))
             source.model, trained = trainer.train(source, tune, recipe, training.teacher)
+            source.derived = {}  # any float graph a route made so far is the model before training
             training = None  # the ladder has no training rung left to climb
         recipe = _cut_detector_tail(source, recipe, route, reference, progress)
         if hasattr(route, "prepare_source"):

@@ -11,7 +11,8 @@ same validation data:
      measured, then added best first, one more per rung, until the gate passes.
      Only where the profile lets anything stay float (never the Edge TPU).
   c. quantization-aware training: with labelled --fine-tune data and a
-     route that has a trainer (Keras to TFLite: tfmot), the model is
+     route that has a trainer (Keras to TFLite: tfmot; PyTorch to TFLite or
+     ONNX: fake-quantized training of our own), the model is
      fine-tuned with int8 rounding in the loop, the float source teaching
      under --distill, and converted full int8 (so the Edge TPU has it too).
      The one rung that can also give back what pruning took: when the pruned
@@ -160,15 +161,16 @@ def _trained(source, recipe, training: Training, judge, progress) -> Rung:
               + (", the float source teaching" if r.distill else ""))
     progress.step(f"  training {change}")
     rung = Rung("quantization-aware training", change, replace(recipe, qat=True, weight_rounding="nearest"))
-    given = source.model
+    given, derived = source.model, source.derived
     try:
         source.model, rung.training = training.trainer.train(source, data, recipe, training.teacher)
+        source.derived = {}  # the route's float graphs were made from the model before training
     except EdgeSDKError as exc:  # recorded as the rung's error, as a failed conversion is
         rung.error = str(exc).splitlines()[0][:300]
     try:
         return judge(rung)  # the route converts the trained model in the source's place
     finally:
-        source.model = given
+        source.model, source.derived = given, derived
 
 
 def _better(rung: Rung, than: Rung) -> bool:
