@@ -120,12 +120,12 @@ def families(ctx, as_json):
 @click.option("--validation", metavar="DATA", help="Validation data (default: 20% held out of labelled calibration data).")
 @click.option("--prune", type=float, default=0.0, metavar="SPARSITY", help="Magnitude-prune to this sparsity, e.g. 0.5.")
 @click.option("--fine-tune", metavar="DATA", help="Labelled data to fine-tune on: while pruning, and for "
-              "quantization-aware training when int8 misses the gate (Keras sources to TFLite).")
+              "quantization-aware training when int8 misses the gate (Keras to TFLite, PyTorch).")
 @click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs.")
 @click.option("--distill", is_flag=True, help="Fine-tune (pruning, quantization-aware training) with the float "
               "model as the teacher (soft targets at temperature 4 beside the labels).")
 @click.option("--qat", is_flag=True, help="Train quantization-aware on --fine-tune DATA before converting "
-              "(tfmot; Keras sources to TFLite), rather than only when int8 misses the gate.")
+              "(Keras to TFLite, PyTorch), rather than only when int8 misses the gate.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")

@@ -119,6 +119,66 @@ def test_pruning_with_a_training_callback(digit_net, digits_nchw, tmp_path):
     assert art.manifest["sparsity"]["artifact"] >= 0.49
 
 
+def test_quantization_aware_training_rescues_a_pruned_net_on_the_edge_tpu(digit_net, digits_nchw, tmp_path):
+    """97 % pruning in one distilled epoch costs the digit CNN ~10 points; nothing can stay float on the Edge TPU,
+    so the ladder's only rung is one more epoch trained with int8 rounding in the loop, the float source
+    teaching."""
+    before = {k: v.clone() for k, v in digit_net.state_dict().items()}
+    art = edgesdk.convert(digit_net, target="coral-usb", example_input=torch.zeros(*EXAMPLE), prune=0.97, epochs=1,
+                          fine_tune=digits_nchw["train"], distill=True, calibration=digits_nchw["train"],
+                          validation=digits_nchw["test"], max_accuracy_drop=5, output_dir=tmp_path, quiet=True)
+    m, v = art.manifest, art.validation
+    assert m["recovery"]["applied"]["step"] == "quantization-aware training" and m["recipe"]["qat"] is True
+    plain, trained = m["recovery"]["rungs"]  # the pruned float model missed the gate: only training can help
+    drop = "accuracy drop (points) [output 0]"
+    assert plain["verdict"] == "fail" and plain["figures"][drop] > 8
+    assert trained["verdict"] == "pass" and trained["figures"][drop] <= plain["figures"][drop] - 5
+    assert "pruning preserved" in trained["training"]["method"] and trained["training"]["samples"] == 4000
+    assert trained["training"]["teacher"] == {"alpha": 0.5, "temperature": 4.0}
+    # on the same 1,000 held-out digits, at the same measured sparsity: well above the pruned float model
+    assert v["artifact_accuracy"] >= v["pruned_source_accuracy"] + 0.05
+    assert m["sparsity"]["artifact"] >= 0.96
+    assert_full_int8(art.path, io_dtype="uint8")
+    assert m["quantization"]["float_ops"] == [] and m["quantization"]["aware_training"] == trained["training"]
+    for k, t in digit_net.state_dict().items():  # the caller's module trained nothing
+        assert torch.equal(t, before[k]), k
+
+
+def test_qat_weights_are_the_artifacts_int8_weights_on_both_routes(digit_net, digits_nchw, tmp_path):
+    """--qat: the int8 weights the training rounded to are the artifact's, int for int (the route quantizes the
+    trained model per channel with nearest rounding, as the training did)."""
+    from types import SimpleNamespace
+    from edgesdk.converters import torch_qat
+    from edgesdk.converters.torch_model import from_module
+    from edgesdk.data import load_for
+    from edgesdk.tflite_artifact import WEIGHT_OPS, TFLiteArtifact
+    source = from_module(digit_net, example_input=torch.zeros(*EXAMPLE))
+    settings = SimpleNamespace(sparsity=0, epochs=1, batch_size=32, learning_rate=1e-3, distill=False)
+    model, _ = torch_qat.train(source, load_for(source, digits_nchw["train"]), settings)
+    wanted = []
+    for p in (p for _, p in model.named_parameters() if p.ndim >= 2):
+        w = p.detach().numpy()
+        scale = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, *[1] * (w.ndim - 1)) / 127
+        assert np.abs(w / scale - np.round(w / scale)).max() < 1e-3  # trained on the grid, left on it
+        wanted.append(np.sort(np.round(w / scale).astype(int).ravel()))
+    for target in ("jetson-orin-nano", "rpi4"):
+        art = edgesdk.convert(digit_net, target=target, example_input=torch.zeros(*EXAMPLE), qat=True, epochs=1,
+                              fine_tune=digits_nchw["train"], calibration=digits_nchw["train"],
+                              validation=digits_nchw["test"], max_accuracy_drop=5, output_dir=tmp_path, quiet=True)
+        assert art.manifest["quantization"]["aware_training"]["epochs"] == 1
+        assert art.manifest["quantization"]["weight_rounding"]["mode"] == "nearest"
+        if art.format == "onnx":
+            got = qdq_facts(art.path)["weights"]
+        else:
+            a = TFLiteArtifact(art.path)
+            got = [a.constant(op["inputs"][WEIGHT_OPS[op["op_name"]]]) for op in a.ops() if op["op_name"] in WEIGHT_OPS]
+        got = [np.sort(np.asarray(q).astype(int).ravel()) for q in got]
+        assert len(got) == len(wanted) == 4
+        for want in wanted:
+            assert any(g.shape == want.shape and np.array_equal(g, want) for g in got)
+        assert art.validation["passed"]
+
+
 @pytest.fixture(scope="module")
 def onet_data(lfw_onet_inputs, tmp_path_factory):
     x, y = lfw_onet_inputs
@@ -164,6 +224,23 @@ def test_exported_program_and_torchscript_files(digit_net, digits_nchw, tmp_path
                 "-o", tmp_path / "c")
     assert r.returncode == ConversionError.exit_code and "torch.export.save" in r.stderr
     assert list((tmp_path / "c").iterdir()) == []
+    train = ("--fine-tune", digits_nchw["train"], "--epochs", "1")
+    r = run_cli("convert", ts, "-t", "jetson-orin-nano", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
+                "--qat", *train, "-o", tmp_path / "d")
+    assert r.returncode == OptionError.exit_code and "not TorchScript" in r.stderr, r.stderr
+    # a program fixed to batch 1 cannot fine-tune on batches of 32: said, and nothing written
+    r = run_cli("convert", pt2, "-t", "rpi5", "-c", digits_nchw["train"], "--qat", *train, "-o", tmp_path / "e")
+    assert r.returncode == ConversionError.exit_code and "keeps the batch size it was exported with" in r.stderr
+    assert "Traceback" not in r.stderr and list((tmp_path / "e").iterdir()) == []
+    # exported with a dynamic batch: trains on batches, converts at batch 1
+    dynamic = tmp_path / "digits_dynamic.pt2"
+    torch.export.save(torch.export.export(digit_net, (torch.zeros(2, 1, 28, 28),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch", max=1024)},)), str(dynamic))
+    r = run_cli("convert", dynamic, "-t", "rpi5", "-c", digits_nchw["train"], "--qat", *train, "-o", tmp_path / "f",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["inputs"][0]["shape"] == [1, 28, 28, 1] and out["aware_training"]["samples"] == 4000
 
 
 def test_torch_bad_inputs(digit_net, digits_nchw, tmp_path):
