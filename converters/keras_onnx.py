@@ -18,6 +18,7 @@ from .keras_tflite import _batch1_model, _safe_name
 FORMAT = "onnx"
 CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
 CORRECTED_ROUNDING = onnx_int8.CORRECTED_ROUNDING
+INT16_ACTIVATIONS = onnx_int8.INT16_ACTIVATIONS
 FRAMEWORK = "keras"
 OPSET = 17
 MULTI_INPUT = True  # one ONNX input per model input, under its (TensorFlow-safe) name

@@ -156,7 +156,8 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
         def run():
             with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
                 quantize_static(str(pre), str(out), _reader(x, input_names(pre), progress),
-                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                                quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QInt16 if recipe.activations == "int16" else QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=per_channel,
                                 calibrate_method=methods[recipe.calibration_method], extra_options=extra,
                                 **excluded)
@@ -308,6 +309,7 @@ DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exc
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # the recovery ladder tries them in this order
 EXCLUDES_LAYERS = True  # --exclude-nodes/--exclude-op-types keep nodes out of quantize_static
+INT16_ACTIVATIONS = True  # --activations int16: QInt16 activations beside the int8 weights (opset 21 Q/DQ)
 CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float graph's weights rounded before quantize_static
 MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
                  "repairs them with --exclude-nodes NAME (several: NAME,NAME), or --exclude-op-types TYPE.")

@@ -18,6 +18,7 @@ from .torch_model import import_torch
 FORMAT = "onnx"
 CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
 CORRECTED_ROUNDING = onnx_int8.CORRECTED_ROUNDING
+INT16_ACTIVATIONS = onnx_int8.INT16_ACTIVATIONS
 FRAMEWORK = "torch"
 OPSET = 17
 MULTI_INPUT = True  # one ONNX input per forward() argument, named as the source's inputs

@@ -162,6 +162,9 @@ def families(ctx, as_json):
               show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
               "kernel's sum kept and the biases corrected for what rounding shifts (better on photos); auto: "
               "both where int8 costs accuracy, the one that measures better kept.")
+@click.option("--activations", type=click.Choice(["int8", "int16"]), default="int8", show_default=True,
+              help="int8 weights with int16 activations (ONNX artifacts, CPU targets): more range and "
+              "precision where int8 activations lose it, at some speed.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
               help="Input shape to build for: fixes an ONNX source's dynamic dims; the example input for PyTorch "
                    "files without one. E.g. 1,3,224,224 or x:1,3,48,192; repeat it (or join with ;) per input.")
@@ -182,7 +185,7 @@ def families(ctx, as_json):
 @click.option("--check-only", is_flag=True, help="Only report whether --target can run MODEL (see `edgesdk check`).")
 @click.option("--no-recover", is_flag=True,
               help="When int8 misses the gate, fail at once (with a diagnosis) instead of trying other "
-                   "calibration, keeping the measured culprits in float, and quantization-aware training.")
+                   "calibration, int16 activations, keeping the measured culprits in float, and quantization-aware training.")
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")
@@ -194,7 +197,8 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
             learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
             task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
-            offset, mean, std, channel_order, calibration_method, weight_rounding, input_shape, input_values,
+            offset, mean, std, channel_order, calibration_method, weight_rounding, activations, input_shape,
+            input_values,
             stateful, model_factory, exclude_nodes, exclude_op_types,
             allow_float_fallback, check_only, no_recover, keep_failed, unsafe_load, force,
             name, as_json, quiet):
@@ -220,7 +224,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       task=task, min_agreement=min_agreement, min_recall=min_recall,
                       min_precision=min_precision, min_iou=min_iou, metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
-                      calibration_method=calibration_method, weight_rounding=weight_rounding,
+                      calibration_method=calibration_method, weight_rounding=weight_rounding, activations=activations,
                       input_shape=input_shape or None, input_values=input_values or None, stateful=stateful,
                       model_factory=model_factory,
                       exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),

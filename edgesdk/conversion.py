@@ -55,7 +55,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
             allow_float_fallback=False, calibration_method="minmax", weight_rounding="auto", qat=False,
-            exclude_nodes=(), exclude_op_types=(),
+            activations="int8", exclude_nodes=(), exclude_op_types=(),
             input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
             keep_failed=False, recover=True,
             unsafe=False, force=False, name=None, quiet=False,
@@ -89,7 +89,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
                          allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
-                         weight_rounding=weight_rounding, qat=qat,
+                         weight_rounding=weight_rounding, qat=qat, activations=activations,
                          exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
                          min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
                          min_iou=min_iou)
@@ -107,6 +107,10 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     if recipe.calibration_method not in methods:
         raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
                           f"{source.framework} to {recipe.format}: this route calibrates with {' or '.join(methods)}.")
+    if recipe.activations == "int16" and not getattr(route, "INT16_ACTIVATIONS", False):
+        raise OptionError(f"--activations int16 is made for ONNX artifacts in this version (ONNX Runtime's int16 "
+                          f"Q/DQ); the route from {source.framework} to {recipe.format} makes int8 activations. Use "
+                          f"--format onnx, or drop --activations.")
     if source.multi_input and not getattr(route, "MULTI_INPUT", False):
         raise ConversionError(f"'{source.name}' has {len(source.inputs)} inputs "
                               f"({', '.join(s.name for s in source.inputs)}); the route from {source.framework} "
@@ -611,7 +615,7 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
                          "output_dtype": recipe.output_dtype, "per_channel": recipe.per_channel,
                          "ops": cov["ops"], "int8_ops": cov["int8_ops"], "float_ops": cov["float_ops"],
                          "io_conversion_ops": cov["io_conversion_ops"], "qdq_ops": cov.get("qdq_ops"),
-                         "calibration_method": recipe.calibration_method,
+                         "calibration_method": recipe.calibration_method, "activations": recipe.activations,
                          "weight_rounding": {"mode": recipe.weight_rounding, **(source.weight_rounding or {})},
                          "excluded": {"nodes": list(recipe.exclude_nodes),
                                       "op_types": list(recipe.exclude_op_types)},

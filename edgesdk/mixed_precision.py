@@ -68,6 +68,7 @@ class Trials:
             self.excludes = onnx_int8.EXCLUDES_LAYERS
             self.hint, self.measured_hint = onnx_int8.DIAGNOSIS_HINT, onnx_int8.MEASURED_HINT
             self.calibration_methods = onnx_int8.CALIBRATION_METHODS
+            self.int16 = onnx_int8.INT16_ACTIVATIONS
             def convert(r):
                 stats = {}
                 data = onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, quirks=source.quantizer_quirks,
@@ -83,17 +84,21 @@ class Trials:
             self.hint = getattr(route, "DIAGNOSIS_HINT", "")
             self.measured_hint = getattr(route, "MEASURED_HINT", self.hint)
             self.calibration_methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
+            self.int16 = getattr(route, "INT16_ACTIVATIONS", False)
             self._convert = lambda r: route.convert(source, r, calib, profile=profile)
             debug = getattr(route, "diagnose", None)
             self._debug = (lambda path, x, r: debug(source, r, calib, x)) if debug else (lambda path, x, r: [])
         from edgesdk.targets import get_family
-        self.excludes = self.excludes and get_family(profile.family).float_ops  # the Edge TPU runs no float
+        family = get_family(profile.family)
+        self.excludes = self.excludes and family.float_ops  # the Edge TPU runs no float
+        # int8 weights with int16 activations: where the route makes them and the target's runtime runs them
+        self.int16 = self.int16 and recipe.format in family.int16_activations and recipe.activations == "int8"
         self._made = {}
 
     def convert(self, recipe) -> bytes:
         """The artifact's bytes for this recipe (made once per recipe)."""
         key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types, recipe.weight_rounding,
-               recipe.qat)
+               recipe.qat, recipe.activations)
         if key not in self._made:
             self._made[key] = self._convert(recipe)
         return self._made[key]

@@ -15,6 +15,7 @@ DEFAULT_THRESHOLDS = Thresholds()
 
 CALIBRATION_METHODS = ("minmax", "moving-average", "entropy", "percentile")  # each route says which it has
 WEIGHT_ROUNDING = ("auto", "corrected", "nearest")
+ACTIVATIONS = ("int8", "int16")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Recipe:
     # the artifact comes from the source trained quantization-aware: asked for (--qat), or the recovery
     # ladder's training rung
     qat: bool = False
+    # int8 weights with "int16" activations (ONNX Runtime's QInt16): asked for (--activations int16), or the
+    # recovery ladder's rung before float, where the target's runtime runs them
+    activations: str = "int8"
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
@@ -76,7 +80,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
-                min_iou=None, weight_rounding="auto", qat=False) -> Recipe:
+                min_iou=None, weight_rounding="auto", qat=False, activations="int8") -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -121,6 +125,15 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if qat and quant != "int8":
         raise OptionError(f"--qat trains the model for int8; this artifact is {quant}. Drop --qat or "
                           f"--quantization.")
+    if activations not in ACTIVATIONS:
+        raise OptionError(f"Unknown activations '{activations}'; expected one of {', '.join(ACTIVATIONS)}.")
+    if activations == "int16":
+        if quant != "int8":
+            raise OptionError(f"--activations int16 goes with int8 weights; this artifact is {quant}. Drop "
+                              f"--activations or --quantization.")
+        if fmt not in family.int16_activations:
+            raise OptionError(f"{profile.name} ({family.name}) does not run int16 activations in {fmt} artifacts; "
+                              f"drop --activations (the recovery ladder keeps layers in float where it can).")
     if max_accuracy_drop < 0:
         raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
                           f"(got {max_accuracy_drop:g}).")
@@ -153,6 +166,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if qat:  # the training learns the rounding; the trained model's kernels are not rounded again
         weight_rounding = "nearest"
     return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt, qat=bool(qat),
+                  activations=activations,
                   quantization=quant, input_dtype=in_dt, output_dtype=out_dt, per_channel=spec.per_channel,
                   calibration_samples=samples, sparsity=prune, epochs=epochs, distill=bool(distill),
                   batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,

@@ -49,6 +49,9 @@ class TargetFamily:
     formats = ("tflite", "onnx")  # artifact formats its devices run; a profile may narrow them
     quantizations = QUANTIZATIONS  # what its devices compute in
     float_ops = True  # may an int8 artifact keep some ops in float (fallback, exclusions, mixed precision)
+    # formats whose runtime on its devices runs int8 weights with int16 activations (LiteRT's 16x8 kernels,
+    # ONNX Runtime's int16 QDQ)
+    int16_activations = ("tflite", "onnx")
     accelerator_kinds = ("none",)  # values a profile's [accelerator] kind may take
     accelerator_keys: dict = {}  # [accelerator] keys it adds: name -> (type, default)
     representative = ""  # the profile that stands for the family when `check`/`inspect` get no --target

@@ -263,6 +263,7 @@ class EdgeTPU(TargetFamily):
     formats = ("tflite",)
     quantizations = ("int8",)
     float_ops = False  # the compiler maps int8 ops only; anything else splits the graph onto the CPU
+    int16_activations = ()
     accelerator_kinds = ("edgetpu",)
     accelerator_keys = {"on_chip_memory_mb": (float, 8.0)}
     representative = "coral-usb"

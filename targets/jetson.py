@@ -117,6 +117,7 @@ class Jetson(TargetFamily):
     name = NAME
     description = "NVIDIA Jetson: TensorRT engines built on the device from ONNX"
     formats = ("onnx",)
+    int16_activations = ()  # TensorRT's Q/DQ layers take int8 (and fp8/int4), not int16
     accelerator_kinds = ("gpu",)
     accelerator_keys = {"dla_cores": (int, 0), "jetpack": (str, ""), "tensorrt": (str, "")}
     representative = "jetson-orin-nano"

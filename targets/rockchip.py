@@ -75,6 +75,7 @@ class Rockchip(TargetFamily):
     formats = ("rknn",)
     quantizations = ("int8", "fp16")
     float_ops = False  # what runs in fp16 or on the CPU is the toolkit's decision, reported, not a recipe's
+    int16_activations = ()  # the NPU's int16 is the toolkit's own quantization, not a QDQ graph's
     accelerator_kinds = ("npu",)
     accelerator_keys = {"platform": (str, "rk3588"), "npu_cores": (int, 1)}
     representative = "rock5b"

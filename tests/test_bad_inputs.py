@@ -90,6 +90,16 @@ def test_calibration_method_the_route_does_not_have(keras3_mnist, mnist_files, t
                "calibrates with minmax", out_dir=tmp_path / "o")
 
 
+@pytest.mark.parametrize("target,fmt,needle", [
+    ("jetson-orin-nano", "onnx", "jetson-orin-nano (jetson) does not run int16 activations in onnx artifacts"),
+    ("coral-usb", "tflite", "coral-usb (edgetpu) does not run int16 activations in tflite artifacts"),
+    ("rpi4", "tflite", "--activations int16 is made for ONNX artifacts in this version"),
+])
+def test_int16_activations_where_they_cannot_be(keras3_mnist, mnist_files, tmp_path, target, fmt, needle):
+    _cli_fails(OptionError, "convert", keras3_mnist, "-t", target, "--format", fmt, "-c", mnist_files["train"],
+               "--activations", "int16", "-o", tmp_path / "o", needle=needle, out_dir=tmp_path / "o")
+
+
 @pytest.mark.parametrize("value", ["1.5", "1", "-0.1"])
 def test_sparsity_out_of_range(keras3_mnist, mnist_files, value):
     _cli_fails(OptionError, "convert", keras3_mnist, "-c", mnist_files["train"], "--prune", value,
