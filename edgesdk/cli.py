@@ -185,7 +185,8 @@ def families(ctx, as_json):
 @click.option("--check-only", is_flag=True, help="Only report whether --target can run MODEL (see `edgesdk check`).")
 @click.option("--no-recover", is_flag=True,
               help="When int8 misses the gate, fail at once (with a diagnosis) instead of trying other "
-                   "calibration, int16 activations, keeping the measured culprits in float, and quantization-aware training.")
+                   "calibration, int16 activations, keeping the measured culprits in float, and quantization-aware "
+                   "training.")
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")

@@ -484,7 +484,7 @@ def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, v
              training=None, only_training=False) -> tuple:
     """The recovery ladder; on success `tmp` holds the passing artifact. (recipe, figures, verdict, record)"""
     from . import recovery
-    steps = ["calibration", "mixed precision"] * (not only_training) + ["quantization-aware training"] * bool(training)
+    steps = ["calibration", "higher precision"] * (not only_training) + ["quantization-aware training"] * bool(training)
     progress.step(f"int8 missed the gate{' (so did the pruned float model)' if only_training else ''}: trying the "
                   f"recovery ladder ({', then '.join(steps)}; --no-recover to skip)")
     outcome = recovery.recover(source, recipe, profile, calib, val, reference, _model_io(source), tmp, first,

@@ -12,7 +12,12 @@ same validation data:
      the candidates the diagnosis measures (the op behind each failing output,
      the debugger's worst layers, every op type but the weight-heavy ones) are
      each kept in float alone and measured, then added best first, one more
-     per rung, until the gate passes.
+     per rung, until the gate passes. int16 activations that pass but run
+     slower here than the plain int8 (ONNX Runtime's CPU provider computes
+     between int16 Q/DQ pairs in float) are kept as the fallback while the
+     float candidates are tried on the int8 base: the faster that passes wins
+     (Magika: int16 100 % at 11.3 ms, its element-wise ops in float 100 % at
+     4.9 ms, plain int8 5.9 ms).
      Only where the profile lets anything stay float (never the Edge TPU).
   c. quantization-aware training: with labelled --fine-tune data and a
      route that has a trainer (Keras to TFLite: tfmot; PyTorch to TFLite or
@@ -41,6 +46,7 @@ from .mixed_precision import Candidate, Trials
 
 MAX_MIXED_RUNGS = 4
 LATENCY_RUNS = 30
+SLOWER = 1.15  # a rung this much slower than another is the dearer one; below it, timing noise here
 
 
 @dataclass
@@ -53,12 +59,21 @@ class Rung:
     verdict: dict | None = None
     error: str | None = None
     training: dict | None = None  # what the training rung trained: epochs, samples, learning rate, teacher
+    p50_ms: float | None = None   # latency here, measured only where a choice or the record needs it
 
     @property
     def passed(self) -> bool:
         return bool(self.verdict and self.verdict["passed"])
 
-    def row(self, path: Path | None) -> dict:
+    def latency(self, tmp) -> float | None:
+        """Median latency here (measured once): the price of the rung."""
+        if self.p50_ms is None and self.data is not None:
+            path = Path(tmp) / f"timed-{id(self)}.{self.recipe.format}"
+            path.write_bytes(self.data)
+            self.p50_ms = _latency_ms(path)
+        return self.p50_ms
+
+    def row(self) -> dict:
         row = {"step": self.step, "change": self.change,
                "calibration_method": self.recipe.calibration_method, "activations": self.recipe.activations,
                "float_nodes": list(self.recipe.exclude_nodes), "float_op_types": list(self.recipe.exclude_op_types)}
@@ -69,8 +84,8 @@ class Rung:
         row.update({"verdict": self.verdict["verdict"], "size_bytes": len(self.data),
                     "figures": {c["check"] + ("" if c.get("output") is None else f" [output {c['output']}]"):
                                 c.get("value") for c in self.figures["checks"]}})
-        if path is not None:
-            row["p50_ms"] = _latency_ms(path)
+        if self.p50_ms is not None:
+            row["p50_ms"] = self.p50_ms
         return row
 
 
@@ -135,12 +150,18 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
         # b. int16 activations, the whole graph: more range and steps, no op in float. With the activations'
         # rounding nearly gone, the weights' rounding decides: the corrected kind (chosen against int8
         # activations) is tried, then the nearest (Silero VAD: 92.8 against 95.1 % agreement)
+        fallback = None  # int16 that passes but runs slower than int8 here: float ops may cost less
         for rounding in dict.fromkeys((base.recipe.weight_rounding, "nearest")) if trials.int16 and not only_training \
                 else ():
             rung = judge(Rung("int16 activations", f"int8 weights ({rounding} rounding), int16 activations",
                               replace(base.recipe, activations="int16", weight_rounding=rounding)))
             if rung.passed:
-                return _outcome(rung, rungs, measured, tmp)
+                if not _slower(rung, start, tmp):
+                    return _outcome(rung, rungs, measured, tmp)
+                fallback = rung
+                progress.step(f"  int16 activations pass but run slower here than int8 ({rung.p50_ms:.3f} against "
+                              f"{start.p50_ms:.3f} ms p50): trying float ops on the int8 base")
+                break
             if not rung.error and _better(rung, base):
                 base = rung
         # ... then mixed precision: measure each candidate alone, then keep more in float, best first
@@ -160,7 +181,10 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
                 kept = kept + Candidate(tuple(m["nodes"]), tuple(m["op_types"]))
                 rung = judge(Rung("mixed precision", f"kept in float: {kept.label}", kept.applied(base.recipe)))
                 if rung.passed:
-                    return _outcome(rung, rungs, measured, tmp)
+                    faster = fallback if fallback and _slower(rung, fallback, tmp) else rung
+                    return _outcome(faster, rungs, measured, tmp)
+        if fallback is not None:
+            return _outcome(fallback, rungs, measured, tmp)
         # c. quantization-aware training, full int8 from the plain recipe
         if training is not None:
             rung = _trained(source, recipe, training, judge, progress)
@@ -188,6 +212,12 @@ def _trained(source, recipe, training: Training, judge, progress) -> Rung:
         source.model, source.derived = given, derived
 
 
+def _slower(rung: Rung, than: Rung, tmp) -> bool:
+    """Measurably slower here (beyond timing noise); unmeasurable counts as not slower."""
+    a, b = rung.latency(tmp), than.latency(tmp)
+    return a is not None and b is not None and a > b * SLOWER
+
+
 def _better(rung: Rung, than: Rung) -> bool:
     before = failing_checks(than.figures)
     after = {(c["check"], c.get("output")): c for c in rung.figures["checks"]}
@@ -197,12 +227,9 @@ def _better(rung: Rung, than: Rung) -> bool:
 def _outcome(chosen: Rung | None, rungs: list, measured: list, tmp, hint: str = "") -> dict:
     rows = []
     for i, rung in enumerate(rungs):
-        path = None
-        if tmp is not None and rung.data is not None and (rung is chosen or i == 0):
-            # latency only for the plain artifact and the one kept: the price of the fix
-            path = Path(tmp) / f"timed{i}.{rung.recipe.format}"
-            path.write_bytes(rung.data)
-        rows.append(rung.row(path))
+        if tmp is not None and (rung is chosen or i == 0):
+            rung.latency(tmp)  # the plain artifact's and the kept one's: the price of the fix
+        rows.append({**rung.row(), **({"applied": True} if rung is chosen else {})})
     return {"rung": chosen, "rows": rows, "measured": measured, "hint": hint}
 
 
