@@ -18,6 +18,7 @@ from edgesdk.errors import ConversionError, OptionError
 # which clips more the more data it sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with min/max.
 CALIBRATION_METHODS = ("minmax", "moving-average")  # the recovery ladder tries them in this order
 EXCLUDES_LAYERS = True  # ai-edge-quantizer's recipe keeps named layers / op types float
+INT16_ACTIVATIONS = True  # --activations int16: its 16x8 recipe (int8 weights, int16 activations)
 CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float flatbuffer's weights rounded first
 MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
                  "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).")
@@ -35,6 +36,8 @@ def require() -> None:
 
 def io_types(flatbuffer: bytes, recipe) -> bytes:
     """Drop the QUANTIZE/DEQUANTIZE at the graph boundary so the artifact takes and returns integers."""
+    if recipe.activations == "int16":
+        return flatbuffer  # ai-edge-quantizer's 16x8 graph takes and returns int16 (recipe.INT16_IO)
     from edgesdk.converters.keras_model import import_tf
     tf = import_tf()
     from tensorflow.lite.python.util import modify_model_io_type
@@ -61,7 +64,8 @@ def io_types(flatbuffer: bytes, recipe) -> bytes:
 
 
 def quantize(flatbuffer: bytes, x: np.ndarray, progress=None, recipe=None) -> bytes:
-    """ai-edge-quantizer's static int8 recipe (int8 weights and activations) on a float TFLite."""
+    """ai-edge-quantizer's static recipe on a float TFLite: int8 weights, int8 activations (or int16 ones
+    under recipe.activations, TFLite's 16x8 mode, int16 at the boundary too)."""
     require()
     q, data = quantizer_for(flatbuffer, x, recipe)
     calibration = q.calibrate(data) if recipe is not None and recipe.calibration_method == "moving-average" \
@@ -105,7 +109,9 @@ def quantizer_for(flatbuffer: bytes, x: np.ndarray, recipe=None):
     signatures = interpreter_module().Interpreter(model_content=flatbuffer).get_signature_list()
     (key, sig), = signatures.items()
     q = quantizer.Quantizer(flatbuffer)
-    q.load_quantization_recipe(aeq_recipe.static_wi8_ai8())
+    # 16x8: int16 activations beside the int8 weights (LiteRT's int16 kernels), else full int8
+    sixteen = recipe is not None and recipe.activations == "int16"
+    q.load_quantization_recipe(aeq_recipe.static_wi8_ai16() if sixteen else aeq_recipe.static_wi8_ai8())
     if recipe is not None:
         keep_float(q, flatbuffer, recipe)
     from edgesdk.inputs import feed_rows

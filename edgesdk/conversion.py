@@ -108,9 +108,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
                           f"{source.framework} to {recipe.format}: this route calibrates with {' or '.join(methods)}.")
     if recipe.activations == "int16" and not getattr(route, "INT16_ACTIVATIONS", False):
-        raise OptionError(f"--activations int16 is made for ONNX artifacts in this version (ONNX Runtime's int16 "
-                          f"Q/DQ); the route from {source.framework} to {recipe.format} makes int8 activations. Use "
-                          f"--format onnx, or drop --activations.")
+        raise OptionError(f"The route from {source.framework} to {recipe.format} makes int8 activations only "
+                          f"(int16 ones are made for ONNX artifacts, and for TFLite from PyTorch or ONNX sources); "
+                          f"use --format onnx, or drop --activations.")
     if source.multi_input and not getattr(route, "MULTI_INPUT", False):
         raise ConversionError(f"'{source.name}' has {len(source.inputs)} inputs "
                               f"({', '.join(s.name for s in source.inputs)}); the route from {source.framework} "

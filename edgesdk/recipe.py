@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .data import Preprocess
 from .errors import OptionError
@@ -16,6 +16,9 @@ DEFAULT_THRESHOLDS = Thresholds()
 CALIBRATION_METHODS = ("minmax", "moving-average", "entropy", "percentile")  # each route says which it has
 WEIGHT_ROUNDING = ("auto", "corrected", "nearest")
 ACTIVATIONS = ("int8", "int16")
+# what an artifact with int16 activations takes and returns: ONNX keeps float32 outside its Q/DQ pairs;
+# TFLite's 16x8 graphs are int16 end to end, as ai-edge-quantizer makes them
+INT16_IO = {"onnx": "float32", "tflite": "int16"}
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,14 @@ class Recipe:
     # the artifact comes from the source trained quantization-aware: asked for (--qat), or the recovery
     # ladder's training rung
     qat: bool = False
-    # int8 weights with "int16" activations (ONNX Runtime's QInt16): asked for (--activations int16), or the
-    # recovery ladder's rung before float, where the target's runtime runs them
+    # int8 weights with "int16" activations (ONNX Runtime's QInt16, TFLite's 16x8):
+    # asked for (--activations int16), or the recovery ladder's rung before float, where the target runs them
     activations: str = "int8"
+
+    def with_int16_activations(self, **changes) -> "Recipe":
+        """This recipe with int16 activations, and the boundary dtype such artifacts have."""
+        io = INT16_IO[self.format]
+        return replace(self, activations="int16", input_dtype=io, output_dtype=io, **changes)
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
@@ -134,6 +142,10 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
         if fmt not in family.int16_activations:
             raise OptionError(f"{profile.name} ({family.name}) does not run int16 activations in {fmt} artifacts; "
                               f"drop --activations (the recovery ladder keeps layers in float where it can).")
+        if fmt == "tflite" and {input_dtype, output_dtype} - {None}:
+            raise OptionError("TFLite artifacts with int16 activations (16x8) take and return int16 (the scale "
+                              "and zero point are in the manifest); drop --input-dtype/--output-dtype.")
+        in_dt = out_dt = INT16_IO[fmt]
     if max_accuracy_drop < 0:
         raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
                           f"(got {max_accuracy_drop:g}).")

@@ -7,7 +7,8 @@ same validation data:
      percentile, then entropy), each from the same calibration samples;
   b. higher precision: first the whole graph with int16 activations beside
      its int8 weights, where the route makes them and the target's runtime
-     runs them (ONNX on CPU targets); then mixed precision by measured
+     runs them (CPU targets: ONNX, and TFLite's 16x8 from ai-edge-quantizer);
+     then mixed precision by measured
      sensitivity, on the best base so far (int16 when it measured better):
      the candidates the diagnosis measures (the op behind each failing output,
      the debugger's worst layers, every op type but the weight-heavy ones) are
@@ -154,7 +155,7 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
         for rounding in dict.fromkeys((base.recipe.weight_rounding, "nearest")) if trials.int16 and not only_training \
                 else ():
             rung = judge(Rung("int16 activations", f"int8 weights ({rounding} rounding), int16 activations",
-                              replace(base.recipe, activations="int16", weight_rounding=rounding)))
+                              base.recipe.with_int16_activations(weight_rounding=rounding)))
             if rung.passed:
                 if not _slower(rung, start, tmp):
                     return _outcome(rung, rungs, measured, tmp)

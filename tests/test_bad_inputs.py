@@ -93,7 +93,7 @@ def test_calibration_method_the_route_does_not_have(keras3_mnist, mnist_files, t
 @pytest.mark.parametrize("target,fmt,needle", [
     ("jetson-orin-nano", "onnx", "jetson-orin-nano (jetson) does not run int16 activations in onnx artifacts"),
     ("coral-usb", "tflite", "coral-usb (edgetpu) does not run int16 activations in tflite artifacts"),
-    ("rpi4", "tflite", "--activations int16 is made for ONNX artifacts in this version"),
+    ("rpi4", "tflite", "The route from keras to tflite makes int8 activations only"),
 ])
 def test_int16_activations_where_they_cannot_be(keras3_mnist, mnist_files, tmp_path, target, fmt, needle):
     _cli_fails(OptionError, "convert", keras3_mnist, "-t", target, "--format", fmt, "-c", mnist_files["train"],
