@@ -25,6 +25,8 @@ FORMAT = "tflite"
 FRAMEWORK = "keras"
 CALIBRATION_METHODS = ("minmax",)  # the TFLite converter's calibrator has no other
 MULTI_INPUT = True  # Keras models and SavedModel signatures with several inputs
+INT16_ACTIVATIONS = True  # the converter's 16x8 mode: int8 weights, int16 activations and I/O
+INT16_KEEPS_FLOAT = False  # ... but its selective quantization (the debugger) makes int8 activations
 CORRECTED_ROUNDING = True  # the live model's Conv2D/DepthwiseConv2D weights (not a SavedModel, not with exclusions)
 
 
@@ -97,7 +99,7 @@ def failing_ops(log: str) -> list:
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     """Return the .tflite flatbuffer for `source` under `recipe`."""
     tf = import_tf()
-    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}
+    dtypes = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32, "int16": tf.int16}
     x = calibration.x[: recipe.calibration_samples] if calibration is not None else None
 
     def representative_dataset():
@@ -120,7 +122,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             if recipe.quantization == "int8":
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
                 conv.representative_dataset = representative_dataset
-                conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                conv.target_spec.supported_ops = [_integer_ops(tf, recipe)]
                 conv.inference_input_type = dtypes[recipe.input_dtype]
                 conv.inference_output_type = dtypes[recipe.output_dtype]
                 conv._experimental_disable_per_channel = not recipe.per_channel
@@ -150,6 +152,13 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     return flatbuffer
 
 
+def _integer_ops(tf, recipe):
+    """Full int8, or TFLite's 16x8 mode (int8 weights, int16 activations) under --activations int16."""
+    if recipe.activations == "int16":
+        return tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    return tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+
+
 def _rmse_per_scale(float_values, quant_values, scale, zero_point):
     dequantized = (quant_values.astype(np.float32) - zero_point) * scale
     return float(np.sqrt(np.mean((float_values - dequantized) ** 2)) / scale) if scale else float("nan")
@@ -166,6 +175,9 @@ def _debugger(tf, conv, x, denylisted_nodes=(), denylisted_ops=(), source=None):
 def _with_exclusions(tf, conv, recipe, x, source) -> bytes:
     """Selective quantization: the named nodes / op types stay float (TFLite's QuantizationDebugger)."""
     from tensorflow.lite.python.util import modify_model_io_type
+    if recipe.activations == "int16":  # its debugger quantizes int8 whatever the ops set says
+        raise ConversionError("The TFLite converter keeps layers in float beside int8 activations only; drop "
+                              "--activations int16 or the exclusions.")
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     conv.inference_input_type = conv.inference_output_type = tf.float32
     model = _debugger(tf, conv, x[:8], recipe.exclude_nodes, [t.upper() for t in recipe.exclude_op_types],

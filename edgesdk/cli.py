@@ -163,9 +163,9 @@ def families(ctx, as_json):
               "kernel's sum kept and the biases corrected for what rounding shifts (better on photos); auto: "
               "both where int8 costs accuracy, the one that measures better kept.")
 @click.option("--activations", type=click.Choice(["int8", "int16"]), default="int8", show_default=True,
-              help="int8 weights with int16 activations (CPU targets; ONNX, or TFLite's 16x8 from PyTorch or "
-              "ONNX sources): more range and precision where int8 activations lose it, at a price in speed "
-              "(LiteRT's 16x8 kernels are its reference ones).")
+              help="int8 weights with int16 activations (CPU targets; ONNX, or TFLite's 16x8 with int16 "
+              "input and output): more range and precision where int8 activations lose it, at a price in "
+              "speed (LiteRT's 16x8 kernels are its reference ones).")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
               help="Input shape to build for: fixes an ONNX source's dynamic dims; the example input for PyTorch "
                    "files without one. E.g. 1,3,224,224 or x:1,3,48,192; repeat it (or join with ;) per input.")

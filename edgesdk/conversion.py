@@ -109,8 +109,12 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                           f"{source.framework} to {recipe.format}: this route calibrates with {' or '.join(methods)}.")
     if recipe.activations == "int16" and not getattr(route, "INT16_ACTIVATIONS", False):
         raise OptionError(f"The route from {source.framework} to {recipe.format} makes int8 activations only "
-                          f"(int16 ones are made for ONNX artifacts, and for TFLite from PyTorch or ONNX sources); "
+                          f"(int16 ones are made for ONNX artifacts and TFLite ones); "
                           f"use --format onnx, or drop --activations.")
+    if recipe.activations == "int16" and (recipe.exclude_nodes or recipe.exclude_op_types) \
+            and not getattr(route, "INT16_KEEPS_FLOAT", True):
+        raise OptionError(f"The route from {source.framework} to {recipe.format} keeps layers in float beside int8 "
+                          f"activations only; drop --activations int16 or --exclude-nodes/--exclude-op-types.")
     if source.multi_input and not getattr(route, "MULTI_INPUT", False):
         raise ConversionError(f"'{source.name}' has {len(source.inputs)} inputs "
                               f"({', '.join(s.name for s in source.inputs)}); the route from {source.framework} "

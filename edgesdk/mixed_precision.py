@@ -68,7 +68,7 @@ class Trials:
             self.excludes = onnx_int8.EXCLUDES_LAYERS
             self.hint, self.measured_hint = onnx_int8.DIAGNOSIS_HINT, onnx_int8.MEASURED_HINT
             self.calibration_methods = onnx_int8.CALIBRATION_METHODS
-            self.int16 = onnx_int8.INT16_ACTIVATIONS
+            self.int16, self.int16_keeps_float = onnx_int8.INT16_ACTIVATIONS, True
             def convert(r):
                 stats = {}
                 data = onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, quirks=source.quantizer_quirks,
@@ -85,6 +85,7 @@ class Trials:
             self.measured_hint = getattr(route, "MEASURED_HINT", self.hint)
             self.calibration_methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
             self.int16 = getattr(route, "INT16_ACTIVATIONS", False)
+            self.int16_keeps_float = getattr(route, "INT16_KEEPS_FLOAT", True)
             self._convert = lambda r: route.convert(source, r, calib, profile=profile)
             debug = getattr(route, "diagnose", None)
             self._debug = (lambda path, x, r: debug(source, r, calib, x)) if debug else (lambda path, x, r: [])

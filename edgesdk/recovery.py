@@ -7,7 +7,7 @@ same validation data:
      percentile, then entropy), each from the same calibration samples;
   b. higher precision: first the whole graph with int16 activations beside
      its int8 weights, where the route makes them and the target's runtime
-     runs them (CPU targets: ONNX, and TFLite's 16x8 from ai-edge-quantizer);
+     runs them (CPU targets: ONNX Runtime's int16 Q/DQ, TFLite's 16x8);
      then mixed precision by measured
      sensitivity, on the best base so far (int16 when it measured better):
      the candidates the diagnosis measures (the op behind each failing output,
@@ -163,8 +163,8 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
                 progress.step(f"  int16 activations pass but run slower here than int8 ({rung.p50_ms:.3f} against "
                               f"{start.p50_ms:.3f} ms p50): trying float ops on the int8 base")
                 break
-            if not rung.error and _better(rung, base):
-                base = rung
+            if not rung.error and trials.int16_keeps_float and _better(rung, base):
+                base = rung  # (the Keras route's selective quantization is int8 only)
         # ... then mixed precision: measure each candidate alone, then keep more in float, best first
         failing = failing_checks(base.figures)
         if trials.excludes and failing and not only_training:

@@ -93,11 +93,13 @@ def test_calibration_method_the_route_does_not_have(keras3_mnist, mnist_files, t
 @pytest.mark.parametrize("target,fmt,needle", [
     ("jetson-orin-nano", "onnx", "jetson-orin-nano (jetson) does not run int16 activations in onnx artifacts"),
     ("coral-usb", "tflite", "coral-usb (edgetpu) does not run int16 activations in tflite artifacts"),
-    ("rpi4", "tflite", "The route from keras to tflite makes int8 activations only"),
+    ("rpi4", "tflite", "The route from keras to tflite keeps layers in float beside int8 activations only"),
 ])
 def test_int16_activations_where_they_cannot_be(keras3_mnist, mnist_files, tmp_path, target, fmt, needle):
+    # the TFLite converter's selective quantization makes int8 activations whatever the ops set says
+    excluded = ["--exclude-op-types", "SOFTMAX", "--allow-float-fallback"] if target == "rpi4" else []
     _cli_fails(OptionError, "convert", keras3_mnist, "-t", target, "--format", fmt, "-c", mnist_files["train"],
-               "--activations", "int16", "-o", tmp_path / "o", needle=needle, out_dir=tmp_path / "o")
+               "--activations", "int16", *excluded, "-o", tmp_path / "o", needle=needle, out_dir=tmp_path / "o")
 
 
 @pytest.mark.parametrize("value", ["1.5", "1", "-0.1"])

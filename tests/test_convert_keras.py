@@ -101,6 +101,20 @@ def test_coral_profile_gives_uint8_io(keras3_mnist, mnist_files, tmp_path):
     assert art.validation["passed"]
 
 
+def test_int16_activations_from_the_tflite_converter(keras3_mnist, mnist_files, tmp_path):
+    """The converter's 16x8 mode: int8 weights, int16 activations and I/O, no float op, and the output error
+    well below the int8 artifact's on the same held-out digits (measured 42.5 -> 51.1 dB)."""
+    arts = {act: edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                                 validation=mnist_files["test"], output_dir=tmp_path / act, quiet=True, activations=act)
+            for act in ("int8", "int16")}
+    q = arts["int16"].manifest["quantization"]
+    assert q["activations"] == "int16" and q["float_ops"] == [] and q["input_dtype"] == q["output_dtype"] == "int16"
+    assert q["tensor_dtypes"]["int16"] >= 5 and arts["int8"].manifest["quantization"]["tensor_dtypes"].get("int16") is None
+    assert [i["dtype"] for i in arts["int16"].manifest["inputs"]] == ["int16"]
+    assert arts["int16"].validation["sqnr_db"] > arts["int8"].validation["sqnr_db"] + 5
+    assert arts["int16"].validation["passed"]
+
+
 def test_tfkeras_h5_pruned_with_tfmot_fine_tune(tfkeras_mnist, mnist_files, tmp_path):
     art = edgesdk.convert(str(tfkeras_mnist), target="rpi5", calibration=mnist_files["train"],
                           validation=mnist_files["test"], prune=0.75, fine_tune=mnist_files["train"],
