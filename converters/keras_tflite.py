@@ -139,11 +139,12 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             text = f"{exc}\n{log()}"
             ops = failing_ops(str(exc)) or failing_ops(text)
             first = first_line(exc)
+            kind = "16x8 (int16 activations)" if recipe.activations == "int16" else recipe.quantization
             if ops:
                 raise ConversionError(
-                    f"The model cannot be converted to full-integer {recipe.quantization} TFLite: no int8 "
-                    f"kernel for op(s) {', '.join(ops)}. Replace those layers with int8-friendly ones, or "
-                    f"choose a profile that allows float fallback. Converter said: {first[:300]}") from None
+                    f"The model cannot be converted to full-integer {kind} TFLite: no {kind} kernel for "
+                    f"op(s) {', '.join(ops)}. Replace those layers with {kind}-friendly ones, or choose a "
+                    f"profile that allows float fallback. Converter said: {first[:300]}") from None
             raise ConversionError(f"The TFLite converter failed: {first[:500]}") from None
         finally:
             if before is not None:

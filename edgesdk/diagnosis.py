@@ -7,7 +7,8 @@ in float in turn and the failing checks measured again on the same samples:
 the op that produces each failing output, the debugger's worst layers, every
 op type but the weight-heavy ones (what rescues a byte classifier whose
 elementwise ops cannot share int8 scales), and the front end (an audio model's
-STFT, whose range int8 cannot hold). Routes that can keep layers in
+STFT, whose range int8 cannot hold); int16 activations are measured beside
+them where the route makes them and the target runs them. Routes that can keep layers in
 float say so with EXCLUDES_LAYERS; profiles that forbid it (the Edge TPU) get
 the debugger's ranking only.
 """
@@ -66,6 +67,8 @@ def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference
         if not (trials.excludes and failing):
             return trials.debugger_rows(artifact_path, x, recipe), trials.hint
         picked, rows = candidates(trials, recipe, artifact_path, x, failing)
+        if trials.int16:  # the lever beside float (the recovery ladder tries it as a rung of its own)
+            picked.append(Candidate(int16=True))
         measured = measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout)
         return (measured, trials.measured_hint) if measured else (rows, trials.hint)
     except Exception as exc:
@@ -115,16 +118,17 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
             try:
                 path.write_bytes(trials.convert(cand.applied(recipe)))
             except EdgeSDKError:
-                heard(cand, "cannot be kept in float on this route")
+                heard(cand, f"cannot be made on this route ({cand.what})")
                 continue
             after = measured(path)
             parts = [f"{b['check']} {_show(b['value'])} -> {_show(after[(b['check'], b.get('output'))]['value'])}"
                      for b in before_all if after.get((b["check"], b.get("output")), {}).get("value") is not None]
             single = len(cand.nodes) == 1 and not cand.op_types
-            rows.append({"node": cand.nodes[0] if single else cand.label, "op": cand.op,
+            node = cand.nodes[0] if single else cand.label if cand.nodes or cand.op_types else "whole graph"
+            rows.append({"node": node, "op": cand.op,
                          "nodes": list(cand.nodes), "op_types": list(cand.op_types),
                          "gain": round(gain(before_all, after), 3), "measured_on": len(x),
-                         "detail": f"kept in float: {', '.join(parts)}" + ("" if single else f" ({cand.flags})")})
+                         "detail": f"{cand.what}: {', '.join(parts)}" + ("" if single else f" ({cand.flags})")})
             heard(cand, ", ".join(parts) or "nothing measurable changed")
     rows.sort(key=lambda r: -r["gain"])
     return rows

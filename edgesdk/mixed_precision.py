@@ -28,31 +28,41 @@ MERGED_HEADS = {"yolov8", "yolov5"}
 
 @dataclass(frozen=True)
 class Candidate:
-    """Nodes and op types kept in float; `op` is the node's type, for messages."""
+    """Nodes and op types kept in float, or the whole graph's activations in int16; `op` is the node's
+    type, for messages."""
 
     nodes: tuple = ()
     op_types: tuple = ()
     op: str = ""
+    int16: bool = False
 
     def __add__(self, other: "Candidate") -> "Candidate":
         return Candidate(tuple(dict.fromkeys(self.nodes + other.nodes)),
-                         tuple(dict.fromkeys(self.op_types + other.op_types)))
+                         tuple(dict.fromkeys(self.op_types + other.op_types)), int16=self.int16 or other.int16)
 
     @property
     def label(self) -> str:
         parts = [f"{n}{f' ({self.op})' if self.op and len(self.nodes) == 1 else ''}" for n in self.nodes]
         if self.op_types:
             parts.append(f"op types {','.join(self.op_types)}")
-        return "; ".join(parts)
+        return "; ".join(parts + ["int16 activations"] * self.int16)
+
+    @property
+    def what(self) -> str:
+        return "int16 activations" if self.int16 and not (self.nodes or self.op_types) else "kept in float"
 
     @property
     def flags(self) -> str:
         """The options that apply it by hand."""
         parts = ([f"--exclude-nodes {','.join(self.nodes)}"] if self.nodes else []) + \
-                ([f"--exclude-op-types {','.join(self.op_types)}"] if self.op_types else [])
+                ([f"--exclude-op-types {','.join(self.op_types)}"] if self.op_types else []) + \
+                (["--activations int16"] if self.int16 else [])
         return " ".join(parts)
 
     def applied(self, recipe):
+        recipe = recipe.with_int16_activations() if self.int16 else recipe
+        if not (self.nodes or self.op_types):
+            return recipe
         return replace(recipe, exclude_nodes=tuple(dict.fromkeys(tuple(recipe.exclude_nodes) + self.nodes)),
                        exclude_op_types=tuple(dict.fromkeys(tuple(recipe.exclude_op_types) + self.op_types)),
                        allow_float_fallback=True)

@@ -199,11 +199,11 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
     if worst:
         listed = "; ".join(f"{w['node']}{' (' + w['op'] + ')' if w.get('op') else ''}: {w['detail']}"
                            for w in worst)
-        heading = (f"Kept in float one at a time (measured on {worst[0]['measured_on']} samples)"
+        heading = (f"Tried one at a time (measured on {worst[0]['measured_on']} samples)"
                    if "gain" in worst[0] else "Layers that lose the most to quantization")
         culprits = f" {heading}: {listed}. {figures.get('worst_layers_hint', '')}"
         if "gain" in worst[0] and max(w["gain"] for w in worst) <= 0.05:
-            culprits = (f" Keeping any one of {', '.join(w['node'][:60] for w in worst)} in float changed "
+            culprits = (f" Trying each of {', '.join(w['node'][:60] for w in worst)} alone changed "
                         f"nothing measurable (on {worst[0]['measured_on']} samples): the loss is not one "
                         f"layer's rounding.")
     culprits += figures.get("recovery_note", "")

@@ -64,6 +64,10 @@ def test_stateful_vad_int8_is_judged_over_the_sequence_with_its_own_state(vad, t
     assert "top-1 agreement with the source [output 0]" in r.stderr and "Traceback" not in r.stderr
     # the diagnosis measures the front end (the STFT: Conv, Pow, Add, Sqrt) kept in float, and names it
     assert "/model/stft/Conv; /model/stft/Slice_3" in r.stderr or "/model/stft/Conv,/model/stft/Slice_3" in r.stderr
+    # ... and the whole graph with int16 activations, the other lever, with the flag that applies it
+    sixteen = r.stderr.split("whole graph: int16 activations: top-1 agreement with the source ")[1]
+    before, after = (float(v) for v in sixteen.split(" (--activations int16)")[0].split(" -> "))
+    assert after > before + 0.03, sixteen[:200]
     assert list(tmp_path.iterdir()) == []
     # the STFT kept in float: the speech decisions agree over the whole sequence
     art = edgesdk.convert(str(vad["model"]), target="rpi4", format="onnx", input_shape="input:1,576",
