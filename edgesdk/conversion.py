@@ -466,7 +466,7 @@ def _trained_rung(recovery) -> dict | None:
     applied = (recovery or {}).get("applied") or {}
     if applied.get("step") != "quantization-aware training":
         return None
-    return next(r["training"] for r in recovery["rungs"] if r["step"] == applied["step"] and r["verdict"] == "pass")
+    return next(r["training"] for r in recovery["rungs"] if r.get("applied"))
 
 
 def _qat_trainer(source, recipe, tune, recover) -> tuple:
