@@ -14,7 +14,6 @@ CPU) and in which data type; the Rockchip family judges it.
 from __future__ import annotations
 
 import atexit
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from edgesdk import toolchains
 from edgesdk.errors import ConversionError
 from edgesdk.inputs import feed_rows
 from edgesdk.util import sha256_file
+
+from .float_onnx import float_onnx
 
 FORMAT = "rknn"
 MULTI_INPUT = True  # every input fed by its ONNX name, in the graph's order
@@ -66,23 +67,6 @@ def build_for(sha256: str) -> Build | None:
     return _BUILDS.get(sha256)
 
 
-def _float_onnx(source) -> Path:
-    """The source as float ONNX with fixed shapes (exported once for Keras and PyTorch sources)."""
-    if source.float_onnx:
-        return Path(source.float_onnx)
-    if source.framework == "keras":
-        from .keras_onnx import export_float
-    elif source.framework == "torch":
-        from .torch_onnx import export_float
-    else:
-        raise ConversionError(f"No ONNX form of a {source.framework} source to build an .rknn from.")
-    work = tempfile.TemporaryDirectory(prefix="edgesdk-rknn-export-")
-    path = Path(work.name) / "float.onnx"
-    export_float(source, path)
-    source.float_onnx, source.keepalive = str(path), work
-    return path
-
-
 def _graph_io(path: Path) -> tuple:
     from edgesdk.onnx_artifact import ONNXArtifact
     io = ONNXArtifact(path).io()
@@ -102,7 +86,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                               f"route does not validate state fed back step by step yet. Convert it for another "
                               f"target, or export the model without the state input.")
     platform = profile.accelerator.platform if profile is not None else "rk3588"
-    onnx_path = _float_onnx(source)
+    onnx_path = float_onnx(source)
     inputs, outputs = _graph_io(onnx_path)
     if any(d < 1 for i in inputs for d in i["shape"]):
         raise ConversionError(f"The ONNX form of '{source.name}' has open input sizes "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from edgesdk.errors import ModelLoadError
+from edgesdk.errors import ConversionError, ModelLoadError
 from edgesdk.inputs import Inputs
 from edgesdk.source import InputSpec, SourceModel
 from edgesdk.util import first_line, sha256_file
@@ -181,3 +181,42 @@ def from_module(module, example_input=None, path=None, flavor="module", fixed_ba
                       specs=specs if len(specs) > 1 else [])
     src.example_input = args
     return src
+
+
+CUT_MATCH = 1e-3  # a cut point's value, relative to its largest magnitude: ONNX Runtime and PyTorch agree closer
+
+
+def cut(module, args, wanted: list):
+    """The module made to output, in order, the tensors whose values on `args` are `wanted` (the cut points of
+    a detector's head, found in its ONNX export), everything computed only after them dropped.
+
+    The exported graph is run once with every intermediate value kept, and each wanted array is matched to
+    the first node with its shape and values. Raises ConversionError when one has no match."""
+    import numpy as np
+    torch = import_torch()
+    with torch.no_grad():
+        gm = torch.export.export(module, tuple(args)).module()
+        values = []
+
+        class Capture(torch.fx.Interpreter):
+            def run_node(self, node):
+                out = super().run_node(node)
+                if isinstance(out, torch.Tensor) and out.is_floating_point():
+                    values.append((node, out.detach().numpy()))
+                return out
+        Capture(gm).run(*args)
+    found = []
+    for k, w in enumerate(wanted):
+        scale = float(np.abs(w).max()) or 1.0
+        node = next((n for n, v in values if v.shape == w.shape and float(np.abs(v - w).max()) <= CUT_MATCH * scale),
+                    None)
+        if node is None:
+            raise ConversionError(f"no tensor of the PyTorch graph matches cut point {k} {tuple(w.shape)} of its "
+                                  f"ONNX export")
+        found.append(node)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output.args = (tuple(found),)
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional inputs, a tuple out (no pytree specs)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm

@@ -25,6 +25,7 @@ from .torch_model import import_torch
 FORMAT = "tflite"
 FRAMEWORK = "torch"
 MULTI_INPUT = True  # one TFLite input per forward() argument, in order
+CUTS_TAILS = True  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
 
 
 def _channels_last(model, torch, turned: set):
@@ -47,13 +48,16 @@ def _x(source, recipe, calibration):
     return to_artifact_layout(calibration.x[: recipe.calibration_samples], source, recipe.layout)
 
 
-def _float_model(source, recipe, torch):
-    """The float flatbuffer for the source as it is now, in the artifact's layout (made once per source:
-    recovery and diagnosis re-quantize it many times, and pruning happens before the first)."""
+def _float_model(source, recipe, torch, calibration):
+    """The float flatbuffer for the source as it is now (cut before its host tail, if any), in the artifact's
+    layout (made once per source and cut: recovery and diagnosis re-quantize it many times, and pruning
+    happens before the first)."""
     import litert_torch
-    key = ("float_tflite", recipe.layout)
+    key = ("float_tflite", recipe.layout, recipe.host_tail)
     if key not in source.derived:
         model, args = source.model, tuple(source.example_input)
+        if recipe.host_tail:
+            model = _cut(source, recipe.host_tail, calibration)
         turned = {i for i, s in enumerate(source.inputs) if s.layout == "NCHW"} if recipe.layout == "NHWC" else set()
         if turned:
             model = _channels_last(model, torch, turned)
@@ -62,11 +66,25 @@ def _float_model(source, recipe, torch):
     return source.derived[key]
 
 
+def _cut(source, outputs: tuple, calibration):
+    """The source module stopped where its ONNX export is cut before the head's post-processing: matched by
+    value on one calibration sample, batched as the example input."""
+    import numpy as np
+    from edgesdk.host_tail import cut_points
+    from .torch_model import cut
+    batch = int(source.example_input[0].shape[0]) if source.inputs[0].batch_axis == 0 else 1
+    x = calibration.x[np.zeros(batch, int)]  # the first sample, as many times as the module's batch
+    feed = x.feed() if hasattr(x, "feed") else {source.input_name: x}
+    torch = import_torch()
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in source.inputs)
+    return cut(source.model, args, cut_points(source, outputs, x))
+
+
 def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     torch = import_torch()
     with captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        flatbuffer = _float_model(source, recipe, torch)
+        flatbuffer = _float_model(source, recipe, torch, calibration)
         return tflite_int8.diagnose(flatbuffer, recipe, _x(source, recipe, calibration), val_x, worst)
 
 
@@ -80,7 +98,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     try:
         with captured_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            flatbuffer = _float_model(source, recipe, torch)
+            flatbuffer = _float_model(source, recipe, torch, calibration)
             if recipe.quantization == "int8":
                 x = _x(source, recipe, calibration)
                 flatbuffer = tflite_int8.quantize(tflite_int8.rounded(source, flatbuffer, recipe, x), x, progress,

@@ -92,24 +92,35 @@ def split(onnx_path, tail: Tail, head_path, tail_path) -> list:
 def cut_source(source, outputs: tuple) -> tuple:
     """(the head's ONNX path, the tail's ONNX path, the Tail, the head's output names) for an ONNX source,
     made once per source."""
+    from edgesdk.converters.float_onnx import float_onnx
     key = ("host_tail", tuple(outputs))
     if key not in source.derived:
-        tail = find(source.float_onnx, set(outputs))
+        graph = float_onnx(source)
+        tail = find(graph, set(outputs))
         work = tempfile.TemporaryDirectory(prefix="edgesdk-cut-")
         head, rest = Path(work.name) / "head.onnx", Path(work.name) / "tail.onnx"
-        names = split(source.float_onnx, tail, head, rest)
+        names = split(graph, tail, head, rest)
         source.derived[key] = (head, rest, tail, names, work)
     return source.derived[key][:4]
 
 
 def plan(source, reference: list, io, task: str) -> tuple:
-    """The source outputs whose post-processing the host should finish: () when there is none to cut."""
-    if not source.float_onnx or source.stateful or source.output_axes:
+    """The source outputs whose post-processing the host should finish: () when there is none to cut. A Keras
+    or PyTorch source is exported to float ONNX for it (once) only when a head merges boxes and scores."""
+    if source.stateful or source.output_axes:
         return ()
+    from edgesdk.converters.float_onnx import float_onnx
     from .mixed_precision import merged_heads
     merged = {io.output_names[i] for i in merged_heads(reference, io, task)}
-    tail = find(source.float_onnx, merged) if merged else None
+    tail = find(float_onnx(source), merged) if merged else None
     return tail.outputs if tail else ()
+
+
+def cut_points(source, outputs: tuple, x) -> list:
+    """What the cut graph outputs on `x` (source layout), in its output order: the values a route that cuts
+    its framework's own model (not the ONNX graph) finds its cut points by."""
+    from .onnx_artifact import ONNXArtifact
+    return ONNXArtifact(cut_source(source, outputs)[0]).predict(x)
 
 
 class Finished:

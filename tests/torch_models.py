@@ -123,3 +123,79 @@ class GainedONet(nn.Module):
 
     def forward(self, x, gain):
         return self.inner(x * gain.view(-1, 1, 1, 1))
+
+
+class ONNXGraph(nn.Module):
+    """A float ONNX graph run op by op in PyTorch, its initializers as buffers: a real pretrained network
+    (ddddocr's YOLOX) as a PyTorch source. Only the ops YOLOX and its YOLOv8-style head use; every shape
+    and index is a constant of the graph, so torch.export traces it to a plain aten graph."""
+
+    OPS = {"Conv", "Sigmoid", "Mul", "Add", "Concat", "Slice", "MaxPool", "Resize", "Reshape", "Transpose", "Exp"}
+
+    def __init__(self, path):
+        import onnx
+        from onnx import numpy_helper
+        super().__init__()
+        model = onnx.load(str(path))
+        g = model.graph
+        self.consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.nodes = [(n.op_type, list(n.input), list(n.output),
+                       {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}) for n in g.node]
+        unknown = {n[0] for n in self.nodes} - self.OPS
+        assert not unknown, unknown
+        self.weights = {}
+        for k, (op, inputs, _, _) in enumerate(self.nodes):
+            if op in ("Conv", "Mul", "Add"):
+                for j, name in enumerate(inputs[1:] if op == "Conv" else inputs):
+                    if name in self.consts and name not in self.weights:
+                        buf = f"w{len(self.weights)}"
+                        self.register_buffer(buf, torch.from_numpy(self.consts[name].copy()))
+                        self.weights[name] = buf
+        self.input_name = g.input[0].name
+        self.output_names = [o.name for o in g.output]
+
+    def _value(self, env, name):
+        return getattr(self, self.weights[name]) if name in self.weights else env[name]
+
+    def forward(self, x):
+        f = nn.functional
+        env = {self.input_name: x}
+        for op, inputs, outputs, attrs in self.nodes:
+            a = [self._value(env, i) if i in env or i in self.weights else None for i in inputs]
+            if op == "Conv":
+                pads = attrs.get("pads", [0, 0, 0, 0])
+                y = f.conv2d(a[0], a[1], a[2] if len(a) > 2 else None, attrs.get("strides", 1), pads[:2],
+                             attrs.get("dilations", 1), attrs.get("group", 1))
+            elif op == "Sigmoid":
+                y = torch.sigmoid(a[0])
+            elif op == "Exp":
+                y = torch.exp(a[0])
+            elif op == "Mul":
+                y = a[0] * a[1]
+            elif op == "Add":
+                y = a[0] + a[1]
+            elif op == "Concat":
+                y = torch.cat(a, attrs["axis"])
+            elif op == "Slice":
+                starts, ends, axes = (self.consts[i].tolist() for i in inputs[1:4])
+                steps = self.consts[inputs[4]].tolist() if len(inputs) > 4 else [1] * len(starts)
+                index = [slice(None)] * a[0].dim()
+                for s, e, ax, st in zip(starts, ends, axes, steps):
+                    index[ax] = slice(s, min(e, a[0].shape[ax]), st)
+                y = a[0][tuple(index)]
+            elif op == "MaxPool":
+                y = f.max_pool2d(a[0], attrs["kernel_shape"], attrs["strides"], attrs["pads"][:2])
+            elif op == "Resize":
+                y = f.interpolate(a[0], scale_factor=[float(s) for s in self.consts[inputs[2]][2:]], mode="nearest")
+            elif op == "Reshape":
+                y = a[0].reshape([a[0].shape[0]] + [int(d) for d in self.consts[inputs[1]][1:]])  # any batch
+            elif op == "Transpose":
+                y = a[0].permute(attrs["perm"])
+            env[outputs[0]] = y
+        outs = [env[n] for n in self.output_names]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def yolox_v8_head(path):
+    """ddddocr's YOLOX with the YOLOv8-style head (tests/detector_heads.py), in PyTorch."""
+    return ONNXGraph(path).eval()
