@@ -23,5 +23,26 @@ def float_onnx(source) -> Path:
         work = tempfile.TemporaryDirectory(prefix="edgesdk-float-onnx-")
         path = Path(work.name) / "float.onnx"
         export_float(source, path)
+        _name_outputs(path, list(source.output_names))
         source.derived["float_onnx"] = (path, work)
     return source.derived["float_onnx"][0]
+
+
+def _name_outputs(path: Path, names: list) -> None:
+    """The graph's outputs under the source's names, in order (tf2onnx names a Keras model's after the model),
+    so what is found in the graph by output name is found for the source's outputs."""
+    import onnx
+    model = onnx.load(str(path))
+    outputs = [o.name for o in model.graph.output]
+    if outputs == names or len(outputs) != len(names):
+        return
+    taken = {t for n in model.graph.node for t in list(n.input) + list(n.output)} - set(outputs)
+    if taken & set(names):
+        return  # a source name is some inner tensor's here: left as exported
+    renamed = dict(zip(outputs, names))
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+    for out in model.graph.output:
+        out.name = renamed[out.name]
+    onnx.save(model, str(path))

@@ -12,9 +12,9 @@ import os
 import zipfile
 from pathlib import Path
 
-from edgesdk.errors import ModelLoadError
+from edgesdk.errors import ConversionError, ModelLoadError
 from edgesdk.source import InputSpec, SourceModel
-from edgesdk.util import captured_output, sha256_file, sha256_tree
+from edgesdk.util import captured_output, first_line, sha256_file, sha256_tree
 
 
 def import_tf():
@@ -231,3 +231,47 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
                       param_count=int(sum(np.prod(v.shape) for v in loaded.variables)) if hasattr(loaded, "variables") else 0)
     src.notes.append("plain SavedModel (no Keras layers): converted from its serving signature")
     return src
+
+
+CUT_MATCH = 1e-3  # a cut point's value, relative to its largest magnitude: ONNX Runtime and TensorFlow agree closer
+
+
+def cut(source, x, wanted: list):
+    """The functional model made to output, in order, the tensors whose values on `x` are `wanted` (the cut
+    points of a detector's head, found in its ONNX export; channels-first there where the model is
+    channels-last), sharing the source's layers and weights. Raises ConversionError when one has no match
+    or the model is not a graph of layers (a SavedModel, a subclassed model)."""
+    import numpy as np
+    from .keras_tflite import _keras_module
+    K = _keras_module(source)
+    model = source.model
+    tensors = []
+    try:
+        for op in getattr(model, "operations", None) or model.layers:
+            try:
+                out = op.output
+            except (AttributeError, ValueError):  # a layer used several times has no one output
+                continue
+            if not isinstance(out, (list, tuple, dict)):
+                tensors.append(out)
+        values = K.Model(model.inputs, tensors)(x[0] if len(x) == 1 else x)
+    except Exception as exc:  # a SavedModel, a subclassed model: no graph of layers to take tensors from
+        raise ConversionError(f"only a functional or Sequential Keras model can be cut ({first_line(exc)[:200]})") \
+            from None
+    values = [np.asarray(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    found = []
+    for k, w in enumerate(wanted):
+        scale = float(np.abs(w).max()) or 1.0
+        match = None
+        for t, v in zip(tensors, values):
+            for turned in ((v,) + ((v.transpose(0, 3, 1, 2),) if v.ndim == 4 else ())):
+                if turned.shape == w.shape and float(np.abs(turned - w).max()) <= CUT_MATCH * scale:
+                    match = t
+                    break
+            if match is not None:
+                break
+        if match is None:
+            raise ConversionError(f"no tensor of the Keras model matches cut point {k} {tuple(w.shape)} of its "
+                                  f"ONNX export")
+        found.append(match)
+    return K.Model(model.inputs, found, name=f"{source.name}_cut")

@@ -23,6 +23,7 @@ from .keras_model import import_tf
 
 FORMAT = "tflite"
 FRAMEWORK = "keras"
+CUTS_TAILS = True  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
 CALIBRATION_METHODS = ("minmax",)  # the TFLite converter's calibrator has no other
 MULTI_INPUT = True  # Keras models and SavedModel signatures with several inputs
 INT16_ACTIVATIONS = True  # the converter's 16x8 mode: int8 weights, int16 activations and I/O
@@ -30,12 +31,12 @@ INT16_KEEPS_FLOAT = False  # ... but its selective quantization (the debugger) m
 CORRECTED_ROUNDING = True  # the live model's Conv2D/DepthwiseConv2D weights (not a SavedModel, not with exclusions)
 
 
-def _batch1_model(source):
-    """Wrap the model in a functional model whose inputs have batch size 1."""
+def _batch1_model(source, model=None):
+    """Wrap the model (the source's, or one cut from it) in a functional model whose inputs have batch size 1."""
     K = _keras_module(source)
     inputs = [K.Input(shape=s.shape[1:], batch_size=1, name=_safe_name(s.name), dtype=s.dtype)
               for s in source.inputs]
-    out = source.model(inputs if source.multi_input else inputs[0])
+    out = (model or source.model)(inputs if source.multi_input else inputs[0])
     return K.Model(inputs if source.multi_input else inputs[0], out, name=f"{source.name}_batch1")
 
 
@@ -74,10 +75,24 @@ def _rounds_weights(source, recipe) -> bool:
         and source.flavor != "saved_model" and not (recipe.exclude_nodes or recipe.exclude_op_types)
 
 
-def _converter(tf, source):
+def _converter(tf, source, recipe, calibration):
     if source.flavor == "saved_model":
         return tf.lite.TFLiteConverter.from_saved_model(source.path, signature_keys=["serving_default"])
-    return tf.lite.TFLiteConverter.from_keras_model(_batch1_model(source))
+    model = cut(source, recipe.host_tail, calibration) if recipe.host_tail else None
+    return tf.lite.TFLiteConverter.from_keras_model(_batch1_model(source, model))
+
+
+def cut(source, outputs: tuple, calibration):
+    """The model stopped where its ONNX export is cut before the head's post-processing, matched by value on
+    one calibration sample; it shares the source's layers, so weight rounding reaches it (made once per source
+    and cut)."""
+    key = ("cut", tuple(outputs))
+    if key not in source.derived:
+        from edgesdk.host_tail import cut_points
+        from .keras_model import cut as cut_model
+        x = calibration.x[:1]
+        source.derived[key] = cut_model(source, next(samples(source, x)), cut_points(source, outputs, x))
+    return source.derived[key]
 
 
 _OP_PATTERNS = (
@@ -118,7 +133,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                 from .weight_rounding import round_keras
                 before = snapshot(source.model)
                 source.weight_rounding = round_keras(source.model, _keras_module(source), recipe.per_channel, x)
-            conv = _converter(tf, source)
+            conv = _converter(tf, source, recipe, calibration)
             if recipe.quantization == "int8":
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
                 conv.representative_dataset = representative_dataset
@@ -207,7 +222,7 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
 
     with captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        conv = _converter(tf, source)
+        conv = _converter(tf, source, recipe, calibration)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = lambda: samples(source, x)
         debugger = _debugger(tf, conv, val_x[:32], source=source)

@@ -57,7 +57,7 @@ def _float_model(source, recipe, torch, calibration):
     if key not in source.derived:
         model, args = source.model, tuple(source.example_input)
         if recipe.host_tail:
-            model = _cut(source, recipe.host_tail, calibration)
+            model = cut(source, recipe.host_tail, calibration)
         turned = {i for i, s in enumerate(source.inputs) if s.layout == "NCHW"} if recipe.layout == "NHWC" else set()
         if turned:
             model = _channels_last(model, torch, turned)
@@ -66,18 +66,25 @@ def _float_model(source, recipe, torch, calibration):
     return source.derived[key]
 
 
-def _cut(source, outputs: tuple, calibration):
+def cut(source, outputs: tuple, calibration):
     """The source module stopped where its ONNX export is cut before the head's post-processing: matched by
-    value on one calibration sample, batched as the example input."""
+    value on one calibration sample, batched as the example input (made once per source and cut)."""
+    key = ("cut", tuple(outputs))
+    if key not in source.derived:
+        source.derived[key] = _cut(source, outputs, calibration)
+    return source.derived[key]
+
+
+def _cut(source, outputs: tuple, calibration):
     import numpy as np
     from edgesdk.host_tail import cut_points
-    from .torch_model import cut
+    from .torch_model import cut as cut_module
     batch = int(source.example_input[0].shape[0]) if source.inputs[0].batch_axis == 0 else 1
     x = calibration.x[np.zeros(batch, int)]  # the first sample, as many times as the module's batch
     feed = x.feed() if hasattr(x, "feed") else {source.input_name: x}
     torch = import_torch()
     args = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in source.inputs)
-    return cut(source.model, args, cut_points(source, outputs, x))
+    return cut_module(source.model, args, cut_points(source, outputs, x))
 
 
 def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:

@@ -217,7 +217,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             source.model, trained = trainer.train(source, tune, recipe, training.teacher)
             source.derived = {}  # any float graph a route made so far is the model before training
             training = None  # the ladder has no training rung left to climb
-        recipe = _cut_detector_tail(source, recipe, route, reference, progress)
+        recipe = _cut_detector_tail(source, recipe, route, reference, calib, progress)
         if hasattr(route, "prepare_source"):
             route.prepare_source(source, recipe, calib, step=progress.step)
         progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
@@ -362,13 +362,15 @@ def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, pr
                                   "why": "boxes and scores merged in one tensor"}
 
 
-def _cut_detector_tail(source, recipe, route, reference, progress):
+def _cut_detector_tail(source, recipe, route, reference, calib, progress):
     """A TFLite artifact of a detector whose head merges boxes and scores in one tensor stops before the
     head's post-processing (host_tail.py).
 
     Its outputs are int8 at the boundary and the Edge TPU runs nothing in float, so keeping the merging
     Concat in float (what ONNX artifacts do) is no answer: the artifact outputs the branches, each with its
-    own scale, and the host runs the decode and the joins. Routes that can cut their source say CUTS_TAILS.
+    own scale, and the host runs the decode and the joins. Routes that can cut their source say CUTS_TAILS;
+    one that converts its framework's model (not the ONNX graph) has cut(source, outputs, calibration), which
+    stops that model where the ONNX graph is cut.
     """
     if recipe.quantization != "int8" or not getattr(route, "CUTS_TAILS", False) or recipe.host_tail:
         return recipe
@@ -379,6 +381,8 @@ def _cut_detector_tail(source, recipe, route, reference, progress):
         return recipe
     try:
         cut_source(source, outputs)
+        if hasattr(route, "cut"):
+            route.cut(source, outputs, calib)
     except Exception as exc:  # onnx's extractor refused this graph: the artifact stays whole, the gate judges it
         progress.warn(f"could not cut the detector head's post-processing off for the host: {first_line(exc)[:200]}")
         return recipe
@@ -409,13 +413,15 @@ def tail_file(final: Path) -> Path:
 
 AUTO_ROUNDING_BELOW_DB = 30.0  # int8 this close to the source has nothing a rounding could measurably give back
 ROUNDING_MARGIN_DB = 0.3  # the corrected rounding is kept only when it measures at least this much better
+ROUNDING_MARGIN_DETECTIONS = 0.01  # ... or, for a detector, when its F1 against the source is this much higher
 
 
 def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate, progress) -> tuple:
     """--weight-rounding auto: `tmp` was rounded to nearest. Where int8 costs something (the weakest output's
     SQNR under AUTO_ROUNDING_BELOW_DB) and the route has it, the corrected rounding is made too and judged by the same gate;
     it is kept when it passes where nearest did not, or measures ROUNDING_MARGIN_DB better (+5 dB on
-    EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops: which wins depends on the model).
+    EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops: which wins depends on the model); a detector,
+    when its F1 against the source's detections is ROUNDING_MARGIN_DETECTIONS higher.
     Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
     from dataclasses import replace
     from edgesdk.converters import get_route
@@ -442,9 +448,11 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
         tried, judged = validate(trial, corrected)
         record["corrected"] = _tried({**tried, **judged})
         got = weakest_sqnr(tried)
-        gain = (got if got is not None else float("-inf")) - sqnr
-        if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"]
-                                                             and gain >= ROUNDING_MARGIN_DB):
+        if detections(figures) is not None and detections(tried) is not None:  # judged by what it is for
+            better = detections(tried) - detections(figures) >= ROUNDING_MARGIN_DETECTIONS
+        else:
+            better = (got if got is not None else float("-inf")) - sqnr >= ROUNDING_MARGIN_DB
+        if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"] and better):
             os.replace(trial, tmp)
             progress.step(f"corrected weight rounding kept: {got:.1f} dB against {sqnr:.1f} dB")
             return corrected, tried, judged, {**record, "chosen": "corrected"}
@@ -461,9 +469,19 @@ def weakest_sqnr(figures: dict) -> float | None:
     """The output SQNR, or a detector head's weakest channel's where that is lower: boxes in pixels outweigh
     0..1 scores in the whole output's figure (35 dB while the scores sit at 12 dB on the YOLOv8-style head)."""
     values = [figures.get("sqnr_db")] + [c.get("sqnr_db") for h in figures.get("heads", [])
-                                         for c in (h.get("channels") or {}).values()]
+                                         if h.get("task") == "detect" for c in h.get("channels", {}).values()]
     values = [v for v in values if v is not None]
     return min(values) if values else None
+
+
+def detections(figures: dict) -> float | None:
+    """A detector's F1 against the source's detections (its worst head's), or None for a model that is not
+    one: what its rounding is chosen by (a channel's SQNR can rise while the detections get worse, and recall
+    can rise while precision falls further)."""
+    heads = [h for h in figures.get("heads", []) if h.get("task") == "detect" and h.get("recall") is not None]
+    f1 = [2 * h["recall"] * h["precision"] / (h["recall"] + h["precision"]) if h["recall"] and h["precision"]
+          else 0.0 for h in heads]
+    return min(f1) if f1 else None
 
 
 def _tried(figures: dict) -> dict:

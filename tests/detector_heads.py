@@ -127,3 +127,65 @@ def _with_output0(model, out_path):
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return out_path
+
+
+def as_keras(path):
+    """A float ONNX graph (ddddocr's YOLOX and its YOLOv8-style head) rebuilt as a Keras 3 functional model,
+    channels-last, its weights the graph's: a real pretrained network as a Keras source. Only the ops that
+    graph uses; 4-D maps are NHWC, and a Reshape of one flattens it in NCHW order as the graph does."""
+    import keras
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(str(path)).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    (n, c, h, w) = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    x = keras.Input((h, w, c), name=g.input[0].name)
+    env = {g.input[0].name: x}
+    nhwc = {1: 3, 2: 1, 3: 2}  # an NCHW axis of a 4-D map -> its NHWC axis
+    L = keras.layers
+    for node in g.node:
+        a = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+        ins = [env.get(i) for i in node.input]
+        op = node.op_type
+        if op == "Conv":
+            k = consts[node.input[1]]
+            pad, stride = a["pads"][0], a["strides"][0]
+            t = ins[0]
+            if pad and stride > 1:
+                t = L.ZeroPadding2D(pad)(t)
+            conv = L.Conv2D(k.shape[0], k.shape[2:], stride, "same" if pad and stride == 1 else "valid",
+                            use_bias=len(node.input) > 2)
+            y = conv(t)
+            conv.set_weights([k.transpose(2, 3, 1, 0)] + ([consts[node.input[2]]] if len(node.input) > 2 else []))
+        elif op == "Sigmoid":
+            y = L.Activation("sigmoid")(ins[0])
+        elif op == "Exp":
+            y = keras.ops.exp(ins[0])
+        elif op in ("Mul", "Add"):
+            parts = [t if t is not None else consts[name] for t, name in zip(ins, node.input)]
+            y = keras.ops.multiply(*parts) if op == "Mul" else keras.ops.add(*parts)
+        elif op == "Concat":
+            axis = a["axis"]
+            y = keras.ops.concatenate(ins, nhwc[axis] if len(ins[0].shape) == 4 else axis)
+        elif op == "Slice":
+            starts, ends, axes = (consts[i].tolist() for i in node.input[1:4])
+            steps = consts[node.input[4]].tolist() if len(node.input) > 4 else [1] * len(starts)
+            index = [slice(None)] * len(ins[0].shape)
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                index[nhwc[ax] if len(ins[0].shape) == 4 else ax] = slice(s, min(e, 1 << 30), st)
+            y = ins[0][tuple(index)]
+        elif op == "MaxPool":
+            y = L.MaxPooling2D(a["kernel_shape"], 1, "same")(ins[0])
+        elif op == "Resize":
+            y = L.UpSampling2D(2)(ins[0])
+        elif op == "Reshape":
+            shape = [int(d) for d in consts[node.input[1]]]
+            t = keras.ops.transpose(ins[0], (0, 3, 1, 2)) if len(ins[0].shape) == 4 else ins[0]
+            y = L.Reshape(shape[1:])(t)
+        elif op == "Transpose":
+            y = keras.ops.transpose(ins[0], a["perm"])
+        else:
+            raise AssertionError(op)
+        env[node.output[0]] = y
+    return keras.Model(x, [env[o.name] for o in g.output])
