@@ -7,7 +7,9 @@ float (conversion._keep_detector_tail). A TFLite artifact's outputs are int8 at 
 Edge TPU runs nothing in float, so there the source graph is cut before its tail: the shape and
 arithmetic ops after the network's last layers (no weights, no activations), back from each merged
 output. The artifact outputs the branches, each with its own scale; the tail is written beside it as a
-small float ONNX graph, which validation and the user's program run on the host.
+small float ONNX graph, which validation and the user's program run on the host. Keras and PyTorch
+sources are cut in their float ONNX export; their routes then stop the framework's own model at the
+tensors whose values match that export's cut points (route.cut).
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ def split(onnx_path, tail: Tail, head_path, tail_path) -> list:
 
 
 def cut_source(source, outputs: tuple) -> tuple:
-    """(the head's ONNX path, the tail's ONNX path, the Tail, the head's output names) for an ONNX source,
-    made once per source."""
+    """(the head's ONNX path, the tail's ONNX path, the Tail, the head's output names) for the source's float
+    ONNX graph, made once per source."""
     from edgesdk.converters.float_onnx import float_onnx
     key = ("host_tail", tuple(outputs))
     if key not in source.derived:
