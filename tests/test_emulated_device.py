@@ -60,6 +60,9 @@ def pi(emupi, ssh_env):
     with open(ssh_env["config"], "a") as f:
         f.write(emupi.ssh_config("root", emupi.key))
     yield emupi
+    # a stop the SDK sent as its command ended may still be finishing: Python starts slowly under emulation
+    # on a loaded machine (CI once saw the stop script itself at teardown); what outlives that is a stray
+    _wait_for(lambda: _strays(emupi) == [], timeout=30)
     assert _strays(emupi) == [], "processes left running on the device"
 
 
