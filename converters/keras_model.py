@@ -233,17 +233,14 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
     return src
 
 
-CUT_MATCH = 1e-3  # a cut point's value, relative to its largest magnitude: ONNX Runtime and TensorFlow agree closer
 
-
-def cut(source, x, wanted: list):
+def cut(source, K, x, wanted: list):
     """The functional model made to output, in order, the tensors whose values on `x` are `wanted` (the cut
     points of a detector's head, found in its ONNX export; channels-first there where the model is
     channels-last), sharing the source's layers and weights. Raises ConversionError when one has no match
     or the model is not a graph of layers (a SavedModel, a subclassed model)."""
     import numpy as np
-    from .keras_tflite import _keras_module
-    K = _keras_module(source)
+    from edgesdk.host_tail import match_cut_points
     model = source.model
     tensors = []
     try:
@@ -259,19 +256,8 @@ def cut(source, x, wanted: list):
         raise ConversionError(f"only a functional or Sequential Keras model can be cut ({first_line(exc)[:200]})") \
             from None
     values = [np.asarray(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
-    found = []
-    for k, w in enumerate(wanted):
-        scale = float(np.abs(w).max()) or 1.0
-        match = None
-        for t, v in zip(tensors, values):
-            for turned in ((v,) + ((v.transpose(0, 3, 1, 2),) if v.ndim == 4 else ())):
-                if turned.shape == w.shape and float(np.abs(turned - w).max()) <= CUT_MATCH * scale:
-                    match = t
-                    break
-            if match is not None:
-                break
-        if match is None:
-            raise ConversionError(f"no tensor of the Keras model matches cut point {k} {tuple(w.shape)} of its "
-                                  f"ONNX export")
-        found.append(match)
+    try:
+        found = [tensors[i] for i in match_cut_points(values, wanted)]
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
     return K.Model(model.inputs, found, name=f"{source.name}_cut")

@@ -91,7 +91,8 @@ def cut(source, outputs: tuple, calibration):
         from edgesdk.host_tail import cut_points
         from .keras_model import cut as cut_model
         x = calibration.x[:1]
-        source.derived[key] = cut_model(source, next(samples(source, x)), cut_points(source, outputs, x))
+        source.derived[key] = cut_model(source, _keras_module(source), next(samples(source, x)),
+                                        cut_points(source, outputs, x))
     return source.derived[key]
 
 

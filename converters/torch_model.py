@@ -183,8 +183,6 @@ def from_module(module, example_input=None, path=None, flavor="module", fixed_ba
     return src
 
 
-CUT_MATCH = 1e-3  # a cut point's value, relative to its largest magnitude: ONNX Runtime and PyTorch agree closer
-
 
 def cut(module, args, wanted: list):
     """The module made to output, in order, the tensors whose values on `args` are `wanted` (the cut points of
@@ -192,7 +190,7 @@ def cut(module, args, wanted: list):
 
     The exported graph is run once with every intermediate value kept, and each wanted array is matched to
     the first node with its shape and values. Raises ConversionError when one has no match."""
-    import numpy as np
+    from edgesdk.host_tail import match_cut_points
     torch = import_torch()
     with torch.no_grad():
         gm = torch.export.export(module, tuple(args)).module()
@@ -205,15 +203,10 @@ def cut(module, args, wanted: list):
                     values.append((node, out.detach().numpy()))
                 return out
         Capture(gm).run(*args)
-    found = []
-    for k, w in enumerate(wanted):
-        scale = float(np.abs(w).max()) or 1.0
-        node = next((n for n, v in values if v.shape == w.shape and float(np.abs(v - w).max()) <= CUT_MATCH * scale),
-                    None)
-        if node is None:
-            raise ConversionError(f"no tensor of the PyTorch graph matches cut point {k} {tuple(w.shape)} of its "
-                                  f"ONNX export")
-        found.append(node)
+    try:
+        found = [values[i][0] for i in match_cut_points([v for _, v in values], wanted)]
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
     output = next(n for n in gm.graph.nodes if n.op == "output")
     output.args = (tuple(found),)
     gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional inputs, a tuple out (no pytree specs)

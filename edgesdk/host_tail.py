@@ -118,6 +118,26 @@ def plan(source, reference: list, io, task: str) -> tuple:
     return tail.outputs if tail else ()
 
 
+CUT_MATCH = 1e-3  # a cut point's value, relative to its largest magnitude: the runtimes agree far closer
+
+
+def match_cut_points(values: list, wanted: list) -> list:
+    """For each wanted cut point, the index of the first of `values` (a framework model's intermediate
+    tensors, in graph order) with its shape and values; a channels-last map matches its channels-first
+    cut point. ValueError names the first cut point without a match."""
+    import numpy as np
+    found = []
+    for k, w in enumerate(wanted):
+        scale = float(np.abs(w).max()) or 1.0
+        hit = next((i for i, v in enumerate(values)
+                    for turned in ((v,) + ((v.transpose(0, 3, 1, 2),) if v.ndim == 4 else ()))
+                    if turned.shape == w.shape and float(np.abs(turned - w).max()) <= CUT_MATCH * scale), None)
+        if hit is None:
+            raise ValueError(f"no tensor of the model matches cut point {k} {tuple(w.shape)} of its ONNX export")
+        found.append(hit)
+    return found
+
+
 def cut_points(source, outputs: tuple, x) -> list:
     """What the cut graph outputs on `x` (source layout), in its output order: the values a route that cuts
     its framework's own model (not the ONNX graph) finds its cut points by."""

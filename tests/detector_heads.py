@@ -134,7 +134,6 @@ def as_keras(path):
     channels-last, its weights the graph's: a real pretrained network as a Keras source. Only the ops that
     graph uses; 4-D maps are NHWC, and a Reshape of one flattens it in NCHW order as the graph does."""
     import keras
-    import numpy as np
     import onnx
     from onnx import numpy_helper
     g = onnx.load(str(path)).graph

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesdk.host_tail import find, split
+from edgesdk.host_tail import find, match_cut_points, split
 
 
 def _head(tmp_path, shape_from_graph=False, decode_reused=False):
@@ -65,3 +65,16 @@ def test_what_the_network_still_needs_or_computes_at_run_time_is_not_cut(tmp_pat
     # a shape computed from the input at run time would make the artifact output an int64 tensor
     assert find(_head(tmp_path, shape_from_graph=True), {"out"}) is None
     assert find(_head(tmp_path, decode_reused=True), {"other", "nothing"}) is None  # no Concat behind it
+
+
+def test_framework_tensors_found_by_the_values_of_the_cut_points():
+    """A Keras or PyTorch model is stopped at the tensors whose values are the ONNX cut points': the first
+    with the shape and values (within 1e-3 of the range), a channels-last map for a channels-first point."""
+    rng = np.random.default_rng(0)
+    boxes, scores = rng.normal(size=(1, 4, 5, 5)).astype(np.float32), rng.random((1, 1, 5, 5), np.float32)
+    values = [boxes + 0.1,                               # same shape, other values
+              scores.transpose(0, 2, 3, 1) + 1e-5,       # channels-last, within the tolerance
+              boxes, boxes.copy()]                       # the first of two equal ones
+    assert match_cut_points(values, [boxes, scores]) == [2, 1]
+    with np.testing.assert_raises_regex(ValueError, r"cut point 1 \(1, 1, 5, 5\)"):
+        match_cut_points(values, [boxes, scores + 0.01])
