@@ -87,15 +87,21 @@ def bench_pruned_size(tmp, quick, mnist):
              "goal": ">= 12", "met": ratio >= 12, "baseline": f"fp32 {flt.manifest['size']['gzip_bytes']:,} B gzip"}]
 
 
-def bench_accuracy(tmp, quick, mnist):
+TEACHER_EPOCHS = 12  # the MNIST CNN at its plateau on 4,000 digits (95.2 %; the shared fixture's 3 epochs: 93.6 %)
+
+
+def bench_accuracy(tmp, quick):
+    """What int8, pruning, distillation and QAT cost a trained CNN. Its own fixture, trained to its plateau: on the
+    shared 3-epoch one, fine-tuning the pruned model goes on training it, and the drop shows that, not the pruning."""
     import edgesdk
-    model, data = mnist
+    from edgesdk import fixtures
+    example = fixtures.mnist_example(tmp / "accuracy", epochs=TEACHER_EPOCHS)
+    model, data = example["model"], {"train": str(example["train"]), "test": str(example["heldout"])}
     rows = []
     pruned = {"prune": 0.75, "fine_tune": data["train"]}
     for label, kwargs in (("int8", {}), ("75% pruned + int8", pruned),
                           ("75% pruned + int8, distilled", {**pruned, "distill": True}),
-                          # two more epochs, with int8 rounding in the loop: the float CNN is undertrained, so
-                          # part of what this gives back is training it further
+                          # two more epochs, with int8 rounding in the loop
                           ("75% pruned + int8, distilled, quantization-aware trained",
                            {**pruned, "distill": True, "qat": True})):
         art = edgesdk.convert(str(model), "rpi4", calibration=data["train"], validation=data["test"],
@@ -580,7 +586,7 @@ def bench_tune(tmp, quick, mnist):
 
 
 SUITE = {
-    "size": (bench_size, True), "pruned_size": (bench_pruned_size, True), "accuracy": (bench_accuracy, True),
+    "size": (bench_size, True), "pruned_size": (bench_pruned_size, True), "accuracy": (bench_accuracy, False),
     "recovery": (bench_recovery, False), "imagenet": (bench_imagenet, False), "onnx_tflite": (bench_onnx_tflite, False),
     "detector": (bench_detector, False),
     "speed": (bench_speed, False), "overhead": (bench_overhead, False), "startup": (bench_startup, False),

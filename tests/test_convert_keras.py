@@ -133,10 +133,11 @@ def test_tfkeras_h5_pruned_with_tfmot_fine_tune(tfkeras_mnist, mnist_files, tmp_
 
 def test_quantization_aware_training_gives_back_what_pruning_took_on_the_edge_tpu(tfkeras_mnist, mnist_files,
                                                                                   tmp_path):
-    """90 % pruning with distillation costs the digit CNN ~18 points; nothing can stay float on the Edge TPU, so
-    the ladder's only rung is quantization-aware training (tfmot), with the float source teaching."""
+    """95 % pruning with distillation costs the digit CNN ~24 points; nothing can stay float on the Edge TPU, so
+    the ladder's only rung is quantization-aware training (tfmot), with the float source teaching. (At 90 % the
+    distilled pruning alone now stays within 12 points: 85.9 % against 92.8 %.)"""
     art = edgesdk.convert(str(tfkeras_mnist), target="coral-usb", calibration=mnist_files["train"],
-                          validation=mnist_files["test"], prune=0.9, fine_tune=mnist_files["train"], distill=True,
+                          validation=mnist_files["test"], prune=0.95, fine_tune=mnist_files["train"], distill=True,
                           max_accuracy_drop=12.0, output_dir=tmp_path, quiet=True)
     m, v = art.manifest, art.validation
     assert m["recovery"]["applied"]["step"] == "quantization-aware training" and m["recipe"]["qat"] is True
@@ -144,13 +145,13 @@ def test_quantization_aware_training_gives_back_what_pruning_took_on_the_edge_tp
     drop = "accuracy drop (points) [output 0]"
     assert plain["verdict"] == "fail" and plain["figures"][drop] > 12
     assert trained["verdict"] == "pass" and trained["figures"][drop] <= plain["figures"][drop] - 5
-    assert trained["training"]["teacher"] == {"alpha": 0.5, "temperature": 4.0}
+    assert trained["training"]["teacher"] == {"alpha": 0.5, "temperature": 2.0}
     assert trained["training"]["epochs"] == 2 and trained["training"]["samples"] == 4000
     # on the same 1,000 held-out digits, at the same measured sparsity: above the pruned float model and PTQ
     assert v["artifact_accuracy"] >= v["pruned_source_accuracy"] + 0.05
     assert v["artifact_accuracy"] == pytest.approx(v["reference_accuracy"] - trained["figures"][drop] / 100)
     s = m["sparsity"]
-    assert s["artifact"] >= 0.89 and all(layer["sparsity"] >= 0.89 for layer in s["artifact_layers"])
+    assert s["artifact"] >= 0.94 and all(layer["sparsity"] >= 0.94 for layer in s["artifact_layers"])
     assert_full_int8(art.path, io_dtype="uint8")  # the Edge TPU's: nothing in float
     assert m["quantization"]["float_ops"] == [] and m["compatibility"]["family"] == "edgetpu"
     assert trained["size_bytes"] == art.path.stat().st_size and trained["p50_ms"] > 0
@@ -165,7 +166,7 @@ def test_qat_asked_for_on_a_pruned_keras3_model(keras3_mnist, mnist_files, tmp_p
     s = json.loads(r.stdout)
     t = s["aware_training"]
     assert t["method"] == "tfmot quantization-aware training, pruning preserved" and t["epochs"] == 1
-    assert t["samples"] == 4000 and t["teacher"] == {"alpha": 0.5, "temperature": 4.0}
+    assert t["samples"] == 4000 and t["teacher"] == {"alpha": 0.5, "temperature": 2.0}
     assert s["recovery"] is None and s["validation"]["passed"]
     m = json.loads(Path(s["manifest"]).read_text())
     assert m["recipe"]["qat"] is True and m["quantization"]["weight_rounding"]["mode"] == "nearest"
