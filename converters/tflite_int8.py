@@ -14,9 +14,15 @@ import numpy as np
 
 from edgesdk.errors import ConversionError, OptionError
 
-# minmax: the true range over the data. moving-average: ai-edge-quantizer's own default (0.95 per sample),
+# minmax: the true range over the data. mse: min/max, then each inner tensor's range narrowed where that
+# lowers its own int8 error (narrowed_to_least_error). Not the default, because a tensor's own error is not
+# the output's; measured min/max -> mse, same data and weights: PP-OCR's direction classifier from ONNX
+# 23.8 -> 25.4 dB, 97.0 -> 98.5 % top-1 agreement (132 real crops); EfficientNet-Lite0 from PyTorch
+# 22.6 -> 23.2 dB, 97.5 % both (360 crops); the YOLOv8-style detector for the Coral: scores 15.0 -> 15.9 dB,
+# recall 0.94 both, precision 0.970 -> 0.964; but the PyTorch digit CNN 39.7 -> 37.2 dB, and a two-input toy
+# model's weakest output from above 15 to 13.3 dB. moving-average: ai-edge-quantizer's own default (0.95 per sample),
 # which clips more the more data it sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with min/max.
-CALIBRATION_METHODS = ("minmax", "moving-average")  # the recovery ladder tries them in this order
+CALIBRATION_METHODS = ("minmax", "mse", "moving-average")  # the recovery ladder tries them in this order
 EXCLUDES_LAYERS = True  # ai-edge-quantizer's recipe keeps named layers / op types float
 INT16_ACTIVATIONS = True  # --activations int16: its 16x8 recipe (int8 weights, int16 activations)
 CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float flatbuffer's weights rounded first
@@ -68,8 +74,11 @@ def quantize(flatbuffer: bytes, x: np.ndarray, progress=None, recipe=None) -> by
     under recipe.activations, TFLite's 16x8 mode, int16 at the boundary too)."""
     require()
     q, data = quantizer_for(flatbuffer, x, recipe)
-    calibration = q.calibrate(data) if recipe is not None and recipe.calibration_method == "moving-average" \
-        else calibrate_min_max(q, data)
+    method = recipe.calibration_method if recipe is not None else "minmax"
+    calibration = q.calibrate(data) if method == "moving-average" else calibrate_min_max(q, data)
+    # int16's 65,536 steps: the full range costs nothing there
+    if method == "mse" and (recipe is None or recipe.activations == "int8"):
+        calibration = narrowed_to_least_error(calibration, flatbuffer, x)
     if progress:
         progress(len(x), len(x))
     from .tflite_io import inline_buffers
@@ -101,6 +110,60 @@ def calibrate_min_max(q, data) -> dict:
                                   qsv_update_func=qsv_utils.min_max_update)
     calib.calibrate(data, q._recipe_manager)
     return calib.get_model_qsvs()
+
+
+MSE_SAMPLES = 64         # calibration samples the tensors' values are drawn from
+MSE_VALUES = 4096        # values drawn per tensor and sample
+MSE_SHRINK = np.linspace(0.2, 1.0, 33)  # each end of the range, as a share of its min/max value
+
+
+def narrowed_to_least_error(qsvs: dict, flatbuffer: bytes, x) -> dict:
+    """Min/max ranges (`qsvs`, the Calibrator's) with each inner activation tensor's range narrowed to the one
+    with the least int8 error (rounding plus clipping) on its own float values over the calibration data.
+
+    A wide range from a few large values spends int8's 256 steps on them: on EfficientNet-Lite0 the linear
+    bottlenecks' outputs span about +-50 while most values sit within +-5. Both ends are narrowed alike, then
+    the high one and the low one on their own (each as a share of its min/max value). Graph inputs and
+    outputs keep their true range: a classifier's top logits are its few large values (a clipped top logit
+    turns argmax into ties).
+    """
+    from edgesdk.inputs import feed_rows
+    from edgesdk.tflite_artifact import interpreter_module
+    interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    inputs = interp.get_input_details()
+    ends = {d["name"] for d in inputs} | {d["name"] for d in interp.get_output_details()}
+    index = {t["name"]: t["index"] for t in interp.get_tensor_details()}
+    names = [n for n, q in qsvs.items() if n in index and n not in ends and "min" in q and np.size(q["min"]) == 1]
+    rng = np.random.default_rng(0)
+    values = {n: [] for n in names}
+    for i in rng.permutation(len(x))[:MSE_SAMPLES]:
+        feed = feed_rows(x, int(i), int(i) + 1, [d["name"] for d in inputs])
+        for d in inputs:
+            interp.set_tensor(d["index"], np.asarray(feed[d["name"]]).astype(d["dtype"]).reshape(d["shape"]))
+        interp.invoke()
+        for n in names:
+            v = interp.get_tensor(index[n]).reshape(-1)
+            values[n].append(v[rng.integers(0, v.size, min(v.size, MSE_VALUES))])
+    out = dict(qsvs)
+    for n in names:
+        lo, hi = float(np.ravel(qsvs[n]["min"])[0]), float(np.ravel(qsvs[n]["max"])[0])
+        best = _least_error_range(np.concatenate(values[n]).astype(np.float64), lo, hi)
+        if best != (lo, hi):
+            out[n] = {**qsvs[n], "min": np.full_like(np.asarray(qsvs[n]["min"]), best[0]),
+                      "max": np.full_like(np.asarray(qsvs[n]["max"]), best[1])}
+    return out
+
+
+def _least_error_range(v: np.ndarray, lo: float, hi: float) -> tuple:
+    def error(a, b):
+        step = (b - a) / 255 or 1.0
+        return float(np.mean((np.clip(np.round((v - a) / step), 0, 255) * step + a - v) ** 2))
+    best = min(((lo * f, hi * f) for f in MSE_SHRINK), key=lambda ab: error(*ab))  # both ends alike, then each
+    for end in (1, 0):  # an end at zero (ReLU) stays there
+        tries = [(best[0], hi * f) if end else (lo * f, best[1]) for f in MSE_SHRINK]
+        best = min(tries + [best], key=lambda ab: error(*ab))
+    return best
 
 
 def quantizer_for(flatbuffer: bytes, x: np.ndarray, recipe=None):

@@ -105,8 +105,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     route = get_route(source.framework, recipe.format)
     methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
     if recipe.calibration_method not in methods:
+        listed = " or ".join(filter(None, (", ".join(methods[:-1]), methods[-1])))
         raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
-                          f"{source.framework} to {recipe.format}: this route calibrates with {' or '.join(methods)}.")
+                          f"{source.framework} to {recipe.format}: this route calibrates with {listed}.")
     if recipe.activations == "int16" and not getattr(route, "INT16_ACTIVATIONS", False):
         raise OptionError(f"The route from {source.framework} to {recipe.format} makes int8 activations only "
                           f"(int16 ones are made for ONNX artifacts and TFLite ones); "

@@ -13,7 +13,7 @@ from .tasks import TASKS, Thresholds
 
 DEFAULT_THRESHOLDS = Thresholds()
 
-CALIBRATION_METHODS = ("minmax", "moving-average", "entropy", "percentile")  # each route says which it has
+CALIBRATION_METHODS = ("minmax", "mse", "moving-average", "entropy", "percentile")  # each route says which it has
 WEIGHT_ROUNDING = ("auto", "corrected", "nearest")
 ACTIVATIONS = ("int8", "int16")
 # what an artifact with int16 activations takes and returns: ONNX keeps float32 outside its Q/DQ pairs;

@@ -60,10 +60,20 @@ def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(ppocr, tmp_path):
     assert flt.validation["outputs"][0]["sqnr_db"] > 60
     assert _float_agreement(flt.path, x, reference) == 1.0
     # the route's options are judged for the format made
-    with pytest.raises(OptionError, match="from onnx to tflite: this route calibrates with minmax or moving-average"):
+    with pytest.raises(OptionError, match="from onnx to tflite: this route calibrates with minmax, mse or "
+                                          "moving-average"):
         edgesdk.convert(str(ppocr["model"]), target="rpi4", input_shape="1,3,48,192", calibration=ppocr["calib"],
                         calibration_method="percentile", output_dir=tmp_path / "p", quiet=True)
     assert not (tmp_path / "p").exists() or list((tmp_path / "p").iterdir()) == []
+    # ranges narrowed to each tensor's least int8 error: this classifier's few large values no longer spend
+    # the steps (measured on another split of the crops: 23.8 -> 25.4 dB, 97.0 -> 98.5 %)
+    mse = edgesdk.convert(str(ppocr["model"]), target="rpi4", input_shape="1,3,48,192", calibration=ppocr["calib"],
+                          validation=ppocr["val"], calibration_method="mse", output_dir=tmp_path / "mse", quiet=True,
+                          min_agreement=0.85, max_accuracy_drop=10)
+    q = mse.manifest["quantization"]
+    assert q["calibration_method"] == "mse" and not q["float_ops"]
+    assert mse.validation["outputs"][0]["sqnr_db"] >= v["outputs"][0]["sqnr_db"] + 0.5, (mse.validation, v)
+    assert mse.validation["top1_agreement"] >= v["top1_agreement"]
 
 
 def test_onnx_classifier_for_the_coral_is_checked_against_the_edge_tpu(ppocr, tmp_path):

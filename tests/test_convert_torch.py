@@ -36,16 +36,19 @@ def digit_net(digits_nchw):
 EXAMPLE = (1, 1, 28, 28)
 
 
-def test_tflite_route_takes_the_librarys_moving_average_calibration(digit_net, digits_nchw, tmp_path):
-    """ai-edge-quantizer's own range estimate, on request; the route's min/max stays the default."""
+def test_tflite_route_calibrates_with_min_max_and_the_other_methods_on_request(digit_net, digits_nchw, tmp_path):
+    """min/max by default; ranges narrowed to each tensor's least int8 error, and ai-edge-quantizer's own moving
+    average, on request: each another artifact, all full int8."""
     kwargs = dict(target="rpi4", example_input=torch.zeros(*EXAMPLE), calibration=digits_nchw["train"],
                   validation=digits_nchw["test"], quiet=True, max_accuracy_drop=100)
-    moving = edgesdk.convert(digit_net, calibration_method="moving-average", output_dir=tmp_path / "m", **kwargs)
-    minmax = edgesdk.convert(digit_net, output_dir=tmp_path / "d", **kwargs)
-    assert moving.manifest["quantization"]["calibration_method"] == "moving-average"
-    assert minmax.manifest["quantization"]["calibration_method"] == "minmax"
-    assert_full_int8(moving.path)
-    assert moving.path.read_bytes() != minmax.path.read_bytes()  # other activation ranges, another artifact
+    made = {m: edgesdk.convert(digit_net, calibration_method=m, output_dir=tmp_path / m, **kwargs)
+            for m in ("mse", "moving-average")}
+    made["default"] = edgesdk.convert(digit_net, output_dir=tmp_path / "d", **kwargs)
+    assert {k: a.manifest["quantization"]["calibration_method"] for k, a in made.items()} == \
+        {"mse": "mse", "moving-average": "moving-average", "default": "minmax"}
+    assert len({a.path.read_bytes() for a in made.values()}) == 3  # other activation ranges, another artifact
+    for a in made.values():
+        assert_full_int8(a.path)
 
 
 def test_live_module_to_rpi4_nhwc_full_int8(digit_net, digits_nchw, tmp_path):
