@@ -133,6 +133,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if qat and quant != "int8":
         raise OptionError(f"--qat trains the model for int8; this artifact is {quant}. Drop --qat or "
                           f"--quantization.")
+    if qat and weight_rounding == "corrected":
+        raise OptionError("--qat learns the weights' int8 rounding in training, and --weight-rounding corrected "
+                          "would round the trained kernels again: drop one of them.")
     if activations not in ACTIVATIONS:
         raise OptionError(f"Unknown activations '{activations}'; expected one of {', '.join(ACTIVATIONS)}.")
     if activations == "int16":

@@ -84,6 +84,12 @@ def test_missing_calibration_for_int8(keras3_mnist, tmp_path):
                out_dir=tmp_path / "o")
 
 
+def test_qat_with_corrected_rounding_is_refused_not_overridden(keras3_mnist, mnist_files, tmp_path):
+    _cli_fails(OptionError, "convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "o",
+               "--fine-tune", mnist_files["train"], "--qat", "--weight-rounding", "corrected",
+               needle="--qat learns the weights' int8 rounding in training", out_dir=tmp_path / "o")
+
+
 def test_calibration_method_the_route_does_not_have(keras3_mnist, mnist_files, tmp_path):
     _cli_fails(OptionError, "convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "o",
                "--calibration-method", "entropy", needle="not available from keras to tflite: this route "
