@@ -233,7 +233,6 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
     return src
 
 
-
 def cut(source, K, x, wanted: list):
     """The functional model made to output, in order, the tensors whose values on `x` are `wanted` (the cut
     points of a detector's head, found in its ONNX export; channels-first there where the model is

@@ -128,23 +128,17 @@ def narrowed_to_least_error(qsvs: dict, flatbuffer: bytes, x) -> dict:
     outputs keep their true range: a classifier's top logits are its few large values (a clipped top logit
     turns argmax into ties).
     """
-    from edgesdk.inputs import feed_rows
-    from edgesdk.tflite_artifact import interpreter_module
-    interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
+    from edgesdk.tflite_artifact import interpreter_module, runs_keeping_tensors
+    interp = interpreter_module().Interpreter(model_content=flatbuffer)
     interp.allocate_tensors()
-    inputs = interp.get_input_details()
-    ends = {d["name"] for d in inputs} | {d["name"] for d in interp.get_output_details()}
+    ends = {d["name"] for d in interp.get_input_details()} | {d["name"] for d in interp.get_output_details()}
     index = {t["name"]: t["index"] for t in interp.get_tensor_details()}
     names = [n for n, q in qsvs.items() if n in index and n not in ends and "min" in q and np.size(q["min"]) == 1]
     rng = np.random.default_rng(0)
     values = {n: [] for n in names}
-    for i in rng.permutation(len(x))[:MSE_SAMPLES]:
-        feed = feed_rows(x, int(i), int(i) + 1, [d["name"] for d in inputs])
-        for d in inputs:
-            interp.set_tensor(d["index"], np.asarray(feed[d["name"]]).astype(d["dtype"]).reshape(d["shape"]))
-        interp.invoke()
+    for run in runs_keeping_tensors(flatbuffer, x, rng.permutation(len(x))[:MSE_SAMPLES]):
         for n in names:
-            v = interp.get_tensor(index[n]).reshape(-1)
+            v = run.get_tensor(index[n]).reshape(-1)
             values[n].append(v[rng.integers(0, v.size, min(v.size, MSE_VALUES))])
     out = dict(qsvs)
     for n in names:

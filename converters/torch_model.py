@@ -183,7 +183,6 @@ def from_module(module, example_input=None, path=None, flavor="module", fixed_ba
     return src
 
 
-
 def cut(module, args, wanted: list):
     """The module made to output, in order, the tensors whose values on `args` are `wanted` (the cut points of
     a detector's head, found in its ONNX export), everything computed only after them dropped.

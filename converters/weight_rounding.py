@@ -200,16 +200,9 @@ def round_tflite(flatbuffer: bytes, per_channel: bool = True, skip_nodes=(), ski
 
 def _tflite_input_means(flatbuffer: bytes, tensors, x) -> dict:
     """Per-channel (last axis) means of the given tensors, from the float model on up to MEAN_SAMPLES inputs."""
-    from edgesdk.tflite_artifact import interpreter_module
-    interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
-    interp.allocate_tensors()
-    details = interp.get_input_details()
+    from edgesdk.tflite_artifact import runs_keeping_tensors
     sums, count = {}, 0
-    for i in range(min(len(x), MEAN_SAMPLES)):
-        feed = feed_rows(x, i, i + 1, [d["name"] for d in details])
-        for d in details:
-            interp.set_tensor(d["index"], np.asarray(feed[d["name"]]).astype(d["dtype"]).reshape(d["shape"]))
-        interp.invoke()
+    for interp in runs_keeping_tensors(flatbuffer, x, range(min(len(x), MEAN_SAMPLES))):
         for t in set(int(i) for i in tensors):
             out = interp.get_tensor(t)
             sums[t] = sums.get(t, 0) + out.astype(np.float64).reshape(-1, out.shape[-1]).mean(axis=0)

@@ -34,6 +34,21 @@ def interpreter_module():
     return module
 
 
+def runs_keeping_tensors(flatbuffer: bytes, x, rows):
+    """For each sample index in `rows`, an interpreter of the (float) flatbuffer that has just run that sample
+    of `x` (an array or Inputs, in the graph's layout), every intermediate tensor kept for get_tensor."""
+    from .inputs import feed_rows
+    interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    details = interp.get_input_details()
+    for i in rows:
+        feed = feed_rows(x, int(i), int(i) + 1, [d["name"] for d in details])
+        for d in details:
+            interp.set_tensor(d["index"], np.asarray(feed[d["name"]]).astype(d["dtype"]).reshape(d["shape"]))
+        interp.invoke()
+        yield interp
+
+
 def _schema():
     try:
         from ai_edge_litert import schema_py_generated as schema
