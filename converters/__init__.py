@@ -44,7 +44,9 @@ REQUIRES = {
 }
 
 # Each route module has convert(source, recipe, calibration, progress=None, profile=None) -> bytes, and
-# CALIBRATION_METHODS: the --calibration-method values it takes (default: "minmax" only). A route that
+# CALIBRATION_METHODS: the --calibration-method values it takes (default: "minmax" only), and
+# AUTO_CALIBRATION: the ones --calibration-method auto measures, the first always, the others where int8 costs
+# something (default: the first of CALIBRATION_METHODS). A route that
 # needs a one-time step first (a private toolchain, an intermediate graph) has
 # prepare_source(source, recipe, calibration, step=None), called with progress messages before convert.
 

@@ -24,7 +24,7 @@ from edgesdk.util import captured_output, first_line
 
 from . import keras_tflite, tflite_int8
 # what the recovery ladder and the diagnosis ask of a route: the shared int8 back end's
-from .tflite_int8 import (CALIBRATION_METHODS, DIAGNOSIS_HINT, EXCLUDES_LAYERS,  # noqa: F401
+from .tflite_int8 import (AUTO_CALIBRATION, CALIBRATION_METHODS, DIAGNOSIS_HINT, EXCLUDES_LAYERS,  # noqa: F401
                           INT16_ACTIVATIONS, MEASURED_HINT)
 from .keras_model import import_tf
 from .onnx_model import input_names

@@ -15,15 +15,17 @@ import numpy as np
 from edgesdk.errors import ConversionError, OptionError
 
 # minmax: the true range over the data. mse: min/max, then each inner tensor's range narrowed where that
-# lowers its own int8 error (narrowed_to_least_error). Not the default, because a tensor's own error is not
-# the output's; measured min/max -> mse, same data and weights: PP-OCR's direction classifier from ONNX
+# lowers its own int8 error (narrowed_to_least_error). Neither wins everywhere, because a tensor's own error
+# is not the output's; measured min/max -> mse, same data and weights: PP-OCR's direction classifier from ONNX
 # 23.8 -> 25.4 dB, 97.0 -> 98.5 % top-1 agreement (132 real crops); EfficientNet-Lite0 from PyTorch
 # 22.6 -> 23.2 dB, 97.5 % both (360 crops); the YOLOv8-style detector for the Coral: scores 15.0 -> 15.9 dB,
 # recall 0.94 both, precision 0.970 -> 0.964; but the PyTorch digit CNN 39.7 -> 37.2 dB, and a two-input
-# test model's weakest output from above 15 to 13.3 dB. moving-average: ai-edge-quantizer's own default
-# (0.95 per sample), which clips more the more data it sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with
-# min/max.
+# test model's weakest output from above 15 to 13.3 dB. So the default, auto, makes min/max and, where int8
+# costs something, mse too, and keeps the one that measures better (conversion.choose_calibration).
+# moving-average: ai-edge-quantizer's own default (0.95 per sample), which clips more the more data it
+# sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with min/max.
 CALIBRATION_METHODS = ("minmax", "mse", "moving-average")  # the recovery ladder tries them in this order
+AUTO_CALIBRATION = ("minmax", "mse")  # what auto makes: the first always, the second where int8 costs something
 EXCLUDES_LAYERS = True  # ai-edge-quantizer's recipe keeps named layers / op types float
 INT16_ACTIVATIONS = True  # --activations int16: its 16x8 recipe (int8 weights, int16 activations)
 CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float flatbuffer's weights rounded first

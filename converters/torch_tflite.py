@@ -18,8 +18,8 @@ from edgesdk.util import captured_output, first_line
 
 from . import tflite_int8
 # what the recovery ladder and the diagnosis ask of a route: the shared int8 back end's
-from .tflite_int8 import (CALIBRATION_METHODS, CORRECTED_ROUNDING, DIAGNOSIS_HINT, EXCLUDES_LAYERS,  # noqa: F401
-                          INT16_ACTIVATIONS, MEASURED_HINT)
+from .tflite_int8 import (AUTO_CALIBRATION, CALIBRATION_METHODS, CORRECTED_ROUNDING,  # noqa: F401
+                          DIAGNOSIS_HINT, EXCLUDES_LAYERS, INT16_ACTIVATIONS, MEASURED_HINT)
 from .torch_model import import_torch
 
 FORMAT = "tflite"

@@ -59,8 +59,8 @@ def _check_one(source, profile, trial, tmp: Path) -> dict:
     base = {"family": profile.family, "profile": profile.name, "quantization": profile.artifact.quantization}
     try:
         from edgesdk.converters import pick_format
-        recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES,
-                             format=pick_format(source.framework, profile))
+        recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES, calibration_method="minmax",
+                             format=pick_format(source.framework, profile))  # ops, not ranges, are checked
         route = get_route(source.framework, recipe.format)
         if source.multi_input and not getattr(route, "MULTI_INPUT", False):
             return {**base, "status": "unsupported", "fallbacks": [],

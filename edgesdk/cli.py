@@ -155,11 +155,12 @@ def families(ctx, as_json):
 @click.option("--std", help="Preprocess: divide, per channel: 0.229,0.224,0.225.")
 @click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
               help="Channel order of image-folder inputs.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "mse", "moving-average", "entropy",
+@click.option("--calibration-method", type=click.Choice(["auto", "minmax", "mse", "moving-average", "entropy",
                                                            "percentile"]),
-              default="minmax", show_default=True, help="Activation range estimation: min/max over the data; "
+              default="auto", show_default=True, help="Activation range estimation: min/max over the data; "
               "mse, each inner tensor's range narrowed to its least int8 error, and moving-average (TFLite from "
-              "PyTorch and ONNX); entropy, percentile (ONNX).")
+              "PyTorch and ONNX); entropy, percentile (ONNX); auto: min/max, and mse too where the route has it "
+              "and int8 costs accuracy, the one that measures better kept.")
 @click.option("--weight-rounding", type=click.Choice(["auto", "nearest", "corrected"]), default="auto",
               show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
               "kernel's sum kept and the biases corrected for what rounding shifts (better on photos); auto: "

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -54,7 +55,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
             min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
-            allow_float_fallback=False, calibration_method="minmax", weight_rounding="auto", qat=False,
+            allow_float_fallback=False, calibration_method="auto", weight_rounding="auto", qat=False,
             activations="int8", exclude_nodes=(), exclude_op_types=(),
             input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
             keep_failed=False, recover=True,
@@ -104,10 +105,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          model_factory=model_factory, input_values=input_values, stateful=stateful)
     route = get_route(source.framework, recipe.format)
     methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
-    if recipe.calibration_method not in methods:
-        listed = " or ".join(filter(None, (", ".join(methods[:-1]), methods[-1])))
+    if recipe.calibration_method not in ("auto",) + methods:
+        listed = " or ".join(filter(None, (", ".join(("auto",) + methods[:-1]), methods[-1])))
         raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
                           f"{source.framework} to {recipe.format}: this route calibrates with {listed}.")
+    auto_calibration = getattr(route, "AUTO_CALIBRATION", methods[:1]) if recipe.calibration_method == "auto" else ()
     if recipe.activations == "int16" and not getattr(route, "INT16_ACTIVATIONS", False):
         raise OptionError(f"The route from {source.framework} to {recipe.format} makes int8 activations only "
                           f"(int16 ones are made for ONNX artifacts and TFLite ones); "
@@ -196,6 +198,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         from edgesdk.converters import get_pruner
         pruner = get_pruner(source.framework)
         snapshot = pruner.snapshot(given) if source.path is None else None
+    if auto_calibration:  # made with the first; the others measured beside it once the rounding is chosen
+        recipe = replace(recipe, calibration_method=auto_calibration[0])
     tmp = temp_path_in(out_dir, final.name)
     replaced, moved = False, []
     training = trained = None
@@ -237,6 +241,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         figures, verdict = validate(tmp, recipe)
         recipe, figures, verdict, rounding = _choose_rounding(tmp, source, recipe, profile, calib,
                                                               (figures, verdict), validate, progress)
+        recipe, figures, verdict, calibrated = _choose_calibration(tmp, source, recipe, auto_calibration, profile,
+                                                                   calib, (figures, verdict), validate, progress)
         pruned_passed, pruned_figures = True, {}
         if pruning:  # separates what pruning cost from what quantization cost
             from .validation import gate, judge
@@ -251,7 +257,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             if pruned_passed or training is not None:  # only training can give back what pruning took
                 recipe, figures, verdict, recovery = _recover(tmp, source, recipe, profile, calib, val, reference,
                                                               (figures, verdict), validate, progress, training,
-                                                              only_training=not pruned_passed)
+                                                              only_training=not pruned_passed,
+                                                              calibrated=tuple(set(calibrated or ()) - {"chosen"}))
                 figures.update(pruned_figures)
             else:
                 figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 "
@@ -274,6 +281,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         manifest["quantization"]["detector_tail"] = tail or host_tail
         if rounding:
             manifest["quantization"]["weight_rounding"]["auto"] = rounding
+        if calibrated:
+            manifest["quantization"]["calibration_auto"] = calibrated
         manifest["recovery"] = recovery
         manifest["quantization"]["aware_training"] = trained or _trained_rung(recovery)
         if not verdict["passed"] and not keep_failed:
@@ -331,7 +340,6 @@ def _refuse_unquantized(path: Path, recipe) -> None:
 def _with_states(source, ds):
     if ds is None:
         return None
-    from dataclasses import replace
     return replace(ds, x=source_states(source, ds.x)[0])
 
 
@@ -375,7 +383,6 @@ def _cut_detector_tail(source, recipe, route, reference, calib, progress):
     """
     if recipe.quantization != "int8" or not getattr(route, "CUTS_TAILS", False) or recipe.host_tail:
         return recipe
-    from dataclasses import replace
     from .host_tail import cut_source, plan
     outputs = plan(source, reference, _model_io(source), recipe.task)
     if not outputs:
@@ -412,58 +419,83 @@ def tail_file(final: Path) -> Path:
     return final.with_suffix(".tail.onnx")
 
 
-AUTO_ROUNDING_BELOW_DB = 30.0  # int8 this close to the source has nothing a rounding could measurably give back
-ROUNDING_MARGIN_DB = 0.3  # the corrected rounding is kept only when it measures at least this much better
-ROUNDING_MARGIN_DETECTIONS = 0.01  # ... or, for a detector, when its F1 against the source is this much higher
+AUTO_BELOW_DB = 30.0  # int8 this close to the source has nothing another rounding or range could measurably give back
+AUTO_MARGIN_DB = 0.3  # the second choice is kept only when it measures at least this much better
+AUTO_MARGIN_DETECTIONS = 0.01  # ... or, for a detector, when its F1 against the source is this much higher
 
 
 def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate, progress) -> tuple:
-    """--weight-rounding auto: `tmp` was rounded to nearest. Where int8 costs something (the weakest output's
-    SQNR under AUTO_ROUNDING_BELOW_DB) and the route has it, the corrected rounding is made too and judged by the same gate;
-    it is kept when it passes where nearest did not, or measures ROUNDING_MARGIN_DB better (+5 dB on
-    EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops: which wins depends on the model); a detector,
-    when its F1 against the source's detections is ROUNDING_MARGIN_DETECTIONS higher.
-    Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
-    from dataclasses import replace
+    """--weight-rounding auto: nearest, and the corrected rounding too where the route has it (_choose_measured;
+    +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops: which wins depends on the model)."""
     from edgesdk.converters import get_route
+    if recipe.weight_rounding != "auto":
+        return recipe, *first, None
+    nearest = replace(recipe, weight_rounding="nearest")
+    if not getattr(get_route(source.framework, recipe.format), "CORRECTED_ROUNDING", False):
+        return nearest, *first, None
+    return _choose_measured(tmp, source, nearest, profile, calib, first, validate, progress,
+                            "weight_rounding", "corrected", "weight rounding")
+
+
+def _choose_calibration(tmp: Path, source, recipe, methods, profile, calib, first, validate, progress) -> tuple:
+    """--calibration-method auto: `tmp` was calibrated with methods[0]; the route's second method is measured
+    too (_choose_measured; mse over min/max: +1.6 dB and 1.5 points on PP-OCR's crops, -2.5 dB on the digit
+    CNN: which wins depends on the model)."""
+    if len(methods) < 2:
+        return recipe, *first, None
+    return _choose_measured(tmp, source, recipe, profile, calib, first, validate, progress,
+                            "calibration_method", methods[1], "calibration")
+
+
+def _choose_measured(tmp: Path, source, recipe, profile, calib, first, validate, progress, option: str,
+                     alternative: str, what: str) -> tuple:
+    """`tmp` was made with `recipe`. Where int8 costs something (the weakest output's SQNR under AUTO_BELOW_DB),
+    the artifact with `option` = `alternative` is made too and judged by the same gate; it is kept when it
+    passes where the first did not, or, both passing or both failing, when it measures better (_better).
+    Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
     from .mixed_precision import Trials
     figures, verdict = first
-    if recipe.weight_rounding != "auto":
-        return recipe, figures, verdict, None
-    nearest, corrected = (replace(recipe, weight_rounding=m) for m in ("nearest", "corrected"))
     sqnr = weakest_sqnr(figures)
-    route = get_route(source.framework, recipe.format)
-    if recipe.quantization != "int8" or not getattr(route, "CORRECTED_ROUNDING", False) or sqnr is None \
-            or sqnr >= AUTO_ROUNDING_BELOW_DB:
-        return nearest, figures, verdict, None
-    plain = source.weight_rounding
-    progress.step(f"int8 SQNR {sqnr:.1f} dB at its weakest output: measuring the corrected weight rounding too")
-    record = {"chosen": "nearest", "nearest": _tried({**figures, **verdict})}
-    trial = temp_path_in(tmp.parent, tmp.name + ".corrected")
+    if recipe.quantization != "int8" or sqnr is None or sqnr >= AUTO_BELOW_DB:
+        return recipe, figures, verdict, None
+    plain, other = getattr(recipe, option), replace(recipe, **{option: alternative})
+    kept_rounding = source.weight_rounding  # what the artifact in `tmp` records of its rounding
+    progress.step(f"int8 SQNR {sqnr:.1f} dB at its weakest output: measuring {alternative} {what} too")
+    record = {"chosen": plain, plain: _tried({**figures, **verdict})}
+    trial = temp_path_in(tmp.parent, f"{tmp.name}.{alternative}")
     try:
-        data = Trials(source, recipe, profile, calib).convert(corrected)
-        if data == tmp.read_bytes():  # nothing it applies to (no kernels it rounds)
-            source.weight_rounding = plain
-            return nearest, figures, verdict, None
+        data = Trials(source, recipe, profile, calib).convert(other)
+        if data == tmp.read_bytes():  # nothing it applies to (no kernels it rounds, no inner tensors)
+            source.weight_rounding = kept_rounding
+            return recipe, figures, verdict, None
         trial.write_bytes(data)
-        tried, judged = validate(trial, corrected)
-        record["corrected"] = _tried({**tried, **judged})
-        got = weakest_sqnr(tried)
-        if detections(figures) is not None and detections(tried) is not None:  # judged by what it is for
-            better = detections(tried) - detections(figures) >= ROUNDING_MARGIN_DETECTIONS
-        else:
-            better = (got if got is not None else float("-inf")) - sqnr >= ROUNDING_MARGIN_DB
-        if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"] and better):
+        tried, judged = validate(trial, other)
+        record[alternative] = _tried({**tried, **judged})
+        if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"]
+                                                            and _better(tried, figures)):
             os.replace(trial, tmp)
-            progress.step(f"corrected weight rounding kept: {got:.1f} dB against {sqnr:.1f} dB")
-            return corrected, tried, judged, {**record, "chosen": "corrected"}
-    except EdgeSDKError as exc:  # the nearest artifact stands
-        progress.warn(f"could not measure the corrected weight rounding: {first_line(exc)[:200]}")
+            progress.step(f"{alternative} {what} kept: {weakest_sqnr(tried):.1f} dB against {sqnr:.1f} dB")
+            return other, tried, judged, {**record, "chosen": alternative}
+    except EdgeSDKError as exc:  # the first artifact stands
+        progress.warn(f"could not measure {alternative} {what}: {first_line(exc)[:200]}")
     finally:
         if trial.exists():
             trial.unlink()
-    source.weight_rounding = plain
-    return nearest, figures, verdict, record
+    source.weight_rounding = kept_rounding
+    return recipe, figures, verdict, record
+
+
+def _better(tried: dict, first: dict) -> bool:
+    """Whether `tried` measures better than `first` by what the model is for: a detector by its F1 against the
+    source's detections, anything else by its weakest output's SQNR, AUTO_MARGIN_DB higher, and a classifier
+    also by its top-1 agreement, no lower (SQNR can rise while the near-ties fall the other way)."""
+    if detections(first) is not None and detections(tried) is not None:
+        return detections(tried) - detections(first) >= AUTO_MARGIN_DETECTIONS
+    got, had = weakest_sqnr(tried), weakest_sqnr(first)
+    if got is None or had is None or got - had < AUTO_MARGIN_DB:
+        return False
+    agreement = tried.get("top1_agreement"), first.get("top1_agreement")
+    return None in agreement or agreement[0] >= agreement[1]
 
 
 def weakest_sqnr(figures: dict) -> float | None:
@@ -514,14 +546,14 @@ def _qat_trainer(source, recipe, tune, recover) -> tuple:
 
 
 def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, validate, progress,
-             training=None, only_training=False) -> tuple:
+             training=None, only_training=False, calibrated=()) -> tuple:
     """The recovery ladder; on success `tmp` holds the passing artifact. (recipe, figures, verdict, record)"""
     from . import recovery
     steps = ["calibration", "higher precision"] * (not only_training) + ["quantization-aware training"] * bool(training)
     progress.step(f"int8 missed the gate{' (so did the pruned float model)' if only_training else ''}: trying the "
                   f"recovery ladder ({', then '.join(steps)}; --no-recover to skip)")
     outcome = recovery.recover(source, recipe, profile, calib, val, reference, _model_io(source), tmp, first,
-                               validate, progress, training, only_training)
+                               validate, progress, training, only_training, calibrated)
     record = recovery.summary(outcome)
     rung = outcome["rung"]
     if rung is None:

@@ -13,7 +13,8 @@ from .tasks import TASKS, Thresholds
 
 DEFAULT_THRESHOLDS = Thresholds()
 
-CALIBRATION_METHODS = ("minmax", "mse", "moving-average", "entropy", "percentile")  # each route says which it has
+# each route says which it has; auto: the route's AUTO_CALIBRATION, the one that measures better kept
+CALIBRATION_METHODS = ("auto", "minmax", "mse", "moving-average", "entropy", "percentile")
 WEIGHT_ROUNDING = ("auto", "corrected", "nearest")
 ACTIVATIONS = ("int8", "int16")
 # what an artifact with int16 activations takes and returns: ONNX keeps float32 outside its Q/DQ pairs;
@@ -43,7 +44,7 @@ class Recipe:
     min_precision: float = DEFAULT_THRESHOLDS.min_precision
     min_iou: float = DEFAULT_THRESHOLDS.min_iou
     allow_float_fallback: bool = False
-    calibration_method: str = "minmax"
+    calibration_method: str = "auto"
     exclude_nodes: tuple = ()
     exclude_op_types: tuple = ()
     layout: str = "NHWC"          # what the artifact takes for 4-D inputs; "source" keeps the model's
@@ -53,7 +54,7 @@ class Recipe:
     int8_arithmetic: str = "exact"
     # converters/weight_rounding.py: "nearest" (the plain quantizers) or "corrected" (kernel sums, bias correction:
     # +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops), or "auto": nearest, and corrected too
-    # where int8 costs something, the one that measures better kept (conversion.choose_rounding)
+    # where int8 costs something, the one that measures better kept (conversion._choose_rounding)
     weight_rounding: str = "auto"
     # source outputs whose post-processing (a detector head's decode and the Concat of boxes and scores) the
     # artifact leaves to the host: its graph is cut before it (host_tail.py); set by conversion, not by the user
@@ -86,7 +87,7 @@ class Recipe:
 def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
                 output_dtype=None, prune=0.0, epochs=2, distill=False, batch_size=32, learning_rate=1e-3,
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
-                preprocess=None, allow_float_fallback=False, calibration_method="minmax", exclude_nodes=(),
+                preprocess=None, allow_float_fallback=False, calibration_method="auto", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
                 min_iou=None, weight_rounding="auto", qat=False, activations="int8") -> Recipe:
     spec = profile.artifact

@@ -110,11 +110,12 @@ class Training:
 
 
 def recover(source, recipe, profile, calib, val, reference, io, artifact_path: Path, first: tuple, validate,
-            progress, training: Training | None = None, only_training: bool = False) -> dict:
+            progress, training: Training | None = None, only_training: bool = False, calibrated=()) -> dict:
     """Climb the ladder from the artifact at `artifact_path` whose gate result is `first` (figures, verdict).
 
     validate(path, recipe) -> (figures, verdict) is the gate itself. only_training: the pruned float model
-    misses the gate, so only training can help. Returns
+    misses the gate, so only training can help. calibrated: the calibration methods already measured on this
+    recipe (--calibration-method auto), not made again. Returns
     {"rung": the passing Rung or None, "rows": one per rung for the manifest,
      "measured": the diagnosis rows of the candidates measured alone, "hint": how to apply one by hand}.
     """
@@ -141,7 +142,7 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
         # a. calibration: the best of them is the base the mixed-precision rungs build on
         base = start
         for method in () if only_training else trials.calibration_methods:
-            if method == recipe.calibration_method:
+            if method == recipe.calibration_method or method in calibrated:
                 continue
             rung = judge(Rung("calibration", f"{method} calibration", replace(recipe, calibration_method=method)))
             if rung.passed:
