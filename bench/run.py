@@ -228,7 +228,8 @@ def bench_imagenet(tmp, quick):
                   "value": round(v["sqnr_db"] - base_sqnr, 2), "unit": "dB", "goal": ">= 3",
                   "met": v["sqnr_db"] - base_sqnr >= 3,
                   "baseline": f"plain {base_sqnr:.1f} dB, edgesdk {v['sqnr_db']:.1f} dB "
-                              f"({rounded['mode']} rounding chosen, {rounded.get('layers', 0)} layers)"}]
+                              f"({rounded['mode']} rounding chosen, {rounded.get('layers', 0)} layers; "
+                              f"{art.manifest['quantization']['calibration_method']} calibration)"}]
     return rows
 
 
@@ -264,7 +265,8 @@ def bench_onnx_tflite(tmp, quick):
             {"name": "output SQNR gain over onnx2tf's own int8, PP-OCR direction classifier",
              "value": round(v["sqnr_db"] - base_sqnr, 2), "unit": "dB", "goal": ">= 3",
              "met": v["sqnr_db"] - base_sqnr >= 3,
-             "baseline": f"onnx2tf {base_sqnr:.1f} dB, edgesdk {v['sqnr_db']:.1f} dB"}]
+             "baseline": f"onnx2tf {base_sqnr:.1f} dB, edgesdk {v['sqnr_db']:.1f} dB "
+                         f"({art.manifest['quantization']['calibration_method']} calibration chosen)"}]
 
 
 def bench_detector(tmp, quick):
