@@ -419,7 +419,7 @@ def tail_file(final: Path) -> Path:
     return final.with_suffix(".tail.onnx")
 
 
-AUTO_BELOW_DB = 30.0  # int8 this close to the source has nothing another rounding or range could measurably give back
+AUTO_BELOW_DB = 30.0  # int8 this close to the source has nothing another rounding or range could give back
 AUTO_MARGIN_DB = 0.3  # the second choice is kept only when it measures at least this much better
 AUTO_MARGIN_DETECTIONS = 0.01  # ... or, for a detector, when its F1 against the source is this much higher
 
