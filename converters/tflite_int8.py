@@ -21,7 +21,7 @@ from edgesdk.errors import ConversionError, OptionError
 # 22.6 -> 23.2 dB, 97.5 % both (360 crops); the YOLOv8-style detector for the Coral: scores 15.0 -> 15.9 dB,
 # recall 0.94 both, precision 0.970 -> 0.964; but the PyTorch digit CNN 39.7 -> 37.2 dB, and a two-input
 # test model's weakest output from above 15 to 13.3 dB. So the default, auto, makes min/max and, where int8
-# costs something, mse too, and keeps the one that measures better (conversion.choose_calibration).
+# costs something, mse too, and keeps the one that measures better (conversion._choose_calibration).
 # moving-average: ai-edge-quantizer's own default (0.95 per sample), which clips more the more data it
 # sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with min/max.
 CALIBRATION_METHODS = ("minmax", "mse", "moving-average")  # the recovery ladder tries them in this order
