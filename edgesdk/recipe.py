@@ -67,9 +67,12 @@ class Recipe:
     activations: str = "int8"
 
     def with_int16_activations(self, **changes) -> "Recipe":
-        """This recipe with int16 activations, and the boundary dtype such artifacts have."""
+        """This recipe with int16 activations, and the boundary dtype such artifacts have. mse ranges are
+        int8's (int16's 65,536 steps lose nothing to the full range): min/max, as the quantizer makes it."""
         io = INT16_IO[self.format]
-        return replace(self, activations="int16", input_dtype=io, output_dtype=io, **changes)
+        method = "minmax" if self.calibration_method == "mse" else self.calibration_method
+        return replace(self, activations="int16", input_dtype=io, output_dtype=io,
+                       **{"calibration_method": method, **changes})
 
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
@@ -149,6 +152,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
         if fmt == "tflite" and {input_dtype, output_dtype} - {None}:
             raise OptionError("TFLite artifacts with int16 activations (16x8) take and return int16 (the scale "
                               "and zero point are in the manifest); drop --input-dtype/--output-dtype.")
+        if calibration_method == "mse":
+            raise OptionError("--calibration-method mse narrows int8 activation ranges; int16 activations keep "
+                              "the full min/max range (65,536 steps lose nothing to it): drop one of them.")
         in_dt = out_dt = INT16_IO[fmt]
     if max_accuracy_drop < 0:
         raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "

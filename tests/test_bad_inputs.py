@@ -90,6 +90,12 @@ def test_qat_with_corrected_rounding_is_refused_not_overridden(keras3_mnist, mni
                needle="--qat learns the weights' int8 rounding in training", out_dir=tmp_path / "o")
 
 
+def test_mse_ranges_with_int16_activations_are_refused_not_ignored(keras3_mnist, mnist_files, tmp_path):
+    _cli_fails(OptionError, "convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "o",
+               "--activations", "int16", "--calibration-method", "mse",
+               needle="--calibration-method mse narrows int8 activation ranges", out_dir=tmp_path / "o")
+
+
 def test_calibration_method_the_route_does_not_have(keras3_mnist, mnist_files, tmp_path):
     _cli_fails(OptionError, "convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "o",
                "--calibration-method", "entropy", needle="not available from keras to tflite: this route "
