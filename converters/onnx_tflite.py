@@ -137,8 +137,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
         with captured_output(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             flatbuffer = _float_flatbuffer(tf_source)
-            flatbuffer = tflite_int8.quantize(tflite_int8.rounded(source, flatbuffer, recipe, x), x, progress,
-                                              recipe)
+            flatbuffer = tflite_int8.full_int8(source, flatbuffer, recipe, x, progress)
     except (ConversionError, OptionError):
         raise
     except Exception as exc:

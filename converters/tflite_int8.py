@@ -88,6 +88,20 @@ def quantize(flatbuffer: bytes, x: np.ndarray, progress=None, recipe=None) -> by
     return inline_buffers(bytes(q.quantize(calibration).quantized_model))
 
 
+def full_int8(source, flatbuffer: bytes, recipe, x, progress=None) -> bytes:
+    """The float graph made int8 (quantize), with --weight-rounding corrected its weights rounded first
+    (weight_rounding.py) and the int8 graph's biases then corrected against the float graph's channel means
+    (int8_bias.py; int8 activations only: int16 ones have little rounding to take back)."""
+    flatbuffer = rounded(source, flatbuffer, recipe, x)
+    int8 = quantize(flatbuffer, x, progress, recipe)
+    if recipe.weight_rounding == "corrected" and recipe.activations == "int8":
+        from .int8_bias import corrected
+        int8, stats = corrected(int8, flatbuffer, x, progress=progress)
+        source.weight_rounding = {**(source.weight_rounding or {}), "int8_biases": stats["layers"],
+                                  "int8_bias_samples": stats["samples"]}
+    return int8
+
+
 def rounded(source, flatbuffer: bytes, recipe, x) -> bytes:
     """The float graph's weights on their int8 grid, kernel sums kept, biases corrected (weight_rounding.py)."""
     source.weight_rounding = None

@@ -108,8 +108,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
             flatbuffer = _float_model(source, recipe, torch, calibration)
             if recipe.quantization == "int8":
                 x = _x(source, recipe, calibration)
-                flatbuffer = tflite_int8.quantize(tflite_int8.rounded(source, flatbuffer, recipe, x), x, progress,
-                                                  recipe)
+                flatbuffer = tflite_int8.full_int8(source, flatbuffer, recipe, x, progress)
     except (ConversionError, OptionError):
         raise
     except Exception as exc:

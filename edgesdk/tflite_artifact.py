@@ -35,8 +35,8 @@ def interpreter_module():
 
 
 def runs_keeping_tensors(flatbuffer: bytes, x, rows):
-    """For each sample index in `rows`, an interpreter of the (float) flatbuffer that has just run that sample
-    of `x` (an array or Inputs, in the graph's layout), every intermediate tensor kept for get_tensor."""
+    """For each sample index in `rows`, an interpreter of the flatbuffer that has just run that sample of `x`
+    (float, an array or Inputs, in the graph's layout), every intermediate tensor kept for get_tensor."""
     from .inputs import feed_rows
     interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
@@ -44,9 +44,21 @@ def runs_keeping_tensors(flatbuffer: bytes, x, rows):
     for i in rows:
         feed = feed_rows(x, int(i), int(i) + 1, [d["name"] for d in details])
         for d in details:
-            interp.set_tensor(d["index"], np.asarray(feed[d["name"]]).astype(d["dtype"]).reshape(d["shape"]))
+            interp.set_tensor(d["index"], as_input(feed[d["name"]], d))
         interp.invoke()
         yield interp
+
+
+def as_input(sample, detail) -> np.ndarray:
+    """A float sample as the interpreter's input `detail` takes it: quantized where that input is (plain
+    integers, such as ids, go as they are)."""
+    sample = np.asarray(sample)
+    scale, zp = detail["quantization"]
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.integer) and scale:
+        info = np.iinfo(dtype)
+        sample = np.clip(np.round(sample / scale) + zp, info.min, info.max)
+    return sample.astype(dtype).reshape(detail["shape"])
 
 
 def _schema():
@@ -289,13 +301,7 @@ class TFLiteArtifact:
         for i in range(len(x)):
             feed = x[i:i + 1].feed()
             for inp in details:
-                sample = np.asarray(feed[names[inp["name"]]])
-                scale, zp = inp["quantization"]
-                dtype = inp["dtype"]
-                if np.issubdtype(dtype, np.integer) and scale:  # quantized input; plain integers go as they are
-                    info = np.iinfo(dtype)
-                    sample = np.clip(np.round(sample / scale) + zp, info.min, info.max)
-                interp.set_tensor(inp["index"], sample.astype(dtype).reshape(inp["shape"]))
+                interp.set_tensor(inp["index"], as_input(feed[names[inp["name"]]], inp))
             interp.invoke()
             for k, d in enumerate(outputs):
                 y = interp.get_tensor(d["index"])

@@ -62,7 +62,10 @@ def test_corrected_rounding_beats_nearest_on_efficientnet_lite0_tflite(imagenet,
                           min_agreement=0.0, task="classify", recover=False, output_dir=tmp_path, quiet=True)
     rounding = art.manifest["quantization"]["weight_rounding"]
     tried = rounding.pop("auto")
-    assert rounding == {"mode": "corrected", "layers": 50, "biases": 50}  # 49 convs and the classifier
+    # 49 convs and the classifier; then the int8 graph's biases, against float's channel means on the
+    # calibration crops (up to every one of the 84, for the layers with few positions per crop)
+    assert rounding == {"mode": "corrected", "layers": 50, "biases": 50, "int8_biases": 50,
+                        "int8_bias_samples": 84}
     assert art.manifest["quantization"]["float_ops"] == []  # still full int8
     assert art.validation["samples"] == 216 and tried["chosen"] == "corrected"
     assert tried["corrected"]["sqnr_db"] == art.validation["sqnr_db"]

@@ -1,0 +1,134 @@
+"""Bias correction of a full-int8 TFLite graph against its float graph, measured on calibration data.
+
+The int8 activations round and clip, and rounding through the next layers' non-linearities does not
+average out: each conv / depthwise / fully-connected output channel ends up with a mean error that the
+float graph does not have. Here that error is measured, layer by layer in graph order, on the int8 graph
+as it runs (the layers before it already corrected), and the layer's int32 bias takes it back (empirical
+bias correction: Nagel et al. 2019; Finkelstein et al. 2019, "Fighting quantization bias with bias").
+Only positions where neither value is clipped count (the fused ReLU / ReLU6, or int8's own range): a
+bias moves only those.
+
+Layer by layer because correcting every layer from one measurement corrects twice what upstream layers
+pass on: on EfficientNet-Lite0 that diverged (8.8 dB after one pass against 23.2 dB uncorrected), and
+five layers at a time lost 1.4 dB. Sequential, on 96 samples: 23.2 -> 24.3 dB, 97.5 -> 98.1 % top-1
+agreement on 360 real-photo crops (mse calibration, corrected weight rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLES = 256          # calibration samples at most; a layer takes as many as give it MEASURED values a channel
+MEASURED = 8192        # ... so a wide early layer needs few samples and the classifier all of them (the runs
+MIN_SAMPLES = 16       # are the cost: one whole graph per layer and sample), but never fewer than MIN_SAMPLES
+VALUES = 16384         # values kept per layer and sample: positions drawn at random, every channel at each
+MIN_POSITIONS = 64     # ... but at least this many positions (or all of them)
+MIN_COUNTED = 32       # unclipped values a channel needs before its mean error is trusted
+# fused activation -> the float range it leaves (TFLite ActivationFunctionType); others are not corrected
+ACTIVATION_RANGE = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
+
+
+def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progress=None) -> tuple:
+    """(`int8` with its conv / depthwise / FC biases corrected, {"layers": corrected, "samples": used}).
+
+    `float_graph` is the float flatbuffer `int8` was quantized from (tensors matched by name); `x` the
+    calibration data in its layout. Layers kept in float, without a bias, or with another fused
+    activation are left as they are."""
+    from edgesdk.tflite_artifact import runs_keeping_tensors
+    from .tflite_io import read_model, write_model
+    model = read_model(int8)
+    layers = _layers(model, float_graph)
+    if not layers:
+        return int8, {"layers": 0, "samples": 0}
+    rows = np.random.default_rng(0).permutation(len(x))[:samples]
+    for layer in layers:
+        layer["samples"] = int(np.clip(-(-MEASURED // len(layer["positions"])), MIN_SAMPLES, len(rows)))
+    reference = _float_values(float_graph, x, rows, layers)
+    buf = bytearray(write_model(model))
+    biases = _bias_views(buf, [layer["bias"] for layer in layers])
+    changed = 0
+    for done, (layer, bias) in enumerate(zip(layers, biases)):
+        if progress:
+            progress(done, len(layers))
+        err, counted = 0.0, 0
+        for k, run in enumerate(runs_keeping_tensors(bytes(buf), x, rows[:layer["samples"]])):
+            q = run.get_tensor(layer["index"]).reshape(-1, layer["channels"])[layer["positions"]].astype(np.float64)
+            f = reference[layer["name"]][k]
+            scale, zero = layer["scale"], layer["zero_point"]
+            keep = (q > layer["qlo"]) & (q < layer["qhi"]) & (f > (layer["qlo"] - zero) * scale) \
+                & (f < (layer["qhi"] - zero) * scale)
+            err = err + np.where(keep, (q - zero) * scale - f, 0.0).sum(axis=0)
+            counted = counted + keep.sum(axis=0)
+        mean = np.where(counted >= MIN_COUNTED, err / np.maximum(counted, 1), 0.0)
+        shift = np.round(mean / layer["bias_scale"]).astype(np.int64)
+        if np.any(shift):
+            bias[:] = np.clip(bias.astype(np.int64) - shift, -2**31, 2**31 - 1).astype(np.int32)
+            changed += 1
+    if progress:
+        progress(len(layers), len(layers))
+    return bytes(buf), {"layers": changed, "samples": max(layer["samples"] for layer in layers),
+                        "runs": sum(layer["samples"] for layer in layers)}
+
+
+def _layers(model, float_graph: bytes) -> list:
+    """The int8 graph's conv / depthwise / FC ops with an int32 bias and an int8 output that the float graph
+    also has, in graph order, with what their correction needs."""
+    from edgesdk.converters.keras_model import import_tf
+    import_tf()
+    from tensorflow.lite.python import schema_py_generated as schema
+    from edgesdk.tflite_artifact import interpreter_module
+    ops = schema.BuiltinOperator
+    kinds = {ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.FULLY_CONNECTED}
+    floats = {d["name"]: d for d in interpreter_module().Interpreter(model_content=float_graph).get_tensor_details()}
+    sg, rng, layers, seen = model.subgraphs[0], np.random.default_rng(1), [], set()
+    for op in sg.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) not in kinds or len(op.inputs) < 3 or op.inputs[2] < 0:
+            continue
+        out, bias = sg.tensors[op.outputs[0]], sg.tensors[op.inputs[2]]
+        name = out.name.decode() if isinstance(out.name, bytes) else out.name
+        act = ACTIVATION_RANGE.get(getattr(op.builtinOptions, "fusedActivationFunction", 0))
+        if out.type != schema.TensorType.INT8 or bias.type != schema.TensorType.INT32 or act is None \
+                or name not in floats or list(floats[name]["shape"]) != list(out.shape) or bias.buffer in seen \
+                or out.quantization is None or len(out.quantization.scale) != 1:
+            continue
+        seen.add(bias.buffer)
+        channels = int(out.shape[-1])
+        scale, zero = float(out.quantization.scale[0]), int(out.quantization.zeroPoint[0])
+        bias_scale = np.asarray(bias.quantization.scale, np.float64)
+        if bias_scale.size not in (1, channels):
+            continue
+        positions = int(np.prod(out.shape[:-1]))
+        keep = min(positions, max(MIN_POSITIONS, VALUES // channels))
+        layers.append({"name": name, "index": int(op.outputs[0]), "bias": int(bias.buffer), "channels": channels,
+                       "positions": np.sort(rng.choice(positions, keep, replace=False)),
+                       "scale": scale, "zero_point": zero, "bias_scale": bias_scale,
+                       "qlo": max(-128, zero + round(act[0] / scale)) if np.isfinite(act[0]) else -128,
+                       "qhi": min(127, zero + round(act[1] / scale)) if np.isfinite(act[1]) else 127})
+    return layers
+
+
+def _float_values(float_graph: bytes, x, rows, layers) -> dict:
+    """Each layer's float output at its drawn positions: {name: (samples, positions, channels)}."""
+    from edgesdk.tflite_artifact import runs_keeping_tensors
+    interp = None
+    values = {layer["name"]: [] for layer in layers}
+    for k, run in enumerate(runs_keeping_tensors(float_graph, x, rows[:max(layer["samples"] for layer in layers)])):
+        if interp is None:
+            interp, index = run, {d["name"]: d["index"] for d in run.get_tensor_details()}
+        for layer in (layer for layer in layers if k < layer["samples"]):
+            v = run.get_tensor(index[layer["name"]]).reshape(-1, layer["channels"])[layer["positions"]]
+            values[layer["name"]].append(v.astype(np.float32))
+    return values
+
+
+def _bias_views(buf: bytearray, buffers: list) -> list:
+    """Writable int32 views of the given buffers' bytes inside the serialized flatbuffer `buf`."""
+    from edgesdk.tflite_artifact import _schema
+    root = _schema().Model.GetRootAs(buf, 0)
+    views = []
+    for b in buffers:
+        data = root.Buffers(b).DataAsNumpy()  # a uint8 view into `buf`
+        start = data.__array_interface__["data"][0] - np.frombuffer(buf, np.uint8).__array_interface__["data"][0]
+        views.append(np.frombuffer(buf, np.int32, count=data.size // 4, offset=start))
+    return views
