@@ -69,7 +69,9 @@ def test_corrected_rounding_beats_nearest_on_efficientnet_lite0_tflite(imagenet,
     assert art.manifest["quantization"]["float_ops"] == []  # still full int8
     assert art.validation["samples"] == 216 and tried["chosen"] == "corrected"
     assert tried["corrected"]["sqnr_db"] == art.validation["sqnr_db"]
-    assert tried["corrected"]["sqnr_db"] >= tried["nearest"]["sqnr_db"] + 3.0, tried
+    # measured: nearest 16.9 dB, corrected 24.0 dB (22.5 dB before the int8 biases were corrected)
+    assert tried["corrected"]["sqnr_db"] >= tried["nearest"]["sqnr_db"] + 6.0, tried
+    assert tried["corrected"]["sqnr_db"] >= 23.5, tried
     assert tried["corrected"]["top1_agreement"] >= tried["nearest"]["top1_agreement"], tried
 
 
