@@ -163,7 +163,8 @@ def families(ctx, as_json):
               "and int8 costs accuracy, the one that measures better kept.")
 @click.option("--weight-rounding", type=click.Choice(["auto", "nearest", "corrected"]), default="auto",
               show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
-              "kernel's sum kept and the biases corrected for what rounding shifts (better on photos); auto: "
+              "kernel's sum kept and the biases corrected for what rounding shifts (better on photos; on TFLite from "
+              "PyTorch and ONNX also for what the int8 activations shift, measured layer by layer); auto: "
               "both where int8 costs accuracy, the one that measures better kept.")
 @click.option("--activations", type=click.Choice(["int8", "int16"]), default="int8", show_default=True,
               help="int8 weights with int16 activations (CPU targets; ONNX, or TFLite's 16x8 with int16 "

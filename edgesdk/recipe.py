@@ -53,7 +53,8 @@ class Recipe:
     # or "host" with this machine's kernels, when the target is this machine.
     int8_arithmetic: str = "exact"
     # converters/weight_rounding.py: "nearest" (the plain quantizers) or "corrected" (kernel sums, bias correction:
-    # +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops), or "auto": nearest, and corrected too
+    # +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops; on the TFLite routes then the int8
+    # graph's biases too, converters/int8_bias.py: +1.1 dB more), or "auto": nearest, and corrected too
     # where int8 costs something, the one that measures better kept (conversion._choose_rounding)
     weight_rounding: str = "auto"
     # source outputs whose post-processing (a detector head's decode and the Concat of boxes and scores) the
