@@ -147,8 +147,9 @@ def test_yolov8_head_for_the_coral_leaves_its_post_processing_to_the_host(tmp_pa
     stride, exp) and joins them with 0..1 scores in one Concat. The Edge TPU runs nothing in float, so the
     artifact stops before that post-processing: each branch keeps its own int8 scale, and the tail is a
     float ONNX graph beside it. Measured on 36 real page scans (485 source detections): recall 0.94,
-    precision 0.96, scores 15.0 dB; cut at the last Concat only (the decode in int8) 0.74 / 0.54; not cut
-    (one tensor, one scale) recall 0.08."""
+    precision 0.97, scores 15.0 dB with nearest rounding; the corrected rounding with the int8 biases
+    corrected (kept by auto) 0.97 / 0.96, scores 19.2 dB; cut at the last Concat only (the decode in
+    int8) 0.74 / 0.54; not cut (one tensor, one scale) recall 0.08."""
     import onnxruntime as ort
     from detector_heads import yolov8_branches
     model = yolov8_branches(fixtures.fetch("captcha_detector"), tmp_path / "det_v8.onnx")
@@ -190,4 +191,8 @@ def test_yolov8_head_for_the_coral_leaves_its_post_processing_to_the_host(tmp_pa
     found = source[:, 4] > 0.25  # the cells the source detects a character in: their boxes line up
     boxes, want = joined[:, :4].transpose(0, 2, 1)[found], source[:, :4].transpose(0, 2, 1)[found]
     assert found.sum() > 20 and np.median(np.abs(boxes - want) / want) < 0.02  # measured 0.8 %
-    assert np.mean(joined[:, 4][found] > 0.25) >= 0.85  # and they are found (measured 33 of 36)
+    # and their scores follow the source's: most of these cells sit just above 0.25, so whether each clears it
+    # is a near-tie (the gate's recall above judges the detections); with the int8 biases corrected the
+    # scores of the 36 cells are off by 0.042 at the median (measured), 0.0007 on average over all cells
+    error = np.abs(joined[:, 4] - source[:, 4])
+    assert np.median(error[found]) < 0.08 and error.mean() < 0.005
