@@ -30,7 +30,7 @@ ACTIVATION_RANGE = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (
 
 def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progress=None) -> tuple:
     """(`int8` with its conv / depthwise / FC biases corrected, {"layers": corrected, "samples": the most a
-    layer used, "runs": of the graph, one per layer and sample}).
+    layer used}).
 
     `float_graph` is the float flatbuffer `int8` was quantized from (tensors matched by name); `x` the
     calibration data in its layout. Layers kept in float, without a bias, or with another fused
@@ -40,7 +40,7 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
     model = read_model(int8)
     layers = _layers(model, float_graph)
     if not layers:
-        return int8, {"layers": 0, "samples": 0, "runs": 0}
+        return int8, {"layers": 0, "samples": 0}
     rows = np.random.default_rng(0).permutation(len(x))[:samples]
     for layer in layers:
         layer["samples"] = int(np.clip(-(-MEASURED // len(layer["positions"])), MIN_SAMPLES, len(rows)))
@@ -52,10 +52,10 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
         if progress:
             progress(done, len(layers))
         err, counted = 0.0, 0
+        scale, zero = layer["scale"], layer["zero_point"]
         for k, run in enumerate(runs_keeping_tensors(bytes(buf), x, rows[:layer["samples"]])):
             q = run.get_tensor(layer["index"]).reshape(-1, layer["channels"])[layer["positions"]].astype(np.float64)
             f = reference[layer["name"]][k]
-            scale, zero = layer["scale"], layer["zero_point"]
             keep = (q > layer["qlo"]) & (q < layer["qhi"]) & (f > (layer["qlo"] - zero) * scale) \
                 & (f < (layer["qhi"] - zero) * scale)
             err = err + np.where(keep, (q - zero) * scale - f, 0.0).sum(axis=0)
@@ -67,8 +67,7 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
             changed += 1
     if progress:
         progress(len(layers), len(layers))
-    return bytes(buf), {"layers": changed, "samples": max(layer["samples"] for layer in layers),
-                        "runs": sum(layer["samples"] for layer in layers)}
+    return bytes(buf), {"layers": changed, "samples": max(layer["samples"] for layer in layers)}
 
 
 def _layers(model, float_graph: bytes) -> list:
@@ -97,8 +96,9 @@ def _layers(model, float_graph: bytes) -> list:
         channels = int(out.shape[-1])
         scale, zero = float(out.quantization.scale[0]), int(out.quantization.zeroPoint[0])
         bias_scale = np.asarray(bias.quantization.scale, np.float64)
-        if bias_scale.size not in (1, channels):
-            continue
+        data = model.buffers[bias.buffer].data
+        if bias_scale.size not in (1, channels) or data is None or len(data) != 4 * channels:
+            continue  # a bias computed at run time, or one this correction cannot address per channel
         positions = int(np.prod(out.shape[:-1]))
         keep = min(positions, max(MIN_POSITIONS, VALUES // channels))
         layers.append({"name": name, "index": int(op.outputs[0]), "bias": int(bias.buffer), "channels": channels,
