@@ -311,7 +311,8 @@ def inspect(ctx, artifact, targets, as_json):
             q = t["quantization"]
             qs = (f"  scale {q['scale']:.6g} zero point {q['zero_point']}" if q and "scale" in q else "")
             click.echo(f"  {kind[:-1]:<6} {t['name']}  {t['dtype']} {t['shape']}{qs}")
-    click.echo(f"  ops    {r['ops']} ({r['int8_ops']} integer, {r['float_ops']} float"
+    click.echo(f"  ops    {r['ops']} ({r['int8_ops']} int8, "
+               + (f"{r['int16_ops']} with int16 activations, " if r["int16_ops"] else "") + f"{r['float_ops']} float"
                + (f", {r['io_conversion_ops']} float I/O conversions" if r["io_conversion_ops"] else "") + ")")
     click.echo("         " + ", ".join(f"{k} x{v}" for k, v in r["op_histogram"].items()))
     if r["custom_ops"]:

@@ -326,7 +326,7 @@ def _refuse_unquantized(path: Path, recipe) -> None:
     if recipe.quantization != "int8":
         return
     cov = describe(path, fmt=recipe.format)["coverage"]
-    if cov["int8_ops"]:
+    if cov["int8_ops"] or cov.get("int16_ops"):
         return
     control = sorted(set(cov["op_histogram"]) & {"If", "Loop", "Scan", "WHILE", "IF"})
     why = (f" The graph's work sits inside {'/'.join(control)} branches, which the quantizer does not enter."
@@ -678,7 +678,8 @@ def _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, c
         "sparsity": sparsity,
         "quantization": {"scheme": recipe.quantization, "input_dtype": recipe.input_dtype,
                          "output_dtype": recipe.output_dtype, "per_channel": recipe.per_channel,
-                         "ops": cov["ops"], "int8_ops": cov["int8_ops"], "float_ops": cov["float_ops"],
+                         "ops": cov["ops"], "int8_ops": cov["int8_ops"],
+                         "int16_ops": cov.get("int16_ops", 0), "float_ops": cov["float_ops"],
                          "io_conversion_ops": cov["io_conversion_ops"], "qdq_ops": cov.get("qdq_ops"),
                          "calibration_method": recipe.calibration_method, "activations": recipe.activations,
                          "weight_rounding": {"mode": recipe.weight_rounding, **(source.weight_rounding or {})},

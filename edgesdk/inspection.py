@@ -77,7 +77,7 @@ def inspect(path, targets=None) -> dict:
         "size_bytes": info["size_bytes"], "size_gzip_bytes": gzip_size(path),
         "inputs": info["io"]["inputs"], "outputs": info["io"]["outputs"],
         "ops": cov["ops"], "op_histogram": cov["op_histogram"],
-        "int8_ops": cov["int8_ops"], "float_ops": len(cov["float_ops"]),
+        "int8_ops": cov["int8_ops"], "int16_ops": cov.get("int16_ops", 0), "float_ops": len(cov["float_ops"]),
         "io_conversion_ops": len(cov["io_conversion_ops"]), "tensor_dtypes": info["tensor_dtypes"],
         "quantized": info["quantized"], "custom_ops": info["custom_ops"], "subgraphs": info["subgraphs"],
         "sparsity": info["weight_sparsity"]["overall"], "layers": info["weight_sparsity"]["layers"],

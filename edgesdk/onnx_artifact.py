@@ -81,15 +81,17 @@ class ONNXArtifact:
         """A compute op is int8 when its activation inputs come from DequantizeLinear (QDQ form). Ops inside
         control-flow bodies count like any other (index: the position in the depth-first walk)."""
         dq_outputs = {o for n in self.nodes if n.op_type == "DequantizeLinear" for o in n.output}
+        wide = {o for n in self.nodes if n.op_type == "DequantizeLinear" and self._int16(n) for o in n.output}
         graph_inputs = {i.name for i in self.graph.input}
         float_ops, io_ops = [], []
-        qdq = 0
+        qdq = int16 = 0
         for i, n in enumerate(self.nodes):
             if n.op_type in QDQ:
                 qdq += 1
                 continue
             acts = [x for x in n.input if x and x not in self.initializers]
             if not acts or all(a in dq_outputs for a in acts):
+                int16 += any(a in wide for a in acts)  # int16 activations (ONNX Runtime's QInt16)
                 continue
             entry = {"index": i, "op": n.op_type, "name": n.name}
             if n.op_type in LAYOUT_OPS and all(a in graph_inputs for a in acts):
@@ -100,8 +102,15 @@ class ONNXArtifact:
         for n in self.nodes:
             hist[n.op_type] = hist.get(n.op_type, 0) + 1
         compute = len(self.nodes) - qdq
-        return {"ops": compute, "int8_ops": compute - len(float_ops) - len(io_ops), "qdq_ops": qdq,
-                "float_ops": float_ops, "io_conversion_ops": io_ops, "op_histogram": dict(sorted(hist.items()))}
+        return {"ops": compute, "int8_ops": compute - len(float_ops) - len(io_ops) - int16, "int16_ops": int16,
+                "qdq_ops": qdq, "float_ops": float_ops, "io_conversion_ops": io_ops,
+                "op_histogram": dict(sorted(hist.items()))}
+
+    def _int16(self, dq) -> bool:
+        """Whether a DequantizeLinear reads 16-bit integers (its zero point's type; without one, its input's)."""
+        zero = self.initializers.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        source = zero if zero is not None else self.initializers.get(dq.input[0])
+        return source is not None and source.data_type in (4, 5)  # UINT16, INT16
 
     def custom_ops(self) -> list:
         """Ops from domains outside the ONNX standard (and ONNX Runtime's own contrib ops)."""

@@ -111,6 +111,10 @@ def test_int16_activations_from_the_tflite_converter(keras3_mnist, mnist_files, 
     assert q["activations"] == "int16" and q["float_ops"] == [] and q["input_dtype"] == q["output_dtype"] == "int16"
     assert q["tensor_dtypes"]["int16"] >= 5 and arts["int8"].manifest["quantization"]["tensor_dtypes"].get("int16") is None
     assert [i["dtype"] for i in arts["int16"].manifest["inputs"]] == ["int16"]
+    # every op computes with int16 activations, and none is counted as int8
+    assert q["int16_ops"] == q["ops"] and q["int8_ops"] == 0
+    eight = arts["int8"].manifest["quantization"]
+    assert eight["int16_ops"] == 0 and eight["int8_ops"] == eight["ops"]
     assert arts["int16"].validation["sqnr_db"] > arts["int8"].validation["sqnr_db"] + 5
     assert arts["int16"].validation["passed"]
 
