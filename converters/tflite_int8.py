@@ -144,7 +144,7 @@ def narrowed_to_least_error(qsvs: dict, flatbuffer: bytes, x) -> dict:
     outputs keep their true range: a classifier's top logits are its few large values (a clipped top logit
     turns argmax into ties).
     """
-    from edgesdk.tflite_artifact import interpreter_module, runs_keeping_tensors
+    from edgesdk.tflite_artifact import interpreter_module, sample_runs
     interp = interpreter_module().Interpreter(model_content=flatbuffer)
     interp.allocate_tensors()
     ends = {d["name"] for d in interp.get_input_details()} | {d["name"] for d in interp.get_output_details()}
@@ -152,7 +152,7 @@ def narrowed_to_least_error(qsvs: dict, flatbuffer: bytes, x) -> dict:
     names = [n for n, q in qsvs.items() if n in index and n not in ends and "min" in q and np.size(q["min"]) == 1]
     rng = np.random.default_rng(0)
     values = {n: [] for n in names}
-    for run in runs_keeping_tensors(flatbuffer, x, rng.permutation(len(x))[:MSE_SAMPLES]):
+    for run in sample_runs(flatbuffer, x, rng.permutation(len(x))[:MSE_SAMPLES], keep_tensors=True):
         for n in names:
             v = run.get_tensor(index[n]).reshape(-1)
             values[n].append(v[rng.integers(0, v.size, min(v.size, MSE_VALUES))])

@@ -200,9 +200,9 @@ def round_tflite(flatbuffer: bytes, per_channel: bool = True, skip_nodes=(), ski
 
 def _tflite_input_means(flatbuffer: bytes, tensors, x) -> dict:
     """Per-channel (last axis) means of the given tensors, from the float model on up to MEAN_SAMPLES inputs."""
-    from edgesdk.tflite_artifact import runs_keeping_tensors
+    from edgesdk.tflite_artifact import sample_runs
     sums, count = {}, 0
-    for interp in runs_keeping_tensors(flatbuffer, x, range(min(len(x), MEAN_SAMPLES))):
+    for interp in sample_runs(flatbuffer, x, range(min(len(x), MEAN_SAMPLES)), keep_tensors=True):
         for t in set(int(i) for i in tensors):
             out = interp.get_tensor(t)
             sums[t] = sums.get(t, 0) + out.astype(np.float64).reshape(-1, out.shape[-1]).mean(axis=0)

@@ -34,11 +34,12 @@ def interpreter_module():
     return module
 
 
-def runs_keeping_tensors(flatbuffer: bytes, x, rows):
+def sample_runs(flatbuffer: bytes, x, rows, keep_tensors: bool = False):
     """For each sample index in `rows`, an interpreter of the flatbuffer that has just run that sample of `x`
-    (float, an array or Inputs, in the graph's layout), every intermediate tensor kept for get_tensor."""
+    (float, an array or Inputs, in the graph's layout), with LiteRT's default delegate (XNNPACK, as the gate
+    runs it); `keep_tensors` keeps every intermediate tensor for get_tensor (XNNPACK still computes them)."""
     from .inputs import feed_rows
-    interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=True)
+    interp = interpreter_module().Interpreter(model_content=flatbuffer, experimental_preserve_all_tensors=keep_tensors)
     interp.allocate_tensors()
     details = interp.get_input_details()
     for i in rows:
