@@ -51,7 +51,7 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
     changed = 0
     for done, layer in enumerate(layers):
         if progress:
-            progress(done, len(layers))
+            progress(done, len(layers), label="correcting int8 biases")
         err, counted = 0.0, 0
         scale, zero = layer["scale"], layer["zero_point"]
         for k, run in enumerate(sample_runs(_cut_after(model, layer), x, rows[:layer["samples"]])):
@@ -70,7 +70,7 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
             buffer.data = np.clip(bias - shift, -2**31, 2**31 - 1).astype(np.int32).view(np.uint8)
             changed += 1
     if progress:
-        progress(len(layers), len(layers))
+        progress(len(layers), len(layers), label="correcting int8 biases")
     return write_model(model), {"layers": changed, "samples": max(layer["samples"] for layer in layers)}
 
 

@@ -34,8 +34,12 @@ class Progress:
         print(f"[edgesdk] warning: {message}", file=self.stream, flush=True)
 
     def bar(self, label: str):
-        """A callback(i, n) that draws a bar on a terminal, or a line every ~2 s otherwise."""
-        def update(i: int, n: int) -> None:
+        """A callback(i, n) that draws a bar on a terminal, or a line every ~2 s otherwise; a later stage of
+        the same work names itself with callback(i, n, label=...)."""
+        default = label
+
+        def update(i: int, n: int, label: str | None = None) -> None:
+            label = label or default
             if self.quiet:
                 return
             now = time.monotonic()
