@@ -4,6 +4,7 @@ Standalone: it imports nothing of edgesdk. Request on stdin (JSON):
   onnx     the float model, input shapes fixed
   out      the SavedModel directory to write
   keep     input names to keep in their ONNX layout (only 4-D image inputs become NHWC)
+  simplified  true when the graph was simplified already: onnx2tf's own onnxsim pass is skipped
   samples  {input name: .npy of real samples in the layout the TF model takes}, for onnx2tf's own
            ONNX-vs-TF comparisons while it picks transposes
   int8     optional: also onnx2tf's own integer quantization, calibrated on the samples (the plain tool's
@@ -56,7 +57,8 @@ def main() -> None:
         onnx2tf.convert(input_onnx_file_path=clean, output_folder_path=request["out"], output_signaturedefs=True,
                         non_verbose=True, keep_ncw_or_nchw_or_ncdhw_input_names=request.get("keep") or None,
                         custom_input_op_name_np_data_path=custom or None,
-                        output_integer_quantized_tflite=bool(request.get("int8")))
+                        output_integer_quantized_tflite=bool(request.get("int8")),
+                        not_use_onnxsim=bool(request.get("simplified")))
         done = {"saved_model": request["out"], "renamed_nodes": renamed, "onnx2tf": onnx2tf.__version__}
         if request.get("int8"):  # int8 inside, float input and output: compared on the same float data
             done["int8_tflite"] = str(next(Path(request["out"]).glob("*_integer_quant.tflite")))

@@ -27,14 +27,22 @@ MULTI_INPUT = True  # calibration feeds every input by name
 
 
 def _reader(x, names, progress):
+    """ONNX Runtime's calibration reader over x, one sample a call; set_range lets quantize_static take it in
+    chunks (CalibStridedMinMax), which is how a histogram calibrator's held tensors stay bounded."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.i = 0
+            self.i, self.end = 0, len(x)
+
+        def __len__(self):
+            return len(x)
+
+        def set_range(self, start_index, end_index):
+            self.i, self.end = start_index, min(end_index, len(x))
 
         def get_next(self):
-            if self.i >= len(x):
+            if self.i >= self.end:
                 return None
             self.i += 1
             if progress:
@@ -42,8 +50,29 @@ def _reader(x, names, progress):
             return feed_rows(x, self.i - 1, self.i, names)
 
         def rewind(self):
-            self.i = 0
+            self.i, self.end = 0, len(x)
     return Reader()
+
+
+def activation_bytes(path: Path) -> int:
+    """Bytes of one sample's intermediate tensors, from the shapes inferred in the graph (what a calibrator or
+    a debugger that exposes every tensor holds per sample)."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+    model = onnx.load(str(path), load_external_data=False)
+    if not model.graph.value_info:
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception:
+            return 0
+    total = 0
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        t = info.type.tensor_type
+        dims = [d.dim_value for d in t.shape.dim]
+        if t.elem_type and all(d > 0 for d in dims):
+            total += int(np.prod(dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+    return total
 
 
 def _opset(model) -> int:
@@ -153,6 +182,12 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
                  "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False)}
         per_channel = recipe.per_channel and not quirks.get("per_tensor", False)
 
+        if recipe.calibration_method != "minmax":  # histograms: every tensor of every sample held, unless chunked
+            x, chunk, note = _histogram_chunks(x, activation_bytes(pre))
+            extra["CalibStridedMinMax"] = chunk
+            if note:
+                notes.append(note)
+
         def run():
             with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
                 quantize_static(str(pre), str(out), _reader(x, input_names(pre), progress),
@@ -194,6 +229,18 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
             first = first_line(exc)
             raise ConversionError(f"ONNX Runtime could not quantize the model: {first[:400]}") from None
         return out.read_bytes(), notes
+
+
+def _histogram_chunks(x, per_sample: int) -> tuple:
+    """(the samples, how many a histogram calibrator takes at once, a note or None): chunks that fit the memory
+    budget (edgesdk.memory); quantize_static needs the count a multiple of the chunk, so a remainder is left out."""
+    from edgesdk.memory import samples_within
+    chunk = samples_within(per_sample, len(x))
+    if chunk >= len(x):
+        return x, len(x), None
+    used = len(x) - len(x) % chunk
+    return x[:used], chunk, (f"histogram calibration in chunks of {chunk} samples ({per_sample / 2**20:.0f} MB of "
+                             f"tensors a sample)" + (f", on {used} of {len(x)} samples" if used < len(x) else ""))
 
 
 def _drop_recorded_shapes(path: Path) -> None:
@@ -266,42 +313,70 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
 def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
     """The activations that lose the most to quantization, worst first.
 
-    ONNX Runtime's QDQ loss debugging: both models are run with every
-    intermediate tensor exposed; for each quantized activation, `qdq_sqnr_db`
-    is the error its own Q/DQ pair adds and `xmodel_sqnr_db` the error
-    accumulated up to it against the float model.
+    ONNX Runtime's QDQ loss debugging: both models run with every intermediate tensor exposed; for each
+    quantized activation, `qdq_sqnr_db` is the error its own Q/DQ pair adds and `xmodel_sqnr_db` the error
+    accumulated up to it against the float model. Streamed: one sample at a time, each tensor's signal and
+    noise energies summed (the library's collect_activations keeps every tensor of every sample: 400 MB a
+    sample on PP-OCRv4's recognizer).
     """
     import numpy as np
     import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations, compute_signal_to_quantization_noice_ratio as sqnr, create_activation_matching,
-        modify_model_output_intermediate_tensors)
+    import onnxruntime as ort
+    from onnxruntime.quantization.qdq_loss_debug import (create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+    energies: dict = {}  # tensor -> [pre, pre - post, float, float - post] squared norms, summed over samples
     with tempfile.TemporaryDirectory(prefix="edgesdk-qdq-debug-") as tmp:
         float_aug, qdq_aug = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
         with captured_output():
             modify_model_output_intermediate_tensors(str(float_path), str(float_aug))
             modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
-            float_acts = collect_activations(str(float_aug), _reader(x, input_names(float_path), None))
-            qdq_acts = collect_activations(str(qdq_aug), _reader(x, input_names(float_path), None))
-        matching = create_activation_matching(qdq_acts, float_acts)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as named
+        sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                    for p in (float_aug, qdq_aug)]
+        names = input_names(float_path)
+        for i in range(len(x)):
+            feed = feed_rows(x, i, i + 1, names)
+            float_acts, qdq_acts = (_activations(s, feed) for s in sessions)
+            for tensor, match in create_activation_matching(qdq_acts, float_acts).items():
+                pre, post = match["pre_qdq"][0].astype(np.float64), match["post_qdq"][0].astype(np.float64)
+                ref = match["float"][0].astype(np.float64) if match.get("float") is not None else None
+                sums = energies.setdefault(tensor, [0.0, 0.0, 0.0, 0.0, ref is not None])
+                sums[0] += float(np.sum(pre ** 2))
+                sums[1] += float(np.sum((pre - post) ** 2))
+                if ref is not None and ref.shape == post.shape:
+                    sums[2] += float(np.sum(ref ** 2))
+                    sums[3] += float(np.sum((ref - post) ** 2))
     producers = {o: n for n in onnx.load(str(qdq_path)).graph.node for o in n.output}
     rows = []
-    for tensor, match in matching.items():
+    for tensor, (signal, noise, ref_signal, ref_noise, has_float) in energies.items():
         node = producers.get(tensor)
-        if node is None or node.name in excluded:  # a graph input, or already kept in float
+        if node is None or node.name in excluded or signal == 0:  # a graph input, kept in float, or all zero
             continue
-        with np.errstate(all="ignore"):
-            own = float(sqnr(match["pre_qdq"], match["post_qdq"]))
-        if not np.isfinite(own):  # an all-zero tensor: no error to speak of
-            continue
+        own = _db(signal, noise)
         # tensors the quantizer renamed have no float twin
-        with np.errstate(all="ignore"):
-            acc = float(sqnr(match["float"], match["post_qdq"])) if match.get("float") is not None else float("nan")
+        acc = _db(ref_signal, ref_noise) if has_float else float("nan")
         rows.append({"tensor": tensor, "node": node.name, "op": node.op_type,
-                     "qdq_sqnr_db": round(float(own), 2), "xmodel_sqnr_db": round(float(acc), 2),
+                     "qdq_sqnr_db": round(own, 2), "xmodel_sqnr_db": round(acc, 2),
                      "detail": f"SQNR {own:.1f} dB own, {acc:.1f} dB accumulated"})
     rows.sort(key=lambda r: r["qdq_sqnr_db"])
     return rows[:worst]
+
+
+def _activations(session, feed) -> dict:
+    """One sample's intermediate tensors, named as collect_activations names them, each as a one-item list."""
+    from onnxruntime.quantization.qdq_loss_debug import _TENSOR_SAVE_POSTFIX
+    return {o.name[:-len(_TENSOR_SAVE_POSTFIX)]: [v] for o, v in zip(session.get_outputs(), session.run(None, feed))
+            if o.name.endswith(_TENSOR_SAVE_POSTFIX)}
+
+
+def _db(signal: float, noise: float) -> float:
+    """SQNR in dB from summed squared norms, floored as the library floors them."""
+    import math
+
+    import numpy as np
+    eps = float(np.finfo(float).eps)
+    return 20 * math.log10(max(math.sqrt(signal), eps) / max(math.sqrt(noise), eps))
 
 
 DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or try "

@@ -191,6 +191,16 @@ def resolve_control_flow(source) -> None:
                         f"{len(model.graph.node)} top-level nodes){fixed}")
 
 
+def simplify_graph(source) -> None:
+    """Constants folded and shape arithmetic gone, once every size is fixed (onnx_simplify)."""
+    if any(n.startswith("input sizes left open") for n in source.notes):
+        return  # shape arithmetic on open sizes cannot fold, and the graph runs as it is
+    from .onnx_simplify import simplify
+    note = simplify(source)
+    if note:
+        source.notes.append(note)
+
+
 def _batch_axis(dims, batch) -> int | None:
     """Where samples stack in this input: the axis sharing the first input's batch dimension (a recurrent
     state (layers, batch, units) stacks on axis 1); None for a scalar (a sample rate)."""

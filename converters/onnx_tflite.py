@@ -61,7 +61,9 @@ def prepare_source(source, recipe, calibration, step=None):
     request = {"onnx": str(graph), "out": str(out),
                # only 4-D image inputs become NHWC; audio (N, C, T), feature and state inputs keep their layout
                # (onnx2tf takes the option for 3-D to 5-D inputs; it leaves the others as they are)
-               "keep": [s.name for s in source.inputs if s.layout != "NCHW" and 3 <= len(s.shape) <= 5]}
+               "keep": [s.name for s in source.inputs if s.layout != "NCHW" and 3 <= len(s.shape) <= 5],
+               # simplified already (onnx_simplify): onnx2tf's own onnxsim pass would only repeat it
+               "simplified": source.simplified}
     if calibration is not None:
         x = _tf_layout(calibration.x[:SAMPLES], source)
         feed = x.feed() if isinstance(x, Inputs) else {source.input_name: x}

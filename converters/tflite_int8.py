@@ -227,10 +227,21 @@ def keep_float(q, flatbuffer: bytes, recipe) -> None:
                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
 
 
+def _tensor_bytes(flatbuffer: bytes) -> int:
+    """Bytes of all of one sample's tensors in a TFLite graph (weights included: an upper bound)."""
+    from ai_edge_litert.interpreter import Interpreter
+    return sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
+               for d in Interpreter(model_content=flatbuffer).get_tensor_details())
+
+
 def diagnose(flatbuffer: bytes, recipe, x: np.ndarray, val_x: np.ndarray, worst: int = 5) -> list:
     """Tensors whose int8 values drift furthest from float (ai-edge-quantizer's validation), worst first.
     `x` and `val_x` are in the float graph's layout."""
     from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+
+    from edgesdk.memory import samples_within
+    # the validator keeps every tensor of every sample, float and int8: as many samples as fit the budget
+    val_x = val_x[:samples_within(2 * _tensor_bytes(flatbuffer), len(val_x))]
     q, data = quantizer_for(flatbuffer, x)
     q.quantize(calibrate_min_max(q, data))
     key = next(iter(data))

@@ -54,6 +54,7 @@ class SourceModel:
     notes: list = field(default_factory=list)
     layout: str | None = None      # "NHWC" / "NCHW" for image models
     float_onnx: str | None = None  # ONNX sources: the shape-fixed float model on disk
+    simplified: bool = False       # ... with its constants folded and shape arithmetic gone (onnx_simplify)
     keepalive: Any = None          # whatever must live as long as the source (temp dirs)
     # what the quantizer had to work around on this model, so a re-quantization starts from it
     quantizer_quirks: dict = field(default_factory=dict)
@@ -198,9 +199,10 @@ def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=
         raise ModelLoadError(f"--input-shape {what}. Use --input-shape {wanted} (with the sizes you build for).")
     from .inputs import attach_fixed, attach_stateful
     attach_fixed(source, input_values)
-    if source.framework == "onnx":  # control flow the fixed sizes and values decide is resolved up front
-        from edgesdk.converters.onnx_model import resolve_control_flow
+    if source.framework == "onnx":  # control flow and shape arithmetic the fixed sizes decide, settled up front
+        from edgesdk.converters.onnx_model import resolve_control_flow, simplify_graph
         resolve_control_flow(source)
+        simplify_graph(source)
     attach_stateful(source, stateful)
     return source
 

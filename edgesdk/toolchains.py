@@ -135,7 +135,7 @@ def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3
             try:
                 proc = subprocess.run([str(python), "-I", str(worker)], input=json.dumps(request), text=True,
                                       stdout=log, stderr=subprocess.STDOUT, cwd=work, timeout=timeout,
-                                      env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+                                      env=_env(python))
             except subprocess.TimeoutExpired:
                 raise ToolchainError(f"{toolchain.name} did not finish within {timeout / 60:.0f} minutes.") from None
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
@@ -163,7 +163,7 @@ class Worker:
         self._log = open(self._log_path, "w")
         self._proc = subprocess.Popen([str(python), "-I", str(worker), "--serve"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._log, cwd=self.work, text=True,
-                                      env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+                                      env=_env(python))
 
     def call(self, request: dict, timeout: float = 3600) -> dict:
         if self._proc.poll() is not None:
@@ -207,6 +207,14 @@ class Worker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _env(python: Path) -> dict:
+    """The worker's environment: nothing of the caller's Python, and the toolchain's own commands first on PATH
+    (onnx2tf runs onnxsim as a command, and silently skips it when it finds none)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PATH"] = os.pathsep.join(filter(None, (str(python.parent), env.get("PATH"))))
+    return env
 
 
 def _paragraph(text: str) -> str:
