@@ -69,7 +69,7 @@ def get_route(framework: str, fmt: str):
 def pick_format(framework: str, profile) -> str:
     """The first of the profile's formats this framework has a route to; none is an error that says so."""
     formats = profile.artifact.formats
-    chosen = next((f for f in formats if (framework, f) in ROUTES), None)
+    chosen = next(iter(reachable_formats(framework, profile)), None)
     if chosen is None:
         reach = sorted({o for f, o in ROUTES if f == framework})
         raise ConversionError(f"Profile '{profile.name}' takes {' or '.join(formats)} artifacts, and edgesdk cannot "
@@ -77,6 +77,11 @@ def pick_format(framework: str, profile) -> str:
                               f"to {', '.join(reach) or 'nothing'}). Convert from the model's original (Keras or "
                               f"PyTorch) for this target, or choose a target that takes {' or '.join(reach)}.")
     return chosen
+
+
+def reachable_formats(framework: str, profile) -> list:
+    """The profile's formats this framework has a route to, in the profile's order of preference."""
+    return [f for f in profile.artifact.formats if (framework, f) in ROUTES]
 
 
 def get_qat_trainer(framework: str, fmt: str):

@@ -39,6 +39,19 @@ def clean_names(src: str, dst: str) -> int:
     return changed
 
 
+def reason(exc: BaseException) -> str:
+    """The line of an error that says what went wrong: TensorFlow wraps it in a traceback of the generated
+    model ("in user code: File ..."), after "Exception encountered when calling layer ..."."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    layer = next((k for k, line in enumerate(lines) if line.startswith("Exception encountered when calling")), None)
+    if layer is not None and layer + 1 < len(lines):
+        where = lines[layer].split("calling layer ", 1)[-1].split(" (type")[0]
+        what = lines[layer + 1].split(" for '{{node")[0]
+        return f"{type(exc).__name__} at layer {where}: {what}"
+    text = next((line for line in reversed(lines) if not line.startswith(("File ", "raise ", "return "))), "")
+    return f"{type(exc).__name__}: {text or exc}"
+
+
 def main() -> None:
     request = json.loads(sys.stdin.read())
     reply = Path(request["reply"])
@@ -66,7 +79,7 @@ def main() -> None:
     except BaseException as exc:  # the caller reads the reply; the log keeps the traceback
         import traceback
         traceback.print_exc()
-        reply.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:1500]}))
+        reply.write_text(json.dumps({"error": reason(exc)}))
         sys.exit(1)
 
 

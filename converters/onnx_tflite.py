@@ -73,10 +73,13 @@ def prepare_source(source, recipe, calibration, step=None):
             for k, (name, a) in enumerate(arrays):
                 np.save(Path(work.name) / f"samples_{k}.npy", a)
                 request["samples"][name] = str(Path(work.name) / f"samples_{k}.npy")
+    toolchains.ensure(ONNX2TF, step)  # an environment that cannot be made says so in its own words
     try:
         reply = toolchains.run(ONNX2TF, WORKER, request, step=step)
     except toolchains.ToolchainError as exc:
-        raise toolchains.ToolchainError(f"{exc}\nOr make an ONNX artifact of it instead: --format onnx.") from None
+        raise toolchains.ToolchainError(f"onnx2tf could not turn the ONNX graph into TensorFlow: "
+                                        f"{str(exc).removeprefix('onnx2tf failed: ')} Targets that take ONNX "
+                                        f"artifacts make one instead (--format onnx).") from None
     from .keras_model import load_path
     tf_source = load_path(out, unsafe=False)
     tf_source.keepalive = work

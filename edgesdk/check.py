@@ -15,6 +15,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import EdgeSDKError
+from .util import first_line
 from .inspection import describe, representatives
 from .profiles import load_profile
 from .recipe import make_recipe
@@ -54,26 +55,44 @@ def synthetic(source, n: int):
 
 
 def _check_one(source, profile, trial, tmp: Path) -> dict:
-    from edgesdk.converters import get_route
-    from edgesdk.targets import get_family
+    """The family's verdict on the first of the profile's formats that the model reaches, and under "formats"
+    what each format the profile takes came to (convert falls back to the next one when a route fails)."""
+    from edgesdk.converters import pick_format, reachable_formats
     base = {"family": profile.family, "profile": profile.name, "quantization": profile.artifact.quantization}
     try:
-        from edgesdk.converters import pick_format
-        recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES, calibration_method="minmax",
-                             format=pick_format(source.framework, profile))  # ops, not ranges, are checked
-        route = get_route(source.framework, recipe.format)
-        if source.multi_input and not getattr(route, "MULTI_INPUT", False):
-            return {**base, "status": "unsupported", "fallbacks": [],
-                    "notes": [f"{len(source.inputs)} inputs: the route from {source.framework} to {recipe.format} "
-                              f"takes single-input models only so far"]}
-        if hasattr(route, "prepare_source"):  # a private toolchain's first use takes minutes: said so
-            from .progress import Progress
-            route.prepare_source(source, recipe, trial, step=Progress().step)
-        data = route.convert(source, recipe, trial, profile=profile)
-        path = tmp / f"{profile.name}.{recipe.format}"
-        path.write_bytes(data)
-        info = describe(path, fmt=recipe.format)
-        report = get_family(profile.family).check(info, profile)
+        pick_format(source.framework, profile)  # no route to any of the profile's formats: said so
     except EdgeSDKError as exc:
-        return {**base, "status": "unsupported", "fallbacks": [], "notes": [str(exc)]}
-    return {**base, **report, "format": recipe.format, "size_bytes": len(data)}
+        return {**base, "status": "unsupported", "fallbacks": [], "notes": [str(exc)], "formats": {}}
+    reports, formats = [], {}
+    for fmt in reachable_formats(source.framework, profile):
+        try:
+            report = _check_format(source, profile, trial, tmp, fmt)
+        except EdgeSDKError as exc:
+            formats[fmt] = {"status": "unsupported", "reason": first_line(exc)}
+            reports.append({**base, "status": "unsupported", "fallbacks": [], "notes": [str(exc)]})
+            continue
+        formats[fmt] = {"status": report["status"]}
+        reports.append({**base, **report})
+    reached = [r for r in reports if r["status"] != "unsupported"]
+    return {**(reached or reports)[0], "formats": formats}
+
+
+def _check_format(source, profile, trial, tmp: Path, fmt: str) -> dict:
+    from edgesdk.converters import get_route
+    from edgesdk.targets import get_family
+    recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES, calibration_method="minmax",
+                         format=fmt)  # ops, not ranges, are checked
+    route = get_route(source.framework, recipe.format)
+    if source.multi_input and not getattr(route, "MULTI_INPUT", False):
+        return {"status": "unsupported", "fallbacks": [], "format": fmt,
+                "notes": [f"{len(source.inputs)} inputs: the route from {source.framework} to {recipe.format} "
+                          f"takes single-input models only so far"]}
+    if hasattr(route, "prepare_source"):  # a private toolchain's first use takes minutes: said so
+        from .progress import Progress
+        route.prepare_source(source, recipe, trial, step=Progress().step)
+    data = route.convert(source, recipe, trial, profile=profile)
+    path = tmp / f"{profile.name}.{recipe.format}"
+    path.write_bytes(data)
+    info = describe(path, fmt=recipe.format)
+    report = get_family(profile.family).check(info, profile)
+    return {**report, "format": recipe.format, "size_bytes": len(data)}

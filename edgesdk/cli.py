@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import BenchmarkError, EdgeSDKError, ValidationFailed
+from .errors import BenchmarkError, ConversionError, EdgeSDKError, ValidationFailed
 
 
 def _floats(text):
@@ -255,6 +255,11 @@ def _verdict_rows(reports) -> str:
     for r in reports:
         lines.append(f"  {r['profile']:<18} {r['family']:<8} {r['status']}")
         lines += [f"      - {note}" for note in r.get("notes", [])]
+        formats = r.get("formats") or {}
+        if len(formats) > 1 or any(f["status"] == "unsupported" for f in formats.values()):
+            lines.append("      formats: " + "; ".join(f"{fmt} {f['status']}" + (f" ({f['reason']})" if f.get("reason")
+                                                                                   else "")
+                                                       for fmt, f in formats.items()))
     return "\n".join(lines)
 
 
@@ -287,7 +292,7 @@ def check(ctx, model, targets, input_shape, input_values, model_factory, unsafe_
                f"{src['param_count']:,} parameters")
     click.echo(_verdict_rows(result["targets"]))
     if any(r["status"] == "unsupported" for r in result["targets"]):
-        sys.exit(1)
+        sys.exit(ConversionError.exit_code)  # a target the model reaches in no format
 
 
 @main.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from .recipe import make_recipe
 from .source import framework_of, load_source
 from edgesdk.targets import get_family
 from .validation import load_metric
-from .util import ensure_writable_dir, first_line, gzip_size, sha256_file, temp_path_in
+from .util import ensure_writable_dir, first_line, gzip_size, sha256_file, temp_dir_in, temp_path_in
 
 
 def _preprocess(value) -> Preprocess:
@@ -60,7 +61,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
             keep_failed=False, recover=True,
             unsafe=False, force=False, name=None, quiet=False,
-            progress: Progress | None = None) -> Artifact:
+            progress: Progress | None = None, _fallback: dict | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
 
     Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple; a model with several
@@ -76,7 +77,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     progress = progress or Progress(quiet)
     profile = load_profile(target)
     # The format is settled first, so every option is judged against the artifact really made.
-    from edgesdk.converters import get_route, pick_format
+    from edgesdk.converters import get_route, pick_format, reachable_formats
     framework = framework_of(model, model_factory)
     fmt = format
     if fmt is None and framework is not None:
@@ -84,6 +85,18 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         if fmt != profile.artifact.format:
             progress.step(f"{profile.name} prefers {profile.artifact.format}, but {framework} sources go to "
                           f"{fmt}: making {fmt}")
+        others = [f for f in reachable_formats(framework, profile) if f != fmt]
+        if others:  # not forced: when the route fails on this graph, the profile's next format is made instead
+            options = {k: v for k, v in locals().items() if k in _OPTIONS}
+            try:
+                return convert(**{**options, "format": fmt, "progress": progress})
+            except ConversionError as exc:
+                if not getattr(exc, "route_failed", False):
+                    raise
+                reason = first_line(exc)
+                progress.warn(f"no {fmt} artifact: {reason} {profile.name} takes {others[0]} too: making {others[0]}.")
+                return convert(**{**options, "format": others[0], "progress": progress,
+                                  "_fallback": {"wanted": fmt, "made": others[0], "reason": reason}})
     recipe = make_recipe(profile, format=fmt, quantization=quantization, input_dtype=input_dtype,
                          output_dtype=output_dtype, prune=prune, epochs=epochs, distill=distill, batch_size=batch_size,
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
@@ -223,12 +236,16 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             source.derived = {}  # any float graph a route made so far is the model before training
             training = None  # the ladder has no training rung left to climb
         recipe = _cut_detector_tail(source, recipe, route, reference, calib, progress)
-        if hasattr(route, "prepare_source"):
-            route.prepare_source(source, recipe, calib, step=progress.step)
-        progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
-        data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
-        tmp.write_bytes(data)
-        _refuse_unquantized(tmp, recipe)
+        try:
+            if hasattr(route, "prepare_source"):
+                route.prepare_source(source, recipe, calib, step=progress.step)
+            progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
+            data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
+            tmp.write_bytes(data)
+            _refuse_unquantized(tmp, recipe)
+        except ConversionError as exc:  # the route failed on this graph: another format may not (convert's fallback)
+            exc.route_failed = True
+            raise
         if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
                 and not describe(tmp, fmt=recipe.format)["coverage"]["float_ops"]:
             raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
@@ -284,10 +301,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         if calibrated:
             manifest["quantization"]["calibration_auto"] = calibrated
         manifest["recovery"] = recovery
+        manifest["format_fallback"] = _fallback
         manifest["quantization"]["aware_training"] = trained or _trained_rung(recovery)
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict)
-        with tempfile.TemporaryDirectory(prefix=f".edgesdk-{family.name}-", dir=out_dir) as work:
+        with temp_dir_in(out_dir, f"edgesdk-{family.name}") as work:
             compiled = None
             if verdict["passed"]:  # the family's compile step, on the artifact under its final name
                 staged = Path(work) / "artifact" / final.name
@@ -318,6 +336,10 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             final.unlink()
             for path in moved:
                 path.unlink(missing_ok=True)
+
+
+# convert's own options, passed on whole when it makes another format in place of one its route failed on
+_OPTIONS = tuple(p for p in inspect.signature(convert).parameters if p not in ("progress", "_fallback"))
 
 
 def _refuse_unquantized(path: Path, recipe) -> None:
@@ -356,7 +378,7 @@ def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, pr
     tail = detector_tail(tmp, recipe.format, reference, _model_io(source), recipe.task)
     if tail is None or set(tail.nodes) <= set(recipe.exclude_nodes):
         return recipe, None
-    trials = Trials(source, recipe, profile, calib)
+    trials = Trials(source, recipe, profile, calib, progress.bar("calibrating"))
     if not trials.excludes:
         return recipe, None
     try:
@@ -464,7 +486,7 @@ def _choose_measured(tmp: Path, source, recipe, profile, calib, first, validate,
     record = {"chosen": plain, plain: _tried({**figures, **verdict})}
     trial = temp_path_in(tmp.parent, f"{tmp.name}.{alternative}")
     try:
-        data = Trials(source, recipe, profile, calib).convert(other)
+        data = Trials(source, recipe, profile, calib, progress.bar("calibrating")).convert(other)
         if data == tmp.read_bytes():  # nothing it applies to (no kernels it rounds, no inner tensors)
             source.weight_rounding = kept_rounding
             return recipe, figures, verdict, None

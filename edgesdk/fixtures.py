@@ -79,6 +79,15 @@ FIXTURES = {
                                        "basic_pitch/saved_models/icassp_2022/nmp/saved_model.pb",
                                        "eaa25c91c431c91100c416a2c018663f4c635f28fa19529c4ff5e14c18aa29c9",
                                        "the same Basic Pitch model as a TensorFlow SavedModel (with its variables)"),
+    "yolov8n_faces": Fixture("nudenet", "3.4.2", "nudenet/320n.onnx",
+                             "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+                             "Ultralytics YOLOv8n export (NudeNet, 18 classes incl. faces): NCHW 3x320x320 RGB/255 "
+                             "letterboxed, output (1, 22, 2100) = cx, cy, w, h in pixels + 18 sigmoid scores; DFL "
+                             "head"),
+    "ppocr_rec": Fixture("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+                         "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+                         "PP-OCRv4 text recognizer (SVTR, CTC): NCHW 3x48xW, (x/255 - 0.5)/0.5, output (N, 40, "
+                         "6625) per-step softmax; index 0 is the CTC blank"),
     "magika": Fixture("magika", "1.0.3", "magika/models/standard_v3_3/model.onnx",
                       "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
                       "Magika file-type classifier: int32 input (N, 2048) of byte values (256 = padding), "
@@ -444,6 +453,41 @@ def file_byte_features(limit: int = 400, seed: int = 0):
         end = list(tail.rstrip()[-1024:])
         rows.append(beg + [256] * (1024 - len(beg)) + [256] * (1024 - len(end)) + end)
     return np.asarray(rows, np.int32)
+
+
+def face_mosaics(n: int = 96, size: int = 320, seed: int = 0):
+    """Real faces for a face detector: float32 (n, 3, size, size) RGB in [0, 1], NCHW. Two to five of
+    scikit-image's LFW faces each, enlarged to 60-140 pixels, on a plain background of random brightness."""
+    import numpy as np
+    faces = np.load(fetch("lfw_subset"))[:100]
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, 3, size, size), np.float32)
+    for k in range(n):
+        canvas = np.full((size, size), rng.uniform(0.15, 0.5), np.float32)
+        for _ in range(int(rng.integers(2, 6))):
+            side = int(rng.integers(60, 140))
+            face = np.kron(faces[rng.integers(0, 100)], np.ones((side // 25 + 1,) * 2))[:side, :side]
+            top, left = rng.integers(0, size - side, 2)
+            canvas[top:top + side, left:left + side] = face
+        images[k] = canvas
+    return images
+
+
+def text_line_crops(n: int = 160, width: int = 320, seed: int = 0):
+    """Real printed text for a text-line recognizer: float32 (n, 3, 48, width) NCHW, (x/255 - 0.5)/0.5 as PP-OCR
+    takes it. Windows of one to three text lines of scikit-image's page.png, resized to 48 x width."""
+    import numpy as np
+    from PIL import Image
+    page = Image.open(fetch("page")).convert("RGB")
+    rng = np.random.default_rng(seed)
+    crops = np.empty((n, 3, 48, width), np.float32)
+    for k in range(n):
+        h = int(rng.integers(18, 40))
+        w = int(h * width / 48 * rng.uniform(0.8, 1.2))
+        top, left = int(rng.integers(0, page.height - h)), int(rng.integers(0, max(1, page.width - w)))
+        crop = np.asarray(page.crop((left, top, left + w, top + h)).resize((width, 48)), np.float32)
+        crops[k] = ((crop / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+    return crops
 
 
 def labelled_character_folder(directory, size: int = 416) -> Path:

@@ -71,7 +71,8 @@ class Candidate:
 class Trials:
     """Re-quantize the source with a different recipe, through the route that made the artifact."""
 
-    def __init__(self, source, recipe, profile, calib):
+    def __init__(self, source, recipe, profile, calib, bar=None):
+        """bar: a progress callback(i, n) each re-quantization draws as it calibrates (never a silent minute)."""
         from edgesdk.converters import get_route, onnx_int8
         self.format = recipe.format
         if recipe.format == "onnx" and source.float_onnx:
@@ -81,8 +82,8 @@ class Trials:
             self.int16, self.int16_keeps_float = onnx_int8.INT16_ACTIVATIONS, True
             def convert(r):
                 stats = {}
-                data = onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, quirks=source.quantizer_quirks,
-                                          stats=stats)[0]
+                data = onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, bar,
+                                          quirks=source.quantizer_quirks, stats=stats)[0]
                 source.weight_rounding = stats.get("weight_rounding")  # as the route records it
                 return data
             self._convert = convert
@@ -96,7 +97,7 @@ class Trials:
             self.calibration_methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
             self.int16 = getattr(route, "INT16_ACTIVATIONS", False)
             self.int16_keeps_float = getattr(route, "INT16_KEEPS_FLOAT", True)
-            self._convert = lambda r: route.convert(source, r, calib, profile=profile)
+            self._convert = lambda r: route.convert(source, r, calib, progress=bar, profile=profile)
             debug = getattr(route, "diagnose", None)
             self._debug = (lambda path, x, r: debug(source, r, calib, x)) if debug else (lambda path, x, r: [])
         from edgesdk.targets import get_family

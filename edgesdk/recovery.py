@@ -119,7 +119,7 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
     {"rung": the passing Rung or None, "rows": one per rung for the manifest,
      "measured": the diagnosis rows of the candidates measured alone, "hint": how to apply one by hand}.
     """
-    trials = Trials(source, recipe, profile, calib)
+    trials = Trials(source, recipe, profile, calib, progress.bar("calibrating"))
     start = Rung("as converted", "plain int8", recipe, data=artifact_path.read_bytes(), figures=first[0],
                  verdict=first[1])
     rungs, measured = [start], []

@@ -141,8 +141,31 @@ def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
         if proc.returncode != 0 or reply is None or reply.get("error"):
             said = reply.get("error") if reply and reply.get("error") else _tail(log_path)
-            raise ToolchainError(f"{toolchain.name} failed: {_paragraph(said)[:600]}")
+            raise ToolchainError(f"{toolchain.name} failed: {_sentence(said)} (its full log: {_keep_log(log_path, toolchain)})")
         return reply
+
+
+LOGS_KEPT = 20
+
+
+def _keep_log(log: Path, toolchain: Toolchain) -> Path:
+    """A failed job's log, kept under the cache dir (the last LOGS_KEPT of them) so its message can name it."""
+    import time
+    logs = cache_home() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    kept = logs / f"{toolchain.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    shutil.copyfile(log, kept)
+    for old in sorted(logs.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-LOGS_KEPT]:
+        old.unlink(missing_ok=True)
+    return kept
+
+
+def _sentence(text: str, limit: int = 300) -> str:
+    """One line of a tool's message, cut at a word, not mid-word."""
+    text = _paragraph(text)
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _tail(path: Path, lines: int = 8) -> str:

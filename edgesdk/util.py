@@ -43,11 +43,12 @@ def gzip_size(path) -> int:
 
 
 def temp_path_in(directory, name: str) -> Path:
-    """A fresh hidden temporary file beside its final name, so rename is atomic.
+    """A fresh hidden temporary file beside its final name, so rename is atomic. Its name carries this process's
+    id, so a later run can tell the leftovers of a killed one (remove_dead_temps).
 
     mkstemp creates it 0600; give it the permissions a plain open() would.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=directory)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
@@ -55,11 +56,45 @@ def temp_path_in(directory, name: str) -> Path:
     return Path(tmp)
 
 
+def temp_dir_in(directory, name: str) -> tempfile.TemporaryDirectory:
+    """A hidden temporary directory in `directory` whose name carries this process's id (remove_dead_temps)."""
+    return tempfile.TemporaryDirectory(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=directory)
+
+
+def remove_dead_temps(directory: Path) -> list:
+    """Remove what temp_path_in and temp_dir_in left in `directory` for processes that no longer run (a
+    conversion killed by the OOM killer or Ctrl-C twice); returns their names."""
+    import re
+    import shutil
+    removed = []
+    for path in directory.glob(".*.tmp"):
+        match = re.search(r"\.(\d+)\.[^.]+\.tmp$", path.name)
+        if not match or _running(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def ensure_writable_dir(directory) -> Path:
     from .errors import OutputError
     d = Path(directory).expanduser()
     try:
         d.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(d)
         probe = temp_path_in(d, "write-check")
         probe.unlink()
     except OSError as exc:

@@ -115,18 +115,34 @@ def test_onnx_detector_to_pi_tflite_keeps_recall(tmp_path):
     assert {c["verdict"] for c in v["checks"]} == {"pass"}
 
 
-def test_toolchain_that_cannot_be_made_is_a_clear_error_and_leaves_nothing(ppocr, tmp_path):
-    """No package index: the private environment cannot be made. Said so, exit 6, nothing kept."""
+def test_toolchain_that_cannot_be_made_falls_back_or_is_a_clear_error(ppocr, tmp_path):
+    """No package index: the private environment cannot be made. The Pi takes ONNX too, so it gets an int8
+    ONNX artifact, with the reason in one warning line and in the manifest; the Coral takes TFLite only: exit 6,
+    said so, nothing kept."""
     cache = tmp_path / "cache"
     env = {"EDGESDK_CACHE": str(cache), "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
            "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1"}
     out = tmp_path / "out"
     r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--input-shape", "1,3,48,192", "-c", ppocr["calib"],
-                "-o", out, env=env)
+                "--validation", ppocr["val"], "--min-agreement", "0.85", "--max-accuracy-drop", "10", "-o", out,
+                "--no-recover", "--json", env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    said = [line for line in r.stderr.splitlines() if "no tflite artifact" in line]
+    assert len(said) == 1 and "Could not create the private onnx2tf environment" in said[0], r.stderr
+    assert said[0].endswith("rpi4 takes onnx too: making onnx.")
+    m = json.loads(open(json.loads(r.stdout)["manifest"]).read())
+    assert m["format"] == "onnx" and m["validation"]["passed"]
+    fallback = m["format_fallback"]
+    assert fallback["wanted"] == "tflite" and fallback["made"] == "onnx" and "pip" in fallback["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["ch_ppocr_mobile_v2.0_cls_infer.rpi4.onnx",
+                                                     "ch_ppocr_mobile_v2.0_cls_infer.rpi4.onnx.json"]
+
+    coral = tmp_path / "coral"
+    r = run_cli("convert", ppocr["model"], "-t", "coral-usb", "--input-shape", "1,3,48,192", "-c", ppocr["calib"],
+                "-o", coral, env=env)
     assert r.returncode == ConversionError.exit_code and "Traceback" not in r.stderr, r.stderr
     assert "Could not create the private onnx2tf environment" in r.stderr and "pip said" in r.stderr
-    assert "--format onnx" in r.stderr
-    assert list(out.iterdir()) == []
+    assert list(coral.iterdir()) == []
     toolchains = cache / "toolchains"
     assert [p.name for p in toolchains.iterdir() if not p.name.startswith(".")] == []
 

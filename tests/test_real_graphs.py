@@ -1,0 +1,126 @@
+"""Real graphs that broke the machinery around conversion: shape arithmetic onnx2tf could not follow, stages
+that held every tensor of every sample, leftovers of killed runs, and a route failure with nowhere to go."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgesdk import fixtures
+from edgesdk.source import load_source
+from edgesdk.util import remove_dead_temps, temp_dir_in, temp_path_in
+
+from conftest import run_cli
+
+
+def _op_types(path) -> list:
+    import onnx
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.slow
+def test_yolov8n_graph_is_simplified_to_what_onnx2tf_can_follow():
+    """The Ultralytics YOLOv8n export computes its DFL reshape from Shape ops (onnx2tf: 'Cannot reshape a
+    tensor with 5248 elements to shape [1,4,16,64]'). With the size fixed, the shape arithmetic is folded and
+    the graph computes what the exported one does."""
+    model = fixtures.fetch("yolov8n_faces")
+    plain = load_source(str(model), input_shape="1,3,320,320")
+    assert plain.simplified and any(n.startswith("graph simplified with onnxslim") for n in plain.notes)
+    ops = _op_types(plain.float_onnx)
+    assert "Shape" not in ops and len(ops) < 323
+    assert plain.output_names == ["output0"]
+    # the simplified graph against the exported one, on real faces, in ONNX Runtime
+    import onnxruntime as ort
+    x = fixtures.face_mosaics(n=4)
+    exported = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    want = np.concatenate([exported.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])
+    got = plain.predict(x)[0]
+    assert got.shape == (4, 22, 2100)
+    assert np.max(np.abs(got - want)) <= 1e-3 * np.max(np.abs(want))
+
+
+def test_temp_files_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftovers = [tmp_path / f".model.rpi4.tflite.{dead.pid}.k3j_x9.tmp",
+                 tmp_path / f".model.rpi4.tflite.json.{dead.pid}.a1b2c3.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half an artifact")
+    (tmp_path / f".edgesdk-arm-cpu.{dead.pid}.q8w7e6.tmp").mkdir()
+    (tmp_path / f".edgesdk-arm-cpu.{dead.pid}.q8w7e6.tmp" / "model.tflite").write_bytes(b"staged")
+    live_file, live_dir = temp_path_in(tmp_path, "model.rpi4.tflite"), temp_dir_in(tmp_path, "edgesdk-arm-cpu")
+    unrelated = tmp_path / ".notes.tmp"
+    unrelated.write_text("the user's")
+    removed = remove_dead_temps(tmp_path)
+    assert len(removed) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live_file.name, live_dir.name, unrelated.name])
+    live_dir.cleanup()
+
+
+def test_histogram_calibration_is_chunked_to_the_memory_budget(monkeypatch):
+    from edgesdk import memory
+    from edgesdk.converters import onnx_int8
+    monkeypatch.setattr(memory, "budget", lambda: 1000)
+    x = np.zeros((200, 3), np.float32)
+    used, chunk, note = onnx_int8._histogram_chunks(x, per_sample=300)
+    # at most HISTOGRAM_SAMPLES, 3 at a time (900 of the 1,000 bytes), a whole number of chunks
+    assert chunk == 3 and len(used) == 63 and len(used) <= onnx_int8.HISTOGRAM_SAMPLES
+    assert note == "histogram calibration on 63 of 200 samples, 3 at a time (0 MB of tensors a sample)"
+    used, chunk, note = onnx_int8._histogram_chunks(x[:10], per_sample=10)
+    assert len(used) == 10 and chunk == 10 and note is None
+
+
+def test_memory_budget_is_a_share_of_what_is_free(monkeypatch):
+    from edgesdk import memory
+    monkeypatch.setattr(memory, "available", lambda: 2 << 30)
+    assert memory.budget() == 512 << 20
+    assert memory.samples_within(400 << 20, 200) == 1 and memory.samples_within(1 << 20, 200) == 200
+    monkeypatch.setattr(memory, "available", lambda: 64 << 30)
+    assert memory.budget() == memory.CEILING
+
+
+@pytest.mark.slow
+def test_streamed_qdq_debugger_matches_the_library(ppocr, tmp_path):
+    """The debugger sums each tensor's signal and noise one sample at a time; ONNX Runtime's own
+    collect_activations keeps them all. Same figures."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_signal_to_quantization_noice_ratio,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+    from edgesdk.converters import onnx_int8
+    source = load_source(str(ppocr["model"]), input_shape="1,3,48,192")
+    x = np.load(ppocr["calib"])["x"][:6]
+    qdq = tmp_path / "qdq.onnx"
+    quantize_static(source.float_onnx, str(qdq), onnx_int8._reader(x, ["x"], None), quant_format=QuantFormat.QDQ)
+    rows = onnx_int8.diagnose(source.float_onnx, qdq, x, worst=4)
+    modify_model_output_intermediate_tensors(source.float_onnx, str(tmp_path / "f.onnx"))
+    modify_model_output_intermediate_tensors(str(qdq), str(tmp_path / "q.onnx"))
+    matching = create_activation_matching(collect_activations(str(tmp_path / "q.onnx"), onnx_int8._reader(x, ["x"], None)),
+                                          collect_activations(str(tmp_path / "f.onnx"), onnx_int8._reader(x, ["x"], None)))
+    assert len(rows) == 4
+    for row in rows:
+        match = matching[row["tensor"]]
+        assert row["qdq_sqnr_db"] == round(compute_signal_to_quantization_noice_ratio(match["pre_qdq"],
+                                                                                      match["post_qdq"]), 2)
+        assert row["xmodel_sqnr_db"] == round(compute_signal_to_quantization_noice_ratio(match["float"],
+                                                                                         match["post_qdq"]), 2)
+
+
+@pytest.mark.slow
+def test_magika_becomes_a_tflite_for_the_pi_with_default_settings(tmp_path):
+    """Magika (onnx2tf: 'Dimensions must be equal, but are 2048 and 257' before its graph was simplified) goes
+    through the Pi's default route, TFLite, and is judged on real files; check says which formats reach."""
+    features = tmp_path / "bytes.npz"
+    np.savez(features, x=fixtures.file_byte_features(limit=200))
+    r = run_cli("check", fixtures.fetch("magika"), "-t", "rpi4", "--json")
+    assert r.returncode == 0, r.stderr
+    formats = json.loads(r.stdout)["targets"][0]["formats"]
+    assert set(formats) == {"tflite", "onnx"} and all(f["status"] != "unsupported" for f in formats.values()), formats
+    r = run_cli("convert", fixtures.fetch("magika"), "-t", "rpi4", "-c", features, "-o", tmp_path / "out", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads(open(json.loads(r.stdout)["manifest"]).read())
+    assert manifest["format"] == "tflite" and manifest["format_fallback"] is None
+    v = manifest["validation"]
+    assert v["passed"] and v["top1_agreement"] >= 0.95 and v["samples"] >= 150, v
