@@ -23,12 +23,12 @@ def float_onnx(source) -> Path:
         work = tempfile.TemporaryDirectory(prefix="edgesdk-float-onnx-")
         path = Path(work.name) / "float.onnx"
         export_float(source, path)
-        _name_outputs(path, list(source.output_names))
+        name_outputs(path, list(source.output_names))
         source.derived["float_onnx"] = (path, work)
     return source.derived["float_onnx"][0]
 
 
-def _name_outputs(path: Path, names: list) -> None:
+def name_outputs(path: Path, names: list) -> None:
     """The graph's outputs under the source's names, in order (tf2onnx names a Keras model's after the model),
     so what is found in the graph by output name is found for the source's outputs."""
     import onnx

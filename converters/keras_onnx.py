@@ -35,9 +35,12 @@ def export_float(source, path: Path) -> None:
             if source.flavor == "saved_model":
                 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
                 fn = source.model.signatures["serving_default"]
-                # frozen first: a function that captures variables exports them as extra graph inputs
+                # frozen first: a function that captures variables exports them as extra graph inputs; the
+                # outputs as a list in the source's order, so they can take the source's names (a dict's
+                # become Identity:0..N in an order of tf2onnx's own)
+                keys = list(source.output_names)
                 frozen = convert_variables_to_constants_v2(
-                    tf.function(lambda *t: fn(**dict(zip(names, t)))).get_concrete_function(*spec))
+                    tf.function(lambda *t: [fn(**dict(zip(names, t)))[k] for k in keys]).get_concrete_function(*spec))
                 model_proto, _ = tf2onnx.convert.from_function(
                     tf.function(lambda *t: frozen(*t)), input_signature=spec, opset=OPSET)
             else:
@@ -48,6 +51,8 @@ def export_float(source, path: Path) -> None:
         raise ConversionError(f"tf2onnx could not export the Keras model to ONNX: {first[:400]}") from None
     import onnx
     onnx.save(model_proto, str(path))
+    from .float_onnx import name_outputs
+    name_outputs(path, list(source.output_names))  # an artifact's outputs under the source's names, in order
 
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:

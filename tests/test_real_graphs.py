@@ -4,6 +4,7 @@ that held every tensor of every sample, leftovers of killed runs, and a route fa
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_temp_files_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
     unrelated.write_text("the user's")
     removed = remove_dead_temps(tmp_path)
     assert len(removed) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live_file.name, live_dir.name, unrelated.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live_file.name, Path(live_dir.name).name, unrelated.name])
     live_dir.cleanup()
 
 

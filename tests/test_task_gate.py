@@ -147,6 +147,9 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     v = art.validation
     assert [o["name"] for o in v["outputs"]] == ["contour", "note", "onset"]
     assert all(o["sqnr_db"] > 12 for o in v["outputs"]) and v["verdict"] == "pass"
+    # the artifact's own outputs carry the SavedModel's names, in its order (tf2onnx wrote Identity:0..2)
+    assert [o["name"] for o in art.manifest["outputs"]] == ["contour", "note", "onset"]
+    assert [o["shape"][-1] for o in art.manifest["outputs"]] == [264, 88, 88]
 
 
 # Magika's op types (its graph simplified: no Slice left) but the weight-heavy Conv/Gemm/MatMul: in float, int8
