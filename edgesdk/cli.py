@@ -195,6 +195,7 @@ def families(ctx, as_json):
 @click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")
+@click.option("--budget", help="Wall-time bound, e.g. 20m or 90s, checked inside every stage (exit 15 past it).")
 @click.option("--name", help="Artifact file stem (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -206,7 +207,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
             offset, mean, std, channel_order, calibration_method, weight_rounding, activations, input_shape,
             input_values,
             stateful, model_factory, exclude_nodes, exclude_op_types,
-            allow_float_fallback, check_only, no_recover, keep_failed, unsafe_load, force,
+            allow_float_fallback, check_only, no_recover, keep_failed, unsafe_load, force, budget,
             name, as_json, quiet):
     """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
     ctx.meta["json"] = as_json
@@ -235,7 +236,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       model_factory=model_factory,
                       exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),
                       keep_failed=keep_failed, recover=not no_recover, unsafe=unsafe_load, force=force, name=name,
-                      quiet=quiet or as_json)
+                      quiet=quiet or as_json, budget=budget)
     s = art.summary()
     if as_json:
         click.echo(json.dumps(s, indent=2))

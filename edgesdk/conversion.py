@@ -27,7 +27,7 @@ from .inputs import artifact_outputs, source_states, to_artifact_layout
 from .errors import ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
-from .progress import Progress
+from .progress import Progress, parse_budget
 from .recipe import make_recipe
 from .source import framework_of, load_source
 from edgesdk.targets import get_family
@@ -60,7 +60,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             activations="int8", exclude_nodes=(), exclude_op_types=(),
             input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
             keep_failed=False, recover=True,
-            unsafe=False, force=False, name=None, quiet=False,
+            unsafe=False, force=False, name=None, quiet=False, budget=None,
             progress: Progress | None = None, _fallback: dict | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
 
@@ -71,10 +71,13 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     calibrated on the states it meets over the data's sequence and validated over that sequence.
     When int8 misses the gate, `recover` climbs the recovery ladder (edgesdk.recovery)
     and keeps the first recipe that passes; recover=False fails at once, with a diagnosis.
+    budget ("20m", seconds) bounds the wall time, checked inside every stage: past it, BudgetExceeded (exit 15)
+    and nothing half-made is kept.
     Raises an EdgeSDKError subclass on any user-facing failure; ValidationFailed
     carries the figures when the artifact misses the accuracy budget.
     """
     progress = progress or Progress(quiet)
+    progress.limit(parse_budget(budget))  # checked inside every stage, through its progress
     profile = load_profile(target)
     # The format is settled first, so every option is judged against the artifact really made.
     from edgesdk.converters import get_route, pick_format, reachable_formats

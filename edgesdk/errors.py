@@ -97,3 +97,9 @@ class ResultsError(EdgeSDKError):
     """The results database is missing a run or cannot be used."""
 
     exit_code = 14
+
+
+class BudgetExceeded(EdgeSDKError):
+    """The wall-time budget (--budget) ran out inside a stage; nothing half-made was kept."""
+
+    exit_code = 15

@@ -17,14 +17,35 @@ def _own_stderr():
 
 
 class Progress:
-    def __init__(self, quiet: bool = False, stream=None):
+    """What every stage reports through, and so where a wall-time budget is checked inside stages: a stage that
+    draws progress (every stage does) stops within one sample of the deadline."""
+
+    def __init__(self, quiet: bool = False, stream=None, deadline: float | None = None):
         self.quiet = quiet
         self.stream = stream or _own_stderr()
         self.warnings: list = []
+        self.deadline = deadline  # time.monotonic() past which the work stops (BudgetExceeded)
+        self.budget_s: float | None = None
         self._last = 0.0
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
+    def limit(self, seconds: float | None) -> None:
+        """Stop the work `seconds` from now (None: no limit; an earlier deadline already set stands)."""
+        if seconds is None:
+            return
+        deadline = time.monotonic() + seconds
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline, self.budget_s = deadline, seconds
+
+    def check(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            from .errors import BudgetExceeded
+            spent = f" of {self.budget_s:g} s" if self.budget_s else ""
+            raise BudgetExceeded(f"The time budget{spent} ran out; nothing half-made was kept. Give a larger "
+                                 f"--budget, or fewer samples (--calibration-samples) or --no-recover to do less.")
+
     def step(self, message: str) -> None:
+        self.check()
         if not self.quiet:
             print(f"[edgesdk] {message}", file=self.stream, flush=True)
 
@@ -39,6 +60,7 @@ class Progress:
         default = label
 
         def update(i: int, n: int, label: str | None = None) -> None:
+            self.check()
             label = label or default
             if self.quiet:
                 return
@@ -55,3 +77,22 @@ class Progress:
             else:
                 print(text, file=self.stream, flush=True)
         return update
+
+
+def parse_budget(value) -> float | None:
+    """'30m', '90s', '1h', '45' (seconds) or a number -> seconds; None for no limit."""
+    from .errors import OptionError
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if scale else text) * (scale or 1)
+        except ValueError:
+            raise OptionError(f"--budget takes a time such as 30m, 90s or 1h; got {value!r}.") from None
+    if seconds <= 0:
+        raise OptionError(f"--budget must be positive, got {value!r}.")
+    return seconds

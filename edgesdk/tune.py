@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BenchmarkError, EdgeSDKError, OptionError, RuntimeMissing
-from .progress import Progress
+from .errors import BenchmarkError, BudgetExceeded, EdgeSDKError, OptionError, RuntimeMissing
+from .progress import Progress, parse_budget
 
 DROP_AFTER = 1.5  # after round 1: p50 over this many times the best cannot win
 DEFAULT_SPARSITIES = (0.5, 0.75)  # searched when fine-tuning data is given
@@ -61,24 +61,6 @@ class Candidate:
     @property
     def folder(self) -> str:
         return f"{self.fmt}-{self.quantization}" + (f"-s{round(self.sparsity * 100)}" if self.sparsity else "")
-
-
-def parse_budget(value) -> float | None:
-    """'30m', '90s', '1h', '45' (seconds) or a number -> seconds; None for no limit."""
-    if value in (None, "", 0):
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = str(value).strip().lower()
-        scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
-        try:
-            seconds = float(text[:-1] if scale else text) * (scale or 1)
-        except ValueError:
-            raise OptionError(f"--budget takes a time such as 30m, 90s or 1h; got {value!r}.") from None
-    if seconds <= 0:
-        raise OptionError(f"--budget must be positive, got {value!r}.")
-    return seconds
 
 
 def parse_size(value) -> int | None:
@@ -215,9 +197,15 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
                 art = convert(model, profile, format=c.fmt, quantization=c.quantization, calibration=calibration,
                               validation=validation, max_accuracy_drop=max_accuracy_drop,
                               prune=c.sparsity, fine_tune=fine_tune if c.sparsity else None,
-                              output_dir=out / "candidates" / c.folder, quiet=True,
+                              output_dir=out / "candidates" / c.folder,
+                              # the budget is checked inside the conversion's stages too, not only between them
+                              progress=Progress(quiet=True, deadline=deadline),
                               keep_failed=True,  # kept, a failed candidate is a cached verdict next time
                               **convert_options)
+            except BudgetExceeded:
+                c.status, c.why = "skipped", "the budget ran out while it was converted"
+                progress.step(f"  {c.name}: {c.why}")
+                continue
             except EdgeSDKError as exc:
                 c.status, c.why, c.cached = "failed", _first(exc), bool(getattr(exc, "cached", False))
                 c.figures = getattr(exc, "figures", None) or {}

@@ -125,3 +125,14 @@ def test_magika_becomes_a_tflite_for_the_pi_with_default_settings(tmp_path):
     assert manifest["format"] == "tflite" and manifest["format_fallback"] is None
     v = manifest["validation"]
     assert v["passed"] and v["top1_agreement"] >= 0.95 and v["samples"] >= 150, v
+
+
+@pytest.mark.slow
+def test_budget_stops_a_conversion_inside_its_stages(ppocr, tmp_path):
+    """--budget is checked as each stage draws its progress: past it, exit 15 and nothing in the output."""
+    out = tmp_path / "out"
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "--input-shape", "1,3,48,192",
+                "-c", ppocr["calib"], "-o", out, "--budget", "0.3s")
+    assert r.returncode == 15 and "Traceback" not in r.stderr, r.stderr
+    assert "error: The time budget" in r.stderr and "ran out" in r.stderr
+    assert list(out.iterdir()) == []
