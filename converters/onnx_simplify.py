@@ -7,7 +7,8 @@ shape [1,4,16,64]"); ONNX Runtime's quantizer sees ops it cannot place. With the
 (what Ultralytics runs before onnx2tf) folds them into constants, and all three of those models convert.
 
 The simplified graph replaces the source's only where it computes the same outputs on trial inputs; it
-keeps the graph's input and output names, so everything downstream sees the model it was given.
+keeps the graph's input and output names, and its nodes keep the names they had (a Conv with its batch norm
+folded in keeps the Conv's), so everything downstream, and every node name a user gives, sees the model given.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def simplify(source) -> str | None:
     if ([i.name for i in slim.graph.input] != [i.name for i in model.graph.input]
             or [o.name for o in slim.graph.output] != [o.name for o in model.graph.output]):
         return "graph left as exported: simplifying it renamed its inputs or outputs"
+    _keep_node_names(model, slim)
     simplified = str(Path(exported).with_suffix(".slim.onnx"))
     try:
         onnx.save(slim, simplified)  # a graph past protobuf's 2 GB cannot be written in one piece: left as it is
@@ -63,6 +65,23 @@ def simplify(source) -> str | None:
     Path(exported).unlink()
     source.simplified = True
     return f"graph simplified with onnxslim {onnxslim.__version__}: {len(model.graph.node)} -> {len(slim.graph.node)} nodes"
+
+
+def _keep_node_names(model, slim) -> None:
+    """Nodes under the names they had in the user's graph (what --exclude-nodes and the diagnosis speak in):
+    onnxslim names a Conv with its BatchNormalization folded in after the Conv's output tensor."""
+    by_output = {o: n for n in model.graph.node for o in n.output}
+    names = {n.name for n in model.graph.node}
+    used = {n.name for n in slim.graph.node if n.name in names}
+    for node in slim.graph.node:
+        if node.name in names:
+            continue
+        for tensor in (node.name, *node.output):
+            original = by_output.get(tensor)
+            if original is not None and original.op_type == node.op_type and original.name not in used:
+                node.name = original.name
+                used.add(original.name)
+                break
 
 
 def _removes_shape_ops(model, slim) -> bool:

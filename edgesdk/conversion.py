@@ -258,7 +258,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         def validate(path, r):
             return _validate(path, reference, val, r, progress, source, layout, metric)
         progress.step("validating against the source model")
-        figures, verdict = validate(tmp, recipe)
+        try:
+            figures, verdict = validate(tmp, recipe)
+        except ConversionError as exc:  # the runtime refuses what the route made: another format may run
+            exc.route_failed = True
+            raise
         recipe, figures, verdict, rounding = _choose_rounding(tmp, source, recipe, profile, calib,
                                                               (figures, verdict), validate, progress)
         recipe, figures, verdict, calibrated = _choose_calibration(tmp, source, recipe, auto_calibration, profile,

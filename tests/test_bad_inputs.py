@@ -163,11 +163,18 @@ def _model_with(op):
 
 
 def test_op_without_any_int8_kernel_is_named(tmp_path):
+    """No int8 TFLite kernel for Erf: the Coral (TFLite only) is refused with the op named; the Pi takes ONNX
+    too, so it gets an int8 ONNX artifact instead, the reason recorded."""
     import keras
     x = np.random.default_rng(0).random((200, 8), np.float32)
+    model = _model_with(keras.ops.erf)
     with pytest.raises(ConversionError, match="no int8 kernel for op\\(s\\) Erf"):
-        edgesdk.convert(_model_with(keras.ops.erf), "rpi4", calibration=x, output_dir=tmp_path, quiet=True)
+        edgesdk.convert(model, "coral-usb", calibration=x, output_dir=tmp_path, quiet=True)
     assert list(tmp_path.iterdir()) == []
+    art = edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True, max_accuracy_drop=100)
+    assert art.format == "onnx" and art.manifest["format_fallback"]["wanted"] == "tflite"
+    assert "no int8 kernel for op(s) Erf" in art.manifest["format_fallback"]["reason"]
+    assert any("no tflite artifact" in w for w in art.manifest["warnings"])
 
 
 def test_op_left_in_float_is_refused_unless_allowed(tmp_path):

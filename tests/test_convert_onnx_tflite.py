@@ -134,8 +134,8 @@ def test_toolchain_that_cannot_be_made_falls_back_or_is_a_clear_error(ppocr, tmp
     assert m["format"] == "onnx" and m["validation"]["passed"]
     fallback = m["format_fallback"]
     assert fallback["wanted"] == "tflite" and fallback["made"] == "onnx" and "pip" in fallback["reason"]
-    assert sorted(p.name for p in out.iterdir()) == ["ch_ppocr_mobile_v2.0_cls_infer.rpi4.onnx",
-                                                     "ch_ppocr_mobile_v2.0_cls_infer.rpi4.onnx.json"]
+    stem = Path(ppocr["model"]).stem
+    assert sorted(p.name for p in out.iterdir()) == [f"{stem}.rpi4.onnx", f"{stem}.rpi4.onnx.json"]
 
     coral = tmp_path / "coral"
     r = run_cli("convert", ppocr["model"], "-t", "coral-usb", "--input-shape", "1,3,48,192", "-c", ppocr["calib"],

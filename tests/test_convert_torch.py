@@ -226,10 +226,16 @@ def test_exported_program_and_torchscript_files(digit_net, digits_nchw, tmp_path
     r = run_cli("convert", ts, "-t", "jetson-orin-nano", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
                 "-o", tmp_path / "b", "--json", "--max-accuracy-drop", "5")  # symmetric int8 costs ~3 points here
     assert r.returncode == 0, r.stderr
-    r = run_cli("convert", ts, "-t", "rpi4", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
+    # TorchScript has no TFLite route: the Coral (TFLite only) says how to get one, the Pi takes ONNX instead
+    r = run_cli("convert", ts, "-t", "coral-usb", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
                 "-o", tmp_path / "c")
     assert r.returncode == ConversionError.exit_code and "torch.export.save" in r.stderr
     assert list((tmp_path / "c").iterdir()) == []
+    r = run_cli("convert", ts, "-t", "rpi4", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
+                "-o", tmp_path / "c", "--json")
+    assert r.returncode == 0, r.stderr
+    fallback = json.loads(open(json.loads(r.stdout)["manifest"]).read())["format_fallback"]
+    assert fallback["made"] == "onnx" and "torch.export.save" in fallback["reason"]
     train = ("--fine-tune", digits_nchw["train"], "--epochs", "1")
     r = run_cli("convert", ts, "-t", "jetson-orin-nano", "--input-shape", "1,1,28,28", "-c", digits_nchw["train"],
                 "--qat", *train, "-o", tmp_path / "d")

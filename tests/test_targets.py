@@ -298,8 +298,12 @@ def test_check_names_what_blocks_each_family(tmp_path):
     h = keras.layers.Lambda(lambda t: keras.ops.erf(t))(keras.layers.Dense(8)(inp))
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h))
     fams = {t["family"]: t for t in check_model(model)["targets"]}
-    assert fams["arm-cpu"]["status"] == fams["edgetpu"]["status"] == "unsupported"
-    assert "Erf" in fams["edgetpu"]["notes"][0]
+    assert fams["edgetpu"]["status"] == "unsupported" and "Erf" in fams["edgetpu"]["notes"][0]
+    # the Pi takes ONNX too: the model reaches it there, and the TFLite route's reason is kept
+    arm = fams["arm-cpu"]["formats"]
+    assert arm["tflite"]["status"] == "unsupported" and "Erf" in arm["tflite"]["reason"]
+    assert arm["onnx"]["status"] != "unsupported" and fams["arm-cpu"]["format"] == "onnx"
+    assert fams["arm-cpu"]["status"] == arm["onnx"]["status"]
     assert fams["jetson"]["status"] == "supported"  # ONNX has Erf and TensorRT parses it
     leaky = {t["family"]: t for t in check_model(_leaky_model())["targets"]}
     assert leaky["edgetpu"]["status"] == "supported with fallbacks"

@@ -99,7 +99,7 @@ def test_yolov8_head_keeps_its_merging_concat_in_float(chars, tmp_path):
     assert plain_head["recall"] < 0.5 and plain_head["channels"]["scores"]["sqnr_db"] < 5, plain_head
 
 
-def test_text_detector_maps_fp16_broken_int8_kept(tmp_path):
+def test_text_detector_maps_judged_by_iou_int8_and_fp16(tmp_path):
     model = fixtures.fetch("ppocr_det")
     x = fixtures.text_page_images()
     kwargs = dict(input_shape="1,3,192,384", calibration=x, quiet=True)
@@ -109,9 +109,11 @@ def test_text_detector_maps_fp16_broken_int8_kept(tmp_path):
     assert head["mean_iou"] >= 0.85 and head["foreground_share"] > 0.02
     # the map's SQNR is low even when the map is right: judged by IoU, not by the floor
     assert art.validation["outputs"][0]["sqnr_db"] < 12
-    with pytest.raises(ValidationFailed, match=r"mean IoU with the source's map \[output 0\]") as e:
-        edgesdk.convert(str(model), target="jetson-nano", output_dir=tmp_path / "fp16", **kwargs)
-    assert e.value.figures["heads"][0]["mean_iou"] < 0.6
+    # fp16 broke the exported graph's map (mean IoU under 0.6, refused); its simplified graph (constants folded,
+    # 672 -> 326 nodes) keeps it: the map agrees with the source's
+    art = edgesdk.convert(str(model), target="jetson-nano", output_dir=tmp_path / "fp16", **kwargs)
+    assert any(n.startswith("graph simplified") for n in art.manifest["source"]["notes"])
+    assert art.validation["heads"][0]["mean_iou"] >= 0.99 and art.validation["outputs"][0]["sqnr_db"] > 40
 
 
 def test_audio_model_outputs_matched_by_name_and_floored(tmp_path):
