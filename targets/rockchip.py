@@ -24,6 +24,11 @@ GLUE_OPS = {"exDataConvert", "Reshape", "Transpose"}  # type conversion and layo
 
 def check(info: dict, profile, recipe=None) -> dict:
     report = {"family": NAME, "profile": profile.name, "status": "supported", "fallbacks": [], "notes": []}
+    if info["format"] == "onnx":  # the board's CPU cores, with ONNX Runtime, as any ARM board runs it
+        from .arm_cpu import check as cpu_check
+        cpu = cpu_check(info, profile, recipe)
+        return {**cpu, "family": NAME, "notes": cpu["notes"] + [
+            f"runs on the board's CPU ({profile.device.cpu}) with ONNX Runtime, not on the NPU"]}
     if info["format"] != "rknn":
         message = (f"Rockchip NPU profiles ({profile.name}) take .rknn artifacts built by rknn-toolkit2, not "
                    f"{info['format']}.")
@@ -54,7 +59,10 @@ def check(info: dict, profile, recipe=None) -> dict:
 
 
 def device_plan(artifact, probe: dict, profile) -> DevicePlan:
-    """The .rknn on the NPU, with the manifest's input shapes (the runner cannot read them from the file)."""
+    """The .rknn on the NPU, with the manifest's input shapes (the runner cannot read them from the file); an
+    ONNX artifact on the board's CPU."""
+    if artifact.path.suffix == ".onnx":
+        return DevicePlan(artifact.path)
     if artifact.path.suffix != ".rknn":
         return DevicePlan(artifact.path, problem=f"a {artifact.path.suffix} artifact does not run on the NPU; "
                           f"convert with --target {profile.name}")
@@ -72,14 +80,14 @@ def device_plan(artifact, probe: dict, profile) -> DevicePlan:
 class Rockchip(TargetFamily):
     name = NAME
     description = "Rockchip NPUs (RK3588, RK3566): .rknn built by rknn-toolkit2, run by RKNNLite"
-    formats = ("rknn",)
+    formats = ("rknn", "onnx")  # ONNX on the board's CPU: what a graph the toolkit cannot build falls back to
     quantizations = ("int8", "fp16")
     float_ops = False  # what runs in fp16 or on the CPU is the toolkit's decision, reported, not a recipe's
     int16_activations = ()  # the NPU's int16 is the toolkit's own quantization, not a QDQ graph's
     accelerator_kinds = ("npu",)
     accelerator_keys = {"platform": (str, "rk3588"), "npu_cores": (int, 1)}
     representative = "rock5b"
-    runtimes = {"rknn": "rknn-toolkit-lite2"}
+    runtimes = {"rknn": "rknn-toolkit-lite2", "onnx": "onnxruntime"}
     setup_note = SETUP_NOTE
     # the NPU's kernel driver, and the runtime library RKNNLite loads
     probe_files = {"rknpu_driver": ("/sys/module/rknpu", "/dev/rknpu", "/sys/kernel/debug/rknpu"),

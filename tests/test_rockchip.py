@@ -117,7 +117,12 @@ def test_device_plans_need_the_npu_driver_and_library(tmp_path):
         device_plan("rockchip", art, bare, rock, dla_core=0)
     from edgesdk.targets import get_family
     assert "rknn-toolkit-lite2" in get_family("rockchip").runtime_missing("rknn", {"runtimes": {}})
-    assert get_family("rockchip").runtimes == {"rknn": "rknn-toolkit-lite2"}
+    assert get_family("rockchip").runtimes == {"rknn": "rknn-toolkit-lite2", "onnx": "onnxruntime"}
+    # an ONNX artifact (what a graph the toolkit cannot build falls back to) runs on the board's CPU cores
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"ONNX")
+    plan = device_plan("rockchip", Artifact(onnx, {}), bare, rock)
+    assert plan.problem is None and plan.accelerator is None and plan.runner_args == []
 
 
 def test_an_rknn_without_its_build_cannot_be_simulated(tmp_path):
@@ -128,17 +133,25 @@ def test_an_rknn_without_its_build_cannot_be_simulated(tmp_path):
         RKNNArtifact(path).predict(np.zeros((1, 4), np.float32))
 
 
-def test_toolkit_that_cannot_be_installed_is_a_clear_error_and_leaves_nothing(keras3_mnist, mnist_files, tmp_path):
-    """No package index: rknn-toolkit2's environment cannot be made. Said so, exit 6, nothing kept."""
+def test_toolkit_that_cannot_be_installed_is_said_and_the_board_gets_onnx(keras3_mnist, mnist_files, tmp_path):
+    """No package index: rknn-toolkit2's environment cannot be made. Said so, nothing of it kept, and the board
+    gets an int8 ONNX artifact for its CPU cores instead (its profile takes ONNX too); forced to .rknn, exit 6."""
     cache = tmp_path / "cache"
     env = {"EDGESDK_CACHE": str(cache), "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
            "PIP_RETRIES": "0", "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1"}
     out = tmp_path / "out"
-    r = run_cli("convert", keras3_mnist, "-t", "rock5b", "-c", mnist_files["train"], "-o", out, env=env)
+    r = run_cli("convert", keras3_mnist, "-t", "rock5b", "-c", mnist_files["train"], "-o", out, "--format", "rknn",
+                env=env)
     assert r.returncode == ConversionError.exit_code and "Traceback" not in r.stderr, r.stderr
     assert "creating the private rknn-toolkit2 environment for Rockchip NPU (.rknn) (first use" in r.stderr
     assert "Could not create the private rknn-toolkit2 environment" in r.stderr and "pip said" in r.stderr
     assert list(out.iterdir()) == []
+    r = run_cli("convert", keras3_mnist, "-t", "rock5b", "-c", mnist_files["train"], "-o", out, "--json", env=env)
+    assert r.returncode == 0 and "no rknn artifact: Could not create the private rknn-toolkit2" in r.stderr, r.stderr
+    manifest = json.loads(open(json.loads(r.stdout)["manifest"]).read())
+    assert manifest["format"] == "onnx" and manifest["format_fallback"]["wanted"] == "rknn"
+    assert manifest["compatibility"]["family"] == "rockchip"
+    assert any("not on the NPU" in n for n in manifest["compatibility"]["notes"])
     assert [p.name for p in (cache / "toolchains").iterdir() if not p.name.startswith(".")] == []
 
 
