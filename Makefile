@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-quick test-deps bench bench-quick clean
+.PHONY: setup demo test test-quick test-deps bench bench-quick bench-yield clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,14 @@ test: setup test-deps
 test-quick: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
-## The performance suite: figures against baselines, written to bench/results/latest.{json,md}.
+## The performance suite: figures against baselines, written to bench/results/latest.{json,md}; then the yield
+## matrix: real models from public wheels through `convert` for each target family (bench/results/yield.{json,md}).
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/yield_matrix.py
+
+bench-yield: setup
+	$(PY) bench/yield_matrix.py
 
 bench-quick: setup
 	$(PY) bench/run.py --quick

@@ -146,13 +146,25 @@ def run_cell(model: Path, args: list, target: str, work: Path, timeout: float, c
         return {**record, "outcome": "working", "format": manifest["format"],
                 "reason": f"{fallback['wanted']} failed, {fallback['made']} made: {fallback['reason']}"
                 if fallback else None,
-                "validation": {k: manifest["validation"].get(k) for k in ("task", "verdict", "sqnr_db",
-                                                                          "top1_agreement", "samples")}}
+                "validation": _figures(manifest)}
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     if killed or "Traceback" in stderr or proc.returncode not in DOCUMENTED_EXITS or not errors:
         tail = [line for line in stderr.splitlines() if line.strip()][-1:] or [""]
         return {**record, "outcome": "crashed", "reason": killed or tail[0][:300]}
     return {**record, "outcome": "refused", "reason": errors[-1].removeprefix("error: ")[:300]}
+
+
+def _figures(manifest: dict) -> dict:
+    """What the gate measured, by the model's task, and what the recovery ladder applied."""
+    v = manifest["validation"]
+    out = {k: v.get(k) for k in ("task", "verdict", "sqnr_db", "top1_agreement", "samples") if v.get(k) is not None}
+    for head in v.get("heads", []):
+        out.update({k: head[k] for k in ("recall", "precision", "mean_iou") if head.get(k) is not None})
+    applied = ((manifest.get("recovery") or {}).get("applied") or {}).get("step")
+    if applied:
+        out["recovered_by"] = applied
+    out["precision_kept"] = manifest["quantization"]["scheme"]
+    return out
 
 
 def _tree_rss_mb(pgid: int) -> float:

@@ -118,6 +118,14 @@ class Server:
             raise RuntimeError(f"rknn-toolkit2 {what} failed (status {status}); see the log above")
 
 
+def reason(exc: Exception) -> str:
+    """The line of an error that says what went wrong: the toolkit raises errors whose text is a whole
+    traceback of its own ("Traceback (most recent call last): File ..."), the cause on its last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = next((line for line in reversed(lines) if not line.startswith(("File ", "Traceback", "raise "))), "")
+    return said if said.split(":", 1)[0].endswith(("Error", "Exception")) else f"{type(exc).__name__}: {said or exc}"
+
+
 def serve() -> None:
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the toolkit prints progress on stdout: into the log, not into the replies
@@ -129,7 +137,7 @@ def serve() -> None:
         try:
             reply = getattr(server, req["op"])(req)
         except Exception as exc:  # reported to the caller, who raises it as the toolchain's error
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
+            reply = {"error": reason(exc)}
         proto.write(json.dumps(reply) + "\n")
         proto.flush()
     if server.rknn is not None:

@@ -102,7 +102,7 @@ class Trials:
             self._debug = (lambda path, x, r: debug(source, r, calib, x)) if debug else (lambda path, x, r: [])
         from edgesdk.targets import get_family
         family = get_family(profile.family)
-        self.excludes = self.excludes and family.float_ops  # the Edge TPU runs no float
+        self.excludes = self.excludes and family.runs_float_ops(recipe.format)  # the Edge TPU runs no float
         # int8 weights with int16 activations: where the route makes them and the target's runtime runs them
         self.int16 = self.int16 and recipe.format in family.int16_activations and recipe.activations == "int8"
         self._made = {}

@@ -160,7 +160,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if max_accuracy_drop < 0:
         raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
                           f"(got {max_accuracy_drop:g}).")
-    if allow_float_fallback and not family.float_ops:
+    if allow_float_fallback and not family.runs_float_ops(fmt):
         raise OptionError(f"{profile.name} ({family.name}) cannot run float ops; --allow-float-fallback "
                           f"does not apply to it.")
     if task not in TASKS:
@@ -175,7 +175,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     min_sqnr_db = DEFAULT_THRESHOLDS.min_sqnr_db if min_sqnr_db is None else float(min_sqnr_db)
     exclude_nodes, exclude_op_types = tuple(exclude_nodes or ()), tuple(exclude_op_types or ())
     if exclude_nodes or exclude_op_types:
-        if not family.float_ops:
+        if not family.runs_float_ops(fmt):
             raise OptionError(f"{profile.name} ({family.name}) runs only int8 ops; nothing can be excluded from "
                               f"quantization for it.")
         if fmt == "tflite" and not allow_float_fallback:

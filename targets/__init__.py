@@ -48,7 +48,9 @@ class TargetFamily:
     description = ""
     formats = ("tflite", "onnx")  # artifact formats its devices run; a profile may narrow them
     quantizations = QUANTIZATIONS  # what its devices compute in
-    float_ops = True  # may an int8 artifact keep some ops in float (fallback, exclusions, mixed precision)
+    # may an int8 artifact keep some ops in float (fallback, exclusions, mixed precision): True, False, or the
+    # formats where it may (a family whose accelerator runs int8 only may run other formats on its CPU)
+    float_ops = True
     # formats whose runtime on its devices runs int8 weights with int16 activations (LiteRT's 16x8 kernels,
     # ONNX Runtime's int16 QDQ)
     int16_activations = ("tflite", "onnx")
@@ -60,6 +62,12 @@ class TargetFamily:
     device_options: dict = {}  # deploy options it takes beyond the common ones: name -> who has them
     probe_files: dict = {}  # what the device's probe looks for: name -> paths, the first that exists reported
     profile_dir = None  # a folder of .toml profiles the family ships (third-party packages)
+
+    def runs_float_ops(self, fmt: str) -> bool:
+        """Whether an int8 artifact of this format may keep some ops in float on the family's devices."""
+        if isinstance(self.float_ops, (tuple, list, set, frozenset)):
+            return fmt in self.float_ops
+        return bool(self.float_ops)
 
     # --- profiles and recipes ----------------------------------------------------------
     def validate_profile(self, artifact_spec, accelerator) -> str | None:

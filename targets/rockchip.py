@@ -82,8 +82,10 @@ class Rockchip(TargetFamily):
     description = "Rockchip NPUs (RK3588, RK3566): .rknn built by rknn-toolkit2, run by RKNNLite"
     formats = ("rknn", "onnx")  # ONNX on the board's CPU: what a graph the toolkit cannot build falls back to
     quantizations = ("int8", "fp16")
-    float_ops = False  # what runs in fp16 or on the CPU is the toolkit's decision, reported, not a recipe's
-    int16_activations = ()  # the NPU's int16 is the toolkit's own quantization, not a QDQ graph's
+    # in an .rknn, what runs in fp16 or on the CPU is the toolkit's decision, reported, not a recipe's; the NPU's
+    # int16 is the toolkit's own quantization, not a QDQ graph's. ONNX runs on the board's CPU, as on any ARM board.
+    float_ops = ("onnx",)
+    int16_activations = ("onnx",)
     accelerator_kinds = ("npu",)
     accelerator_keys = {"platform": (str, "rk3588"), "npu_cores": (int, 1)}
     representative = "rock5b"
