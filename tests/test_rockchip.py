@@ -75,7 +75,7 @@ def test_fp16_build_and_what_the_family_refuses(ppocr, tmp_path):
     assert not info["quantized"] and info["tensor_dtypes"].get("float16", 0) > 50
     with pytest.raises(OptionError, match="rock5b \\(rockchip\\) computes only int8 or fp16"):
         edgesdk.convert(str(ppocr["model"]), "rock5b", quantization="float", output_dir=tmp_path / "x")
-    with pytest.raises(OptionError, match="takes rknn artifacts, not tflite"):
+    with pytest.raises(OptionError, match="takes rknn or onnx artifacts, not tflite"):
         edgesdk.convert(str(ppocr["model"]), "rock5b", format="tflite", output_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists() or list((tmp_path / "x").iterdir()) == []
 
