@@ -1,8 +1,9 @@
 """Load an ONNX file as a source model (bring your own ONNX).
 
 Dynamic dimensions are fixed before anything else: from --input-shape when
-given; a lone dynamic batch axis becomes 1 (and the notes say so); any other
-dynamic axis without --input-shape is an error.
+given; a lone dynamic batch axis becomes 1 (and the notes say so); other
+dynamic axes take the sizes of the data's samples (an .npz or array), and
+without either they are an error that says what to give.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from edgesdk.util import first_line, sha256_file
 RUNTIME_MAX_IR_VERSION = 10  # what ONNX Runtime 1.31 (and TensorRT 10) load
 
 
-def load_path(path: Path, input_shape=None) -> SourceModel:
+def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
     try:
         import onnx
     except ImportError:
@@ -60,10 +61,16 @@ def load_path(path: Path, input_shape=None) -> SourceModel:
                                      f"model's input '{inp.name}' of shape {_show(current)}.")
         else:
             shape = [1 if c is None and k == axis else c for k, c in enumerate(current)]
-            if None in shape:
+            by_data = _from_data(shape, axis, (data_shapes or {}).get(inp.name, (data_shapes or {}).get(None)
+                                                                     if len(inputs) == 1 else None))
+            if None in shape and by_data is None:
                 problems.append((inp.name, current))
                 continue
-        if current != shape:
+            if None in shape:
+                notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(by_data)}, the size of "
+                             f"the data's samples (--input-shape builds for another)")
+                shape = by_data
+        if current != shape and not any(n.startswith(f"input '{inp.name}' fixed") for n in notes):
             notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(shape)}")
         for d, v in zip(dims, shape):
             d.ClearField("dim_param")
@@ -243,6 +250,18 @@ def quantized_ops(model) -> dict:
                     walk(g)
     walk(model.graph)
     return counts
+
+
+def _from_data(shape: list, axis, sample) -> list | None:
+    """The model's shape with its dynamic sizes taken from a data sample's shape, where the two agree."""
+    if sample is None:
+        return None
+    full = list(sample)
+    if axis is not None:
+        full.insert(axis, 1)
+    if len(full) != len(shape) or any(c is not None and c != d for c, d in zip(shape, full)):
+        return None
+    return [int(d) for d in full]
 
 
 def _show(shape) -> str:

@@ -15,7 +15,7 @@ from .errors import (  # noqa: E402
 )
 
 __all__ = [
-    "convert", "benchmark", "deploy", "check", "inspect", "tune", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
+    "convert", "load", "benchmark", "deploy", "check", "inspect", "tune", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
     "DeviceProfile", "EdgeSDKError", "OptionError", "ProfileError", "ModelLoadError", "DataError",
     "ConversionError", "ValidationFailed", "OutputError", "RuntimeMissing", "BenchmarkError", "DeployError",
     "HostKeyError", "ConnectionLost", "ResultsError",
@@ -26,6 +26,9 @@ def __getattr__(name):
     if name == "convert":
         from .conversion import convert
         return convert
+    if name == "load":  # runs an artifact as its source ran; numpy and the artifact's runtime only
+        from .runtime import load
+        return load
     if name == "inspect":
         from .inspection import inspect
         return inspect

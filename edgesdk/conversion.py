@@ -23,7 +23,7 @@ from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
 from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_for,
                    representative, split_holdout)
-from .inputs import artifact_outputs, source_states, to_artifact_layout
+from .inputs import source_states, to_artifact_layout
 from .errors import ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError
 from .inspection import describe, open_artifact
 from .profiles import load_profile
@@ -55,7 +55,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             epochs=2, distill=False, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
-            min_recall=None, min_precision=None, min_iou=None, metric=None, preprocess=None,
+            min_recall=None, min_precision=None, min_iou=None, max_cer=None, blank=None, metric=None,
+            preprocess=None,
             allow_float_fallback=False, calibration_method="auto", weight_rounding="auto", qat=False,
             activations="int8", exclude_nodes=(), exclude_op_types=(),
             input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
@@ -109,7 +110,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          weight_rounding=weight_rounding, qat=qat, activations=activations,
                          exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
                          min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
-                         min_iou=min_iou)
+                         min_iou=min_iou, max_cer=max_cer, blank=blank)
     metric = load_metric(metric)
     out_dir = ensure_writable_dir(output_dir)
     if recipe.quantization == "int8" and calibration is None:
@@ -117,8 +118,10 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                         "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
 
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
+    from .data import sample_shapes
     source = load_source(model, unsafe=unsafe, input_shape=input_shape, example_input=example_input,
-                         model_factory=model_factory, input_values=input_values, stateful=stateful)
+                         model_factory=model_factory, input_values=input_values, stateful=stateful,
+                         data_shapes=sample_shapes(calibration if calibration is not None else validation))
     route = get_route(source.framework, recipe.format)
     methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
     if recipe.calibration_method not in ("auto",) + methods:
@@ -302,6 +305,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings, sampling)
         host_tail, host_tail_graph = _host_tail_record(tmp, final, source, recipe, val, layout)
+        manifest["interface"] = _interface_record(tmp, final, source, recipe, val, layout, reference)
         manifest["quantization"]["detector_tail"] = tail or host_tail
         if rounding:
             manifest["quantization"]["weight_rounding"]["auto"] = rounding
@@ -441,6 +445,15 @@ def _host_tail_record(path: Path, final: Path, source, recipe, val, layout) -> t
             "why": "boxes and scores merged in one tensor: the artifact outputs the branches before the head's "
                    "post-processing, each with its own int8 scale; 'file' is that post-processing as a float "
                    "ONNX graph, fed the artifact's outputs as 'feed' names them"}, finished.tail_path
+
+
+def _interface_record(path: Path, final: Path, source, recipe, val, layout, reference) -> dict:
+    """How edgesdk.load runs the artifact as its source (edgesdk.interface), naming its host tail's file."""
+    from .interface import probe
+    record, _ = probe(path, source, recipe, layout, val.x, reference)
+    if "tail" in record:
+        record["tail"]["file"] = tail_file(final).name
+    return record
 
 
 def tail_file(final: Path) -> Path:
@@ -609,14 +622,17 @@ def _model_io(source):
 
 
 def _validate(path: Path, reference, val, recipe, progress, source, layout, metric):
-    from .validation import gate, judge, match_outputs
-    from .host_tail import read_as_source
-    art = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format,
-                        exact=recipe.int8_arithmetic == "exact")
-    x = to_artifact_layout(val.x, source, layout)  # data comes in the source's layout
+    """Judge the artifact at `path` as a user's code runs it: through the interface a probe finds
+    (edgesdk.interface) and edgesdk.runtime.Loaded, the class behind edgesdk.load."""
+    from .interface import probe
+    from .runtime import Loaded, ONNXEngine
+    from .validation import gate, judge
     try:
-        art = read_as_source(art, source, recipe, val.x, x)
-        outs = artifact_outputs(art, x, source, reference, progress=progress.bar("validating"))
+        interface, tail_path = probe(path, source, recipe, layout, val.x, reference)
+        engine = open_artifact(path, num_threads=os.cpu_count() or 1, delegates=True, format=recipe.format,
+                               exact=recipe.int8_arithmetic == "exact")
+        loaded = Loaded(engine, interface, ONNXEngine(tail_path) if tail_path else None)
+        outs = loaded.predict(val.x, progress=progress.bar("validating"))
     except ModelLoadError as exc:  # the runtime refuses what the converter made (an XNNPACK kernel's limits)
         raise ConversionError(f"The converted {recipe.format} artifact does not run here: "
                               f"{first_line(exc).split(': ', 1)[-1][:300]} Nothing was written. If an op is "
@@ -628,7 +644,8 @@ def _validate(path: Path, reference, val, recipe, progress, source, layout, metr
         first = first_line(exc)
         raise ConversionError(f"The converted {recipe.format} artifact does not run here: {first[:300]}. "
                               f"Nothing was written; please report it with the model.") from None
-    outs, matched = match_outputs(reference, list(source.output_names), outs, art.output_names)
+    matched = [{"artifact_name": o["artifact_name"], "matched_by": o["matched_by"],
+                **({"layout": "NHWC"} if o.get("nchw") else {})} for o in interface["outputs"]]
     figures = judge(reference, outs, val.labels, io=_model_io(source), task=recipe.task,
                     thresholds=recipe.thresholds(), metric=metric, matched=matched)
     return figures, gate(figures)
@@ -666,6 +683,8 @@ def _cached(final: Path, cache_key: str, failed_too: bool = False) -> Artifact |
         return None
     if manifest.get("artifact", {}).get("sha256") != sha256_file(final):
         return None
+    if "interface" not in manifest:
+        return None  # made before edgesdk.load could run it as the source
     tail = (manifest.get("quantization") or {}).get("detector_tail") or {}
     if tail.get("file") and not (final.parent / tail["file"]).is_file():
         return None  # a cut artifact without its host tail is half of one

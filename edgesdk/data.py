@@ -279,6 +279,45 @@ def load_for(source, spec, *, preprocess: Preprocess | None = None, what: str = 
     return ds
 
 
+def sample_shapes(spec) -> dict:
+    """{input name, or None for a lone unnamed array: one sample's shape} of data given as an array, an
+    (x, y) tuple, a dict by name, an .npy or an .npz, read from the headers where it can; {} for what says
+    nothing about sizes (an image folder, a callable) or cannot be read (loading says why later). A model
+    with dynamic sizes is built for the sizes its data has."""
+    def one(a):
+        return tuple(int(d) for d in np.shape(a)[1:]) if np.ndim(a) >= 1 else None
+    try:
+        if isinstance(spec, (str, Path)):
+            path = Path(spec)
+            if path.suffix.lower() == ".npy" and path.is_file():
+                return {None: tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape[1:])}
+            if path.suffix.lower() == ".npz" and path.is_file():
+                import zipfile
+                out = {}
+                with zipfile.ZipFile(path) as z:
+                    for info in z.infolist():
+                        if not info.filename.endswith(".npy"):
+                            continue
+                        with z.open(info) as f:
+                            fmt = np.lib.format
+                            read = fmt.read_array_header_1_0 if fmt.read_magic(f)[0] == 1 else fmt.read_array_header_2_0
+                            shape = read(f)[0]
+                        out[info.filename[:-4]] = tuple(int(d) for d in shape[1:])
+                x = out.pop("x", None)
+                out.pop("y", None)
+                return {None: x} if x is not None else out
+            return {}
+        if isinstance(spec, np.ndarray):
+            return {None: one(spec)}
+        if isinstance(spec, dict):
+            return {k: one(v) for k, v in spec.items() if k != "y" and isinstance(v, np.ndarray)}
+        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], np.ndarray):
+            return {None: one(spec[0])}
+    except Exception:
+        return {}
+    return {}
+
+
 def _npz_keys(path: Path) -> list:
     try:
         with np.load(path, allow_pickle=False) as f:

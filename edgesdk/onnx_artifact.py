@@ -6,15 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ModelLoadError, RuntimeMissing
+from .runtime import DISABLED_OPTIMIZERS, ONNXEngine  # noqa: F401 (the readers' names for them)
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 # Ops that only move data; reading a graph input directly they are layout glue, not float compute.
 LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
-# ONNX Runtime's WeightBiasQuantization re-quantizes (per tensor) the float weights of a node that was kept
-# out of int8 on purpose, when the session starts: excluding one depthwise conv went 17.0 -> 9.2 dB with it,
-# 18.4 dB without. A fully quantized graph has nothing for it to do, so it is always off.
-DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 # exact=True runs the QDQ graph as written (graph optimizations off): int8 as a device computes it. On x86
 # CPUs with AVX2 but no VNNI, ONNX Runtime's fused int8 kernels add pairs of u8 x s8 products in int16, which
 # saturates: EfficientNet-Lite0 measured 9.2 dB there against 17.6 dB as written, and on ARM or TensorRT.
@@ -54,7 +51,7 @@ class ONNXArtifact:
         self.nodes = [n for g in self.graphs for n in g.node]
         self.initializers = {i.name: i for g in self.graphs for i in g.initializer}
         self.output_names = [o.name for o in self.graph.output]
-        self._session = None
+        self._engine = None
         self._threads = num_threads
 
     # -- structure ------------------------------------------------------------
@@ -147,60 +144,14 @@ class ONNXArtifact:
 
     # -- inference ------------------------------------------------------------
     def session(self):
-        if self._session is None:
-            try:
-                import onnxruntime as ort
-            except ImportError:
-                raise RuntimeMissing("Running ONNX needs onnxruntime: pip install 'edgesdk[onnx]'") from None
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self._threads
-            opts.log_severity_level = 3
-            if self._exact:
-                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            try:
-                self._session = ort.InferenceSession(self.path, sess_options=opts,
-                                                     providers=["CPUExecutionProvider"],
-                                                     disabled_optimizers=DISABLED_OPTIMIZERS)
-            except Exception as exc:
-                raise ModelLoadError(f"onnxruntime could not load '{self.path}': "
-                                     f"{str(exc).splitlines()[0]}") from None
-        return self._session
+        return self.engine.session
+
+    @property
+    def engine(self) -> ONNXEngine:
+        """The runtime engine `edgesdk.load` runs too."""
+        if self._engine is None:
+            self._engine = ONNXEngine(self.path, self._threads, self._exact)
+        return self._engine
 
     def predict(self, x, progress=None, output_axes=None) -> list:
-        """x: one array (a single-input model) or an Inputs (several, matched to the session's by name).
-        output_axes: {output name: axis} for outputs that stack samples on another axis than 0."""
-        from .inputs import Inputs, match_names
-        sess = self.session()
-        inputs = sess.get_inputs()
-        if not isinstance(x, Inputs):
-            x = Inputs({inputs[0].name: x})
-        names = match_names([i.name for i in inputs], x.names)
-        axes = [x.batch_axes[names[i.name]] for i in inputs]
-        fixed = [i.shape[a] for i, a in zip(inputs, axes)
-                 if a is not None and a < len(i.shape) and isinstance(i.shape[a], int) and i.shape[a] > 0]
-        batch = min(fixed) if fixed else None  # a model fixed to batch 1 (or N) takes samples so
-        step = batch or 64
-        outs = [[] for _ in sess.get_outputs()]
-        axes_out = [(output_axes or {}).get(o.name, 0) for o in sess.get_outputs()]
-
-        def run(chunk):
-            feed = chunk.feed()
-            return sess.run(None, {inp.name: np.asarray(feed[names[inp.name]]).astype(_numpy_type(inp.type))
-                                   for inp in inputs})
-        for i in range(0, len(x), step):
-            chunk = x[i:i + step]
-            results = ([run(chunk[j:j + 1]) for j in range(len(chunk))] if batch and len(chunk) != batch
-                       else [run(chunk)])  # a fixed batch: the tail one sample at a time
-            for r in results:
-                for k, y in enumerate(r):
-                    outs[k].append(np.moveaxis(y, axes_out[k], 0) if axes_out[k] else y)
-            if progress:
-                progress(min(i + step, len(x)), len(x))
-        return [np.concatenate(o).astype(np.float32) for o in outs]
-
-
-def _numpy_type(ort_type: str):
-    """'tensor(int32)' -> numpy.int32; integer inputs (ids, byte values) are fed as integers."""
-    name = ort_type[len("tensor("):-1] if ort_type.startswith("tensor(") else "float"
-    return {"float": np.float32, "float16": np.float16, "double": np.float64, "bool": np.bool_}.get(
-        name, getattr(np, name, np.float32))
+        return self.engine.predict(x, progress=progress, output_axes=output_axes)

@@ -178,16 +178,18 @@ def framework_of(model, model_factory=None) -> str | None:
 
 
 def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=None,
-                model_factory=None, input_values=None, stateful=None) -> SourceModel:
+                model_factory=None, input_values=None, stateful=None, data_shapes=None) -> SourceModel:
     """A path or a live model -> SourceModel. Frameworks are imported here, lazily.
 
     input_shape: "1,3,224,224", "images:1,3,224,224", several named ones, or {name: sequence} (parse_shapes).
     input_values: {input: value} or "sr=16000": inputs that always take one value (a sample rate).
     stateful: {state input: output} or "state=stateN": recurrent state fed back step by step; "auto" pairs
     inputs and outputs whose names and shapes match (state/stateN, h/hn).
+    data_shapes: {input name or None: one sample's shape} of the data (data.sample_shapes): an ONNX model's
+    dynamic sizes that --input-shape does not give are taken from it.
     """
     shapes = parse_shapes(input_shape)
-    source = _load(model, unsafe, shapes, example_input, model_factory)
+    source = _load(model, unsafe, shapes, example_input, model_factory, data_shapes or {})
     names = [s.name for s in source.inputs]
     unknown = [n for n in shapes if n is not None and n not in names]
     if unknown or (None in shapes and len(names) > 1):
@@ -207,7 +209,7 @@ def load_source(model, *, unsafe: bool = False, input_shape=None, example_input=
     return source
 
 
-def _load(model, unsafe, input_shape, example_input, model_factory) -> SourceModel:
+def _load(model, unsafe, input_shape, example_input, model_factory, data_shapes) -> SourceModel:
     if isinstance(model, (str, Path)):
         path = Path(model).expanduser()
         if not path.exists():
@@ -221,7 +223,7 @@ def _load(model, unsafe, input_shape, example_input, model_factory) -> SourceMod
             return keras_model.load_path(path, unsafe=unsafe)
         if framework == "onnx":
             from edgesdk.converters import onnx_model
-            return onnx_model.load_path(path, input_shape=input_shape)
+            return onnx_model.load_path(path, input_shape=input_shape, data_shapes=data_shapes)
         if framework == "torch":
             from edgesdk.converters import torch_model
             shapes = list(input_shape.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ModelLoadError, RuntimeMissing
+from .runtime import TFLiteEngine, as_input, interpreter_module  # noqa: F401 (the readers' names for them)
 
 # Ops whose input 1 is the weight tensor that pruning zeroes.
 WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
@@ -19,19 +20,6 @@ FLOAT_DTYPES = ("float32", "float16", "float64")
 _NUMPY = {"FLOAT32": "float32", "FLOAT16": "float16", "FLOAT64": "float64", "INT8": "int8", "UINT8": "uint8",
           "INT16": "int16", "INT32": "int32", "INT64": "int64", "BOOL": "bool", "STRING": "string",
           "RESOURCE": "resource", "VARIANT": "variant", "INT4": "int4", "UINT16": "uint16", "UINT32": "uint32"}
-
-
-def interpreter_module():
-    """ai_edge_litert's interpreter module, else tflite_runtime's (same API)."""
-    try:
-        import ai_edge_litert.interpreter as module
-    except ImportError:
-        try:
-            import tflite_runtime.interpreter as module
-        except ImportError:
-            raise RuntimeMissing("No TFLite runtime is installed here: pip install 'edgesdk[litert]' "
-                                 "(ai-edge-litert).") from None
-    return module
 
 
 def sample_runs(flatbuffer: bytes, x, rows, keep_tensors: bool = False):
@@ -48,18 +36,6 @@ def sample_runs(flatbuffer: bytes, x, rows, keep_tensors: bool = False):
             interp.set_tensor(d["index"], as_input(feed[d["name"]], d))
         interp.invoke()
         yield interp
-
-
-def as_input(sample, detail) -> np.ndarray:
-    """A float sample as the interpreter's input `detail` takes it: quantized where that input is (plain
-    integers, such as ids, go as they are)."""
-    sample = np.asarray(sample)
-    scale, zp = detail["quantization"]
-    dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.integer) and scale:
-        info = np.iinfo(dtype)
-        sample = np.clip(np.round(sample / scale) + zp, info.min, info.max)
-    return sample.astype(dtype).reshape(detail["shape"])
 
 
 def _schema():
@@ -105,7 +81,7 @@ class TFLiteArtifact:
         self._sg_types = [[_NUMPY.get(types.get(t.type, ""), str(t.type)) for t in sg.tensors]
                           for sg in self.model.subgraphs]
         self._types = self._sg_types[0]
-        self._interpreter = None
+        self._engine = None
 
     # -- structure ------------------------------------------------------------
     def tensor_name(self, i: int) -> str:
@@ -231,26 +207,22 @@ class TFLiteArtifact:
     # -- running --------------------------------------------------------------
     @property
     def interpreter(self):
-        if self._interpreter is None:
-            self._interpreter = self._make_interpreter(self.delegates)
-        return self._interpreter
+        return self.engine.interpreter
 
-    def _make_interpreter(self, delegates: bool):
-        from .util import captured_output
-        module = interpreter_module()
-        # Without this, XNNPACK folds the ops it takes into one DELEGATE node.
-        kwargs = {} if delegates else {
-            "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    @property
+    def engine(self) -> TFLiteEngine:
+        """The runtime engine `edgesdk.load` runs too."""
+        if self._engine is None:
+            self._engine = self._make_engine(self.delegates)
+        return self._engine
+
+    def _make_engine(self, delegates: bool) -> TFLiteEngine:
         try:
-            with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-                interp = module.Interpreter(model_path=self.path, num_threads=self.num_threads, **kwargs)
-                interp.allocate_tensors()
-        except Exception as exc:
+            return TFLiteEngine(self.path, self.num_threads, delegates)
+        except ModelLoadError as exc:
             custom = self.custom_ops()
             hint = f" It uses custom ops ({', '.join(custom)}) this runtime does not have." if custom else ""
-            raise ModelLoadError(f"The TFLite runtime cannot run '{self.path}': "
-                                 f"{str(exc).splitlines()[0]}.{hint}") from None
-        return interp
+            raise ModelLoadError(f"{exc}{hint}") from None
 
     def xnnpack_delegation(self) -> dict:
         """How much of the graph XNNPACK takes, measured by loading it with the delegate.
@@ -259,7 +231,7 @@ class TFLiteArtifact:
         DELEGATE node per partition; a node belongs to a partition when it is
         reached walking back from the partition's outputs without crossing its inputs.
         """
-        interp = self._make_interpreter(delegates=True)
+        interp = self._make_engine(delegates=True).interpreter
         details = interp._get_ops_details()
         originals = [d for d in details if d["op_name"] != "DELEGATE"]
         partitions = [d for d in details if d["op_name"] == "DELEGATE"]
@@ -288,29 +260,4 @@ class TFLiteArtifact:
                 "not_delegated": dict(sorted(hist.items()))}
 
     def predict(self, x, progress=None, output_axes=None) -> list:
-        """Run float samples one at a time; return dequantized float outputs.
-
-        x: one array, or an Inputs (several inputs, matched to the model's by name). output_axes:
-        {output name: axis} for outputs that stack samples on another axis than 0."""
-        from .inputs import Inputs, match_names
-        interp = self.interpreter
-        details = interp.get_input_details()
-        outputs = interp.get_output_details()
-        if not isinstance(x, Inputs):
-            x = Inputs({details[0]["name"]: x})
-        names = match_names([d["name"] for d in details], x.names)
-        axes_out = [(output_axes or {}).get(self.tensor_name(int(d["index"])), 0) for d in outputs]
-        outs = [[] for _ in outputs]
-        for i in range(len(x)):
-            feed = x[i:i + 1].feed()
-            for inp in details:
-                interp.set_tensor(inp["index"], as_input(feed[names[inp["name"]]], inp))
-            interp.invoke()
-            for k, d in enumerate(outputs):
-                y = interp.get_tensor(d["index"])
-                s, z = d["quantization"]
-                y = (y.astype(np.float32) - z) * s if s else y.astype(np.float32)
-                outs[k].append(np.moveaxis(y, axes_out[k], 0) if axes_out[k] else y)
-            if progress:
-                progress(i + 1, len(x))
-        return [np.concatenate(o) for o in outs]
+        return self.engine.predict(x, progress=progress, output_axes=output_axes)

@@ -192,8 +192,9 @@ def test_yolov8_head_for_the_coral_leaves_its_post_processing_to_the_host(tmp_pa
     art_path = Path(json.loads(r.stdout)["manifest"][:-len(".json")])
     assert sorted(p.name for p in out.iterdir()) == sorted([art_path.name, art_path.name + ".json", tail["file"]])
     assert hashlib.sha256((out / tail["file"]).read_bytes()).hexdigest() == tail["sha256"]
-    # what a user's program does with it: the artifact's outputs, fed to the tail by the manifest's names
-    art = TFLiteArtifact(art_path)
+    # what a user's program does with it: the artifact's outputs (under XNNPACK, as the gate and a device run
+    # it), fed to the tail by the manifest's names
+    art = TFLiteArtifact(art_path, delegates=True)
     x = fixtures.character_images()[:3]
     got = dict(zip(art.output_names, art.predict(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))))
     turned = set(tail.get("nhwc_to_nchw_first", []))
@@ -212,3 +213,7 @@ def test_yolov8_head_for_the_coral_leaves_its_post_processing_to_the_host(tmp_pa
     # scores of the 36 cells are off by 0.042 at the median (measured), 0.0007 on average over all cells
     error = np.abs(joined[:, 4] - source[:, 4])
     assert np.median(error[found]) < 0.08 and error.mean() < 0.005
+    # edgesdk.load does all of the above: the source's NCHW images in, the source's joined output out
+    loaded = edgesdk.load(art_path).run(x)
+    assert list(loaded) == ["output0"]
+    np.testing.assert_allclose(loaded["output0"], joined, rtol=1e-5, atol=1e-5)
