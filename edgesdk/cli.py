@@ -11,6 +11,18 @@ from . import __version__
 from .errors import BenchmarkError, ConversionError, EdgeSDKError, ValidationFailed
 
 
+def _blank(value):
+    """--blank: an index, 'none' (every step's argmax), or not given (the default, 0)."""
+    if value is None:
+        return None
+    if str(value).lower() == "none":
+        return "none"
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"--blank takes the blank's index (e.g. 0) or 'none', got '{value}'.")
+
+
 def _floats(text):
     return tuple(float(v) for v in text.split(",")) if text else ()
 
@@ -138,12 +150,15 @@ def families(ctx, as_json):
 @click.option("--calibration-samples", type=int, help="How many calibration samples to use (profile default).")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
               help="Largest accepted accuracy drop, in percentage points.")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "regress"]), default="auto",
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "regress"]), default="auto",
               show_default=True, help="How the gate judges the outputs (auto: recognised from their shapes).")
 @click.option("--min-agreement", type=float, help="Least top-1 agreement with the source (classify; default 0.95).")
 @click.option("--min-recall", type=float, help="Least share of the source's detections found (detect; default 0.9).")
 @click.option("--min-precision", type=float, help="Least share of detections the source also made (detect; default 0.9).")
 @click.option("--min-iou", type=float, help="Least mean IoU with the source's maps (segment; default 0.8).")
+@click.option("--max-cer", type=float,
+              help="Most character error rate of the decoded strings against the source's (sequence; default 0.02).")
+@click.option("--blank", help="The CTC blank's index (sequence; default 0), or 'none' to read every step's argmax.")
 @click.option("--min-sqnr", "min_sqnr_db", type=float,
               help="SQNR floor (dB) for outputs no task metric covers and a detector's channels (default 12).")
 @click.option("--metric", metavar="MODULE:FUNCTION",
@@ -203,7 +218,7 @@ def families(ctx, as_json):
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, distill, qat, batch_size,
             learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
-            task, min_agreement, min_recall, min_precision, min_iou, min_sqnr_db, metric, class_output, scale,
+            task, min_agreement, min_recall, min_precision, min_iou, max_cer, blank, min_sqnr_db, metric, class_output, scale,
             offset, mean, std, channel_order, calibration_method, weight_rounding, activations, input_shape,
             input_values,
             stateful, model_factory, exclude_nodes, exclude_op_types,
@@ -229,7 +244,8 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       output_dtype=output_dtype, calibration_samples=calibration_samples,
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
                       task=task, min_agreement=min_agreement, min_recall=min_recall,
-                      min_precision=min_precision, min_iou=min_iou, metric=metric,
+                      min_precision=min_precision, min_iou=min_iou, max_cer=max_cer, blank=_blank(blank),
+                      metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
                       calibration_method=calibration_method, weight_rounding=weight_rounding, activations=activations,
                       input_shape=input_shape or None, input_values=input_values or None, stateful=stateful,
@@ -397,7 +413,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
               help="Shape for an input with dynamic dims (repeatable).")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "regress"]), default="auto",
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "regress"]), default="auto",
               show_default=True, help="How the gate judges the outputs.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")

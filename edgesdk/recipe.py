@@ -43,6 +43,8 @@ class Recipe:
     min_recall: float = DEFAULT_THRESHOLDS.min_recall
     min_precision: float = DEFAULT_THRESHOLDS.min_precision
     min_iou: float = DEFAULT_THRESHOLDS.min_iou
+    max_cer: float = DEFAULT_THRESHOLDS.max_cer
+    blank: int | None = DEFAULT_THRESHOLDS.blank
     allow_float_fallback: bool = False
     calibration_method: str = "auto"
     exclude_nodes: tuple = ()
@@ -78,7 +80,8 @@ class Recipe:
     def thresholds(self) -> Thresholds:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
                           min_sqnr_db=self.min_sqnr_db, min_recall=self.min_recall,
-                          min_precision=self.min_precision, min_iou=self.min_iou, class_output=self.class_output)
+                          min_precision=self.min_precision, min_iou=self.min_iou, class_output=self.class_output,
+                          max_cer=self.max_cer, blank=self.blank)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,7 +96,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="auto", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
-                min_iou=None, weight_rounding="auto", qat=False, activations="int8") -> Recipe:
+                min_iou=None, max_cer=None, blank=None, weight_rounding="auto", qat=False,
+                activations="int8") -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
     if fmt not in spec.formats:
@@ -166,7 +170,7 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if task not in TASKS:
         raise OptionError(f"Unknown task '{task}'; expected one of {', '.join(TASKS)}.")
     gate = {"min_agreement": min_agreement, "min_recall": min_recall, "min_precision": min_precision,
-            "min_iou": min_iou}
+            "min_iou": min_iou, "max_cer": max_cer}
     for key, value in gate.items():
         if value is None:
             gate[key] = getattr(DEFAULT_THRESHOLDS, key)
@@ -196,5 +200,16 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                   min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
                   calibration_method=calibration_method, exclude_nodes=exclude_nodes,
                   exclude_op_types=exclude_op_types, preprocess=preprocess or Preprocess(), task=task,
-                  **{k: float(v) for k, v in gate.items()})
+                  blank=_blank(blank), **{k: float(v) for k, v in gate.items()})
+
+
+def _blank(value):
+    """The CTC blank's index: None given is the default (0); "none" reads every step's argmax."""
+    if value is None:
+        return DEFAULT_THRESHOLDS.blank
+    if value == "none":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise OptionError(f"blank is the CTC blank's symbol index (0 or more) or 'none', got {value!r}.")
+    return int(value)
 

@@ -184,6 +184,9 @@ def describe(figures: dict) -> str:
                          f" ({h['artifact_detections']} made)")
         elif h["task"] == "segment":
             parts.append(f"map mean IoU {h['mean_iou']:.3f}, pixel agreement {100 * h['pixel_agreement']:.2f}%")
+        elif h["task"] == "sequence":
+            parts.append(f"character error rate {100 * h['cer']:.2f}%, strings identical "
+                         f"{100 * h['string_agreement']:.1f}%")
     parts.append("SQNR " + ", ".join(f"{o['name']}{' (state)' if o.get('state') else ''} {o['sqnr_db']:.1f} dB"
                                    for o in figures["outputs"][:6]))
     return ", ".join(parts)
@@ -217,6 +220,6 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
         f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "
         f"fine-tune with --fine-tune DATA, or loosen the threshold (--max-accuracy-drop, --min-agreement, "
-        f"--min-sqnr, --min-recall) if the loss is acceptable.",
+        f"--min-sqnr, --min-recall, --max-cer) if the loss is acceptable.",
         figures={**figures, "gate": verdict})
 

@@ -3,10 +3,11 @@
 A task claims the outputs it understands (a classifier's scores, a detector's
 head, a segmentation map) and judges them with its own metric; every output
 no task claims is judged by `regress` (signal-to-quantization-noise ratio
-against a floor). `auto` tries detect, segment, classify in that order.
+against a floor). `auto` tries detect, segment, sequence, classify in that order.
 
 Each task module has:
-    claim(reference, io) -> list of Head          (what it recognises; [] if nothing)
+    claim(reference, io, class_output, asked) -> list of Head  (what it recognises; [] if nothing; asked:
+                                                   the user named the task, so looser forms count too)
     judge(head, reference, artifact, labels, thresholds) -> (figures, checks)
 A check is a dict made by `confidence.check`/`proportion_check`: the figure,
 its interval, the threshold and a pass / fail / inconclusive verdict.
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 
 from edgesdk.errors import OptionError
 
-TASKS = ("auto", "classify", "detect", "segment", "regress")
-AUTO_ORDER = ("detect", "segment", "classify")
+TASKS = ("auto", "classify", "detect", "segment", "sequence", "regress")
+AUTO_ORDER = ("detect", "segment", "sequence", "classify")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Thresholds:
     min_iou: float = 0.8             # segmentation maps: mean IoU with the source's map
     score_threshold: float = 0.25    # a detection counts from this score on
     class_output: int | None = None  # classify: which output holds the class scores
+    max_cer: float = 0.02            # sequence: character error rate of the decoded strings against the source's
+    blank: int | None = 0            # sequence: the CTC blank's index; None reads every step's argmax
 
 
 @dataclass
@@ -64,7 +67,7 @@ def pick(task: str, reference: list, io: ModelIO, class_output=None) -> list:
     if task == "regress":
         return []
     if task != "auto":
-        heads = module(task).claim(reference, io, class_output=class_output)
+        heads = module(task).claim(reference, io, class_output=class_output, asked=True)
         if not heads:
             raise OptionError(f"--task {task}: no output of this model looks like a {task} output "
                               f"({_shapes(reference, io)}). {module(task).EXPECTED} Use --task auto or "

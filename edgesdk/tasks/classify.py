@@ -20,7 +20,7 @@ def is_probabilities(y: np.ndarray) -> bool:
     return y2.shape[1] >= 2 and bool(np.all(y2 >= -1e-6)) and bool(np.allclose(y2.sum(axis=1), 1.0, atol=1e-3))
 
 
-def claim(reference: list, io, class_output=None) -> list:
+def claim(reference: list, io, class_output=None, asked: bool = False) -> list:
     """The softmax-like output, else a lone (N, C) output; or the one the user named."""
     if class_output is not None:
         if not 0 <= int(class_output) < len(reference):

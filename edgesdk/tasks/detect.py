@@ -42,7 +42,7 @@ def _cell_counts(hw) -> dict:
     return counts
 
 
-def claim(reference: list, io, class_output=None) -> list:
+def claim(reference: list, io, class_output=None, asked: bool = False) -> list:
     known_size = io.input_hw is not None and None not in io.input_hw
     counts = _cell_counts(io.input_hw) if known_size else {}
     heads = []

@@ -28,7 +28,7 @@ def _channel_axis(shape, hw) -> int | None:
     return None
 
 
-def claim(reference: list, io, class_output=None) -> list:
+def claim(reference: list, io, class_output=None, asked: bool = False) -> list:
     if io.input_hw is None or None in io.input_hw:
         return []
     heads = []
