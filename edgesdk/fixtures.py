@@ -123,6 +123,11 @@ FIXTURES = {
     "mtcnn_onet": Fixture("mtcnn", "1.0.0", "mtcnn/assets/weights/onet.lz4",
                           "94f6ea2f4cf985275ee958cdd762d17b6009348a4fb9d8c6be39ba73ffd22ca3",
                           "MTCNN O-Net weights (joblib pickle; hash-pinned because loading runs code)"),
+    "resemblyzer_encoder": Fixture("resemblyzer", "0.1.4", "resemblyzer/pretrained.pt",
+                                   "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+                                   "Resemblyzer speaker encoder (GE2E, 3-layer LSTM 40->256, Linear 256->256, "
+                                   "ReLU, L2 norm), PyTorch checkpoint: weights under 'model_state'; (N, 160, "
+                                   "40) mel power frames in, (N, 256) unit-norm embedding out"),
 }
 
 

@@ -3,7 +3,7 @@
 A task claims the outputs it understands (a classifier's scores, a detector's
 head, a segmentation map) and judges them with its own metric; every output
 no task claims is judged by `regress` (signal-to-quantization-noise ratio
-against a floor). `auto` tries detect, segment, sequence, classify in that order.
+against a floor). `auto` tries detect, segment, sequence, embedding, classify in that order.
 
 Each task module has:
     claim(reference, io, class_output, asked) -> list of Head  (what it recognises; [] if nothing; asked:
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from edgesdk.errors import OptionError
 
-TASKS = ("auto", "classify", "detect", "segment", "sequence", "regress")
-AUTO_ORDER = ("detect", "segment", "sequence", "classify")
+TASKS = ("auto", "classify", "detect", "segment", "sequence", "embedding", "regress")
+AUTO_ORDER = ("detect", "segment", "sequence", "embedding", "classify")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Thresholds:
     class_output: int | None = None  # classify: which output holds the class scores
     max_cer: float = 0.02            # sequence: character error rate of the decoded strings against the source's
     blank: int | None = 0            # sequence: the CTC blank's index; None reads every step's argmax
+    min_cosine: float = 0.98         # embedding: 5th percentile of each sample's cosine with the source's vector
 
 
 @dataclass

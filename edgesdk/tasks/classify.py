@@ -15,6 +15,10 @@ EXPECTED = ("A classifier has an output of shape (N, classes), scores or probabi
             "is judged by its decision (at 0.5 for probabilities, 0 for logits) when --class-output names it.")
 
 
+GUESSED = ("judged as a classifier because its only output is (N, classes) scores; if it is not one, "
+           "--task embedding (vectors compared by cosine) or --task regress (SQNR) judges it as what it is")
+
+
 def is_probabilities(y: np.ndarray) -> bool:
     y2 = y.reshape(len(y), -1)
     return y2.shape[1] >= 2 and bool(np.all(y2 >= -1e-6)) and bool(np.allclose(y2.sum(axis=1), 1.0, atol=1e-3))
@@ -32,7 +36,7 @@ def claim(reference: list, io, class_output=None, asked: bool = False) -> list:
         if y.ndim == 2 and is_probabilities(y):
             return [Head("classify", [i])]
     if len(reference) == 1 and reference[0].ndim == 2 and reference[0].shape[1] >= 2:
-        return [Head("classify", [0])]
+        return [Head("classify", [0], {"guessed": True})]  # scores (logits) or something else: said in refusals
     return []
 
 
@@ -55,6 +59,8 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io=None) -> tu
         figures["top5_agreement"] = round(float(np.mean([r in row for r, row in zip(ref_top, top5)])), 6)
     agreement = confidence.proportion_check("top-1 agreement with the source", agree, n, t.min_agreement, output=k)
     figures["top1_agreement_interval"] = agreement["interval"]
+    if head.params.get("guessed"):
+        figures["chosen_because"] = GUESSED
     # Without labels agreement is the verdict; with labels the accuracy drop is (a pruned, fine-tuned
     # model is meant to change some predictions, so agreement with the original is only reported).
     checks = [agreement] if labels is None else []
@@ -75,4 +81,6 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io=None) -> tu
                 n, t.max_accuracy_drop, False)
         figures["accuracy_drop"] = round(drop, 4)
         checks.append(drop_check)
+    for c in checks if head.params.get("guessed") else ():
+        c["note"] = GUESSED
     return figures, checks
