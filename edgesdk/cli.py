@@ -148,9 +148,10 @@ def families(ctx, as_json):
 @click.option("--input-dtype", type=click.Choice(["int8", "uint8", "float32"]))
 @click.option("--output-dtype", type=click.Choice(["int8", "uint8", "float32"]))
 @click.option("--calibration-samples", type=int, help="How many calibration samples to use (profile default).")
-@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
-              help="Largest accepted accuracy drop, in percentage points.")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "regress"]), default="auto",
+@click.option("--max-accuracy-drop", type=float,
+              help="Largest accepted accuracy drop, in percentage points (default 1; without labels it becomes "
+                   "--min-agreement 1 - DROP/100).")
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "regress"]), default="auto",
               show_default=True, help="How the gate judges the outputs (auto: recognised from their shapes).")
 @click.option("--min-agreement", type=float, help="Least top-1 agreement with the source (classify; default 0.95).")
 @click.option("--min-recall", type=float, help="Least share of the source's detections found (detect; default 0.9).")
@@ -158,6 +159,8 @@ def families(ctx, as_json):
 @click.option("--min-iou", type=float, help="Least mean IoU with the source's maps (segment; default 0.8).")
 @click.option("--max-cer", type=float,
               help="Most character error rate of the decoded strings against the source's (sequence; default 0.02).")
+@click.option("--min-cosine", type=float,
+              help="Least 5th-percentile cosine with the source's embeddings (embedding; default 0.98).")
 @click.option("--blank", help="The CTC blank's index (sequence; default 0), or 'none' to read every step's argmax.")
 @click.option("--min-sqnr", "min_sqnr_db", type=float,
               help="SQNR floor (dB) for outputs no task metric covers and a detector's channels (default 12).")
@@ -218,7 +221,8 @@ def families(ctx, as_json):
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, distill, qat, batch_size,
             learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
-            task, min_agreement, min_recall, min_precision, min_iou, max_cer, blank, min_sqnr_db, metric, class_output, scale,
+            task, min_agreement, min_recall, min_precision, min_iou, max_cer, min_cosine, blank, min_sqnr_db,
+            metric, class_output, scale,
             offset, mean, std, channel_order, calibration_method, weight_rounding, activations, input_shape,
             input_values,
             stateful, model_factory, exclude_nodes, exclude_op_types,
@@ -244,7 +248,8 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       output_dtype=output_dtype, calibration_samples=calibration_samples,
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
                       task=task, min_agreement=min_agreement, min_recall=min_recall,
-                      min_precision=min_precision, min_iou=min_iou, max_cer=max_cer, blank=_blank(blank),
+                      min_precision=min_precision, min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine,
+                      blank=_blank(blank),
                       metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
                       calibration_method=calibration_method, weight_rounding=weight_rounding, activations=activations,
@@ -397,8 +402,8 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
               "(repeatable: hosts of one profile share the work). Default: local.")
 @click.option("--calibration", "-c", help="Calibration data (.npz, .npy or image folder).")
 @click.option("--validation", "-v", help="Validation data (default: held out from labelled calibration data).")
-@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
-              help="Accuracy budget in percentage points: candidates past it are never picked.")
+@click.option("--max-accuracy-drop", type=float,
+              help="Accuracy budget in percentage points (default 1): candidates past it are never picked.")
 @click.option("--budget", help="Wall-time bound for the whole search, e.g. 30m, 90s, 1h.")
 @click.option("--format", "formats", multiple=True, help="Only these artifact formats (repeatable).")
 @click.option("--quantization", "quantizations", multiple=True, help="Only these precisions (repeatable).")
@@ -413,7 +418,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
               help="Shape for an input with dynamic dims (repeatable).")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "regress"]), default="auto",
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "regress"]), default="auto",
               show_default=True, help="How the gate judges the outputs.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")

@@ -54,8 +54,9 @@ def _preprocess(value) -> Preprocess:
 def convert(model, target="local", *, calibration=None, validation=None, prune=0.0, fine_tune=None,
             epochs=2, distill=False, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
-            max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
-            min_recall=None, min_precision=None, min_iou=None, max_cer=None, blank=None, metric=None,
+            max_accuracy_drop=None, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
+            min_recall=None, min_precision=None, min_iou=None, max_cer=None, min_cosine=None, blank=None,
+            metric=None,
             preprocess=None,
             allow_float_fallback=False, calibration_method="auto", weight_rounding="auto", qat=False,
             activations="int8", exclude_nodes=(), exclude_op_types=(),
@@ -104,13 +105,14 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
     recipe = make_recipe(profile, format=fmt, quantization=quantization, input_dtype=input_dtype,
                          output_dtype=output_dtype, prune=prune, epochs=epochs, distill=distill, batch_size=batch_size,
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
-                         max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db,
+                         max_accuracy_drop=1.0 if max_accuracy_drop is None else max_accuracy_drop,
+                         min_sqnr_db=min_sqnr_db,
                          class_output=class_output, preprocess=_preprocess(preprocess),
                          allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
                          weight_rounding=weight_rounding, qat=qat, activations=activations,
                          exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
                          min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
-                         min_iou=min_iou, max_cer=max_cer, blank=blank)
+                         min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine, blank=blank)
     metric = load_metric(metric)
     out_dir = ensure_writable_dir(output_dir)
     if recipe.quantization == "int8" and calibration is None:
@@ -162,6 +164,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                       "source model's own predictions on the calibration samples (not held out).")
     else:
         raise DataError("Validation needs data: pass --validation DATA (or --calibration DATA).")
+    if max_accuracy_drop is not None and val.labels is None:  # a budget the gate can use without labels
+        recipe = _drop_as_agreement(recipe, max_accuracy_drop, min_agreement, progress)
     if source.stateful:  # each a sequence from a zero state; calibration sees the states met on the way
         progress.step(f"running the source over the data as a sequence (state {', '.join(source.stateful)})")
         calib = _with_states(source, calib)
@@ -667,6 +671,18 @@ def _cache_key(source, profile, recipe, calib, val, tune, metric=None, recover=T
     }
     parts["profile"].pop("source", None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _drop_as_agreement(recipe, drop: float, min_agreement, progress):
+    """--max-accuracy-drop needs labels; without them the gate measures agreement with the source, and a
+    drop of D points allows at most D % of the source's answers to change: it becomes --min-agreement
+    1 - D/100 (never stricter than the user's own --min-agreement)."""
+    agreement = max(0.0, 1.0 - drop / 100.0)
+    if min_agreement is not None:
+        agreement = min(agreement, float(min_agreement))
+    progress.warn(f"--max-accuracy-drop {drop:g} needs labelled validation data; these have no labels, so the "
+                  f"gate judges top-1 agreement with the source instead, at least {agreement:.2%}.")
+    return replace(recipe, min_agreement=agreement)
 
 
 def _cached(final: Path, cache_key: str, failed_too: bool = False) -> Artifact | None:

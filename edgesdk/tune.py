@@ -127,7 +127,7 @@ def thread_counts(profile) -> list:
     return sorted({1, profile.artifact.threads})
 
 
-def tune(model, target="local", *, hosts="local", calibration=None, validation=None, max_accuracy_drop=1.0,
+def tune(model, target="local", *, hosts="local", calibration=None, validation=None, max_accuracy_drop=None,
          budget=None, runs=50, warmup=5, repeat=2, output_dir="edgesdk-out", store=None, seed=0,
          formats=None, quantizations=None, fine_tune=None, sparsities=None, max_size=None, remote_python=None,
          workdir=None, accept_new_host_key=False, quiet=False, progress: Progress | None = None,

@@ -164,9 +164,8 @@ def describe_check(c: dict) -> str:
             f"needs {op} {show(c['threshold'])}")
     if c["verdict"] == "inconclusive":
         need = c.get("samples_needed")
-        text += (": too few samples to tell" + (f"; about {need:,} would" if need else "")
-                 + (f" ({c['note']})" if c.get("note") else ""))
-    return text
+        text += ": too few samples to tell" + (f"; about {need:,} would" if need else "")
+    return text + (f" ({c['note']})" if c.get("note") else "")
 
 
 def describe(figures: dict) -> str:
@@ -184,6 +183,9 @@ def describe(figures: dict) -> str:
                          f" ({h['artifact_detections']} made)")
         elif h["task"] == "segment":
             parts.append(f"map mean IoU {h['mean_iou']:.3f}, pixel agreement {100 * h['pixel_agreement']:.2f}%")
+        elif h["task"] == "embedding":
+            parts.append(f"cosine with the source's embeddings: 5th percentile {h['cosine_p5']:.4f}, "
+                         f"mean {h['cosine_mean']:.4f}")
         elif h["task"] == "sequence":
             parts.append(f"character error rate {100 * h['cer']:.2f}%, strings identical "
                          f"{100 * h['string_agreement']:.1f}%")
@@ -214,12 +216,12 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
         raise ValidationFailed(
             f"Validation inconclusive: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}"
             f"{figures.get('recovery_note', '')} "
-            f"Give more --validation data (labelled if you can), or loosen the threshold if that loss is "
-            f"acceptable to you.", figures={**figures, "gate": verdict})
+            f"Give more --validation data (unlabelled inputs of the same kind are enough: the gate then judges "
+            f"agreement with the source), or loosen the threshold if that loss is acceptable to you.", figures={**figures, "gate": verdict})
     raise ValidationFailed(
         f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "
         f"fine-tune with --fine-tune DATA, or loosen the threshold (--max-accuracy-drop, --min-agreement, "
-        f"--min-sqnr, --min-recall, --max-cer) if the loss is acceptable.",
+        f"--min-sqnr, --min-recall, --max-cer, --min-cosine) if the loss is acceptable.",
         figures={**figures, "gate": verdict})
 

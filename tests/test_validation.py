@@ -220,3 +220,25 @@ def test_tflite_detection_postprocess_outputs():
     figures = judge(ref, [boxes, art_classes, scores, count], io=_io(["boxes", "classes", "scores", "count"]))
     h = figures["heads"][0]
     assert h["source_detections"] == 9 and h["matched"] == 6 and h["recall"] == pytest.approx(2 / 3)
+
+
+def test_an_accuracy_budget_without_labels_becomes_the_agreement_it_allows():
+    """--max-accuracy-drop 100 on unlabelled data: any loss is fine, so the agreement asked is none (it was
+    judged at --min-agreement 0.95 and refused); 3 points allow 97 %; a stricter --min-agreement stays."""
+    from edgesdk.conversion import _drop_as_agreement
+    from edgesdk.profiles import load_profile
+    from edgesdk.progress import Progress
+    from edgesdk.recipe import make_recipe
+    recipe = make_recipe(load_profile("rpi4"))
+    progress = Progress(quiet=True)
+    assert _drop_as_agreement(recipe, 100, None, progress).thresholds().min_agreement == 0.0
+    assert _drop_as_agreement(recipe, 3, None, progress).min_agreement == pytest.approx(0.97)
+    assert _drop_as_agreement(recipe, 3, 0.9, progress).min_agreement == pytest.approx(0.9)
+    assert "needs labelled validation data" in progress.warnings[0] and "97.00%" in progress.warnings[1]
+    # and the classifier check it feeds judges by that threshold
+    ref = np.eye(4)[rng.integers(0, 4, 200)]
+    art = ref.copy()
+    art[:40] = np.roll(art[:40], 1, axis=1)  # 20 % of the answers changed
+    io = ModelIO(output_names=["p"])
+    assert not gate(judge([ref], [art], io=io))["passed"]
+    assert gate(judge([ref], [art], io=io, thresholds=Thresholds(min_agreement=0.0)))["passed"]

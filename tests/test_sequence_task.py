@@ -1,0 +1,107 @@
+"""The sequence task on the real PP-OCRv4 text recognizer (rapidocr's ONNX, (N, 40, 6625) per-step softmax):
+judged by the character error rate of its decoded strings, computed here independently of the gate."""
+
+import numpy as np
+import pytest
+
+import edgesdk
+from edgesdk import fixtures
+from edgesdk.tasks import ModelIO, Thresholds
+from edgesdk.validation import gate, judge
+
+pytestmark = pytest.mark.slow
+
+
+def greedy_ctc(y):
+    """The test's own reading: argmax per step, runs merged, blank (0) dropped."""
+    out = []
+    for row in y.argmax(-1):
+        text, last = [], None
+        for s in row:
+            if s != last and s != 0:
+                text.append(int(s))
+            last = s
+        out.append(text)
+    return out
+
+
+def levenshtein(a, b):
+    d = np.arange(len(b) + 1)
+    for i, x in enumerate(a, 1):
+        prev, d[0] = d.copy(), i
+        for j, y in enumerate(b, 1):
+            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (x != y))
+    return int(d[-1])
+
+
+def cer(ref, art):
+    return sum(levenshtein(r, a) for r, a in zip(ref, art)) / sum(len(r) for r in ref)
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    d = tmp_path_factory.mktemp("rec")
+    x = fixtures.text_line_crops()
+    model = fixtures.fetch("ppocr_rec")
+
+    class Reader(CalibrationDataReader):  # the plain library, as a user calls it
+        def __init__(self):
+            self.rows = iter(x[:64])
+
+        def get_next(self):
+            row = next(self.rows, None)
+            return None if row is None else {"x": row[None]}
+    plain = d / "plain_int8.onnx"
+    quantize_static(str(model), str(plain), Reader(), quant_format=QuantFormat.QDQ)
+
+    def run(path, data):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run(None, {"x": data[i:i + 16]})[0] for i in range(0, len(data), 16)])
+    return {"model": model, "x": x, "dir": d, "float": run(model, x[64:]), "plain": run(plain, x[64:])}
+
+
+def test_a_ctc_recognizer_is_judged_by_its_strings(rec):
+    ref, art = rec["float"], rec["plain"]
+    assert ref.shape == (96, 40, 6625)
+    io = ModelIO(output_names=["softmax_11.tmp_0"], input_hw=(48, 320))
+    figures = judge([ref], [art], io=io)  # task auto: a per-step softmax is a sequence
+    head = figures["heads"][0]
+    assert figures["task"] == "sequence" and head["decode"] == "CTC greedy, blank 0"
+    ours = cer(greedy_ctc(ref), greedy_ctc(art))
+    assert abs(head["cer"] - ours) < 1e-6 and ours > 0.03, ours  # the plain int8 loses characters
+    identical = np.mean([r == a for r, a in zip(greedy_ctc(ref), greedy_ctc(art))])
+    assert abs(head["string_agreement"] - identical) < 1e-6
+    verdict = gate(figures)
+    assert verdict["verdict"] == "fail" and "character error rate" in verdict["reasons"][0]
+    assert head["mean_length"] > 10  # real lines of text, not blanks
+    # the float model against itself passes; a looser threshold passes the plain int8 when its interval allows
+    assert gate(judge([ref], [ref], io=io))["passed"]
+    loose = judge([ref], [art], io=io, thresholds=Thresholds(max_cer=0.5))
+    assert gate(loose)["passed"]
+
+
+def test_every_steps_argmax_without_a_blank(rec):
+    io = ModelIO(output_names=["y"], input_hw=(48, 320))
+    figures = judge([rec["float"]], [rec["plain"]], io=io, task="sequence", thresholds=Thresholds(blank=None))
+    head = figures["heads"][0]
+    steps = rec["float"].argmax(-1) != rec["plain"].argmax(-1)
+    assert head["decode"] == "argmax per step" and head["mean_length"] == 40
+    assert abs(head["cer"] - steps.mean()) < 1e-6  # same length: the edit distance counts the changed steps
+
+
+def test_int16_recognizer_for_the_pi_reads_the_same_text(rec, tmp_path):
+    """int16 activations (the recovery ladder's rung for this model) read the lines as the float model does:
+    the gate passes it on CER, and the strings of the artifact run with edgesdk.load agree."""
+    np.save(tmp_path / "lines.npy", rec["x"][:64])
+    np.save(tmp_path / "held.npy", rec["x"][64:])
+    art = edgesdk.convert(str(rec["model"]), target="rpi4", format="onnx", activations="int16",
+                          calibration=str(tmp_path / "lines.npy"), validation=str(tmp_path / "held.npy"),
+                          output_dir=tmp_path / "out", quiet=True)
+    v = art.manifest["validation"]
+    assert v["task"] == "sequence" and v["passed"] and v["samples"] == 96
+    got = edgesdk.load(art.path).run(rec["x"][64:])
+    (out,) = got.values()
+    ours = cer(greedy_ctc(rec["float"]), greedy_ctc(out))
+    assert ours < 0.02 and abs(ours - v["heads"][0]["cer"]) < 1e-6, ours
