@@ -12,6 +12,7 @@ import os
 import zipfile
 from pathlib import Path
 
+from edgesdk.converters.model_trust import check_keras_config, check_saved_model
 from edgesdk.errors import ConversionError, ModelLoadError
 from edgesdk.source import InputSpec, SourceModel
 from edgesdk.util import captured_output, first_line, sha256_file, sha256_tree
@@ -40,14 +41,15 @@ def import_tf():
     return tf
 
 
-def _keras_major_of_zip(path: Path) -> int:
+def _keras_major_of_zip(path: Path, unsafe: bool) -> int:
     try:
         with zipfile.ZipFile(path) as z:
             meta = json.loads(z.read("metadata.json"))
-            z.getinfo("config.json")
+            config = z.read("config.json")
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise ModelLoadError(f"'{path}' is not a valid .keras file ({exc}). It may be truncated or not a "
                              f"model at all; save it again with model.save('model.keras').") from None
+    check_keras_config(config, path, unsafe)  # safe mode too, but a foreign module is imported before it looks
     return int(str(meta.get("keras_version", "3")).split(".")[0])
 
 
@@ -65,9 +67,7 @@ def _keras_major_of_h5(path: Path, unsafe: bool) -> int:
                              f"model: save it with model.save('model.keras').")
     if isinstance(config, bytes):
         config = config.decode()
-    if not unsafe and '"class_name": "Lambda"' in config:
-        raise ModelLoadError(f"'{path}' contains a Lambda layer, whose Python code runs when it is loaded. "
-                             f"If you trust this file, pass --unsafe-load (unsafe=True in Python).")
+    check_keras_config(config, path, unsafe)  # parsed and walked: Lambdas, foreign classes
     if isinstance(version, bytes):
         version = version.decode()
     return int(str(version or "2").split(".")[0])
@@ -80,7 +80,7 @@ def load_path(path: Path, *, unsafe: bool = False) -> SourceModel:
     if not os.access(path, os.R_OK):
         raise ModelLoadError(f"'{path}' is not readable (permission denied).")
     suffix = path.suffix.lower()
-    major = _keras_major_of_zip(path) if suffix == ".keras" else _keras_major_of_h5(path, unsafe)
+    major = _keras_major_of_zip(path, unsafe) if suffix == ".keras" else _keras_major_of_h5(path, unsafe)
     try:
         if major >= 3:
             import keras
@@ -192,6 +192,7 @@ def _input_specs(model, shape) -> list:
 def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
     """A SavedModel: tf-keras if it carries Keras metadata, else its serving signature."""
     import numpy as np
+    check_saved_model(path, unsafe)  # before anything in it is revived or run
     if (path / "keras_metadata.pb").is_file():
         import tf_keras
         try:

@@ -9,6 +9,8 @@ needs code unpickled is refused unless the user opts in.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -36,6 +38,25 @@ def _zip_names(path: Path) -> list:
 
 def _first_line(exc) -> str:
     return first_line(exc)[:300]
+
+
+@contextlib.contextmanager
+def _weights_only(on: bool):
+    """Every torch.load inside loads tensors only: torch.export.load reads a .pt2's pickled example inputs and
+    constants with weights_only=True and, when that fails, falls back to weights_only=False (running the
+    pickle). PyTorch's own switch closes that fallback for the duration."""
+    if not on:
+        yield
+        return
+    saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
 
 
 def load_factory(spec: str):
@@ -71,8 +92,13 @@ def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False)
                              f"state_dict.")
     if any(n.endswith(("/models/model.json", "/archive_format")) for n in names) or path.suffix == ".pt2":
         try:
-            program = torch.export.load(str(path))
+            with _weights_only(not unsafe):
+                program = torch.export.load(str(path))
         except Exception as exc:
+            if not unsafe and ("weights_only" in str(exc) or "Unsupported global" in str(exc)):
+                raise ModelLoadError(f"'{path}' holds pickled Python objects beyond tensors (its example inputs "
+                                     f"or constants), whose loading runs code: {_first_line(exc)[:200]}. If you "
+                                     f"trust this file, pass --unsafe-load (unsafe=True in Python).") from None
             raise ModelLoadError(f"'{path}' is not a loadable ExportedProgram: {_first_line(exc)}") from None
         args = program.example_inputs[0] if program.example_inputs else None
         if not args and input_shape is None:
