@@ -103,6 +103,16 @@ def _efficientnet(work):
     return path, _npz(work / "photos.npz", x=x)
 
 
+def _speaker_encoder(work):
+    import torch
+    sys.path.insert(0, str(REPO / "tests"))
+    from speaker_encoder import speech_partials, voice_encoder
+    x = speech_partials()
+    path = work / "voice_encoder.pt2"
+    torch.export.save(torch.export.export(voice_encoder(), (torch.from_numpy(x[:1]),)), str(path))
+    return path, _npz(work / "mels.npz", x=x)
+
+
 MODELS = {
     "yolov8n": ("Ultralytics YOLOv8n face/body detector (NudeNet 320n, ONNX)", _yolov8n),
     "ppocr_rec": ("PP-OCRv4 text recognizer, CTC (ONNX)", _ppocr_rec),
@@ -113,6 +123,7 @@ MODELS = {
     "silero_vad": ("Silero VAD, recurrent (ONNX)", _silero_vad),
     "basic_pitch": ("Basic Pitch audio-to-MIDI (ONNX)", _basic_pitch),
     "efficientnet_lite0": ("EfficientNet-Lite0 ImageNet classifier (PyTorch ExportedProgram)", _efficientnet),
+    "speaker_encoder": ("resemblyzer speaker encoder, LSTM embedder (PyTorch ExportedProgram)", _speaker_encoder),
 }
 
 

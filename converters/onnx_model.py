@@ -122,7 +122,7 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
 
     one = specs[0]
     src = SourceModel(framework="onnx", flavor=f"onnx opset {_opset(model)}", model=model, name=path.stem,
-                      sha256=sha256_file(path), input_name=one.name, input_shape=one.shape,
+                      sha256=_sha256_with_data(path), input_name=one.name, input_shape=one.shape,
                       output_names=[o.name for o in model.graph.output], run=run, path=str(path),
                       param_count=_params(model), notes=notes, layout=one.layout, input_dtype=one.dtype,
                       specs=specs if len(specs) > 1 else [], output_axes=output_axes)
@@ -250,6 +250,33 @@ def quantized_ops(model) -> dict:
                     walk(g)
     walk(model.graph)
     return counts
+
+
+def _sha256_with_data(path: Path) -> str:
+    """The model's identity for the cache: the .onnx and every external data file it names (a changed weights
+    file is a different model)."""
+    import hashlib
+    import onnx
+    files = set()
+
+    def walk(graph):
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                tensors += ([a.t] if a.HasField("t") else []) + list(a.tensors)
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                files.update(e.value for e in t.external_data if e.key == "location")
+    walk(onnx.load(str(path), load_external_data=False).graph)
+    if not files:
+        return sha256_file(path)
+    h = hashlib.sha256(sha256_file(path).encode())
+    for name in sorted(files):
+        data = path.parent / name
+        h.update(f"{name}:{sha256_file(data) if data.is_file() else 'missing'}".encode())
+    return h.hexdigest()
 
 
 def _from_data(shape: list, axis, sample) -> list | None:

@@ -59,6 +59,20 @@ def _weights_only(on: bool):
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
 
 
+def _with_factory_code(sha: str, spec: str) -> str:
+    """The weights' hash joined with the source file of the factory's module: the cache key then changes
+    when the factory's code does, not only when the weights do."""
+    import hashlib
+    import inspect
+    import sys
+    module = sys.modules.get(spec.split(":")[0])
+    try:
+        code = inspect.getsource(module) if module is not None else spec
+    except (OSError, TypeError):
+        code = spec
+    return hashlib.sha256(f"{sha}:{spec}:{hashlib.sha256(code.encode()).hexdigest()}".encode()).hexdigest()
+
+
 def load_factory(spec: str):
     """`package.module:function` -> the callable."""
     from edgesdk.util import load_callable
@@ -84,7 +98,9 @@ def load_path(path: Path, *, input_shape=None, model_factory=None, unsafe=False)
         except Exception as exc:
             raise ModelLoadError(f"The weights in '{path}' do not fit the module from {model_factory}: "
                                  f"{_first_line(exc)}") from None
-        return from_module(module, example_input=_example(torch, input_shape, path), path=path)
+        source = from_module(module, example_input=_example(torch, input_shape, path), path=path)
+        source.sha256 = _with_factory_code(source.sha256, model_factory)  # new factory code: a new model
+        return source
     names = _zip_names(path)
     if not names:
         raise ModelLoadError(f"'{path}' is not a PyTorch file (not a zip archive; it may be truncated). Save "

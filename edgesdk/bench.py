@@ -102,8 +102,12 @@ def parse_runner_output(stdout: str, stderr: str, returncode: int) -> dict:
             if kind == "bad_option":
                 raise OptionError(msg)
             raise BenchmarkError(f"The runner failed: {msg}")
-    tail = (stderr or stdout).strip().splitlines()[-5:]
-    raise BenchmarkError(f"The runner exited with status {returncode} without a result. Last output:\n  "
+    from .util import printable
+    tail = printable(stderr or stdout).strip().splitlines()[-5:]
+    killed = (" It was killed (SIGKILL): most often the kernel's out-of-memory killer, when the model needs more "
+              "memory than is free there (`dmesg` says so); free memory or use a smaller model."
+              if returncode in (-9, 137) else "")
+    raise BenchmarkError(f"The runner exited with status {returncode} without a result.{killed} Last output:\n  "
                          + "\n  ".join(tail or ["(none)"]))
 
 

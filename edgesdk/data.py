@@ -160,10 +160,10 @@ def _load_images(folder: Path, target_hw, channels: int, preprocess: Preprocess)
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
         files = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.iterdir())
-                 if f.suffix.lower() in IMAGE_SUFFIXES]
+                 if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]  # a FIFO named x.png would block
         class_names = [d.name for d in subdirs]
     else:
-        files = [(f, None) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [(f, None) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
         class_names = []
     if not files:
         raise DataError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
@@ -405,8 +405,12 @@ def _load_path(path: Path, input_shape, preprocess: Preprocess, what: str, layou
             if "x" not in keys:
                 raise DataError(f"{path}: no array named 'x' (found: {', '.join(keys) or 'none'}). "
                                 f"Save it as numpy.savez(path, x=inputs, y=labels).")
-            x = loaded["x"]
-            y = loaded["y"] if "y" in keys else None
+            try:  # an .npz reads each array when it is asked for: a pickled one fails here
+                x = loaded["x"]
+                y = loaded["y"] if "y" in keys else None
+            except ValueError as exc:
+                raise DataError(f"{path}: holds Python objects ({first_line(exc)}); edgesdk does not unpickle "
+                                f"data. Save plain numeric arrays with numpy.savez.") from None
     else:
         x, y = loaded, None
     x = _as_numeric(x, str(path))

@@ -93,6 +93,9 @@ class Device:
 
     def prepare(self, workdir: str) -> tuple:
         """(the work dir, expanded; the python of the venv `device setup` made there, or '')."""
+        if str(workdir).startswith("-"):  # a device command would take it for an option
+            raise OptionError(f"--workdir '{workdir}' begins with '-': give it as ./{workdir} if that is the "
+                              f"folder you mean.")
         try:
             root, venv = (self.py(_PREPARE, workdir, STALE_PART_S) + "\n").split("\n")[:2]
             return root, venv

@@ -484,19 +484,41 @@ def face_mosaics(n: int = 96, size: int = 320, seed: int = 0):
 
 
 def text_line_crops(n: int = 160, width: int = 320, seed: int = 0):
-    """Real printed text for a text-line recognizer: float32 (n, 3, 48, width) NCHW, (x/255 - 0.5)/0.5 as PP-OCR
-    takes it. Windows of one to three text lines of scikit-image's page.png, resized to 48 x width."""
+    """Printed text lines as a text-line recognizer takes them: float32 (n, 3, 48, width) NCHW,
+    (x/255 - 0.5)/0.5 as PP-OCR takes it. Each is a run of up to 7 words (as many as fit) of the Zen of Python (the text
+    CPython ships in its `this` module) in Pillow's bundled font at 26 to 40 px, dark on a light,
+    slightly uneven paper, resized to height 48 keeping its aspect and padded to `width` on the right
+    (PP-OCR's own resize). One line per crop, as a detector hands them over: windows of a scanned page
+    (text lines 15 px high, several per window) had the recognizer guessing."""
+    import ast
+    import codecs
+    import importlib.util
     import numpy as np
-    from PIL import Image
-    page = Image.open(fetch("page")).convert("RGB")
+    from PIL import Image, ImageDraw, ImageFont
+    # `import this` prints it: read the rot13 string from the module's source instead
+    source = Path(importlib.util.find_spec("this").origin).read_text()
+    words = codecs.decode(ast.literal_eval(source.split("s = ", 1)[1].split("\n\nd = ")[0]), "rot13").split()
     rng = np.random.default_rng(seed)
-    crops = np.empty((n, 3, 48, width), np.float32)
+    crops = np.full((n, 3, 48, width), 1.0, np.float32)  # padding is white: (255/255 - 0.5)/0.5
     for k in range(n):
-        h = int(rng.integers(18, 40))
-        w = int(h * width / 48 * rng.uniform(0.8, 1.2))
-        top, left = int(rng.integers(0, page.height - h)), int(rng.integers(0, max(1, page.width - w)))
-        crop = np.asarray(page.crop((left, top, left + w, top + h)).resize((width, 48)), np.float32)
-        crops[k] = ((crop / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+        start = int(rng.integers(0, len(words) - 7))
+        font = ImageFont.load_default(size=int(rng.integers(26, 41)))
+        count = int(rng.integers(2, 8))
+        while True:  # as many words as fit the crop's aspect: a squeezed line is not what a detector gives
+            text = " ".join(words[start:start + count])
+            left, top, right, bottom = font.getbbox(text)
+            if count == 1 or (right - left + 16) * 48 <= width * (bottom - top + 8):
+                break
+            count -= 1
+        pad = int(rng.integers(4, 12))
+        paper = int(rng.integers(200, 256))
+        img = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), paper)
+        ImageDraw.Draw(img).text((pad - left, pad - top), text, fill=int(rng.integers(0, 70)), font=font)
+        ramp = np.linspace(0, rng.uniform(-30, 30), img.width)[None, :]  # uneven light across the line
+        img = Image.fromarray(np.clip(np.asarray(img, np.float32) + ramp, 0, 255).astype(np.uint8)).convert("RGB")
+        w = min(width, max(1, round(img.width * 48 / img.height)))
+        line = np.asarray(img.resize((w, 48), Image.BILINEAR), np.float32)
+        crops[k, :, :, :w] = ((line / 255 - 0.5) / 0.5).transpose(2, 0, 1)
     return crops
 
 

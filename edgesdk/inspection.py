@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ModelLoadError
+from .errors import EdgeSDKError, ModelLoadError
 from .util import gzip_size
 
 
@@ -38,18 +38,28 @@ def describe(path, fmt: str | None = None) -> dict:
         raise ModelLoadError(f"'{path}' does not exist.")
     reader = open_artifact(path, format=fmt)
     fmt = fmt or path.suffix.lstrip(".")
-    coverage = reader.coverage()
-    if fmt == "tflite":
-        quantized = any(t in ("int8", "uint8") for t in reader.tensor_dtypes())
-    elif fmt == "onnx":
-        quantized = coverage.get("qdq_ops", 0) > 0
-    else:
-        quantized = coverage["int8_ops"] > 0
-    return {"format": fmt, "reader": reader, "io": reader.io(), "coverage": coverage,
-            "tensor_dtypes": reader.tensor_dtypes(), "weight_sparsity": reader.weight_sparsity(),
-            "size_bytes": path.stat().st_size, "quantized": quantized,
-            "custom_ops": reader.custom_ops() if hasattr(reader, "custom_ops") else [],
-            "subgraphs": reader.subgraph_count() if hasattr(reader, "subgraph_count") else 1}
+    try:  # a damaged file can parse and still hold indices or sizes that lead nowhere
+        coverage = reader.coverage()
+        io = reader.io()
+        if not io["inputs"] or not io["outputs"] or fmt != "rknn" and not reader.ops():
+            raise ModelLoadError(f"'{path}' holds no graph (no inputs, outputs or ops): it is empty, truncated "
+                                 f"or not a {fmt} model.")
+        if fmt == "tflite":
+            quantized = any(t in ("int8", "uint8") for t in reader.tensor_dtypes())
+        elif fmt == "onnx":
+            quantized = coverage.get("qdq_ops", 0) > 0
+        else:
+            quantized = coverage["int8_ops"] > 0
+        return {"format": fmt, "reader": reader, "io": io, "coverage": coverage,
+                "tensor_dtypes": reader.tensor_dtypes(), "weight_sparsity": reader.weight_sparsity(),
+                "size_bytes": path.stat().st_size, "quantized": quantized,
+                "custom_ops": reader.custom_ops() if hasattr(reader, "custom_ops") else [],
+                "subgraphs": reader.subgraph_count() if hasattr(reader, "subgraph_count") else 1}
+    except EdgeSDKError:
+        raise
+    except Exception as exc:
+        from .util import first_line
+        raise ModelLoadError(f"'{path}' is a damaged {fmt} file: {first_line(exc)[:200]}.") from None
 
 
 def verdicts(info: dict, targets=None) -> list:

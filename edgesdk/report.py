@@ -154,6 +154,11 @@ def _row(r: dict) -> dict:
             "p99 ms": f"{lat['p99']:.3f}", "conditions": _conditions(r.get("probe"))}
 
 
+def _md_cell(value) -> str:
+    """A table cell of Markdown: HTML escaped (Markdown renders raw HTML), pipes and line breaks kept out."""
+    return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
+
+
 def build(runs: list, output) -> Path:
     if not runs:
         raise OptionError("No runs to report: run `edgesdk bench` or `edgesdk deploy` first, or check the ids.")
@@ -176,7 +181,7 @@ def build(runs: list, output) -> Path:
         for name, data in images.items():
             (img_dir / f"{name}.png").write_bytes(data)
         lines = ["# edgesdk results", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+        lines += ["| " + " | ".join(_md_cell(r[c]) for c in cols) + " |" for r in rows]
         lines += [""] + [f"![{name}]({img_dir.name}/{name}.png)" for name in images]
         output.write_text("\n".join(lines) + "\n")
         return output

@@ -62,6 +62,10 @@ class ResultStore:
         except sqlite3.DatabaseError as exc:
             raise ResultsError(f"The results database {self.path} cannot be used ({exc}). Move it aside or "
                                f"point EDGESDK_RESULTS_DB / --db elsewhere.") from None
+        except OSError as exc:  # its folder is a file, or cannot be made
+            raise ResultsError(f"The results database {self.path} cannot be made there ({exc.strerror or exc}: "
+                               f"{exc.filename or self.path.parent}). Point EDGESDK_RESULTS_DB / --db "
+                               f"elsewhere.") from None
         self.db.row_factory = sqlite3.Row
         self._lock = threading.Lock()  # a fleet's threads share this connection
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConnectionLost, DeployError, HostKeyError  # noqa: F401 (re-exported)
+from .util import printable
 
 
 def ssh_config_path() -> Path:
@@ -199,19 +200,19 @@ class Session:
         except socket.timeout:
             raise DeployError(f"The command on {self.target.spec} did not finish within {timeout:g} s.") from None
         except (EOFError, OSError, AttributeError, _ssh_errors()) as exc:
-            raise ConnectionLost(f"The connection to {self.target.spec} was lost ({exc or type(exc).__name__}).") \
-                from None
+            reason = str(exc) or type(exc).__name__
+            raise ConnectionLost(f"The connection to {self.target.spec} was lost ({reason}).") from None
         if status == -1:  # paramiko's way of saying the channel closed without an exit status
             transport = self.client.get_transport()
             if transport is not None and transport.is_active():  # the link is fine: a signal ended the command
-                tail = "\n  ".join((err.decode(errors="replace") if isinstance(err, bytes) else err)
+                tail = "\n  ".join(printable(err.decode(errors="replace") if isinstance(err, bytes) else err)
                                    .strip().splitlines()[-5:]) or "(no output)"
                 raise DeployError(f"On {self.target.spec}, `{command[:120]}` ended without an exit status "
                                   f"(killed by a signal?). Its last output:\n  {tail}")
             raise ConnectionLost(f"The connection to {self.target.spec} was lost while running the command.")
         if isinstance(out, bytes):
             out, err = out.decode(errors="replace"), err.decode(errors="replace")
-        return status, out, err
+        return status, printable(out), printable(err)  # a device's text reaches the terminal: no escapes
 
     def put(self, local, remote, progress=None) -> int:
         local = str(local)
@@ -226,7 +227,7 @@ class Session:
                 sftp.close()
         except (EOFError, OSError, _ssh_errors()) as exc:
             raise ConnectionLost(f"Uploading to {self.target.spec} failed, the connection was lost or refused "
-                                 f"the write: {exc or type(exc).__name__}") from None
+                                 f"the write: {str(exc) or type(exc).__name__}") from None
         return os.path.getsize(local)
 
     def close(self):

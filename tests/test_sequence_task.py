@@ -78,7 +78,7 @@ def test_a_ctc_recognizer_is_judged_by_its_strings(rec):
     assert head["mean_length"] > 10  # real lines of text, not blanks
     # the float model against itself passes; a looser threshold passes the plain int8 when its interval allows
     assert gate(judge([ref], [ref], io=io))["passed"]
-    loose = judge([ref], [art], io=io, thresholds=Thresholds(max_cer=0.5))
+    loose = judge([ref], [art], io=io, thresholds=Thresholds(max_cer=2 * ours + 0.05))
     assert gate(loose)["passed"]
 
 
@@ -86,9 +86,9 @@ def test_every_steps_argmax_without_a_blank(rec):
     io = ModelIO(output_names=["y"], input_hw=(48, 320))
     figures = judge([rec["float"]], [rec["plain"]], io=io, task="sequence", thresholds=Thresholds(blank=None))
     head = figures["heads"][0]
-    steps = rec["float"].argmax(-1) != rec["plain"].argmax(-1)
+    ref, art = rec["float"].argmax(-1).tolist(), rec["plain"].argmax(-1).tolist()
     assert head["decode"] == "argmax per step" and head["mean_length"] == 40
-    assert abs(head["cer"] - steps.mean()) < 1e-6  # same length: the edit distance counts the changed steps
+    assert abs(head["cer"] - cer(ref, art)) < 1e-6 and head["cer"] > 0
 
 
 def test_int16_recognizer_for_the_pi_reads_the_same_text(rec, tmp_path):

@@ -1,0 +1,104 @@
+"""Bad and hostile inputs other than model code: each a clean, documented exit, never a traceback or a hang."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from edgesdk.errors import DataError, ModelLoadError, ResultsError
+
+
+def _clean_exit(r, code):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.count("error:") == 1, r.stderr
+
+
+def test_npz_holding_an_object_array(keras3_mnist, tmp_path):
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}, None], dtype=object))
+    r = run_cli("convert", keras3_mnist, "-c", tmp_path / "objects.npz", "-o", tmp_path / "o")
+    _clean_exit(r, DataError.exit_code)
+    assert "does not unpickle" in r.stderr
+
+
+def test_fifo_in_an_image_folder_is_not_read(tmp_path):
+    from PIL import Image
+    from edgesdk.data import load_data
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(folder / f"{k}.png")
+    os.mkfifo(folder / "f.png")  # opening it would block until a writer comes: it never does
+    ds = load_data(str(folder), input_shape=(None, 8, 8, 3))
+    assert len(ds) == 3
+
+
+def test_results_db_whose_folder_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = run_cli("results", "list", "--db", tmp_path / "afile" / "results.db")
+    _clean_exit(r, ResultsError.exit_code)
+    assert "cannot be made there" in r.stderr
+
+
+def test_inspect_of_empty_and_damaged_files(tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    r = run_cli("inspect", tmp_path / "empty.onnx")
+    _clean_exit(r, ModelLoadError.exit_code)
+    assert "holds no graph" in r.stderr
+    # an ONNX that declares a 2 GB tensor and holds no data for it
+    import onnx
+    from onnx import TensorProto, helper
+    big = helper.make_tensor("w", TensorProto.FLOAT, [1 << 29], vals=[])
+    big.ClearField("float_data")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1 << 29])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1 << 29])], [big])
+    onnx.save(helper.make_model(graph), str(tmp_path / "hollow.onnx"))
+    r = run_cli("inspect", tmp_path / "hollow.onnx")
+    assert r.returncode in (0, ModelLoadError.exit_code) and "Traceback" not in r.stderr, r.stderr
+
+
+def test_inspect_fuzz_never_ends_in_a_traceback(keras3_mnist, tmp_path):
+    """Mutated artifacts (bytes flipped, cut short): inspect exits cleanly, within its time, every time."""
+    import edgesdk
+    art = edgesdk.convert(str(keras3_mnist), target="rpi4", quantization="float", format="onnx",
+                          calibration=np.random.default_rng(0).random((8, 28, 28, 1), np.float32),
+                          output_dir=tmp_path / "o", quiet=True, max_accuracy_drop=100)
+    tfl = edgesdk.convert(str(keras3_mnist), target="rpi4", quantization="float",
+                          calibration=np.random.default_rng(0).random((8, 28, 28, 1), np.float32),
+                          output_dir=tmp_path / "o", quiet=True, max_accuracy_drop=100)
+    rng = random.Random(0)
+    for source in (art.path, tfl.path):
+        data = source.read_bytes()
+        for k in range(6):
+            mutated = bytearray(data)
+            if k % 3 == 0:
+                mutated = mutated[:rng.randrange(16, len(mutated))]
+            else:
+                for _ in range(20):
+                    mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            path = tmp_path / f"m{k}{source.suffix}"
+            path.write_bytes(bytes(mutated))
+            r = run_cli("inspect", path)
+            assert r.returncode in (0, ModelLoadError.exit_code), (path, r.returncode, r.stderr)
+            assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_device_text_is_printed_without_escape_sequences():
+    from edgesdk.util import printable
+    said = "ok\x1b[2J\x1b]0;owned\x07 done\r\x07\n"
+    assert printable(said) == "ok done\n"
+
+
+def test_markdown_report_escapes_names(tmp_path):
+    from edgesdk.report import _md_cell
+    assert _md_cell("<img src=x onerror=alert(1)>|a") == "&lt;img src=x onerror=alert(1)&gt;\\|a"
+
+
+@pytest.mark.parametrize("workdir", ["-rf", "--help"])
+def test_a_workdir_that_reads_as_an_option_is_refused(workdir):
+    from edgesdk.deploy import Device
+    from edgesdk.errors import OptionError
+    with pytest.raises(OptionError, match="begins with '-'"):
+        Device(None, "python3", 10, None).prepare(workdir)
