@@ -52,7 +52,29 @@ class ONNXArtifact:
         self.initializers = {i.name: i for g in self.graphs for i in g.initializer}
         self.output_names = [o.name for o in self.graph.output]
         self._engine = None
+        self._check_sizes()
         self._threads = num_threads
+
+    def _check_sizes(self) -> None:
+        """Every weight holds as many values as its shape says (a damaged or hostile file can declare a 2 GB
+        tensor and hold nothing), read from the fields alone: nothing is allocated."""
+        from onnx import TensorProto, helper
+        fields = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+        for t in self.initializers.values():
+            if t.data_location == TensorProto.EXTERNAL:
+                continue
+            count = int(np.prod(t.dims)) if len(t.dims) else 1
+            if t.raw_data:
+                have = len(t.raw_data) / max(helper.tensor_dtype_to_np_dtype(t.data_type).itemsize, 1) \
+                    if t.data_type != TensorProto.STRING else count
+            else:
+                have = max(len(getattr(t, f)) for f in fields)
+                if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
+                    have //= 2
+            if have < count and not (t.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT4,
+                                                     TensorProto.UINT4) and not t.raw_data and have >= count / 2):
+                raise ModelLoadError(f"'{self.path}' is damaged: its weight '{t.name}' declares {count:,} values "
+                                     f"({list(t.dims)}) and holds {int(have):,}.")
 
     # -- structure ------------------------------------------------------------
     @staticmethod

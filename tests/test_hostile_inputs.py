@@ -49,14 +49,14 @@ def test_inspect_of_empty_and_damaged_files(tmp_path):
     # an ONNX that declares a 2 GB tensor and holds no data for it
     import onnx
     from onnx import TensorProto, helper
-    big = helper.make_tensor("w", TensorProto.FLOAT, [1 << 29], vals=[])
-    big.ClearField("float_data")
+    big = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 29])  # no data at all
     graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1 << 29])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1 << 29])], [big])
     onnx.save(helper.make_model(graph), str(tmp_path / "hollow.onnx"))
     r = run_cli("inspect", tmp_path / "hollow.onnx")
-    assert r.returncode in (0, ModelLoadError.exit_code) and "Traceback" not in r.stderr, r.stderr
+    _clean_exit(r, ModelLoadError.exit_code)
+    assert "declares 536,870,912 values" in r.stderr
 
 
 def test_inspect_fuzz_never_ends_in_a_traceback(keras3_mnist, tmp_path):
