@@ -61,6 +61,10 @@ def test_yolox_detector_judged_by_recall_precision_and_map(chars, tmp_path):
     assert "detection recall vs the source [output 0]" in str(e.value)
     assert _checks(e.value.figures)["detection recall vs the source"]["verdict"] == "fail"
     assert list(out.iterdir()) == [] and set(os.listdir()) == cwd_before
+    # the refusal says what would pass: fp16, made and judged by the same gate on a subset
+    fp16 = e.value.figures["would_pass"][0]
+    assert fp16["quantization"] == "fp16" and fp16["verdict"] == "pass" and fp16["samples"] == 45, fp16
+    assert "fp16 passes on 45 of these samples" in str(e.value) and "--quantization fp16" in str(e.value)
 
 
 def test_yolov8_head_keeps_its_merging_concat_in_float(chars, tmp_path):
