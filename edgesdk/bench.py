@@ -76,8 +76,13 @@ def pool_repeats(docs: list) -> dict:
     from edgesdk.targets.runner import summarize
     doc = dict(docs[-1])
     doc["latencies_ms"] = [v for d in docs for v in d["latencies_ms"]]
-    doc["latency_ms"] = summarize(doc["latencies_ms"])
+    doc["latency_ms"] = summarize(doc["latencies_ms"])  # percentiles from the samples the processes kept
     doc["runs"] = sum(d["runs"] for d in docs)
+    stats = [(d["runs"], d["latency_ms"]) for d in docs]  # the rest exact, from each process's own
+    mean = sum(n * st["mean"] for n, st in stats) / doc["runs"]
+    var = sum(n * (st["std"] ** 2 + (st["mean"] - mean) ** 2) for n, st in stats) / doc["runs"]
+    doc["latency_ms"].update({"min": min(st["min"] for _, st in stats), "max": max(st["max"] for _, st in stats),
+                              "mean": round(mean, 4), "std": round(var ** 0.5, 4)})
     doc["repeats"] = [{"p50": d["latency_ms"]["p50"], "p90": d["latency_ms"]["p90"], "mean": d["latency_ms"]["mean"],
                        "runs": d["runs"], "init_ms": d["init_ms"]} for d in docs]
     return doc

@@ -29,6 +29,27 @@ def test_summarize_single_value():
                                 "max": 2.5, "std": 0.0}
 
 
+def test_latencies_stream_in_bounded_memory_with_exact_moments():
+    from edgesdk.targets.runner import Latencies
+    rng = np.random.default_rng(2)
+    values = rng.gamma(2.0, 3.0, size=60000)
+    lat = Latencies(keep=5000)
+    for v in values:
+        lat.add(float(v))
+    s = lat.summary()
+    assert len(lat.sample) == 5000 and lat.count == 60000
+    assert s["mean"] == pytest.approx(values.mean(), abs=1e-3) and s["std"] == pytest.approx(values.std(), abs=1e-3)
+    assert s["min"] == pytest.approx(values.min(), abs=1e-4) and s["max"] == pytest.approx(values.max(), abs=1e-4)
+    for q in (50, 90, 99):  # from the sample: the true value's rank is within the stated error
+        rank = (values < s[f"p{q}"]).mean() * 100
+        assert abs(rank - q) <= 100 * 1.645 * 0.5 / 5000 ** 0.5 * 1.5, (q, rank)
+    assert "estimated" in lat.describe()["percentiles"] and lat.describe()["samples"] == 60000
+    few = Latencies(keep=5000)
+    for v in values[:997]:
+        few.add(float(v))
+    assert few.summary() == summarize(values[:997].tolist()) and few.describe()["percentiles"] == "exact"
+
+
 def test_runner_is_standalone():
     """Stdlib + numpy + a runtime only: no edgesdk import, parseable by Python 3.8's grammar."""
     source = runner_path().read_text()
@@ -42,11 +63,22 @@ def test_runner_is_standalone():
     assert "edgesdk" not in imported
     assert imported <= {"argparse", "json", "math", "os", "platform", "re", "shutil", "subprocess", "sys",
                         "tempfile", "threading", "time", "resource", "numpy", "onnxruntime", "importlib",
-                        "rknnlite"}
+                        "rknnlite", "random"}
 
 
 def _run(*args):
     return subprocess.run([sys.executable, str(runner_path()), *map(str, args)], capture_output=True, text=True)
+
+
+def test_a_long_run_of_a_tiny_model_keeps_a_bounded_sample():
+    """2 s of a 45 KB wake-word model are hundreds of thousands of inferences: every one counted, a bounded
+    sample kept (a list of them all took a device's runner to 3.9 GB)."""
+    from edgesdk import fixtures
+    r = _run(fixtures.fetch("okay_nabu"), "--duration", "2")
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["runs"] > 40000, doc.get("runs")
+    assert len(doc["latencies_ms"]) == 20000 and doc["latency_sample"]["samples"] == doc["runs"]
+    assert doc["peak_rss_mb"] < 300 and len(r.stdout) < 1_000_000
 
 
 def test_runner_reports_missing_model_as_json(tmp_path):
