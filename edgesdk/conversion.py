@@ -327,7 +327,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         manifest["format_fallback"] = _fallback
         manifest["quantization"]["aware_training"] = trained or _trained_rung(recovery)
         if not verdict["passed"] and not keep_failed:
-            raise_if_failed(figures, verdict)
+            raise_if_failed(figures, verdict, earlier=str(final) if final.exists() else None)
         with temp_dir_in(out_dir, f"edgesdk-{family.name}") as work:
             compiled = None
             if verdict["passed"]:  # the family's compile step, on the artifact under its final name

@@ -194,11 +194,14 @@ def describe(figures: dict) -> str:
     return ", ".join(parts)
 
 
-def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = None) -> None:
+def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = None,
+                    earlier: str | None = None) -> None:
+    """earlier: an artifact already at the output path (an earlier conversion's), which stays as it was."""
     if verdict["passed"]:
         return
-    kept = (f" The failed artifact was kept at {artifact_kept} (--keep-failed)."
-            if artifact_kept else " Nothing was written.")
+    kept = (f" The failed artifact was kept at {artifact_kept} (--keep-failed)." if artifact_kept else
+            f" Nothing new was written: the artifact already at {earlier}, from an earlier conversion, stays as "
+            f"it was (its manifest says how it was made)." if earlier else " Nothing was written.")
     worst = [w for w in figures.get("worst_layers", []) if "node" in w]
     culprits = ""
     if worst:

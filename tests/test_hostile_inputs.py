@@ -102,3 +102,15 @@ def test_a_workdir_that_reads_as_an_option_is_refused(workdir):
     from edgesdk.errors import OptionError
     with pytest.raises(OptionError, match="begins with '-'"):
         Device(None, "python3", 10, None).prepare(workdir)
+
+
+def test_a_refusal_says_an_earlier_artifact_of_the_same_name_stays(keras3_mnist, mnist_files, tmp_path):
+    out = tmp_path / "o"
+    common = ("convert", keras3_mnist, "-t", "rpi4", "--format", "onnx", "-c", mnist_files["train"], "-o", out)
+    r = run_cli(*common, "--quantization", "float")
+    assert r.returncode == 0, r.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run_cli(*common, "--task", "regress", "--min-sqnr", "200")  # int8 cannot meet this
+    assert r.returncode == 7 and "Traceback" not in r.stderr
+    assert "Nothing new was written: the artifact already at" in r.stderr and "stays as it was" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
