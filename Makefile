@@ -45,9 +45,11 @@ test-quick: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 ## The performance suite: figures against baselines, written to bench/results/latest.{json,md}; then the yield
-## matrix: real models from public wheels through `convert` for each target family (bench/results/yield.{json,md}).
+## matrix: real models from public wheels through `convert` for each target family (bench/results/yield.{json,md}),
+## and convert's memory and time against the plain library's (bench/results/footprint.{json,md}).
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/footprint.py
 	$(PY) bench/yield_matrix.py
 
 bench-yield: setup
