@@ -179,6 +179,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.warn(f"only {len(calib)} calibration samples: activation ranges estimated from fewer than "
                       f"{FEW_CALIBRATION_SAMPLES} samples often clip real inputs and cost accuracy; "
                       f"give a few hundred representative samples.")
+    if calib is not None and recipe.quantization == "int8" and recipe.activations == "int8":
+        _warn_skewed_inputs(source, calib, progress)
     if callable(fine_tune):
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
@@ -366,6 +368,30 @@ _OPTIONS = tuple(p for p in inspect.signature(convert).parameters if p not in ("
 
 
 WOULD_PASS_SAMPLES = 64
+SKEWED_SHARE = 0.5  # an input this much of which int8 turns into zero (not zeros already) has lost it there
+
+
+def _warn_skewed_inputs(source, calib, progress) -> None:
+    """Inputs whose range int8 cannot hold, found before quantizing: one scale over a long tail (mel energies
+    0..20 with a median of 6e-5) puts most values in the zero point's step. Said by name; the recovery
+    ladder's int16 rung keeps such an input (resemblyzer's encoder: cosine 0.53 with int8 inputs)."""
+    from .inputs import Inputs
+    arrays = calib.x.arrays if isinstance(calib.x, Inputs) else {source.inputs[0].name: calib.x}
+    for name, x in arrays.items():
+        x = np.asarray(x[:256])
+        if name in source.fixed or name in source.stateful or not np.issubdtype(x.dtype, np.floating) or not x.size:
+            continue
+        lo, hi = float(min(x.min(), 0.0)), float(max(x.max(), 0.0))  # the quantizer's range holds zero
+        step = (hi - lo) / 255
+        if step <= 0:
+            continue
+        zero = round(-lo / step)
+        share = float(np.mean((np.round((x - lo) / step) == zero) & (x != 0)))  # values int8 turns into zero
+        if share >= SKEWED_SHARE:
+            progress.warn(f"input '{name}' spans {lo:.3g}..{hi:.3g} with a median of {float(np.median(x)):.3g}: "
+                          f"in int8 {share:.0%} of its values, none of them zero, become zero (a long tail or a "
+                          f"log-scale feature). If the gate refuses int8, the recovery ladder's int16 rung keeps it; "
+                          f"normalising it (a log, a per-feature scale) before the model helps any artifact.")
 
 
 def _misses(figures: dict, verdict: dict) -> bool:

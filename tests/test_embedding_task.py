@@ -49,3 +49,24 @@ def test_speaker_encoder_int8_onnx_passes_as_an_embedding(encoder, tmp_path):
     (out,) = edgesdk.load(art.path).run(x[1::2]).values()
     cos = np.sum(ref[1::2] * out, 1) / np.linalg.norm(out, axis=1)
     assert np.percentile(cos, 5) >= 0.98 and abs(np.percentile(cos, 5) - v["heads"][0]["cosine_p5"]) < 1e-5, cos
+
+
+def test_an_input_int8_cannot_hold_is_named_before_quantizing(encoder, mnist):
+    """The encoder's mel energies (0..19, median 1e-5): one int8 scale puts nearly all of them in one step."""
+    from edgesdk.conversion import _warn_skewed_inputs
+    from edgesdk.data import Dataset
+    from edgesdk.progress import Progress
+    from edgesdk.source import InputSpec, SourceModel
+    _, x, _ = encoder
+
+    def source(name, shape):
+        return SourceModel(framework="torch", flavor="", model=None, name="m", sha256="", input_name=name,
+                           input_shape=shape, output_names=["y"], run=None)
+    progress = Progress(quiet=True)
+    _warn_skewed_inputs(source("mels", (None, 160, 40)), Dataset(x, None, "mels"), progress)
+    assert len(progress.warnings) == 1 and "input 'mels'" in progress.warnings[0], progress.warnings
+    share = int(progress.warnings[0].split("in int8 ")[1].split("%")[0])
+    assert share >= 80  # measured 85 %
+    digits = Progress(quiet=True)  # most of a digit's pixels are zeros already: nothing is lost
+    _warn_skewed_inputs(source("x", (None, 28, 28, 1)), Dataset(mnist["x_train"][:256], None, "d"), digits)
+    assert digits.warnings == []
