@@ -151,7 +151,7 @@ def families(ctx, as_json):
 @click.option("--max-accuracy-drop", type=float,
               help="Largest accepted accuracy drop, in percentage points (default 1; without labels it becomes "
                    "--min-agreement 1 - DROP/100).")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "regress"]), default="auto",
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "multilabel", "regress"]), default="auto",
               show_default=True, help="How the gate judges the outputs (auto: recognised from their shapes).")
 @click.option("--min-agreement", type=float, help="Least top-1 agreement with the source (classify; default 0.95).")
 @click.option("--min-recall", type=float, help="Least share of the source's detections found (detect; default 0.9).")
@@ -161,6 +161,9 @@ def families(ctx, as_json):
               help="Most character error rate of the decoded strings against the source's (sequence; default 0.02).")
 @click.option("--min-cosine", type=float,
               help="Least 5th-percentile cosine with the source's embeddings (embedding; default 0.98).")
+@click.option("--min-f1", type=float,
+              help="Least F1 of the decisions against the source's (multilabel; default 0.9).")
+@click.option("--threshold", type=float, help="A multi-label decision is a score above this (default 0.5).")
 @click.option("--blank", help="The CTC blank's index (sequence; default 0), or 'none' to read every step's argmax.")
 @click.option("--min-sqnr", "min_sqnr_db", type=float,
               help="SQNR floor (dB) for outputs no task metric covers and a detector's channels (default 12).")
@@ -221,7 +224,8 @@ def families(ctx, as_json):
 def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, distill, qat, batch_size,
             learning_rate,
             output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
-            task, min_agreement, min_recall, min_precision, min_iou, max_cer, min_cosine, blank, min_sqnr_db,
+            task, min_agreement, min_recall, min_precision, min_iou, max_cer, min_cosine, min_f1, threshold, blank,
+            min_sqnr_db,
             metric, class_output, scale,
             offset, mean, std, channel_order, calibration_method, weight_rounding, activations, input_shape,
             input_values,
@@ -249,7 +253,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
                       task=task, min_agreement=min_agreement, min_recall=min_recall,
                       min_precision=min_precision, min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine,
-                      blank=_blank(blank),
+                      min_f1=min_f1, threshold=threshold, blank=_blank(blank),
                       metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
                       calibration_method=calibration_method, weight_rounding=weight_rounding, activations=activations,
@@ -418,7 +422,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
               help="Shape for an input with dynamic dims (repeatable).")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "regress"]), default="auto",
+@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "multilabel", "regress"]), default="auto",
               show_default=True, help="How the gate judges the outputs.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")

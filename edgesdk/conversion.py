@@ -28,7 +28,7 @@ from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fi
 from .inputs import source_states, to_artifact_layout
 from .errors import BudgetExceeded, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError
 from .inspection import describe, open_artifact
-from .profiles import load_profile
+from .profiles import QUANTIZATIONS, load_profile
 from .progress import Progress, parse_budget
 from .recipe import make_recipe
 from .source import framework_of, load_source
@@ -57,8 +57,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             epochs=2, distill=False, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
             quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
             max_accuracy_drop=None, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
-            min_recall=None, min_precision=None, min_iou=None, max_cer=None, min_cosine=None, blank=None,
-            metric=None,
+            min_recall=None, min_precision=None, min_iou=None, max_cer=None, min_cosine=None, min_f1=None,
+            threshold=None, blank=None, metric=None,
             preprocess=None,
             allow_float_fallback=False, calibration_method="auto", weight_rounding="auto", qat=False,
             activations="int8", exclude_nodes=(), exclude_op_types=(),
@@ -114,7 +114,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                          weight_rounding=weight_rounding, qat=qat, activations=activations,
                          exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
                          min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
-                         min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine, blank=blank)
+                         min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine, min_f1=min_f1,
+                         threshold=threshold, blank=blank)
     metric = load_metric(metric)
     out_dir = ensure_writable_dir(output_dir)
     if recipe.quantization == "int8" and calibration is None:
@@ -310,7 +311,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             from .diagnosis import diagnose
             figures["worst_layers"], figures["worst_layers_hint"] = diagnose(
                 source, recipe, profile, calib, val, tmp, reference, figures, _model_io(source))
-        if not verdict["passed"] and recipe.quantization == "int8":  # say what would pass instead
+        if not verdict["passed"] and recipe.quantization != "float":  # say what would pass instead
             figures["would_pass"] = _what_would_pass(tmp, route, source, recipe, profile, calib, val, reference,
                                                      metric, progress)
             if figures["would_pass"]:
@@ -406,17 +407,18 @@ def _misses(figures: dict, verdict: dict) -> bool:
 
 
 def _what_would_pass(tmp: Path, route, source, recipe, profile, calib, val, reference, metric, progress) -> list:
-    """When int8 misses the gate, the family's other precisions, each made and judged by the same gate on a
-    subset of the validation data: what a refusal can say would pass, with its figures."""
+    """When an artifact misses the gate, the family's higher precisions (fp16, then float), each made and judged
+    by the same gate on a subset of the validation data: what a refusal can say would pass, with its figures."""
     from .validation import describe as describe_figures
     family = get_family(profile.family)
     n = min(len(val), WOULD_PASS_SAMPLES)
     subset = val.subset(np.arange(n))
     out = []
-    for quantization in [q for q in family.quantizations if q != "int8"]:
+    higher = QUANTIZATIONS[QUANTIZATIONS.index(recipe.quantization) + 1:]  # more bits than what missed
+    for quantization in [q for q in family.quantizations if q in higher]:
         other = replace(recipe, quantization=quantization, input_dtype="float32", output_dtype="float32",
                         activations="int8", exclude_nodes=(), exclude_op_types=(), weight_rounding="nearest")
-        progress.step(f"int8 misses the gate: making {quantization} to measure it on {n} samples")
+        progress.step(f"{recipe.quantization} misses the gate: making {quantization} to measure it on {n} samples")
         trial = temp_path_in(tmp.parent, f"{tmp.name}.{quantization}")
         try:
             trial.write_bytes(route.convert(source, other, calib, progress=progress.bar("converting"),

@@ -45,6 +45,8 @@ class Recipe:
     min_iou: float = DEFAULT_THRESHOLDS.min_iou
     max_cer: float = DEFAULT_THRESHOLDS.max_cer
     min_cosine: float = DEFAULT_THRESHOLDS.min_cosine
+    min_f1: float = DEFAULT_THRESHOLDS.min_f1
+    threshold: float = DEFAULT_THRESHOLDS.threshold
     blank: int | None = DEFAULT_THRESHOLDS.blank
     allow_float_fallback: bool = False
     calibration_method: str = "auto"
@@ -82,7 +84,8 @@ class Recipe:
         return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
                           min_sqnr_db=self.min_sqnr_db, min_recall=self.min_recall,
                           min_precision=self.min_precision, min_iou=self.min_iou, class_output=self.class_output,
-                          max_cer=self.max_cer, min_cosine=self.min_cosine, blank=self.blank)
+                          max_cer=self.max_cer, min_cosine=self.min_cosine, min_f1=self.min_f1,
+                          threshold=self.threshold, blank=self.blank)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -97,7 +100,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
                 calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
                 preprocess=None, allow_float_fallback=False, calibration_method="auto", exclude_nodes=(),
                 exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
-                min_iou=None, max_cer=None, min_cosine=None, blank=None, weight_rounding="auto", qat=False,
+                min_iou=None, max_cer=None, min_cosine=None, min_f1=None, threshold=None, blank=None,
+                weight_rounding="auto", qat=False,
                 activations="int8") -> Recipe:
     spec = profile.artifact
     fmt = format or spec.format
@@ -171,7 +175,8 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if task not in TASKS:
         raise OptionError(f"Unknown task '{task}'; expected one of {', '.join(TASKS)}.")
     gate = {"min_agreement": min_agreement, "min_recall": min_recall, "min_precision": min_precision,
-            "min_iou": min_iou, "max_cer": max_cer, "min_cosine": min_cosine}
+            "min_iou": min_iou, "max_cer": max_cer, "min_cosine": min_cosine, "min_f1": min_f1,
+            "threshold": threshold}
     for key, value in gate.items():
         if value is None:
             gate[key] = getattr(DEFAULT_THRESHOLDS, key)

@@ -183,6 +183,8 @@ def describe(figures: dict) -> str:
                          f" ({h['artifact_detections']} made)")
         elif h["task"] == "segment":
             parts.append(f"map mean IoU {h['mean_iou']:.3f}, pixel agreement {100 * h['pixel_agreement']:.2f}%")
+        elif h["task"] == "multilabel":
+            parts.append(f"decisions F1 {h['f1']:.3f} [output {h['output']}]")
         elif h["task"] == "embedding":
             parts.append(f"cosine with the source's embeddings: 5th percentile {h['cosine_p5']:.4f}, "
                          f"mean {h['cosine_mean']:.4f}")
@@ -225,6 +227,6 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
         f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "
         f"fine-tune with --fine-tune DATA, or loosen the threshold (--max-accuracy-drop, --min-agreement, "
-        f"--min-sqnr, --min-recall, --max-cer, --min-cosine) if the loss is acceptable.",
+        f"--min-sqnr, --min-recall, --max-cer, --min-cosine, --min-f1) if the loss is acceptable.",
         figures={**figures, "gate": verdict})
 

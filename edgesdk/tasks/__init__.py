@@ -3,7 +3,7 @@
 A task claims the outputs it understands (a classifier's scores, a detector's
 head, a segmentation map) and judges them with its own metric; every output
 no task claims is judged by `regress` (signal-to-quantization-noise ratio
-against a floor). `auto` tries detect, segment, sequence, embedding, classify in that order.
+against a floor). `auto` tries detect, segment, sequence, embedding, classify, multilabel in that order.
 
 Each task module has:
     claim(reference, io, class_output, asked) -> list of Head  (what it recognises; [] if nothing; asked:
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from edgesdk.errors import OptionError
 
-TASKS = ("auto", "classify", "detect", "segment", "sequence", "embedding", "regress")
-AUTO_ORDER = ("detect", "segment", "sequence", "embedding", "classify")
+TASKS = ("auto", "classify", "detect", "segment", "sequence", "embedding", "multilabel", "regress")
+AUTO_ORDER = ("detect", "segment", "sequence", "embedding", "classify", "multilabel")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Thresholds:
     max_cer: float = 0.02            # sequence: character error rate of the decoded strings against the source's
     blank: int | None = 0            # sequence: the CTC blank's index; None reads every step's argmax
     min_cosine: float = 0.98         # embedding: 5th percentile of each sample's cosine with the source's vector
+    min_f1: float = 0.9              # multilabel: F1 of the decisions against the source's
+    threshold: float = 0.5           # multilabel: a decision is a score above this (logits: above 0)
 
 
 @dataclass
