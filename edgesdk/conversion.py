@@ -26,7 +26,8 @@ from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_version
 from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_for,
                    representative, split_holdout)
 from .inputs import source_states, to_artifact_layout
-from .errors import BudgetExceeded, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError
+from .errors import (BudgetExceeded, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError,
+                     ValidationFailed)
 from .inspection import describe, open_artifact
 from .profiles import QUANTIZATIONS, load_profile
 from .progress import Progress, parse_budget
@@ -65,7 +66,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
             keep_failed=False, recover=True,
             unsafe=False, force=False, name=None, quiet=False, budget=None,
-            progress: Progress | None = None, _fallback: dict | None = None) -> Artifact:
+            progress: Progress | None = None, _fallback: dict | None = None,
+            _precision: dict | None = None) -> Artifact:
     """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
 
     Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple; a model with several
@@ -104,6 +106,24 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                 progress.warn(f"no {fmt} artifact: {reason} {profile.name} takes {others[0]} too: making {others[0]}.")
                 return convert(**{**options, "format": others[0], "progress": progress,
                                   "_fallback": {"wanted": fmt, "made": others[0], "reason": reason}})
+    if quantization is None and _precision is None and not keep_failed and recover:
+        # not forced: when the profile's precision cannot pass the gate and a higher one the family computes in
+        # does (measured by the refusal, edgesdk.conversion._what_would_pass), that one is made instead
+        options = {k: v for k, v in locals().items() if k in _OPTIONS}
+        wanted = profile.artifact.quantization
+        try:
+            return convert(**{**options, "format": fmt, "quantization": wanted, "progress": progress,
+                              "_fallback": _fallback, "_precision": {}})
+        except ValidationFailed as exc:
+            passing = [w for w in (exc.figures or {}).get("would_pass") or [] if w["verdict"] == "pass"]
+            if not passing:
+                raise
+            made, reasons = passing[0]["quantization"], (exc.figures.get("gate") or {}).get("reasons") or [""]
+            progress.warn(f"{wanted} misses the gate ({reasons[0][:160]}); {made} passes on {passing[0]['samples']} "
+                          f"samples: making {made} (--quantization {wanted} refuses instead).")
+            return convert(**{**options, "format": fmt, "quantization": made, "progress": progress,
+                              "_fallback": _fallback,
+                              "_precision": {"wanted": wanted, "made": made, "reason": reasons[0]}})
     recipe = make_recipe(profile, format=fmt, quantization=quantization, input_dtype=input_dtype,
                          output_dtype=output_dtype, prune=prune, epochs=epochs, distill=distill, batch_size=batch_size,
                          learning_rate=learning_rate, calibration_samples=calibration_samples,
@@ -311,7 +331,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             from .diagnosis import diagnose
             figures["worst_layers"], figures["worst_layers_hint"] = diagnose(
                 source, recipe, profile, calib, val, tmp, reference, figures, _model_io(source))
-        if not verdict["passed"] and recipe.quantization != "float":  # say what would pass instead
+        if not verdict["passed"] and recipe.quantization != "float" and pruned_passed:  # say what would pass
             figures["would_pass"] = _what_would_pass(tmp, route, source, recipe, profile, calib, val, reference,
                                                      metric, progress)
             if figures["would_pass"]:
@@ -328,6 +348,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             manifest["quantization"]["calibration_auto"] = calibrated
         manifest["recovery"] = recovery
         manifest["format_fallback"] = _fallback
+        manifest["precision_fallback"] = _precision or None
         manifest["quantization"]["aware_training"] = trained or _trained_rung(recovery)
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict, earlier=str(final) if final.exists() else None)
@@ -365,7 +386,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
 
 
 # convert's own options, passed on whole when it makes another format in place of one its route failed on
-_OPTIONS = tuple(p for p in inspect.signature(convert).parameters if p not in ("progress", "_fallback"))
+_OPTIONS = tuple(p for p in inspect.signature(convert).parameters if p not in ("progress", "_fallback", "_precision"))
 
 
 WOULD_PASS_SAMPLES = 64

@@ -110,7 +110,7 @@ def test_a_refusal_says_an_earlier_artifact_of_the_same_name_stays(keras3_mnist,
     r = run_cli(*common, "--quantization", "float")
     assert r.returncode == 0, r.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = run_cli(*common, "--task", "regress", "--min-sqnr", "200")  # int8 cannot meet this
+    r = run_cli(*common, "--quantization", "int8", "--task", "regress", "--min-sqnr", "200")  # int8 cannot meet this
     assert r.returncode == 7 and "Traceback" not in r.stderr
     assert "Nothing new was written: the artifact already at" in r.stderr and "stays as it was" in r.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

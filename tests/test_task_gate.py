@@ -56,8 +56,8 @@ def test_yolox_detector_judged_by_recall_precision_and_map(chars, tmp_path):
     out = tmp_path / "jetson"
     cwd_before = set(os.listdir())
     with pytest.raises(ValidationFailed) as e:
-        edgesdk.convert(str(model), target="jetson-orin-nano", calibration=chars, output_dir=out, quiet=True,
-                        recover=False)
+        edgesdk.convert(str(model), target="jetson-orin-nano", quantization="int8", calibration=chars,
+                        output_dir=out, quiet=True, recover=False)
     assert "detection recall vs the source [output 0]" in str(e.value)
     assert _checks(e.value.figures)["detection recall vs the source"]["verdict"] == "fail"
     assert list(out.iterdir()) == [] and set(os.listdir()) == cwd_before
@@ -65,6 +65,7 @@ def test_yolox_detector_judged_by_recall_precision_and_map(chars, tmp_path):
     fp16 = e.value.figures["would_pass"][0]
     assert fp16["quantization"] == "fp16" and fp16["verdict"] == "pass" and fp16["samples"] == 45, fp16
     assert "fp16 passes on 45 of these samples" in str(e.value) and "--quantization fp16" in str(e.value)
+
 
 
 def test_yolov8_head_keeps_its_merging_concat_in_float(chars, tmp_path):
@@ -127,8 +128,8 @@ def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path):
     model = fixtures.fetch("basic_pitch")
     clips = fixtures.piano_clips()
     with pytest.raises(ValidationFailed) as e:
-        edgesdk.convert(str(model), target="jetson-nano", input_shape="1,43844,1", calibration=clips,
-                        output_dir=tmp_path / "kept", quiet=True, keep_failed=True)
+        edgesdk.convert(str(model), target="jetson-nano", quantization="fp16", input_shape="1,43844,1",
+                        calibration=clips, output_dir=tmp_path / "kept", quiet=True, keep_failed=True)
     v = e.value.figures
     assert v["task"] == "multilabel" and [h["task"] for h in v["heads"]] == ["multilabel"] * 3
     assert [o["name"] for o in v["outputs"]] == ["StatefulPartitionedCall:2", "StatefulPartitionedCall:1",
@@ -149,9 +150,15 @@ def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path):
     assert abs(f1 - onset["f1"]) < 0.005 and f1 < 0.9, f1  # decisions at 0.5 flip with the last bit
     (flt,) = v["would_pass"]
     assert flt["quantization"] == "float" and flt["verdict"] == "pass" and "--quantization float" in str(e.value)
-    art = edgesdk.convert(str(model), target="jetson-nano", quantization="float", input_shape="1,43844,1",
-                          calibration=clips, output_dir=tmp_path, quiet=True)
-    assert art.validation["passed"] and all(h["f1"] >= 0.99 for h in art.validation["heads"])
+    # the profile's fp16 not forced: the float that passes is made instead, one warning and the manifest say so
+    art = edgesdk.convert(str(model), target="jetson-nano", input_shape="1,43844,1", calibration=clips,
+                          output_dir=tmp_path, progress=Progress(quiet=True))
+    assert art.manifest["recipe"]["quantization"] == "float" and art.validation["passed"]
+    assert all(h["f1"] >= 0.99 for h in art.validation["heads"])
+    assert art.manifest["precision_fallback"] == {"wanted": "fp16", "made": "float",
+                                                  "reason": art.manifest["precision_fallback"]["reason"]}
+    assert "F1 of the decisions" in art.manifest["precision_fallback"]["reason"]
+    assert any(w.startswith("fp16 misses the gate (F1 of the decisions") for w in art.manifest["warnings"])
 
 
 def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
