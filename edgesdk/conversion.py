@@ -17,9 +17,9 @@ import os
 import shutil
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
