@@ -153,10 +153,9 @@ def run_cell(model: Path, args: list, target: str, work: Path, timeout: float, c
     if proc.returncode == 0:
         doc = json.loads(stdout)
         manifest = json.loads(Path(doc["manifest"]).read_text())
-        fallback = manifest.get("format_fallback")
-        return {**record, "outcome": "working", "format": manifest["format"],
-                "reason": f"{fallback['wanted']} failed, {fallback['made']} made: {fallback['reason']}"
-                if fallback else None,
+        made = [f"{f['wanted']} failed, {f['made']} made: {f['reason']}"
+                for f in (manifest.get("format_fallback"), manifest.get("precision_fallback")) if f]
+        return {**record, "outcome": "working", "format": manifest["format"], "reason": "; ".join(made) or None,
                 "validation": _figures(manifest)}
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     if killed or "Traceback" in stderr or proc.returncode not in DOCUMENTED_EXITS or not errors:
