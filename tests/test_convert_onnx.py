@@ -97,11 +97,20 @@ def test_onnx_int8_io_is_refused(keras3_mnist, mnist_files, tmp_path):
                         calibration=mnist_files["train"], output_dir=tmp_path)
 
 
-def test_byo_onnx_with_dynamic_shapes_needs_input_shape(ppocr, tmp_path):
-    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "-c", ppocr["calib"], "-o", tmp_path)
+def test_byo_onnx_with_dynamic_shapes_takes_the_datas_sizes_or_input_shape(ppocr, tmp_path):
+    # without data to size it (check), a dynamic model says what to give
+    r = run_cli("check", ppocr["model"], "-t", "rpi4")
     assert r.returncode == ModelLoadError.exit_code
     assert "dynamic input dimensions (?, 3, ?, ?)" in r.stderr and "--input-shape" in r.stderr
-    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+    assert "Traceback" not in r.stderr
+    # with data, it is built for the size of the data's samples, and the source notes say so
+    r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "--quantization", "float",
+                "-c", ppocr["calib"], "-o", tmp_path / "sized", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(open(json.loads(r.stdout)["manifest"]).read())
+    assert "input 'x' fixed from (?, 3, ?, ?) to (1, 3, 48, 192), the size of the data's samples" \
+        in " ".join(m["source"]["notes"]), m["source"]["notes"]
+    assert m["source"]["input_shape"] == [None, 3, 48, 192]
     with pytest.raises(ModelLoadError, match="does not fit"):
         edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", calibration=ppocr["calib"],
                         input_shape=[1, 48, 192, 3], output_dir=tmp_path)
@@ -116,7 +125,7 @@ def test_byo_onnx_with_dynamic_shapes_needs_input_shape(ppocr, tmp_path):
                       ("1x3x48x192", "comma-separated integers")):
         r = run_cli("check", ppocr["model"], "--input-shape", bad)
         assert r.returncode == edgesdk.OptionError.exit_code and said in r.stderr, r.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["sized"]
 
 
 def test_byo_onnx_old_opset_to_int8_per_channel(ppocr, tmp_path):

@@ -68,8 +68,9 @@ def test_auto_task_recognises_heads_by_shape_against_the_input():
     assert head.params == {"layout": "yolov5", "classes": 1, "anchors": 1, "strides": [8, 16, 32], "raw": True}
     v5 = np.zeros((2, 3 * 3549, 85), np.float32)
     assert pick("auto", [v5], _io(["out"], hw))[0].params["anchors"] == 3
-    # an audio posteriorgram (1, 172, 88) is not a detector: 172 is no cell count of the input
-    assert pick("auto", [np.zeros((2, 172, 88))], _io(["note"], None)) == []
+    # an audio posteriorgram (1, 172, 88) is not a detector (172 is no cell count of the input): its sigmoid
+    # decisions per frame are multi-label
+    assert [h.task for h in pick("auto", [np.zeros((2, 172, 88))], _io(["note"], None))] == ["multilabel"]
     seg = np.zeros((2, 1, 416, 416), np.float32)
     assert pick("auto", [seg], _io(["map"], hw))[0].task == "segment"
     assert pick("auto", [np.zeros((2, 10))], _io(["logits"]))[0].task == "classify"
