@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO / "bench"))
@@ -105,7 +103,8 @@ def markdown(records: list) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         c, p = r["convert"], r["plain"]
-        gate = ("passed" if c.get("passed") else f"exit {c['exit']}") + (f", {c['recovered_by']}" if c.get("recovered_by") else "")
+        gate = ("passed" if c.get("passed") else f"exit {c['exit']}")
+        gate += f", {c['recovered_by']}" if c.get("recovered_by") else ""
         lines.append(f"| {r['model']} | {c['seconds']} | {c['peak_rss_mb']} | {p['seconds']} | {p['peak_rss_mb']} | "
                      f"{r.get('rss_ratio', '')} | {r.get('wall_ratio', '')} | {gate} | {c.get('rungs', '')} |")
     return "\n".join(lines) + "\n"

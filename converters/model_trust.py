@@ -41,7 +41,7 @@ def _refuse(path, found: list) -> None:
                          f"file, pass --unsafe-load (unsafe=True in Python); it then runs with your rights.")
 
 
-def keras_config_code(config, where: str = "") -> list:
+def keras_config_code(config) -> list:
     """What in a Keras config (parsed JSON) executes code on loading, walked through nested models."""
     found = []
     if isinstance(config, dict):

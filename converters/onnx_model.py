@@ -53,7 +53,7 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
         dims = inp.type.tensor_type.shape.dim
         current = [d.dim_value if d.dim_value > 0 else None for d in dims]
         axis = _batch_axis(dims, batch)
-        given = shapes.get(inp.name)
+        given, how = shapes.get(inp.name), ""
         if given is not None:
             shape = [int(v) for v in given]
             if len(shape) != len(current) or any(c is not None and c != s for c, s in zip(current, shape)):
@@ -61,17 +61,15 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
                                      f"model's input '{inp.name}' of shape {_show(current)}.")
         else:
             shape = [1 if c is None and k == axis else c for k, c in enumerate(current)]
-            by_data = _from_data(shape, axis, (data_shapes or {}).get(inp.name, (data_shapes or {}).get(None)
-                                                                     if len(inputs) == 1 else None))
-            if None in shape and by_data is None:
-                problems.append((inp.name, current))
-                continue
-            if None in shape:
-                notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(by_data)}, the size of "
-                             f"the data's samples (--input-shape builds for another)")
-                shape = by_data
-        if current != shape and not any(n.startswith(f"input '{inp.name}' fixed") for n in notes):
-            notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(shape)}")
+            if None in shape:  # sizes only the data can tell: the size of its samples
+                data = data_shapes or {}
+                shape = _from_data(shape, axis, data.get(inp.name, data.get(None) if len(inputs) == 1 else None))
+                if shape is None:
+                    problems.append((inp.name, current))
+                    continue
+                how = ", the size of the data's samples (--input-shape builds for another)"
+        if current != shape:
+            notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(shape)}{how}")
         for d, v in zip(dims, shape):
             d.ClearField("dim_param")
             d.dim_value = v

@@ -9,18 +9,7 @@ import click
 
 from . import __version__
 from .errors import BenchmarkError, ConversionError, EdgeSDKError, ValidationFailed
-
-
-def _blank(value):
-    """--blank: an index, 'none' (every step's argmax), or not given (the default, 0)."""
-    if value is None:
-        return None
-    if str(value).lower() == "none":
-        return "none"
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"--blank takes the blank's index (e.g. 0) or 'none', got '{value}'.")
+from .tasks import TASKS
 
 
 def _floats(text):
@@ -151,7 +140,7 @@ def families(ctx, as_json):
 @click.option("--max-accuracy-drop", type=float,
               help="Largest accepted accuracy drop, in percentage points (default 1; without labels it becomes "
                    "--min-agreement 1 - DROP/100).")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "multilabel", "regress"]), default="auto",
+@click.option("--task", type=click.Choice(TASKS), default="auto",
               show_default=True, help="How the gate judges the outputs (auto: recognised from their shapes).")
 @click.option("--min-agreement", type=float, help="Least top-1 agreement with the source (classify; default 0.95).")
 @click.option("--min-recall", type=float, help="Least share of the source's detections found (detect; default 0.9).")
@@ -253,7 +242,7 @@ def convert(ctx, model, target, calibration, validation, prune, fine_tune, epoch
                       max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
                       task=task, min_agreement=min_agreement, min_recall=min_recall,
                       min_precision=min_precision, min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine,
-                      min_f1=min_f1, threshold=threshold, blank=_blank(blank),
+                      min_f1=min_f1, threshold=threshold, blank=blank,
                       metric=metric,
                       preprocess=pre, allow_float_fallback=allow_float_fallback,
                       calibration_method=calibration_method, weight_rounding=weight_rounding, activations=activations,
@@ -422,7 +411,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
 @click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
               help="Shape for an input with dynamic dims (repeatable).")
-@click.option("--task", type=click.Choice(["auto", "classify", "detect", "segment", "sequence", "embedding", "multilabel", "regress"]), default="auto",
+@click.option("--task", type=click.Choice(TASKS), default="auto",
               show_default=True, help="How the gate judges the outputs.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")

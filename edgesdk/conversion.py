@@ -15,7 +15,6 @@ import inspect
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
 from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_for,
                    representative, split_holdout)
-from .inputs import source_states, to_artifact_layout
+from .inputs import source_states
 from .errors import (BudgetExceeded, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError,
                      ValidationFailed)
 from .inspection import describe, open_artifact
@@ -339,8 +338,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                     w["says"] for w in figures["would_pass"])
         manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
                              info, compat, figures, verdict, pruning, progress.warnings, sampling)
-        host_tail, host_tail_graph = _host_tail_record(tmp, final, source, recipe, val, layout)
-        manifest["interface"] = _interface_record(tmp, final, source, recipe, val, layout, reference)
+        manifest["interface"], host_tail, host_tail_graph = _interface_record(tmp, final, source, recipe, val,
+                                                                              layout, reference)
         manifest["quantization"]["detector_tail"] = tail or host_tail
         if rounding:
             manifest["quantization"]["weight_rounding"]["auto"] = rounding
@@ -544,28 +543,20 @@ def _cut_detector_tail(source, recipe, route, reference, calib, progress):
     return replace(recipe, host_tail=outputs)
 
 
-def _host_tail_record(path: Path, final: Path, source, recipe, val, layout) -> tuple:
-    """(how the artifact's outputs are finished into the source's, in its own names, for the manifest; the
-    tail graph to write beside it), or (None, None) for an artifact that is not cut."""
-    if not recipe.host_tail:
-        return None, None
-    from .host_tail import read_as_source
-    art = open_artifact(path, format=recipe.format)
-    finished = read_as_source(art, source, recipe, val.x[:4], to_artifact_layout(val.x[:4], source, layout))
-    return {"mode": "host", "file": tail_file(final).name, "sha256": sha256_file(finished.tail_path),
-            **finished.describe(),
-            "why": "boxes and scores merged in one tensor: the artifact outputs the branches before the head's "
-                   "post-processing, each with its own int8 scale; 'file' is that post-processing as a float "
-                   "ONNX graph, fed the artifact's outputs as 'feed' names them"}, finished.tail_path
-
-
-def _interface_record(path: Path, final: Path, source, recipe, val, layout, reference) -> dict:
-    """How edgesdk.load runs the artifact as its source (edgesdk.interface), naming its host tail's file."""
+def _interface_record(path: Path, final: Path, source, recipe, val, layout, reference) -> tuple:
+    """(how edgesdk.load runs the artifact as its source (edgesdk.interface); for a cut artifact, how its
+    outputs are finished into the source's, in its own names, and the tail graph to write beside it, else
+    None, None), from one probe of the artifact."""
     from .interface import probe
-    record, _ = probe(path, source, recipe, layout, val.x, reference)
-    if "tail" in record:
-        record["tail"]["file"] = tail_file(final).name
-    return record
+    record, tail_path = probe(path, source, recipe, layout, val.x, reference)
+    if tail_path is None:
+        return record, None, None
+    record["tail"]["file"] = tail_file(final).name
+    return record, {"mode": "host", "file": tail_file(final).name, "sha256": sha256_file(tail_path),
+                    **{k: v for k, v in record["tail"].items() if k != "file"},
+                    "why": "boxes and scores merged in one tensor: the artifact outputs the branches before the "
+                           "head's post-processing, each with its own int8 scale; 'file' is that post-processing "
+                           "as a float ONNX graph, fed the artifact's outputs as 'feed' names them"}, tail_path
 
 
 def tail_file(final: Path) -> Path:

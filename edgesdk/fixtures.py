@@ -485,9 +485,9 @@ def face_mosaics(n: int = 96, size: int = 320, seed: int = 0):
 
 def text_line_crops(n: int = 160, width: int = 320, seed: int = 0):
     """Printed text lines as a text-line recognizer takes them: float32 (n, 3, 48, width) NCHW,
-    (x/255 - 0.5)/0.5 as PP-OCR takes it. Each is a run of up to 7 words (as many as fit) of the Zen of Python (the text
-    CPython ships in its `this` module) in Pillow's bundled font at 26 to 40 px, dark on a light,
-    slightly uneven paper, resized to height 48 keeping its aspect and padded to `width` on the right
+    (x/255 - 0.5)/0.5 as PP-OCR takes it. Each is a run of up to 7 words (as many as fit) of the Zen of
+    Python (the text CPython ships in its `this` module) in Pillow's bundled font at 26 to 40 px, dark on
+    a light, slightly uneven paper, resized to height 48 keeping its aspect and padded to `width` on the right
     (PP-OCR's own resize). One line per crop, as a detector hands them over: windows of a scanned page
     (text lines 15 px high, several per window) had the recognizer guessing."""
     import ast

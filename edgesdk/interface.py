@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-PROBE_SAMPLES = 4
-
 
 def probe(path, source, recipe, layout, x, reference) -> tuple:
     """(the interface record, the host tail graph's path or None) of the artifact at `path`, from the first
     samples of `x` (source layout) and the source's outputs on them."""
-    from .host_tail import Finished, read_as_source
+    from .host_tail import PROBE_SAMPLES, Finished, read_as_source
     from .inputs import artifact_outputs, match_names, to_artifact_layout
     from .inspection import open_artifact
     from .validation import match_outputs
@@ -60,6 +58,6 @@ def probe(path, source, recipe, layout, x, reference) -> tuple:
         outputs.append(rec)
     record = {"inputs": inputs, "outputs": outputs}
     if tail is not None:
-        record["tail"] = {k: v for k, v in finished.describe().items() if k in ("feed", "nhwc_to_nchw_first")}
+        record["tail"] = finished.describe()  # the tail graph's outputs and ops, and what feeds it
         return record, finished.tail_path
     return record, None

@@ -210,12 +210,15 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
 
 
 def _blank(value):
-    """The CTC blank's index: None given is the default (0); "none" reads every step's argmax."""
+    """The CTC blank's index (--blank 3, blank=3): None given is the default (0); "none" reads every step's
+    argmax."""
     if value is None:
         return DEFAULT_THRESHOLDS.blank
-    if value == "none":
+    if str(value).lower() == "none":
         return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise OptionError(f"blank is the CTC blank's symbol index (0 or more) or 'none', got {value!r}.")
-    return int(value)
+        raise OptionError(f"--blank is the CTC blank's symbol index (0 or more) or 'none', got {value!r}.")
+    return value
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .data import artifact_layout
-from .inputs import artifact_outputs, to_artifact_layout
+from .inputs import to_artifact_layout
 from .diagnosis import SAMPLES, MIN_GAIN, candidates, failing_checks, gain, measure
 from .errors import EdgeSDKError
 from .mixed_precision import Candidate, Trials

@@ -22,8 +22,8 @@ def printable(text: str) -> str:
     """Text from a device or a tool, safe to print on a terminal: escape sequences and other control
     characters removed (line breaks and tabs kept)."""
     import re
-    return re.sub(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]",
-                  "", str(text))
+    osc, csi = r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?", r"\x1b\[[0-?]*[ -/]*[@-~]"  # titles, colours, cursor moves
+    return re.sub(rf"{osc}|{csi}|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", str(text))
 
 
 def sha256_file(path) -> str:

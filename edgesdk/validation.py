@@ -222,7 +222,8 @@ def raise_if_failed(figures: dict, verdict: dict, artifact_kept: str | None = No
             f"Validation inconclusive: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}"
             f"{figures.get('recovery_note', '')} "
             f"Give more --validation data (unlabelled inputs of the same kind are enough: the gate then judges "
-            f"agreement with the source), or loosen the threshold if that loss is acceptable to you.", figures={**figures, "gate": verdict})
+            f"agreement with the source), or loosen the threshold if that loss is acceptable to you.",
+            figures={**figures, "gate": verdict})
     raise ValidationFailed(
         f"Validation failed: {'; '.join(verdict['reasons'])}. Figures: {describe(figures)}.{kept}{culprits} "
         f"To recover accuracy: give more (and more representative) calibration data, lower --prune or "

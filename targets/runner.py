@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -58,10 +59,9 @@ class Latencies:
     sample of at most `keep` of them (reservoir sampling, seeded) for the percentiles. A 3 s run of a tiny
     model makes millions of samples; a list of them all took a device's runner to 3.9 GB. Up to `keep`
     samples the percentiles are exact; past it each is estimated from the sample, its rank within about
-    1/sqrt(keep) (0.7 percentile points at 90 % confidence for 20,000), which the summary states."""
+    1/sqrt(keep) (0.6 percentile points at 90 % confidence for 20,000), which the summary states."""
 
     def __init__(self, keep=20000, seed=0):
-        import random
         self.keep, self.rng = keep, random.Random(seed)
         self.sample, self.count, self.mean, self.m2 = [], 0, 0.0, 0.0
         self.min, self.max = math.inf, -math.inf

@@ -56,7 +56,7 @@ def test_an_input_int8_cannot_hold_is_named_before_quantizing(encoder, mnist):
     from edgesdk.conversion import _warn_skewed_inputs
     from edgesdk.data import Dataset
     from edgesdk.progress import Progress
-    from edgesdk.source import InputSpec, SourceModel
+    from edgesdk.source import SourceModel
     _, x, _ = encoder
 
     def source(name, shape):

@@ -59,9 +59,9 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io=None) -> tu
     check = confidence.check("5th-percentile cosine with the source's embeddings", p5,
                              confidence.bootstrap(lambda idx: float(np.percentile(cos[idx], 5)), n),
                              t.min_cosine, True, n, output=k)
+    mean_interval = confidence.bootstrap(lambda idx: float(cos[idx].mean()), n)
     figures = {"output": k, "cosine_p5": round(p5, 6), "cosine_p5_interval": check["interval"],
-               "cosine_mean": round(float(cos.mean()), 6),
-               "cosine_mean_interval": [round(v, 6) for v in confidence.bootstrap(lambda idx: float(cos[idx].mean()), n)],
+               "cosine_mean": round(float(cos.mean()), 6), "cosine_mean_interval": [round(v, 6) for v in mean_interval],
                "cosine_min": round(float(cos.min()), 6), "nearest_neighbour_agreement": None}
     if n >= 3:
         same = int(np.sum(nearest(reference[k]) == nearest(artifact[k])))

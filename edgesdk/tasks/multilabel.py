@@ -14,7 +14,8 @@ import numpy as np
 
 from . import Head, confidence
 
-EXPECTED = "A multi-label output holds one score per class (per sample or per frame): (N, classes) or (N, ..., classes)."
+EXPECTED = ("A multi-label output holds one score per class (per sample or per frame): (N, classes) or "
+            "(N, ..., classes).")
 DECIDED = 0.4   # share of values near 0 or 1 that makes scores decisions (Basic Pitch: 0.53 to 0.60), not positions
 
 
