@@ -14,14 +14,9 @@ from edgesdk.util import captured_output, first_line
 from . import onnx_int8
 from .keras_model import import_tf
 from .keras_tflite import _batch1_model, _safe_name
+from .route import Route
 
-FORMAT = "onnx"
-CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
-CORRECTED_ROUNDING = onnx_int8.CORRECTED_ROUNDING
-INT16_ACTIVATIONS = onnx_int8.INT16_ACTIVATIONS
-FRAMEWORK = "keras"
 OPSET = 17
-MULTI_INPUT = True  # one ONNX input per model input, under its (TensorFlow-safe) name
 
 
 def export_float(source, path: Path) -> None:
@@ -57,3 +52,9 @@ def export_float(source, path: Path) -> None:
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     return onnx_int8.from_export(source, export_float, recipe, calibration, progress, profile)
+
+
+# one ONNX input per model input, under its (TensorFlow-safe) name; the float export quantized as ONNX sources are
+ROUTE = Route(format="onnx", sources={"keras": {"tensorflow": "keras", "tf2onnx": "onnx", "onnx": "onnx",
+                                                "onnxruntime": "onnx"}},
+              convert=convert, **onnx_int8.ONNX_INT8)

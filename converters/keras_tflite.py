@@ -20,15 +20,8 @@ from edgesdk.errors import ConversionError
 from edgesdk.util import captured_output, first_line
 
 from .keras_model import import_tf
+from .route import Route
 
-FORMAT = "tflite"
-FRAMEWORK = "keras"
-CUTS_TAILS = True  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
-CALIBRATION_METHODS = ("minmax",)  # the TFLite converter's calibrator has no other
-MULTI_INPUT = True  # Keras models and SavedModel signatures with several inputs
-INT16_ACTIVATIONS = True  # the converter's 16x8 mode: int8 weights, int16 activations and I/O
-INT16_KEEPS_FLOAT = False  # ... but its selective quantization (the debugger) makes int8 activations
-CORRECTED_ROUNDING = True  # the live model's Conv2D/DepthwiseConv2D weights (not a SavedModel, not with exclusions)
 
 
 def _batch1_model(source, model=None):
@@ -247,8 +240,23 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     return rows[:worst]
 
 
-EXCLUDES_LAYERS = True  # --exclude-nodes/--exclude-op-types work here (with --allow-float-fallback)
-MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
-                 "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).")
-DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
-                  "--allow-float-fallback (not on the Edge TPU).")
+def _debug(source, recipe, calibration, artifact_path, x) -> list:
+    return diagnose(source, recipe, calibration, x)
+
+
+ROUTE = Route(
+    format="tflite", sources={"keras": {"tensorflow": "keras", "tf_keras": "keras"}},
+    convert=convert, debug=_debug, cut=cut,
+    calibration_methods=("minmax",),  # the TFLite converter's calibrator has no other
+    multi_input=True,  # Keras models and SavedModel signatures with several inputs
+    int16_activations=True,  # the converter's 16x8 mode: int8 weights, int16 activations and I/O
+    int16_keeps_float=False,  # ... but its selective quantization (the debugger) makes int8 activations
+    # the live model's Conv2D/DepthwiseConv2D weights (not a SavedModel, not with exclusions)
+    corrected_rounding=True,
+    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
+    excludes_layers=True,  # --exclude-nodes/--exclude-op-types work here (with --allow-float-fallback)
+    diagnosis_hint="Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
+                   "--allow-float-fallback (not on the Edge TPU).",
+    measured_hint="Each was kept in float in turn and the failing figures measured again; keep the one that "
+                  "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).",
+    trainer="keras_qat")

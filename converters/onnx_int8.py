@@ -19,11 +19,9 @@ from edgesdk.targets import get_family
 from edgesdk.util import captured_output, first_line, working_directory
 
 from .onnx_model import input_names
+from .route import Route
 
-FORMAT = "onnx"
-FRAMEWORK = "onnx"
 PER_CHANNEL_MIN_OPSET = 13
-MULTI_INPUT = True  # calibration feeds every input by name
 
 
 def _reader(x, names, progress):
@@ -386,12 +384,23 @@ def _db(signal: float, noise: float) -> float:
     return 20 * math.log10(max(math.sqrt(signal), eps) / max(math.sqrt(noise), eps))
 
 
-DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or try "
-                  "--calibration-method percentile or entropy.")
+def debug(source, recipe, calibration, artifact_path, x) -> list:
+    """The worst activations of an ONNX artifact against the float graph it was quantized from."""
+    return diagnose(source.float_onnx, artifact_path, x, excluded=recipe.exclude_nodes)
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # the recovery ladder tries them in this order
-EXCLUDES_LAYERS = True  # --exclude-nodes/--exclude-op-types keep nodes out of quantize_static
-INT16_ACTIVATIONS = True  # --activations int16: QInt16 activations beside the int8 weights (opset 21 Q/DQ)
-CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float graph's weights rounded before quantize_static
-MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
-                 "repairs them with --exclude-nodes NAME (several: NAME,NAME), or --exclude-op-types TYPE.")
+
+# what the ONNX routes share: the routes from Keras and PyTorch export a float graph, then quantize it here
+ONNX_INT8 = dict(
+    requantize=convert,  # the float graph the first conversion left on the source, quantized again
+    debug=debug,
+    calibration_methods=("minmax", "percentile", "entropy"),  # the recovery ladder tries them in this order
+    multi_input=True,  # calibration feeds every input by name
+    int16_activations=True,  # --activations int16: QInt16 activations beside the int8 weights (opset 21 Q/DQ)
+    excludes_layers=True,  # --exclude-nodes/--exclude-op-types keep nodes out of quantize_static
+    corrected_rounding=True,  # --weight-rounding corrected: the float graph's weights rounded before quantize_static
+    diagnosis_hint="Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE, or try "
+                   "--calibration-method percentile or entropy.",
+    measured_hint="Each was kept in float in turn and the failing figures measured again; keep the one that "
+                  "repairs them with --exclude-nodes NAME (several: NAME,NAME), or --exclude-op-types TYPE.")
+
+ROUTE = Route(format="onnx", sources={"onnx": {"onnx": "onnx", "onnxruntime": "onnx"}}, convert=convert, **ONNX_INT8)

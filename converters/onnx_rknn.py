@@ -26,10 +26,8 @@ from edgesdk.inputs import feed_rows
 from edgesdk.util import sha256_file
 
 from .float_onnx import float_onnx
+from .route import Route
 
-FORMAT = "rknn"
-MULTI_INPUT = True  # every input fed by its ONNX name, in the graph's order
-CALIBRATION_METHODS = ("minmax", "entropy")  # the toolkit's "normal" and "kl_divergence"
 ALGORITHMS = {"minmax": "normal", "entropy": "kl_divergence"}
 DIAGNOSIS_HINT = ("try --calibration-method entropy (rknn-toolkit2's KL-divergence calibration), or more "
                   "representative calibration data")
@@ -144,3 +142,13 @@ def close_all() -> None:
 
 
 atexit.register(close_all)  # each live build is a worker process
+
+
+# Keras and PyTorch sources through their float ONNX export
+ROUTE = Route(
+    format="rknn", sources={"onnx": {"onnx": "onnx"}, "keras": {"tensorflow": "keras", "tf2onnx": "onnx", "onnx": "onnx"},
+                            "torch": {"torch": "torch", "onnxscript": "torch", "onnx": "onnx"}},
+    convert=convert, prepare_source=prepare_source,
+    calibration_methods=("minmax", "entropy"),  # the toolkit's "normal" and "kl_divergence"
+    multi_input=True,  # every input fed by its ONNX name, in the graph's order
+    diagnosis_hint=DIAGNOSIS_HINT)

@@ -23,17 +23,10 @@ from edgesdk.errors import ConversionError, OptionError
 from edgesdk.util import captured_output, first_line
 
 from . import keras_tflite, tflite_int8
-# what the recovery ladder and the diagnosis ask of a route: the shared int8 back end's
-from .tflite_int8 import (AUTO_CALIBRATION, CALIBRATION_METHODS, DIAGNOSIS_HINT, EXCLUDES_LAYERS,  # noqa: F401
-                          INT16_ACTIVATIONS, MEASURED_HINT)
 from .keras_model import import_tf
 from .onnx_model import input_names
+from .route import Route
 
-FORMAT = "tflite"
-FRAMEWORK = "onnx"
-MULTI_INPUT = True  # onnx2tf keeps the ONNX input names; several inputs are fed by name
-CORRECTED_ROUNDING = tflite_int8.CORRECTED_ROUNDING  # the float flatbuffer's weights, before ai-edge-quantizer
-CUTS_TAILS = True  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
 
 ONNX2TF = toolchains.Toolchain("onnx2tf", ("onnx2tf==1.29.24",), "ONNX -> TFLite",
                                "about 2.6 GB and 2 minutes, once")
@@ -177,3 +170,16 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
         warnings.simplefilter("ignore")
         x = _tf_layout(calibration.x[: recipe.calibration_samples], source)
         return tflite_int8.diagnose(_float_flatbuffer(tf_source), recipe, x, val_x, worst)
+
+
+def _debug(source, recipe, calibration, artifact_path, x) -> list:
+    return diagnose(source, recipe, calibration, x)
+
+
+ROUTE = Route(
+    format="tflite", sources={"onnx": {"onnx": "onnx", "onnxruntime": "onnx", "tensorflow": "tflite",
+                                       "ai_edge_quantizer": "tflite"}},
+    convert=convert, prepare_source=prepare_source, debug=_debug,
+    multi_input=True,  # onnx2tf keeps the ONNX input names; several inputs are fed by name
+    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
+    **tflite_int8.TFLITE_INT8)  # the float flatbuffer quantized by the shared int8 back end

@@ -24,15 +24,17 @@ from edgesdk.errors import ConversionError, OptionError
 # costs something, mse too, and keeps the one that measures better (conversion._choose_calibration).
 # moving-average: ai-edge-quantizer's own default (0.95 per sample), which clips more the more data it
 # sees: EfficientNet-Lite0 16.4 dB against 17.5 dB with min/max.
-CALIBRATION_METHODS = ("minmax", "mse", "moving-average")  # the recovery ladder tries them in this order
-AUTO_CALIBRATION = ("minmax", "mse")  # what auto makes: the first always, the second where int8 costs something
-EXCLUDES_LAYERS = True  # ai-edge-quantizer's recipe keeps named layers / op types float
-INT16_ACTIVATIONS = True  # --activations int16: its 16x8 recipe (int8 weights, int16 activations)
-CORRECTED_ROUNDING = True  # --weight-rounding corrected: the float flatbuffer's weights rounded first
-MEASURED_HINT = ("Each was kept in float in turn and the failing figures measured again; keep the one that "
-                 "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).")
-DIAGNOSIS_HINT = ("Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
-                  "--allow-float-fallback (not on the Edge TPU), or give more calibration data.")
+# what the TFLite routes from ONNX and PyTorch share: this int8 back end's capabilities (converters/route.py)
+TFLITE_INT8 = dict(
+    calibration_methods=("minmax", "mse", "moving-average"),  # the recovery ladder tries them in this order
+    auto_calibration=("minmax", "mse"),  # what auto makes: the first always, the second where int8 costs something
+    excludes_layers=True,  # ai-edge-quantizer's recipe keeps named layers / op types float
+    int16_activations=True,  # --activations int16: its 16x8 recipe (int8 weights, int16 activations)
+    corrected_rounding=True,  # --weight-rounding corrected: the float flatbuffer's weights rounded first
+    measured_hint="Each was kept in float in turn and the failing figures measured again; keep the one that "
+                  "repairs them with --exclude-nodes NAME plus --allow-float-fallback (not on the Edge TPU).",
+    diagnosis_hint="Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
+                   "--allow-float-fallback (not on the Edge TPU), or give more calibration data.")
 
 
 def require() -> None:

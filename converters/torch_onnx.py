@@ -13,15 +13,10 @@ from edgesdk.errors import ConversionError
 from edgesdk.util import captured_output, first_line
 
 from . import onnx_int8
+from .route import Route
 from .torch_model import import_torch
 
-FORMAT = "onnx"
-CALIBRATION_METHODS = onnx_int8.CALIBRATION_METHODS
-CORRECTED_ROUNDING = onnx_int8.CORRECTED_ROUNDING
-INT16_ACTIVATIONS = onnx_int8.INT16_ACTIVATIONS
-FRAMEWORK = "torch"
 OPSET = 17
-MULTI_INPUT = True  # one ONNX input per forward() argument, named as the source's inputs
 
 
 def export_float(source, path: Path) -> None:
@@ -44,3 +39,10 @@ def export_float(source, path: Path) -> None:
 
 def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     return onnx_int8.from_export(source, export_float, recipe, calibration, progress, profile)
+
+
+# one ONNX input per forward() argument, named as the source's inputs; the float export quantized as ONNX
+# sources are
+ROUTE = Route(format="onnx", sources={"torch": {"torch": "torch", "onnxscript": "torch", "onnx": "onnx",
+                                                "onnxruntime": "onnx"}},
+              convert=convert, trainer="torch_qat", **onnx_int8.ONNX_INT8)

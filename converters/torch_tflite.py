@@ -17,15 +17,9 @@ from edgesdk.errors import ConversionError, OptionError
 from edgesdk.util import captured_output, first_line
 
 from . import tflite_int8
-# what the recovery ladder and the diagnosis ask of a route: the shared int8 back end's
-from .tflite_int8 import (AUTO_CALIBRATION, CALIBRATION_METHODS, CORRECTED_ROUNDING,  # noqa: F401
-                          DIAGNOSIS_HINT, EXCLUDES_LAYERS, INT16_ACTIVATIONS, MEASURED_HINT)
+from .route import Route
 from .torch_model import import_torch
 
-FORMAT = "tflite"
-FRAMEWORK = "torch"
-MULTI_INPUT = True  # one TFLite input per forward() argument, in order
-CUTS_TAILS = True  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
 
 
 def _channels_last(model, torch, turned: set):
@@ -117,3 +111,17 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     if recipe.quantization == "int8":
         flatbuffer = tflite_int8.io_types(flatbuffer, recipe)
     return flatbuffer
+
+
+def _debug(source, recipe, calibration, artifact_path, x) -> list:
+    return diagnose(source, recipe, calibration, x)
+
+
+ROUTE = Route(
+    format="tflite", sources={"torch": {"torch": "torch", "litert_torch": "torch", "ai_edge_quantizer": "torch",
+                                        "tensorflow": "torch"}},
+    convert=convert, debug=_debug, cut=cut,
+    multi_input=True,  # one TFLite input per forward() argument, in order
+    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
+    trainer="torch_qat",
+    **tflite_int8.TFLITE_INT8)  # the float flatbuffer quantized by the shared int8 back end

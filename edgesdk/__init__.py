@@ -15,7 +15,7 @@ from .errors import (  # noqa: E402
 )
 
 __all__ = [
-    "convert", "load", "benchmark", "deploy", "check", "inspect", "tune", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
+    "convert", "ConvertOptions", "QuantizeOptions", "TrainingOptions", "InputOptions", "Thresholds", "load", "benchmark", "deploy", "check", "inspect", "tune", "ResultStore", "load_profile", "available_profiles", "Artifact", "BenchmarkResult",
     "DeviceProfile", "EdgeSDKError", "OptionError", "ProfileError", "ModelLoadError", "DataError",
     "ConversionError", "ValidationFailed", "OutputError", "RuntimeMissing", "BenchmarkError", "DeployError",
     "HostKeyError", "ConnectionLost", "ResultsError",
@@ -26,6 +26,9 @@ def __getattr__(name):
     if name == "convert":
         from .conversion import convert
         return convert
+    if name in ("ConvertOptions", "QuantizeOptions", "TrainingOptions", "InputOptions", "Thresholds"):
+        from . import options
+        return getattr(options, name)
     if name == "load":  # runs an artifact as its source ran; numpy and the artifact's runtime only
         from .runtime import load
         return load

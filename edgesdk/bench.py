@@ -127,10 +127,10 @@ def benchmark(artifact, runs: int = 50, warmup: int = 5, threads: int | None = N
     path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
     if not path.is_file():
         raise ModelLoadError(f"Artifact '{path}' does not exist.")
-    if path.suffix not in (".tflite", ".onnx"):
-        raise ModelLoadError(f"'{path}' is not a .tflite or .onnx artifact, which this machine runs"
-                             + (": an .rknn runs only on a Rockchip NPU; measure it there with `edgesdk deploy "
-                                "ARTIFACT --host BOARD`." if path.suffix == ".rknn" else "."))
+    from .formats import format_of
+    kind = format_of(path)
+    if not kind.benchmarks_here:
+        raise ModelLoadError(f"'{path}' is not an artifact this machine runs: {kind.where_it_runs}")
     if threads is None:
         threads = 1
         if isinstance(artifact, Artifact):

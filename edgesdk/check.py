@@ -18,6 +18,7 @@ from .errors import EdgeSDKError
 from .util import first_line
 from .inspection import describe, representatives
 from .profiles import load_profile
+from .options import ConvertOptions, QuantizeOptions
 from .recipe import make_recipe
 from .source import load_source
 
@@ -80,16 +81,15 @@ def _check_one(source, profile, trial, tmp: Path) -> dict:
 def _check_format(source, profile, trial, tmp: Path, fmt: str) -> dict:
     from edgesdk.converters import get_route
     from edgesdk.targets import get_family
-    recipe = make_recipe(profile, calibration_samples=TRIAL_SAMPLES, calibration_method="minmax",
-                         format=fmt)  # ops, not ranges, are checked
+    recipe = make_recipe(profile, ConvertOptions(quantize=QuantizeOptions(  # ops, not ranges, are checked
+        format=fmt, calibration_samples=TRIAL_SAMPLES, calibration_method="minmax")))
     route = get_route(source.framework, recipe.format)
-    if source.multi_input and not getattr(route, "MULTI_INPUT", False):
+    if source.multi_input and not route.multi_input:
         return {"status": "unsupported", "fallbacks": [], "format": fmt,
                 "notes": [f"{len(source.inputs)} inputs: the route from {source.framework} to {recipe.format} "
                           f"takes single-input models only so far"]}
-    if hasattr(route, "prepare_source"):  # a private toolchain's first use takes minutes: said so
-        from .progress import Progress
-        route.prepare_source(source, recipe, trial, step=Progress().step)
+    from .progress import Progress
+    route.prepare(source, recipe, trial, step=Progress().step)  # a private toolchain's first use takes minutes
     data = route.convert(source, recipe, trial, profile=profile)
     path = tmp / f"{profile.name}.{recipe.format}"
     path.write_bytes(data)

@@ -9,19 +9,10 @@ import click
 
 from . import __version__
 from .errors import BenchmarkError, ConversionError, EdgeSDKError, ValidationFailed
-from .tasks import TASKS
-
-
-def _floats(text):
-    return tuple(float(v) for v in text.split(",")) if text else ()
 
 
 def _pct(share) -> str:
     return "" if share is None else f"{100 * share:.1f}%"
-
-
-def _names(text):
-    return tuple(n.strip() for n in text.split(",") if n.strip()) if text else ()
 
 
 def _fail(exc: EdgeSDKError, as_json: bool = False):
@@ -113,96 +104,77 @@ def families(ctx, as_json):
 
 # --- convert ----------------------------------------------------------------
 
+def _dest(path: tuple) -> str:
+    return "o__" + "__".join(path)
+
+
+def option_flags(exclude: tuple = ()):
+    """Every ConvertOptions field with help, as a flag (edgesdk.options declares each once, for Python, the
+    CLI, TOML files and the docs), and --config FILE; the command reads them back with options_from."""
+    from .options import leaves, flag_of, default_of
+
+    def decorate(func):
+        for path, f in reversed(list(leaves())):
+            if path in exclude or "help" not in f.metadata:
+                continue
+            meta, names = f.metadata, (meta_flag.split("/") if (meta_flag := f.metadata.get("flag")) else
+                                       [flag_of(path, f)])
+            kwargs = {"help": meta["help"]}
+            default = default_of(f)
+            if isinstance(f.default, bool):
+                kwargs["is_flag"] = True
+            else:
+                if meta.get("choices"):
+                    kwargs["type"] = click.Choice(meta["choices"])
+                elif meta.get("type") in (int, float):
+                    kwargs["type"] = meta["type"]
+                if meta.get("multiple"):
+                    kwargs["multiple"] = True
+                if meta.get("metavar"):
+                    kwargs["metavar"] = meta["metavar"]
+                if default not in (None, (), ""):
+                    kwargs["help"] += f" [default: {default}]"
+            func = click.option(*names, _dest(path), **kwargs)(func)
+        return click.option("--config", metavar="FILE", help="Options from a TOML file (one table per group: "
+                            "[quantize], [training], [gate], [inputs]; docs/convert-options.md) or a manifest "
+                            ".json, to replay its conversion; flags given here override it.")(func)
+    return decorate
+
+
+def options_from(ctx, values: dict):
+    """The ConvertOptions a command's flags ask for: --config's, with the flags given on the command line over
+    them. Takes the option values out of `values`."""
+    from click.core import ParameterSource
+    from .options import ConvertOptions, leaves, parse_flag
+    config = values.pop("config", None)
+    options = ConvertOptions.load(config) if config else ConvertOptions()
+    given = {}
+    for path, f in leaves():
+        dest = _dest(path)
+        if dest not in values:
+            continue
+        value = values.pop(dest)
+        if ctx.get_parameter_source(dest) in (ParameterSource.DEFAULT, None):
+            continue
+        if (f.metadata.get("flag") or "").startswith("--no-"):
+            value = not value
+        given[path] = parse_flag(f, value)
+    return options.with_values(given)
+
+
 @main.command()
 @click.argument("model")
 @click.option("--target", "-t", default="local", show_default=True,
               help="Device profile: a name (see `edgesdk profiles`) or a path to a .toml file.")
 @click.option("--calibration", "-c", metavar="DATA", help="Representative data: .npz (x[, y]), .npy or image folder.")
 @click.option("--validation", metavar="DATA", help="Validation data (default: 20% held out of labelled calibration data).")
-@click.option("--prune", type=float, default=0.0, metavar="SPARSITY", help="Magnitude-prune to this sparsity, e.g. 0.5.")
 @click.option("--fine-tune", metavar="DATA", help="Labelled data to fine-tune on: while pruning, and for "
               "quantization-aware training when int8 misses the gate (Keras to TFLite, PyTorch).")
-@click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs.")
-@click.option("--distill", is_flag=True, help="Fine-tune (pruning, quantization-aware training) with the float "
-              "model as the teacher (soft targets at temperature 4 beside the labels).")
-@click.option("--qat", is_flag=True, help="Train quantization-aware on --fine-tune DATA before converting "
-              "(Keras to TFLite, PyTorch), rather than only when int8 misses the gate.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Adam learning rate for fine-tuning.")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
-@click.option("--format", "fmt", help="Override the profile's format (tflite, onnx, or one its family adds).")
-@click.option("--quantization", "--precision", "quantization", type=click.Choice(["int8", "fp16", "float"]),
-              help="Override the profile's scheme: int8 (full integer / QDQ), fp16 (fp16 weights; for GPU "
-                   "delegates and TensorRT), float.")
-@click.option("--input-dtype", type=click.Choice(["int8", "uint8", "float32"]))
-@click.option("--output-dtype", type=click.Choice(["int8", "uint8", "float32"]))
-@click.option("--calibration-samples", type=int, help="How many calibration samples to use (profile default).")
-@click.option("--max-accuracy-drop", type=float,
-              help="Largest accepted accuracy drop, in percentage points (default 1; without labels it becomes "
-                   "--min-agreement 1 - DROP/100).")
-@click.option("--task", type=click.Choice(TASKS), default="auto",
-              show_default=True, help="How the gate judges the outputs (auto: recognised from their shapes).")
-@click.option("--min-agreement", type=float, help="Least top-1 agreement with the source (classify; default 0.95).")
-@click.option("--min-recall", type=float, help="Least share of the source's detections found (detect; default 0.9).")
-@click.option("--min-precision", type=float, help="Least share of detections the source also made (detect; default 0.9).")
-@click.option("--min-iou", type=float, help="Least mean IoU with the source's maps (segment; default 0.8).")
-@click.option("--max-cer", type=float,
-              help="Most character error rate of the decoded strings against the source's (sequence; default 0.02).")
-@click.option("--min-cosine", type=float,
-              help="Least 5th-percentile cosine with the source's embeddings (embedding; default 0.98).")
-@click.option("--min-f1", type=float,
-              help="Least F1 of the decisions against the source's (multilabel; default 0.9).")
-@click.option("--threshold", type=float, help="A multi-label decision is a score above this (default 0.5).")
-@click.option("--blank", help="The CTC blank's index (sequence; default 0), or 'none' to read every step's argmax.")
-@click.option("--min-sqnr", "min_sqnr_db", type=float,
-              help="SQNR floor (dB) for outputs no task metric covers and a detector's channels (default 12).")
-@click.option("--metric", metavar="MODULE:FUNCTION",
-              help="Your own metric: function(reference_outputs, artifact_outputs, labels) -> dict with 'passed'.")
-@click.option("--class-output", type=int, help="Index of the output holding class scores (default: detected).")
-@click.option("--scale", type=float, help="Preprocess: x * scale + offset (images default to 1/255).")
-@click.option("--offset", type=float, default=0.0, help="Preprocess: added after --scale.")
-@click.option("--mean", help="Preprocess: subtract, per channel: 0.485,0.456,0.406.")
-@click.option("--std", help="Preprocess: divide, per channel: 0.229,0.224,0.225.")
-@click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True,
-              help="Channel order of image-folder inputs.")
-@click.option("--calibration-method", type=click.Choice(["auto", "minmax", "mse", "moving-average", "entropy",
-                                                           "percentile"]),
-              default="auto", show_default=True, help="Activation range estimation: min/max over the data; "
-              "mse, each inner tensor's range narrowed to its least int8 error, and moving-average (TFLite from "
-              "PyTorch and ONNX); entropy, percentile (ONNX); auto: min/max, and mse too where the route has it "
-              "and int8 costs accuracy, the one that measures better kept.")
-@click.option("--weight-rounding", type=click.Choice(["auto", "nearest", "corrected"]), default="auto",
-              show_default=True, help="int8 weights: each to its nearest step (the plain quantizers), or each conv "
-              "kernel's sum kept and the biases corrected for what rounding shifts (better on photos; on TFLite from "
-              "PyTorch and ONNX also for what the int8 activations shift, measured layer by layer); auto: "
-              "both where int8 costs accuracy, the one that measures better kept.")
-@click.option("--activations", type=click.Choice(["int8", "int16"]), default="int8", show_default=True,
-              help="int8 weights with int16 activations (CPU targets; ONNX, or TFLite's 16x8 with int16 "
-              "input and output): more range and precision where int8 activations lose it, at a price in "
-              "speed (LiteRT's 16x8 kernels are its reference ones).")
-@click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
-              help="Input shape to build for: fixes an ONNX source's dynamic dims; the example input for PyTorch "
-                   "files without one. E.g. 1,3,224,224 or x:1,3,48,192; repeat it (or join with ;) per input.")
-@click.option("--input-value", "input_values", multiple=True, metavar="NAME=VALUE",
-              help="An input that always takes one value (a sample rate: sr=16000); repeatable.")
-@click.option("--stateful", metavar="IN=OUT[,IN=OUT]",
-              help="Recurrent state: feed output OUT back as input IN step by step (state=stateN); calibration "
-                   "and validation then run over the data as one sequence. Default: detected from names and "
-                   "shapes; 'none' judges each sample on its own.")
+@option_flags()
 @click.option("--model-factory", metavar="MODULE:FUNCTION",
               help="PyTorch state_dict: the function that builds the module to load the weights into.")
-@click.option("--exclude-nodes", help="Keep these nodes in float (comma-separated; ONNX node names, TFLite "
-              "output tensor names as the validation error lists them).")
-@click.option("--exclude-op-types", help="Keep these op types in float (ONNX: Softmax,HardSigmoid; TFLite: "
-              "SOFTMAX,MUL).")
-@click.option("--allow-float-fallback", is_flag=True,
-              help="Accept ops left in float (CPU targets only; never the Edge TPU).")
 @click.option("--check-only", is_flag=True, help="Only report whether --target can run MODEL (see `edgesdk check`).")
-@click.option("--no-recover", is_flag=True,
-              help="When int8 misses the gate, fail at once (with a diagnosis) instead of trying other "
-                   "calibration, int16 activations, keeping the measured culprits in float, and quantization-aware "
-                   "training.")
-@click.option("--keep-failed", is_flag=True, help="Keep the artifact even when validation fails (still exits non-zero).")
 @click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")
 @click.option("--budget", help="Wall-time bound, e.g. 20m or 90s, checked inside every stage (exit 15 past it).")
@@ -210,47 +182,20 @@ def families(ctx, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def convert(ctx, model, target, calibration, validation, prune, fine_tune, epochs, distill, qat, batch_size,
-            learning_rate,
-            output_dir, fmt, quantization, input_dtype, output_dtype, calibration_samples, max_accuracy_drop,
-            task, min_agreement, min_recall, min_precision, min_iou, max_cer, min_cosine, min_f1, threshold, blank,
-            min_sqnr_db,
-            metric, class_output, scale,
-            offset, mean, std, channel_order, calibration_method, weight_rounding, activations, input_shape,
-            input_values,
-            stateful, model_factory, exclude_nodes, exclude_op_types,
-            allow_float_fallback, check_only, no_recover, keep_failed, unsafe_load, force, budget,
-            name, as_json, quiet):
-    """Convert MODEL (.keras, .h5, SavedModel dir or .onnx) into a validated artifact for --target."""
+def convert(ctx, model, target, calibration, validation, fine_tune, output_dir, model_factory, check_only,
+            unsafe_load, force, budget, name, as_json, quiet, **flags):
+    """Convert MODEL (.keras, .h5, SavedModel dir, .onnx, .pt2 or .pt) into a validated artifact for --target."""
     ctx.meta["json"] = as_json
+    options = options_from(ctx, flags)
     if check_only:
-        ctx.invoke(check, model=model, targets=(target,), input_shape=input_shape, input_values=input_values,
-                   model_factory=model_factory, unsafe_load=unsafe_load, as_json=as_json)
+        ctx.invoke(check, model=model, targets=(target,), input_shape=options.inputs.input_shape,
+                   input_values=options.inputs.input_values, model_factory=model_factory, unsafe_load=unsafe_load,
+                   as_json=as_json)
         return
     from .conversion import convert as run_convert
-    from .data import Preprocess
-    try:
-        pre = Preprocess(scale=scale, offset=offset, mean=_floats(mean), std=_floats(std),
-                         channel_order=channel_order)
-    except ValueError:
-        raise click.BadParameter("--mean and --std take comma-separated numbers, e.g. 0.5,0.5,0.5")
-    art = run_convert(model, target, calibration=calibration, validation=validation, prune=prune,
-                      fine_tune=fine_tune, epochs=epochs, distill=distill, qat=qat, batch_size=batch_size,
-                      learning_rate=learning_rate,
-                      output_dir=output_dir, format=fmt, quantization=quantization, input_dtype=input_dtype,
-                      output_dtype=output_dtype, calibration_samples=calibration_samples,
-                      max_accuracy_drop=max_accuracy_drop, min_sqnr_db=min_sqnr_db, class_output=class_output,
-                      task=task, min_agreement=min_agreement, min_recall=min_recall,
-                      min_precision=min_precision, min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine,
-                      min_f1=min_f1, threshold=threshold, blank=blank,
-                      metric=metric,
-                      preprocess=pre, allow_float_fallback=allow_float_fallback,
-                      calibration_method=calibration_method, weight_rounding=weight_rounding, activations=activations,
-                      input_shape=input_shape or None, input_values=input_values or None, stateful=stateful,
-                      model_factory=model_factory,
-                      exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types),
-                      keep_failed=keep_failed, recover=not no_recover, unsafe=unsafe_load, force=force, name=name,
-                      quiet=quiet or as_json, budget=budget)
+    art = run_convert(model, target, calibration=calibration, validation=validation, fine_tune=fine_tune,
+                      options=options, output_dir=output_dir, model_factory=model_factory, unsafe=unsafe_load,
+                      force=force, name=name, quiet=quiet or as_json, budget=budget)
     s = art.summary()
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -395,8 +340,6 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
               "(repeatable: hosts of one profile share the work). Default: local.")
 @click.option("--calibration", "-c", help="Calibration data (.npz, .npy or image folder).")
 @click.option("--validation", "-v", help="Validation data (default: held out from labelled calibration data).")
-@click.option("--max-accuracy-drop", type=float,
-              help="Accuracy budget in percentage points (default 1): candidates past it are never picked.")
 @click.option("--budget", help="Wall-time bound for the whole search, e.g. 30m, 90s, 1h.")
 @click.option("--format", "formats", multiple=True, help="Only these artifact formats (repeatable).")
 @click.option("--quantization", "quantizations", multiple=True, help="Only these precisions (repeatable).")
@@ -404,24 +347,23 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
               "and searched too.")
 @click.option("--sparsity", "sparsities", type=float, multiple=True,
               help="Sparsity levels to search with --fine-tune (repeatable). Default: 0.5 and 0.75.")
-@click.option("--epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs per pruned candidate.")
 @click.option("--max-size", help="Largest artifact worth measuring, e.g. 5MB or 800KB (a flash budget).")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per measurement.")
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--repeat", type=int, default=2, show_default=True, help="Interleaved rounds per candidate.")
-@click.option("--input-shape", "input_shape", multiple=True, metavar="[NAME:]DIMS",
-              help="Shape for an input with dynamic dims (repeatable).")
-@click.option("--task", type=click.Choice(TASKS), default="auto",
-              show_default=True, help="How the gate judges the outputs.")
+@option_flags(exclude=(("quantize", "format"), ("quantize", "quantization"), ("training", "prune")))
+@click.option("--model-factory", metavar="MODULE:FUNCTION",
+              help="PyTorch state_dict: the function that builds the module to load the weights into.")
+@click.option("--unsafe-load", is_flag=True, help="Allow models that run Python code when loaded (Lambda layers).")
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
-def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, budget, formats, quantizations,
-         fine_tune, sparsities, epochs, max_size, runs, warmup, repeat, input_shape, task, output_dir,
-         accept_new_host_key, db, as_json, quiet):
+def tune(ctx, model, target, hosts, calibration, validation, budget, formats, quantizations, fine_tune, sparsities,
+         max_size, runs, warmup, repeat, model_factory, unsafe_load, output_dir, accept_new_host_key, db, as_json,
+         quiet, **flags):
     """Find the fastest artifact of MODEL for --target within the accuracy budget, measured on --host."""
     ctx.meta["json"] = as_json
     from .results import ResultStore
@@ -429,11 +371,11 @@ def tune(ctx, model, target, hosts, calibration, validation, max_accuracy_drop, 
     store = ResultStore(db)
     try:
         doc = run_tune(model, target, hosts=list(hosts) or "local", calibration=calibration, validation=validation,
-                       max_accuracy_drop=max_accuracy_drop, budget=budget, formats=formats or None,
+                       options=options_from(ctx, flags), budget=budget, formats=formats or None,
                        quantizations=quantizations or None, fine_tune=fine_tune, sparsities=sparsities or None,
-                       epochs=epochs, max_size=max_size, runs=runs, warmup=warmup, repeat=repeat,
-                       output_dir=output_dir, store=store, accept_new_host_key=accept_new_host_key,
-                       quiet=quiet or as_json, input_shape=input_shape or None, task=task)
+                       max_size=max_size, runs=runs, warmup=warmup, repeat=repeat, output_dir=output_dir,
+                       store=store, accept_new_host_key=accept_new_host_key, quiet=quiet or as_json,
+                       model_factory=model_factory, unsafe=unsafe_load)
     finally:
         store.close()
     if as_json:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import inspect
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
-from .data import (FEW_CALIBRATION_SAMPLES, Preprocess, artifact_layout, data_fingerprint, load_for,
+from .data import (FEW_CALIBRATION_SAMPLES, artifact_layout, data_fingerprint, load_for,
                    representative, split_holdout)
 from .inputs import source_states
 from .errors import (BudgetExceeded, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError,
@@ -30,6 +29,7 @@ from .errors import (BudgetExceeded, ConversionError, DataError, EdgeSDKError, M
 from .inspection import describe, open_artifact
 from .profiles import QUANTIZATIONS, load_profile
 from .progress import Progress, parse_budget
+from .options import ConvertOptions, with_legacy
 from .recipe import make_recipe
 from .source import framework_of, load_source
 from edgesdk.targets import get_family
@@ -37,82 +37,83 @@ from .validation import load_metric
 from .util import ensure_writable_dir, first_line, gzip_size, sha256_file, temp_dir_in, temp_path_in
 
 
-def _preprocess(value) -> Preprocess:
-    if value is None:
-        return Preprocess()
-    if isinstance(value, Preprocess):
-        return value
-    if isinstance(value, dict):
-        value = dict(value)
-        for k in ("mean", "std"):
-            if k in value and not isinstance(value[k], (list, tuple)):
-                value[k] = (value[k],)
-            if k in value:
-                value[k] = tuple(float(v) for v in value[k])
-        return Preprocess(**value)
-    raise DataError(f"preprocess must be a dict or edgesdk.data.Preprocess, got {type(value).__name__}.")
+@dataclass
+class _Request:
+    """What convert was given besides the options: the model, its data, and where the artifact goes."""
+
+    model: object
+    profile: object
+    calibration: object
+    validation: object
+    fine_tune: object
+    output_dir: object
+    name: str | None
+    model_factory: object
+    example_input: object
+    unsafe: bool
+    force: bool
+    progress: Progress
+    asked: ConvertOptions  # the options as the user gave them: the manifest records these, to replay them
 
 
-def convert(model, target="local", *, calibration=None, validation=None, prune=0.0, fine_tune=None,
-            epochs=2, distill=False, batch_size=32, learning_rate=1e-3, output_dir="edgesdk-out", format=None,
-            quantization=None, input_dtype=None, output_dtype=None, calibration_samples=None,
-            max_accuracy_drop=None, min_sqnr_db=None, class_output=None, task="auto", min_agreement=None,
-            min_recall=None, min_precision=None, min_iou=None, max_cer=None, min_cosine=None, min_f1=None,
-            threshold=None, blank=None, metric=None,
-            preprocess=None,
-            allow_float_fallback=False, calibration_method="auto", weight_rounding="auto", qat=False,
-            activations="int8", exclude_nodes=(), exclude_op_types=(),
-            input_shape=None, input_values=None, stateful=None, example_input=None, model_factory=None,
-            keep_failed=False, recover=True,
-            unsafe=False, force=False, name=None, quiet=False, budget=None,
-            progress: Progress | None = None, _fallback: dict | None = None,
-            _precision: dict | None = None) -> Artifact:
-    """Convert `model` (a path or a live Keras model) for `target` (a profile name, path or DeviceProfile).
+def convert(model, target="local", *, calibration=None, validation=None, fine_tune=None,
+            options: ConvertOptions | None = None, output_dir="edgesdk-out", name=None, model_factory=None,
+            example_input=None, unsafe=False, force=False, quiet=False, budget=None,
+            progress: Progress | None = None, **legacy) -> Artifact:
+    """Convert `model` (a path or a live Keras/PyTorch model) for `target` (a profile name, path or DeviceProfile).
 
+    options: an edgesdk.ConvertOptions (quantization, training, gate thresholds, inputs and preprocessing), a
+    dict of its tables, or a .toml file (or a manifest, to replay its conversion); None takes the profile's
+    defaults. The old keywords (prune=, max_accuracy_drop=, ...) still work, with a DeprecationWarning.
     Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple; a model with several
     inputs takes an .npz or dict with one array per input name (and `y`), or a tuple of arrays in input order.
-    input_values ("sr=16000" or a dict) gives inputs that always take one value; stateful ("state=stateN",
-    a dict, "auto" by default, or "none") names recurrent state fed back step by step: such a model is
-    calibrated on the states it meets over the data's sequence and validated over that sequence.
-    When int8 misses the gate, `recover` climbs the recovery ladder (edgesdk.recovery)
-    and keeps the first recipe that passes; recover=False fails at once, with a diagnosis.
+    fine_tune: labelled data (or a PyTorch training callback, fine_tune(model, epoch)) for pruning and
+    quantization-aware training. When int8 misses the gate, the recovery ladder (edgesdk.recovery) keeps the
+    first recipe that passes; options.recover=False fails at once, with a diagnosis.
     budget ("20m", seconds) bounds the wall time, checked inside every stage: past it, BudgetExceeded (exit 15)
     and nothing half-made is kept.
     Raises an EdgeSDKError subclass on any user-facing failure; ValidationFailed
     carries the figures when the artifact misses the accuracy budget.
     """
+    options = with_legacy(options, legacy, "edgesdk.convert")
     progress = progress or Progress(quiet)
     progress.limit(parse_budget(budget))  # checked inside every stage, through its progress
-    profile = load_profile(target)
-    # The format is settled first, so every option is judged against the artifact really made.
-    from edgesdk.converters import get_route, pick_format, reachable_formats
-    framework = framework_of(model, model_factory)
-    fmt = format
+    request = _Request(model, load_profile(target), calibration, validation, fine_tune, output_dir, name,
+                       model_factory, example_input, unsafe, force, progress, options)
+    return _with_fallbacks(request, options)
+
+
+def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict | None = None) -> Artifact:
+    """The format and the precision settled first, so every option is judged against the artifact really made.
+    What the user did not force falls back: another format the profile takes when the route fails on this
+    graph, a higher precision the family computes in when the profile's cannot pass the gate."""
+    from edgesdk.converters import pick_format, reachable_formats
+    profile, progress = request.profile, request.progress
+    framework = framework_of(request.model, request.model_factory)
+    fmt = options.quantize.format
     if fmt is None and framework is not None:
         fmt = pick_format(framework, profile)
         if fmt != profile.artifact.format:
             progress.step(f"{profile.name} prefers {profile.artifact.format}, but {framework} sources go to "
                           f"{fmt}: making {fmt}")
+        options = options.with_values({("quantize", "format"): fmt})
         others = [f for f in reachable_formats(framework, profile) if f != fmt]
         if others:  # not forced: when the route fails on this graph, the profile's next format is made instead
-            options = {k: v for k, v in locals().items() if k in _OPTIONS}
             try:
-                return convert(**{**options, "format": fmt, "progress": progress})
+                return _with_fallbacks(request, options)
             except ConversionError as exc:
                 if not getattr(exc, "route_failed", False):
                     raise
                 reason = first_line(exc)
                 progress.warn(f"no {fmt} artifact: {reason} {profile.name} takes {others[0]} too: making {others[0]}.")
-                return convert(**{**options, "format": others[0], "progress": progress,
-                                  "_fallback": {"wanted": fmt, "made": others[0], "reason": reason}})
-    if quantization is None and _precision is None and not keep_failed and recover:
+                return _with_fallbacks(request, options.with_values({("quantize", "format"): others[0]}),
+                                       {"wanted": fmt, "made": others[0], "reason": reason})
+    if options.quantize.quantization is None and not options.keep_failed and options.recover:
         # not forced: when the profile's precision cannot pass the gate and a higher one the family computes in
         # does (measured by the refusal, edgesdk.conversion._what_would_pass), that one is made instead
-        options = {k: v for k, v in locals().items() if k in _OPTIONS}
         wanted = profile.artifact.quantization
         try:
-            return convert(**{**options, "format": fmt, "quantization": wanted, "progress": progress,
-                              "_fallback": _fallback, "_precision": {}})
+            return _convert(request, options.with_values({("quantize", "quantization"): wanted}), fallback)
         except ValidationFailed as exc:
             passing = [w for w in (exc.figures or {}).get("would_pass") or [] if w["verdict"] == "pass"]
             if not passing:
@@ -120,48 +121,48 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             made, reasons = passing[0]["quantization"], (exc.figures.get("gate") or {}).get("reasons") or [""]
             progress.warn(f"{wanted} misses the gate ({reasons[0][:160]}); {made} passes on {passing[0]['samples']} "
                           f"samples: making {made} (--quantization {wanted} refuses instead).")
-            return convert(**{**options, "format": fmt, "quantization": made, "progress": progress,
-                              "_fallback": _fallback,
-                              "_precision": {"wanted": wanted, "made": made, "reason": reasons[0]}})
-    recipe = make_recipe(profile, format=fmt, quantization=quantization, input_dtype=input_dtype,
-                         output_dtype=output_dtype, prune=prune, epochs=epochs, distill=distill, batch_size=batch_size,
-                         learning_rate=learning_rate, calibration_samples=calibration_samples,
-                         max_accuracy_drop=1.0 if max_accuracy_drop is None else max_accuracy_drop,
-                         min_sqnr_db=min_sqnr_db,
-                         class_output=class_output, preprocess=_preprocess(preprocess),
-                         allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
-                         weight_rounding=weight_rounding, qat=qat, activations=activations,
-                         exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, task=task,
-                         min_agreement=min_agreement, min_recall=min_recall, min_precision=min_precision,
-                         min_iou=min_iou, max_cer=max_cer, min_cosine=min_cosine, min_f1=min_f1,
-                         threshold=threshold, blank=blank)
-    metric = load_metric(metric)
-    out_dir = ensure_writable_dir(output_dir)
+            return _convert(request, options.with_values({("quantize", "quantization"): made}), fallback,
+                            {"wanted": wanted, "made": made, "reason": reasons[0]})
+    return _convert(request, options, fallback)
+
+
+def _convert(request: _Request, options: ConvertOptions, fallback: dict | None = None,
+             precision: dict | None = None) -> Artifact:
+    """One conversion, its format and precision settled: load, convert, judge, recover, place."""
+    from edgesdk.converters import get_route
+    model, profile, progress = request.model, request.profile, request.progress
+    calibration, validation, fine_tune = request.calibration, request.validation, request.fine_tune
+    recover, keep_failed, gate = options.recover, options.keep_failed, options.gate
+    inputs = options.inputs
+    recipe = make_recipe(profile, options)
+    metric = load_metric(options.metric)
+    out_dir = ensure_writable_dir(request.output_dir)
     if recipe.quantization == "int8" and calibration is None:
         raise DataError("Full-integer quantization needs representative calibration data to set activation "
                         "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
 
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     from .data import sample_shapes
-    source = load_source(model, unsafe=unsafe, input_shape=input_shape, example_input=example_input,
-                         model_factory=model_factory, input_values=input_values, stateful=stateful,
+    source = load_source(model, unsafe=request.unsafe, input_shape=inputs.input_shape,
+                         example_input=request.example_input, model_factory=request.model_factory,
+                         input_values=inputs.input_values, stateful=inputs.stateful,
                          data_shapes=sample_shapes(calibration if calibration is not None else validation))
     route = get_route(source.framework, recipe.format)
-    methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
+    methods = route.calibration_methods
     if recipe.calibration_method not in ("auto",) + methods:
         listed = " or ".join(filter(None, (", ".join(("auto",) + methods[:-1]), methods[-1])))
         raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
                           f"{source.framework} to {recipe.format}: this route calibrates with {listed}.")
-    auto_calibration = getattr(route, "AUTO_CALIBRATION", methods[:1]) if recipe.calibration_method == "auto" else ()
-    if recipe.activations == "int16" and not getattr(route, "INT16_ACTIVATIONS", False):
+    auto_calibration = route.auto_methods if recipe.calibration_method == "auto" else ()
+    if recipe.activations == "int16" and not route.int16_activations:
         raise OptionError(f"The route from {source.framework} to {recipe.format} makes int8 activations only "
                           f"(int16 ones are made for ONNX artifacts and TFLite ones); "
                           f"use --format onnx, or drop --activations.")
     if recipe.activations == "int16" and (recipe.exclude_nodes or recipe.exclude_op_types) \
-            and not getattr(route, "INT16_KEEPS_FLOAT", True):
+            and not route.int16_keeps_float:
         raise OptionError(f"The route from {source.framework} to {recipe.format} keeps layers in float beside int8 "
                           f"activations only; drop --activations int16 or --exclude-nodes/--exclude-op-types.")
-    if source.multi_input and not getattr(route, "MULTI_INPUT", False):
+    if source.multi_input and not route.multi_input:
         raise ConversionError(f"'{source.name}' has {len(source.inputs)} inputs "
                               f"({', '.join(s.name for s in source.inputs)}); the route from {source.framework} "
                               f"to {recipe.format} takes single-input models only.")
@@ -186,8 +187,8 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
                       "source model's own predictions on the calibration samples (not held out).")
     else:
         raise DataError("Validation needs data: pass --validation DATA (or --calibration DATA).")
-    if max_accuracy_drop is not None and val.labels is None:  # a budget the gate can use without labels
-        recipe = _drop_as_agreement(recipe, max_accuracy_drop, min_agreement, progress)
+    if gate.max_accuracy_drop is not None and val.labels is None:  # a budget the gate can use without labels
+        recipe = _drop_as_agreement(recipe, gate.max_accuracy_drop, gate.min_agreement, progress)
     if source.stateful:  # each a sequence from a zero state; calibration sees the states met on the way
         progress.step(f"running the source over the data as a sequence (state {', '.join(source.stateful)})")
         calib = _with_states(source, calib)
@@ -218,11 +219,11 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         progress.warn(f"--fine-tune is used for pruning (--prune) and for quantization-aware training when int8 "
                       f"misses the gate, and {untrainable}: ignoring it.")
 
-    stem = name or source.name
+    stem = request.name or source.name
     final = out_dir / f"{stem}.{profile.name}.{recipe.format}"
     cache_key = _cache_key(source, profile, recipe, calib, val, tune, metric, recover)
     cached = _cached(final, cache_key, failed_too=keep_failed)
-    if cached is not None and not force:
+    if cached is not None and not request.force:
         if not cached.manifest["validation"].get("passed"):  # a kept failure is the same verdict, not redone
             progress.step(f"up to date: {final} failed validation with the same source, data and recipe")
             from .validation import raise_if_failed
@@ -271,8 +272,7 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             training = None  # the ladder has no training rung left to climb
         recipe = _cut_detector_tail(source, recipe, route, reference, calib, progress)
         try:
-            if hasattr(route, "prepare_source"):
-                route.prepare_source(source, recipe, calib, step=progress.step)
+            route.prepare(source, recipe, calib, step=progress.step)
             progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
             data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
             tmp.write_bytes(data)
@@ -346,8 +346,9 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
         if calibrated:
             manifest["quantization"]["calibration_auto"] = calibrated
         manifest["recovery"] = recovery
-        manifest["format_fallback"] = _fallback
-        manifest["precision_fallback"] = _precision or None
+        manifest["format_fallback"] = fallback
+        manifest["precision_fallback"] = precision
+        manifest["options"] = request.asked.to_dict()
         manifest["quantization"]["aware_training"] = trained or _trained_rung(recovery)
         if not verdict["passed"] and not keep_failed:
             raise_if_failed(figures, verdict, earlier=str(final) if final.exists() else None)
@@ -382,10 +383,6 @@ def convert(model, target="local", *, calibration=None, validation=None, prune=0
             final.unlink()
             for path in moved:
                 path.unlink(missing_ok=True)
-
-
-# convert's own options, passed on whole when it makes another format in place of one its route failed on
-_OPTIONS = tuple(p for p in inspect.signature(convert).parameters if p not in ("progress", "_fallback", "_precision"))
 
 
 WOULD_PASS_SAMPLES = 64
@@ -441,8 +438,8 @@ def _what_would_pass(tmp: Path, route, source, recipe, profile, calib, val, refe
         progress.step(f"{recipe.quantization} misses the gate: making {quantization} to measure it on {n} samples")
         trial = temp_path_in(tmp.parent, f"{tmp.name}.{quantization}")
         try:
-            trial.write_bytes(route.convert(source, other, calib, progress=progress.bar("converting"),
-                                            profile=profile))
+            trial.write_bytes(route.again(source, other, calib, progress=progress.bar("converting"),
+                                          profile=profile))
             figures, verdict = _validate(trial, [r[:n] for r in reference], subset, other, progress, source,
                                          artifact_layout(source.layout, other.layout), metric)
         except BudgetExceeded:
@@ -521,11 +518,11 @@ def _cut_detector_tail(source, recipe, route, reference, calib, progress):
 
     Its outputs are int8 at the boundary and the Edge TPU runs nothing in float, so keeping the merging
     Concat in float (what ONNX artifacts do) is no answer: the artifact outputs the branches, each with its
-    own scale, and the host runs the decode and the joins. Routes that can cut their source say CUTS_TAILS;
+    own scale, and the host runs the decode and the joins. Routes that can cut their source say cuts_tails;
     one that converts its framework's model (not the ONNX graph) has cut(source, outputs, calibration), which
     stops that model where the ONNX graph is cut.
     """
-    if recipe.quantization != "int8" or not getattr(route, "CUTS_TAILS", False) or recipe.host_tail:
+    if recipe.quantization != "int8" or not route.cuts_tails or recipe.host_tail:
         return recipe
     from .host_tail import cut_source, plan
     outputs = plan(source, reference, _model_io(source), recipe.task)
@@ -533,7 +530,7 @@ def _cut_detector_tail(source, recipe, route, reference, calib, progress):
         return recipe
     try:
         cut_source(source, outputs)
-        if hasattr(route, "cut"):
+        if route.cut is not None:
             route.cut(source, outputs, calib)
     except Exception as exc:  # onnx's extractor refused this graph: the artifact stays whole, the gate judges it
         progress.warn(f"could not cut the detector head's post-processing off for the host: {first_line(exc)[:200]}")
@@ -576,7 +573,7 @@ def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate,
     if recipe.weight_rounding != "auto":
         return recipe, *first, None
     nearest = replace(recipe, weight_rounding="nearest")
-    if not getattr(get_route(source.framework, recipe.format), "CORRECTED_ROUNDING", False):
+    if not get_route(source.framework, recipe.format).corrected_rounding:
         return nearest, *first, None
     return _choose_measured(tmp, source, nearest, profile, calib, first, validate, progress,
                             "weight_rounding", "corrected", "weight rounding")
@@ -781,7 +778,7 @@ def _drop_as_agreement(recipe, drop: float, min_agreement, progress):
         agreement = min(agreement, float(min_agreement))
     progress.warn(f"--max-accuracy-drop {drop:g} needs labelled validation data; these have no labels, so the "
                   f"gate judges top-1 agreement with the source instead, at least {agreement:.2%}.")
-    return replace(recipe, min_agreement=agreement)
+    return replace(recipe, gate=replace(recipe.gate, min_agreement=agreement))
 
 
 def _cached(final: Path, cache_key: str, failed_too: bool = False) -> Artifact | None:

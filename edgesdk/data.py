@@ -30,11 +30,25 @@ class Preprocess:
     they are unless an option is given.
     """
 
-    scale: float | None = None
-    offset: float = 0.0
-    mean: tuple = ()
-    std: tuple = ()
-    channel_order: str = "rgb"
+    # the metadata makes the CLI's flags and the docs' lines (edgesdk.options)
+    scale: float | None = field(default=None, metadata={
+        "help": "Preprocess: x * scale + offset (image folders default to 1/255).", "type": float})
+    offset: float = field(default=0.0, metadata={"help": "Preprocess: added after --scale.", "type": float})
+    mean: tuple = field(default=(), metadata={"help": "Preprocess: subtract, per channel: 0.485,0.456,0.406.",
+                                              "parse": "floats"})
+    std: tuple = field(default=(), metadata={"help": "Preprocess: divide, per channel: 0.229,0.224,0.225.",
+                                             "parse": "floats"})
+    channel_order: str = field(default="rgb", metadata={"help": "Channel order of image-folder inputs.",
+                                                        "choices": ("rgb", "bgr")})
+
+    def __post_init__(self):
+        for name in ("mean", "std"):  # one number or a sequence, from Python, a TOML file or a manifest
+            value = getattr(self, name)
+            try:
+                value = tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else (value,)))
+            except (TypeError, ValueError):
+                raise DataError(f"--{name} takes numbers, one per channel (0.5,0.5,0.5), got {value!r}.") from None
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
         d = asdict(self)

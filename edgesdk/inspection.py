@@ -1,10 +1,11 @@
-"""Describe any .tflite, .onnx or .rknn file, and judge it against device profiles: `edgesdk inspect`."""
+"""Describe any artifact (.tflite, .onnx, or a format a family adds), and judge it against device profiles: `edgesdk inspect`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import EdgeSDKError, ModelLoadError
+from .formats import format_of
 from .util import gzip_size
 
 
@@ -15,20 +16,8 @@ def representatives() -> list:
 
 
 def open_artifact(path, **kwargs):
-    """The reader for an artifact's format (.tflite, .onnx or .rknn)."""
-    fmt = kwargs.pop("format", None) or Path(path).suffix.lstrip(".")
-    exact = kwargs.pop("exact", False)  # TFLite's int8 kernels (XNNPACK and the reference) are exact anyway
-    if fmt == "onnx":
-        kwargs["exact"] = exact
-        from .onnx_artifact import ONNXArtifact
-        return ONNXArtifact(path, **kwargs)
-    if fmt == "tflite":
-        from .tflite_artifact import TFLiteArtifact
-        return TFLiteArtifact(path, **kwargs)
-    if fmt == "rknn":
-        from .rknn_artifact import RKNNArtifact
-        return RKNNArtifact(path, **kwargs)
-    raise ModelLoadError(f"'{path}' is neither a .tflite, an .onnx nor an .rknn file.")
+    """The reader for an artifact's format (edgesdk.formats: .tflite, .onnx, or one a family adds)."""
+    return format_of(path, kwargs.pop("format", None)).open(path, **kwargs)
 
 
 def describe(path, fmt: str | None = None) -> dict:
@@ -37,11 +26,12 @@ def describe(path, fmt: str | None = None) -> dict:
     if not path.is_file():
         raise ModelLoadError(f"'{path}' does not exist.")
     reader = open_artifact(path, format=fmt)
-    fmt = fmt or path.suffix.lstrip(".")
+    kind = format_of(path, fmt)
+    fmt = kind.name
     try:  # a damaged file can parse and still hold indices or sizes that lead nowhere
         coverage = reader.coverage()
         io = reader.io()
-        if not io["inputs"] or not io["outputs"] or fmt != "rknn" and not reader.ops():
+        if not io["inputs"] or not io["outputs"] or kind.lists_ops and not reader.ops():
             raise ModelLoadError(f"'{path}' holds no graph (no inputs, outputs or ops): it is empty, truncated "
                                  f"or not a {fmt} model.")
         if fmt == "tflite":

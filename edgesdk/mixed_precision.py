@@ -10,7 +10,6 @@ the source, so nothing is exported twice).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from .errors import EdgeSDKError
 
@@ -73,33 +72,16 @@ class Trials:
 
     def __init__(self, source, recipe, profile, calib, bar=None):
         """bar: a progress callback(i, n) each re-quantization draws as it calibrates (never a silent minute)."""
-        from edgesdk.converters import get_route, onnx_int8
+        from edgesdk.converters import get_route
         self.format = recipe.format
-        if recipe.format == "onnx" and source.float_onnx:
-            self.excludes = onnx_int8.EXCLUDES_LAYERS
-            self.hint, self.measured_hint = onnx_int8.DIAGNOSIS_HINT, onnx_int8.MEASURED_HINT
-            self.calibration_methods = onnx_int8.CALIBRATION_METHODS
-            self.int16, self.int16_keeps_float = onnx_int8.INT16_ACTIVATIONS, True
-            def convert(r):
-                stats = {}
-                data = onnx_int8.quantize(Path(source.float_onnx), r, profile, calib, bar,
-                                          quirks=source.quantizer_quirks, stats=stats)[0]
-                source.weight_rounding = stats.get("weight_rounding")  # as the route records it
-                return data
-            self._convert = convert
-            self._debug = lambda path, x, r: onnx_int8.diagnose(source.float_onnx, path, x,
-                                                                excluded=r.exclude_nodes)
-        else:  # any other route re-converts through itself; its debugger and exclusions if it has them
-            route = get_route(source.framework, recipe.format)
-            self.excludes = getattr(route, "EXCLUDES_LAYERS", False)
-            self.hint = getattr(route, "DIAGNOSIS_HINT", "")
-            self.measured_hint = getattr(route, "MEASURED_HINT", self.hint)
-            self.calibration_methods = getattr(route, "CALIBRATION_METHODS", ("minmax",))
-            self.int16 = getattr(route, "INT16_ACTIVATIONS", False)
-            self.int16_keeps_float = getattr(route, "INT16_KEEPS_FLOAT", True)
-            self._convert = lambda r: route.convert(source, r, calib, progress=bar, profile=profile)
-            debug = getattr(route, "diagnose", None)
-            self._debug = (lambda path, x, r: debug(source, r, calib, x)) if debug else (lambda path, x, r: [])
+        route = get_route(source.framework, recipe.format)
+        self.excludes = route.excludes_layers
+        self.hint, self.measured_hint = route.diagnosis_hint, route.hint_after_measuring
+        self.calibration_methods = route.calibration_methods
+        self.int16, self.int16_keeps_float = route.int16_activations, route.int16_keeps_float
+        # the route again, reusing what its first conversion made (an ONNX route's float graph)
+        self._convert = lambda r: route.again(source, r, calib, progress=bar, profile=profile)
+        self._debug = lambda path, x, r: route.worst_layers(source, r, calib, path, x)
         from edgesdk.targets import get_family
         family = get_family(profile.family)
         self.excludes = self.excludes and family.runs_float_ops(recipe.format)  # the Edge TPU runs no float

@@ -6,17 +6,14 @@ import platform
 from dataclasses import asdict, dataclass, replace
 
 from .data import Preprocess
+from .options import ACTIVATIONS, CALIBRATION_METHODS, WEIGHT_ROUNDING, ConvertOptions
 from .errors import OptionError
 from .profiles import DeviceProfile, IO_DTYPES, QUANTIZATIONS
 from edgesdk.targets import get_family
 from .tasks import TASKS, Thresholds
 
-DEFAULT_THRESHOLDS = Thresholds()
+RESOLVED = Thresholds().resolved()
 
-# each route says which it has; auto: the route's AUTO_CALIBRATION, the one that measures better kept
-CALIBRATION_METHODS = ("auto", "minmax", "mse", "moving-average", "entropy", "percentile")
-WEIGHT_ROUNDING = ("auto", "corrected", "nearest")
-ACTIVATIONS = ("int8", "int16")
 # what an artifact with int16 activations takes and returns: ONNX keeps float32 outside its Q/DQ pairs;
 # TFLite's 16x8 graphs are int16 end to end, as ai-edge-quantizer makes them
 INT16_IO = {"onnx": "float32", "tflite": "int16"}
@@ -35,19 +32,8 @@ class Recipe:
     distill: bool = False  # fine-tune with the float source as teacher (soft targets beside the labels)
     batch_size: int = 32
     learning_rate: float = 1e-3
-    max_accuracy_drop: float = 1.0
-    min_sqnr_db: float = DEFAULT_THRESHOLDS.min_sqnr_db
-    class_output: int | None = None
     task: str = "auto"
-    min_agreement: float = DEFAULT_THRESHOLDS.min_agreement
-    min_recall: float = DEFAULT_THRESHOLDS.min_recall
-    min_precision: float = DEFAULT_THRESHOLDS.min_precision
-    min_iou: float = DEFAULT_THRESHOLDS.min_iou
-    max_cer: float = DEFAULT_THRESHOLDS.max_cer
-    min_cosine: float = DEFAULT_THRESHOLDS.min_cosine
-    min_f1: float = DEFAULT_THRESHOLDS.min_f1
-    threshold: float = DEFAULT_THRESHOLDS.threshold
-    blank: int | None = DEFAULT_THRESHOLDS.blank
+    gate: Thresholds = RESOLVED  # every threshold with its value (Thresholds.resolved)
     allow_float_fallback: bool = False
     calibration_method: str = "auto"
     exclude_nodes: tuple = ()
@@ -81,34 +67,31 @@ class Recipe:
                        **{"calibration_method": method, **changes})
 
     def thresholds(self) -> Thresholds:
-        return Thresholds(max_accuracy_drop=self.max_accuracy_drop, min_agreement=self.min_agreement,
-                          min_sqnr_db=self.min_sqnr_db, min_recall=self.min_recall,
-                          min_precision=self.min_precision, min_iou=self.min_iou, class_output=self.class_output,
-                          max_cer=self.max_cer, min_cosine=self.min_cosine, min_f1=self.min_f1,
-                          threshold=self.threshold, blank=self.blank)
+        return self.gate
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         d["exclude_nodes"], d["exclude_op_types"] = list(self.exclude_nodes), list(self.exclude_op_types)
         d["host_tail"] = list(self.host_tail)
+        d["gate"] = asdict(self.gate)
         return d
 
 
-def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input_dtype=None,
-                output_dtype=None, prune=0.0, epochs=2, distill=False, batch_size=32, learning_rate=1e-3,
-                calibration_samples=None, max_accuracy_drop=1.0, min_sqnr_db=None, class_output=None,
-                preprocess=None, allow_float_fallback=False, calibration_method="auto", exclude_nodes=(),
-                exclude_op_types=(), task="auto", min_agreement=None, min_recall=None, min_precision=None,
-                min_iou=None, max_cer=None, min_cosine=None, min_f1=None, threshold=None, blank=None,
-                weight_rounding="auto", qat=False,
-                activations="int8") -> Recipe:
+def make_recipe(profile: DeviceProfile, options: ConvertOptions | None = None) -> Recipe:
+    """The recipe for `profile` from what the user asked (`options`), each choice checked against the target."""
+    options = options or ConvertOptions()
+    q, training, inputs = options.quantize, options.training, options.inputs
+    fmt, quant, input_dtype, output_dtype = q.format, q.quantization, q.input_dtype, q.output_dtype
+    calibration_method, weight_rounding, activations = q.calibration_method, q.weight_rounding, q.activations
+    allow_float_fallback, qat, task = q.allow_float_fallback, training.qat, options.task
+    epochs, batch_size, learning_rate = training.epochs, training.batch_size, training.learning_rate
     spec = profile.artifact
-    fmt = format or spec.format
+    fmt = fmt or spec.format
     if fmt not in spec.formats:
         raise OptionError(f"Profile '{profile.name}' ({profile.family}) takes {' or '.join(spec.formats)} "
                           f"artifacts, not {fmt}. Drop --format or choose another target.")
-    quant = quantization or spec.quantization
+    quant = quant or spec.quantization
     if quant not in QUANTIZATIONS:
         raise OptionError(f"Unknown quantization '{quant}'; expected one of {', '.join(QUANTIZATIONS)}.")
     family = get_family(profile.family)
@@ -135,9 +118,9 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
     if quant != "int8" and (in_dt != "float32" or out_dt != "float32"):
         raise OptionError(f"Integer input/output types need int8 quantization; with {quant} they are float32.")
     try:
-        prune = float(prune or 0.0)
+        prune = float(training.prune or 0.0)
     except (TypeError, ValueError):
-        raise OptionError(f"Sparsity must be a number in [0, 1), got {prune!r}.") from None
+        raise OptionError(f"Sparsity must be a number in [0, 1), got {training.prune!r}.") from None
     if not 0.0 <= prune < 1.0:
         raise OptionError(f"Sparsity must be in [0, 1) (e.g. 0.5 for half the weights zero), got {prune:g}.")
     if epochs < 1 or batch_size < 1:
@@ -166,24 +149,13 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
             raise OptionError("--calibration-method mse narrows int8 activation ranges; int16 activations keep "
                               "the full min/max range (65,536 steps lose nothing to it): drop one of them.")
         in_dt = out_dt = INT16_IO[fmt]
-    if max_accuracy_drop < 0:
-        raise OptionError(f"--max-accuracy-drop is in percentage points and cannot be negative "
-                          f"(got {max_accuracy_drop:g}).")
     if allow_float_fallback and not family.runs_float_ops(fmt):
         raise OptionError(f"{profile.name} ({family.name}) cannot run float ops; --allow-float-fallback "
                           f"does not apply to it.")
     if task not in TASKS:
         raise OptionError(f"Unknown task '{task}'; expected one of {', '.join(TASKS)}.")
-    gate = {"min_agreement": min_agreement, "min_recall": min_recall, "min_precision": min_precision,
-            "min_iou": min_iou, "max_cer": max_cer, "min_cosine": min_cosine, "min_f1": min_f1,
-            "threshold": threshold}
-    for key, value in gate.items():
-        if value is None:
-            gate[key] = getattr(DEFAULT_THRESHOLDS, key)
-        elif not 0.0 <= float(value) <= 1.0:
-            raise OptionError(f"--{key.replace('_', '-')} is a share in [0, 1] (e.g. 0.9), got {value:g}.")
-    min_sqnr_db = DEFAULT_THRESHOLDS.min_sqnr_db if min_sqnr_db is None else float(min_sqnr_db)
-    exclude_nodes, exclude_op_types = tuple(exclude_nodes or ()), tuple(exclude_op_types or ())
+    gate = options.gate.resolved()
+    exclude_nodes, exclude_op_types = tuple(q.exclude_nodes or ()), tuple(q.exclude_op_types or ())
     if exclude_nodes or exclude_op_types:
         if not family.runs_float_ops(fmt):
             raise OptionError(f"{profile.name} ({family.name}) runs only int8 ops; nothing can be excluded from "
@@ -191,34 +163,17 @@ def make_recipe(profile: DeviceProfile, *, format=None, quantization=None, input
         if fmt == "tflite" and not allow_float_fallback:
             raise OptionError("Excluded layers run in float, so a TFLite artifact is no longer full-integer: "
                               "add --allow-float-fallback to accept that.")
-    samples = calibration_samples or spec.calibration_samples
+    samples = q.calibration_samples or spec.calibration_samples
     if samples < 1:
         raise OptionError("--calibration-samples must be at least 1.")
     layout = spec.layout or ("NHWC" if fmt == "tflite" else "source")
     arithmetic = "host" if profile.device.arch == platform.machine() else "exact"
     if qat:  # the training learns the rounding; the trained model's kernels are not rounded again
         weight_rounding = "nearest"
-    return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt, qat=bool(qat),
-                  activations=activations,
-                  quantization=quant, input_dtype=in_dt, output_dtype=out_dt, per_channel=spec.per_channel,
-                  calibration_samples=samples, sparsity=prune, epochs=epochs, distill=bool(distill),
-                  batch_size=batch_size, learning_rate=learning_rate, max_accuracy_drop=max_accuracy_drop,
-                  min_sqnr_db=min_sqnr_db, class_output=class_output, allow_float_fallback=allow_float_fallback,
-                  calibration_method=calibration_method, exclude_nodes=exclude_nodes,
-                  exclude_op_types=exclude_op_types, preprocess=preprocess or Preprocess(), task=task,
-                  blank=_blank(blank), **{k: float(v) for k, v in gate.items()})
-
-
-def _blank(value):
-    """The CTC blank's index (--blank 3, blank=3): None given is the default (0); "none" reads every step's
-    argmax."""
-    if value is None:
-        return DEFAULT_THRESHOLDS.blank
-    if str(value).lower() == "none":
-        return None
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise OptionError(f"--blank is the CTC blank's symbol index (0 or more) or 'none', got {value!r}.")
-    return value
-
+    return Recipe(layout=layout, int8_arithmetic=arithmetic, weight_rounding=weight_rounding, format=fmt,
+                  qat=bool(qat), activations=activations, quantization=quant, input_dtype=in_dt, output_dtype=out_dt,
+                  per_channel=spec.per_channel, calibration_samples=samples, sparsity=prune, epochs=epochs,
+                  distill=bool(training.distill), batch_size=batch_size, learning_rate=learning_rate,
+                  allow_float_fallback=allow_float_fallback, calibration_method=calibration_method,
+                  exclude_nodes=exclude_nodes, exclude_op_types=exclude_op_types, preprocess=inputs.preprocess,
+                  task=task, gate=gate)

@@ -29,7 +29,7 @@ DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 
 
 def load(path, num_threads: int | None = None) -> "Loaded":
-    """The artifact at `path` (.tflite or .onnx; .rknn where its build is at hand), ready to run as its
+    """The artifact at `path` (.tflite or .onnx; a family's format where its reader runs it), ready to run as its
     source ran, by the interface its manifest (PATH.json) records. A file without one runs as it is."""
     path = Path(path)
     if not path.is_file():
@@ -60,10 +60,8 @@ def open_engine(path: Path, num_threads: int = 1):
         return TFLiteEngine(path, num_threads)
     if suffix == ".onnx":
         return ONNXEngine(path, num_threads)
-    if suffix == ".rknn":
-        from .rknn_artifact import RKNNArtifact  # the toolkit's simulator: a board runs it with `edgesdk deploy`
-        return RKNNArtifact(path)
-    raise ModelLoadError(f"'{path}' is neither a .tflite, an .onnx nor an .rknn file.")
+    from .formats import format_of  # a format a family adds (.rknn: the toolkit's simulator) runs by its reader
+    return format_of(path).open(path)
 
 
 def plain_interface(engine) -> dict:

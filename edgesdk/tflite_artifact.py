@@ -53,7 +53,8 @@ def _enum_names(cls) -> dict:
 class TFLiteArtifact:
     """`delegates=False` runs the graph as written; True as a device would (XNNPACK)."""
 
-    def __init__(self, path, num_threads: int = 1, delegates: bool = False):
+    def __init__(self, path, num_threads: int = 1, delegates: bool = False, exact: bool = False):
+        # exact: TFLite's int8 kernels (XNNPACK and the reference) are exact anyway
         self.path = str(path)
         self.num_threads, self.delegates = num_threads, delegates
         try:

@@ -96,7 +96,7 @@ def candidates(framework: str, profile, formats=None, quantizations=None, sparsi
     """(candidates worth converting, [(name, why) dropped before converting]); formats/quantizations narrow
     the search to those the user asked for. Each sparsity adds a pruned int8 candidate per format (pruning
     pays where weights are int8: that is the artifact the SDK ships)."""
-    from edgesdk.converters import ROUTES
+    from edgesdk.converters import routes
     from edgesdk.targets import get_family
     family = get_family(profile.family)
     for asked, known, what in ((formats, profile.artifact.formats, "formats"),
@@ -107,7 +107,7 @@ def candidates(framework: str, profile, formats=None, quantizations=None, sparsi
                               f"{', '.join(known)}.")
     picked, dropped = [], []
     for fmt in formats or profile.artifact.formats:
-        if (framework, fmt) not in ROUTES:
+        if (framework, fmt) not in routes():
             dropped.append((f"{fmt} *", f"no route from {framework} to {fmt}"))
             continue
         quants = list(quantizations or ("int8", "fp16", "float"))
@@ -127,11 +127,11 @@ def thread_counts(profile) -> list:
     return sorted({1, profile.artifact.threads})
 
 
-def tune(model, target="local", *, hosts="local", calibration=None, validation=None, max_accuracy_drop=None,
+def tune(model, target="local", *, hosts="local", calibration=None, validation=None, options=None,
          budget=None, runs=50, warmup=5, repeat=2, output_dir="edgesdk-out", store=None, seed=0,
          formats=None, quantizations=None, fine_tune=None, sparsities=None, max_size=None, remote_python=None,
          workdir=None, accept_new_host_key=False, quiet=False, progress: Progress | None = None,
-         **convert_options) -> dict:
+         model_factory=None, example_input=None, unsafe=False, **legacy) -> dict:
     """Search what `target` can run for the fastest artifact within the accuracy budget; see the module doc.
 
     hosts: "local", one host, or a list of hosts of this profile. fine_tune: labelled data; with it, pruned int8
@@ -139,10 +139,12 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
     search as a dict: the winner's artifact path, one row per candidate (figures, size, p50/p90 per thread
     count, why it failed or was cut)."""
     from . import convert
+    from .options import with_legacy
     from .deploy import deploy_one, RemoteRuns
     from .profiles import load_profile
     from .source import framework_of
-    progress = progress or Progress(quiet)
+    options = with_legacy(options, legacy, "edgesdk.tune")  # each candidate's format, precision and pruning are
+    progress = progress or Progress(quiet)                  # the search's; the rest applies to every candidate
     started = time.monotonic()
     seconds = parse_budget(budget)
     max_size = parse_size(max_size)
@@ -153,7 +155,7 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
     if runs < 1 or warmup < 0 or repeat < 1:
         raise OptionError("--runs and --repeat must be at least 1 and --warmup at least 0.")
     profile = load_profile(target)
-    framework = framework_of(model, convert_options.get("model_factory"))
+    framework = framework_of(model, model_factory)
     if framework is None:
         raise OptionError(f"Cannot tell which framework {model!r} comes from; give a .keras/.h5/SavedModel, "
                           f".onnx, .pt2 file or a live Keras/PyTorch model.")
@@ -194,14 +196,16 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
                 continue
             progress.step(f"converting {c.name}")
             try:
-                art = convert(model, profile, format=c.fmt, quantization=c.quantization, calibration=calibration,
-                              validation=validation, max_accuracy_drop=max_accuracy_drop,
-                              prune=c.sparsity, fine_tune=fine_tune if c.sparsity else None,
-                              output_dir=out / "candidates" / c.folder,
+                art = convert(model, profile, calibration=calibration, validation=validation,
+                              fine_tune=fine_tune if c.sparsity else None, options=options.with_values({
+                                  ("quantize", "format"): c.fmt, ("quantize", "quantization"): c.quantization,
+                                  ("training", "prune"): c.sparsity,
+                                  # kept, a failed candidate is a cached verdict next time
+                                  ("keep_failed",): True}),
+                              output_dir=out / "candidates" / c.folder, model_factory=model_factory,
+                              example_input=example_input, unsafe=unsafe,
                               # the budget is checked inside the conversion's stages too, not only between them
-                              progress=Progress(quiet=True, deadline=deadline),
-                              keep_failed=True,  # kept, a failed candidate is a cached verdict next time
-                              **convert_options)
+                              progress=Progress(quiet=True, deadline=deadline))
             except BudgetExceeded:
                 c.status, c.why = "skipped", "the budget ran out while it was converted"
                 progress.step(f"  {c.name}: {c.why}")

@@ -90,6 +90,7 @@ def load_metric(spec):
 def judge(reference: list, artifact: list, labels=None, *, io: ModelIO, task: str = "auto",
           thresholds: Thresholds = Thresholds(), metric=None, matched=None) -> dict:
     """All figures and the verdict. `artifact` is already matched to `reference`."""
+    thresholds = thresholds.resolved()
     n = len(reference[0])
     figures = {"samples": int(n), "outputs": []}
     for i, (ref, art) in enumerate(zip(reference, artifact)):

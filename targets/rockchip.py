@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from edgesdk.errors import ConversionError
 
+from edgesdk.formats import ArtifactFormat
+
 from . import DevicePlan, TargetFamily
 
 NAME = "rockchip"
@@ -81,6 +83,10 @@ class Rockchip(TargetFamily):
     name = NAME
     description = "Rockchip NPUs (RK3588, RK3566): .rknn built by rknn-toolkit2, run by RKNNLite"
     formats = ("rknn", "onnx")  # ONNX on the board's CPU: what a graph the toolkit cannot build falls back to
+    # the compiled .rknn: nothing outside rknn-toolkit2 parses it; read from the toolkit's build or the manifest
+    artifact_formats = (ArtifactFormat("rknn", "edgesdk.targets.rockchip_artifact:RKNNArtifact", benchmarks_here=False,
+                                       where_it_runs="an .rknn runs only on a Rockchip NPU; measure it there with "
+                                                     "`edgesdk deploy ARTIFACT --host BOARD`.", lists_ops=False),)
     quantizations = ("int8", "fp16")
     # in an .rknn, what runs in fp16 or on the CPU is the toolkit's decision, reported, not a recipe's; the NPU's
     # int16 is the toolkit's own quantization, not a QDQ graph's. ONNX runs on the board's CPU, as on any ARM board.

@@ -127,7 +127,7 @@ def test_device_plans_need_the_npu_driver_and_library(tmp_path):
 
 
 def test_an_rknn_without_its_build_cannot_be_simulated(tmp_path):
-    from edgesdk.rknn_artifact import RKNNArtifact
+    from edgesdk.targets.rockchip_artifact import RKNNArtifact
     path = tmp_path / "m.rknn"
     path.write_bytes(b"RKNN not built here")
     with pytest.raises(RuntimeMissing, match="can only run on a Rockchip NPU"):
@@ -170,7 +170,7 @@ def test_two_input_pytorch_module_for_the_rock5b(gained_onet, tmp_path):
     assert [(i["name"], i["shape"]) for i in art.manifest["inputs"]] == [("input_0", [1, 3, 48, 48]),
                                                                          ("input_1", [1, 1])]
     # the gain matters: the same crops at another gain give other outputs
-    from edgesdk.rknn_artifact import RKNNArtifact
+    from edgesdk.targets.rockchip_artifact import RKNNArtifact
     from edgesdk.inputs import Inputs
     reader = RKNNArtifact(art.path)
     same = reader.predict(Inputs({"input_0": x[:8], "input_1": gain[:8]}))

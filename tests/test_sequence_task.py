@@ -84,7 +84,7 @@ def test_a_ctc_recognizer_is_judged_by_its_strings(rec):
 
 def test_every_steps_argmax_without_a_blank(rec):
     io = ModelIO(output_names=["y"], input_hw=(48, 320))
-    figures = judge([rec["float"]], [rec["plain"]], io=io, task="sequence", thresholds=Thresholds(blank=None))
+    figures = judge([rec["float"]], [rec["plain"]], io=io, task="sequence", thresholds=Thresholds(blank="none"))
     head = figures["heads"][0]
     ref, art = rec["float"].argmax(-1).tolist(), rec["plain"].argmax(-1).tolist()
     assert head["decode"] == "argmax per step" and head["mean_length"] == 40

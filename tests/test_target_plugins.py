@@ -123,3 +123,24 @@ def test_a_plugged_in_family_is_checked_converted_for_and_deployed(toy_site, ker
     assert res.raw["accelerator"] == "toy-npu1" and res.p50 > 0
     with pytest.raises(OptionError, match="--dla-core is for Jetson modules with a DLA; toy-board is toy-npu"):
         edgesdk.deploy(art, "local", runs=3, dla_core=0)
+
+
+def test_a_plugged_in_family_brings_its_own_artifact_format(toy_site, tmp_path):
+    """The family declares its format (suffix, reader, where it runs); inspect reads it and bench says where to
+    measure it, with no core module naming it (as Rockchip's .rknn, declared by the Rockchip family)."""
+    from edgesdk import fixtures
+    from edgesdk.errors import ModelLoadError
+    site, env = toy_site
+    plain = fixtures.fetch("blazeface")
+    blob = tmp_path / "face.toyblob"
+    blob.write_bytes(plain.read_bytes()[::-1])
+    r = run_cli("inspect", blob, "--json", "--target", "rpi4", env=env)
+    assert r.returncode == 0, r.stderr
+    doc, ref = json.loads(r.stdout), json.loads(run_cli("inspect", plain, "--json", "--target", "rpi4").stdout)
+    assert doc["format"] == "toyblob" and doc["inputs"] == ref["inputs"] and doc["outputs"] == ref["outputs"]
+    r = run_cli("bench", blob, env=env)
+    assert r.returncode == ModelLoadError.exit_code and "runs only on the toy NPU's board" in r.stderr, r.stderr
+    # without the plug-in, the suffix is unknown, and the error lists what is read
+    r = run_cli("inspect", blob)
+    assert r.returncode == ModelLoadError.exit_code and ".tflite, .onnx or .rknn" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

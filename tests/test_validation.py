@@ -233,8 +233,8 @@ def test_an_accuracy_budget_without_labels_becomes_the_agreement_it_allows():
     recipe = make_recipe(load_profile("rpi4"))
     progress = Progress(quiet=True)
     assert _drop_as_agreement(recipe, 100, None, progress).thresholds().min_agreement == 0.0
-    assert _drop_as_agreement(recipe, 3, None, progress).min_agreement == pytest.approx(0.97)
-    assert _drop_as_agreement(recipe, 3, 0.9, progress).min_agreement == pytest.approx(0.9)
+    assert _drop_as_agreement(recipe, 3, None, progress).gate.min_agreement == pytest.approx(0.97)
+    assert _drop_as_agreement(recipe, 3, 0.9, progress).gate.min_agreement == pytest.approx(0.9)
     assert "needs labelled validation data" in progress.warnings[0] and "97.00%" in progress.warnings[1]
     # and the classifier check it feeds judges by that threshold
     ref = np.eye(4)[rng.integers(0, 4, 200)]

@@ -4,7 +4,7 @@ An output (N, steps, symbols) whose every step is a distribution over at least 3
 that sum to one, or log-probabilities whose exponentials do) is a sequence; `--task sequence` also takes
 raw per-step scores. Each sample is decoded greedily, as CTC recognizers are read: the argmax per step,
 repeats collapsed, the blank dropped (index `blank`, 0 by default, as PaddleOCR's and most CTC heads put
-it; `blank=None` keeps every step's argmax, for per-step taggers). The gate is on the character error rate
+it; `blank="none"` keeps every step's argmax, for per-step taggers). The gate is on the character error rate
 of the artifact's strings against the source's (edit distance over the source's length, summed over the
 samples), with a bootstrap interval over samples; the share of identical strings is reported beside it.
 Per-step probabilities hide what matters here: PP-OCRv4's int8 recognizer measured 8.5 dB SQNR and 7.1 %
@@ -68,7 +68,7 @@ def edit_distance(a: tuple, b: tuple) -> int:
 
 def judge(head: Head, reference: list, artifact: list, labels, t, io=None) -> tuple:
     k = head.outputs[0]
-    ref, art = decode(reference[k], t.blank), decode(artifact[k], t.blank)
+    ref, art = decode(reference[k], t.decode_blank), decode(artifact[k], t.decode_blank)
     n = len(ref)
     dist = np.array([edit_distance(r, a) for r, a in zip(ref, art)], dtype=np.float64)
     length = np.array([len(r) for r in ref], dtype=np.float64)
@@ -84,7 +84,7 @@ def judge(head: Head, reference: list, artifact: list, labels, t, io=None) -> tu
             lambda m: (value - (value - low) * (n / m) ** 0.5, value + (high - value) * (n / m) ** 0.5),
             n, t.max_cer, False)
     same = int(np.sum(dist == 0))
-    figures = {"output": k, "decode": "argmax per step" if t.blank is None else f"CTC greedy, blank {t.blank}",
+    figures = {"output": k, "decode": "argmax per step" if t.decode_blank is None else f"CTC greedy, blank {t.blank}",
                "cer": round(value, 6), "cer_interval": check["interval"],
                "string_agreement": round(same / n, 6) if n else None,
                "string_agreement_interval": [round(v, 6) for v in confidence.wilson(same, n)],

@@ -10,16 +10,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError
+from edgesdk.formats import ArtifactFormat
 from edgesdk.targets import Compiled, DevicePlan, TargetFamily
+from edgesdk.tflite_artifact import TFLiteArtifact
+
+
+class ToyBlobReader(TFLiteArtifact):
+    """A .toyblob is the toy NPU's compiled form: a TFLite flatbuffer, bytes reversed (what compile writes)."""
+
+    def __init__(self, path, **kwargs):
+        self._plain = tempfile.NamedTemporaryFile(suffix=".tflite")
+        self._plain.write(Path(path).read_bytes()[::-1])
+        self._plain.flush()
+        super().__init__(self._plain.name, **kwargs)
 
 
 class ToyNPU(TargetFamily):
     name = "toy-npu"
     description = "a made-up NPU board (tests)"
     formats = ("tflite",)
+    artifact_formats = (ArtifactFormat("toyblob", "toy_family:ToyBlobReader", benchmarks_here=False,
+                                       where_it_runs="a .toyblob runs only on the toy NPU's board."),)
     quantizations = ("int8",)
     float_ops = False
     accelerator_kinds = ("npu",)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError, RuntimeMissing
-from .util import sha256_file
+from edgesdk.errors import ModelLoadError, RuntimeMissing
+from edgesdk.util import sha256_file
 
-from edgesdk.targets.rockchip import EDGE_OPS, GLUE_OPS
+from .rockchip import EDGE_OPS, GLUE_OPS
 
 
 class RKNNArtifact:
