@@ -204,7 +204,7 @@ PLAIN_ROUNDING_STEPS = 0.35  # uniform rounding error is 1/sqrt(12) ~ 0.29 of a 
 DEGENERATE_STEPS = 1e6       # beyond this the step itself is ~0: a constant tensor, not a lossy layer
 
 
-def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
+def diagnose(source, recipe, calibration, artifact_path, val_x, worst: int = 5) -> list:
     """Layers whose int8 outputs stray furthest from float, worst first (TFLite's QuantizationDebugger).
 
     `rmse_per_scale` is each layer's output RMS error in units of its
@@ -240,13 +240,10 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
     return rows[:worst]
 
 
-def _debug(source, recipe, calibration, artifact_path, x) -> list:
-    return diagnose(source, recipe, calibration, x)
-
 
 ROUTE = Route(
     format="tflite", sources={"keras": {"tensorflow": "keras", "tf_keras": "keras"}},
-    convert=convert, debug=_debug, cut=cut,
+    convert=convert, debug=diagnose, cut=cut,
     calibration_methods=("minmax",),  # the TFLite converter's calibrator has no other
     multi_input=True,  # Keras models and SavedModel signatures with several inputs
     int16_activations=True,  # the converter's 16x8 mode: int8 weights, int16 activations and I/O

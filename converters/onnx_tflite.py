@@ -163,7 +163,7 @@ def _float_compute_ops(flatbuffer: bytes) -> list:
     return float_compute_ops(float_ops) if float_ops else []
 
 
-def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
+def diagnose(source, recipe, calibration, artifact_path, val_x, worst: int = 5) -> list:
     """val_x arrives in the artifact's layout already (NHWC for image inputs)."""
     tf_source = prepare_source(source, recipe, calibration)
     with captured_output(), warnings.catch_warnings():
@@ -172,14 +172,11 @@ def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
         return tflite_int8.diagnose(_float_flatbuffer(tf_source), recipe, x, val_x, worst)
 
 
-def _debug(source, recipe, calibration, artifact_path, x) -> list:
-    return diagnose(source, recipe, calibration, x)
-
 
 ROUTE = Route(
     format="tflite", sources={"onnx": {"onnx": "onnx", "onnxruntime": "onnx", "tensorflow": "tflite",
                                        "ai_edge_quantizer": "tflite"}},
-    convert=convert, prepare_source=prepare_source, debug=_debug,
+    convert=convert, prepare_source=prepare_source, debug=diagnose,
     multi_input=True,  # onnx2tf keeps the ONNX input names; several inputs are fed by name
     cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
     **tflite_int8.TFLITE_INT8)  # the float flatbuffer quantized by the shared int8 back end

@@ -81,7 +81,7 @@ def _cut(source, outputs: tuple, calibration):
     return cut_module(source.model, args, cut_points(source, outputs, x))
 
 
-def diagnose(source, recipe, calibration, val_x, worst: int = 5) -> list:
+def diagnose(source, recipe, calibration, artifact_path, val_x, worst: int = 5) -> list:
     torch = import_torch()
     with captured_output(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -113,14 +113,11 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     return flatbuffer
 
 
-def _debug(source, recipe, calibration, artifact_path, x) -> list:
-    return diagnose(source, recipe, calibration, x)
-
 
 ROUTE = Route(
     format="tflite", sources={"torch": {"torch": "torch", "litert_torch": "torch", "ai_edge_quantizer": "torch",
                                         "tensorflow": "torch"}},
-    convert=convert, debug=_debug, cut=cut,
+    convert=convert, debug=diagnose, cut=cut,
     multi_input=True,  # one TFLite input per forward() argument, in order
     cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
     trainer="torch_qat",

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,34 +126,124 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
     return _convert(request, options, fallback)
 
 
+@dataclass
+class ConversionRun:
+    """One conversion under way: what it converts, for which target, with which data, and what it has made so
+    far. The stages of `_convert` read it and add to it; the helpers below take it whole."""
+
+    request: _Request
+    options: ConvertOptions
+    recipe: object
+    metric: object
+    out_dir: Path
+    source: object = None
+    route: object = None
+    layout: str = ""
+    calib: object = None
+    val: object = None
+    held_out: bool = False
+    tune: object = None           # fine-tuning data, or a training callback
+    sampling: dict | None = None
+    trainer: object = None        # the route's quantization-aware trainer, when the ladder could use it
+    auto_calibration: tuple = ()
+    final: Path | None = None
+    cache_key: str = ""
+    tmp: Path | None = None       # the artifact being made, under a temporary name beside `final`
+    reference: list | None = None  # the source's outputs on the validation data
+    # what the stages made
+    pruning: dict | None = None
+    pruned_outputs: list | None = None
+    pruned_passed: bool = True
+    pruned_figures: dict = field(default_factory=dict)
+    training: object = None       # the ladder's training rung, while it has one to climb
+    trained: dict | None = None   # what --qat trained
+    tail: dict | None = None      # a detector head's merging kept in float
+    rounding: dict | None = None  # what --weight-rounding auto measured
+    calibrated: dict | None = None  # what --calibration-method auto measured
+    recovery: dict | None = None
+    figures: dict = field(default_factory=dict)
+    verdict: dict = field(default_factory=dict)
+
+    @property
+    def profile(self):
+        return self.request.profile
+
+    @property
+    def progress(self) -> Progress:
+        return self.request.progress
+
+    @property
+    def io(self):
+        return _model_io(self.source)
+
+    def validate(self, path: Path, recipe) -> tuple:
+        """(figures, verdict) of the artifact at `path`, made with `recipe`, on the validation data."""
+        return _validate(path, self.reference, self.val, recipe, self.progress, self.source, self.layout,
+                         self.metric)
+
+
 def _convert(request: _Request, options: ConvertOptions, fallback: dict | None = None,
              precision: dict | None = None) -> Artifact:
-    """One conversion, its format and precision settled: load, convert, judge, recover, place."""
+    """One conversion, its format and precision settled, in its stages: prepare, convert, judge, recover,
+    explain, place. Everything is made under a temporary name and placed only at the end."""
+    run = _prepare(request, options)
+    cached = _cached_verdict(run)
+    if cached is not None:
+        return cached
+    run.progress.step(f"computing reference outputs on {len(run.val)} validation samples")
+    run.reference = run.source.predict(run.val.x)
+    # Pruning works on the live model; a caller's in-memory model gets its weights back.
+    given, snapshot, pruner = run.source.model, None, None
+    if run.recipe.sparsity:
+        from edgesdk.converters import get_pruner
+        pruner = get_pruner(run.source.framework)
+        snapshot = pruner.snapshot(given) if run.source.path is None else None
+    if run.auto_calibration:  # made with the first; the others measured beside it once the rounding is chosen
+        run.recipe = replace(run.recipe, calibration_method=run.auto_calibration[0])
+    run.tmp = temp_path_in(run.out_dir, run.final.name)
+    if run.trainer is not None:
+        from .recovery import Training
+        # a model about to be pruned teaches with its float outputs, taken now
+        run.training = Training(run.trainer, run.tune, run.source.predict(run.tune.x)[0]
+                                if run.recipe.sparsity and run.recipe.distill else None)
+    try:
+        _make(run, pruner)
+        _judge(run)
+        _recover_stage(run)
+        info, compat = _explain(run)
+        return _place(run, info, compat, fallback, precision)
+    finally:
+        if run.tmp.exists():
+            run.tmp.unlink()
+        if snapshot is not None:
+            pruner.restore(given, snapshot)
+
+
+def _prepare(request: _Request, options: ConvertOptions) -> ConversionRun:
+    """The recipe, the source, its route, the data: everything checked before anything is made."""
     from edgesdk.converters import get_route
-    model, profile, progress = request.model, request.profile, request.progress
-    calibration, validation, fine_tune = request.calibration, request.validation, request.fine_tune
-    recover, keep_failed, gate = options.recover, options.keep_failed, options.gate
-    inputs = options.inputs
-    recipe = make_recipe(profile, options)
-    metric = load_metric(options.metric)
-    out_dir = ensure_writable_dir(request.output_dir)
+    progress, model = request.progress, request.model
+    calibration, validation, inputs = request.calibration, request.validation, options.inputs
+    run = ConversionRun(request, options, make_recipe(request.profile, options), load_metric(options.metric),
+                        ensure_writable_dir(request.output_dir))
+    recipe = run.recipe
     if recipe.quantization == "int8" and calibration is None:
         raise DataError("Full-integer quantization needs representative calibration data to set activation "
                         "ranges: pass --calibration DATA (an .npz with 'x', an .npy or an image folder).")
 
     progress.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     from .data import sample_shapes
-    source = load_source(model, unsafe=request.unsafe, input_shape=inputs.input_shape,
-                         example_input=request.example_input, model_factory=request.model_factory,
-                         input_values=inputs.input_values, stateful=inputs.stateful,
-                         data_shapes=sample_shapes(calibration if calibration is not None else validation))
-    route = get_route(source.framework, recipe.format)
+    run.source = source = load_source(
+        model, unsafe=request.unsafe, input_shape=inputs.input_shape, example_input=request.example_input,
+        model_factory=request.model_factory, input_values=inputs.input_values, stateful=inputs.stateful,
+        data_shapes=sample_shapes(calibration if calibration is not None else validation))
+    run.route = route = get_route(source.framework, recipe.format)
     methods = route.calibration_methods
     if recipe.calibration_method not in ("auto",) + methods:
         listed = " or ".join(filter(None, (", ".join(("auto",) + methods[:-1]), methods[-1])))
         raise OptionError(f"--calibration-method {recipe.calibration_method} is not available from "
                           f"{source.framework} to {recipe.format}: this route calibrates with {listed}.")
-    auto_calibration = route.auto_methods if recipe.calibration_method == "auto" else ()
+    run.auto_calibration = route.auto_methods if recipe.calibration_method == "auto" else ()
     if recipe.activations == "int16" and not route.int16_activations:
         raise OptionError(f"The route from {source.framework} to {recipe.format} makes int8 activations only "
                           f"(int16 ones are made for ONNX artifacts and TFLite ones); "
@@ -169,33 +259,46 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
     if source.multi_input and recipe.sparsity:
         raise OptionError(f"--prune on a model with several inputs is not supported yet; convert "
                           f"'{source.name}' without --prune.")
-    layout = artifact_layout(source.layout, recipe.layout)
+    run.layout = artifact_layout(source.layout, recipe.layout)
+    _load_data(run)
+    stem = request.name or source.name
+    run.final = run.out_dir / f"{stem}.{request.profile.name}.{run.recipe.format}"
+    run.cache_key = _cache_key(source, request.profile, run.recipe, run.calib, run.val, run.tune, run.metric,
+                               options.recover)
+    return run
 
+
+def _load_data(run: ConversionRun) -> None:
+    """Calibration, validation (held out of labelled calibration data when none is given) and fine-tuning data,
+    read for the source's inputs; the checks that need them."""
+    request, source, progress, gate = run.request, run.source, run.progress, run.options.gate
+    calibration, validation, fine_tune = request.calibration, request.validation, request.fine_tune
+    preprocess = run.recipe.preprocess
     calib = val = tune = None
     if calibration is not None:
-        calib = load_for(source, calibration, preprocess=recipe.preprocess, what="calibration data")
+        calib = load_for(source, calibration, preprocess=preprocess, what="calibration data")
     if validation is not None:
-        val = load_for(source, validation, preprocess=recipe.preprocess, what="validation data")
-        held_out = True
+        val = load_for(source, validation, preprocess=preprocess, what="validation data")
+        run.held_out = True
     elif calib is not None and calib.labels is not None:
         calib, val = split_holdout(calib, contiguous=bool(source.stateful))
-        held_out = True
+        run.held_out = True
         progress.step(f"holding out {len(val)} labelled calibration samples for validation")
     elif calib is not None:
-        val, held_out = calib, False
+        val, run.held_out = calib, False
         progress.warn("no --validation data and the calibration data has no labels: validating against the "
                       "source model's own predictions on the calibration samples (not held out).")
     else:
         raise DataError("Validation needs data: pass --validation DATA (or --calibration DATA).")
     if gate.max_accuracy_drop is not None and val.labels is None:  # a budget the gate can use without labels
-        recipe = _drop_as_agreement(recipe, gate.max_accuracy_drop, gate.min_agreement, progress)
+        run.recipe = _drop_as_agreement(run.recipe, gate.max_accuracy_drop, gate.min_agreement, progress)
+    recipe = run.recipe
     if source.stateful:  # each a sequence from a zero state; calibration sees the states met on the way
         progress.step(f"running the source over the data as a sequence (state {', '.join(source.stateful)})")
         calib = _with_states(source, calib)
         val = calib if val is calib else _with_states(source, val)
-    sampling = None
     if calib is not None:
-        calib, sampling = representative(calib, recipe.calibration_samples)
+        calib, run.sampling = representative(calib, recipe.calibration_samples)
     if calib is not None and len(calib) < FEW_CALIBRATION_SAMPLES:
         progress.warn(f"only {len(calib)} calibration samples: activation ranges estimated from fewer than "
                       f"{FEW_CALIBRATION_SAMPLES} samples often clip real inputs and cost accuracy; "
@@ -205,12 +308,12 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
     if callable(fine_tune):
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
-        tune = load_for(source, fine_tune, preprocess=recipe.preprocess, what="fine-tuning data")
+        tune = load_for(source, fine_tune, preprocess=preprocess, what="fine-tuning data")
     if recipe.distill and (tune is None or callable(tune)):
         raise OptionError("--distill fine-tunes (pruning, or quantization-aware training) on --fine-tune DATA with "
                           "the float source as its teacher: give --fine-tune DATA (a training callback brings its "
                           "own loss).")
-    trainer, untrainable = _qat_trainer(source, recipe, tune, recover or recipe.qat)
+    trainer, untrainable = _qat_trainer(source, recipe, tune, run.options.recover or recipe.qat)
     if recipe.qat and trainer is None:
         raise OptionError(f"--qat trains the model quantization-aware on labelled --fine-tune DATA, and "
                           f"{untrainable if tune is not None else 'none was given'}. Drop --qat, or give "
@@ -218,171 +321,170 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
     if recipe.sparsity == 0 and tune is not None and trainer is None:
         progress.warn(f"--fine-tune is used for pruning (--prune) and for quantization-aware training when int8 "
                       f"misses the gate, and {untrainable}: ignoring it.")
+    run.calib, run.val, run.tune, run.trainer = calib, val, tune, trainer
 
-    stem = request.name or source.name
-    final = out_dir / f"{stem}.{profile.name}.{recipe.format}"
-    cache_key = _cache_key(source, profile, recipe, calib, val, tune, metric, recover)
-    cached = _cached(final, cache_key, failed_too=keep_failed)
-    if cached is not None and not request.force:
-        if not cached.manifest["validation"].get("passed"):  # a kept failure is the same verdict, not redone
-            progress.step(f"up to date: {final} failed validation with the same source, data and recipe")
-            from .validation import raise_if_failed
-            figures = cached.manifest["validation"]
-            try:
-                raise_if_failed(figures, {k: figures.get(k) for k in ("verdict", "passed", "reasons")},
-                                artifact_kept=str(final))
-            except EdgeSDKError as exc:
-                exc.cached = True
-                raise
-        progress.step(f"up to date: {final} (same source, data and recipe)")
-        return cached
 
-    progress.step(f"computing reference outputs on {len(val)} validation samples")
-    reference = source.predict(val.x)
-    pruning = None
-    # Pruning works on the live model; a caller's in-memory model gets its weights back.
-    given, snapshot, pruner = source.model, None, None
+def _cached_verdict(run: ConversionRun) -> Artifact | None:
+    """The artifact already made from the same source, data and recipe (or its kept failure, raised again)."""
+    final, progress = run.final, run.progress
+    cached = _cached(final, run.cache_key, failed_too=run.options.keep_failed)
+    if cached is None or run.request.force:
+        return None
+    if not cached.manifest["validation"].get("passed"):  # a kept failure is the same verdict, not redone
+        progress.step(f"up to date: {final} failed validation with the same source, data and recipe")
+        from .validation import raise_if_failed
+        figures = cached.manifest["validation"]
+        try:
+            raise_if_failed(figures, {k: figures.get(k) for k in ("verdict", "passed", "reasons")},
+                            artifact_kept=str(final))
+        except EdgeSDKError as exc:
+            exc.cached = True
+            raise
+    progress.step(f"up to date: {final} (same source, data and recipe)")
+    return cached
+
+
+def _make(run: ConversionRun, pruner) -> None:
+    """Prune, train (--qat), cut a detector's tail, convert through the route: the artifact in `run.tmp`."""
+    source, progress, tune, profile = run.source, run.progress, run.tune, run.profile
+    recipe = run.recipe
     if recipe.sparsity:
-        from edgesdk.converters import get_pruner
-        pruner = get_pruner(source.framework)
-        snapshot = pruner.snapshot(given) if source.path is None else None
-    if auto_calibration:  # made with the first; the others measured beside it once the rounding is chosen
-        recipe = replace(recipe, calibration_method=auto_calibration[0])
-    tmp = temp_path_in(out_dir, final.name)
-    replaced, moved = False, []
-    training = trained = None
-    if trainer is not None:
-        from .recovery import Training
-        # a model about to be pruned teaches with its float outputs, taken now
-        training = Training(trainer, tune, source.predict(tune.x)[0] if recipe.sparsity and recipe.distill else None)
-    try:
-        if recipe.sparsity:
-            progress.step(f"pruning to {recipe.sparsity:.0%} sparsity" + (
-                f", fine-tuning {recipe.epochs} epoch(s)" + ("" if callable(tune) else f" on {len(tune)} samples")
-                if tune is not None else ""))
-            pruning = pruner.prune(source, recipe.sparsity, tune, epochs=recipe.epochs, distill=recipe.distill,
+        progress.step(f"pruning to {recipe.sparsity:.0%} sparsity" + (
+            f", fine-tuning {recipe.epochs} epoch(s)" + ("" if callable(tune) else f" on {len(tune)} samples")
+            if tune is not None else ""))
+        run.pruning = pruner.prune(source, recipe.sparsity, tune, epochs=recipe.epochs, distill=recipe.distill,
                                    batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                                    log=progress.warn)
-            pruned_outputs = source.predict(val.x)
-        if recipe.qat:  # asked for: the trained model is converted in the source's place (this run's copy)
-            progress.step(f"training {recipe.epochs} epoch(s) quantization-aware on {len(tune)} samples"
-                          + (", the float source teaching" if recipe.distill else ""))
-            source.model, trained = trainer.train(source, tune, recipe, training.teacher)
-            source.derived = {}  # any float graph a route made so far is the model before training
-            training = None  # the ladder has no training rung left to climb
-        recipe = _cut_detector_tail(source, recipe, route, reference, calib, progress)
-        try:
-            route.prepare(source, recipe, calib, step=progress.step)
-            progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
-            data = route.convert(source, recipe, calib, progress=progress.bar("calibrating"), profile=profile)
-            tmp.write_bytes(data)
-            _refuse_unquantized(tmp, recipe)
-        except ConversionError as exc:  # the route failed on this graph: another format may not (convert's fallback)
-            exc.route_failed = True
-            raise
-        if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
-                and not describe(tmp, fmt=recipe.format)["coverage"]["float_ops"]:
-            raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
-                              "names the validation error lists (TFLite tensor names) or TFLite op types.")
-        recipe, tail = _keep_detector_tail(tmp, source, recipe, profile, calib, reference, progress)
+        run.pruned_outputs = source.predict(run.val.x)
+    if recipe.qat:  # asked for: the trained model is converted in the source's place (this run's copy)
+        progress.step(f"training {recipe.epochs} epoch(s) quantization-aware on {len(tune)} samples"
+                      + (", the float source teaching" if recipe.distill else ""))
+        source.model, run.trained = run.trainer.train(source, tune, recipe, run.training.teacher)
+        source.derived = {}  # any float graph a route made so far is the model before training
+        run.training = None  # the ladder has no training rung left to climb
+    run.recipe = recipe = _cut_detector_tail(run)
+    try:
+        run.route.prepare(source, recipe, run.calib, step=progress.step)
+        progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
+        run.tmp.write_bytes(run.route.convert(source, recipe, run.calib, progress=progress.bar("calibrating"),
+                                              profile=profile))
+        _refuse_unquantized(run.tmp, recipe)
+    except ConversionError as exc:  # the route failed on this graph: another format may not (convert's fallback)
+        exc.route_failed = True
+        raise
+    if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
+            and not describe(run.tmp, fmt=recipe.format)["coverage"]["float_ops"]:
+        raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
+                          "names the validation error lists (TFLite tensor names) or TFLite op types.")
+    run.recipe, run.tail = _keep_detector_tail(run)
 
-        def validate(path, r):
-            return _validate(path, reference, val, r, progress, source, layout, metric)
-        progress.step("validating against the source model")
-        try:
-            figures, verdict = validate(tmp, recipe)
-        except ConversionError as exc:  # the runtime refuses what the route made: another format may run
-            exc.route_failed = True
-            raise
-        recipe, figures, verdict, rounding = _choose_rounding(tmp, source, recipe, profile, calib,
-                                                              (figures, verdict), validate, progress)
-        recipe, figures, verdict, calibrated = _choose_calibration(tmp, source, recipe, auto_calibration, profile,
-                                                                   calib, (figures, verdict), validate, progress)
-        pruned_passed, pruned_figures = True, {}
-        if pruning:  # separates what pruning cost from what quantization cost
-            from .validation import gate, judge
-            after = judge(reference, pruned_outputs, val.labels, io=_model_io(source), task=recipe.task,
-                          thresholds=recipe.thresholds())
-            pruned_passed = gate(after)["passed"]
-            pruned_figures = {"pruned_source_accuracy": after["artifact_accuracy"],
+
+def _judge(run: ConversionRun) -> None:
+    """The gate's figures and verdict, after the auto choices measured theirs; what pruning alone cost."""
+    run.progress.step("validating against the source model")
+    try:
+        first = run.validate(run.tmp, run.recipe)
+    except ConversionError as exc:  # the runtime refuses what the route made: another format may run
+        exc.route_failed = True
+        raise
+    run.recipe, *first, run.rounding = _choose_rounding(run, first)
+    run.recipe, run.figures, run.verdict, run.calibrated = _choose_calibration(run, tuple(first))
+    if run.pruning:  # separates what pruning cost from what quantization cost
+        from .validation import gate, judge
+        after = judge(run.reference, run.pruned_outputs, run.val.labels, io=run.io, task=run.recipe.task,
+                      thresholds=run.recipe.thresholds())
+        run.pruned_passed = gate(after)["passed"]
+        run.pruned_figures = {"pruned_source_accuracy": after["artifact_accuracy"],
                               "pruned_source_top1_agreement": after["top1_agreement"]}
-            figures.update(pruned_figures)
-        recovery = None
-        if _misses(figures, verdict) and recipe.quantization == "int8" and recover:
-            if pruned_passed or training is not None:  # only training can give back what pruning took
-                recipe, figures, verdict, recovery = _recover(tmp, source, recipe, profile, calib, val, reference,
-                                                              (figures, verdict), validate, progress, training,
-                                                              only_training=not pruned_passed,
-                                                              calibrated=tuple(set(calibrated or ()) - {"chosen"}))
-                figures.update(pruned_figures)
-            else:
-                figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 "
-                                            "recipe can pass: the recovery ladder was not tried (with a Keras "
-                                            "source going to TFLite, labelled --fine-tune DATA adds "
-                                            "quantization-aware training, which can).")
-        info = describe(tmp, fmt=recipe.format)
-        family = get_family(profile.family)
-        compat = family.check(info, profile, recipe)
-        from .validation import describe as describe_figures, raise_if_failed
-        progress.step(f"validation: {describe_figures(figures)}")
-        if verdict["verdict"] == "fail" and recipe.quantization == "int8" and "worst_layers" not in figures:
-            progress.step("finding the layers that lose the most to quantization")
-            from .diagnosis import diagnose
-            figures["worst_layers"], figures["worst_layers_hint"] = diagnose(
-                source, recipe, profile, calib, val, tmp, reference, figures, _model_io(source))
-        if not verdict["passed"] and recipe.quantization != "float" and pruned_passed:  # say what would pass
-            figures["would_pass"] = _what_would_pass(tmp, route, source, recipe, profile, calib, val, reference,
-                                                     metric, progress)
-            if figures["would_pass"]:
-                figures["recovery_note"] = figures.get("recovery_note", "") + " " + " ".join(
-                    w["says"] for w in figures["would_pass"])
-        manifest = _manifest(final, tmp, source, profile, recipe, calib, val, held_out, tune, cache_key,
-                             info, compat, figures, verdict, pruning, progress.warnings, sampling)
-        manifest["interface"], host_tail, host_tail_graph = _interface_record(tmp, final, source, recipe, val,
-                                                                              layout, reference)
-        manifest["quantization"]["detector_tail"] = tail or host_tail
-        if rounding:
-            manifest["quantization"]["weight_rounding"]["auto"] = rounding
-        if calibrated:
-            manifest["quantization"]["calibration_auto"] = calibrated
-        manifest["recovery"] = recovery
-        manifest["format_fallback"] = fallback
-        manifest["precision_fallback"] = precision
-        manifest["options"] = request.asked.to_dict()
-        manifest["quantization"]["aware_training"] = trained or _trained_rung(recovery)
-        if not verdict["passed"] and not keep_failed:
-            raise_if_failed(figures, verdict, earlier=str(final) if final.exists() else None)
+        run.figures.update(run.pruned_figures)
+
+
+def _recover_stage(run: ConversionRun) -> None:
+    """int8 that misses the gate climbs the recovery ladder, unless --no-recover."""
+    if not (_misses(run.figures, run.verdict) and run.recipe.quantization == "int8" and run.options.recover):
+        return
+    if run.pruned_passed or run.training is not None:  # only training can give back what pruning took
+        _recover(run)
+        run.figures.update(run.pruned_figures)
+    else:
+        run.figures["recovery_note"] = (" The pruned float model already misses the gate, so no int8 recipe can "
+                                        "pass: the recovery ladder was not tried (with a Keras source going to "
+                                        "TFLite, labelled --fine-tune DATA adds quantization-aware training, "
+                                        "which can).")
+
+
+def _explain(run: ConversionRun) -> tuple:
+    """The family's check of the artifact; for one that fails, the layers that lose the most and what would
+    pass instead. (the artifact's description, the family's report)"""
+    recipe, figures, progress = run.recipe, run.figures, run.progress
+    info = describe(run.tmp, fmt=recipe.format)
+    compat = get_family(run.profile.family).check(info, run.profile, recipe)
+    from .validation import describe as describe_figures
+    progress.step(f"validation: {describe_figures(figures)}")
+    if run.verdict["verdict"] == "fail" and recipe.quantization == "int8" and "worst_layers" not in figures:
+        progress.step("finding the layers that lose the most to quantization")
+        from .diagnosis import diagnose
+        figures["worst_layers"], figures["worst_layers_hint"] = diagnose(
+            run.source, recipe, run.profile, run.calib, run.val, run.tmp, run.reference, figures, run.io)
+    if not run.verdict["passed"] and recipe.quantization != "float" and run.pruned_passed:  # say what would pass
+        figures["would_pass"] = _what_would_pass(run)
+        if figures["would_pass"]:
+            figures["recovery_note"] = figures.get("recovery_note", "") + " " + " ".join(
+                w["says"] for w in figures["would_pass"])
+    return info, compat
+
+
+def _place(run: ConversionRun, info: dict, compat: dict, fallback: dict | None, precision: dict | None) -> Artifact:
+    """The manifest written, the family's compile step run, and everything renamed into place together; a
+    failure raised with the figures (kept, marked failed, under --keep-failed)."""
+    from .validation import raise_if_failed
+    final, out_dir, figures, verdict = run.final, run.out_dir, run.figures, run.verdict
+    manifest = _manifest(final, run.tmp, run.source, run.profile, run.recipe, run.calib, run.val, run.held_out,
+                         run.tune, run.cache_key, info, compat, figures, verdict, run.pruning,
+                         run.progress.warnings, run.sampling)
+    manifest["interface"], host_tail, host_tail_graph = _interface_record(run)
+    manifest["quantization"]["detector_tail"] = run.tail or host_tail
+    if run.rounding:
+        manifest["quantization"]["weight_rounding"]["auto"] = run.rounding
+    if run.calibrated:
+        manifest["quantization"]["calibration_auto"] = run.calibrated
+    manifest["recovery"] = run.recovery
+    manifest["format_fallback"] = fallback
+    manifest["precision_fallback"] = precision
+    manifest["options"] = run.request.asked.to_dict()
+    manifest["quantization"]["aware_training"] = run.trained or _trained_rung(run.recovery)
+    if not verdict["passed"] and not run.options.keep_failed:
+        raise_if_failed(figures, verdict, earlier=str(final) if final.exists() else None)
+    family = get_family(run.profile.family)
+    replaced, moved = False, []
+    try:
         with temp_dir_in(out_dir, f"edgesdk-{family.name}") as work:
             compiled = None
             if verdict["passed"]:  # the family's compile step, on the artifact under its final name
                 staged = Path(work) / "artifact" / final.name
                 staged.parent.mkdir()
-                shutil.copyfile(tmp, staged)
-                compiled = family.compile(staged, compat, Path(work), progress)
+                shutil.copyfile(run.tmp, staged)
+                compiled = family.compile(staged, compat, Path(work), run.progress)
                 if compiled is not None:
                     manifest[compiled.manifest_key] = compiled.record
             produced_files = list(compiled.files if compiled else [])
             if host_tail_graph is not None:  # the tail goes with the artifact, renamed in with it
                 produced_files.append(Path(work) / tail_file(final).name)
                 shutil.copyfile(host_tail_graph, produced_files[-1])
-            os.replace(tmp, final)
+            os.replace(run.tmp, final)
             replaced = True
             for produced in produced_files:
                 os.replace(produced, out_dir / Path(produced).name)
                 moved.append(out_dir / Path(produced).name)
             write_json_atomic(manifest_path_for(final), manifest)
             replaced = False  # both in place
-        raise_if_failed(figures, verdict, artifact_kept=str(final))
-        return Artifact(final, manifest)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-        if snapshot is not None:
-            pruner.restore(given, snapshot)
         if replaced:  # the manifest could not be written: an artifact without one is half-written
             final.unlink()
             for path in moved:
                 path.unlink(missing_ok=True)
+    raise_if_failed(figures, verdict, artifact_kept=str(final))
+    return Artifact(final, manifest)
 
 
 WOULD_PASS_SAMPLES = 64
@@ -423,10 +525,12 @@ def _misses(figures: dict, verdict: dict) -> bool:
         for c in figures["checks"] if c["verdict"] == "inconclusive" and "value" in c)
 
 
-def _what_would_pass(tmp: Path, route, source, recipe, profile, calib, val, reference, metric, progress) -> list:
+def _what_would_pass(run: ConversionRun) -> list:
     """When an artifact misses the gate, the family's higher precisions (fp16, then float), each made and judged
     by the same gate on a subset of the validation data: what a refusal can say would pass, with its figures."""
     from .validation import describe as describe_figures
+    tmp, route, source, recipe, profile = run.tmp, run.route, run.source, run.recipe, run.profile
+    calib, val, reference, metric, progress = run.calib, run.val, run.reference, run.metric, run.progress
     family = get_family(profile.family)
     n = min(len(val), WOULD_PASS_SAMPLES)
     subset = val.subset(np.arange(n))
@@ -484,7 +588,7 @@ def _with_states(source, ds):
     return replace(ds, x=source_states(source, ds.x)[0])
 
 
-def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, progress) -> tuple:
+def _keep_detector_tail(run: ConversionRun) -> tuple:
     """A detector head that merges pixel boxes and 0..1 scores in one Concat gets that Concat in float.
 
     One int8 scale for both crushes the scores (recall 0.11 on the YOLOv8-style head). ONNX artifacts only:
@@ -492,6 +596,8 @@ def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, pr
     Returns (recipe, what was kept in float or None); `tmp` then holds the re-quantized artifact.
     """
     from .mixed_precision import Trials, detector_tail
+    tmp, source, recipe, profile, calib = run.tmp, run.source, run.recipe, run.profile, run.calib
+    reference, progress = run.reference, run.progress
     if recipe.quantization != "int8" or recipe.format != "onnx":
         return recipe, None
     tail = detector_tail(tmp, recipe.format, reference, _model_io(source), recipe.task)
@@ -512,7 +618,7 @@ def _keep_detector_tail(tmp: Path, source, recipe, profile, calib, reference, pr
                                   "why": "boxes and scores merged in one tensor"}
 
 
-def _cut_detector_tail(source, recipe, route, reference, calib, progress):
+def _cut_detector_tail(run: ConversionRun):
     """A TFLite artifact of a detector whose head merges boxes and scores in one tensor stops before the
     head's post-processing (host_tail.py).
 
@@ -522,6 +628,8 @@ def _cut_detector_tail(source, recipe, route, reference, calib, progress):
     one that converts its framework's model (not the ONNX graph) has cut(source, outputs, calibration), which
     stops that model where the ONNX graph is cut.
     """
+    source, recipe, route, reference, calib, progress = (run.source, run.recipe, run.route, run.reference,
+                                                         run.calib, run.progress)
     if recipe.quantization != "int8" or not route.cuts_tails or recipe.host_tail:
         return recipe
     from .host_tail import cut_source, plan
@@ -540,12 +648,13 @@ def _cut_detector_tail(source, recipe, route, reference, calib, progress):
     return replace(recipe, host_tail=outputs)
 
 
-def _interface_record(path: Path, final: Path, source, recipe, val, layout, reference) -> tuple:
+def _interface_record(run: ConversionRun) -> tuple:
     """(how edgesdk.load runs the artifact as its source (edgesdk.interface); for a cut artifact, how its
     outputs are finished into the source's, in its own names, and the tail graph to write beside it, else
     None, None), from one probe of the artifact."""
     from .interface import probe
-    record, tail_path = probe(path, source, recipe, layout, val.x, reference)
+    final = run.final
+    record, tail_path = probe(run.tmp, run.source, run.recipe, run.layout, run.val.x, run.reference)
     if tail_path is None:
         return record, None, None
     record["tail"]["file"] = tail_file(final).name
@@ -566,36 +675,34 @@ AUTO_MARGIN_DB = 0.3  # the second choice is kept only when it measures at least
 AUTO_MARGIN_DETECTIONS = 0.01  # ... or, for a detector, when its F1 against the source is this much higher
 
 
-def _choose_rounding(tmp: Path, source, recipe, profile, calib, first, validate, progress) -> tuple:
+def _choose_rounding(run: ConversionRun, first: tuple) -> tuple:
     """--weight-rounding auto: nearest, and the corrected rounding too where the route has it (_choose_measured;
     +5 dB on EfficientNet-Lite0's photos, -2 dB on PP-OCR's text crops: which wins depends on the model)."""
-    from edgesdk.converters import get_route
+    recipe = run.recipe
     if recipe.weight_rounding != "auto":
         return recipe, *first, None
     nearest = replace(recipe, weight_rounding="nearest")
-    if not get_route(source.framework, recipe.format).corrected_rounding:
+    if not run.route.corrected_rounding:
         return nearest, *first, None
-    return _choose_measured(tmp, source, nearest, profile, calib, first, validate, progress,
-                            "weight_rounding", "corrected", "weight rounding")
+    return _choose_measured(run, nearest, first, "weight_rounding", "corrected", "weight rounding")
 
 
-def _choose_calibration(tmp: Path, source, recipe, methods, profile, calib, first, validate, progress) -> tuple:
-    """--calibration-method auto: `tmp` was calibrated with methods[0]; the route's second method is measured
-    too (_choose_measured; mse over min/max: +1.6 dB and 1.5 points on PP-OCR's crops, -2.5 dB on the digit
-    CNN: which wins depends on the model)."""
-    if len(methods) < 2:
-        return recipe, *first, None
-    return _choose_measured(tmp, source, recipe, profile, calib, first, validate, progress,
-                            "calibration_method", methods[1], "calibration")
+def _choose_calibration(run: ConversionRun, first: tuple) -> tuple:
+    """--calibration-method auto: `tmp` was calibrated with the first of the auto methods; the route's second
+    is measured too (_choose_measured; mse over min/max: +1.6 dB and 1.5 points on PP-OCR's crops, -2.5 dB on
+    the digit CNN: which wins depends on the model)."""
+    if len(run.auto_calibration) < 2:
+        return run.recipe, *first, None
+    return _choose_measured(run, run.recipe, first, "calibration_method", run.auto_calibration[1], "calibration")
 
 
-def _choose_measured(tmp: Path, source, recipe, profile, calib, first, validate, progress, option: str,
-                     alternative: str, what: str) -> tuple:
+def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alternative: str, what: str) -> tuple:
     """`tmp` was made with `recipe`. Where int8 costs something (the weakest output's SQNR under AUTO_BELOW_DB),
     the artifact with `option` = `alternative` is made too and judged by the same gate; it is kept when it
     passes where the first did not, or, both passing or both failing, when it measures better (_better).
     Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
     from .mixed_precision import Trials
+    tmp, source, profile, calib, progress = run.tmp, run.source, run.profile, run.calib, run.progress
     figures, verdict = first
     sqnr = weakest_sqnr(figures)
     if recipe.quantization != "int8" or sqnr is None or sqnr >= AUTO_BELOW_DB:
@@ -611,7 +718,7 @@ def _choose_measured(tmp: Path, source, recipe, profile, calib, first, validate,
             source.weight_rounding = kept_rounding
             return recipe, figures, verdict, None
         trial.write_bytes(data)
-        tried, judged = validate(trial, other)
+        tried, judged = run.validate(trial, other)
         record[alternative] = _tried({**tried, **judged})
         if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"]
                                                             and _better(tried, figures)):
@@ -687,26 +794,28 @@ def _qat_trainer(source, recipe, tune, recover) -> tuple:
     return (None, why) if why else (trainer, None)
 
 
-def _recover(tmp: Path, source, recipe, profile, calib, val, reference, first, validate, progress,
-             training=None, only_training=False, calibrated=()) -> tuple:
-    """The recovery ladder; on success `tmp` holds the passing artifact. (recipe, figures, verdict, record)"""
+def _recover(run: ConversionRun) -> None:
+    """The recovery ladder; on success `tmp` holds the passing artifact, and the run its recipe and figures."""
     from . import recovery
+    tmp, recipe, progress, training = run.tmp, run.recipe, run.progress, run.training
+    only_training = not run.pruned_passed
+    calibrated = tuple(set(run.calibrated or ()) - {"chosen"})
     steps = ["calibration", "higher precision"] * (not only_training) + ["quantization-aware training"] * bool(training)
     progress.step(f"int8 missed the gate{' (so did the pruned float model)' if only_training else ''}: trying the "
                   f"recovery ladder ({', then '.join(steps)}; --no-recover to skip)")
-    outcome = recovery.recover(source, recipe, profile, calib, val, reference, _model_io(source), tmp, first,
-                               validate, progress, training, only_training, calibrated)
-    record = recovery.summary(outcome)
+    outcome = recovery.recover(run.source, recipe, run.profile, run.calib, run.val, run.reference, run.io, tmp,
+                               (run.figures, run.verdict), run.validate, progress, training, only_training,
+                               calibrated)
+    run.recovery = record = recovery.summary(outcome)
     rung = outcome["rung"]
     if rung is None:
-        figures, verdict = first
         if outcome["measured"]:  # else the diagnosis still ranks the layers
-            figures["worst_layers"], figures["worst_layers_hint"] = outcome["measured"], outcome["hint"]
-        figures["recovery"], figures["recovery_note"] = record, recovery.describe(outcome)
-        return recipe, figures, verdict, record
+            run.figures["worst_layers"], run.figures["worst_layers_hint"] = outcome["measured"], outcome["hint"]
+        run.figures["recovery"], run.figures["recovery_note"] = record, recovery.describe(outcome)
+        return
     tmp.write_bytes(rung.data)
     progress.step(f"recovered: {rung.change}")
-    return rung.recipe, rung.figures, rung.verdict, record
+    run.recipe, run.figures, run.verdict = rung.recipe, rung.figures, rung.verdict
 
 
 def _model_io(source):

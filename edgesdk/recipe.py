@@ -74,7 +74,6 @@ class Recipe:
         d["preprocess"] = self.preprocess.to_dict()
         d["exclude_nodes"], d["exclude_op_types"] = list(self.exclude_nodes), list(self.exclude_op_types)
         d["host_tail"] = list(self.host_tail)
-        d["gate"] = asdict(self.gate)
         return d
 
 

@@ -134,6 +134,8 @@ def tune(model, target="local", *, hosts="local", calibration=None, validation=N
          model_factory=None, example_input=None, unsafe=False, **legacy) -> dict:
     """Search what `target` can run for the fastest artifact within the accuracy budget; see the module doc.
 
+    options: an edgesdk.ConvertOptions every candidate is converted with (the gate's thresholds, the inputs,
+    preprocessing); its format, quantization and pruning are what the search sets per candidate.
     hosts: "local", one host, or a list of hosts of this profile. fine_tune: labelled data; with it, pruned int8
     candidates at each of `sparsities` (default 50 % and 75 %) are fine-tuned on it and searched too. Returns the
     search as a dict: the winner's artifact path, one row per candidate (figures, size, p50/p90 per thread

@@ -64,3 +64,14 @@ def test_no_core_module_names_a_familys_own_format():
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 assert "rknn" not in node.value.lower(), f"{path.name}: {node.value[:80]!r}"
+
+
+def test_converters_and_targets_never_import_the_device_side():
+    """The layers: what converts and what judges a target never reach for SSH, deploy, bench or results."""
+    device_side = ("deploy", "ssh", "device_setup", "bench", "results", "report", "tune")
+    for folder in ("converters", "targets"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            for module, names in _imports(path):
+                parts = module.split(".")
+                assert not (parts[0] in ("edgesdk", "") and set(parts[1:]) & set(device_side)), (path.name, module)
+                assert not (module in ("edgesdk", "") and set(names) & set(device_side)), (path.name, names)
