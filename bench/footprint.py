@@ -126,6 +126,7 @@ def main(argv=None) -> int:
         OUT.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(records, indent=1) + "\n")
         (OUT / "footprint.md").write_text(markdown(records))
+        subprocess.run([sys.executable, str(REPO / "docs" / "generate.py")], check=False)  # the docs' page follows
     return 0
 
 

@@ -624,13 +624,28 @@ def main(argv=None):
                   flush=True)
     doc = {"mode": "quick" if a.quick else "full", "machine": {"arch": platform.machine(), "cpus": os.cpu_count(),
            "python": platform.python_version(), "processor": _cpu_model()}, "seconds": round(time.time() - started, 1),
+           "date": time.strftime("%Y-%m-%d", time.gmtime(started)), "commit": _commit(),
            "results": rows, "not_yet_measured": NOT_YET}
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "latest.md").write_text(markdown(doc))
+    if out.resolve() == OUT.resolve():  # the committed results: the docs' page follows them
+        subprocess.run([sys.executable, str(REPO / "docs" / "generate.py")], check=False)
     print(markdown(doc))
     return 0
+
+
+def _commit() -> str:
+    """The commit measured ("+changes" when the tree differs from it): results are committed with the code."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty else "")
 
 
 def _cpu_model():
@@ -646,7 +661,7 @@ def _cpu_model():
 def markdown(doc) -> str:
     m = doc["machine"]
     lines = [f"Measured {doc['mode']} on {m['processor']} ({m['arch']}, {m['cpus']} CPUs), Python {m['python']}, "
-             f"in {doc['seconds']} s.", "", "| measure | value | goal | met | baseline |", "|---|---|---|---|---|"]
+             f"in {doc['seconds']} s" + (f", {doc['date']} at commit {doc['commit']}." if doc.get("date") else "."), "", "| measure | value | goal | met | baseline |", "|---|---|---|---|---|"]
     for r in doc["results"]:
         value = r.get("value", r.get("error"))
         if "spread" in r:

@@ -230,6 +230,8 @@ def main(argv=None) -> int:
                                             TARGETS.index(r["target"]) if r["target"] in TARGETS else 99))
                 path.write_text(json.dumps(records, indent=2) + "\n")
                 (out / "yield.md").write_text(markdown(records))
+                if out.resolve() == OUT.resolve():  # the committed results: the docs' page follows them
+                    subprocess.run([sys.executable, str(REPO / "docs" / "generate.py")], check=False)
     print(markdown(records))
     return 0
 
