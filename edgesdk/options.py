@@ -148,7 +148,10 @@ class ConvertOptions:
         try:
             if path.suffix == ".json":
                 doc = json.loads(text)
-                if isinstance(doc, dict) and "options" in doc and "recipe" in doc:  # a manifest: replay it
+                if isinstance(doc, dict) and "recipe" in doc:  # a manifest: replay the options it records
+                    if "options" not in doc:
+                        raise OptionError(f"{path} is a manifest from before manifests recorded their options: "
+                                          f"convert once more with this version, or give the options as flags.")
                     doc = doc["options"] or {}
             else:
                 import tomllib
@@ -262,23 +265,43 @@ def _set(obj, path: tuple, value):
     return replace(obj, **{path[0]: _set(getattr(obj, path[0]), path[1:], value)})
 
 
-def _build(cls, doc: dict, where: str):
+def _build(cls, doc: dict, where: str, prefix: str = ""):
+    """`cls` from a table read from `where` (a file, "options"); `prefix`: the table's key path in it."""
     if not isinstance(doc, dict):
-        raise OptionError(f"{where} must be a table of options, got {type(doc).__name__}.")
+        raise OptionError(f"{where}: {prefix.rstrip('.') or 'the options'} must be a table of options, got "
+                          f"{type(doc).__name__}.")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(doc) - set(known))
     if unknown:
-        raise OptionError(f"{where}: unknown option '{unknown[0]}'; {cls.__name__} takes "
+        raise OptionError(f"{where}: unknown option '{prefix}{unknown[0]}'; {cls.__name__} takes "
                           f"{', '.join(known)}.")
     values = {}
     for name, value in doc.items():
         f = known[name]
         default = f.default if f.default is not MISSING else None
         if is_dataclass(default):
-            values[name] = _build(type(default), value, f"{where}.{name}")
+            values[name] = _build(type(default), value, where, f"{prefix}{name}.")
         else:
-            values[name] = tuple(value) if isinstance(value, list) else value
+            values[name] = _typed(f, tuple(value) if isinstance(value, list) else value, f"{where}: {prefix}{name}")
     return cls(**values)
+
+
+def _typed(f, value, where: str):
+    """A value from a file, of the field's type: a number where a number goes, true/false where a switch
+    does; what each value may be beyond that is checked where it is used (make_recipe, Thresholds.resolved)."""
+    kind = f.metadata.get("type")
+    if value is None:
+        return value
+    if isinstance(f.default, bool):
+        if not isinstance(value, bool):
+            raise OptionError(f"{where} is a switch: true or false, got {value!r}.")
+    elif kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise OptionError(f"{where} takes {'a whole number' if kind is int else 'a number'}, got {value!r}.")
+        return kind(value)
+    elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+        raise OptionError(f"{where} is one of {', '.join(f.metadata['choices'])}; got {value!r}.")
+    return value
 
 
 def _dump(obj) -> dict:

@@ -85,7 +85,13 @@ def test_flags_override_the_config_file_and_unset_ones_stay_unset(tmp_path):
 def test_a_bad_config_file_says_which_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[gate]\nmin_iuo = 0.7\n")
-    with pytest.raises(OptionError, match=r"gate: unknown option 'min_iuo'.*min_iou"):
+    with pytest.raises(OptionError, match=r"unknown option 'gate.min_iuo'.*min_iou"):
+        ConvertOptions.load(bad)
+    bad.write_text('[training]\nepochs = "2"\nqat = 1\n')
+    with pytest.raises(OptionError, match="training.epochs takes a whole number"):
+        ConvertOptions.load(bad)
+    bad.write_text('[quantize]\nactivations = "int4"\n')
+    with pytest.raises(OptionError, match="quantize.activations is one of int8, int16"):
         ConvertOptions.load(bad)
     bad.write_text("[gate\n")
     with pytest.raises(OptionError, match="not a valid TOML options file"):

@@ -70,7 +70,8 @@ class Thresholds:
             elif f.name == "blank":
                 value = _blank(value)
             elif f.name == "class_output":
-                value = int(value)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise OptionError(f"--class-output is an output's index (0 or more), got {value!r}.")
             else:
                 try:
                     value = float(value)
