@@ -117,8 +117,8 @@ def option_flags(exclude: tuple = ()):
         for path, f in reversed(list(leaves())):
             if path in exclude or "help" not in f.metadata:
                 continue
-            meta, names = f.metadata, (meta_flag.split("/") if (meta_flag := f.metadata.get("flag")) else
-                                       [flag_of(path, f)])
+            meta = f.metadata
+            names = meta["flag"].split("/") if meta.get("flag") else [flag_of(path, f)]
             kwargs = {"help": meta["help"]}
             default = default_of(f)
             if isinstance(f.default, bool):
