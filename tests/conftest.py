@@ -18,6 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def interactive():
+    """preexec_fn for a command a test interrupts as a terminal's Ctrl-C would: SIGINT at its default, whatever
+    this process inherited (a job started with `&` from a script runs with SIGINT ignored, and so would the
+    command, Python installing its KeyboardInterrupt handler only over the default)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(predicate, timeout=30.0, step=0.1) -> bool:
     """Poll until predicate() is true; False when timeout seconds pass first."""
     import time

@@ -18,7 +18,7 @@ from edgesdk.results import ResultStore
 from edgesdk.util import sha256_file
 from edgesdk.ssh import ConnectionLost, DeployError, HostKeyError
 
-from conftest import pids_with, run_cli, wait_for
+from conftest import interactive, pids_with, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 PY = sys.executable  # the "device" python with numpy and ai-edge-litert
@@ -330,7 +330,7 @@ def test_ctrl_c_stops_the_remote_run(device, ssh_env, artifact):
     exe = Path(sys.executable).with_name("edgesdk")
     proc = subprocess.Popen([str(exe), "deploy", str(artifact.path), "--host", "pi.local", "--remote-python", PY,
                              "--workdir", str(server.workdir), "--duration", "30"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interactive)
     running = lambda: [p for p in server.children() if "--duration" in _cmdline(p)]  # noqa: E731
     assert wait_for(lambda: bool(running()))
     proc.send_signal(signal.SIGINT)

@@ -24,7 +24,7 @@ from edgesdk.errors import BenchmarkError
 from edgesdk.results import ResultStore
 from edgesdk.util import sha256_file
 
-from conftest import pids_with, run_cli, wait_for
+from conftest import interactive, pids_with, run_cli, wait_for
 
 # one emulated Pi serves the module: its tests stay on one test worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("emulated-pi")]
@@ -244,7 +244,8 @@ def test_fleet_of_emulated_and_local_hosts_and_ctrl_c_stops_every_remote_run(rea
 
     exe = Path(sys.executable).with_name("edgesdk")
     proc = subprocess.Popen([str(exe), "deploy", str(tflite_artifact.path), "--host", ALIAS, "--host", "local",
-                             "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interactive)
     local_runner = lambda: [p for p in pids_with("runner", "--duration") if _descends(p, proc.pid)]  # noqa: E731
     assert _wait_for(lambda: bool(_runners(ready_pi)) and bool(local_runner()))
     local = local_runner()  # other tests may run runners of their own at the same time: follow this one's

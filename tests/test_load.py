@@ -92,7 +92,7 @@ def test_load_refuses_what_it_cannot_run(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         edgesdk.load(tmp_path / "missing.tflite")
     (tmp_path / "m.bin").write_bytes(b"0" * 16)
-    with pytest.raises(ModelLoadError, match="neither a .tflite"):
+    with pytest.raises(ModelLoadError, match="is not an artifact edgesdk reads"):
         edgesdk.load(tmp_path / "m.bin")
     (tmp_path / "m.tflite").write_bytes(b"0" * 16)
     with pytest.raises(ModelLoadError, match="cannot run"):

@@ -138,7 +138,7 @@ def test_inspect_refuses_what_it_cannot_parse(tmp_path):
     junk.write_bytes(os.urandom(5000))
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    for f, needle in ((trunc, "damaged TFLite file"), (junk, "not a TFLite model"), (text, "neither")):
+    for f, needle in ((trunc, "damaged TFLite file"), (junk, "not a TFLite model"), (text, "is not an artifact edgesdk reads")):
         r = run_cli("inspect", f)
         assert r.returncode == ModelLoadError.exit_code and needle in r.stderr and "Traceback" not in r.stderr
 

@@ -16,7 +16,7 @@ import edgesdk
 from edgesdk.errors import OptionError
 from edgesdk.results import ResultStore
 
-from conftest import run_cli, wait_for
+from conftest import interactive, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 PY = sys.executable
@@ -229,7 +229,7 @@ def test_ctrl_c_keeps_what_was_measured_and_leaves_no_run(keras3_mnist, mnist_fi
     assert r.returncode == 0, r.stderr
     exe = Path(sys.executable).with_name("edgesdk")
     proc = subprocess.Popen([str(exe), "tune", str(keras3_mnist), *map(str, args), "--runs", "200000", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interactive)
     assert wait_for(lambda: bool(pids_with("runner", "--runs", "200000")), timeout=120)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
