@@ -23,7 +23,6 @@ from .keras_model import import_tf
 from .route import Route
 
 
-
 def _batch1_model(source, model=None):
     """Wrap the model (the source's, or one cut from it) in a functional model whose inputs have batch size 1."""
     K = _keras_module(source)
@@ -238,7 +237,6 @@ def diagnose(source, recipe, calibration, artifact_path, val_x, worst: int = 5) 
                      "detail": f"RMS error {steps:.3g} quantization steps (0.29 is plain rounding)"})
     rows.sort(key=lambda r: -r["rmse_per_scale"])
     return rows[:worst]
-
 
 
 ROUTE = Route(

@@ -172,7 +172,6 @@ def diagnose(source, recipe, calibration, artifact_path, val_x, worst: int = 5) 
         return tflite_int8.diagnose(_float_flatbuffer(tf_source), recipe, x, val_x, worst)
 
 
-
 ROUTE = Route(
     format="tflite", sources={"onnx": {"onnx": "onnx", "onnxruntime": "onnx", "tensorflow": "tflite",
                                        "ai_edge_quantizer": "tflite"}},

@@ -21,7 +21,6 @@ from .route import Route
 from .torch_model import import_torch
 
 
-
 def _channels_last(model, torch, turned: set):
     """The model taking its 4-D image arguments (positions in `turned`) channels-last."""
     class ChannelsLast(torch.nn.Module):
@@ -111,7 +110,6 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     if recipe.quantization == "int8":
         flatbuffer = tflite_int8.io_types(flatbuffer, recipe)
     return flatbuffer
-
 
 
 ROUTE = Route(

@@ -24,23 +24,19 @@ class ArtifactFormat:
     where_it_runs: str = ""      # said when it does not: where to measure it instead
     lists_ops: bool = True       # its reader lists the graph's ops: none means a damaged file
 
-    @property
-    def suffix(self) -> str:
-        return f".{self.name}"
-
     def open(self, path, **kwargs):
         module, _, cls = self.reader.partition(":")
         return getattr(importlib.import_module(module), cls)(path, **kwargs)
 
 
-BUILTIN = (ArtifactFormat("tflite", "edgesdk.tflite_artifact:TFLiteArtifact"),
-           ArtifactFormat("onnx", "edgesdk.onnx_artifact:ONNXArtifact"))
+BUILTIN = {f.name: f for f in (ArtifactFormat("tflite", "edgesdk.tflite_artifact:TFLiteArtifact"),
+                               ArtifactFormat("onnx", "edgesdk.onnx_artifact:ONNXArtifact"))}
 
 
 def known() -> dict:
     """Every format by name: the built-in ones, then those the installed families add."""
     from edgesdk.targets import families
-    found = {f.name: f for f in BUILTIN}
+    found = dict(BUILTIN)
     for family in families().values():
         for fmt in family.artifact_formats:
             found.setdefault(fmt.name, fmt)
@@ -50,9 +46,8 @@ def known() -> dict:
 def format_of(path, fmt: str | None = None) -> ArtifactFormat:
     """The format of `path` (by `fmt`, or by its suffix); one no family knows is a ModelLoadError."""
     name = (fmt or Path(path).suffix.lstrip(".")).lower()
-    builtin = {f.name: f for f in BUILTIN}
-    if name in builtin:  # no family need load for the common formats
-        return builtin[name]
+    if name in BUILTIN:  # no family need load for the common formats
+        return BUILTIN[name]
     formats = known()
     if name not in formats:
         names = [f".{n}" for n in formats]

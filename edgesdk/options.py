@@ -13,6 +13,7 @@ where they are used (edgesdk.recipe.make_recipe, Thresholds.resolved), against t
 from __future__ import annotations
 
 import json
+import numbers
 import warnings
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -38,8 +39,40 @@ def _option(default, help: str, *, flag: str | None = None, choices: tuple = (),
     return field(default=default, metadata=meta)
 
 
+def _typed(f, value, where: str):
+    """A value from a file, of the field's type: a number where a number goes, true/false where a switch
+    does; what each value may be beyond that is checked where it is used (make_recipe, Thresholds.resolved)."""
+    kind = f.metadata.get("type")
+    if value is None:
+        return value
+    if isinstance(f.default, bool):
+        if not isinstance(value, bool):
+            raise OptionError(f"{where} is a switch: true or false, got {value!r}.")
+    elif kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (kind is int and value != int(value)):
+            raise OptionError(f"{where} takes {'a whole number' if kind is int else 'a number'}, got {value!r}.")
+        return kind(value)
+    elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+        raise OptionError(f"{where} is one of {', '.join(f.metadata['choices'])}; got {value!r}.")
+    return value
+
+
+class _Checked:
+    """Options built in Python are checked as a file's are: a number where a number goes, a switch, one of the
+    choices, a group of its own type; the error names the field."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            value, where = getattr(self, f.name), f"{type(self).__name__}.{f.name}"
+            if is_dataclass(f.default):
+                if not isinstance(value, type(f.default)):
+                    raise OptionError(f"{where} takes a {type(f.default).__name__}, got {type(value).__name__}.")
+            else:
+                _typed(f, value, where)
+
+
 @dataclass(frozen=True)
-class QuantizeOptions:
+class QuantizeOptions(_Checked):
     """What the artifact is made of."""
 
     format: str | None = _option(None, "The artifact's format (tflite, onnx, or one its family adds); default: the "
@@ -75,7 +108,7 @@ class QuantizeOptions:
 
 
 @dataclass(frozen=True)
-class TrainingOptions:
+class TrainingOptions(_Checked):
     """Pruning and the training that goes with it."""
 
     prune: float = _option(0.0, "Magnitude-prune to this sparsity, e.g. 0.5 (fine-tuned on --fine-tune DATA).",
@@ -90,7 +123,7 @@ class TrainingOptions:
 
 
 @dataclass(frozen=True)
-class InputOptions:
+class InputOptions(_Checked):
     """What the model's inputs are and how raw data becomes them."""
 
     input_shape: tuple | dict | str | None = _option(
@@ -108,7 +141,7 @@ class InputOptions:
 
 
 @dataclass(frozen=True)
-class ConvertOptions:
+class ConvertOptions(_Checked):
     quantize: QuantizeOptions = QuantizeOptions()
     training: TrainingOptions = TrainingOptions()
     gate: Thresholds = Thresholds()
@@ -284,24 +317,6 @@ def _build(cls, doc: dict, where: str, prefix: str = ""):
         else:
             values[name] = _typed(f, tuple(value) if isinstance(value, list) else value, f"{where}: {prefix}{name}")
     return cls(**values)
-
-
-def _typed(f, value, where: str):
-    """A value from a file, of the field's type: a number where a number goes, true/false where a switch
-    does; what each value may be beyond that is checked where it is used (make_recipe, Thresholds.resolved)."""
-    kind = f.metadata.get("type")
-    if value is None:
-        return value
-    if isinstance(f.default, bool):
-        if not isinstance(value, bool):
-            raise OptionError(f"{where} is a switch: true or false, got {value!r}.")
-    elif kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise OptionError(f"{where} takes {'a whole number' if kind is int else 'a number'}, got {value!r}.")
-        return kind(value)
-    elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-        raise OptionError(f"{where} is one of {', '.join(f.metadata['choices'])}; got {value!r}.")
-    return value
 
 
 def _dump(obj) -> dict:

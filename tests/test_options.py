@@ -101,6 +101,19 @@ def test_a_bad_config_file_says_which_key(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_options_built_in_python_are_checked_as_a_files_are():
+    import numpy as np
+    with pytest.raises(OptionError, match="TrainingOptions.epochs takes a whole number, got '2'"):
+        TrainingOptions(epochs="2")
+    with pytest.raises(OptionError, match="QuantizeOptions.activations is one of int8, int16"):
+        QuantizeOptions(activations="int4")
+    with pytest.raises(OptionError, match="ConvertOptions.gate takes a Thresholds, got dict"):
+        ConvertOptions(gate={"min_iou": 0.7})
+    with pytest.raises(OptionError, match="ConvertOptions.recover is a switch"):
+        ConvertOptions(recover=1)
+    assert TrainingOptions(prune=np.float32(0.5), epochs=np.int64(3)).epochs == 3  # numpy numbers are numbers
+
+
 def test_thresholds_resolve_to_their_defaults_and_refuse_what_is_not_a_share():
     t = Thresholds(min_iou=0.7, blank="none").resolved()
     assert (t.min_iou, t.min_agreement, t.max_accuracy_drop, t.max_cer, t.decode_blank) == (0.7, 0.95, 1.0, 0.02,
