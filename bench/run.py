@@ -167,8 +167,8 @@ def _plain_tflite(model, cal, val):
     int8 recipe with its own calibration (Quantizer.calibrate), on the same data."""
     import litert_torch
     import torch
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     from edgesdk.converters import tflite_int8, torch_tflite
-    from edgesdk.tflite_artifact import TFLiteArtifact
     wrapped = torch_tflite._channels_last(model, torch, {0})
     flat = bytes(litert_torch.convert(wrapped, (torch.zeros(1, 224, 224, 3),)).model_content())
     nhwc = lambda a: a.transpose(0, 2, 3, 1).copy()  # noqa: E731
@@ -208,7 +208,7 @@ def bench_imagenet(tmp, quick):
     import torch
 
     import edgesdk
-    from edgesdk.tasks.regress import sqnr_db
+    from edgesdk.judge.tasks.regress import sqnr_db
     model, cal, val = imagenet_photos(quick)
     with torch.no_grad():
         ref = model(torch.from_numpy(val)).numpy()
@@ -238,10 +238,10 @@ def bench_onnx_tflite(tmp, quick):
     (what a user runs instead: `onnx2tf -oiqt` with the same calibration data), judged on real crops."""
     import edgesdk
     from edgesdk import fixtures, toolchains
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     from edgesdk.converters import onnx_tflite
-    from edgesdk.source import load_source
-    from edgesdk.tasks.regress import sqnr_db
-    from edgesdk.tflite_artifact import TFLiteArtifact
+    from edgesdk.judge.tasks.regress import sqnr_db
+    from edgesdk.sources.source import load_source
     x, _ = fixtures.text_direction_crops()
     order = np.random.default_rng(0).permutation(len(x))
     cal, val = x[order[:132]], x[order[132:]]
@@ -274,12 +274,12 @@ def bench_detector(tmp, quick):
     against onnx2tf's own integer quantization of the same ONNX: detections against float's on real scans."""
     import edgesdk
     from edgesdk import fixtures, toolchains
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     from edgesdk.converters import onnx_tflite
-    from edgesdk.data import Preprocess, load_for
-    from edgesdk.source import load_source
-    from edgesdk.tasks import ModelIO
-    from edgesdk.tflite_artifact import TFLiteArtifact
-    from edgesdk.validation import judge
+    from edgesdk.judge.tasks import ModelIO
+    from edgesdk.judge.validation import judge
+    from edgesdk.sources.data import Preprocess, load_for
+    from edgesdk.sources.source import load_source
     sys.path.insert(0, str(REPO / "tests"))
     from detector_heads import yolov8_branches
     model = yolov8_branches(fixtures.fetch("captcha_detector"), tmp / "det_v8.onnx")
@@ -385,7 +385,7 @@ def bench_overhead(tmp, quick):
 
 def bench_fidelity(tmp, quick, mnist):
     import edgesdk
-    from edgesdk.tflite_artifact import interpreter_module
+    from edgesdk.artifacts.tflite_artifact import interpreter_module
     model, data = mnist
     art = edgesdk.convert(str(model), "local", calibration=data["train"], output_dir=tmp / "fid", quiet=True)
     runs = 200 if quick else 2000
@@ -413,7 +413,7 @@ def bench_noise(tmp, quick, mnist):
     """A/A: the same artifact benchmarked twice on this quiet host must compare as 'no difference'."""
     import edgesdk
     from scipy.stats import mannwhitneyu
-    from edgesdk.results import compare
+    from edgesdk.devices.results import compare
     model, data = mnist
     art = edgesdk.convert(str(model), "local", calibration=data["train"], output_dir=tmp / "aa", quiet=True)
     pairs, repeat = (8, 3) if quick else (40, 3)
@@ -457,9 +457,9 @@ def _alias(config: Path, alias, address, port, key):
 
 def bench_deploy(tmp, quick, mnist):
     import edgesdk
-    from edgesdk.deploy import Device, deploy_one
+    from edgesdk.devices.deploy import Device, deploy_one
+    from edgesdk.devices.ssh import Session, resolve
     from edgesdk.progress import Progress
-    from edgesdk.ssh import Session, resolve
     from edgesdk.util import sha256_file
     key = _ssh_setup(tmp)
     from sshd import SSHServer
@@ -519,7 +519,7 @@ def bench_deploy(tmp, quick, mnist):
 
 def bench_fleet(tmp, quick, mnist):
     import edgesdk
-    from edgesdk.deploy import deploy
+    from edgesdk.devices.deploy import deploy
     key = _ssh_setup(tmp)
     import netns
     why = netns.available()

@@ -38,7 +38,7 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
     calibration data in its layout. Layers kept in float, without a bias, or with another fused
     activation are left as they are. The int8 graph runs as the gate and the devices run it (XNNPACK), cut
     after the layer being measured: the ops behind it cannot change its output."""
-    from edgesdk.tflite_artifact import sample_runs
+    from edgesdk.artifacts.tflite_artifact import sample_runs
     from .tflite_io import read_model, write_model
     model = read_model(int8)
     layers = _layers(model, float_graph)
@@ -92,7 +92,7 @@ def _layers(model, float_graph: bytes) -> list:
     from edgesdk.converters.keras_model import import_tf
     import_tf()
     from tensorflow.lite.python import schema_py_generated as schema
-    from edgesdk.tflite_artifact import interpreter_module
+    from edgesdk.artifacts.tflite_artifact import interpreter_module
     ops = schema.BuiltinOperator
     kinds = {ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.FULLY_CONNECTED}
     floats = {d["name"]: d for d in interpreter_module().Interpreter(model_content=float_graph).get_tensor_details()}
@@ -127,7 +127,7 @@ def _layers(model, float_graph: bytes) -> list:
 
 def _float_values(float_graph: bytes, x, rows, layers) -> dict:
     """Each layer's float output at its drawn positions: {name: (samples, positions, channels)}."""
-    from edgesdk.tflite_artifact import sample_runs
+    from edgesdk.artifacts.tflite_artifact import sample_runs
     values, index = {layer["name"]: [] for layer in layers}, None
     last = max(layer["samples"] for layer in layers)
     for k, run in enumerate(sample_runs(float_graph, x, rows[:last], keep_tensors=True)):

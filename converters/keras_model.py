@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgesdk.converters.model_trust import check_keras_config, check_saved_model
 from edgesdk.errors import ConversionError, ModelLoadError
-from edgesdk.source import InputSpec, SourceModel
+from edgesdk.sources.source import InputSpec, SourceModel
 from edgesdk.util import captured_output, first_line, sha256_file, sha256_tree
 
 
@@ -150,7 +150,7 @@ def _from_keras(model, *, path, sha) -> SourceModel:
     in_name = getattr(model.inputs[0], "name", "input") if getattr(model, "inputs", None) else "input"
 
     def run(model, x, batch_size=32):  # small batches: reference outputs must not dominate peak memory
-        from edgesdk.inputs import Inputs
+        from edgesdk.sources.inputs import Inputs
         outs = None
         for i in range(0, len(x), batch_size):
             chunk = x[i:i + batch_size]
@@ -214,7 +214,7 @@ def _load_saved_model(tf, path: Path, unsafe: bool) -> SourceModel:
                        "NHWC" if len(signature[n].shape) == 4 else None) for n in names]
 
     def run(_model, x, batch_size=256):
-        from edgesdk.inputs import Inputs
+        from edgesdk.sources.inputs import Inputs
         outs = [[] for _ in out_names]
         for i in range(0, len(x), batch_size):
             chunk = x[i:i + batch_size]
@@ -240,7 +240,7 @@ def cut(source, K, x, wanted: list):
     channels-last), sharing the source's layers and weights. Raises ConversionError when one has no match
     or the model is not a graph of layers (a SavedModel, a subclassed model)."""
     import numpy as np
-    from edgesdk.host_tail import match_cut_points
+    from edgesdk.conversion.host_tail import match_cut_points
     model = source.model
     tensors = []
     try:

@@ -121,7 +121,7 @@ def _distillation_loss(classes: int, from_logits: bool):
 
 def _from_logits(source, fine_tune) -> bool:
     """Whether the loss needs from_logits: yes unless the model already ends in probabilities."""
-    from edgesdk.tasks.classify import is_probabilities
+    from edgesdk.judge.tasks.classify import is_probabilities
     outs = source.predict(fine_tune.x[:64])
     if len(outs) != 1:
         raise DataError("Fine-tuning from the command line supports single-output classifiers; "

@@ -35,7 +35,7 @@ def _batch1_model(source, model=None):
 def samples(source, x):
     """Calibration samples one at a time: a list of arrays in the model's input order (a SavedModel's
     signature: a dict by input name)."""
-    from edgesdk.inputs import Inputs, match_names
+    from edgesdk.sources.inputs import Inputs, match_names
     names = match_names([s.name for s in source.inputs], x.names) if isinstance(x, Inputs) else {}
     for i in range(len(x)):
         if isinstance(x, Inputs):
@@ -80,7 +80,7 @@ def cut(source, outputs: tuple, calibration):
     and cut)."""
     key = ("cut", tuple(outputs))
     if key not in source.derived:
-        from edgesdk.host_tail import cut_points
+        from edgesdk.conversion.host_tail import cut_points
         from .keras_model import cut as cut_model
         x = calibration.x[:1]
         source.derived[key] = cut_model(source, _keras_module(source), next(samples(source, x)),
@@ -248,7 +248,7 @@ ROUTE = Route(
     int16_keeps_float=False,  # ... but its selective quantization (the debugger) makes int8 activations
     # the live model's Conv2D/DepthwiseConv2D weights (not a SavedModel, not with exclusions)
     corrected_rounding=True,
-    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
+    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.conversion.host_tail)
     excludes_layers=True,  # --exclude-nodes/--exclude-op-types work here (with --allow-float-fallback)
     diagnosis_hint="Keep those in float with --exclude-nodes NAME[,NAME] or --exclude-op-types TYPE plus "
                    "--allow-float-fallback (not on the Edge TPU).",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from edgesdk.artifacts.onnx_artifact import DISABLED_OPTIMIZERS
 from edgesdk.errors import ConversionError, OptionError
-from edgesdk.inputs import feed_rows
-from edgesdk.onnx_artifact import DISABLED_OPTIMIZERS
+from edgesdk.sources.inputs import feed_rows
 from edgesdk.targets import get_family
 from edgesdk.util import captured_output, first_line, working_directory
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from edgesdk.errors import ModelLoadError
-from edgesdk.source import InputSpec, SourceModel
+from edgesdk.sources.source import InputSpec, SourceModel
 from edgesdk.util import first_line, sha256_file
 
 RUNTIME_MAX_IR_VERSION = 10  # what ONNX Runtime 1.31 (and TensorRT 10) load
@@ -114,7 +114,7 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
 
     def run(_model, x):
         if "onnx_runner" not in src.derived:  # made anew when the graph is rewritten (resolve_control_flow)
-            from edgesdk.onnx_artifact import ONNXArtifact
+            from edgesdk.artifacts.onnx_artifact import ONNXArtifact
             src.derived["onnx_runner"] = ONNXArtifact(src.float_onnx)
         return src.derived["onnx_runner"].predict(x, output_axes=output_axes)
 
@@ -144,8 +144,8 @@ def _loadable(fixed: Path, plain) -> str | None:
     its sizes left open (If branches written for other sizes, another sample rate, can contradict fixed
     sizes in shape inference; such a model still runs, fed the sizes asked for)."""
     import onnx
+    from edgesdk.artifacts.onnx_artifact import ONNXArtifact
     from edgesdk.errors import EdgeSDKError
-    from edgesdk.onnx_artifact import ONNXArtifact
     try:
         ONNXArtifact(fixed).session()
         return None

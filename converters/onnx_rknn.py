@@ -22,7 +22,7 @@ import numpy as np
 
 from edgesdk import toolchains
 from edgesdk.errors import ConversionError
-from edgesdk.inputs import feed_rows
+from edgesdk.sources.inputs import feed_rows
 from edgesdk.util import sha256_file
 
 from .float_onnx import float_onnx
@@ -66,7 +66,7 @@ def build_for(sha256: str) -> Build | None:
 
 
 def _graph_io(path: Path) -> tuple:
-    from edgesdk.onnx_artifact import ONNXArtifact
+    from edgesdk.artifacts.onnx_artifact import ONNXArtifact
     io = ONNXArtifact(path).io()
     return io["inputs"], io["outputs"]
 

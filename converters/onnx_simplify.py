@@ -31,7 +31,7 @@ def simplify(source) -> str | None:
         import onnxslim
     except ImportError:
         return "graph left as exported: onnxslim is not installed (pip install 'edgesdk[onnx]')"
-    from edgesdk.check import synthetic
+    from edgesdk.sources.inputs import synthetic
     exported = source.float_onnx
     model = onnx.load(exported)
     x = synthetic(source, TRIAL_SAMPLES)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from edgesdk import toolchains
-from edgesdk.data import Dataset
-from edgesdk.inputs import Inputs, to_artifact_layout
 from edgesdk.errors import ConversionError, OptionError
+from edgesdk.sources.data import Dataset
+from edgesdk.sources.inputs import Inputs, to_artifact_layout
 from edgesdk.util import captured_output, first_line
 
 from . import keras_tflite, tflite_int8
@@ -48,7 +48,7 @@ def prepare_source(source, recipe, calibration, step=None):
     graph = Path(work.name) / "source.onnx"
     float_onnx = source.float_onnx
     if recipe.host_tail:
-        from edgesdk.host_tail import cut_source
+        from edgesdk.conversion.host_tail import cut_source
         float_onnx = cut_source(source, recipe.host_tail)[0]
     rewritten = _int8_friendly(float_onnx, graph)
     request = {"onnx": str(graph), "out": str(out),
@@ -154,8 +154,8 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
 
 def _float_compute_ops(flatbuffer: bytes) -> list:
     """The op types that compute in float in a quantized flatbuffer (boundary conversions aside)."""
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     from edgesdk.targets.arm_cpu import float_compute_ops
-    from edgesdk.tflite_artifact import TFLiteArtifact
     with tempfile.TemporaryDirectory(prefix="edgesdk-int8-") as tmp:
         path = Path(tmp) / "int8.tflite"
         path.write_bytes(flatbuffer)
@@ -177,5 +177,5 @@ ROUTE = Route(
                                        "ai_edge_quantizer": "tflite"}},
     convert=convert, prepare_source=prepare_source, debug=diagnose,
     multi_input=True,  # onnx2tf keeps the ONNX input names; several inputs are fed by name
-    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
+    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.conversion.host_tail)
     **tflite_int8.TFLITE_INT8)  # the float flatbuffer quantized by the shared int8 back end

@@ -27,7 +27,7 @@ class Route:
     # recipe (the recovery ladder, the auto choices, the diagnosis); None: convert again
     requantize: Callable | None = None
     # debug(source, recipe, calibration, artifact_path, x) -> rows: the layers that lose the most to
-    # quantization, worst first (edgesdk.diagnosis); None: the route has no debugger
+    # quantization, worst first (edgesdk.conversion.diagnosis); None: the route has no debugger
     debug: Callable | None = None
     # --calibration-method values it takes, the recovery ladder's order; auto measures auto_calibration
     # (the first always, the others where int8 costs something; default: the first of calibration_methods)
@@ -38,7 +38,7 @@ class Route:
     int16_keeps_float: bool = True     # ... with layers kept in float too
     excludes_layers: bool = False      # --exclude-nodes/--exclude-op-types
     corrected_rounding: bool = False   # --weight-rounding corrected
-    # a detector head's post-processing can be left to the host (edgesdk.host_tail); a route that converts its
+    # a detector head's post-processing can be left to the host (edgesdk.conversion.host_tail); a route that converts its
     # framework's model (not the ONNX graph) stops that model where the ONNX graph is cut: cut(source, outputs,
     # calibration)
     cuts_tails: bool = False

@@ -52,7 +52,7 @@ def io_types(flatbuffer: bytes, recipe) -> bytes:
     from edgesdk.converters.keras_model import import_tf
     tf = import_tf()
     from tensorflow.lite.python.util import modify_model_io_type
-    from edgesdk.tflite_artifact import interpreter_module
+    from edgesdk.artifacts.tflite_artifact import interpreter_module
     interp = interpreter_module().Interpreter(model_content=flatbuffer)
     # integer inputs (ids) stay as they are; the float ones decide
     have_in = "float32" if any(d["dtype"] == np.float32 for d in interp.get_input_details()) else "int8"
@@ -146,7 +146,7 @@ def narrowed_to_least_error(qsvs: dict, flatbuffer: bytes, x) -> dict:
     outputs keep their true range: a classifier's top logits are its few large values (a clipped top logit
     turns argmax into ties).
     """
-    from edgesdk.tflite_artifact import interpreter_module, sample_runs
+    from edgesdk.artifacts.tflite_artifact import interpreter_module, sample_runs
     interp = interpreter_module().Interpreter(model_content=flatbuffer)
     interp.allocate_tensors()
     ends = {d["name"] for d in interp.get_input_details()} | {d["name"] for d in interp.get_output_details()}
@@ -181,7 +181,7 @@ def _least_error_range(v: np.ndarray, lo: float, hi: float) -> tuple:
 
 def quantizer_for(flatbuffer: bytes, x: np.ndarray, recipe=None):
     from ai_edge_quantizer import quantizer, recipe as aeq_recipe
-    from edgesdk.tflite_artifact import interpreter_module
+    from edgesdk.artifacts.tflite_artifact import interpreter_module
     signatures = interpreter_module().Interpreter(model_content=flatbuffer).get_signature_list()
     (key, sig), = signatures.items()
     q = quantizer.Quantizer(flatbuffer)
@@ -190,7 +190,7 @@ def quantizer_for(flatbuffer: bytes, x: np.ndarray, recipe=None):
     q.load_quantization_recipe(aeq_recipe.static_wi8_ai16() if sixteen else aeq_recipe.static_wi8_ai8())
     if recipe is not None:
         keep_float(q, flatbuffer, recipe)
-    from edgesdk.inputs import feed_rows
+    from edgesdk.sources.inputs import feed_rows
     names = list(sig["inputs"])  # several inputs are matched to the data's by name, else by order
     data = {key: [feed_rows(x, i, i + 1, names) for i in range(len(x))]}
     return q, data
@@ -205,7 +205,7 @@ def keep_float(q, flatbuffer: bytes, recipe) -> None:
 
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.qtyping import TFLOperationName
-    from edgesdk.tflite_artifact import TFLiteArtifact
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     with tempfile.TemporaryDirectory(prefix="edgesdk-float-") as tmp:
         (Path(tmp) / "float.tflite").write_bytes(flatbuffer)
         art = TFLiteArtifact(Path(tmp) / "float.tflite")

@@ -15,8 +15,8 @@ import zipfile
 from pathlib import Path
 
 from edgesdk.errors import ConversionError, ModelLoadError
-from edgesdk.inputs import Inputs
-from edgesdk.source import InputSpec, SourceModel
+from edgesdk.sources.inputs import Inputs
+from edgesdk.sources.source import InputSpec, SourceModel
 from edgesdk.util import first_line, sha256_file
 
 
@@ -231,7 +231,7 @@ def cut(module, args, wanted: list):
 
     The exported graph is run once with every intermediate value kept, and each wanted array is matched to
     the first node with its shape and values. Raises ConversionError when one has no match."""
-    from edgesdk.host_tail import match_cut_points
+    from edgesdk.conversion.host_tail import match_cut_points
     torch = import_torch()
     with torch.no_grad():
         gm = torch.export.export(module, tuple(args)).module()

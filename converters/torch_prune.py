@@ -164,7 +164,7 @@ def _cross_entropy_epoch(source, data, batch_size, learning_rate, after_step=Non
     distill the KL divergence to the float source's outputs at temperature DISTILL_T (`teacher`: those
     outputs taken earlier, for a model pruned since). `model`: what is trained, when not source.model."""
     import torch
-    from edgesdk.tasks.classify import is_probabilities
+    from edgesdk.judge.tasks.classify import is_probabilities
     if data.y is None:
         raise DataError(f"Fine-tuning data ({data.source}) has no labels; give an .npz with 'y'.")
     outs = source.predict(data.x[:64])

@@ -37,7 +37,7 @@ def _channels_last(model, torch, turned: set):
 
 def _x(source, recipe, calibration):
     """Calibration samples in the artifact's layout."""
-    from edgesdk.inputs import to_artifact_layout
+    from edgesdk.sources.inputs import to_artifact_layout
     return to_artifact_layout(calibration.x[: recipe.calibration_samples], source, recipe.layout)
 
 
@@ -70,7 +70,7 @@ def cut(source, outputs: tuple, calibration):
 
 def _cut(source, outputs: tuple, calibration):
     import numpy as np
-    from edgesdk.host_tail import cut_points
+    from edgesdk.conversion.host_tail import cut_points
     from .torch_model import cut as cut_module
     batch = int(source.example_input[0].shape[0]) if source.inputs[0].batch_axis == 0 else 1
     x = calibration.x[np.zeros(batch, int)]  # the first sample, as many times as the module's batch
@@ -117,6 +117,6 @@ ROUTE = Route(
                                         "tensorflow": "torch"}},
     convert=convert, debug=diagnose, cut=cut,
     multi_input=True,  # one TFLite input per forward() argument, in order
-    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.host_tail)
+    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.conversion.host_tail)
     trainer="torch_qat",
     **tflite_int8.TFLITE_INT8)  # the float flatbuffer quantized by the shared int8 back end

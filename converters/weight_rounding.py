@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgesdk.inputs import Inputs, feed_rows
+from edgesdk.sources.inputs import Inputs, feed_rows
 
 QMAX = 127  # symmetric int8 weights: [-127, 127], what ONNX Runtime and ai-edge-quantizer use
 MEAN_SAMPLES = 128  # calibration samples the layer-input means are taken over
@@ -200,7 +200,7 @@ def round_tflite(flatbuffer: bytes, per_channel: bool = True, skip_nodes=(), ski
 
 def _tflite_input_means(flatbuffer: bytes, tensors, x) -> dict:
     """Per-channel (last axis) means of the given tensors, from the float model on up to MEAN_SAMPLES inputs."""
-    from edgesdk.tflite_artifact import sample_runs
+    from edgesdk.artifacts.tflite_artifact import sample_runs
     sums, count = {}, 0
     for interp in sample_runs(flatbuffer, x, range(min(len(x), MEAN_SAMPLES)), keep_tensors=True):
         for t in set(int(i) for i in tensors):

@@ -109,9 +109,9 @@ def _dest(path: tuple) -> str:
 
 
 def option_flags(exclude: tuple = ()):
-    """Every ConvertOptions field with help, as a flag (edgesdk.options declares each once, for Python, the
+    """Every ConvertOptions field with help, as a flag (edgesdk.conversion.options declares each once, for Python, the
     CLI, TOML files and the docs), and --config FILE; the command reads them back with options_from."""
-    from .options import leaves, flag_of, default_of
+    from .conversion.options import leaves, flag_of, default_of
 
     def decorate(func):
         for path, f in reversed(list(leaves())):
@@ -145,7 +145,7 @@ def options_from(ctx, values: dict):
     """The ConvertOptions a command's flags ask for: --config's, with the flags given on the command line over
     them. Takes the option values out of `values`."""
     from click.core import ParameterSource
-    from .options import ConvertOptions, leaves, parse_flag
+    from .conversion.options import ConvertOptions, leaves, parse_flag
     config = values.pop("config", None)
     options = ConvertOptions.load(config) if config else ConvertOptions()
     given = {}
@@ -192,7 +192,7 @@ def convert(ctx, model, target, calibration, validation, fine_tune, output_dir, 
                    input_values=options.inputs.input_values, model_factory=model_factory, unsafe_load=unsafe_load,
                    as_json=as_json)
         return
-    from .conversion import convert as run_convert
+    from .conversion.pipeline import convert as run_convert
     art = run_convert(model, target, calibration=calibration, validation=validation, fine_tune=fine_tune,
                       options=options, output_dir=output_dir, model_factory=model_factory, unsafe=unsafe_load,
                       force=force, name=name, quiet=quiet or as_json, budget=budget)
@@ -239,7 +239,7 @@ def _verdict_rows(reports) -> str:
 def check(ctx, model, targets, input_shape, input_values, model_factory, unsafe_load, as_json):
     """Before converting: can MODEL run on each target family, and with what fallbacks?"""
     ctx.meta["json"] = as_json
-    from .check import check_model
+    from .conversion.check import check_model
     result = check_model(model, list(targets) or None, input_shape=input_shape or None,
                          input_values=input_values or None, model_factory=model_factory, unsafe=unsafe_load)
     if as_json:
@@ -264,7 +264,7 @@ def check(ctx, model, targets, input_shape, input_values, model_factory, unsafe_
 def inspect(ctx, artifact, targets, as_json):
     """Describe any .tflite or .onnx file: I/O, ops, int8 coverage, sparsity, sizes, target verdicts."""
     ctx.meta["json"] = as_json
-    from .inspection import inspect as run_inspect
+    from .artifacts.inspection import inspect as run_inspect
     r = run_inspect(artifact, list(targets) or None)
     if as_json:
         click.echo(json.dumps(r, indent=2, default=str))
@@ -309,13 +309,13 @@ def inspect(ctx, artifact, targets, as_json):
 def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, input_shapes, db, no_store, as_json):
     """Benchmark ARTIFACT on this machine with the on-device runner."""
     ctx.meta["json"] = as_json
-    from .artifact import Artifact
-    from .bench import benchmark
+    from .artifacts.artifact import Artifact
+    from .devices.bench import benchmark
     art = Artifact.open(artifact)
     res = benchmark(art, runs=runs, warmup=warmup, threads=threads, duration=duration, delegate=delegate,
                     repeat=repeat, input_shape=input_shapes or None)
     if not no_store:
-        from .results import ResultStore
+        from .devices.results import ResultStore
         store = ResultStore(db)
         res.run_id = store.add(res, manifest=art.manifest or None, extra={"repeats": res.raw.get("repeats")})
         store.close()
@@ -366,8 +366,8 @@ def tune(ctx, model, target, hosts, calibration, validation, budget, formats, qu
          quiet, **flags):
     """Find the fastest artifact of MODEL for --target within the accuracy budget, measured on --host."""
     ctx.meta["json"] = as_json
-    from .results import ResultStore
-    from .tune import tune as run_tune
+    from .devices.results import ResultStore
+    from .tuning import tune as run_tune
     store = ResultStore(db)
     try:
         doc = run_tune(model, target, hosts=list(hosts) or "local", calibration=calibration, validation=validation,
@@ -446,10 +446,10 @@ def deploy(ctx, artifact, hosts, hosts_file, profile, runs, warmup, threads, dur
            as_json):
     """Push ARTIFACT to devices over SSH, probe them, and benchmark it there."""
     ctx.meta["json"] = as_json
-    from .deploy import deploy as run_deploy, read_hosts_file
+    from .devices.deploy import deploy as run_deploy, read_hosts_file
+    from .devices.results import ResultStore
     from .progress import Progress
-    from .results import ResultStore
-    from .source import parse_pairs
+    from .sources.source import parse_pairs
     options = {k: int(v) if v.lstrip("-").isdigit() else v
                for k, v in parse_pairs(device_options, "--device-option", "npu_core=1").items()}
     targets = list(hosts) + (read_hosts_file(hosts_file) if hosts_file else [])
@@ -507,7 +507,7 @@ def device():
 def device_setup(ctx, host, profile, formats, remote_python, workdir, accept_new_host_key, as_json):
     """Make a venv on HOST with the runtime PROFILE needs, from wheels downloaded here for its platform."""
     ctx.meta["json"] = as_json
-    from .device_setup import setup
+    from .devices.device_setup import setup
     from .progress import Progress
     r = setup(host, profile=profile, formats=formats, remote_python=remote_python, workdir=workdir,
               accept_new_host_key=accept_new_host_key, progress=Progress(quiet=as_json))
@@ -533,7 +533,7 @@ def results():
 @click.pass_context
 def results_list(ctx, last, db, as_json):
     ctx.meta["json"] = as_json
-    from .results import ResultStore
+    from .devices.results import ResultStore
     rows = ResultStore(db).list(last)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -549,7 +549,7 @@ def results_list(ctx, last, db, as_json):
 @click.pass_context
 def results_show(ctx, run_id, db, as_json):
     ctx.meta["json"] = as_json
-    from .results import ResultStore
+    from .devices.results import ResultStore
     row = ResultStore(db).get(run_id)
     if as_json:
         click.echo(json.dumps(row, indent=2, default=str))
@@ -600,7 +600,7 @@ def _conditions(probe: dict) -> str:
 def results_compare(ctx, first, second, min_effect, db, as_json):
     """Is SECOND faster or slower than FIRST beyond run-to-run noise, by enough to matter?"""
     ctx.meta["json"] = as_json
-    from .results import ResultStore, compare
+    from .devices.results import ResultStore, compare
     store = ResultStore(db)
     c = compare(store.get(first), store.get(second), min_effect_pct=min_effect)
     if as_json:
@@ -625,8 +625,8 @@ def results_compare(ctx, first, second, min_effect, db, as_json):
 @click.pass_context
 def report(ctx, run_ids, last, output, db):
     """Stored runs as a report: latency histograms and CDFs, size vs accuracy vs latency, device conditions."""
-    from .report import build
-    from .results import ResultStore
+    from .devices.report import build
+    from .devices.results import ResultStore
     store = ResultStore(db)
     ids = list(run_ids) or [r["id"] for r in store.list(last or 10)][::-1]
     path = build([store.get(i) for i in ids], output)

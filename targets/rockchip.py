@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from edgesdk.errors import ConversionError
 
-from edgesdk.formats import ArtifactFormat
+from edgesdk.artifacts.formats import ArtifactFormat
 
 from . import DevicePlan, TargetFamily
 

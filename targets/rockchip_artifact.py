@@ -75,12 +75,12 @@ class RKNNArtifact:
         """The source graph's weights (the toolkit stores its own layout); unknown without the build."""
         if self.build is None:
             return {"overall": 0.0, "weights": 0, "layers": []}
-        from edgesdk.onnx_artifact import ONNXArtifact
+        from edgesdk.artifacts.onnx_artifact import ONNXArtifact
         return ONNXArtifact(self.build.onnx).weight_sparsity()
 
     # -- inference ------------------------------------------------------------
     def predict(self, x, progress=None, output_axes=None) -> list:
-        from edgesdk.inputs import feed_rows
+        from edgesdk.sources.inputs import feed_rows
         if self.build is None:
             raise RuntimeMissing(
                 f"'{self.path}' can only run on a Rockchip NPU: rknn-toolkit2's simulator runs only a model "

@@ -9,7 +9,7 @@ import pytest
 
 import edgesdk
 from edgesdk import ValidationFailed
-from edgesdk.tflite_artifact import TFLiteArtifact
+from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
 
 from conftest import run_cli
 
@@ -313,8 +313,8 @@ def test_benchmark_api_returns_result(keras3_mnist, mnist_files, tmp_path):
 
 def test_tfmot_pruned_model_is_the_one_measured_and_converted(tfkeras_mnist, mnist):
     from edgesdk.converters.keras_prune import measure_sparsity, prune
-    from edgesdk.data import Dataset
-    from edgesdk.source import load_source
+    from edgesdk.sources.data import Dataset
+    from edgesdk.sources.source import load_source
     src = load_source(tfkeras_mnist)
     dense_out = src.predict(mnist["x_test"][:100])[0]
     report = prune(src, 0.6, Dataset(mnist["x_train"][:640], mnist["y_train"][:640]), epochs=1, log=lambda m: None)
@@ -373,7 +373,7 @@ def test_accuracy_guard_for_tflite_names_layers_and_separates_pruning_loss(keras
 
 def test_tflite_exclusions_keep_named_layers_float(keras3_mnist, mnist_files, tmp_path):
     from edgesdk import OptionError
-    from edgesdk.tflite_artifact import TFLiteArtifact
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     kwargs = dict(target="rpi4", calibration=mnist_files["train"], output_dir=tmp_path, quiet=True)
     plain = TFLiteArtifact(edgesdk.convert(str(keras3_mnist), **kwargs, name="plain").path)
     # layers are named by their TFLite output tensors, as the validation error lists them

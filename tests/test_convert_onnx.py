@@ -7,7 +7,7 @@ import pytest
 
 import edgesdk
 from edgesdk import ModelLoadError, OptionError
-from edgesdk.onnx_artifact import ONNXArtifact
+from edgesdk.artifacts.onnx_artifact import ONNXArtifact
 
 from conftest import run_cli
 
@@ -255,8 +255,8 @@ def test_nodes_kept_in_float_stay_float_when_onnx_runtime_loads_them(ppocr, tmp_
     validation (and the runner) load with it off, so what was measured is what was asked for. (On this model
     the difference is small and goes either way by sample; the issue measured 17.0 -> 9.2 dB on a CNN.)"""
     import onnxruntime as ort
-    from edgesdk.onnx_artifact import ONNXArtifact
-    from edgesdk.tasks import regress
+    from edgesdk.artifacts.onnx_artifact import ONNXArtifact
+    from edgesdk.judge.tasks import regress
     art = edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
                           calibration=ppocr["calib"], exclude_nodes=["Conv@2"], output_dir=tmp_path, quiet=True, min_agreement=0)
     x = np.load(ppocr["calib"])["x"][:48]

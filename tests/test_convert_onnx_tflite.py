@@ -16,8 +16,8 @@ import pytest
 
 import edgesdk
 from edgesdk import fixtures
+from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
 from edgesdk.errors import ConversionError, OptionError
-from edgesdk.tflite_artifact import TFLiteArtifact
 
 from conftest import run_cli
 
@@ -61,7 +61,7 @@ def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(ppocr, tmp_path):
     assert v["top1_agreement"] >= 0.97 and v["outputs"][0]["sqnr_db"] >= 24, v
     # the float graph onnx2tf made is the source's, transposes and all: float TFLite agrees exactly
     x = np.load(ppocr["val"])["x"]
-    from edgesdk.source import load_source
+    from edgesdk.sources.source import load_source
     reference = load_source(str(ppocr["model"]), input_shape="1,3,48,192").predict(x)[0]
     flt = edgesdk.convert(str(ppocr["model"]), target="rpi4", quantization="float", input_shape="1,3,48,192",
                           calibration=ppocr["calib"], output_dir=tmp_path / "float", quiet=True)
@@ -209,7 +209,7 @@ def test_yolov8_head_for_the_coral_leaves_its_post_processing_to_the_host(tmp_pa
     assert list(loaded) == ["output0"]
     np.testing.assert_allclose(loaded["output0"], finished(TFLiteArtifact(art_path, delegates=True)),
                                rtol=1e-5, atol=1e-5)
-    from edgesdk.onnx_artifact import ONNXArtifact
+    from edgesdk.artifacts.onnx_artifact import ONNXArtifact
     source = ONNXArtifact(model).predict(x)[0]
     assert joined.shape == source.shape == (3, 5, 3549)
     found = source[:, 4] > 0.25  # the cells the source detects a character in: their boxes line up

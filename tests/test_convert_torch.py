@@ -154,10 +154,10 @@ def test_qat_weights_are_the_artifacts_int8_weights_on_both_routes(digit_net, di
     """--qat: the int8 weights the training rounded to are the artifact's, int for int (the route quantizes the
     trained model per channel with nearest rounding, as the training did)."""
     from types import SimpleNamespace
+    from edgesdk.artifacts.tflite_artifact import WEIGHT_OPS, TFLiteArtifact
     from edgesdk.converters import torch_qat
     from edgesdk.converters.torch_model import from_module
-    from edgesdk.data import load_for
-    from edgesdk.tflite_artifact import WEIGHT_OPS, TFLiteArtifact
+    from edgesdk.sources.data import load_for
     source = from_module(digit_net, example_input=torch.zeros(*EXAMPLE))
     settings = SimpleNamespace(sparsity=0, epochs=1, batch_size=32, learning_rate=1e-3, distill=False)
     model, _ = torch_qat.train(source, load_for(source, digits_nchw["train"]), settings)
@@ -359,7 +359,7 @@ def test_failed_gate_measures_layers_kept_in_float(digit_net, digits_nchw, tmp_p
 
 
 def test_tflite_layers_and_op_types_kept_in_float(digit_net, digits_nchw, tmp_path):
-    from edgesdk.tflite_artifact import TFLiteArtifact
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     kwargs = dict(target="rpi4", example_input=torch.zeros(*EXAMPLE), calibration=digits_nchw["train"],
                   validation=digits_nchw["test"], quiet=True)
     plain = TFLiteArtifact(edgesdk.convert(digit_net, output_dir=tmp_path / "plain", **kwargs).path)

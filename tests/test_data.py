@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from edgesdk import DataError
-from edgesdk.data import Preprocess, load_data, split_holdout
+from edgesdk.sources.data import Preprocess, load_data, split_holdout
 
 NHWC = (None, 28, 28, 1)
 

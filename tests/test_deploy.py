@@ -13,10 +13,10 @@ import pytest
 
 import edgesdk
 from edgesdk import RuntimeMissing
-from edgesdk.deploy import deploy
-from edgesdk.results import ResultStore
+from edgesdk.devices.deploy import deploy
+from edgesdk.devices.results import ResultStore
+from edgesdk.devices.ssh import ConnectionLost, DeployError, HostKeyError
 from edgesdk.util import sha256_file
-from edgesdk.ssh import ConnectionLost, DeployError, HostKeyError
 
 from conftest import interactive, pids_with, run_cli, wait_for
 
@@ -359,7 +359,7 @@ def test_results_store_survives_concurrent_writer_processes(tmp_path):
     import subprocess
     db = tmp_path / "shared.db"
     code = (
-        "import sys\nfrom edgesdk.results import ResultStore\nfrom edgesdk.bench import BenchmarkResult\n"
+        "import sys\nfrom edgesdk.devices.results import ResultStore\nfrom edgesdk.devices.bench import BenchmarkResult\n"
         "s = ResultStore(sys.argv[1])\n"
         "for i in range(25):\n"
         "    r = BenchmarkResult('a.tflite', 'h' + sys.argv[2], 'rt', '1', 'x', 1, 0, 3, 1.0, 1.0,\n"
@@ -374,7 +374,7 @@ def test_results_store_survives_concurrent_writer_processes(tmp_path):
 
 def test_a_stop_before_the_run_has_filed_its_pid_still_stops_it(tmp_path):
     import subprocess
-    from edgesdk.deploy import _STOP, _SUPERVISE, _death
+    from edgesdk.devices.deploy import _STOP, _SUPERVISE, _death
     pidfile = tmp_path / "runs" / "abc.pid"
     pidfile.parent.mkdir()
     # Ctrl-C lands first: nothing to kill yet, so the stop leaves its mark

@@ -3,7 +3,7 @@
 import pytest
 
 from edgesdk import RuntimeMissing
-from edgesdk.device_setup import download_wheels, platform_tags
+from edgesdk.devices.device_setup import download_wheels, platform_tags
 from edgesdk.progress import Progress
 
 pytestmark = pytest.mark.slow  # asks the package index

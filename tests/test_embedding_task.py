@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk.tasks import ModelIO
-from edgesdk.validation import gate, judge
+from edgesdk.judge.tasks import ModelIO
+from edgesdk.judge.validation import gate, judge
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +53,10 @@ def test_speaker_encoder_int8_onnx_passes_as_an_embedding(encoder, tmp_path):
 
 def test_an_input_int8_cannot_hold_is_named_before_quantizing(encoder, mnist):
     """The encoder's mel energies (0..19, median 1e-5): one int8 scale puts nearly all of them in one step."""
-    from edgesdk.conversion import _warn_skewed_inputs
-    from edgesdk.data import Dataset
+    from edgesdk.conversion.pipeline import _warn_skewed_inputs
     from edgesdk.progress import Progress
-    from edgesdk.source import SourceModel
+    from edgesdk.sources.data import Dataset
+    from edgesdk.sources.source import SourceModel
     _, x, _ = encoder
 
     def source(name, shape):

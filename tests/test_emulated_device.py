@@ -19,9 +19,9 @@ import pytest
 
 import edgesdk
 from edgesdk import RuntimeMissing
-from edgesdk.deploy import deploy
+from edgesdk.devices.deploy import deploy
+from edgesdk.devices.results import ResultStore
 from edgesdk.errors import BenchmarkError
-from edgesdk.results import ResultStore
 from edgesdk.util import sha256_file
 
 from conftest import interactive, pids_with, run_cli, wait_for
@@ -70,7 +70,7 @@ def pi(emupi, ssh_env):
 def ready_pi(pi):
     """The Pi after `device setup` (done once; the first test does it through the CLI and checks it)."""
     if not (pi.root / WORKDIR / "venv/bin/python").exists():
-        from edgesdk.device_setup import setup
+        from edgesdk.devices.device_setup import setup
         setup(ALIAS, profile="rpi4", accept_new_host_key=True)
     return pi
 

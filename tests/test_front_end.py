@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesdk.mixed_precision import front_end
+from edgesdk.conversion.mixed_precision import front_end
 
 
 def test_front_end_is_the_first_layer_its_feed_and_what_follows_up_to_the_next_layers(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesdk.host_tail import find, match_cut_points, split
+from edgesdk.conversion.host_tail import find, match_cut_points, split
 
 
 def _head(tmp_path, shape_from_graph=False, decode_reused=False):

@@ -24,7 +24,7 @@ def test_npz_holding_an_object_array(keras3_mnist, tmp_path):
 
 def test_fifo_in_an_image_folder_is_not_read(tmp_path):
     from PIL import Image
-    from edgesdk.data import load_data
+    from edgesdk.sources.data import load_data
     folder = tmp_path / "images"
     folder.mkdir()
     for k in range(3):
@@ -92,13 +92,13 @@ def test_device_text_is_printed_without_escape_sequences():
 
 
 def test_markdown_report_escapes_names(tmp_path):
-    from edgesdk.report import _md_cell
+    from edgesdk.devices.report import _md_cell
     assert _md_cell("<img src=x onerror=alert(1)>|a") == "&lt;img src=x onerror=alert(1)&gt;\\|a"
 
 
 @pytest.mark.parametrize("workdir", ["-rf", "--help"])
 def test_a_workdir_that_reads_as_an_option_is_refused(workdir):
-    from edgesdk.deploy import Device
+    from edgesdk.devices.deploy import Device
     from edgesdk.errors import OptionError
     with pytest.raises(OptionError, match="begins with '-'"):
         Device(None, "python3", 10, None).prepare(workdir)

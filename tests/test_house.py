@@ -66,12 +66,60 @@ def test_no_core_module_names_a_familys_own_format():
                 assert "rknn" not in node.value.lower(), f"{path.name}: {node.value[:80]!r}"
 
 
-def test_converters_and_targets_never_import_the_device_side():
-    """The layers: what converts and what judges a target never reach for SSH, deploy, bench or results."""
-    device_side = ("deploy", "ssh", "device_setup", "bench", "results", "report", "tune")
-    for folder in ("converters", "targets"):
-        for path in sorted((ROOT / folder).glob("*.py")):
-            for module, names in _imports(path):
-                parts = module.split(".")
-                assert not (parts[0] in ("edgesdk", "") and set(parts[1:]) & set(device_side)), (path.name, module)
-                assert not (module in ("edgesdk", "") and set(names) & set(device_side)), (path.name, names)
+# What each layer never imports, function-level imports included. The stages are folders of edgesdk/:
+# judge knows nothing of how an artifact was made or where it runs; what converts (converters, targets) never
+# reaches for SSH, deploy, bench or results; the device side never converts; nothing below the CLI and tune
+# imports them.
+TOP = ("edgesdk.tuning", "edgesdk.cli")
+NEVER = {
+    "edgesdk.judge": ("edgesdk.sources", "edgesdk.artifacts", "edgesdk.conversion", "edgesdk.devices",
+                      "edgesdk.converters", "edgesdk.targets", *TOP),
+    "edgesdk.sources": ("edgesdk.artifacts", "edgesdk.conversion", "edgesdk.devices", *TOP),
+    "edgesdk.artifacts": ("edgesdk.conversion", "edgesdk.devices", "edgesdk.converters", *TOP),
+    "edgesdk.devices": ("edgesdk.sources", "edgesdk.judge", "edgesdk.conversion", "edgesdk.converters", *TOP),
+    "edgesdk.conversion": TOP,
+    "edgesdk.converters": ("edgesdk.devices", *TOP),
+    "edgesdk.targets": ("edgesdk.devices", *TOP),
+}
+FOLDERS = {"edgesdk.converters": ROOT / "converters", "edgesdk.targets": ROOT / "targets"}
+
+
+def _modules():
+    """(dotted name, path) of every module of ours, converters/ and targets/ under their installed names."""
+    for package, folder in [("edgesdk", ROOT / "edgesdk"), *FOLDERS.items()]:
+        for path in sorted(folder.rglob("*.py")):
+            parts = [p for p in path.relative_to(folder).with_suffix("").parts if p != "__init__"]
+            yield ".".join([package, *parts]), path
+
+
+def _resolved_imports(name: str, path: Path):
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            yield from (f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+
+
+def test_each_layer_imports_only_what_it_may():
+    checked = set()
+    for name, path in _modules():
+        for layer, forbidden in NEVER.items():
+            if name == layer or name.startswith(layer + "."):
+                checked.add(layer)
+                for imported in _resolved_imports(name, path):
+                    assert not any(imported == f or imported.startswith(f + ".") for f in forbidden), (
+                        f"{path.relative_to(ROOT)} imports {imported}: the {layer} layer never does")
+    assert checked == set(NEVER)  # every layer exists and was read
+
+
+def test_the_stages_are_folders_and_no_module_shares_an_api_functions_name():
+    import edgesdk
+    for stage in ("sources", "judge", "artifacts", "conversion", "devices"):
+        assert (ROOT / "edgesdk" / stage / "__init__.py").is_file(), stage
+    for name, _ in _modules():
+        assert name == "edgesdk" or name.split(".")[1] not in edgesdk._API, f"{name} would shadow edgesdk.{name.split('.')[1]}"

@@ -45,8 +45,8 @@ def test_stateful_vad_float_artifact_matches_the_source_over_the_sequence(vad, t
     outs = {o["name"]: o for o in v["outputs"]}
     assert outs["stateN"]["state"] and outs["stateN"]["shape"] == [2, 128] and outs["output"]["sqnr_db"] > 60
     # the data is speech to this model: its decisions fall inside the spoken phrases
-    from edgesdk.inputs import complete, source_states
-    from edgesdk.source import load_source
+    from edgesdk.sources.inputs import complete, source_states
+    from edgesdk.sources.source import load_source
     src = load_source(str(vad["model"]), input_shape="input:1,576", input_values="sr=16000")
     _, (prob, _) = source_states(src, complete(src, {"input": vad["x"]}, len(vad["x"]), "data"))
     spoken = np.zeros(len(vad["x"]), bool)
@@ -79,9 +79,9 @@ def test_stateful_vad_int8_is_judged_over_the_sequence_with_its_own_state(vad, t
     outs = {o["name"]: o for o in v["outputs"]}
     assert outs["output"]["sqnr_db"] >= 12
     # the gate ran the artifact on its own state: fed the source's states instead, it would score otherwise
-    from edgesdk.inputs import artifact_outputs, complete, source_states
-    from edgesdk.inspection import open_artifact
-    from edgesdk.source import load_source
+    from edgesdk.artifacts.inspection import open_artifact
+    from edgesdk.sources.inputs import artifact_outputs, complete, source_states
+    from edgesdk.sources.source import load_source
     src = load_source(str(vad["model"]), input_shape="input:1,576", input_values="sr=16000")
     x, ref = source_states(src, complete(src, {"input": vad["x"]}, len(vad["x"]), "data"))
     reader = open_artifact(art.path, exact=art.manifest["recipe"]["int8_arithmetic"] == "exact")
@@ -152,7 +152,7 @@ def test_multi_input_mistakes_get_clear_errors(vad, tmp_path):
 def test_if_wrapped_vad_is_resolved_by_the_fixed_rate(vad, tmp_path):
     """silero_vad.onnx keeps its whole network in If branches (on the rate and on sizes); with the sizes
     fixed and --input-value sr=16000 the branches are inlined, and the int8 quantizer reaches the network."""
-    from edgesdk.source import load_source
+    from edgesdk.sources.source import load_source
     src = load_source(str(fixtures.fetch("silero_vad")), input_shape="input:1,576", input_values="sr=16000")
     assert any(n.startswith("7 If node(s) resolved") and "sr built in" in n for n in src.notes), src.notes
     import onnx
@@ -188,8 +188,8 @@ def test_two_input_keras_to_full_int8_tflite(two_input, tmp_path, target, pixels
     v = art.manifest["validation"]
     assert v["passed"] and v["samples"] == 1000 and v["top1_agreement"] >= 0.97
     # the artifact reads each input by name: the ids matter to its answers
-    from edgesdk.inputs import Inputs
-    from edgesdk.tflite_artifact import TFLiteArtifact
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
+    from edgesdk.sources.inputs import Inputs
     reader = TFLiteArtifact(art.path)
     x = Inputs({"pixels": two_input["x"][4000:4200], "row_ink": two_input["ink"][4000:4200]})
     shuffled = x.replaced(row_ink=two_input["ink"][4200:4400])
@@ -210,8 +210,8 @@ def test_two_input_keras_to_int8_onnx_for_jetson(two_input, tmp_path):
 
 def test_two_input_data_forms(two_input, tmp_path):
     """An .npz by input name, a dict and a tuple in input order are the same data; labels ride along."""
-    from edgesdk.data import data_fingerprint, load_for
-    from edgesdk.source import load_source
+    from edgesdk.sources.data import data_fingerprint, load_for
+    from edgesdk.sources.source import load_source
     src = load_source(str(two_input["model"]))
     assert [s.name for s in src.inputs] == ["pixels", "row_ink"] and src.inputs[1].dtype == "int32"
     x, ink, y = two_input["x"][:50], two_input["ink"][:50], two_input["y"][:50]
@@ -279,8 +279,8 @@ def test_two_input_onnx_to_tflite(gained_onet, tmp_path):
 
 def test_one_data_input_beside_a_rate_and_a_state_takes_every_form(vad):
     """Only 'input' comes from data: an array, an .npz by name or as x, a dict by name or as x."""
-    from edgesdk.data import data_fingerprint, load_for
-    from edgesdk.source import load_source
+    from edgesdk.sources.data import data_fingerprint, load_for
+    from edgesdk.sources.source import load_source
     src = load_source(str(vad["model"]), input_shape="input:1,576", input_values={"sr": 16000},
                       stateful={"state": "stateN"})
     assert [s.name for s in src.data_inputs] == ["input"]

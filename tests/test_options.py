@@ -11,12 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 import edgesdk
-from edgesdk import ConvertOptions, InputOptions, QuantizeOptions, Thresholds, TrainingOptions
-from edgesdk.data import Preprocess
+from edgesdk import ConvertOptions, InputOptions, Preprocess, QuantizeOptions, Thresholds, TrainingOptions
+from edgesdk.conversion.options import LEGACY, leaves, with_legacy
+from edgesdk.conversion.recipe import make_recipe
 from edgesdk.errors import OptionError
-from edgesdk.options import LEGACY, leaves, with_legacy
 from edgesdk.profiles import load_profile
-from edgesdk.recipe import make_recipe
 
 from conftest import run_cli
 

@@ -30,7 +30,7 @@ def test_wheel_contents(wheel):
         assert f"edgesdk/device_profiles/{profile}.toml" in names
     assert "edgesdk/targets/runner.py" in names
     assert "edgesdk/converters/keras_tflite.py" in names
-    assert "edgesdk/tasks/detect.py" in names  # the gate's tasks ship too
+    assert "edgesdk/judge/tasks/detect.py" in names  # the gate's tasks ship too
     top = {n.split("/")[0] for n in names}
     assert "converters" not in top and "targets" not in top and "device_profiles" not in top
     assert not any(n.startswith("tests/") for n in names)

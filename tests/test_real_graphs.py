@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgesdk import fixtures
-from edgesdk.source import load_source
+from edgesdk.sources.source import load_source
 from edgesdk.util import remove_dead_temps, temp_dir_in, temp_path_in
 
 from conftest import run_cli

@@ -48,7 +48,7 @@ def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatc
 
 def test_pareto_front_with_a_tie_on_latency():
     """Two runs with one p50: the more accurate is on the front, the other not; a slower, more accurate run is."""
-    from edgesdk.report import pareto_points
+    from edgesdk.devices.report import pareto_points
 
     def run(p50, sqnr, q):
         return {"stats": {"latency_ms": {"p50": p50}}, "threads": 1,

@@ -3,7 +3,7 @@
 import numpy as np
 
 from edgesdk.cli import _conditions
-from edgesdk.results import compare
+from edgesdk.devices.results import compare
 from edgesdk.targets.runner import summarize
 
 

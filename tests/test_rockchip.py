@@ -102,7 +102,7 @@ def _builtin(name):
 
 
 def test_device_plans_need_the_npu_driver_and_library(tmp_path):
-    from edgesdk.artifact import Artifact
+    from edgesdk.artifacts.artifact import Artifact
     from edgesdk.targets import device_plan
     path = tmp_path / "m.rknn"
     path.write_bytes(b"RKNN")
@@ -170,8 +170,8 @@ def test_two_input_pytorch_module_for_the_rock5b(gained_onet, tmp_path):
     assert [(i["name"], i["shape"]) for i in art.manifest["inputs"]] == [("input_0", [1, 3, 48, 48]),
                                                                          ("input_1", [1, 1])]
     # the gain matters: the same crops at another gain give other outputs
+    from edgesdk.sources.inputs import Inputs
     from edgesdk.targets.rockchip_artifact import RKNNArtifact
-    from edgesdk.inputs import Inputs
     reader = RKNNArtifact(art.path)
     same = reader.predict(Inputs({"input_0": x[:8], "input_1": gain[:8]}))
     brighter = reader.predict(Inputs({"input_0": x[:8], "input_1": gain[:8] * 1.5}))

@@ -256,7 +256,7 @@ def test_dynamic_dims_need_a_shape_and_get_the_one_given(tmp_path):
     assert benchmark(model, runs=2, input_shape=["x:1,3,16,16"]).raw["inputs"][0]["shape"] == [1, 3, 16, 16]
     with pytest.raises(OptionError, match="dynamic dims"):
         benchmark(model, runs=2)
-    from edgesdk.deploy import deploy
+    from edgesdk.devices.deploy import deploy
     res = deploy(str(model), "local", runs=2, warmup=0, input_shape="x:1,3,8,8", workdir=str(tmp_path / "w"))
     assert res.raw["inputs"][0]["shape"] == [1, 3, 8, 8]
 

@@ -6,8 +6,8 @@ import pytest
 
 import edgesdk
 from edgesdk import fixtures
-from edgesdk.tasks import ModelIO, Thresholds
-from edgesdk.validation import gate, judge
+from edgesdk.judge.tasks import ModelIO, Thresholds
+from edgesdk.judge.validation import gate, judge
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 import edgesdk
 from edgesdk import ModelLoadError, ProfileError, fixtures
-from edgesdk.inspection import inspect
+from edgesdk.artifacts.inspection import inspect
 from edgesdk.targets.edgetpu import parse_compiler_log
 
 from conftest import run_cli
@@ -22,7 +22,7 @@ DATA = Path(__file__).parent / "data"
 
 def test_execution_variants_come_from_the_family():
     from edgesdk.profiles import load_profile
-    from edgesdk.tune import candidates
+    from edgesdk.tuning import candidates
 
     def names(profile, framework="keras", quant="int8"):
         return [c.name for c in candidates(framework, load_profile(profile), quantizations=[quant])[0]]
@@ -167,7 +167,7 @@ def test_edgetpu_split_at_an_unsupported_op_mid_graph(tmp_path):
     c = art.manifest["compatibility"]
     assert c["status"] == "supported with fallbacks"
     part = c["partition"]
-    from edgesdk.tflite_artifact import TFLiteArtifact
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     ops = [op["op_name"] for op in TFLiteArtifact(art.path).ops()]
     # uint8 in -> QUANTIZE to int8, two convolutions on the Edge TPU, then the cut
     assert ops[:4] == ["QUANTIZE", "CONV_2D", "CONV_2D", "LEAKY_RELU"]
@@ -292,7 +292,7 @@ def test_check_reports_every_family_before_converting(keras3_mnist, tmp_path):
 
 @pytest.mark.slow
 def test_check_names_what_blocks_each_family(tmp_path):
-    from edgesdk.check import check_model
+    from edgesdk.conversion.check import check_model
     import keras
     inp = keras.Input((8,))
     h = keras.layers.Lambda(lambda t: keras.ops.erf(t))(keras.layers.Dense(8)(inp))
@@ -314,7 +314,7 @@ def test_check_names_what_blocks_each_family(tmp_path):
 
 def test_device_plans_check_the_accelerator_against_the_probe(tmp_path):
     from edgesdk import OptionError
-    from edgesdk.artifact import Artifact
+    from edgesdk.artifacts.artifact import Artifact
     from edgesdk.profiles import load_profile
     from edgesdk.targets import device_plan
     tfl, onnx = tmp_path / "m.tflite", tmp_path / "m.onnx"

@@ -72,8 +72,8 @@ def test_yolov8_head_keeps_its_merging_concat_in_float(chars, tmp_path):
     """One Concat of pixel boxes and 0..1 scores: in one int8 tensor the scores collapse. By default that
     Concat stays float, so boxes and scores each keep their own scale."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-    from edgesdk.tasks import ModelIO
-    from edgesdk.validation import judge
+    from edgesdk.judge.tasks import ModelIO
+    from edgesdk.judge.validation import judge
     model = yolov8_layout(fixtures.fetch("captcha_detector"), tmp_path / "det_v8.onnx")
     r = run_cli("convert", model, "-t", "rpi4", "--format", "onnx", "-c", chars, "-o", tmp_path / "out", "--json")
     assert r.returncode == 0, r.stderr
@@ -97,7 +97,7 @@ def test_yolov8_head_keeps_its_merging_concat_in_float(chars, tmp_path):
             return None if sample is None else {name: sample}
     plain = tmp_path / "plain.onnx"
     quantize_static(str(model), str(plain), Reader(), quant_format=QuantFormat.QDQ)
-    from edgesdk.onnx_artifact import ONNXArtifact
+    from edgesdk.artifacts.onnx_artifact import ONNXArtifact
     ref = ONNXArtifact(model).predict(x)
     io = ModelIO(output_names=["output0"], input_hw=(416, 416))
     plain_head = judge(ref, ONNXArtifact(plain).predict(x), io=io)["heads"][0]
@@ -228,7 +228,7 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     # than the plain int8, so the float element-wise ops are tried on the int8 base and, faster, win
     sixteen, kept = rungs[3], rungs[-1]
     assert sixteen["activations"] == "int16" and not sixteen["float_op_types"] and "applied" not in sixteen
-    from edgesdk.recovery import SLOWER
+    from edgesdk.conversion.recovery import SLOWER
     assert sixteen["p50_ms"] > rungs[0]["p50_ms"] * SLOWER and kept["p50_ms"] < sixteen["p50_ms"]
     assert any("int16 activations pass but run slower here than int8" in line for line in lines), lines
     assert kept["applied"] and kept["activations"] == "int8" and kept["float_op_types"] == KEEP_FLOAT

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import edgesdk
+from edgesdk.devices.results import ResultStore
 from edgesdk.errors import OptionError
-from edgesdk.results import ResultStore
 
 from conftest import interactive, run_cli, wait_for
 
@@ -72,7 +72,7 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
     other = 1 if winner["threads"] != 1 else 2
     assert edgesdk.deploy(str(art.path), "local", runs=3, warmup=0, threads=other, store=store).threads == other
     # `edgesdk report` draws the search: accuracy vs latency, the Pareto front marked
-    from edgesdk.report import build, pareto_points
+    from edgesdk.devices.report import build, pareto_points
     runs = [store.get(i) for i in doc["run_ids"]]
     points, what = pareto_points(runs)
     assert len(points) == len(runs) >= 4 and what == "output SQNR vs the source (dB)"  # task regress: SQNR
@@ -246,7 +246,7 @@ def test_ctrl_c_keeps_what_was_measured_and_leaves_no_run(keras3_mnist, mnist_fi
 def test_a_winner_by_the_tie_rule_is_on_the_front():
     """Within 3 % of the fastest the smallest wins; the front counts size too, so that winner is on it (the
     float candidate, a little faster and closer to the source, used to push it off)."""
-    from edgesdk.tune import _mark_pareto, _pick
+    from edgesdk.tuning import _mark_pareto, _pick
     rows = [{"candidate": "float", "p50_ms": 1.00, "sqnr_db": 99.0, "gzip_bytes": 300, "size_bytes": 400},
             {"candidate": "fp16", "p50_ms": 1.02, "sqnr_db": 70.0, "gzip_bytes": 150, "size_bytes": 200},
             {"candidate": "slow", "p50_ms": 1.50, "sqnr_db": 60.0, "gzip_bytes": 200, "size_bytes": 200}]

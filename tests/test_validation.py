@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from edgesdk.data import Dataset, fit_to_input, representative
 from edgesdk.errors import DataError, OptionError, ValidationFailed
-from edgesdk.tasks import ModelIO, Thresholds, confidence, pick
-from edgesdk.validation import gate, judge, match_outputs
+from edgesdk.judge.tasks import ModelIO, Thresholds, confidence, pick
+from edgesdk.judge.validation import gate, judge, match_outputs
+from edgesdk.sources.data import Dataset, fit_to_input, representative
 
 rng = np.random.default_rng(0)
 
@@ -158,7 +158,7 @@ def test_integer_inputs_stay_integer():
 
 
 def test_average_precision_at_iou_half():
-    from edgesdk.tasks.detect import average_precision
+    from edgesdk.judge.tasks.detect import average_precision
     box = lambda x: np.array([x, 0, x + 10, 10], np.float64)  # noqa: E731
     truth = [(np.stack([box(0), box(20)]), np.array([0, 0])), (np.stack([box(50)]), np.array([0]))]
     dets = [(np.stack([box(0), box(100), box(21)]), np.array([0.9, 0.8, 0.7]), np.array([0, 0, 0])),
@@ -171,7 +171,7 @@ def test_average_precision_at_iou_half():
 def test_detection_labels_from_yolo_files_or_coco_json(tmp_path):
     import json
     from PIL import Image
-    from edgesdk.data import load_data
+    from edgesdk.sources.data import load_data
     for name in ("a", "b"):
         Image.new("RGB", (64, 32), (200, 10, 10)).save(tmp_path / f"{name}.png")
     (tmp_path / "a.txt").write_text("2 0.5 0.5 0.25 0.5\n")  # b has no file: no objects
@@ -226,10 +226,10 @@ def test_tflite_detection_postprocess_outputs():
 def test_an_accuracy_budget_without_labels_becomes_the_agreement_it_allows():
     """--max-accuracy-drop 100 on unlabelled data: any loss is fine, so the agreement asked is none (it was
     judged at --min-agreement 0.95 and refused); 3 points allow 97 %; a stricter --min-agreement stays."""
-    from edgesdk.conversion import _drop_as_agreement
+    from edgesdk.conversion.pipeline import _drop_as_agreement
+    from edgesdk.conversion.recipe import make_recipe
     from edgesdk.profiles import load_profile
     from edgesdk.progress import Progress
-    from edgesdk.recipe import make_recipe
     recipe = make_recipe(load_profile("rpi4"))
     progress = Progress(quiet=True)
     assert _drop_as_agreement(recipe, 100, None, progress).thresholds().min_agreement == 0.0

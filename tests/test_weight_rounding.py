@@ -81,8 +81,8 @@ def test_int8_onnx_for_a_pi_is_judged_as_the_pi_computes_it(imagenet, tmp_path):
     import torch
 
     import edgesdk
-    from edgesdk.onnx_artifact import ONNXArtifact
-    from edgesdk.tasks.regress import sqnr_db
+    from edgesdk.artifacts.onnx_artifact import ONNXArtifact
+    from edgesdk.judge.tasks.regress import sqnr_db
     model, cal, val, example = imagenet
     art = edgesdk.convert(model, "rpi4", format="onnx", example_input=example, calibration=cal, validation=val,
                           weight_rounding="corrected", min_agreement=0.0, task="classify", recover=False,

@@ -13,10 +13,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from edgesdk.artifacts.formats import ArtifactFormat
+from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
 from edgesdk.errors import ConversionError
-from edgesdk.formats import ArtifactFormat
 from edgesdk.targets import Compiled, DevicePlan, TargetFamily
-from edgesdk.tflite_artifact import TFLiteArtifact
 
 
 class ToyBlobReader(TFLiteArtifact):

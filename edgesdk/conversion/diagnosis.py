@@ -1,0 +1,138 @@
+"""When int8 fails the gate: which layers lose the most, and which exclusion actually repairs the failure.
+
+The route's debugger ranks layers by their own quantization error. That ranking
+can point the wrong way (a detector's backbone convolutions, when the scores
+collapse in the head's final Concat), so the strongest candidates are each kept
+in float in turn and the failing checks measured again on the same samples:
+the op that produces each failing output, the debugger's worst layers, every
+op type but the weight-heavy ones (what rescues a byte classifier whose
+elementwise ops cannot share int8 scales), and the front end (an audio model's
+STFT, whose range int8 cannot hold); int16 activations are measured beside
+them where the route makes them and the target runs them. Routes that can keep layers in
+float say so with EXCLUDES_LAYERS; profiles that forbid it (the Edge TPU) get
+the debugger's ranking only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgesdk.errors import EdgeSDKError
+from edgesdk.sources.data import artifact_layout
+from edgesdk.sources.inputs import artifact_outputs, to_artifact_layout
+from .mixed_precision import Candidate, Trials, front_end, non_weight_op_types, output_producers
+
+SAMPLES = 32           # for the debuggers, which keep every intermediate tensor
+MEASURE_SAMPLES = 256  # for the measured trials: one flip in 32 would be 3 points of agreement
+CANDIDATES = 4         # single layers measured (the op-type group comes on top)
+MIN_GAIN = 0.05        # below this share of the way to the threshold, a candidate changed nothing
+
+
+def failing_checks(figures) -> list:
+    return [c for c in figures["checks"] if c["verdict"] != "pass" and c.get("value") is not None]
+
+
+def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple:
+    """(candidates to measure, the debugger's rows): output producers, the debugger's worst, the op-type group,
+    the front end."""
+    rows = trials.debugger_rows(artifact_path, x, recipe)
+    producers = output_producers(artifact_path, recipe.format,
+                                 {c["output"] for c in failing if c.get("output") is not None})
+    singles = [*producers, *(Candidate(nodes=(r["node"],), op=r.get("op", "")) for r in rows)]
+    seen, picked = set(recipe.exclude_nodes), []
+    for c in singles:
+        if c.nodes[0] not in seen:
+            seen.add(c.nodes[0])
+            picked.append(c)
+    picked = picked[:CANDIDATES]
+    group = non_weight_op_types(artifact_path, recipe.format)
+    if group is not None and not set(group.op_types) <= set(recipe.exclude_op_types):
+        picked.append(group)
+    front = front_end(artifact_path, recipe.format)
+    if front is not None and not set(front.nodes) <= seen:
+        picked.append(front)
+    return picked, rows
+
+
+def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference, figures, io) -> tuple:
+    """(rows, hint) for the validation error; never raises (it must not hide the failure itself)."""
+    try:
+        if recipe.format not in ("onnx", "tflite") or (recipe.format == "onnx" and not source.float_onnx):
+            return [], ""
+        trials = Trials(source, recipe, profile, calib)
+        layout = artifact_layout(source.layout, recipe.layout)
+        x = to_artifact_layout(val.x[:SAMPLES], source, layout)
+        failing = failing_checks(figures)
+        if not (trials.excludes and failing):
+            return trials.debugger_rows(artifact_path, x, recipe), trials.hint
+        picked, rows = candidates(trials, recipe, artifact_path, x, failing)
+        if trials.int16:  # the lever beside float (the recovery ladder tries it as a rung of its own)
+            picked.append(Candidate(int16=True))
+        measured = measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout)
+        return (measured, trials.measured_hint) if measured else (rows, trials.hint)
+    except Exception as exc:
+        return [{"error": f"diagnostics failed: {exc}"}], ""
+
+
+def gain(before_checks, after: dict) -> float:
+    """How far the failing checks moved towards their thresholds, in shares of the distance (summed)."""
+    total = 0.0
+    for before in before_checks:
+        now = after.get((before["check"], before.get("output")))
+        if now is None or now.get("value") is None:
+            continue
+        span = abs(before["threshold"] - before["value"]) or 1.0
+        total += (now["value"] - before["value"]) * (1 if before["at_least"] else -1) / span
+    return total
+
+
+def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout, step=None) -> list:
+    """Each candidate kept in float: the failing checks again, on the same first MEASURE_SAMPLES samples.
+    step(line), if given, hears of each as it is measured (on a detector, minutes apart)."""
+    from edgesdk.artifacts.inspection import open_artifact
+    from edgesdk.judge.validation import judge, match_outputs
+    from .host_tail import read_as_source
+    x = to_artifact_layout(val.x[:MEASURE_SAMPLES], source, layout)
+    labels = None if val.labels is None else val.labels[:len(x)]
+    ref = [r[:len(x)] for r in reference]
+    keys = [(c["check"], c.get("output")) for c in failing]
+
+    def measured(path) -> dict:
+        art = read_as_source(open_artifact(path, format=recipe.format, exact=recipe.int8_arithmetic == "exact"),
+                             source, recipe, val.x[:len(x)], x)
+        outs, _ = match_outputs(ref, io.output_names, artifact_outputs(art, x, source, ref), art.output_names)
+        checks = judge(ref, outs, labels, io=io, task=recipe.task, thresholds=recipe.thresholds())["checks"]
+        return {(c["check"], c.get("output")): c for c in checks}
+    base = measured(artifact_path)  # the same samples as the trials, so the figures compare
+    before_all = [base[k] for k in keys if k in base and base[k].get("value") is not None]
+    rows = []
+
+    def heard(cand, what):
+        if step is not None:
+            label = cand.label if len(cand.label) <= 70 else cand.label[:67] + "..."
+            step(f"    {label}: {what}")
+    with tempfile.TemporaryDirectory(prefix="edgesdk-diagnosis-") as tmp:
+        for cand in picked:
+            path = Path(tmp) / f"trial.{recipe.format}"
+            try:
+                path.write_bytes(trials.convert(cand.applied(recipe)))
+            except EdgeSDKError:
+                heard(cand, f"cannot be made on this route ({cand.what})")
+                continue
+            after = measured(path)
+            parts = [f"{b['check']} {_show(b['value'])} -> {_show(after[(b['check'], b.get('output'))]['value'])}"
+                     for b in before_all if after.get((b["check"], b.get("output")), {}).get("value") is not None]
+            single = len(cand.nodes) == 1 and not cand.op_types
+            node = cand.nodes[0] if single else cand.label if cand.nodes or cand.op_types else "whole graph"
+            rows.append({"node": node, "op": cand.op,
+                         "nodes": list(cand.nodes), "op_types": list(cand.op_types),
+                         "gain": round(gain(before_all, after), 3), "measured_on": len(x),
+                         "detail": f"{cand.what}: {', '.join(parts)}" + ("" if single else f" ({cand.flags})")})
+            heard(cand, ", ".join(parts) or "nothing measurable changed")
+    rows.sort(key=lambda r: -r["gain"])
+    return rows
+
+
+def _show(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

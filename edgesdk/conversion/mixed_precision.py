@@ -1,0 +1,184 @@
+"""What may stay out of int8, and how to make the trial artifacts that keep it there.
+
+Shared by the detector-head default, the measured diagnosis and the recovery
+ladder: a `Candidate` is a set of nodes and op types to keep in float; a
+`Trials` object re-quantizes the source with a candidate applied, through the
+route that made the artifact (for ONNX, from the float export already beside
+the source, so nothing is exported twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgesdk.errors import EdgeSDKError
+
+# ops that only move, re-label or re-type values: the op that made an output's values sits behind them
+PASS_THROUGH = {"QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
+                "Identity", "QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE"}
+# the weight-heavy ops that int8 pays off on; "every op type but these" is the widest useful exclusion
+WEIGHT_OPS = {"onnx": {"Conv", "ConvTranspose", "MatMul", "Gemm"},
+              "tflite": {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL"}}
+NOT_OPS = {"QuantizeLinear", "DequantizeLinear", "QUANTIZE", "DEQUANTIZE"}
+CONCATS = {"Concat", "CONCATENATION"}
+# detector heads that put pixel boxes and 0..1 scores in one tensor (one int8 scale would crush the scores)
+MERGED_HEADS = {"yolov8", "yolov5"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Nodes and op types kept in float, or the whole graph's activations in int16; `op` is the node's
+    type, for messages."""
+
+    nodes: tuple = ()
+    op_types: tuple = ()
+    op: str = ""
+    int16: bool = False
+
+    def __add__(self, other: "Candidate") -> "Candidate":
+        return Candidate(tuple(dict.fromkeys(self.nodes + other.nodes)),
+                         tuple(dict.fromkeys(self.op_types + other.op_types)), int16=self.int16 or other.int16)
+
+    @property
+    def label(self) -> str:
+        parts = [f"{n}{f' ({self.op})' if self.op and len(self.nodes) == 1 else ''}" for n in self.nodes]
+        if self.op_types:
+            parts.append(f"op types {','.join(self.op_types)}")
+        return "; ".join(parts + ["int16 activations"] * self.int16)
+
+    @property
+    def what(self) -> str:
+        return "int16 activations" if self.int16 and not (self.nodes or self.op_types) else "kept in float"
+
+    @property
+    def flags(self) -> str:
+        """The options that apply it by hand."""
+        parts = ([f"--exclude-nodes {','.join(self.nodes)}"] if self.nodes else []) + \
+                ([f"--exclude-op-types {','.join(self.op_types)}"] if self.op_types else []) + \
+                (["--activations int16"] if self.int16 else [])
+        return " ".join(parts)
+
+    def applied(self, recipe):
+        recipe = recipe.with_int16_activations() if self.int16 else recipe
+        if not (self.nodes or self.op_types):
+            return recipe
+        return replace(recipe, exclude_nodes=tuple(dict.fromkeys(tuple(recipe.exclude_nodes) + self.nodes)),
+                       exclude_op_types=tuple(dict.fromkeys(tuple(recipe.exclude_op_types) + self.op_types)),
+                       allow_float_fallback=True)
+
+
+class Trials:
+    """Re-quantize the source with a different recipe, through the route that made the artifact."""
+
+    def __init__(self, source, recipe, profile, calib, bar=None):
+        """bar: a progress callback(i, n) each re-quantization draws as it calibrates (never a silent minute)."""
+        from edgesdk.converters import get_route
+        self.format = recipe.format
+        route = get_route(source.framework, recipe.format)
+        self.excludes = route.excludes_layers
+        self.hint, self.measured_hint = route.diagnosis_hint, route.hint_after_measuring
+        self.calibration_methods = route.calibration_methods
+        self.int16, self.int16_keeps_float = route.int16_activations, route.int16_keeps_float
+        # the route again, reusing what its first conversion made (an ONNX route's float graph)
+        self._convert = lambda r: route.again(source, r, calib, progress=bar, profile=profile)
+        self._debug = lambda path, x, r: route.worst_layers(source, r, calib, path, x)
+        from edgesdk.targets import get_family
+        family = get_family(profile.family)
+        self.excludes = self.excludes and family.runs_float_ops(recipe.format)  # the Edge TPU runs no float
+        # int8 weights with int16 activations: where the route makes them and the target's runtime runs them
+        self.int16 = self.int16 and recipe.format in family.int16_activations and recipe.activations == "int8"
+        self._made = {}
+
+    def convert(self, recipe) -> bytes:
+        """The artifact's bytes for this recipe (made once per recipe)."""
+        key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types, recipe.weight_rounding,
+               recipe.qat, recipe.activations)
+        if key not in self._made:
+            self._made[key] = self._convert(recipe)
+        return self._made[key]
+
+    def debugger_rows(self, artifact_path, x, recipe) -> list:
+        return self._debug(artifact_path, x, recipe)
+
+
+def graph_ops(artifact_path, fmt: str) -> tuple:
+    """(op producing each tensor: name -> (node name, op type, input names), the graph's output names)."""
+    if fmt == "onnx":
+        import onnx
+        graph = onnx.load(str(artifact_path)).graph
+        return ({o: (n.name, n.op_type, list(n.input)) for n in graph.node for o in n.output},
+                [o.name for o in graph.output])
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
+    art = TFLiteArtifact(artifact_path)
+    # TFLite layers are named by their output tensor, as the converter's debugger names them
+    return ({art.tensor_name(op["outputs"][0]): (art.tensor_name(op["outputs"][0]), op["op_name"],
+                                                 [art.tensor_name(i) for i in op["inputs"] if i >= 0])
+             for op in art.ops() if op["outputs"]}, art.output_names)
+
+
+def output_producers(artifact_path, fmt: str, outputs: set) -> list:
+    """Candidate (one node) for the op that computes each of these outputs, looking through pass-through ops."""
+    by_output, outs = graph_ops(artifact_path, fmt)
+    found = []
+    for i in sorted(outputs):
+        node = by_output.get(outs[i])
+        while node is not None and node[1] in PASS_THROUGH and node[2]:
+            node = by_output.get(node[2][0])
+        if node is not None and node[0]:
+            found.append(Candidate(nodes=(node[0],), op=node[1]))
+    return found
+
+
+def non_weight_op_types(artifact_path, fmt: str) -> Candidate | None:
+    """Every quantized op type but the weight-heavy ones (Magika: 3.8 % -> 100 % top-1 agreement)."""
+    by_output, _ = graph_ops(artifact_path, fmt)
+    present = {op for _, op, _ in by_output.values()} - NOT_OPS
+    rest = sorted(present - WEIGHT_OPS[fmt])
+    if not rest or not present & WEIGHT_OPS[fmt]:
+        return None
+    return Candidate(op_types=tuple(rest))
+
+
+def front_end(artifact_path, fmt: str) -> Candidate | None:
+    """The first weight layer, what feeds it and what follows it up to the next weight layers: a front end
+    whose range int8 cannot hold (Silero VAD's STFT, a power spectrum from a Conv, Pow, Add and Sqrt:
+    86.8 -> 93.9 % agreement kept in float, where no other candidate reached it)."""
+    by_output, _ = graph_ops(artifact_path, fmt)
+    first = next(((n, op, ins) for n, op, ins in by_output.values() if op in WEIGHT_OPS[fmt]), None)
+    if first is None:
+        return None
+    picked, todo = [first[0]], list(first[2])
+    while todo:  # what feeds it, back to the inputs
+        made = by_output.get(todo.pop())
+        if made is not None and made[0] not in picked:
+            picked.append(made[0])
+            todo += made[2]
+    grown = True
+    while grown:  # what follows it, up to the next weight layers; a join with a later branch ends it
+        grown = False
+        for node, op, ins in by_output.values():
+            if node in picked or op in WEIGHT_OPS[fmt] or not ins:
+                continue
+            fed = [by_output[i][0] for i in ins if i in by_output]
+            if fed and all(n in picked for n in fed):
+                picked.append(node)
+                grown = True
+    names = tuple(dict.fromkeys(n for n, op, _ in by_output.values() if n in picked and op not in NOT_OPS))
+    return Candidate(nodes=names) if len(names) > 1 else None
+
+
+def merged_heads(reference: list, io, task: str) -> set:
+    """Indices of the outputs a detection head merges pixel boxes and 0..1 scores in (YOLOv8, YOLOv5 layouts)."""
+    from edgesdk.judge.tasks import pick
+    try:
+        heads = pick(task, reference, io)
+    except EdgeSDKError:
+        return set()
+    return {h.outputs[0] for h in heads if h.task == "detect" and h.params.get("layout") in MERGED_HEADS}
+
+
+def detector_tail(artifact_path, fmt: str, reference: list, io, task: str) -> Candidate | None:
+    """The Concat where a detector head merges pixel boxes and 0..1 scores into one tensor, if any."""
+    merged = merged_heads(reference, io, task)
+    tails = [c for c in output_producers(artifact_path, fmt, merged) if c.op in CONCATS] if merged else []
+    return sum(tails[1:], tails[0]) if tails else None
