@@ -55,21 +55,24 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     return picked, rows
 
 
-def diagnose(source, recipe, profile, calib, val, artifact_path: Path, reference, figures, io) -> tuple:
-    """(rows, hint) for the validation error; never raises (it must not hide the failure itself)."""
+def diagnose(run) -> tuple:
+    """(rows, hint) for the conversion run's failing artifact (run.tmp, judged run.figures); never raises (it
+    must not hide the failure itself)."""
+    source, recipe, val, artifact_path = run.source, run.recipe, run.val, run.tmp
     try:
         if recipe.format not in ("onnx", "tflite") or (recipe.format == "onnx" and not source.float_onnx):
             return [], ""
-        trials = Trials(source, recipe, profile, calib)
+        trials = Trials(source, recipe, run.profile, run.calib)
         layout = artifact_layout(source.layout, recipe.layout)
         x = to_artifact_layout(val.x[:SAMPLES], source, layout)
-        failing = failing_checks(figures)
+        failing = failing_checks(run.figures)
         if not (trials.excludes and failing):
             return trials.debugger_rows(artifact_path, x, recipe), trials.hint
         picked, rows = candidates(trials, recipe, artifact_path, x, failing)
         if trials.int16:  # the lever beside float (the recovery ladder tries it as a rung of its own)
             picked.append(Candidate(int16=True))
-        measured = measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout)
+        measured = measure(recipe, trials, val, run.reference, failing, picked, run.io, artifact_path, source,
+                           layout)
         return (measured, trials.measured_hint) if measured else (rows, trials.hint)
     except Exception as exc:
         return [{"error": f"diagnostics failed: {exc}"}], ""

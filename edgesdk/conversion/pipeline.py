@@ -424,8 +424,7 @@ def _explain(run: ConversionRun) -> tuple:
     if run.verdict["verdict"] == "fail" and recipe.quantization == "int8" and "worst_layers" not in figures:
         progress.step("finding the layers that lose the most to quantization")
         from .diagnosis import diagnose
-        figures["worst_layers"], figures["worst_layers_hint"] = diagnose(
-            run.source, recipe, run.profile, run.calib, run.val, run.tmp, run.reference, figures, run.io)
+        figures["worst_layers"], figures["worst_layers_hint"] = diagnose(run)
     if not run.verdict["passed"] and recipe.quantization != "float" and run.pruned_passed:  # say what would pass
         figures["would_pass"] = _what_would_pass(run)
         if figures["would_pass"]:
@@ -797,15 +796,13 @@ def _qat_trainer(source, recipe, tune, recover) -> tuple:
 def _recover(run: ConversionRun) -> None:
     """The recovery ladder; on success `tmp` holds the passing artifact, and the run its recipe and figures."""
     from . import recovery
-    tmp, recipe, progress, training = run.tmp, run.recipe, run.progress, run.training
+    tmp, progress, training = run.tmp, run.progress, run.training
     only_training = not run.pruned_passed
     calibrated = tuple(set(run.calibrated or ()) - {"chosen"})
     steps = ["calibration", "higher precision"] * (not only_training) + ["quantization-aware training"] * bool(training)
     progress.step(f"int8 missed the gate{' (so did the pruned float model)' if only_training else ''}: trying the "
                   f"recovery ladder ({', then '.join(steps)}; --no-recover to skip)")
-    outcome = recovery.recover(run.source, recipe, run.profile, run.calib, run.val, run.reference, run.io, tmp,
-                               (run.figures, run.verdict), run.validate, progress, training, only_training,
-                               calibrated)
+    outcome = recovery.recover(run, only_training, calibrated)
     run.recovery = record = recovery.summary(outcome)
     rung = outcome["rung"]
     if rung is None:

@@ -109,19 +109,20 @@ class Training:
     teacher: object = None
 
 
-def recover(source, recipe, profile, calib, val, reference, io, artifact_path: Path, first: tuple, validate,
-            progress, training: Training | None = None, only_training: bool = False, calibrated=()) -> dict:
-    """Climb the ladder from the artifact at `artifact_path` whose gate result is `first` (figures, verdict).
+def recover(run, only_training: bool = False, calibrated=()) -> dict:
+    """Climb the ladder from the conversion run's artifact (run.tmp), whose gate result is run.figures and
+    run.verdict; each rung is judged by run.validate, the gate itself, and the training rung is run.training
+    (a Training, or None).
 
-    validate(path, recipe) -> (figures, verdict) is the gate itself. only_training: the pruned float model
-    misses the gate, so only training can help. calibrated: the calibration methods already measured on this
-    recipe (--calibration-method auto), not made again. Returns
+    only_training: the pruned float model misses the gate, so only training can help. calibrated: the
+    calibration methods already measured on this recipe (--calibration-method auto), not made again. Returns
     {"rung": the passing Rung or None, "rows": one per rung for the manifest,
      "measured": the diagnosis rows of the candidates measured alone, "hint": how to apply one by hand}.
     """
-    trials = Trials(source, recipe, profile, calib, progress.bar("calibrating"))
-    start = Rung("as converted", "plain int8", recipe, data=artifact_path.read_bytes(), figures=first[0],
-                 verdict=first[1])
+    source, recipe, val, progress, training = run.source, run.recipe, run.val, run.progress, run.training
+    trials = Trials(source, recipe, run.profile, run.calib, progress.bar("calibrating"))
+    start = Rung("as converted", "plain int8", recipe, data=run.tmp.read_bytes(), figures=run.figures,
+                 verdict=run.verdict)
     rungs, measured = [start], []
     with tempfile.TemporaryDirectory(prefix="edgesdk-recovery-") as tmp:
         def judge(rung: Rung) -> Rung:
@@ -131,7 +132,7 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
                 if rung.error is None:
                     rung.data = trials.convert(rung.recipe)
                     path.write_bytes(rung.data)
-                    rung.figures, rung.verdict = validate(path, rung.recipe)
+                    rung.figures, rung.verdict = run.validate(path, rung.recipe)
             except EdgeSDKError as exc:
                 rung.error = str(exc).splitlines()[0][:300]
             rungs.append(rung)
@@ -175,8 +176,8 @@ def recover(source, recipe, profile, calib, val, reference, io, artifact_path: P
             x = to_artifact_layout(val.x[:SAMPLES], source, layout)
             picked, _ = candidates(trials, base.recipe, base_path, x, failing)
             progress.step(f"  measuring what keeping each of {len(picked)} candidates in float repairs")
-            measured = measure(base.recipe, trials, val, reference, failing, picked, io, base_path, source, layout,
-                               step=progress.step)
+            measured = measure(base.recipe, trials, val, run.reference, failing, picked, run.io, base_path, source,
+                               layout, step=progress.step)
             kept = Candidate()
             helpful = [m for m in measured if m["gain"] > MIN_GAIN][:MAX_MIXED_RUNGS]
             for m in helpful:
