@@ -95,6 +95,16 @@ class Latencies:
 
 
 def peak_rss_mb():
+    """This process's own peak resident memory. On Linux the kernel's high-water mark of this process's memory
+    (VmHWM): getrusage's ru_maxrss also counts what the parent held when it started us (exec keeps the forked
+    copy's peak), so a runner started by a 2 GB host process would report 2 GB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 2)
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # not on every platform

@@ -81,6 +81,20 @@ def test_a_long_run_of_a_tiny_model_keeps_a_bounded_sample():
     assert len(r.stdout) < 1_000_000  # (its peak RSS is the parent's here: Linux keeps it across fork and exec)
 
 
+def test_runner_reports_its_own_peak_memory_not_its_parents():
+    """A runner started by a large process (a conversion's recovery ladder times its rungs) reports the memory it
+    held itself: ru_maxrss counted the parent's 600 MB in the child too."""
+    child = (f"import sys; sys.path.insert(0, {str(runner_path().parent)!r}); import runner; "
+             "print(runner.peak_rss_mb())")
+    parent = ("import subprocess, sys\nheld = bytearray(600 << 20)\nheld[::4096] = bytes(len(held[::4096]))\n"
+              "held[::4096] = b'\\1' * len(held[::4096])\n"
+              f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True, "
+              "check=True).stdout)")
+    peak = float(subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                                check=True).stdout)
+    assert 1 < peak < 100, peak
+
+
 def test_runner_reports_missing_model_as_json(tmp_path):
     r = _run(tmp_path / "nope.tflite")
     doc = json.loads(r.stdout)
