@@ -31,6 +31,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgeSDKError as exc:
             _fail(exc, ctx.meta.get("json", False))
+        except OSError as exc:  # a full disk, wherever a command writes (artifact, manifest, results, report)
+            from .util import out_of_space
+            full = out_of_space(exc)
+            if full is None:
+                raise
+            _fail(full, ctx.meta.get("json", False))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -95,6 +96,25 @@ def _running(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def out_of_space(exc: BaseException, directory=None):
+    """An OutputError that says which disk is full and how much room is left there, for an OSError that means a
+    full disk or quota (any other error: None). directory: where the user asked the output to go."""
+    import errno
+    from .errors import OutputError
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    places = [Path(p) for p in (exc.filename, directory, tempfile.gettempdir()) if p]
+    free = []
+    for place in dict.fromkeys(p if p.is_dir() else p.parent for p in places):
+        try:
+            free.append(f"{shutil.disk_usage(place).free / 1e6:.1f} MB free under {place}")
+        except OSError:
+            continue
+    return OutputError(f"No space left on the disk{f' writing {exc.filename}' if exc.filename else ''} "
+                       f"({'; '.join(free) or 'free space unknown'}). Nothing was kept of what was being written: "
+                       f"free some space, or choose another --output DIR (or TMPDIR for temporary files).")
 
 
 def ensure_writable_dir(directory) -> Path:

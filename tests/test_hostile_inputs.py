@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from edgesdk import ConvertOptions, QuantizeOptions, Thresholds
 from edgesdk.errors import DataError, ModelLoadError, ResultsError
 
 
@@ -59,17 +60,20 @@ def test_inspect_of_empty_and_damaged_files(tmp_path):
     assert "declares 536,870,912 values" in r.stderr
 
 
-def test_inspect_fuzz_never_ends_in_a_traceback(keras3_mnist, tmp_path):
-    """Mutated artifacts (bytes flipped, cut short): inspect exits cleanly, within its time, every time."""
+def test_inspect_and_bench_fuzz_never_end_in_a_traceback(keras3_mnist, tmp_path):
+    """Mutated artifacts (bytes flipped, cut short): inspect and bench exit cleanly, within their time, every time
+    (a runtime that crashes on a damaged file crashes the runner's process, not the command)."""
     import edgesdk
-    art = edgesdk.convert(str(keras3_mnist), target="rpi4", quantization="float", format="onnx",
-                          calibration=np.random.default_rng(0).random((8, 28, 28, 1), np.float32),
-                          output_dir=tmp_path / "o", quiet=True, max_accuracy_drop=100)
-    tfl = edgesdk.convert(str(keras3_mnist), target="rpi4", quantization="float",
-                          calibration=np.random.default_rng(0).random((8, 28, 28, 1), np.float32),
-                          output_dir=tmp_path / "o", quiet=True, max_accuracy_drop=100)
+    from edgesdk.errors import BenchmarkError
+    made = []
+    for fmt in ("onnx", "tflite"):
+        options = ConvertOptions(quantize=QuantizeOptions(format=fmt, quantization="float"),
+                                 gate=Thresholds(max_accuracy_drop=100))
+        made.append(edgesdk.convert(str(keras3_mnist), target="rpi4", options=options, output_dir=tmp_path / "o",
+                                    calibration=np.random.default_rng(0).random((8, 28, 28, 1), np.float32),
+                                    quiet=True).path)
     rng = random.Random(0)
-    for source in (art.path, tfl.path):
+    for source in made:
         data = source.read_bytes()
         for k in range(6):
             mutated = bytearray(data)
@@ -83,6 +87,10 @@ def test_inspect_fuzz_never_ends_in_a_traceback(keras3_mnist, tmp_path):
             r = run_cli("inspect", path)
             assert r.returncode in (0, ModelLoadError.exit_code), (path, r.returncode, r.stderr)
             assert "Traceback" not in r.stderr, r.stderr
+            if k % 2 == 0:
+                r = run_cli("bench", path, "--runs", "2", "--warmup", "0", "--db", tmp_path / "results.db")
+                assert r.returncode in (0, ModelLoadError.exit_code, BenchmarkError.exit_code), (path, r.stderr)
+                assert "Traceback" not in r.stderr, r.stderr
 
 
 def test_device_text_is_printed_without_escape_sequences():
@@ -114,3 +122,58 @@ def test_a_refusal_says_an_earlier_artifact_of_the_same_name_stays(keras3_mnist,
     assert r.returncode == 7 and "Traceback" not in r.stderr
     assert "Nothing new was written: the artifact already at" in r.stderr and "stays as it was" in r.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs of its own: a disk this test can fill without touching the machine's."""
+    import subprocess
+    where = tmp_path / "disk"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"a small tmpfs cannot be mounted here (needs root): {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(disk) -> None:
+    """Write until the disk refuses: not a byte left."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_is_said_once_and_leaves_nothing(keras3_mnist, mnist_files, tmp_path, small_disk):
+    """Under --output and under --db: exit 8 (output) and 14 (results), one line naming the full disk and what is
+    free there, no partial artifact or temporary file, and the results database as it was."""
+    import sqlite3
+    from edgesdk.errors import OutputError
+    made = tmp_path / "made"
+    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", made)
+    assert r.returncode == 0, r.stderr
+    art = next(made.glob("*.tflite"))
+    db = small_disk / "results.db"
+    assert run_cli("bench", art, "--runs", "3", "--warmup", "0", "--db", db).returncode == 0
+    _fill(small_disk)
+    before = sorted(p.name for p in small_disk.iterdir())
+
+    r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", small_disk / "out")
+    _clean_exit(r, OutputError.exit_code)
+    assert "No space left on the disk" in r.stderr and f"free under {small_disk}" in r.stderr, r.stderr
+    assert list((small_disk / "out").iterdir()) == []  # no artifact, manifest or temporary file
+
+    r = run_cli("bench", art, "--runs", "3", "--warmup", "0", "--db", db)
+    _clean_exit(r, ResultsError.exit_code)
+    assert "disk is full" in r.stderr and "as it was" in r.stderr, r.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == before + ["out"]
+    (small_disk / "filler").unlink()
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1

@@ -21,18 +21,19 @@ import numpy as np
 
 from edgesdk import __version__
 from edgesdk.artifacts.artifact import MANIFEST_SCHEMA, Artifact, manifest_path_for, tool_versions, write_json_atomic
-from edgesdk.sources.data import (FEW_CALIBRATION_SAMPLES, artifact_layout, data_fingerprint, load_for,
-                   representative, split_holdout)
-from edgesdk.sources.inputs import source_states
-from edgesdk.errors import (BudgetExceeded, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError,
-                     ValidationFailed)
 from edgesdk.artifacts.inspection import describe, open_artifact
+from edgesdk.errors import (BudgetExceeded, ConversionError, DataError, EdgeSDKError, ModelLoadError, OptionError,
+                            ValidationFailed)
 from edgesdk.judge.validation import load_metric
 from edgesdk.profiles import QUANTIZATIONS, load_profile
 from edgesdk.progress import Progress, parse_budget
+from edgesdk.sources.data import (FEW_CALIBRATION_SAMPLES, artifact_layout, data_fingerprint, load_for,
+                                  representative, split_holdout)
+from edgesdk.sources.inputs import source_states
 from edgesdk.sources.source import framework_of, load_source
 from edgesdk.targets import get_family
-from edgesdk.util import ensure_writable_dir, first_line, gzip_size, sha256_file, temp_dir_in, temp_path_in
+from edgesdk.util import (ensure_writable_dir, first_line, gzip_size, out_of_space, sha256_file, temp_dir_in,
+                          temp_path_in)
 from .options import ConvertOptions, with_legacy
 from .recipe import make_recipe
 
@@ -68,8 +69,8 @@ def convert(model, target="local", *, calibration=None, validation=None, fine_tu
     Data arguments take a path (.npz/.npy/image folder), an array, or an (x, y) tuple; a model with several
     inputs takes an .npz or dict with one array per input name (and `y`), or a tuple of arrays in input order.
     fine_tune: labelled data (or a PyTorch training callback, fine_tune(model, epoch)) for pruning and
-    quantization-aware training. When int8 misses the gate, the recovery ladder (edgesdk.conversion.recovery) keeps the
-    first recipe that passes; options.recover=False fails at once, with a diagnosis.
+    quantization-aware training. When int8 misses the gate, the recovery ladder (edgesdk.conversion.recovery) keeps
+    the first recipe that passes; options.recover=False fails at once, with a diagnosis.
     budget ("20m", seconds) bounds the wall time, checked inside every stage: past it, BudgetExceeded (exit 15)
     and nothing half-made is kept.
     Raises an EdgeSDKError subclass on any user-facing failure; ValidationFailed
@@ -80,7 +81,13 @@ def convert(model, target="local", *, calibration=None, validation=None, fine_tu
     progress.limit(parse_budget(budget))  # checked inside every stage, through its progress
     request = _Request(model, load_profile(target), calibration, validation, fine_tune, output_dir, name,
                        model_factory, example_input, unsafe, force, progress, options)
-    return _with_fallbacks(request, options)
+    try:
+        return _with_fallbacks(request, options)
+    except OSError as exc:  # a full disk: said as one, the temporary files already gone
+        full = out_of_space(exc, output_dir)
+        if full is None:
+            raise
+        raise full from None
 
 
 def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict | None = None) -> Artifact:

@@ -97,8 +97,15 @@ class ResultStore:
         }
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self._lock, self.db:  # one transaction: a row is there whole or not at all
-            cur = self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
+        try:
+            with self._lock, self.db:  # one transaction: a row is there whole or not at all
+                cur = self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):
+                raise
+            raise ResultsError(f"The results database {self.path} cannot grow: its disk is full ({exc}); the run "
+                               f"was not stored and the database is as it was. Free some space, or point "
+                               f"EDGESDK_RESULTS_DB / --db elsewhere.") from None
         return int(cur.lastrowid)
 
     def list(self, limit=20) -> list:
