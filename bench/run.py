@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesdk import ConvertOptions, InputOptions, QuantizeOptions, Thresholds, TrainingOptions
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results"
 
@@ -66,8 +68,9 @@ def bench_size(tmp, quick, mnist):
     model, data = mnist
     rows = []
     for label, src, cal in (("MobileNetV2-0.35 shaped", path, str(calib)), ("MNIST CNN", model, data["train"])):
+        options = ConvertOptions(gate=Thresholds(max_accuracy_drop=100))
         art = edgesdk.convert(str(src), "rpi4", calibration=cal, output_dir=tmp / f"size-{label[:5]}", quiet=True,
-                              max_accuracy_drop=100)
+                              options=options)
         n = art.manifest["size"]["source_params"]
         ratio = art.manifest["size"]["bytes"] / n
         rows.append({"name": f"int8 TFLite bytes / parameters ({label})", "value": round(ratio, 4),
@@ -78,10 +81,12 @@ def bench_size(tmp, quick, mnist):
 def bench_pruned_size(tmp, quick, mnist):
     import edgesdk
     model, data = mnist
-    flt = edgesdk.convert(str(model), "rpi4", quantization="float", calibration=data["train"],
-                          output_dir=tmp / "f32", quiet=True)
-    pruned = edgesdk.convert(str(model), "rpi4", calibration=data["train"], prune=0.75, fine_tune=data["train"],
-                             output_dir=tmp / "p75", quiet=True, max_accuracy_drop=100)
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="float"))
+    flt = edgesdk.convert(str(model), "rpi4", calibration=data["train"],
+                          output_dir=tmp / "f32", quiet=True, options=options)
+    options = ConvertOptions(training=TrainingOptions(prune=0.75), gate=Thresholds(max_accuracy_drop=100))
+    pruned = edgesdk.convert(str(model), "rpi4", calibration=data["train"], fine_tune=data["train"],
+                             output_dir=tmp / "p75", quiet=True, options=options)
     ratio = flt.manifest["size"]["gzip_bytes"] / pruned.manifest["size"]["gzip_bytes"]
     return [{"name": "fp32 TFLite gzip / (75% pruned + int8) gzip (MNIST CNN)", "value": round(ratio, 2),
              "goal": ">= 12", "met": ratio >= 12, "baseline": f"fp32 {flt.manifest['size']['gzip_bytes']:,} B gzip"}]
@@ -98,14 +103,15 @@ def bench_accuracy(tmp, quick):
     example = fixtures.mnist_example(tmp / "accuracy", epochs=TEACHER_EPOCHS)
     model, data = example["model"], {"train": str(example["train"]), "test": str(example["heldout"])}
     rows = []
-    pruned = {"prune": 0.75, "fine_tune": data["train"]}
-    for label, kwargs in (("int8", {}), ("75% pruned + int8", pruned),
-                          ("75% pruned + int8, distilled", {**pruned, "distill": True}),
-                          # two more epochs, with int8 rounding in the loop
-                          ("75% pruned + int8, distilled, quantization-aware trained",
-                           {**pruned, "distill": True, "qat": True})):
+    for label, training in (("int8", None), ("75% pruned + int8", TrainingOptions(prune=0.75)),
+                            ("75% pruned + int8, distilled", TrainingOptions(prune=0.75, distill=True)),
+                            # two more epochs, with int8 rounding in the loop
+                            ("75% pruned + int8, distilled, quantization-aware trained",
+                             TrainingOptions(prune=0.75, distill=True, qat=True))):
+        options = ConvertOptions(training=training or TrainingOptions(), gate=Thresholds(max_accuracy_drop=100))
         art = edgesdk.convert(str(model), "rpi4", calibration=data["train"], validation=data["test"],
-                              output_dir=tmp / f"acc-{len(kwargs)}", quiet=True, max_accuracy_drop=100, **kwargs)
+                              fine_tune=data["train"] if training else None, output_dir=tmp / f"acc-{len(rows)}",
+                              quiet=True, options=options)
         v = art.validation
         drop = 100 * (v["reference_accuracy"] - v["artifact_accuracy"])
         rows.append({"name": f"accuracy drop, fp32 -> {label} (MNIST CNN, 1,000 held-out digits)",
@@ -123,13 +129,17 @@ def bench_recovery(tmp, quick):
     import edgesdk
     from edgesdk import fixtures
     files = fixtures.file_byte_features(limit=160 if quick else 400)
-    magika = edgesdk.convert(str(fixtures.fetch("magika")), "rpi4", format="onnx", calibration=files,
-                             output_dir=tmp / "magika", quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"))
+    magika = edgesdk.convert(str(fixtures.fetch("magika")), "rpi4", calibration=files,
+                             output_dir=tmp / "magika", quiet=True, options=options)
     chunks, _ = fixtures.speech_chunks()
     np.savez(tmp / "speech.npz", input=chunks)
-    vad = edgesdk.convert(str(fixtures.fetch("silero_vad_op15")), "rpi4", format="onnx", input_shape="input:1,576",
-                          input_values={"sr": 16000}, class_output=0, calibration=str(tmp / "speech.npz"),
-                          output_dir=tmp / "vad", quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"),
+                             inputs=InputOptions(input_shape="input:1,576", input_values={"sr": 16000}),
+                             gate=Thresholds(class_output=0))
+    vad = edgesdk.convert(str(fixtures.fetch("silero_vad_op15")), "rpi4",
+                          calibration=str(tmp / "speech.npz"),
+                          output_dir=tmp / "vad", quiet=True, options=options)
     return (_recovery_rows("Magika", "real files", magika, 0.98)
             + _recovery_rows("Silero VAD", "speech chunks", vad, 0.95))
 
@@ -214,9 +224,13 @@ def bench_imagenet(tmp, quick):
         ref = model(torch.from_numpy(val)).numpy()
     rows = []
     for fmt, plain in (("tflite", _plain_tflite), ("onnx", _plain_onnx)):
-        art = edgesdk.convert(model, "rpi4", format=fmt, example_input=torch.zeros(1, 3, 224, 224),
+        options = ConvertOptions(quantize=QuantizeOptions(format=fmt),
+                                 gate=Thresholds(min_agreement=0.0),
+                                 task="classify",
+                                 recover=False)
+        art = edgesdk.convert(model, "rpi4", example_input=torch.zeros(1, 3, 224, 224),
                               calibration=cal, validation=val, output_dir=tmp / f"imagenet-{fmt}", quiet=True,
-                              min_agreement=0.0, task="classify", recover=False)  # the default rounding (auto)
+                              options=options)  # the default rounding (auto)
         v, base = art.validation, plain(model, cal, val)
         base_sqnr, base_agree = sqnr_db(ref, base), float((base.argmax(1) == ref.argmax(1)).mean())
         rounded = art.manifest["quantization"]["weight_rounding"]
@@ -254,9 +268,13 @@ def bench_onnx_tflite(tmp, quick):
                            {"onnx": source.float_onnx, "out": str(tmp / "onnx2tf"), "int8": True,
                             "samples": {"x": str(tmp / "cal.npy")}})
     plain = TFLiteArtifact(reply["int8_tflite"]).predict(nhwc(val))[0]
-    art = edgesdk.convert(str(model), "rpi4", input_shape="1,3,48,192", calibration=cal, validation=val,
-                          output_dir=tmp / "onnx-tflite", quiet=True, min_agreement=0.0, task="classify",
-                          recover=False)
+    options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"),
+                             gate=Thresholds(min_agreement=0.0),
+                             task="classify",
+                             recover=False)
+    art = edgesdk.convert(str(model), "rpi4", calibration=cal, validation=val,
+                          output_dir=tmp / "onnx-tflite", quiet=True,
+                          options=options)
     v = art.validation
     base_sqnr, base_agree = sqnr_db(ref, plain), float((plain.argmax(1) == ref.argmax(1)).mean())
     return [{"name": f"top-1 agreement with float, PP-OCR direction classifier ONNX -> int8 TFLite ({v['samples']} "
@@ -296,9 +314,13 @@ def bench_detector(tmp, quick):
     ref = source.predict(val.x)
     plain = judge(ref, TFLiteArtifact(reply["int8_tflite"]).predict(nhwc(val.x)),
                   io=ModelIO(output_names=["output0"], input_hw=(416, 416)))["heads"][0]
-    art = edgesdk.convert(str(model), "coral-usb", calibration=cal, validation=str(labelled), preprocess=preprocess,
-                          output_dir=tmp / "det-coral", quiet=True, max_accuracy_drop=2, recover=False,
-                          keep_failed=True)
+    options = ConvertOptions(inputs=InputOptions(preprocess=preprocess),
+                             gate=Thresholds(max_accuracy_drop=2),
+                             recover=False,
+                             keep_failed=True)
+    art = edgesdk.convert(str(model), "coral-usb", calibration=cal, validation=str(labelled),
+                          output_dir=tmp / "det-coral", quiet=True,
+                          options=options)
     head = art.validation["heads"][0]
     what = f"YOLOv8-style detector int8 TFLite, coral-usb ({head['images']} real scans, " \
            f"{head['source_detections']} float detections)"
@@ -309,10 +331,12 @@ def bench_detector(tmp, quick):
 def bench_speed(tmp, quick):
     import edgesdk
     path, calib, _ = mobilenet_like(tmp)
-    f32 = edgesdk.convert(str(path), "local", quantization="float", calibration=str(calib),
-                          output_dir=tmp / "s32", quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="float"))
+    f32 = edgesdk.convert(str(path), "local", calibration=str(calib),
+                          output_dir=tmp / "s32", quiet=True, options=options)
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=100))
     i8 = edgesdk.convert(str(path), "local", calibration=str(calib), output_dir=tmp / "s8", quiet=True,
-                         max_accuracy_drop=100)
+                         options=options)
     runs, reps = (50, 3) if quick else (300, 5)
     rows = []
     for threads in sorted({1, os.cpu_count() or 1}):

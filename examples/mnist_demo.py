@@ -14,14 +14,16 @@ import sys
 from pathlib import Path
 
 import edgesdk
-from edgesdk import fixtures
+from edgesdk import ConvertOptions, Thresholds, TrainingOptions, fixtures
 
+# (target, artifact name, options); None: the profile's defaults
 TARGETS = [
-    ("rpi4", {}),
+    ("rpi4", None, None),
     # pruning and fine-tuning flip predictions both ways: 1,000 digits can confirm a 2-point budget, not 1
-    ("rpi4", {"prune": 0.75, "name": "mnist-pruned75", "max_accuracy_drop": 2.0}),
-    ("coral-usb", {}),
-    ("jetson-orin-nano", {}),
+    ("rpi4", "mnist-pruned75", ConvertOptions(training=TrainingOptions(prune=0.75),
+                                              gate=Thresholds(max_accuracy_drop=2.0))),
+    ("coral-usb", None, None),
+    ("jetson-orin-nano", None, None),
 ]
 
 
@@ -31,14 +33,14 @@ def main(workdir: Path) -> int:
     model_path = example["model"]
 
     rows = []
-    for target, extra in TARGETS:
-        label = target + (f" (prune {extra['prune']:.0%})" if "prune" in extra else "")
+    for target, name, options in TARGETS:
+        prune = options.training.prune if options else None
+        label = target + (f" (prune {prune:.0%})" if prune else "")
         print(f"[demo] converting for {label}...", flush=True)
         try:
             art = edgesdk.convert(str(model_path), target=target, calibration=example["train"],
-                                  validation=example["heldout"],
-                                  fine_tune=example["train"] if "prune" in extra else None,
-                                  output_dir=workdir / "out", quiet=True, **extra)
+                                  validation=example["heldout"], fine_tune=example["train"] if prune else None,
+                                  output_dir=workdir / "out", name=name, quiet=True, options=options)
         except edgesdk.EdgeSDKError as exc:
             rows.append({"target": label, "format": "-", "note": str(exc).split(". ")[0]})
             continue

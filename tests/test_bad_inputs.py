@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, QuantizeOptions, Thresholds
 from edgesdk import ConversionError, DataError, ModelLoadError, OptionError, OutputError, ProfileError
 
 from conftest import run_cli
@@ -171,7 +172,8 @@ def test_op_without_any_int8_kernel_is_named(tmp_path):
     with pytest.raises(ConversionError, match="no int8 kernel for op\\(s\\) Erf"):
         edgesdk.convert(model, "coral-usb", calibration=x, output_dir=tmp_path, quiet=True)
     assert list(tmp_path.iterdir()) == []
-    art = edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True, max_accuracy_drop=100)
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=100))
+    art = edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True, options=options)
     assert art.format == "onnx" and art.manifest["format_fallback"]["wanted"] == "tflite"
     assert "no int8 kernel for op(s) Erf" in art.manifest["format_fallback"]["reason"]
     assert any("no tflite artifact" in w for w in art.manifest["warnings"])
@@ -185,11 +187,14 @@ def test_op_left_in_float_is_refused_unless_allowed(tmp_path):
         edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True)
     with pytest.raises(ConversionError, match="Edge TPU .* computes SIN in float"):
         edgesdk.convert(model, "coral-usb", calibration=x, output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(allow_float_fallback=True))
     with pytest.raises(OptionError, match="does not apply"):
-        edgesdk.convert(model, "coral-usb", calibration=x, output_dir=tmp_path, allow_float_fallback=True)
+        edgesdk.convert(model, "coral-usb", calibration=x, output_dir=tmp_path, options=options)
     assert list(tmp_path.iterdir()) == []
-    art = edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True, allow_float_fallback=True,
-                          max_accuracy_drop=100)
+    options = ConvertOptions(quantize=QuantizeOptions(allow_float_fallback=True),
+                             gate=Thresholds(max_accuracy_drop=100))
+    art = edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True,
+                          options=options)
     assert [o["op"] for o in art.manifest["quantization"]["float_ops"]] == ["DEQUANTIZE", "SIN", "QUANTIZE"]
     assert art.manifest["compatibility"]["status"] == "supported with fallbacks"
 

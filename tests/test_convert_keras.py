@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import ValidationFailed
+from edgesdk import ConvertOptions, QuantizeOptions, Thresholds, TrainingOptions, ValidationFailed
 from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
 
 from conftest import run_cli
@@ -88,7 +88,8 @@ def test_same_inputs_hit_the_cache(keras3_mnist, mnist_files, tmp_path):
     mtime = first.path.stat().st_mtime_ns
     again = edgesdk.convert(str(keras3_mnist), **kwargs)
     assert again.cached and not first.cached and again.path.stat().st_mtime_ns == mtime
-    changed = edgesdk.convert(str(keras3_mnist), **kwargs, calibration_samples=200)
+    options = ConvertOptions(quantize=QuantizeOptions(calibration_samples=200))
+    changed = edgesdk.convert(str(keras3_mnist), **kwargs, options=options)
     assert not changed.cached and changed.manifest["cache_key"] != first.manifest["cache_key"]
 
 
@@ -105,7 +106,8 @@ def test_int16_activations_from_the_tflite_converter(keras3_mnist, mnist_files, 
     """The converter's 16x8 mode: int8 weights, int16 activations and I/O, no float op, and the output error
     well below the int8 artifact's on the same held-out digits (measured 42.5 -> 51.1 dB)."""
     arts = {act: edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
-                                 validation=mnist_files["test"], output_dir=tmp_path / act, quiet=True, activations=act)
+                                 validation=mnist_files["test"], output_dir=tmp_path / act, quiet=True,
+                                 options=ConvertOptions(quantize=QuantizeOptions(activations=act)))
             for act in ("int8", "int16")}
     q = arts["int16"].manifest["quantization"]
     assert q["activations"] == "int16" and q["float_ops"] == [] and q["input_dtype"] == q["output_dtype"] == "int16"
@@ -120,9 +122,10 @@ def test_int16_activations_from_the_tflite_converter(keras3_mnist, mnist_files, 
 
 
 def test_tfkeras_h5_pruned_with_tfmot_fine_tune(tfkeras_mnist, mnist_files, tmp_path):
+    options = ConvertOptions(training=TrainingOptions(prune=0.75), gate=Thresholds(max_accuracy_drop=2.0))
     art = edgesdk.convert(str(tfkeras_mnist), target="rpi5", calibration=mnist_files["train"],
-                          validation=mnist_files["test"], prune=0.75, fine_tune=mnist_files["train"],
-                          output_dir=tmp_path, quiet=True, max_accuracy_drop=2.0)
+                          validation=mnist_files["test"], fine_tune=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True, options=options)
     s = art.manifest["sparsity"]
     assert s["method"] == "tfmot polynomial decay" and s["fine_tuned"] is True
     assert s["teacher"] is None  # distillation is asked for (--distill), not the default
@@ -140,9 +143,11 @@ def test_quantization_aware_training_gives_back_what_pruning_took_on_the_edge_tp
     """95 % pruning with distillation costs the digit CNN ~24 points; nothing can stay float on the Edge TPU, so
     the ladder's only rung is quantization-aware training (tfmot), with the float source teaching. (At 90 % the
     distilled pruning alone now stays within 12 points: 85.9 % against 92.8 %.)"""
+    options = ConvertOptions(training=TrainingOptions(prune=0.95, distill=True),
+                             gate=Thresholds(max_accuracy_drop=12.0))
     art = edgesdk.convert(str(tfkeras_mnist), target="coral-usb", calibration=mnist_files["train"],
-                          validation=mnist_files["test"], prune=0.95, fine_tune=mnist_files["train"], distill=True,
-                          max_accuracy_drop=12.0, output_dir=tmp_path, quiet=True)
+                          validation=mnist_files["test"], fine_tune=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True, options=options)
     m, v = art.manifest, art.validation
     assert m["recovery"]["applied"]["step"] == "quantization-aware training" and m["recipe"]["qat"] is True
     plain, trained = m["recovery"]["rungs"]  # the pruned float model missed the gate: only training can help
@@ -202,9 +207,10 @@ def test_keras3_pruned_with_masks_and_inmemory_model_left_untouched(keras3_mnist
     import keras
     model = keras.saving.load_model(keras3_mnist)
     before = [w.copy() for w in model.get_weights()]
+    options = ConvertOptions(training=TrainingOptions(prune=0.5))
     art = edgesdk.convert(model, target="rpi4", calibration=(mnist["x_train"], mnist["y_train"]),
-                          validation=(mnist["x_test"], mnist["y_test"]), prune=0.5,
-                          fine_tune=(mnist["x_train"], mnist["y_train"]), output_dir=tmp_path, quiet=True)
+                          validation=(mnist["x_test"], mnist["y_test"]), fine_tune=(mnist["x_train"], mnist["y_train"]),
+                          output_dir=tmp_path, quiet=True, options=options)
     assert art.manifest["sparsity"]["method"] == "gradual magnitude masks"
     assert art.manifest["sparsity"]["artifact"] >= 0.49
     assert art.validation["passed"]
@@ -214,9 +220,10 @@ def test_keras3_pruned_with_masks_and_inmemory_model_left_untouched(keras3_mnist
 
 def test_one_shot_pruning_warns_and_a_failed_gate_leaves_nothing(keras3_mnist, mnist_files, tmp_path):
     out = tmp_path / "out"
+    options = ConvertOptions(training=TrainingOptions(prune=0.9))
     with pytest.raises(ValidationFailed) as e:
-        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
-                        output_dir=out, quiet=True)
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                        output_dir=out, quiet=True, options=options)
     assert "Validation failed: accuracy drop (points)" in str(e.value) and "Nothing was written" in str(e.value)
     assert e.value.figures["gate"]["verdict"] == "fail"
     assert e.value.figures["artifact_accuracy"] < e.value.figures["reference_accuracy"] - 0.01
@@ -230,23 +237,26 @@ def test_one_shot_pruning_warns_and_a_failed_gate_leaves_nothing(keras3_mnist, m
 
 
 def test_keep_failed_keeps_the_artifact_marked_failed(keras3_mnist, mnist_files, tmp_path):
+    options = ConvertOptions(training=TrainingOptions(prune=0.9), keep_failed=True)
     with pytest.raises(ValidationFailed, match="kept at") as first:
-        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
-                        keep_failed=True, output_dir=tmp_path, quiet=True)
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                        output_dir=tmp_path, quiet=True, options=options)
     m = json.loads((tmp_path / "mnist.rpi4.tflite.json").read_text())
     assert m["validation"]["passed"] is False and m["validation"]["reasons"]
     assert any("one-shot" in w for w in m["warnings"])
     # the same conversion again is the same verdict, from the kept artifact: nothing is redone or rewritten
     mtime = (tmp_path / "mnist.rpi4.tflite").stat().st_mtime_ns
+    options = ConvertOptions(training=TrainingOptions(prune=0.9), keep_failed=True)
     with pytest.raises(ValidationFailed, match="kept at") as again:
-        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
-                        keep_failed=True, output_dir=tmp_path, quiet=True)
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                        output_dir=tmp_path, quiet=True, options=options)
     assert again.value.cached and (tmp_path / "mnist.rpi4.tflite").stat().st_mtime_ns == mtime
     assert str(again.value).split(" Figures:")[0] == str(first.value).split(" Figures:")[0]
     # without --keep-failed the conversion is done again
+    options = ConvertOptions(training=TrainingOptions(prune=0.9))
     with pytest.raises(ValidationFailed) as redone:
-        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"], prune=0.9,
-                        output_dir=tmp_path, quiet=True)
+        edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                        output_dir=tmp_path, quiet=True, options=options)
     assert not getattr(redone.value, "cached", False)
 
 
@@ -261,8 +271,9 @@ def test_saved_model_directory(tfkeras_mnist, mnist_files, tmp_path):
 
 
 def test_fine_tune_data_nothing_can_use_is_said_to_be_ignored(keras3_mnist, mnist_files, tmp_path):
-    art = edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", calibration=mnist_files["train"],
-                          fine_tune=mnist_files["train"], output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"))
+    art = edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                          fine_tune=mnist_files["train"], output_dir=tmp_path, quiet=True, options=options)
     (said,) = [w for w in art.manifest["warnings"] if w.startswith("--fine-tune is used for pruning")]
     assert "there is no quantization-aware training from keras to onnx" in said and said.endswith("ignoring it.")
 
@@ -341,8 +352,9 @@ def test_subclassed_keras3_model_built_with_a_shape(mnist, tmp_path):
     model = Tiny()
     model.build((None, 28, 28, 1))
     # untrained: near-flat scores whose argmax int8 rounding flips; only the conversion is under test
+    options = ConvertOptions(gate=Thresholds(min_agreement=0))
     art = edgesdk.convert(model, target="rpi4", calibration=mnist["x_train"][:200], output_dir=tmp_path,
-                          quiet=True, min_agreement=0)
+                          quiet=True, options=options)
     assert_full_int8(art.path)
     assert art.manifest["source"]["input_shape"] == [None, 28, 28, 1]
 
@@ -350,8 +362,9 @@ def test_subclassed_keras3_model_built_with_a_shape(mnist, tmp_path):
 def test_accuracy_guard_for_tflite_names_layers_and_separates_pruning_loss(keras3_mnist, mnist_files, tmp_path):
     kwargs = dict(target="rpi4", calibration=mnist_files["train"], validation=mnist_files["test"],
                   output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(training=TrainingOptions(prune=0.6))
     with pytest.raises(ValidationFailed) as e:
-        edgesdk.convert(str(keras3_mnist), prune=0.6, **kwargs)
+        edgesdk.convert(str(keras3_mnist), **kwargs, options=options)
     f = e.value.figures
     # one-shot pruning, not int8, cost the accuracy here, and the figures say so
     assert f["pruned_source_accuracy"] < f["reference_accuracy"] - 0.1
@@ -378,11 +391,14 @@ def test_tflite_exclusions_keep_named_layers_float(keras3_mnist, mnist_files, tm
     plain = TFLiteArtifact(edgesdk.convert(str(keras3_mnist), **kwargs, name="plain").path)
     # layers are named by their TFLite output tensors, as the validation error lists them
     fc = next(plain.tensor_name(op["outputs"][0]) for op in plain.ops() if op["op_name"] == "FULLY_CONNECTED")
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=[fc]))
     with pytest.raises(OptionError, match="--allow-float-fallback"):
-        edgesdk.convert(str(keras3_mnist), exclude_nodes=[fc], **kwargs)
+        edgesdk.convert(str(keras3_mnist), **kwargs, options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=["no/such/layer"], allow_float_fallback=True))
     with pytest.raises(OptionError, match="matched nothing"):
-        edgesdk.convert(str(keras3_mnist), exclude_nodes=["no/such/layer"], allow_float_fallback=True, **kwargs)
-    art = edgesdk.convert(str(keras3_mnist), exclude_nodes=[fc], allow_float_fallback=True, **kwargs)
+        edgesdk.convert(str(keras3_mnist), **kwargs, options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=[fc], allow_float_fallback=True))
+    art = edgesdk.convert(str(keras3_mnist), **kwargs, options=options)
     q = art.manifest["quantization"]
     assert "FULLY_CONNECTED" in [o["op"] for o in q["float_ops"]]
     assert q["excluded"]["nodes"] == [fc]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import ModelLoadError, OptionError
+from edgesdk import (
+    ConvertOptions, InputOptions, ModelLoadError, OptionError, QuantizeOptions, Thresholds, TrainingOptions,
+)
 from edgesdk.artifacts.onnx_artifact import ONNXArtifact
 
 from conftest import run_cli
@@ -33,8 +35,9 @@ def qdq_facts(path):
 
 def test_keras_to_int8_qdq_onnx_for_jetson(keras3_mnist, mnist_files, tmp_path):
     # about the QDQ graph, not accuracy: TensorRT's symmetric int8 costs this small CNN 1-3 points
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=3))
     art = edgesdk.convert(str(keras3_mnist), target="jetson-orin-nano", calibration=mnist_files["train"],
-                          validation=mnist_files["test"], output_dir=tmp_path, quiet=True, max_accuracy_drop=3)
+                          validation=mnist_files["test"], output_dir=tmp_path, quiet=True, options=options)
     assert art.path.name == "mnist.jetson-orin-nano.onnx" and art.format == "onnx"
     facts = qdq_facts(art.path)
     assert facts["ops"].count("QuantizeLinear") >= 8 and facts["ops"].count("DequantizeLinear") >= 8
@@ -82,9 +85,10 @@ def test_fp16_tflite_for_gpu_delegates(keras3_mnist, mnist_files, tmp_path):
 
 
 def test_pruned_keras_to_onnx_for_rpi4_measures_sparsity_in_the_int8_weights(keras3_mnist, mnist_files, tmp_path):
-    art = edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", calibration=mnist_files["train"],
-                          validation=mnist_files["test"], prune=0.5, fine_tune=mnist_files["train"],
-                          output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"), training=TrainingOptions(prune=0.5))
+    art = edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                          validation=mnist_files["test"], fine_tune=mnist_files["train"],
+                          output_dir=tmp_path, quiet=True, options=options)
     assert 0.49 <= art.manifest["sparsity"]["artifact"] <= 0.55
     assert all(layer["dtype"] == "int8" for layer in art.manifest["sparsity"]["artifact_layers"])
     assert art.validation["passed"]
@@ -92,9 +96,10 @@ def test_pruned_keras_to_onnx_for_rpi4_measures_sparsity_in_the_int8_weights(ker
 
 
 def test_onnx_int8_io_is_refused(keras3_mnist, mnist_files, tmp_path):
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", input_dtype="int8"))
     with pytest.raises(OptionError, match="ONNX artifacts take and return float32"):
-        edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", input_dtype="int8",
-                        calibration=mnist_files["train"], output_dir=tmp_path)
+        edgesdk.convert(str(keras3_mnist), target="rpi4",
+                        calibration=mnist_files["train"], output_dir=tmp_path, options=options)
 
 
 def test_byo_onnx_with_dynamic_shapes_takes_the_datas_sizes_or_input_shape(ppocr, tmp_path):
@@ -111,9 +116,11 @@ def test_byo_onnx_with_dynamic_shapes_takes_the_datas_sizes_or_input_shape(ppocr
     assert "input 'x' fixed from (?, 3, ?, ?) to (1, 3, 48, 192), the size of the data's samples" \
         in " ".join(m["source"]["notes"]), m["source"]["notes"]
     assert m["source"]["input_shape"] == [None, 3, 48, 192]
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"),
+                             inputs=InputOptions(input_shape=[1, 48, 192, 3]))
     with pytest.raises(ModelLoadError, match="does not fit"):
-        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", calibration=ppocr["calib"],
-                        input_shape=[1, 48, 192, 3], output_dir=tmp_path)
+        edgesdk.convert(str(ppocr["model"]), target="rpi4", calibration=ppocr["calib"],
+                        output_dir=tmp_path, options=options)
     # the named form bench and deploy take: the name must be the model's input
     r = run_cli("convert", ppocr["model"], "-t", "rpi4", "--format", "onnx", "-c", ppocr["calib"], "-o", tmp_path,
                 "--input-shape", "images:1,3,48,192")
@@ -160,9 +167,10 @@ def test_byo_onnx_old_opset_to_int8_per_channel(ppocr, tmp_path):
 
 def test_nhwc_data_for_an_nchw_onnx_model_is_recognised(ppocr, tmp_path):
     x = np.load(ppocr["calib"])["x"].transpose(0, 2, 3, 1)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"), inputs=InputOptions(input_shape="1,3,48,192"))
     with pytest.raises(edgesdk.DataError, match="looks channels-last"):
-        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
-                        calibration=x, output_dir=tmp_path)
+        edgesdk.convert(str(ppocr["model"]), target="rpi4",
+                        calibration=x, output_dir=tmp_path, options=options)
 
 
 def test_onnx_artifact_reader_on_a_truncated_file(tmp_path, ppocr):
@@ -178,9 +186,10 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     """Symmetric int8 activations (TensorRT's) cost the real PP-OCR classifier agreement. Each candidate is kept
     in float and measured; the lever that helps most (every op type but Conv) comes first, with its flags."""
     # judged on agreement with the source (unlabelled): 132 crops show it is below 99% for certain
-    kwargs = dict(target="jetson-orin-nano", input_shape="1,3,48,192", calibration=ppocr["calib"],
-                  validation=np.load(ppocr["val"])["x"], min_agreement=0.99, output_dir=tmp_path, quiet=True,
-                  recover=False)
+    options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"), gate=Thresholds(min_agreement=0.99),
+                             recover=False)
+    kwargs = dict(target="jetson-orin-nano", calibration=ppocr["calib"], validation=np.load(ppocr["val"])["x"],
+                  output_dir=tmp_path, quiet=True, options=options)
     with pytest.raises(edgesdk.ValidationFailed) as e:
         edgesdk.convert(str(ppocr["model"]), **kwargs)
     assert e.value.figures["gate"]["verdict"] == "fail"
@@ -195,21 +204,27 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     assert "--exclude-op-types " + ",".join(group) in str(e.value)
     assert list(tmp_path.iterdir()) == []
     chosen = [nodes[0]]
-    art = edgesdk.convert(str(ppocr["model"]), **{**kwargs, "min_agreement": 0}, exclude_nodes=chosen)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=chosen))
+    art = edgesdk.convert(str(ppocr["model"]), **{**kwargs, "min_agreement": 0}, options=options)
     assert art.manifest["quantization"]["excluded"] == {"nodes": chosen, "op_types": []}
     assert art.manifest["recipe"]["exclude_nodes"] == chosen
 
 
 def test_exclusion_levers_are_checked(ppocr, keras3_mnist, mnist_files, tmp_path):
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", exclude_nodes=["Conv39"]),
+                             inputs=InputOptions(input_shape="1,3,48,192"))
     with pytest.raises(OptionError, match="no node 'Conv39'. Close names: Conv@39"):
-        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
-                        calibration=ppocr["calib"], exclude_nodes=["Conv39"], output_dir=tmp_path)
+        edgesdk.convert(str(ppocr["model"]), target="rpi4",
+                        calibration=ppocr["calib"], output_dir=tmp_path, options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", exclude_op_types=["LSTM"]),
+                             inputs=InputOptions(input_shape="1,3,48,192"))
     with pytest.raises(OptionError, match="has no LSTM ops"):
-        edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
-                        calibration=ppocr["calib"], exclude_op_types=["LSTM"], output_dir=tmp_path)
+        edgesdk.convert(str(ppocr["model"]), target="rpi4",
+                        calibration=ppocr["calib"], output_dir=tmp_path, options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_op_types=["Softmax"]))
     with pytest.raises(OptionError, match="nothing can be excluded"):
         edgesdk.convert(str(keras3_mnist), target="coral-usb", calibration=mnist_files["train"],
-                        exclude_op_types=["Softmax"], output_dir=tmp_path)
+                        output_dir=tmp_path, options=options)
     r = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "--exclude-op-types", "Softmax")
     assert r.returncode == OptionError.exit_code and "add --allow-float-fallback" in r.stderr
     assert list(tmp_path.iterdir()) == []
@@ -244,8 +259,9 @@ def test_onnx_from_a_newer_onnx_package_runs(tmp_path):
     f = tmp_path / "new.onnx"
     onnx.save(model, str(f))
     x = np.random.default_rng(1).standard_normal((200, 4)).astype(np.float32)
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=5))
     art = edgesdk.convert(str(f), target="jetson-orin-nano", calibration=x, output_dir=tmp_path / "o", quiet=True,
-                          max_accuracy_drop=5)
+                          options=options)
     assert "IR version lowered from" in " ".join(art.manifest["source"]["notes"])
     assert art.validation["top1_agreement"] >= 0.95
 
@@ -257,8 +273,11 @@ def test_nodes_kept_in_float_stay_float_when_onnx_runtime_loads_them(ppocr, tmp_
     import onnxruntime as ort
     from edgesdk.artifacts.onnx_artifact import ONNXArtifact
     from edgesdk.judge.tasks import regress
-    art = edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", input_shape="1,3,48,192",
-                          calibration=ppocr["calib"], exclude_nodes=["Conv@2"], output_dir=tmp_path, quiet=True, min_agreement=0)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", exclude_nodes=["Conv@2"]),
+                             inputs=InputOptions(input_shape="1,3,48,192"),
+                             gate=Thresholds(min_agreement=0))
+    art = edgesdk.convert(str(ppocr["model"]), target="rpi4",
+                          calibration=ppocr["calib"], output_dir=tmp_path, quiet=True, options=options)
     x = np.load(ppocr["calib"])["x"][:48]
     ours = ONNXArtifact(art.path).predict(x)[0]
 

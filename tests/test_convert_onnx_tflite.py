@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import fixtures
+from edgesdk import ConvertOptions, InputOptions, Preprocess, QuantizeOptions, Thresholds, fixtures
 from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
 from edgesdk.errors import ConversionError, OptionError
 
@@ -63,22 +63,28 @@ def test_onnx_classifier_becomes_a_full_int8_tflite_for_the_pi(ppocr, tmp_path):
     x = np.load(ppocr["val"])["x"]
     from edgesdk.sources.source import load_source
     reference = load_source(str(ppocr["model"]), input_shape="1,3,48,192").predict(x)[0]
-    flt = edgesdk.convert(str(ppocr["model"]), target="rpi4", quantization="float", input_shape="1,3,48,192",
-                          calibration=ppocr["calib"], output_dir=tmp_path / "float", quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="float"),
+                             inputs=InputOptions(input_shape="1,3,48,192"))
+    flt = edgesdk.convert(str(ppocr["model"]), target="rpi4",
+                          calibration=ppocr["calib"], output_dir=tmp_path / "float", quiet=True, options=options)
     assert flt.validation["outputs"][0]["sqnr_db"] > 60
     assert _float_agreement(flt.path, x, reference) == 1.0
     # the route's options are judged for the format made
+    options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"),
+                             quantize=QuantizeOptions(calibration_method="percentile"))
     with pytest.raises(OptionError, match="from onnx to tflite: this route calibrates with auto, minmax, mse or "
                                           "moving-average"):
-        edgesdk.convert(str(ppocr["model"]), target="rpi4", input_shape="1,3,48,192", calibration=ppocr["calib"],
-                        calibration_method="percentile", output_dir=tmp_path / "p", quiet=True)
+        edgesdk.convert(str(ppocr["model"]), target="rpi4", calibration=ppocr["calib"],
+                        output_dir=tmp_path / "p", quiet=True, options=options)
     assert not (tmp_path / "p").exists() or list((tmp_path / "p").iterdir()) == []
 
 
 def test_onnx_classifier_for_the_coral_is_checked_against_the_edge_tpu(ppocr, tmp_path):
-    art = edgesdk.convert(str(ppocr["model"]), target="coral-usb", input_shape="1,3,48,192",
+    options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"),
+                             gate=Thresholds(min_agreement=0.85, max_accuracy_drop=10))
+    art = edgesdk.convert(str(ppocr["model"]), target="coral-usb",
                           calibration=ppocr["calib"], validation=ppocr["val"], output_dir=tmp_path, quiet=True,
-                          min_agreement=0.85, max_accuracy_drop=10)
+                          options=options)
     m = art.manifest
     assert m["format"] == "tflite" and m["inputs"][0]["dtype"] == "uint8" and m["outputs"][0]["dtype"] == "uint8"
     assert not m["quantization"]["float_ops"]
@@ -100,9 +106,11 @@ def test_onnx_detector_to_pi_tflite_keeps_recall(tmp_path):
     chars = tmp_path / "chars.npz"
     np.savez(chars, x=fixtures.character_images())
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
+    options = ConvertOptions(inputs=InputOptions(preprocess=Preprocess(**{"scale": 1.0, "channel_order": "bgr"})),
+                             gate=Thresholds(max_accuracy_drop=2))
     art = edgesdk.convert(str(model), target="rpi4", calibration=chars, validation=labelled,
-                          preprocess={"scale": 1.0, "channel_order": "bgr"}, output_dir=tmp_path / "out",
-                          quiet=True, max_accuracy_drop=2)
+                          output_dir=tmp_path / "out",
+                          quiet=True, options=options)
     assert art.format == "tflite" and art.manifest["inputs"][0]["shape"] == [1, 416, 416, 3]
     assert not art.manifest["quantization"]["float_ops"]
     v = art.validation

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, InputOptions, Preprocess, QuantizeOptions, Thresholds, TrainingOptions
 from edgesdk import ConversionError, ModelLoadError, OptionError
 
 from conftest import REPO, run_cli
@@ -41,10 +42,13 @@ def test_tflite_route_calibrates_with_min_max_and_the_other_methods_on_request(d
     ranges narrowed to each tensor's least int8 error, and ai-edge-quantizer's own moving average, on request:
     each another artifact, all full int8."""
     kwargs = dict(target="rpi4", example_input=torch.zeros(*EXAMPLE), calibration=digits_nchw["train"],
-                  validation=digits_nchw["test"], quiet=True, max_accuracy_drop=100)
-    made = {m: edgesdk.convert(digit_net, calibration_method=m, output_dir=tmp_path / m, **kwargs)
+                  validation=digits_nchw["test"], quiet=True)
+    gate = Thresholds(max_accuracy_drop=100)
+    made = {m: edgesdk.convert(digit_net, output_dir=tmp_path / m, **kwargs,
+                               options=ConvertOptions(quantize=QuantizeOptions(calibration_method=m), gate=gate))
             for m in ("mse", "moving-average")}
-    made["default"] = edgesdk.convert(digit_net, output_dir=tmp_path / "d", **kwargs)
+    made["default"] = edgesdk.convert(digit_net, output_dir=tmp_path / "d", **kwargs,
+                                      options=ConvertOptions(gate=gate))
     assert {k: a.manifest["quantization"]["calibration_method"] for k, a in made.items()} == \
         {"mse": "mse", "moving-average": "moving-average", "default": "minmax"}
     assert made["default"].validation["sqnr_db"] >= 30 and "calibration_auto" not in made["default"].manifest[
@@ -94,9 +98,10 @@ def test_live_module_to_jetson_qdq_onnx_keeps_nchw(digit_net, digits_nchw, tmp_p
 
 def test_pruning_with_fine_tuning_and_the_callers_module_left_intact(digit_net, digits_nchw, tmp_path):
     before = {k: v.clone() for k, v in digit_net.state_dict().items()}
-    art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), prune=0.75,
-                          fine_tune=digits_nchw["train"], calibration=digits_nchw["train"], distill=True,
-                          validation=digits_nchw["test"], output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(training=TrainingOptions(prune=0.75, distill=True))
+    art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
+                          fine_tune=digits_nchw["train"], calibration=digits_nchw["train"],
+                          validation=digits_nchw["test"], output_dir=tmp_path, quiet=True, options=options)
     s = art.manifest["sparsity"]
     assert s["method"] == "gradual global magnitude" and s["source_after_pruning"] >= 0.749
     assert s["teacher"] == {"alpha": 0.5, "temperature": 4.0}
@@ -118,9 +123,10 @@ def test_pruning_with_a_training_callback(digit_net, digits_nchw, tmp_path):
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
 
-    art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), prune=0.5,
-                          fine_tune=train_one_epoch, epochs=3, calibration=digits_nchw["train"],
-                          output_dir=tmp_path, quiet=True, max_accuracy_drop=3)
+    options = ConvertOptions(training=TrainingOptions(prune=0.5, epochs=3), gate=Thresholds(max_accuracy_drop=3))
+    art = edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
+                          fine_tune=train_one_epoch, calibration=digits_nchw["train"],
+                          output_dir=tmp_path, quiet=True, options=options)
     assert calls == [0, 1, 2]
     assert art.manifest["sparsity"]["artifact"] >= 0.49
 
@@ -130,9 +136,11 @@ def test_quantization_aware_training_rescues_a_pruned_net_on_the_edge_tpu(digit_
     so the ladder's only rung is one more epoch trained with int8 rounding in the loop, the float source
     teaching."""
     before = {k: v.clone() for k, v in digit_net.state_dict().items()}
-    art = edgesdk.convert(digit_net, target="coral-usb", example_input=torch.zeros(*EXAMPLE), prune=0.97, epochs=1,
-                          fine_tune=digits_nchw["train"], distill=True, calibration=digits_nchw["train"],
-                          validation=digits_nchw["test"], max_accuracy_drop=5, output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(training=TrainingOptions(prune=0.97, epochs=1, distill=True),
+                             gate=Thresholds(max_accuracy_drop=5))
+    art = edgesdk.convert(digit_net, target="coral-usb", example_input=torch.zeros(*EXAMPLE),
+                          fine_tune=digits_nchw["train"], calibration=digits_nchw["train"],
+                          validation=digits_nchw["test"], output_dir=tmp_path, quiet=True, options=options)
     m, v = art.manifest, art.validation
     assert m["recovery"]["applied"]["step"] == "quantization-aware training" and m["recipe"]["qat"] is True
     plain, trained = m["recovery"]["rungs"]  # the pruned float model missed the gate: only training can help
@@ -168,9 +176,10 @@ def test_qat_weights_are_the_artifacts_int8_weights_on_both_routes(digit_net, di
         assert np.abs(w / scale - np.round(w / scale)).max() < 1e-3  # trained on the grid, left on it
         wanted.append(np.sort(np.round(w / scale).astype(int).ravel()))
     for target in ("jetson-orin-nano", "rpi4"):
-        art = edgesdk.convert(digit_net, target=target, example_input=torch.zeros(*EXAMPLE), qat=True, epochs=1,
+        options = ConvertOptions(training=TrainingOptions(qat=True, epochs=1), gate=Thresholds(max_accuracy_drop=5))
+        art = edgesdk.convert(digit_net, target=target, example_input=torch.zeros(*EXAMPLE),
                               fine_tune=digits_nchw["train"], calibration=digits_nchw["train"],
-                              validation=digits_nchw["test"], max_accuracy_drop=5, output_dir=tmp_path, quiet=True)
+                              validation=digits_nchw["test"], output_dir=tmp_path, quiet=True, options=options)
         assert art.manifest["quantization"]["aware_training"]["epochs"] == 1
         assert art.manifest["quantization"]["weight_rounding"]["mode"] == "nearest"
         if art.format == "onnx":
@@ -280,9 +289,10 @@ def test_torch_bad_inputs(digit_net, digits_nchw, tmp_path):
     fails(junk, needle="not a PyTorch file")
     with pytest.raises(ModelLoadError, match="needs an example input"):
         edgesdk.convert(digit_net, target="rpi4", calibration=digits_nchw["train"], output_dir=tmp_path)
+    options = ConvertOptions(quantize=QuantizeOptions(allow_float_fallback=True, exclude_op_types=["SOFTMAX"]))
     with pytest.raises(edgesdk.OptionError, match="no SOFTMAX ops that int8 applies to"):
-        edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), allow_float_fallback=True,
-                        calibration=digits_nchw["train"], exclude_op_types=["SOFTMAX"], output_dir=tmp_path)
+        edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
+                        calibration=digits_nchw["train"], output_dir=tmp_path, options=options)
     with pytest.raises(edgesdk.DataError, match="looks channels-last"):
         edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
                         calibration=np.zeros((10, 28, 28, 1), np.float32), output_dir=tmp_path)
@@ -306,9 +316,10 @@ def test_pretrained_crepe_tiny_pitch_tracker(tmp_path):
     for target, io in (("rpi4", "int8"), ("coral-usb", "uint8"), ("jetson-orin-nano", "float32")):
         # a pitch tracker, not a classifier: exact 20-cent bins flip between neighbours under int8, so
         # it is judged by SQNR and by the pitch metric its users read (within one bin of the source's)
+        options = ConvertOptions(task="regress", metric=pitch_within_one_bin)
         art = edgesdk.convert(model, target=target, example_input=torch.zeros(1, 1024), calibration=x[:200],
                               validation=(x[200:], bins[200:]), output_dir=tmp_path, quiet=True,
-                              task="regress", metric=pitch_within_one_bin)
+                              options=options)
         assert art.validation["task"] == "regress" and art.validation["verdict"] == "pass"
         metric = next(c for c in art.validation["checks"] if c["check"].startswith("metric"))
         assert metric["verdict"] == "pass" and metric["figures"]["within_one_bin"] >= 0.95
@@ -329,7 +340,8 @@ def test_crepe_tiny_with_int16_activations_in_tflite(tmp_path):
     x, bins = torch_models.tone_frames()
     arts = {act: edgesdk.convert(model, target="rpi4", example_input=torch.zeros(1, 1024), calibration=x[:200],
                                  validation=(x[200:], bins[200:]), output_dir=tmp_path / act, quiet=True,
-                                 task="regress", metric=pitch_within_one_bin, activations=act)
+                                 options=ConvertOptions(quantize=QuantizeOptions(activations=act), task="regress",
+                                                        metric=pitch_within_one_bin))
             for act in ("int8", "int16")}
     eight, sixteen = arts["int8"], arts["int16"]
     q = sixteen.manifest["quantization"]
@@ -346,10 +358,11 @@ def test_crepe_tiny_with_int16_activations_in_tflite(tmp_path):
 
 
 def test_failed_gate_measures_layers_kept_in_float(digit_net, digits_nchw, tmp_path):
+    options = ConvertOptions(training=TrainingOptions(prune=0.9))
     with pytest.raises(edgesdk.ValidationFailed) as e:
-        edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE), prune=0.9,
+        edgesdk.convert(digit_net, target="rpi4", example_input=torch.zeros(*EXAMPLE),
                         calibration=digits_nchw["train"], validation=digits_nchw["test"], output_dir=tmp_path,
-                        quiet=True)
+                        quiet=True, options=options)
     # one-shot 90 % pruning cost it, not int8: the ladder is not climbed, and keeping layers float is measured
     assert "the recovery ladder was not tried" in str(e.value)
     worst = e.value.figures["worst_layers"]
@@ -363,17 +376,20 @@ def test_tflite_layers_and_op_types_kept_in_float(digit_net, digits_nchw, tmp_pa
     kwargs = dict(target="rpi4", example_input=torch.zeros(*EXAMPLE), calibration=digits_nchw["train"],
                   validation=digits_nchw["test"], quiet=True)
     plain = TFLiteArtifact(edgesdk.convert(digit_net, output_dir=tmp_path / "plain", **kwargs).path)
-    kwargs["allow_float_fallback"] = True
     last_fc = [plain.tensor_name(op["outputs"][0]) for op in plain.ops() if op["op_name"] == "FULLY_CONNECTED"][-1]
-    art = edgesdk.convert(digit_net, output_dir=tmp_path / "node", exclude_nodes=[last_fc], **kwargs)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=[last_fc], allow_float_fallback=True))
+    art = edgesdk.convert(digit_net, output_dir=tmp_path / "node", **kwargs, options=options)
     assert "FULLY_CONNECTED" in [o["op"] for o in art.manifest["quantization"]["float_ops"]]
     assert art.manifest["inputs"][0]["dtype"] == "int8" and art.validation["passed"]
-    art = edgesdk.convert(digit_net, output_dir=tmp_path / "type", exclude_op_types=["MAX_POOL_2D"], **kwargs)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_op_types=["MAX_POOL_2D"], allow_float_fallback=True))
+    art = edgesdk.convert(digit_net, output_dir=tmp_path / "type", **kwargs, options=options)
     assert [o["op"] for o in art.manifest["quantization"]["float_ops"]].count("MAX_POOL_2D") == 2
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=["nope"], allow_float_fallback=True))
     with pytest.raises(OptionError, match="no layer 'nope'"):
-        edgesdk.convert(digit_net, output_dir=tmp_path / "bad", exclude_nodes=["nope"], **kwargs)
+        edgesdk.convert(digit_net, output_dir=tmp_path / "bad", **kwargs, options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_op_types=["SOFTMAX"]))
     with pytest.raises(OptionError, match="no SOFTMAX ops"):
-        edgesdk.convert(digit_net, output_dir=tmp_path / "bad", exclude_op_types=["SOFTMAX"], **kwargs)
+        edgesdk.convert(digit_net, output_dir=tmp_path / "bad", **kwargs, options=options)
 
 
 def test_pytorch_detector_to_pi_tflite_leaves_its_head_tail_to_the_host(tmp_path):
@@ -392,9 +408,11 @@ def test_pytorch_detector_to_pi_tflite_leaves_its_head_tail_to_the_host(tmp_path
     np.savez(chars, x=fixtures.character_images())
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
     before = {k: v.clone() for k, v in module.state_dict().items()}
+    options = ConvertOptions(inputs=InputOptions(preprocess=Preprocess(**{"scale": 1.0, "channel_order": "bgr"})),
+                             gate=Thresholds(max_accuracy_drop=2, min_recall=0.85))
     art = edgesdk.convert(module, example_input=torch.zeros(1, 3, 416, 416), target="rpi4", calibration=chars,
-                          validation=labelled, preprocess={"scale": 1.0, "channel_order": "bgr"},
-                          output_dir=tmp_path / "out", quiet=True, max_accuracy_drop=2, min_recall=0.85)
+                          validation=labelled,
+                          output_dir=tmp_path / "out", quiet=True, options=options)
     m = art.manifest
     q = m["quantization"]
     assert not q["float_ops"] and "EXP" not in q["op_histogram"] and m["recipe"]["host_tail"] == ["output_0"]

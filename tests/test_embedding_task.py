@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, QuantizeOptions
 from edgesdk.judge.tasks import ModelIO
 from edgesdk.judge.validation import gate, judge
 
@@ -42,8 +43,9 @@ def test_unit_norm_vectors_are_an_embedding_not_a_classifier(encoder):
 def test_speaker_encoder_int8_onnx_passes_as_an_embedding(encoder, tmp_path):
     import torch
     model, x, ref = encoder
-    art = edgesdk.convert(model, target="rpi4", format="onnx", example_input=torch.zeros(1, 160, 40),
-                          calibration=x[0::2], validation=x[1::2], output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"))
+    art = edgesdk.convert(model, target="rpi4", example_input=torch.zeros(1, 160, 40),
+                          calibration=x[0::2], validation=x[1::2], output_dir=tmp_path, quiet=True, options=options)
     v = art.manifest["validation"]
     assert v["task"] == "embedding" and v["passed"] and v["samples"] == 123
     (out,) = edgesdk.load(art.path).run(x[1::2]).values()

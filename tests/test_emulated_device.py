@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import edgesdk
-from edgesdk import RuntimeMissing
+from edgesdk import ConvertOptions, QuantizeOptions, RuntimeMissing
 from edgesdk.devices.deploy import deploy
 from edgesdk.devices.results import ResultStore
 from edgesdk.errors import BenchmarkError
@@ -111,8 +111,9 @@ def tflite_artifact(keras3_mnist, mnist_files, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_artifact(keras3_mnist, mnist_files, tmp_path_factory):
-    return edgesdk.convert(str(keras3_mnist), target="rpi4", format="onnx", calibration=mnist_files["train"],
-                           output_dir=tmp_path_factory.mktemp("onnx"), quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"))
+    return edgesdk.convert(str(keras3_mnist), target="rpi4", calibration=mnist_files["train"],
+                           output_dir=tmp_path_factory.mktemp("onnx"), quiet=True, options=options)
 
 
 def _files(dev, sub):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import fixtures
+from edgesdk import ConvertOptions, InputOptions, QuantizeOptions, Thresholds, fixtures
 from edgesdk.errors import DataError, ModelLoadError
 
 pytestmark = pytest.mark.slow
@@ -51,9 +51,12 @@ def test_a_stateful_model_carries_its_state_between_calls(tmp_path):
     x, _ = fixtures.speech_chunks()
     x = x[:120]
     model_path = fixtures.fetch("silero_vad_op15")
-    art = edgesdk.convert(str(model_path), target="rpi4", format="onnx", input_shape="input:1,576",
-                          input_values="sr=16000", class_output=0, calibration={"input": x},
-                          output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"),
+                             inputs=InputOptions(input_shape="input:1,576", input_values="sr=16000"),
+                             gate=Thresholds(class_output=0))
+    art = edgesdk.convert(str(model_path), target="rpi4",
+                          calibration={"input": x},
+                          output_dir=tmp_path, quiet=True, options=options)
     model = edgesdk.load(art.path)
     assert model.inputs == ["input"] and model.outputs == ["output", "stateN"]
     got = np.concatenate([model.run(x[t:t + 1])["output"] for t in range(len(x))])  # one chunk per call
@@ -75,8 +78,9 @@ def test_a_stateful_model_carries_its_state_between_calls(tmp_path):
 
 
 def test_load_imports_only_numpy_and_the_runtime(ppocr, tmp_path):
-    art = edgesdk.convert(str(ppocr["model"]), target="rpi4", format="onnx", calibration=str(ppocr["calib"]),
-                          validation=str(ppocr["val"]), max_accuracy_drop=5, output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"), gate=Thresholds(max_accuracy_drop=5))
+    art = edgesdk.convert(str(ppocr["model"]), target="rpi4", calibration=str(ppocr["calib"]),
+                          validation=str(ppocr["val"]), output_dir=tmp_path, quiet=True, options=options)
     assert art.format == "onnx"
     code = ("import sys, numpy as np, edgesdk\n"
             f"m = edgesdk.load({str(art.path)!r})\n"

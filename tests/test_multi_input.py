@@ -13,7 +13,7 @@ import pytest
 
 import edgesdk
 from conftest import run_cli
-from edgesdk import fixtures
+from edgesdk import ConvertOptions, InputOptions, QuantizeOptions, Thresholds, fixtures
 from edgesdk.errors import ConversionError, DataError, ModelLoadError, OptionError, ValidationFailed
 
 pytestmark = pytest.mark.slow
@@ -71,9 +71,13 @@ def test_stateful_vad_int8_is_judged_over_the_sequence_with_its_own_state(vad, t
     assert after > before + 0.03, sixteen[:200]
     assert list(tmp_path.iterdir()) == []
     # the STFT kept in float: the speech decisions agree over the whole sequence
-    art = edgesdk.convert(str(vad["model"]), target="rpi4", format="onnx", input_shape="input:1,576",
-                          input_values={"sr": 16000}, class_output=0, calibration=str(vad["data"]),
-                          exclude_nodes=STFT, min_agreement=0.9, output_dir=tmp_path, recover=False, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", exclude_nodes=STFT),
+                             inputs=InputOptions(input_shape="input:1,576", input_values={"sr": 16000}),
+                             gate=Thresholds(class_output=0, min_agreement=0.9),
+                             recover=False)
+    art = edgesdk.convert(str(vad["model"]), target="rpi4",
+                          calibration=str(vad["data"]),
+                          output_dir=tmp_path, quiet=True, options=options)
     v = art.manifest["validation"]
     assert v["passed"] and v["top1_agreement"] >= 0.93
     outs = {o["name"]: o for o in v["outputs"]}
@@ -158,11 +162,12 @@ def test_if_wrapped_vad_is_resolved_by_the_fixed_rate(vad, tmp_path):
     import onnx
     graph = onnx.load(src.float_onnx).graph
     assert "If" not in {n.op_type for n in graph.node} and [i.name for i in graph.input] == ["input", "state"]
-    art = edgesdk.convert(str(fixtures.fetch("silero_vad")), target="rpi4", format="onnx",
-                          input_shape="input:1,576", input_values="sr=16000", class_output=0,
-                          calibration=str(vad["data"]), min_agreement=0.9, recover=False, quiet=True,
-                          exclude_nodes=[f"If_0_then_branch__Inline_0__{n.replace('/model', '')}" for n in STFT],
-                          output_dir=tmp_path)
+    stft = [f"If_0_then_branch__Inline_0__{n.replace('/model', '')}" for n in STFT]
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", exclude_nodes=stft),
+                             inputs=InputOptions(input_shape="input:1,576", input_values="sr=16000"),
+                             gate=Thresholds(class_output=0, min_agreement=0.9), recover=False)
+    art = edgesdk.convert(str(fixtures.fetch("silero_vad")), target="rpi4", calibration=str(vad["data"]), quiet=True,
+                          output_dir=tmp_path, options=options)
     assert art.manifest["quantization"]["int8_ops"] >= 10 and art.manifest["validation"]["top1_agreement"] >= 0.93
 
 
@@ -234,9 +239,10 @@ def test_two_input_pytorch_module_on_both_routes(gained_onet, tmp_path, target, 
     import torch
     model, x, gain, y = gained_onet
     # 100 labelled crops bound the accuracy drop at about 2.6 points
-    art = edgesdk.convert(model, target=target, format=fmt, example_input=(torch.zeros(1, 3, 48, 48), torch.ones(1, 1)),
+    options = ConvertOptions(quantize=QuantizeOptions(format=fmt), gate=Thresholds(max_accuracy_drop=3))
+    art = edgesdk.convert(model, target=target, example_input=(torch.zeros(1, 3, 48, 48), torch.ones(1, 1)),
                           calibration=(x[0::2], gain[0::2]), validation=((x[1::2], gain[1::2]), y[1::2]),
-                          max_accuracy_drop=3, output_dir=tmp_path, quiet=True)
+                          output_dir=tmp_path, quiet=True, options=options)
     v = art.manifest["validation"]
     assert v["reference_accuracy"] == 1.0 and v["artifact_accuracy"] >= 0.99
     assert all(o["sqnr_db"] > 15 for o in v["outputs"]), v["outputs"]
@@ -250,23 +256,29 @@ def test_two_input_onnx_to_tflite(gained_onet, tmp_path):
     """ONNX -> TFLite with two inputs: the image input turned NHWC, the gain kept; each fed by name."""
     import torch
     model, x, gain, y = gained_onet
-    onnx_file = edgesdk.convert(model, target="rpi4", format="onnx", quantization="float", quiet=True,
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", quantization="float"))
+    onnx_file = edgesdk.convert(model, target="rpi4", quiet=True,
                                 example_input=(torch.zeros(1, 3, 48, 48), torch.ones(1, 1)),
-                                calibration=(x, gain), output_dir=tmp_path / "onnx").path
+                                calibration=(x, gain), output_dir=tmp_path / "onnx", options=options).path
     np.savez(tmp_path / "calib.npz", input_0=x[0::2], input_1=gain[0::2])
     np.savez(tmp_path / "val.npz", input_0=x[1::2], input_1=gain[1::2], y=y[1::2])
     kwargs = dict(target="rpi4", calibration=str(tmp_path / "calib.npz"), validation=str(tmp_path / "val.npz"),
-                  max_accuracy_drop=3, output_dir=tmp_path / "out", quiet=True)
-    flt = edgesdk.convert(str(onnx_file), quantization="float", **kwargs)
+                  output_dir=tmp_path / "out", quiet=True)
+    budget = Thresholds(max_accuracy_drop=3)
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="float"), gate=budget)
+    flt = edgesdk.convert(str(onnx_file), **kwargs, options=options)
     assert flt.manifest["validation"]["artifact_accuracy"] == 1.0
     assert min(o["sqnr_db"] for o in flt.manifest["validation"]["outputs"]) > 100
     shapes = {i["name"]: i["shape"] for i in flt.manifest["inputs"]}
     assert shapes == {"serving_default_input_0:0": [1, 48, 48, 3], "serving_default_input_1:0": [1, 1]}
     # ai-edge-quantizer's int8 SOFTMAX here is one XNNPACK cannot prepare: said as a conversion error when TFLite
     # is asked for (unforced, the Pi gets its other format, ONNX, instead)
+    options = ConvertOptions(quantize=QuantizeOptions(format="tflite"), gate=budget, recover=False)
     with pytest.raises(ConversionError, match="does not run here"):
-        edgesdk.convert(str(onnx_file), recover=False, format="tflite", **kwargs)
-    art = edgesdk.convert(str(onnx_file), exclude_op_types=("SOFTMAX",), allow_float_fallback=True, **kwargs)
+        edgesdk.convert(str(onnx_file), **kwargs, options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_op_types=("SOFTMAX",), allow_float_fallback=True),
+                             gate=budget)
+    art = edgesdk.convert(str(onnx_file), **kwargs, options=options)
     v = art.manifest["validation"]
     assert v["artifact_accuracy"] == 1.0 and min(o["sqnr_db"] for o in v["outputs"]) > 15
     assert {i["dtype"] for i in art.manifest["inputs"]} == {"int8"}

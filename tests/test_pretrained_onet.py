@@ -3,6 +3,7 @@
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, Thresholds, TrainingOptions
 
 from test_convert_keras import assert_full_int8
 
@@ -19,8 +20,9 @@ def split(lfw_onet_inputs):
 def test_onet_full_int8_keeps_face_accuracy(onet, split, target, io, tmp_path):
     calib, val = split
     # 100 labelled samples with no disagreement bound the drop at about 2.6 points, not 1
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=3))
     art = edgesdk.convert(onet, target=target, calibration=calib[0], validation=val, output_dir=tmp_path,
-                          quiet=True, max_accuracy_drop=3)
+                          quiet=True, options=options)
     assert_full_int8(art.path, io_dtype=io)
     v = art.validation
     assert v["class_output"] == 2  # the softmax face/non-face head, found among bbox and landmark heads
@@ -39,15 +41,16 @@ def test_onet_full_int8_keeps_face_accuracy(onet, split, target, io, tmp_path):
 
 def test_onet_pruned_one_shot_reports_measured_sparsity(onet, split, tmp_path):
     calib, val = split
-    kwargs = dict(target="rpi4", calibration=calib[0], validation=val, prune=0.3, output_dir=tmp_path,
-                  quiet=True, max_accuracy_drop=5)
+    kwargs = dict(target="rpi4", calibration=calib[0], validation=val, output_dir=tmp_path, quiet=True)
+    pruned = TrainingOptions(prune=0.3)
     # one-shot pruning keeps face/non-face but costs the box regressor: the floor on that output says so
     with pytest.raises(edgesdk.ValidationFailed) as e:
-        edgesdk.convert(onet, **kwargs)
+        edgesdk.convert(onet, **kwargs, options=ConvertOptions(training=pruned, gate=Thresholds(max_accuracy_drop=5)))
     failed = [c for c in e.value.figures["checks"] if c["verdict"] == "fail"]
     assert [c["output"] for c in failed] == [0] and failed[0]["value"] < 12
     assert "SQNR of output 'fc6-1" in str(e.value) and list(tmp_path.iterdir()) == []
-    art = edgesdk.convert(onet, **kwargs, min_sqnr_db=5)
+    options = ConvertOptions(training=pruned, gate=Thresholds(max_accuracy_drop=5, min_sqnr_db=5))
+    art = edgesdk.convert(onet, **kwargs, options=options)
     s = art.manifest["sparsity"]
     assert s["method"] == "one-shot magnitude" and s["fine_tuned"] is False
     assert 0.29 <= s["artifact"] <= 0.35

@@ -7,6 +7,7 @@ import re
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, Thresholds
 
 from conftest import run_cli
 
@@ -17,7 +18,8 @@ def test_report_from_stored_runs(keras3_mnist, mnist_files, tmp_path, monkeypatc
     monkeypatch.setenv("EDGESDK_RESULTS_DB", str(db))
     # (about reports, not accuracy: TensorRT's symmetric int8 costs this small CNN 1-3 points)
     arts = [edgesdk.convert(str(keras3_mnist), target=t, calibration=mnist_files["train"],
-                            validation=mnist_files["test"], output_dir=tmp_path / t, quiet=True, max_accuracy_drop=3)
+                            validation=mnist_files["test"], output_dir=tmp_path / t, quiet=True,
+                            options=ConvertOptions(gate=Thresholds(max_accuracy_drop=3)))
             for t in ("rpi4", "jetson-orin-nano")]
     ids = []
     for art in arts:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, InputOptions, QuantizeOptions, Thresholds
 from edgesdk.errors import ConversionError, ModelLoadError, OptionError, ProfileError, RuntimeMissing, ValidationFailed
 
 from conftest import run_cli
@@ -47,16 +48,20 @@ def test_mnist_cnn_for_the_rock5b_through_the_simulator(keras3_mnist, mnist_file
 
 
 def test_pretrained_text_classifier_for_an_rk3566(ppocr, tmp_path):
-    kwargs = dict(input_shape="1,3,48,192", calibration=ppocr["calib"], validation=ppocr["val"], quiet=True)
+    kwargs = dict(calibration=ppocr["calib"], validation=ppocr["val"], quiet=True)
+    shape = InputOptions(input_shape="1,3,48,192")
     # the toolkit's min/max ranges ("normal"): 95.5 % agreement, 1.5 points of accuracy lost on 132 labelled
     # crops, which cannot show the loss is within the 1-point budget: refused as inconclusive, nothing written
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="int8"), inputs=shape, recover=False)
     with pytest.raises(ValidationFailed, match="inconclusive") as e:
-        edgesdk.convert(str(ppocr["model"]), "rk3566", output_dir=tmp_path / "minmax", quantization="int8",
-                        recover=False, **kwargs)
+        edgesdk.convert(str(ppocr["model"]), "rk3566", output_dir=tmp_path / "minmax",
+                        **kwargs, options=options)
     assert 0.93 <= e.value.figures["top1_agreement"] < 0.98 and list((tmp_path / "minmax").iterdir()) == []
     # KL-divergence calibration: 99.2 % agreement measured here; within a 5-point budget on these 132
-    art = edgesdk.convert(str(ppocr["model"]), "rk3566", output_dir=tmp_path / "kl", calibration_method="entropy",
-                          max_accuracy_drop=5, **kwargs)
+    options = ConvertOptions(quantize=QuantizeOptions(calibration_method="entropy"), inputs=shape,
+                             gate=Thresholds(max_accuracy_drop=5))
+    art = edgesdk.convert(str(ppocr["model"]), "rk3566", output_dir=tmp_path / "kl",
+                          **kwargs, options=options)
     v, compat = art.manifest["validation"], art.manifest["compatibility"]
     assert v["passed"] and v["samples"] == 132 and v["reference_accuracy"] > 0.9
     assert v["top1_agreement"] >= 0.97 and v["sqnr_db"] > 17, v
@@ -67,17 +72,22 @@ def test_pretrained_text_classifier_for_an_rk3566(ppocr, tmp_path):
 
 
 def test_fp16_build_and_what_the_family_refuses(ppocr, tmp_path):
-    art = edgesdk.convert(str(ppocr["model"]), "rock5b", input_shape="1,3,48,192", quantization="fp16",
+    options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"),
+                             quantize=QuantizeOptions(quantization="fp16"),
+                             gate=Thresholds(max_accuracy_drop=5))
+    art = edgesdk.convert(str(ppocr["model"]), "rock5b",
                           validation=ppocr["val"], output_dir=tmp_path / "fp16", quiet=True,
-                          max_accuracy_drop=5)  # 132 crops cannot show a 1-point budget holds
+                          options=options)  # 132 crops cannot show a 1-point budget holds
     v = art.manifest["validation"]
     assert v["passed"] and v["sqnr_db"] > 35 and v["top1_agreement"] >= 0.98, v
     info = edgesdk.inspect(art.path, targets=["rock5b"])
     assert not info["quantized"] and info["tensor_dtypes"].get("float16", 0) > 50
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="float"))
     with pytest.raises(OptionError, match="rock5b \\(rockchip\\) computes only int8 or fp16"):
-        edgesdk.convert(str(ppocr["model"]), "rock5b", quantization="float", output_dir=tmp_path / "x")
+        edgesdk.convert(str(ppocr["model"]), "rock5b", output_dir=tmp_path / "x", options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(format="tflite"))
     with pytest.raises(OptionError, match="takes rknn or onnx artifacts, not tflite"):
-        edgesdk.convert(str(ppocr["model"]), "rock5b", format="tflite", output_dir=tmp_path / "x")
+        edgesdk.convert(str(ppocr["model"]), "rock5b", output_dir=tmp_path / "x", options=options)
     assert not (tmp_path / "x").exists() or list((tmp_path / "x").iterdir()) == []
 
 
@@ -160,9 +170,10 @@ def test_two_input_pytorch_module_for_the_rock5b(gained_onet, tmp_path):
     """Several inputs: each calibrated and fed by its ONNX name (the pretrained O-Net behind an exposure gain)."""
     import torch
     model, x, gain, y = gained_onet
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=3))
     art = edgesdk.convert(model, "rock5b", example_input=(torch.zeros(1, 3, 48, 48), torch.ones(1, 1)),
                           calibration=(x[0::2], gain[0::2]), validation=((x[1::2], gain[1::2]), y[1::2]),
-                          max_accuracy_drop=3, output_dir=tmp_path, quiet=True)
+                          output_dir=tmp_path, quiet=True, options=options)
     v = art.manifest["validation"]
     # measured: accuracy 100 % on 100 labelled crops, every head above 15 dB
     assert v["reference_accuracy"] == 1.0 and v["artifact_accuracy"] >= 0.99, v

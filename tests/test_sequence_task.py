@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import fixtures
+from edgesdk import ConvertOptions, QuantizeOptions, fixtures
 from edgesdk.judge.tasks import ModelIO, Thresholds
 from edgesdk.judge.validation import gate, judge
 
@@ -96,9 +96,10 @@ def test_int16_recognizer_for_the_pi_reads_the_same_text(rec, tmp_path):
     the gate passes it on CER, and the strings of the artifact run with edgesdk.load agree."""
     np.save(tmp_path / "lines.npy", rec["x"][:64])
     np.save(tmp_path / "held.npy", rec["x"][64:])
-    art = edgesdk.convert(str(rec["model"]), target="rpi4", format="onnx", activations="int16",
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", activations="int16"))
+    art = edgesdk.convert(str(rec["model"]), target="rpi4",
                           calibration=str(tmp_path / "lines.npy"), validation=str(tmp_path / "held.npy"),
-                          output_dir=tmp_path / "out", quiet=True)
+                          output_dir=tmp_path / "out", quiet=True, options=options)
     v = art.manifest["validation"]
     assert v["task"] == "sequence" and v["passed"] and v["samples"] == 96
     got = edgesdk.load(art.path).run(rec["x"][64:])

@@ -14,6 +14,7 @@ import os
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, QuantizeOptions
 from edgesdk.errors import ConversionError, OptionError, ProfileError
 
 from conftest import REPO, run_cli
@@ -109,10 +110,12 @@ def test_a_plugged_in_family_is_checked_converted_for_and_deployed(toy_site, ker
     assert sorted(p.name for p in out.iterdir()) == sorted([art.path.name, f"{art.path.name}.json",
                                                             f"{stem}.toy.bin", f"{stem}.toy.log"])
     # the family's rules hold at conversion: nothing float, and parameters that do not fit are refused
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="fp16"))
     with pytest.raises(OptionError, match="computes only int8"):
-        edgesdk.convert(str(keras3_mnist), "toy-board", quantization="fp16", output_dir=tmp_path / "f")
+        edgesdk.convert(str(keras3_mnist), "toy-board", output_dir=tmp_path / "f", options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(allow_float_fallback=True))
     with pytest.raises(OptionError, match="does not apply"):
-        edgesdk.convert(str(keras3_mnist), "toy-board", allow_float_fallback=True, output_dir=tmp_path / "f")
+        edgesdk.convert(str(keras3_mnist), "toy-board", output_dir=tmp_path / "f", options=options)
     small = _profile(tmp_path, **{"sram_kb = 512": "sram_kb = 4"})
     with pytest.raises(ConversionError, match="do not fit the NPU's 4 KB SRAM"):
         edgesdk.convert(str(keras3_mnist), str(small), calibration=mnist_files["train"], output_dir=tmp_path / "s",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import ModelLoadError, ProfileError, fixtures
+from edgesdk import ConvertOptions, ModelLoadError, ProfileError, Thresholds, fixtures
 from edgesdk.artifacts.inspection import inspect
 from edgesdk.targets.edgetpu import parse_compiler_log
 
@@ -162,8 +162,9 @@ def _leaky_model():
 def test_edgetpu_split_at_an_unsupported_op_mid_graph(tmp_path):
     x = np.random.default_rng(0).random((120, 16, 16, 3), np.float32)
     # an untrained model on noise: only the partition is under test, not agreement
+    options = ConvertOptions(gate=Thresholds(min_agreement=0))
     art = edgesdk.convert(_leaky_model(), target="coral-usb", calibration=x, output_dir=tmp_path, quiet=True,
-                          min_agreement=0)
+                          options=options)
     c = art.manifest["compatibility"]
     assert c["status"] == "supported with fallbacks"
     part = c["partition"]
@@ -268,8 +269,9 @@ def test_tensorrt_parser_gaps(tmp_path):
 
 @pytest.mark.slow
 def test_jetson_dla_and_nano_int8(keras3_mnist, mnist_files, tmp_path):
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=3))
     art = edgesdk.convert(str(keras3_mnist), target="jetson-xavier-nx", calibration=mnist_files["train"],
-                          output_dir=tmp_path, quiet=True, max_accuracy_drop=3)  # about DLA, not accuracy
+                          output_dir=tmp_path, quiet=True, options=options)  # about DLA, not accuracy
     dla = art.manifest["compatibility"]["dla"]
     assert dla["cores"] == 2 and dla["eligible_ops"] == dla["ops"] - len(dla["gpu_fallback"])
     (nano,) = inspect(art.path, ["jetson-nano"])["compatibility"]

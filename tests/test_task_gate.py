@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import fixtures
+from edgesdk import ConvertOptions, InputOptions, Preprocess, QuantizeOptions, Thresholds, fixtures
 from edgesdk.errors import ModelLoadError, ValidationFailed
 from edgesdk.progress import Progress
 
@@ -39,9 +39,11 @@ def test_yolox_detector_judged_by_recall_precision_and_map(chars, tmp_path):
     model = fixtures.fetch("captcha_detector")
     # validated on a folder of page scans with YOLO label files (one box per printed character)
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
-    art = edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=chars, validation=labelled,
-                          preprocess={"scale": 1.0, "channel_order": "bgr"}, output_dir=tmp_path / "cpu",
-                          quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"),
+                             inputs=InputOptions(preprocess=Preprocess(**{"scale": 1.0, "channel_order": "bgr"})))
+    art = edgesdk.convert(str(model), target="rpi4", calibration=chars, validation=labelled,
+                          output_dir=tmp_path / "cpu",
+                          quiet=True, options=options)
     v = art.validation
     head = v["heads"][0]
     assert v["task"] == "detect" and head["layout"] == "yolov5" and head["classes"] == 1 and head["images"] == 36
@@ -55,9 +57,10 @@ def test_yolox_detector_judged_by_recall_precision_and_map(chars, tmp_path):
     # TensorRT's symmetric activations lose a quarter of the characters: refused, the failing figure named
     out = tmp_path / "jetson"
     cwd_before = set(os.listdir())
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="int8"), recover=False)
     with pytest.raises(ValidationFailed) as e:
-        edgesdk.convert(str(model), target="jetson-orin-nano", quantization="int8", calibration=chars,
-                        output_dir=out, quiet=True, recover=False)
+        edgesdk.convert(str(model), target="jetson-orin-nano", calibration=chars,
+                        output_dir=out, quiet=True, options=options)
     assert "detection recall vs the source [output 0]" in str(e.value)
     assert _checks(e.value.figures)["detection recall vs the source"]["verdict"] == "fail"
     assert list(out.iterdir()) == [] and set(os.listdir()) == cwd_before
@@ -107,8 +110,10 @@ def test_yolov8_head_keeps_its_merging_concat_in_float(chars, tmp_path):
 def test_text_detector_maps_judged_by_iou_int8_and_fp16(tmp_path):
     model = fixtures.fetch("ppocr_det")
     x = fixtures.text_page_images()
-    kwargs = dict(input_shape="1,3,192,384", calibration=x, quiet=True)
-    art = edgesdk.convert(str(model), target="rpi4", format="onnx", output_dir=tmp_path / "int8", **kwargs)
+    kwargs = dict(calibration=x, quiet=True)
+    shape = InputOptions(input_shape="1,3,192,384")
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"), inputs=shape)
+    art = edgesdk.convert(str(model), target="rpi4", output_dir=tmp_path / "int8", **kwargs, options=options)
     head = art.validation["heads"][0]
     assert art.validation["task"] == "segment" and head["channels"] == 1 and head["threshold"] == 0.5
     assert head["mean_iou"] >= 0.85 and head["foreground_share"] > 0.02
@@ -116,7 +121,8 @@ def test_text_detector_maps_judged_by_iou_int8_and_fp16(tmp_path):
     assert art.validation["outputs"][0]["sqnr_db"] < 12
     # fp16 broke the exported graph's map (mean IoU under 0.6, refused); its simplified graph (constants folded,
     # 672 -> 326 nodes) keeps it: the map agrees with the source's
-    art = edgesdk.convert(str(model), target="jetson-nano", output_dir=tmp_path / "fp16", **kwargs)
+    art = edgesdk.convert(str(model), target="jetson-nano", output_dir=tmp_path / "fp16", **kwargs,
+                          options=ConvertOptions(inputs=shape))
     assert any(n.startswith("graph simplified") for n in art.manifest["source"]["notes"])
     assert art.validation["heads"][0]["mean_iou"] >= 0.99 and art.validation["outputs"][0]["sqnr_db"] > 40
 
@@ -127,9 +133,12 @@ def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path):
     refused, and the refusal says float passes."""
     model = fixtures.fetch("basic_pitch")
     clips = fixtures.piano_clips()
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="fp16"),
+                             inputs=InputOptions(input_shape="1,43844,1"),
+                             keep_failed=True)
     with pytest.raises(ValidationFailed) as e:
-        edgesdk.convert(str(model), target="jetson-nano", quantization="fp16", input_shape="1,43844,1",
-                        calibration=clips, output_dir=tmp_path / "kept", quiet=True, keep_failed=True)
+        edgesdk.convert(str(model), target="jetson-nano",
+                        calibration=clips, output_dir=tmp_path / "kept", quiet=True, options=options)
     v = e.value.figures
     assert v["task"] == "multilabel" and [h["task"] for h in v["heads"]] == ["multilabel"] * 3
     assert [o["name"] for o in v["outputs"]] == ["StatefulPartitionedCall:2", "StatefulPartitionedCall:1",
@@ -151,8 +160,9 @@ def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path):
     (flt,) = v["would_pass"]
     assert flt["quantization"] == "float" and flt["verdict"] == "pass" and "--quantization float" in str(e.value)
     # the profile's fp16 not forced: the float that passes is made instead, one warning and the manifest say so
-    art = edgesdk.convert(str(model), target="jetson-nano", input_shape="1,43844,1", calibration=clips,
-                          output_dir=tmp_path, progress=Progress(quiet=True))
+    options = ConvertOptions(inputs=InputOptions(input_shape="1,43844,1"))
+    art = edgesdk.convert(str(model), target="jetson-nano", calibration=clips,
+                          output_dir=tmp_path, progress=Progress(quiet=True), options=options)
     assert art.manifest["recipe"]["quantization"] == "float" and art.validation["passed"]
     assert all(h["f1"] >= 0.99 for h in art.validation["heads"])
     assert art.manifest["precision_fallback"] == {"wanted": "fp16", "made": "float",
@@ -165,9 +175,10 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     """The SavedModel in the same wheel through the TFLite route: the three outputs' decisions below F1 0.9
     (contour's at 0.66; 7-9 dB)."""
     saved = fixtures.fetch_dir("basic_pitch_saved_model")
+    options = ConvertOptions(quantize=QuantizeOptions(allow_float_fallback=True), recover=False)
     with pytest.raises(ValidationFailed) as e:
-        edgesdk.convert(str(saved), target="rpi4", calibration=fixtures.piano_clips(), allow_float_fallback=True,
-                        output_dir=tmp_path / "out", quiet=True, recover=False)
+        edgesdk.convert(str(saved), target="rpi4", calibration=fixtures.piano_clips(),
+                        output_dir=tmp_path / "out", quiet=True, options=options)
     failed = [c for c in e.value.figures["checks"] if c["verdict"] == "fail"]
     assert len(failed) == 3 and all(c["value"] < 0.9 for c in failed), failed  # the decisions' F1 per output
     assert all(o["sqnr_db"] < 12 for o in e.value.figures["outputs"])  # the floor would have refused it too
@@ -177,8 +188,9 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     assert worst and all("kept in float: F1 of the decisions" in w["detail"] for w in worst), worst
     assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
     # the same SavedModel to float ONNX (through tf2onnx, variables frozen): runs, and each output is matched
-    art = edgesdk.convert(str(saved), target="jetson-nano", quantization="float", calibration=fixtures.piano_clips(),
-                          output_dir=tmp_path / "fp16", quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(quantization="float"))
+    art = edgesdk.convert(str(saved), target="jetson-nano", calibration=fixtures.piano_clips(),
+                          output_dir=tmp_path / "fp16", quiet=True, options=options)
     v = art.validation
     assert [o["name"] for o in v["outputs"]] == ["contour", "note", "onset"]
     assert all(o["sqnr_db"] > 40 for o in v["outputs"]) and v["verdict"] == "pass" and v["task"] == "multilabel"
@@ -197,9 +209,10 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     model = fixtures.fetch("magika")
     features = fixtures.file_byte_features(limit=200)  # 10 files of each of 20 kinds: the ladder runs 4 times
     assert features.dtype == np.int32 and len(features) >= 150
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"), recover=False)
     with pytest.raises(ValidationFailed, match="top-1 agreement with the source") as e:
-        edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=features, output_dir=tmp_path / "all",
-                        quiet=True, recover=False)
+        edgesdk.convert(str(model), target="rpi4", calibration=features, output_dir=tmp_path / "all",
+                        quiet=True, options=options)
     assert e.value.figures["top1_agreement"] < 0.5  # int8 everywhere collapses it
     # the diagnosis measures the lever that works and says how to apply it
     best = e.value.figures["worst_layers"][0]
@@ -208,8 +221,9 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     # the default climbs the ladder: other calibration changes nothing, then every op type but the
     # weight-heavy ones kept in float agrees with the source on real files
     heard = StringIO()
-    art = edgesdk.convert(str(model), target="rpi4", format="onnx", calibration=features,
-                          output_dir=tmp_path / "some", progress=Progress(stream=heard))
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx"))
+    art = edgesdk.convert(str(model), target="rpi4", calibration=features,
+                          output_dir=tmp_path / "some", progress=Progress(stream=heard), options=options)
     assert art.validation["top1_agreement"] >= 0.99 and art.validation["passed"]
     # each candidate is heard of as it is measured, with what it moved (on a detector they are minutes apart)
     lines = heard.getvalue().splitlines()
@@ -262,8 +276,11 @@ def test_format_is_settled_before_options_are_judged(tmp_path):
     x, y = fixtures.text_direction_crops()
     # asked for ONNX on the Pi, ONNX's options are accepted (not refused as TFLite ones); the Pi's own
     # format (TFLite, from ONNX too) refuses them: tests/test_convert_onnx_tflite.py
-    art = edgesdk.convert(str(model), target="rpi4", format="onnx", input_shape="1,3,48,192", calibration=(x, y),
-                          calibration_method="percentile", output_dir=tmp_path, quiet=True, max_accuracy_drop=10)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", calibration_method="percentile"),
+                             inputs=InputOptions(input_shape="1,3,48,192"),
+                             gate=Thresholds(max_accuracy_drop=10))
+    art = edgesdk.convert(str(model), target="rpi4", calibration=(x, y),
+                          output_dir=tmp_path, quiet=True, options=options)
     assert art.format == "onnx" and art.manifest["recipe"]["calibration_method"] == "percentile"
     # the Coral takes TFLite only: asking it for ONNX is refused before anything is loaded
     r = run_cli("convert", model, "-t", "coral-usb", "--format", "onnx", "-c", tmp_path / "none.npz")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import edgesdk
+from edgesdk import ConvertOptions, InputOptions, Thresholds
 from edgesdk.devices.results import ResultStore
 from edgesdk.errors import OptionError
 
@@ -38,7 +39,8 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
     store = ResultStore(tmp_path / "results.db")
     # SQNR judges here (task regress, 60 dB floor): int8 (about 42 dB) cannot pass, fp16 and float can
     kwargs = dict(calibration=str(mnist_files["train"]), output_dir=tmp_path / "out", runs=20, warmup=2, repeat=2,
-                  budget="15m", store=store, task="regress", min_sqnr_db=60, quiet=True)
+                  budget="15m", store=store, quiet=True,
+                  options=ConvertOptions(task="regress", gate=Thresholds(min_sqnr_db=60)))
     doc = edgesdk.tune(str(keras3_mnist), "local", **kwargs)
     rows = {r["candidate"]: r for r in doc["candidates"]}
     # each TFLite artifact also run with XNNPACK off (the ARM CPU family's execution variant), not converted again
@@ -93,9 +95,10 @@ def test_tune_on_this_machine_picks_the_fastest_that_passes_and_caches(keras3_mn
 
 def test_tune_a_pretrained_text_classifier_within_its_budget(ppocr, tmp_path):
     """PP-OCR's direction classifier (ONNX, real crops): ONNX candidates for the Pi, a 10-minute budget."""
-    kwargs = dict(input_shape="1,3,48,192", calibration=str(ppocr["calib"]), validation=str(ppocr["val"]),
-                  formats=["onnx"], max_accuracy_drop=5, runs=20, repeat=2, output_dir=tmp_path / "out", quiet=True,
-                  store=ResultStore(tmp_path / "r.db"))
+    kwargs = dict(calibration=str(ppocr["calib"]), validation=str(ppocr["val"]), formats=["onnx"], runs=20, repeat=2,
+                  output_dir=tmp_path / "out", quiet=True, store=ResultStore(tmp_path / "r.db"),
+                  options=ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"),
+                                         gate=Thresholds(max_accuracy_drop=5)))
     doc = edgesdk.tune(str(ppocr["model"]), "rpi4", budget="10m", **kwargs)
     assert doc["wall_s"] < 600 and doc["winner"] and not doc["interrupted"]
     rows = {r["candidate"]: r for r in doc["candidates"]}

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from edgesdk import ConvertOptions, QuantizeOptions, Thresholds
 from edgesdk.converters.weight_rounding import QMAX, kernel_sum
 
 
@@ -58,8 +59,9 @@ def test_corrected_rounding_beats_nearest_on_efficientnet_lite0_tflite(imagenet,
     default (auto) makes both and keeps the one that measures better."""
     import edgesdk
     model, cal, val, example = imagenet
+    options = ConvertOptions(gate=Thresholds(min_agreement=0.0), task="classify", recover=False)
     art = edgesdk.convert(model, "rpi4", example_input=example, calibration=cal, validation=val,
-                          min_agreement=0.0, task="classify", recover=False, output_dir=tmp_path, quiet=True)
+                          output_dir=tmp_path, quiet=True, options=options)
     rounding = art.manifest["quantization"]["weight_rounding"]
     tried = rounding.pop("auto")
     # 49 convs and the classifier; then the int8 graph's biases, against float's channel means on the
@@ -84,9 +86,12 @@ def test_int8_onnx_for_a_pi_is_judged_as_the_pi_computes_it(imagenet, tmp_path):
     from edgesdk.artifacts.onnx_artifact import ONNXArtifact
     from edgesdk.judge.tasks.regress import sqnr_db
     model, cal, val, example = imagenet
-    art = edgesdk.convert(model, "rpi4", format="onnx", example_input=example, calibration=cal, validation=val,
-                          weight_rounding="corrected", min_agreement=0.0, task="classify", recover=False,
-                          output_dir=tmp_path, quiet=True)
+    options = ConvertOptions(quantize=QuantizeOptions(format="onnx", weight_rounding="corrected"),
+                             gate=Thresholds(min_agreement=0.0),
+                             task="classify",
+                             recover=False)
+    art = edgesdk.convert(model, "rpi4", example_input=example, calibration=cal, validation=val,
+                          output_dir=tmp_path, quiet=True, options=options)
     assert art.manifest["recipe"]["int8_arithmetic"] == "exact"
     assert art.manifest["quantization"]["weight_rounding"] == {"mode": "corrected", "layers": 50, "biases": 50}
     v = art.validation
@@ -105,8 +110,10 @@ def test_keras_route_rounds_the_live_model_and_gives_its_weights_back(flavor, tm
     x = fixtures.mnist_inputs(x)
     model = fixtures.mnist_cnn(x[:1000], y[:1000], epochs=1, flavor=flavor)
     before = [w.copy() for w in model.get_weights()]
+    options = ConvertOptions(quantize=QuantizeOptions(weight_rounding="corrected"),
+                             gate=Thresholds(max_accuracy_drop=100))
     art = edgesdk.convert(model, "rpi4", calibration=(x[:1000], y[:1000]), validation=(x[4000:], y[4000:]),
-                          weight_rounding="corrected", max_accuracy_drop=100, output_dir=tmp_path, quiet=True)
+                          output_dir=tmp_path, quiet=True, options=options)
     assert art.manifest["quantization"]["weight_rounding"] == {"mode": "corrected", "layers": 2, "biases": 2}
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the caller's model untouched
     v = art.validation
