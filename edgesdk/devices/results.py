@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import threading
@@ -60,6 +61,8 @@ class ResultStore:
             self.db.execute("PRAGMA busy_timeout=30000")
             self._setup()
         except sqlite3.DatabaseError as exc:
+            if self._disk_full():  # SQLite says "disk I/O error" when it cannot make its journal
+                raise self._full_error(exc) from None
             raise ResultsError(f"The results database {self.path} cannot be used ({exc}). Move it aside or "
                                f"point EDGESDK_RESULTS_DB / --db elsewhere.") from None
         except OSError as exc:  # its folder is a file, or cannot be made
@@ -101,12 +104,24 @@ class ResultStore:
             with self._lock, self.db:  # one transaction: a row is there whole or not at all
                 cur = self.db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", list(row.values()))
         except sqlite3.OperationalError as exc:
-            if "full" not in str(exc):
+            if "full" not in str(exc) and not self._disk_full():
                 raise
-            raise ResultsError(f"The results database {self.path} cannot grow: its disk is full ({exc}); the run "
-                               f"was not stored and the database is as it was. Free some space, or point "
-                               f"EDGESDK_RESULTS_DB / --db elsewhere.") from None
+            raise self._full_error(exc) from None
         return int(cur.lastrowid)
+
+    def _disk_full(self) -> bool:
+        """Whether the database's disk has no room left (under 1 MB: SQLite's journal needs pages)."""
+        try:
+            return shutil.disk_usage(self.path.parent).free < 1 << 20
+        except OSError:
+            return False
+
+    def _full_error(self, exc) -> ResultsError:
+        free = shutil.disk_usage(self.path.parent).free
+        return ResultsError(f"The results database {self.path} cannot be written: its disk is full "
+                            f"({free / 1e6:.1f} MB free under {self.path.parent}; SQLite: {exc}). The run was not "
+                            f"stored and the database is as it was. Free some space, or point EDGESDK_RESULTS_DB / "
+                            f"--db elsewhere.")
 
     def list(self, limit=20) -> list:
         rows = self.db.execute("SELECT id, created, host, profile, artifact, runtime, runs, p50_ms, p90_ms, p99_ms "
