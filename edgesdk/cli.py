@@ -185,7 +185,8 @@ def options_from(ctx, values: dict):
 @click.option("--force", is_flag=True, help="Convert again even when an identical artifact exists.")
 @click.option("--budget", help="Wall-time bound, e.g. 20m or 90s, checked inside every stage (exit 15 past it).")
 @click.option("--name", help="Artifact file stem (default: the model's).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the artifact.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object describing the artifact on stdout (progress stays on stderr: --quiet).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def convert(ctx, model, target, calibration, validation, fine_tune, output_dir, model_factory, check_only,
@@ -201,7 +202,7 @@ def convert(ctx, model, target, calibration, validation, fine_tune, output_dir, 
     from .conversion.pipeline import convert as run_convert
     art = run_convert(model, target, calibration=calibration, validation=validation, fine_tune=fine_tune,
                       options=options, output_dir=output_dir, model_factory=model_factory, unsafe=unsafe_load,
-                      force=force, name=name, quiet=quiet or as_json, budget=budget)
+                      force=force, name=name, quiet=quiet, budget=budget)
     s = art.summary()
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -364,7 +365,7 @@ def bench(ctx, artifact, runs, warmup, threads, duration, delegate, repeat, inpu
 @click.option("--output", "-o", "output_dir", default="edgesdk-out", show_default=True, help="Output directory.")
 @click.option("--accept-new-host-key", is_flag=True, help="Trust and record an unknown host's key (never a changed one).")
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout (progress stays on stderr: --quiet).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def tune(ctx, model, target, hosts, calibration, validation, budget, formats, quantizations, fine_tune, sparsities,
@@ -380,7 +381,7 @@ def tune(ctx, model, target, hosts, calibration, validation, budget, formats, qu
                        options=options_from(ctx, flags), budget=budget, formats=formats or None,
                        quantizations=quantizations or None, fine_tune=fine_tune, sparsities=sparsities or None,
                        max_size=max_size, runs=runs, warmup=warmup, repeat=repeat, output_dir=output_dir,
-                       store=store, accept_new_host_key=accept_new_host_key, quiet=quiet or as_json,
+                       store=store, accept_new_host_key=accept_new_host_key, quiet=quiet,
                        model_factory=model_factory, unsafe=unsafe_load)
     finally:
         store.close()

@@ -307,10 +307,13 @@ def test_cli_convert_json_and_bench_json(keras3_mnist, mnist_files, tmp_path):
 
 
 def test_quiet_silences_progress(keras3_mnist, mnist_files, tmp_path):
-    loud = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "a")
+    """--json puts the result on stdout and leaves the progress on stderr (a pipeline still sees a long stage
+    move); --quiet silences it."""
+    loud = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "a", "--json")
     quiet = run_cli("convert", keras3_mnist, "-t", "rpi4", "-c", mnist_files["train"], "-o", tmp_path / "b", "-q")
     assert loud.returncode == quiet.returncode == 0
     assert "validating" in loud.stderr and "calibrating" in loud.stderr
+    assert json.loads(loud.stdout)["artifact"].endswith("mnist.rpi4.tflite")
     assert quiet.stderr.strip() == ""
 
 
