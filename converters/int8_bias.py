@@ -14,6 +14,12 @@ five layers at a time lost 1.4 dB. Sequential: 23.2 -> 24.3 dB on 360 real-photo
 corrected weight rounding), in 2,758 runs of the graph (4,941 for 24.5 dB with twice the values a channel).
 Each layer's runs stop at that layer (the graph cut after it): the same biases, byte for byte, in 43 s against
 70 s with whole-graph runs on the YOLOX detector's 416x416 scans (83 layers, 2,100 runs).
+
+The cost is planned before anything runs: each layer's samples times the ops of its cut graph. A graph with
+hundreds of layers of one position each (an unrolled recurrent network: resemblyzer's speaker encoder, 480
+fully-connected steps at 256 samples each) would take hours; past OP_RUNS the layers from there on are left as
+quantized and the record says how many were measured. Planned, not timed: the same model and data give the same
+artifact on any machine.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ MIN_SAMPLES = 8        # are the cost: one whole graph per layer and sample), bu
 VALUES = 16384         # values kept per layer and sample: positions drawn at random, every channel at each
 MIN_POSITIONS = 64     # ... but at least this many positions (or all of them)
 MIN_COUNTED = 32       # unclipped values a channel needs before its mean error is trusted
+OP_RUNS = 2_000_000    # ops run, all layers' cut graphs and samples together; layers past it are not corrected
 # fused activation -> the float range it leaves (TFLite ActivationFunctionType); others are not corrected
 ACTIVATION_RANGE = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
 
 
-def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progress=None) -> tuple:
+def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progress=None,
+              op_runs: int = OP_RUNS) -> tuple:
     """(`int8` with its conv / depthwise / FC biases corrected, {"layers": corrected, "samples": the most a
-    layer used}).
+    layer used, "measured": layers measured, "of": layers that could be}).
 
     `float_graph` is the float flatbuffer `int8` was quantized from (tensors matched by name); `x` the
     calibration data in its layout. Layers kept in float, without a bias, or with another fused
@@ -43,10 +51,12 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
     model = read_model(int8)
     layers = _layers(model, float_graph)
     if not layers:
-        return int8, {"layers": 0, "samples": 0}
+        return int8, {"layers": 0, "samples": 0, "measured": 0, "of": 0}
     rows = np.random.default_rng(0).permutation(len(x))[:samples]
     for layer in layers:
         layer["samples"] = int(np.clip(-(-MEASURED // len(layer["positions"])), MIN_SAMPLES, len(rows)))
+    possible = len(layers)
+    layers = _within(layers, op_runs)
     reference = _float_values(float_graph, x, rows, layers)
     changed = 0
     for done, layer in enumerate(layers):
@@ -71,7 +81,19 @@ def corrected(int8: bytes, float_graph: bytes, x, samples: int = SAMPLES, progre
             changed += 1
     if progress:
         progress(len(layers), len(layers), label="correcting int8 biases")
-    return write_model(model), {"layers": changed, "samples": max(layer["samples"] for layer in layers)}
+    return write_model(model), {"layers": changed, "samples": max(layer["samples"] for layer in layers),
+                                "measured": len(layers), "of": possible}
+
+
+def _within(layers: list, op_runs: int) -> list:
+    """The layers, in graph order, whose measurement fits in `op_runs` ops run (at least the first)."""
+    spent, kept = 0, []
+    for layer in layers:
+        spent += layer["samples"] * (layer["op"] + 1)
+        if kept and spent > op_runs:
+            break
+        kept.append(layer)
+    return kept
 
 
 def _cut_after(model, layer) -> bytes:

@@ -100,7 +100,8 @@ def full_int8(source, flatbuffer: bytes, recipe, x, progress=None) -> bytes:
         from .int8_bias import corrected
         int8, stats = corrected(int8, flatbuffer, x, progress=progress)
         source.weight_rounding = {**(source.weight_rounding or {}), "int8_biases": stats["layers"],
-                                  "int8_bias_samples": stats["samples"]}
+                                  "int8_bias_samples": stats["samples"],
+                                  "int8_bias_layers_measured": f"{stats['measured']} of {stats['of']}"}
     return int8
 
 

@@ -67,7 +67,7 @@ def test_corrected_rounding_beats_nearest_on_efficientnet_lite0_tflite(imagenet,
     # 49 convs and the classifier; then the int8 graph's biases, against float's channel means on the
     # calibration crops (up to every one of the 84, for the layers with few positions per crop)
     assert rounding == {"mode": "corrected", "layers": 50, "biases": 50, "int8_biases": 50,
-                        "int8_bias_samples": 84}
+                        "int8_bias_samples": 84, "int8_bias_layers_measured": "50 of 50"}
     assert art.manifest["quantization"]["float_ops"] == []  # still full int8
     assert art.validation["samples"] == 216 and tried["chosen"] == "corrected"
     assert tried["corrected"]["sqnr_db"] == art.validation["sqnr_db"]
@@ -118,3 +118,17 @@ def test_keras_route_rounds_the_live_model_and_gives_its_weights_back(flavor, tm
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the caller's model untouched
     v = art.validation
     assert v["reference_accuracy"] - v["artifact_accuracy"] <= 0.01  # 1,000 held-out digits
+
+
+def test_bias_correction_is_planned_within_its_op_budget():
+    """An unrolled recurrent network (480 fully-connected steps of one position each, 256 samples apiece) would
+    run for hours: the layers that fit the budget of ops run are measured, in graph order, the first always."""
+    from edgesdk.converters.int8_bias import OP_RUNS, _within
+    layers = [{"samples": 256, "op": 3 * k} for k in range(480)]
+    kept = _within(layers, OP_RUNS)
+    cost = [layer["samples"] * (layer["op"] + 1) for layer in layers]
+    assert 0 < len(kept) < len(layers) and kept == layers[:len(kept)]
+    assert sum(cost[:len(kept)]) <= OP_RUNS < sum(cost[:len(kept) + 1])
+    assert _within(layers, 1) == layers[:1]
+    cnn = [{"samples": 84, "op": k} for k in range(65)]  # EfficientNet-Lite0's 50 layers fit whole, with room
+    assert _within(cnn, OP_RUNS) == cnn
