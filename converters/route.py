@@ -38,9 +38,9 @@ class Route:
     int16_keeps_float: bool = True     # ... with layers kept in float too
     excludes_layers: bool = False      # --exclude-nodes/--exclude-op-types
     corrected_rounding: bool = False   # --weight-rounding corrected
-    # a detector head's post-processing can be left to the host (edgesdk.conversion.host_tail); a route that converts its
-    # framework's model (not the ONNX graph) stops that model where the ONNX graph is cut: cut(source, outputs,
-    # calibration)
+    # a detector head's post-processing can be left to the host (edgesdk.conversion.host_tail); a route that
+    # converts its framework's model (not the ONNX graph) stops that model where the ONNX graph is cut:
+    # cut(source, outputs, calibration)
     cuts_tails: bool = False
     cut: Callable | None = None
     # what a failed diagnosis tells the user to do; after layers were measured one by one, measured_hint

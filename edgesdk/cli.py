@@ -115,8 +115,8 @@ def _dest(path: tuple) -> str:
 
 
 def option_flags(exclude: tuple = ()):
-    """Every ConvertOptions field with help, as a flag (edgesdk.conversion.options declares each once, for Python, the
-    CLI, TOML files and the docs), and --config FILE; the command reads them back with options_from."""
+    """Every ConvertOptions field with help, as a flag (edgesdk.conversion.options declares each once, for Python,
+    the CLI, TOML files and the docs), and --config FILE; the command reads them back with options_from."""
     from .conversion.options import leaves, flag_of, default_of
 
     def decorate(func):

@@ -9,7 +9,7 @@ op type but the weight-heavy ones (what rescues a byte classifier whose
 elementwise ops cannot share int8 scales), and the front end (an audio model's
 STFT, whose range int8 cannot hold); int16 activations are measured beside
 them where the route makes them and the target runs them. Routes that can keep layers in
-float say so with EXCLUDES_LAYERS; profiles that forbid it (the Edge TPU) get
+float say so (Route.excludes_layers); profiles that forbid it (the Edge TPU) get
 the debugger's ranking only.
 """
 
