@@ -18,8 +18,8 @@ Each layer's runs stop at that layer (the graph cut after it): the same biases, 
 The cost is planned before anything runs: each layer's samples times the ops of its cut graph. A graph of
 many layers of one position each (an unrolled recurrent network: resemblyzer's speaker encoder, its LSTM
 unrolled over 160 frames, 256 samples a layer) ran for over 13 minutes here; past OP_RUNS the layers from there
-on are left as quantized and the record says how many were measured. Planned, not timed: the same model and data give the same
-artifact on any machine.
+on are left as quantized and the record says how many were measured. Planned, not timed: the same model and
+data give the same artifact on any machine.
 """
 
 from __future__ import annotations
