@@ -122,4 +122,5 @@ def test_the_stages_are_folders_and_no_module_shares_an_api_functions_name():
     for stage in ("sources", "judge", "artifacts", "conversion", "devices"):
         assert (ROOT / "edgesdk" / stage / "__init__.py").is_file(), stage
     for name, _ in _modules():
-        assert name == "edgesdk" or name.split(".")[1] not in edgesdk._API, f"{name} would shadow edgesdk.{name.split('.')[1]}"
+        first = name.split(".")[1] if "." in name else None
+        assert first not in edgesdk._API, f"{name} would replace the function edgesdk.{first} once loaded"
