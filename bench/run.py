@@ -303,9 +303,9 @@ def bench_detector(tmp, quick):
     model = yolov8_branches(fixtures.fetch("captcha_detector"), tmp / "det_v8.onnx")
     cal = fixtures.character_images()
     labelled = fixtures.labelled_character_folder(tmp / "labelled")
-    preprocess = {"scale": 1.0, "channel_order": "bgr"}
+    preprocess = Preprocess(scale=1.0, channel_order="bgr")
     source = load_source(str(model))
-    val = load_for(source, str(labelled), preprocess=Preprocess(**preprocess))
+    val = load_for(source, str(labelled), preprocess=preprocess)
     nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
     np.save(tmp / "det_cal.npy", nhwc(cal).astype(np.float32))
     reply = toolchains.run(onnx_tflite.ONNX2TF, onnx_tflite.WORKER,

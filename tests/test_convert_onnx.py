@@ -189,9 +189,9 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"), gate=Thresholds(min_agreement=0.99),
                              recover=False)
     kwargs = dict(target="jetson-orin-nano", calibration=ppocr["calib"], validation=np.load(ppocr["val"])["x"],
-                  output_dir=tmp_path, quiet=True, options=options)
+                  output_dir=tmp_path, quiet=True)
     with pytest.raises(edgesdk.ValidationFailed) as e:
-        edgesdk.convert(str(ppocr["model"]), **kwargs)
+        edgesdk.convert(str(ppocr["model"]), **kwargs, options=options)
     assert e.value.figures["gate"]["verdict"] == "fail"
     worst = e.value.figures["worst_layers"]
     nodes = [w["node"] for w in worst if not w["op_types"]]
@@ -204,8 +204,10 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     assert "--exclude-op-types " + ",".join(group) in str(e.value)
     assert list(tmp_path.iterdir()) == []
     chosen = [nodes[0]]
-    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=chosen))
-    art = edgesdk.convert(str(ppocr["model"]), **{**kwargs, "min_agreement": 0}, options=options)
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=chosen),
+                             inputs=InputOptions(input_shape="1,3,48,192"), gate=Thresholds(min_agreement=0),
+                             recover=False)
+    art = edgesdk.convert(str(ppocr["model"]), **kwargs, options=options)
     assert art.manifest["quantization"]["excluded"] == {"nodes": chosen, "op_types": []}
     assert art.manifest["recipe"]["exclude_nodes"] == chosen
 

@@ -106,7 +106,7 @@ def test_onnx_detector_to_pi_tflite_keeps_recall(tmp_path):
     chars = tmp_path / "chars.npz"
     np.savez(chars, x=fixtures.character_images())
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
-    options = ConvertOptions(inputs=InputOptions(preprocess=Preprocess(**{"scale": 1.0, "channel_order": "bgr"})),
+    options = ConvertOptions(inputs=InputOptions(preprocess=Preprocess(scale=1.0, channel_order="bgr")),
                              gate=Thresholds(max_accuracy_drop=2))
     art = edgesdk.convert(str(model), target="rpi4", calibration=chars, validation=labelled,
                           output_dir=tmp_path / "out",

@@ -387,7 +387,7 @@ def test_tflite_layers_and_op_types_kept_in_float(digit_net, digits_nchw, tmp_pa
     options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=["nope"], allow_float_fallback=True))
     with pytest.raises(OptionError, match="no layer 'nope'"):
         edgesdk.convert(digit_net, output_dir=tmp_path / "bad", **kwargs, options=options)
-    options = ConvertOptions(quantize=QuantizeOptions(exclude_op_types=["SOFTMAX"]))
+    options = ConvertOptions(quantize=QuantizeOptions(exclude_op_types=["SOFTMAX"], allow_float_fallback=True))
     with pytest.raises(OptionError, match="no SOFTMAX ops"):
         edgesdk.convert(digit_net, output_dir=tmp_path / "bad", **kwargs, options=options)
 
@@ -408,7 +408,7 @@ def test_pytorch_detector_to_pi_tflite_leaves_its_head_tail_to_the_host(tmp_path
     np.savez(chars, x=fixtures.character_images())
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    options = ConvertOptions(inputs=InputOptions(preprocess=Preprocess(**{"scale": 1.0, "channel_order": "bgr"})),
+    options = ConvertOptions(inputs=InputOptions(preprocess=Preprocess(scale=1.0, channel_order="bgr")),
                              gate=Thresholds(max_accuracy_drop=2, min_recall=0.85))
     art = edgesdk.convert(module, example_input=torch.zeros(1, 3, 416, 416), target="rpi4", calibration=chars,
                           validation=labelled,

@@ -40,7 +40,7 @@ def test_yolox_detector_judged_by_recall_precision_and_map(chars, tmp_path):
     # validated on a folder of page scans with YOLO label files (one box per printed character)
     labelled = fixtures.labelled_character_folder(tmp_path / "labelled")
     options = ConvertOptions(quantize=QuantizeOptions(format="onnx"),
-                             inputs=InputOptions(preprocess=Preprocess(**{"scale": 1.0, "channel_order": "bgr"})))
+                             inputs=InputOptions(preprocess=Preprocess(scale=1.0, channel_order="bgr")))
     art = edgesdk.convert(str(model), target="rpi4", calibration=chars, validation=labelled,
                           output_dir=tmp_path / "cpu",
                           quiet=True, options=options)
