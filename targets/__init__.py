@@ -47,7 +47,8 @@ class TargetFamily:
     name = ""
     description = ""
     formats = ("tflite", "onnx")  # artifact formats its devices run; a profile may narrow them
-    artifact_formats: tuple = ()  # formats it brings (edgesdk.artifacts.formats.ArtifactFormat): suffix, reader, where it runs
+    # formats it brings (edgesdk.artifacts.formats.ArtifactFormat): suffix, reader, where it runs
+    artifact_formats: tuple = ()
     quantizations = QUANTIZATIONS  # what its devices compute in
     # may an int8 artifact keep some ops in float (fallback, exclusions, mixed precision): True, False, or the
     # formats where it may (a family whose accelerator runs int8 only may run other formats on its CPU)

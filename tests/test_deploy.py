@@ -359,7 +359,8 @@ def test_results_store_survives_concurrent_writer_processes(tmp_path):
     import subprocess
     db = tmp_path / "shared.db"
     code = (
-        "import sys\nfrom edgesdk.devices.results import ResultStore\nfrom edgesdk.devices.bench import BenchmarkResult\n"
+        "import sys\nfrom edgesdk.devices.results import ResultStore\n"
+        "from edgesdk.devices.bench import BenchmarkResult\n"
         "s = ResultStore(sys.argv[1])\n"
         "for i in range(25):\n"
         "    r = BenchmarkResult('a.tflite', 'h' + sys.argv[2], 'rt', '1', 'x', 1, 0, 3, 1.0, 1.0,\n"
