@@ -26,3 +26,49 @@ def test_a_range_the_values_fill_is_kept_and_a_relu_floor_stays_at_zero():
     v = rng.uniform(0, 6, 100_000)  # ReLU6-like: every step used
     a, b = _least_error_range(v, 0.0, float(v.max()))
     assert a == 0.0 and b == pytest.approx(v.max(), rel=0.03)
+
+
+def test_ranges_are_measured_once_per_float_graph_and_serve_every_recipe(monkeypatch):
+    """The recovery ladder re-quantizes one float graph with layers kept in float: the ranges come from the first
+    calibration, and the artifact is byte for byte the one a calibration of its own recipe makes."""
+    from dataclasses import dataclass
+
+    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer.utils import qsv_utils
+
+    from edgesdk.converters import tflite_int8
+    from edgesdk.converters.keras_model import import_tf
+    from edgesdk.converters.tflite_io import inline_buffers
+    tf = import_tf()
+    import tf_keras as keras
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.Conv2D(8, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)])
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    x = np.random.default_rng(0).random((20, 16, 16, 3), np.float32)
+
+    @dataclass
+    class Recipe:
+        exclude_nodes: tuple = ()
+        calibration_method: str = "minmax"
+        activations: str = "int8"
+        exclude_op_types: tuple = ()
+
+    plain, one_float = Recipe(), Recipe(exclude_nodes=("sequential/conv2d_1/Conv2D1",))
+    q, data = tflite_int8.quantizer_for(flatbuffer, x, one_float)  # the old way: its own recipe's calibration
+    own = calibrator.Calibrator(q._float_model_buffer, qsv_update_func=qsv_utils.min_max_update)
+    own.calibrate(data, q._recipe_manager)
+    alone = inline_buffers(bytes(q.quantize(own.get_model_qsvs()).quantized_model))
+
+    calls = []
+    real = calibrator.Calibrator.calibrate
+    monkeypatch.setattr(calibrator.Calibrator, "calibrate",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    tflite_int8._ranges.clear()
+    tflite_int8.quantize(flatbuffer, x, recipe=plain)
+    first = len(calls)
+    assert first == 5  # 20 samples, 4 at a time
+    assert tflite_int8.quantize(flatbuffer, x, recipe=one_float) == alone
+    assert len(calls) == first  # nothing calibrated again
+    tflite_int8.quantize(flatbuffer, x[:8], recipe=one_float)
+    assert len(calls) == first + 2  # other data: measured again
