@@ -55,7 +55,8 @@ def check(info: dict, profile, recipe=None) -> dict:
     failing = sorted(op for op in ops if op in UNSUPPORTED)
     too_new = sorted(op for op in ops if op in ADDED_IN and trt < ADDED_IN[op])
     if info.get("quantized"):
-        notes.append("int8 QDQ: build the engine with trtexec --int8 (scales come from the Q/DQ nodes)")
+        notes.append("int8 QDQ: build the engine with trtexec --int8 --fp16 (scales come from the Q/DQ nodes; "
+                     "layers kept out of Q/DQ run in fp16)")
     elif info["tensor_dtypes"].get("float16"):
         notes.append("fp16 ONNX: build the engine with trtexec --fp16")
     else:

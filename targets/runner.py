@@ -475,8 +475,10 @@ def build_engine(trtexec, path, precision, dla_core, shapes=()):
     part = "%s.%d.part" % (engine, os.getpid())  # swept by deploy if this process dies mid-build
     cmd = [trtexec, "--onnx=%s" % path, "--saveEngine=%s" % part, "--iterations=1", "--warmUp=0", "--duration=0"]
     cmd += list(shapes)
-    if precision in ("int8", "fp16"):
-        cmd.append("--%s" % precision)
+    if precision == "int8":  # what stays out of Q/DQ (a detector's head kept float) runs in fp16, not fp32
+        cmd += ["--int8", "--fp16"]
+    elif precision == "fp16":
+        cmd.append("--fp16")
     if dla_core is not None:
         cmd += ["--useDLACore=%d" % dla_core, "--allowGPUFallback"]
     t0 = time.perf_counter()
