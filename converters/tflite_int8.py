@@ -10,6 +10,8 @@ converter's own quantizer on the same SavedModel and data.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from edgesdk.errors import ConversionError, OptionError
@@ -150,17 +152,51 @@ def calibrate_min_max(q, data, progress=None, sixteen: bool = False) -> dict:
         return {name: dict(qsv) for name, qsv in _ranges[digest].items()}
     every_op = recipe_manager.RecipeManager()
     every_op.load_quantization_recipe(aeq_recipe.static_wi8_ai16() if sixteen else aeq_recipe.static_wi8_ai8())
-    calib = calibrator.Calibrator(q._float_model_buffer,
-                                  qsv_update_func=qsv_utils.min_max_update)
-    for start in range(0, len(samples), CALIBRATION_CHUNK):
-        if progress:
-            progress(start, len(samples))
-        calib.calibrate({key: samples[start:start + CALIBRATION_CHUNK]}, every_op)
-    ranges = calib.get_model_qsvs()
+    ranges = None
+    for mode in (calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
+                 calibrator.CalibrationMode.CALIBRATION_PRESERVE_ALL_TENSORS):
+        calib = calibrator.Calibrator(q._float_model_buffer, num_threads=os.cpu_count() or 1, mode=mode,
+                                      qsv_update_func=qsv_utils.min_max_update)
+        for start in range(0, len(samples), CALIBRATION_CHUNK):
+            if progress:
+                progress(start, len(samples))
+            calib.calibrate({key: samples[start:start + CALIBRATION_CHUNK]}, every_op)
+        ranges = calib.get_model_qsvs()
+        if mode != calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED:
+            break
+        ranges = _as_preserved(ranges, q._float_model_buffer)
+        if ranges is not None:
+            break
     while len(_ranges) >= RANGES_KEPT:
         _ranges.pop(next(iter(_ranges)))
     _ranges[digest] = ranges
     return {name: dict(qsv) for name, qsv in ranges.items()}
+
+
+def _as_preserved(ranges: dict, flatbuffer: bytes) -> dict | None:
+    """TFLite's calibration profiler (C++, every tensor's min and max as the graph runs) gives the ranges the
+    library's default calibrator computes in Python op by op, in seconds where that takes minutes on a graph
+    of thousands of ops: as float32 of the tensor's rank (what that calibrator keeps), the quantized graph is
+    byte for byte the same (tested). None when it missed a float tensor an op reads or writes: then the
+    default calibrator runs."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+    model = tfl_flatbuffer_utils.read_model(flatbuffer)
+    shaped = {}
+    for graph in model.subgraphs:
+        used = {i for op in graph.operators for i in [*(op.inputs if op.inputs is not None else []),
+                                                       *(op.outputs if op.outputs is not None else [])] if i >= 0}
+        for i in used:
+            tensor = graph.tensors[i]
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            buffer = model.buffers[tensor.buffer] if tensor.buffer else None
+            constant = buffer is not None and (buffer.data is not None or (getattr(buffer, "offset", 0) or 0) > 1)
+            if tensor.type != 0 or constant:  # float32 activations only: weights are ranged when quantized
+                continue
+            if name not in ranges:
+                return None
+            rank = len(tensor.shape) if tensor.shape is not None else 0
+            shaped[name] = {k: np.asarray(v, np.float32).reshape((1,) * rank) for k, v in ranges[name].items()}
+    return shaped
 
 
 def _digest(flatbuffer: bytes, samples: list, sixteen: bool) -> str:

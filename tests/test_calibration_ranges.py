@@ -30,7 +30,8 @@ def test_a_range_the_values_fill_is_kept_and_a_relu_floor_stays_at_zero():
 
 def test_ranges_are_measured_once_per_float_graph_and_serve_every_recipe(monkeypatch):
     """The recovery ladder re-quantizes one float graph with layers kept in float: the ranges come from the first
-    calibration, and the artifact is byte for byte the one a calibration of its own recipe makes."""
+    calibration, by TFLite's calibration profiler, and the artifact is byte for byte the one the library's
+    default calibrator makes for its own recipe."""
     from dataclasses import dataclass
 
     from ai_edge_quantizer import calibrator
@@ -67,7 +68,7 @@ def test_ranges_are_measured_once_per_float_graph_and_serve_every_recipe(monkeyp
     tflite_int8._ranges.clear()
     tflite_int8.quantize(flatbuffer, x, recipe=plain)
     first = len(calls)
-    assert first == 5  # 20 samples, 4 at a time
+    assert first == 5  # 20 samples, 4 at a time, by TFLite's profiler (a fall-back to the default would be 10)
     assert tflite_int8.quantize(flatbuffer, x, recipe=one_float) == alone
     assert len(calls) == first  # nothing calibrated again
     tflite_int8.quantize(flatbuffer, x[:8], recipe=one_float)
