@@ -83,7 +83,7 @@ def quantize(flatbuffer: bytes, x: np.ndarray, progress=None, recipe=None) -> by
     q, data = quantizer_for(flatbuffer, x, recipe)
     method = recipe.calibration_method if recipe is not None else "minmax"
     sixteen = recipe is not None and recipe.activations == "int16"
-    calibration = q.calibrate(data) if method == "moving-average" else calibrate_min_max(q, data, progress, sixteen)
+    calibration = calibrate_min_max(q, data, progress, sixteen, moving=method == "moving-average")
     # int16's 65,536 steps: the full range costs nothing there
     if method == "mse" and (recipe is None or recipe.activations == "int8"):
         calibration = narrowed_to_least_error(calibration, flatbuffer, x)
@@ -126,8 +126,9 @@ RANGES_KEPT = 4  # float graphs whose calibrated ranges are kept for the recipes
 _ranges: dict = {}
 
 
-def calibrate_min_max(q, data, progress=None, sixteen: bool = False) -> dict:
-    """Activation ranges as the true min/max over the calibration data.
+def calibrate_min_max(q, data, progress=None, sixteen: bool = False, moving: bool = False) -> dict:
+    """Activation ranges as the true min/max over the calibration data (moving: the library's own moving
+    average of each sample's min and max, `--calibration-method moving-average`).
 
     Quantizer.calibrate updates ranges as a moving average (0.95) of per-sample
     min/max, so more data clips more: on a pretrained ImageNet CNN, 271 of 300
@@ -145,7 +146,7 @@ def calibrate_min_max(q, data, progress=None, sixteen: bool = False) -> dict:
     from ai_edge_quantizer import calibrator, recipe as aeq_recipe, recipe_manager
     from ai_edge_quantizer.utils import qsv_utils
     (key, samples), = data.items()
-    digest = _digest(q._float_model_buffer, samples, sixteen)
+    digest = _digest(q._float_model_buffer, samples, sixteen, moving)
     if digest in _ranges:
         if progress:
             progress(len(samples), len(samples))
@@ -156,7 +157,8 @@ def calibrate_min_max(q, data, progress=None, sixteen: bool = False) -> dict:
     for mode in (calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
                  calibrator.CalibrationMode.CALIBRATION_PRESERVE_ALL_TENSORS):
         calib = calibrator.Calibrator(q._float_model_buffer, num_threads=os.cpu_count() or 1, mode=mode,
-                                      qsv_update_func=qsv_utils.min_max_update)
+                                      qsv_update_func=qsv_utils.moving_average_update if moving
+                                      else qsv_utils.min_max_update)
         for start in range(0, len(samples), CALIBRATION_CHUNK):
             if progress:
                 progress(start, len(samples))
@@ -199,10 +201,10 @@ def _as_preserved(ranges: dict, flatbuffer: bytes) -> dict | None:
     return shaped
 
 
-def _digest(flatbuffer: bytes, samples: list, sixteen: bool) -> str:
+def _digest(flatbuffer: bytes, samples: list, sixteen: bool, moving: bool) -> str:
     import hashlib
     h = hashlib.blake2b(flatbuffer, digest_size=16)
-    h.update(b"16" if sixteen else b"8")
+    h.update((b"16" if sixteen else b"8") + (b"moving" if moving else b""))
     for sample in samples:
         for name, value in sorted(sample.items()):
             h.update(name.encode())
