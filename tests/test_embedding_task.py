@@ -55,7 +55,7 @@ def test_speaker_encoder_int8_onnx_passes_as_an_embedding(encoder, tmp_path):
 
 def test_an_input_int8_cannot_hold_is_named_before_quantizing(encoder, mnist):
     """The encoder's mel energies (0..19, median 1e-5): one int8 scale puts nearly all of them in one step."""
-    from edgesdk.conversion.pipeline import _warn_skewed_inputs
+    from edgesdk.conversion.pipeline import _skewed_inputs
     from edgesdk.progress import Progress
     from edgesdk.sources.data import Dataset
     from edgesdk.sources.source import SourceModel
@@ -65,10 +65,11 @@ def test_an_input_int8_cannot_hold_is_named_before_quantizing(encoder, mnist):
         return SourceModel(framework="torch", flavor="", model=None, name="m", sha256="", input_name=name,
                            input_shape=shape, output_names=["y"], run=None)
     progress = Progress(quiet=True)
-    _warn_skewed_inputs(source("mels", (None, 160, 40)), Dataset(x, None, "mels"), progress)
+    assert _skewed_inputs(source("mels", (None, 160, 40)), Dataset(x, None, "mels"), progress) == [0]
     assert len(progress.warnings) == 1 and "input 'mels'" in progress.warnings[0], progress.warnings
     share = int(progress.warnings[0].split("in int8 ")[1].split("%")[0])
     assert share >= 80  # measured 85 %
     digits = Progress(quiet=True)  # most of a digit's pixels are zeros already: nothing is lost
-    _warn_skewed_inputs(source("x", (None, 28, 28, 1)), Dataset(mnist["x_train"][:256], None, "d"), digits)
+    assert _skewed_inputs(source("x", (None, 28, 28, 1)), Dataset(mnist["x_train"][:256], None, "d"), digits) == []
     assert digits.warnings == []
+

@@ -25,3 +25,23 @@ def test_front_end_is_the_first_layer_its_feed_and_what_follows_up_to_the_next_l
     path = tmp_path / "front.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     assert front_end(path, "onnx").nodes == ("pad", "conv1", "power", "magnitude")
+
+
+def test_the_region_only_a_detectors_output_depends_on_is_its_head():
+    """Ultralytics' YOLOv8n export (NudeNet 320n): grown back from its one output, the region holds the DFL
+    (softmax and 1x1 conv), the decode and every branch's convs (cv2.* boxes, cv3.* classes), and no layer of
+    the backbone, found from the graph's structure alone."""
+    from edgesdk import fixtures
+    from edgesdk.conversion.mixed_precision import output_regions
+    onnx_path = fixtures.fetch("yolov8n_faces")
+    (region,) = output_regions(onnx_path, "onnx", {0})
+    model = onnx.load(str(onnx_path)).graph
+    op = {n.name: n.op_type for n in model.node}
+    head = [n for n in region.nodes if n.startswith("/model.22/")]
+    assert {"/model.22/dfl/Softmax", "/model.22/dfl/conv/Conv", "/model.22/Concat_25",
+            "/model.22/Sigmoid"} <= set(head)
+    for branch in ("cv2.0", "cv2.1", "cv2.2", "cv3.0", "cv3.1", "cv3.2"):  # each branch's last conv at least
+        assert f"/model.22/{branch}/{branch}.2/Conv" in head, branch
+    convs = [n for n in region.nodes if op[n] == "Conv"]
+    backbone = [n for n in convs if int(n.split("/")[1].split(".")[1]) < 15]  # model.0..14: backbone and neck
+    assert not backbone and 19 <= len(convs) <= sum(op[n] == "Conv" for n in op) / 3 + 1, convs

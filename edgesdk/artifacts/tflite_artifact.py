@@ -108,6 +108,10 @@ class TFLiteArtifact:
                 "outputs": [self._io(int(i)) for i in self.graph.outputs]}
 
     @property
+    def input_names(self) -> list:
+        return [self.tensor_name(int(i)) for i in self.graph.inputs]
+
+    @property
     def output_names(self) -> list:
         return [self.tensor_name(int(i)) for i in self.graph.outputs]
 

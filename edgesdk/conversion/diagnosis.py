@@ -6,8 +6,9 @@ collapse in the head's final Concat), so the strongest candidates are each kept
 in float in turn and the failing checks measured again on the same samples:
 the op that produces each failing output, the debugger's worst layers, every
 op type but the weight-heavy ones (what rescues a byte classifier whose
-elementwise ops cannot share int8 scales), and the front end (an audio model's
-STFT, whose range int8 cannot hold); int16 activations are measured beside
+elementwise ops cannot share int8 scales), the front end (an audio model's
+STFT, whose range int8 cannot hold), and the layers that first read an input
+whose range int8 cannot hold, with the input float; int16 activations are measured beside
 them where the route makes them and the target runs them. Routes that can keep layers in
 float say so (Route.excludes_layers); profiles that forbid it (the Edge TPU) get
 the debugger's ranking only.
@@ -21,7 +22,8 @@ from pathlib import Path
 from edgesdk.errors import EdgeSDKError
 from edgesdk.sources.data import artifact_layout
 from edgesdk.sources.inputs import artifact_outputs, to_artifact_layout
-from .mixed_precision import Candidate, Trials, front_end, non_weight_op_types, output_producers
+from .mixed_precision import (Candidate, Trials, front_end, input_boundary, non_weight_op_types, output_producers,
+                              output_regions)
 
 SAMPLES = 32           # for the debuggers, which keep every intermediate tensor
 MEASURE_SAMPLES = 256  # for the measured trials: one flip in 32 would be 3 points of agreement
@@ -35,10 +37,10 @@ def failing_checks(figures) -> list:
 
 def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple:
     """(candidates to measure, the debugger's rows): output producers, the debugger's worst, the op-type group,
-    the front end."""
+    the front end, the regions only a failing output depends on."""
     rows = trials.debugger_rows(artifact_path, x, recipe)
-    producers = output_producers(artifact_path, recipe.format,
-                                 {c["output"] for c in failing if c.get("output") is not None})
+    outputs = {c["output"] for c in failing if c.get("output") is not None}
+    producers = output_producers(artifact_path, recipe.format, outputs)
     singles = [*producers, *(Candidate(nodes=(r["node"],), op=r.get("op", "")) for r in rows)]
     seen, picked = set(recipe.exclude_nodes), []
     for c in singles:
@@ -52,6 +54,7 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     front = front_end(artifact_path, recipe.format)
     if front is not None and not set(front.nodes) <= seen:
         picked.append(front)
+    picked += [r for r in output_regions(artifact_path, recipe.format, outputs) if not set(r.nodes) <= seen]
     return picked, rows
 
 
@@ -69,6 +72,9 @@ def diagnose(run) -> tuple:
         if not (trials.excludes and failing):
             return trials.debugger_rows(artifact_path, x, recipe), trials.hint
         picked, rows = candidates(trials, recipe, artifact_path, x, failing)
+        boundary = input_boundary(artifact_path, recipe.format, run.skewed) if run.skewed else None
+        if boundary is not None:  # an input int8 cannot hold: what reads it, in float (the ladder's first rung)
+            picked.insert(0, boundary)
         if trials.int16:  # the lever beside float (the recovery ladder tries it as a rung of its own)
             picked.append(Candidate(int16=True))
         measured = measure(recipe, trials, val, run.reference, failing, picked, run.io, artifact_path, source,

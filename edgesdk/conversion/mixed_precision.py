@@ -34,13 +34,20 @@ class Candidate:
     op_types: tuple = ()
     op: str = ""
     int16: bool = False
+    float_input: bool = False  # the artifact takes float32: its first layers, kept float, read the input whole
+    named: str = ""            # what the nodes are, in words, when they are many (the input boundary)
 
     def __add__(self, other: "Candidate") -> "Candidate":
         return Candidate(tuple(dict.fromkeys(self.nodes + other.nodes)),
-                         tuple(dict.fromkeys(self.op_types + other.op_types)), int16=self.int16 or other.int16)
+                         tuple(dict.fromkeys(self.op_types + other.op_types)), int16=self.int16 or other.int16,
+                         float_input=self.float_input or other.float_input,
+                         named="; ".join(n for n in (self.named, other.named) if n))
 
     @property
     def label(self) -> str:
+        if self.named:  # hundreds of node names say less than what they are
+            return "; ".join([self.named] + ([f"op types {','.join(self.op_types)}"] if self.op_types else [])
+                             + ["int16 activations"] * self.int16)
         parts = [f"{n}{f' ({self.op})' if self.op and len(self.nodes) == 1 else ''}" for n in self.nodes]
         if self.op_types:
             parts.append(f"op types {','.join(self.op_types)}")
@@ -55,11 +62,14 @@ class Candidate:
         """The options that apply it by hand."""
         parts = ([f"--exclude-nodes {','.join(self.nodes)}"] if self.nodes else []) + \
                 ([f"--exclude-op-types {','.join(self.op_types)}"] if self.op_types else []) + \
-                (["--activations int16"] if self.int16 else [])
+                (["--activations int16"] if self.int16 else []) + \
+                (["--input-dtype float32"] if self.float_input else [])
         return " ".join(parts)
 
     def applied(self, recipe):
         recipe = recipe.with_int16_activations() if self.int16 else recipe
+        if self.float_input:
+            recipe = replace(recipe, input_dtype="float32")
         if not (self.nodes or self.op_types):
             return recipe
         return replace(recipe, exclude_nodes=tuple(dict.fromkeys(tuple(recipe.exclude_nodes) + self.nodes)),
@@ -92,7 +102,7 @@ class Trials:
     def convert(self, recipe) -> bytes:
         """The artifact's bytes for this recipe (made once per recipe)."""
         key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types, recipe.weight_rounding,
-               recipe.qat, recipe.activations)
+               recipe.qat, recipe.activations, recipe.input_dtype)
         if key not in self._made:
             self._made[key] = self._convert(recipe)
         return self._made[key]
@@ -165,6 +175,98 @@ def front_end(artifact_path, fmt: str) -> Candidate | None:
                 grown = True
     names = tuple(dict.fromkeys(n for n, op, _ in by_output.values() if n in picked and op not in NOT_OPS))
     return Candidate(nodes=names) if len(names) > 1 else None
+
+
+REGION_SHARE = 1 / 3  # of the graph's weight layers: more than this kept in float is the model, not a region
+
+
+def output_regions(artifact_path, fmt: str, outputs: set) -> list:
+    """For each of these outputs, the nodes only it depends on, grown back from it nearest first: a node joins
+    when everything its results feed is already in. A detector's head (its branches' last convs, the DFL's
+    softmax and 1x1 conv, the box decode: YOLOv8's per-branch ranges differ by orders of magnitude) is one; so
+    is a classifier's last block. Found from the graph's structure, so any exporter's names do; capped at
+    REGION_SHARE of the weight layers (a network without branches is all one output's)."""
+    by_output, outs = graph_ops(artifact_path, fmt)
+    made, reads, users, op_of = {}, {}, {}, {}
+    for tensor, (node, op, ins) in by_output.items():
+        made.setdefault(node, []).append(tensor)
+        reads[node], op_of[node] = ins, op
+        for i in ins:
+            users.setdefault(i, set()).add(node)
+    weights = sum(op in WEIGHT_OPS[fmt] for op in op_of.values())
+    cap = max(1, int(weights * REGION_SHARE))
+    regions = []
+    for k in sorted(outputs):
+        first = by_output.get(outs[k]) if k < len(outs) else None
+        if first is None:
+            continue
+        region, order, queue, weighted = {first[0]}, [first[0]], [first[0]], int(first[1] in WEIGHT_OPS[fmt])
+        while queue:
+            for tensor in reads[queue.pop(0)]:
+                p = by_output.get(tensor, (None,))[0]
+                if p is None or p in region or any(u not in region for t in made[p] for u in users.get(t, ())) \
+                        or any(t in outs for t in made[p]):
+                    continue
+                heavy = op_of[p] in WEIGHT_OPS[fmt]
+                if heavy and weighted >= cap:
+                    continue
+                weighted += heavy
+                region.add(p)
+                order.append(p)
+                queue.append(p)
+        names = tuple(n for n in order if op_of[n] not in NOT_OPS)
+        if len(names) > 1 and weighted:
+            regions.append(Candidate(nodes=names, named=f"the {len(names)} ops only output {k} depends on "
+                                                       f"({weighted} weight layers)"))
+    return regions
+
+
+# ops that carry an input's values on, unweighted, to the layers that first compute with them
+UNWEIGHTED_SPLITS = {"Slice", "Split", "Gather", "Concat", "SLICE", "STRIDED_SLICE", "SPLIT", "SPLIT_V", "UNPACK",
+                     "GATHER", "CONCATENATION", "PACK"}
+BOUNDARY_LIMIT = 2000  # nodes: an input read everywhere (a residual stream) is not a boundary
+
+
+def input_boundary(artifact_path, fmt: str, inputs: list) -> Candidate | None:
+    """Everything between the named inputs (by index) and the first weight layers that read them, those layers
+    included, with the artifact's input float: an input whose range one int8 scale cannot hold (resemblyzer's
+    mel energies, 0..20 with a median of 6e-5: 85 % of them become the zero point) reaches them whole, and
+    their outputs have ranges int8 holds. An unrolled recurrent layer reads its input once per step: all of
+    those are kept. None when the inputs reach no weight layer through unweighted ops."""
+    by_output, _ = graph_ops(artifact_path, fmt)
+    names = _input_names(artifact_path, fmt)
+    frontier = [names[i] for i in inputs if i < len(names)]
+    users = {}
+    for tensor, (node, op, ins) in by_output.items():
+        for i in ins:
+            users.setdefault(i, []).append((tensor, node, op))
+    picked, weighted, seen = [], 0, set(frontier)
+    while frontier and len(picked) <= BOUNDARY_LIMIT:
+        for tensor, node, op in users.get(frontier.pop(), ()):
+            if node in picked:
+                continue
+            if op not in NOT_OPS:
+                picked.append(node)
+            if op in WEIGHT_OPS[fmt]:
+                weighted += 1
+            elif tensor not in seen and (op in PASS_THROUGH or op in UNWEIGHTED_SPLITS or op in NOT_OPS):
+                seen.add(tensor)
+                frontier.append(tensor)
+    if not weighted or len(picked) > BOUNDARY_LIMIT:
+        return None
+    return Candidate(nodes=tuple(picked), float_input=True,
+                     named=f"the first layers reading input {', '.join(map(str, inputs))} ({len(picked)} ops), "
+                           f"with a float input")
+
+
+def _input_names(artifact_path, fmt: str) -> list:
+    if fmt == "onnx":
+        import onnx
+        graph = onnx.load(str(artifact_path)).graph
+        constants = {i.name for i in graph.initializer}
+        return [i.name for i in graph.input if i.name not in constants]
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
+    return list(TFLiteArtifact(artifact_path).input_names)
 
 
 def merged_heads(reference: list, io, task: str) -> set:

@@ -92,8 +92,10 @@ def convert(model, target="local", *, calibration=None, validation=None, fine_tu
 
 def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict | None = None) -> Artifact:
     """The format and the precision settled first, so every option is judged against the artifact really made.
-    What the user did not force falls back: another format the profile takes when the route fails on this
-    graph, a higher precision the family computes in when the profile's cannot pass the gate."""
+    What the user did not force falls back, in this order: another format the profile takes when the route
+    fails on this graph or its artifact misses the gate at the profile's precision (resemblyzer's LSTM: int8
+    TFLite 0.42 cosine at its 5th percentile, int8 ONNX 0.9997, where ONNX Runtime keeps the LSTM float),
+    then a higher precision the family computes in when the profile's cannot pass the gate."""
     from edgesdk.converters import pick_format, reachable_formats
     profile, progress = request.profile, request.progress
     framework = framework_of(request.model, request.model_factory)
@@ -106,31 +108,61 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
         options = options.with_values({("quantize", "format"): fmt})
         others = [f for f in reachable_formats(framework, profile) if f != fmt]
         if others:  # not forced: when the route fails on this graph, the profile's next format is made instead
+            other = options.with_values({("quantize", "format"): others[0]})
             try:
-                return _with_fallbacks(request, options)
+                return _at_precision(request, options, fallback, higher=False)
             except ConversionError as exc:
                 if not getattr(exc, "route_failed", False):
                     raise
                 reason = first_line(exc)
                 progress.warn(f"no {fmt} artifact: {reason} {profile.name} takes {others[0]} too: making {others[0]}.")
-                return _with_fallbacks(request, options.with_values({("quantize", "format"): others[0]}),
-                                       {"wanted": fmt, "made": others[0], "reason": reason})
-    if options.quantize.quantization is None and not options.keep_failed and options.recover:
-        # not forced: when the profile's precision cannot pass the gate and a higher one the family computes in
-        # does (measured by the refusal, edgesdk.conversion.pipeline._what_would_pass), that one is made instead
-        wanted = profile.artifact.quantization
-        try:
-            return _convert(request, options.with_values({("quantize", "quantization"): wanted}), fallback)
-        except ValidationFailed as exc:
-            passing = [w for w in (exc.figures or {}).get("would_pass") or [] if w["verdict"] == "pass"]
-            if not passing:
-                raise
-            made, reasons = passing[0]["quantization"], (exc.figures.get("gate") or {}).get("reasons") or [""]
-            progress.warn(f"{wanted} misses the gate ({reasons[0][:160]}); {made} passes on {passing[0]['samples']} "
-                          f"samples: making {made} (--quantization {wanted} refuses instead).")
-            return _convert(request, options.with_values({("quantize", "quantization"): made}), fallback,
-                            {"wanted": wanted, "made": made, "reason": reasons[0]})
-    return _convert(request, options, fallback)
+                return _at_precision(request, other, {"wanted": fmt, "made": others[0], "reason": reason})
+            except ValidationFailed as missed:
+                if not _may_raise_precision(options):
+                    raise
+                reason = ((missed.figures or {}).get("gate") or {}).get("reasons") or [first_line(missed)]
+                progress.warn(f"{fmt} misses the gate at {profile.artifact.quantization} ({reason[0][:160]}); "
+                              f"{profile.name} takes {others[0]} too: trying {others[0]} before a higher precision.")
+                try:
+                    return _at_precision(request, other, {"wanted": fmt, "made": others[0], "reason": reason[0]},
+                                         higher=False)
+                except (ValidationFailed, ConversionError) as exc:
+                    progress.warn(f"{others[0]} is no better: {first_line(exc)[:160]}")
+                return _higher_precision(request, options, missed, fallback)
+    return _at_precision(request, options, fallback)
+
+
+def _may_raise_precision(options: ConvertOptions) -> bool:
+    """The precision is the profile's, not forced, and the gate's refusal is the answer the user wants to act
+    on (not --keep-failed, not --no-recover)."""
+    return options.quantize.quantization is None and not options.keep_failed and options.recover
+
+
+def _at_precision(request: _Request, options: ConvertOptions, fallback: dict | None, higher: bool = True):
+    """The profile's precision; when it cannot pass the gate and a higher one the family computes in does
+    (measured by the refusal, _what_would_pass), that one instead (higher=False: the refusal stands)."""
+    if not _may_raise_precision(options):
+        return _convert(request, options, fallback)
+    wanted = request.profile.artifact.quantization
+    try:
+        return _convert(request, options.with_values({("quantize", "quantization"): wanted}), fallback)
+    except ValidationFailed as exc:
+        if not higher:
+            raise
+        return _higher_precision(request, options, exc, fallback)
+
+
+def _higher_precision(request: _Request, options: ConvertOptions, exc, fallback: dict | None):
+    """The first higher precision the refusal `exc` measured passing, made; else `exc` is raised."""
+    wanted = request.profile.artifact.quantization
+    passing = [w for w in (exc.figures or {}).get("would_pass") or [] if w["verdict"] == "pass"]
+    if not passing:
+        raise exc
+    made, reasons = passing[0]["quantization"], (exc.figures.get("gate") or {}).get("reasons") or [""]
+    request.progress.warn(f"{wanted} misses the gate ({reasons[0][:160]}); {made} passes on "
+                          f"{passing[0]['samples']} samples: making {made} (--quantization {wanted} refuses instead).")
+    return _convert(request, options.with_values({("quantize", "quantization"): made}), fallback,
+                    {"wanted": wanted, "made": made, "reason": reasons[0]})
 
 
 @dataclass
@@ -168,6 +200,7 @@ class ConversionRun:
     rounding: dict | None = None  # what --weight-rounding auto measured
     calibrated: dict | None = None  # what --calibration-method auto measured
     recovery: dict | None = None
+    skewed: list = field(default_factory=list)  # inputs (by index) whose range int8 cannot hold
     figures: dict = field(default_factory=dict)
     verdict: dict = field(default_factory=dict)
 
@@ -311,7 +344,7 @@ def _load_data(run: ConversionRun) -> None:
                       f"{FEW_CALIBRATION_SAMPLES} samples often clip real inputs and cost accuracy; "
                       f"give a few hundred representative samples.")
     if calib is not None and recipe.quantization == "int8" and recipe.activations == "int8":
-        _warn_skewed_inputs(source, calib, progress)
+        run.skewed = _skewed_inputs(source, calib, progress)
     if callable(fine_tune):
         tune = fine_tune  # a training callback (PyTorch): fine_tune(model, epoch)
     elif fine_tune is not None:
@@ -497,12 +530,15 @@ WOULD_PASS_SAMPLES = 64
 SKEWED_SHARE = 0.5  # an input this much of which int8 turns into zero (not zeros already) has lost it there
 
 
-def _warn_skewed_inputs(source, calib, progress) -> None:
-    """Inputs whose range int8 cannot hold, found before quantizing: one scale over a long tail (mel energies
-    0..20 with a median of 6e-5) puts most values in the zero point's step. Said by name; the recovery
-    ladder's int16 rung keeps such an input (resemblyzer's encoder: cosine 0.53 with int8 inputs)."""
+def _skewed_inputs(source, calib, progress) -> list:
+    """Inputs (their indices) whose range int8 cannot hold, found before quantizing and said by name: one scale
+    over a long tail (mel energies 0..20 with a median of 6e-5) puts most values in the zero point's step. The
+    recovery ladder's first rung keeps the layers that read them in float (resemblyzer's encoder: cosine 0.53
+    with its int8 input)."""
     from edgesdk.sources.inputs import Inputs
     arrays = calib.x.arrays if isinstance(calib.x, Inputs) else {source.inputs[0].name: calib.x}
+    order = [i.name for i in source.inputs]
+    skewed = []
     for name, x in arrays.items():
         x = np.asarray(x[:256])
         if name in source.fixed or name in source.stateful or not np.issubdtype(x.dtype, np.floating) or not x.size:
@@ -514,10 +550,13 @@ def _warn_skewed_inputs(source, calib, progress) -> None:
         zero = round(-lo / step)
         share = float(np.mean((np.round((x - lo) / step) == zero) & (x != 0)))  # values int8 turns into zero
         if share >= SKEWED_SHARE:
+            skewed.append(order.index(name) if name in order else 0)
             progress.warn(f"input '{name}' spans {lo:.3g}..{hi:.3g} with a median of {float(np.median(x)):.3g}: "
                           f"in int8 {share:.0%} of its values, none of them zero, become zero (a long tail or a "
-                          f"log-scale feature). If the gate refuses int8, the recovery ladder's int16 rung keeps it; "
-                          f"normalising it (a log, a per-feature scale) before the model helps any artifact.")
+                          f"log-scale feature). If the gate refuses int8, recovery first keeps the layers that "
+                          f"read it in float (CPU and GPU targets); normalising it (a log, a per-feature scale) "
+                          f"before the model helps any artifact.")
+    return skewed
 
 
 def _misses(figures: dict, verdict: dict) -> bool:
@@ -729,7 +768,9 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
         if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"]
                                                             and _better(tried, figures)):
             os.replace(trial, tmp)
-            progress.step(f"{alternative} {what} kept: {weakest_sqnr(tried):.1f} dB against {sqnr:.1f} dB")
+            f1 = detections(tried), detections(figures)  # what a detector's choice was made by
+            progress.step(f"{alternative} {what} kept: " + (f"detection F1 {f1[0]:.3f} against {f1[1]:.3f}"
+                          if None not in f1 else f"{weakest_sqnr(tried):.1f} dB against {sqnr:.1f} dB"))
             return other, tried, judged, {**record, "chosen": alternative}
     except EdgeSDKError as exc:  # the first artifact stands
         progress.warn(f"could not measure {alternative} {what}: {first_line(exc)[:200]}")

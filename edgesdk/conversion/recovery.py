@@ -3,6 +3,9 @@
 The ladder; every rung is a candidate recipe judged by the same gate on the
 same validation data:
 
+  0. an input int8 cannot hold (a long tail, a log-scale feature, found
+     before quantizing): the layers that first read it kept in float and
+     the artifact's input float, where the profile lets anything stay float;
   a. calibration: the route's other range estimators (ONNX Runtime's
      percentile, then entropy), each from the same calibration samples;
   b. higher precision: first the whole graph with int16 activations beside
@@ -43,7 +46,7 @@ from edgesdk.errors import EdgeSDKError
 from edgesdk.sources.data import artifact_layout
 from edgesdk.sources.inputs import to_artifact_layout
 from .diagnosis import SAMPLES, MIN_GAIN, candidates, failing_checks, gain, measure
-from .mixed_precision import Candidate, Trials
+from .mixed_precision import Candidate, Trials, input_boundary
 
 MAX_MIXED_RUNGS = 4
 LATENCY_RUNS = 30
@@ -77,6 +80,7 @@ class Rung:
     def row(self) -> dict:
         row = {"step": self.step, "change": self.change,
                "calibration_method": self.recipe.calibration_method, "activations": self.recipe.activations,
+               "input_dtype": self.recipe.input_dtype,
                "float_nodes": list(self.recipe.exclude_nodes), "float_op_types": list(self.recipe.exclude_op_types)}
         if self.training:
             row["training"] = self.training
@@ -140,12 +144,23 @@ def recover(run, only_training: bool = False, calibrated=()) -> dict:
                           + (f"error: {rung.error}" if rung.error else _short(rung.figures, rung.verdict)))
             return rung
 
-        # a. calibration: the best of them is the base the mixed-precision rungs build on
         base = start
+        # 0. an input whose range int8 cannot hold, found before quantizing: the layers that first read it kept in
+        # float, with a float input, so no int8 scale stands between the data and them (where float may stay)
+        boundary = input_boundary(run.tmp, recipe.format, run.skewed) \
+            if run.skewed and trials.excludes and not only_training else None
+        if boundary is not None:
+            rung = judge(Rung("input boundary", boundary.label, boundary.applied(recipe)))
+            if rung.passed:
+                return _outcome(rung, rungs, measured, tmp)
+            if not rung.error and _better(rung, base):
+                base = rung
+        # a. calibration: the best of them is the base the mixed-precision rungs build on
         for method in () if only_training else trials.calibration_methods:
             if method == recipe.calibration_method or method in calibrated:
                 continue
-            rung = judge(Rung("calibration", f"{method} calibration", replace(recipe, calibration_method=method)))
+            rung = judge(Rung("calibration", f"{method} calibration",
+                              replace(base.recipe, calibration_method=method)))
             if rung.passed:
                 return _outcome(rung, rungs, measured, tmp)
             if not rung.error and _better(rung, base):
