@@ -175,12 +175,15 @@ def calibrate_min_max(q, data, progress=None, sixteen: bool = False, moving: boo
     return {name: dict(qsv) for name, qsv in ranges.items()}
 
 
+VALID_RANGE = (-3e38, 3e38)  # the library's calibrator ignores values beyond these (naive_min_max_quantize)
+
+
 def _as_preserved(ranges: dict, flatbuffer: bytes) -> dict | None:
     """TFLite's calibration profiler (C++, every tensor's min and max as the graph runs) gives the ranges the
     library's default calibrator computes in Python op by op, in seconds where that takes minutes on a graph
     of thousands of ops: as float32 of the tensor's rank (what that calibrator keeps), the quantized graph is
-    byte for byte the same (tested). None when it missed a float tensor an op reads or writes: then the
-    default calibrator runs."""
+    byte for byte the same (tested). None when it missed a float tensor an op reads or writes, or saw a value
+    the library's calibrator would have left out (onnx2tf's max-pool padding of -3.4e38): then that runs."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils
     model = tfl_flatbuffer_utils.read_model(flatbuffer)
     shaped = {}
@@ -194,8 +197,9 @@ def _as_preserved(ranges: dict, flatbuffer: bytes) -> dict | None:
             constant = buffer is not None and (buffer.data is not None or (getattr(buffer, "offset", 0) or 0) > 1)
             if tensor.type != 0 or constant:  # float32 activations only: weights are ranged when quantized
                 continue
-            if name not in ranges:
-                return None
+            if name not in ranges or not all(VALID_RANGE[0] < float(np.min(v)) and float(np.max(v)) < VALID_RANGE[1]
+                                             for v in ranges[name].values()):
+                return None  # the library leaves such values out (PADV2's -inf padding); the profiler cannot
             rank = len(tensor.shape) if tensor.shape is not None else 0
             shaped[name] = {k: np.asarray(v, np.float32).reshape((1,) * rank) for k, v in ranges[name].items()}
     return shaped
