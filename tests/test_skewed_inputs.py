@@ -7,6 +7,8 @@ import pytest
 import edgesdk
 from edgesdk import ConvertOptions, QuantizeOptions
 
+pytestmark = pytest.mark.slow  # an export and a conversion with a recovery rung
+
 
 def _energies(n: int, seed: int) -> np.ndarray:
     """Spectral energies as a model reads them raw: a log-normal spread over eight decades, up to 20 (most
