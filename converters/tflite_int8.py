@@ -296,14 +296,19 @@ def keep_float(q, flatbuffer: bytes, recipe) -> None:
         art = TFLiteArtifact(Path(tmp) / "float.tflite")
         names = [art.tensor_name(op["outputs"][0]) for op in art.ops() if op["outputs"]]
         types = sorted({op["op_name"] for op in art.ops()})
+    known_names = set(names)
     for name in recipe.exclude_nodes:
-        if name not in names:
+        if name not in known_names:
             close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
             raise OptionError(f"--exclude-nodes: the graph has no layer '{name}'."
                               + (f" Close names: {', '.join(close)}." if close else "")
                               + " Layers are named by their TFLite output tensors, as the validation error lists them.")
-        # the library matches "scopes": the op's output tensor names, each followed by ";"
-        q.update_quantization_recipe(regex=f"^{re.escape(name)};", operation_name=TFLOperationName.ALL_SUPPORTED,
+    if recipe.exclude_nodes:
+        # the library matches "scopes": the op's output tensor names, each followed by ";". One pattern for all
+        # of them: the library searches every entry for every op, and a region of hundreds of layers as hundreds
+        # of entries took minutes a quantization on an unrolled LSTM
+        scopes = "|".join(re.escape(name) for name in recipe.exclude_nodes)
+        q.update_quantization_recipe(regex=f"^(?:{scopes});", operation_name=TFLOperationName.ALL_SUPPORTED,
                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
     known = {o.value for o in TFLOperationName}
     for op_type in recipe.exclude_op_types:
