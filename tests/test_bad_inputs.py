@@ -183,8 +183,10 @@ def test_op_left_in_float_is_refused_unless_allowed(tmp_path):
     import keras
     x = np.random.default_rng(0).random((200, 8), np.float32)
     model = _model_with(keras.ops.sin)
+    tflite = ConvertOptions(quantize=QuantizeOptions(format="tflite"))
     with pytest.raises(ConversionError, match="no int8 kernel for SIN.*--allow-float-fallback"):
-        edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True)
+        edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path, quiet=True, options=tflite)
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConversionError, match="Edge TPU .* computes SIN in float"):
         edgesdk.convert(model, "coral-usb", calibration=x, output_dir=tmp_path, quiet=True)
     options = ConvertOptions(quantize=QuantizeOptions(allow_float_fallback=True))
@@ -197,6 +199,11 @@ def test_op_left_in_float_is_refused_unless_allowed(tmp_path):
                           options=options)
     assert [o["op"] for o in art.manifest["quantization"]["float_ops"]] == ["DEQUANTIZE", "SIN", "QUANTIZE"]
     assert art.manifest["compatibility"]["status"] == "supported with fallbacks"
+    # unforced, the Pi takes ONNX too, where ONNX Runtime runs a float op between Q/DQ pairs natively
+    options = ConvertOptions(gate=Thresholds(max_accuracy_drop=100))
+    art = edgesdk.convert(model, "rpi4", calibration=x, output_dir=tmp_path / "unforced", quiet=True,
+                          options=options)
+    assert art.format == "onnx" and "no int8 kernel for SIN" in art.manifest["format_fallback"]["reason"]
 
 
 def test_lambda_layers_need_unsafe_load(tmp_path, mnist_files):

@@ -409,6 +409,9 @@ def _make(run: ConversionRun, pruner) -> None:
         run.tmp.write_bytes(run.route.convert(source, recipe, run.calib, progress=progress.bar("calibrating"),
                                               profile=profile))
         _refuse_unquantized(run.tmp, recipe)
+        # the family's promise (full int8 on a Pi, ops TensorRT parses), before any minute is spent validating
+        # and recovering an artifact it refuses anyway (the speaker encoder's ABS: 11 minutes of ladder first)
+        get_family(profile.family).check(describe(run.tmp, fmt=recipe.format), profile, recipe)
     except ConversionError as exc:  # the route failed on this graph: another format may not (convert's fallback)
         exc.route_failed = True
         raise
@@ -458,7 +461,11 @@ def _explain(run: ConversionRun) -> tuple:
     pass instead. (the artifact's description, the family's report)"""
     recipe, figures, progress = run.recipe, run.figures, run.progress
     info = describe(run.tmp, fmt=recipe.format)
-    compat = get_family(run.profile.family).check(info, run.profile, recipe)
+    try:
+        compat = get_family(run.profile.family).check(info, run.profile, recipe)
+    except ConversionError as exc:  # this route cannot keep the profile's promise (full int8): another format may
+        exc.route_failed = True
+        raise
     from edgesdk.judge.validation import describe as describe_figures
     progress.step(f"validation: {describe_figures(figures)}")
     if run.verdict["verdict"] == "fail" and recipe.quantization == "int8" and "worst_layers" not in figures:
