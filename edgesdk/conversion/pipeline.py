@@ -126,8 +126,8 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
                 try:
                     return _at_precision(request, other, {"wanted": fmt, "made": others[0], "reason": reason[0]},
                                          higher=False)
-                except (ValidationFailed, ConversionError) as exc:
-                    progress.warn(f"{others[0]} is no better: {first_line(exc)[:160]}")
+                except (ValidationFailed, ConversionError, OptionError) as exc:  # an option only the first
+                    progress.warn(f"{others[0]} is no better: {first_line(exc)[:160]}")  # format has (SOFTMAX)
                 return _higher_precision(request, options, missed, fallback)
     return _at_precision(request, options, fallback)
 
@@ -411,12 +411,13 @@ def _make(run: ConversionRun, pruner) -> None:
         _refuse_unquantized(run.tmp, recipe)
         # the family's promise (full int8 on a Pi, ops TensorRT parses), before any minute is spent validating
         # and recovering an artifact it refuses anyway (the speaker encoder's ABS: 11 minutes of ladder first)
-        get_family(profile.family).check(describe(run.tmp, fmt=recipe.format), profile, recipe)
+        made = describe(run.tmp, fmt=recipe.format)
+        get_family(profile.family).check(made, profile, recipe)
     except ConversionError as exc:  # the route failed on this graph: another format may not (convert's fallback)
         exc.route_failed = True
         raise
     if (recipe.exclude_nodes or recipe.exclude_op_types) and recipe.format == "tflite" \
-            and not describe(run.tmp, fmt=recipe.format)["coverage"]["float_ops"]:
+            and not made["coverage"]["float_ops"]:
         raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
                           "names the validation error lists (TFLite tensor names) or TFLite op types.")
     run.recipe, run.tail = _keep_detector_tail(run)
