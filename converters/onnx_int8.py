@@ -108,7 +108,37 @@ def prepare(float_path: Path, out_path: Path, per_channel: bool) -> list:
             first = first_line(exc)
             raise ConversionError(f"Preparing the ONNX model for quantization failed: {first[:300]}") from None
         notes.append("symbolic shape inference failed; used ONNX shape inference only")
+    _unshare_weights(out_path)
     return notes
+
+
+def _unshare_weights(path: Path) -> None:
+    """A weight or bias that several layers share (tf2onnx folds equal constants into one: Basic Pitch's
+    convolutions share one zero bias) gets a copy per layer: ONNX Runtime's quantizer rewrites an
+    initializer for the layer it quantizes it for, with that layer's scales, and the others then read a
+    tensor of the wrong size."""
+    import onnx
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    seen: dict = {}
+    changed = False
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        for k, name in enumerate(node.input):
+            if k == 0 or name not in inits:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{node.name or seen[name]}"
+                graph.initializer.append(copy)
+                node.input[k] = copy.name
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _exclusions(model_path: Path, recipe) -> dict:
@@ -135,6 +165,24 @@ def _exclusions(model_path: Path, recipe) -> dict:
                               f"(it has {', '.join(present)}).")
         kwargs["op_types_to_quantize"] = [t for t in present if t not in recipe.exclude_op_types]
     return kwargs
+
+
+def _placement(model_path: Path, recipe, settings: dict, extra: dict) -> dict:
+    """quantize_static arguments for a family that wants Q/DQ only on the inputs of its weighted layers
+    (settings["quantize_inputs_of"]): TensorRT fuses a layer with the elementwise ops after it and runs them
+    at higher precision, so a Q/DQ on each op's output only adds rounding (on a YOLOv8n, a quantization
+    point after the convolution, the sigmoid and the product of each SiLU instead of one). A graph without
+    such layers keeps the default placement, every op quantized."""
+    wanted = settings.get("quantize_inputs_of")
+    if not wanted:
+        return {}
+    import onnx
+    present = {n.op_type for n in onnx.load(str(model_path)).graph.node}
+    weighted = [t for t in wanted if t in present and t not in recipe.exclude_op_types]
+    if not weighted:
+        return {}
+    extra["OpTypesToExcludeOutputQuantization"] = weighted
+    return {"op_types_to_quantize": weighted}
 
 
 def _round_weights(model_path: Path, recipe, per_channel: bool, x) -> dict | None:
@@ -172,12 +220,16 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
         out = Path(tmp) / "int8.onnx"
         notes = prepare(float_path, pre, recipe.per_channel)
         excluded = _exclusions(pre, recipe)
+        if quirks.get("unrunnable"):  # found by an earlier quantization of this model
+            excluded["nodes_to_exclude"] = list(excluded.get("nodes_to_exclude", [])) + quirks["unrunnable"]
         rounded = _round_weights(pre, recipe, recipe.per_channel and not quirks.get("per_tensor", False), x)
         if stats is not None:
             stats["weight_rounding"] = rounded
         settings = get_family(profile.family).quantizer_settings(profile, "onnx")
         extra = {"ActivationSymmetric": settings.get("activation_symmetric", False),
-                 "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False)}
+                 "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False),
+                 "QuantizeBias": not settings.get("float_bias", False)}
+        excluded.update(_placement(pre, recipe, settings, extra))
         per_channel = recipe.per_channel and not quirks.get("per_tensor", False)
 
         if recipe.calibration_method != "minmax":  # histograms: every tensor of every sample held, unless chunked
@@ -206,18 +258,28 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
                 notes.append("ONNX Runtime's weight-scale adjustment for int32 biases failed on this graph; "
                              "quantized without it")
                 run()
-            problem = _run_error(out, x[:1])
-            if problem and "ShapeInferenceError" in problem:
-                # shapes recorded during preparation can go stale once Q/DQ nodes are inserted
-                _drop_recorded_shapes(out)
-                problem = _run_error(out, x[:1])
+            problem = _runs(out, x)
             if problem and per_channel:
                 # some graphs get per-channel scales on tensors ONNX Runtime can only take per-tensor
                 notes.append(f"per-channel int8 made a model ONNX Runtime cannot run ({problem[:160]}); "
                              f"quantized per-tensor instead")
                 per_channel, quirks["per_tensor"] = False, True
                 run()
-                problem = _run_error(out, x[:1])
+                problem = _runs(out, x)
+            # a node ONNX Runtime names as the one it cannot run quantized stays float, and so on, a few times
+            # (Basic Pitch's CQT: a Concat of a shape-like tensor, a Conv1D's bias)
+            kept = list(quirks.get("unrunnable", []))
+            while problem and len(kept) < MAX_UNRUNNABLE:
+                node = _named_node(problem, pre)
+                if node is None or node in excluded.get("nodes_to_exclude", []):
+                    break
+                kept.append(node)
+                quirks["unrunnable"] = kept
+                excluded["nodes_to_exclude"] = list(excluded.get("nodes_to_exclude", [])) + [node]
+                run()
+                problem = _runs(out, x)
+            if kept and not problem:
+                notes.append(f"ONNX Runtime cannot run {', '.join(kept)} quantized; left in float")
             if problem:
                 raise ConversionError(f"ONNX Runtime quantized the model, but cannot run the result: {problem}. "
                                       f"Try --exclude-op-types with the op named there.")
@@ -246,6 +308,32 @@ def _histogram_chunks(x, per_sample: int) -> tuple:
         return x, chunk, None
     return x[:used], chunk, (f"histogram calibration on {used} of {len(x)} samples" + (
         f", {chunk} at a time ({per_sample / 2**20:.0f} MB of tensors a sample)" if chunk < used else ""))
+
+
+MAX_UNRUNNABLE = 8  # nodes left float because ONNX Runtime cannot run them quantized, before giving up
+
+
+def _runs(path: Path, x) -> str | None:
+    """_run_error, after dropping the shapes recorded during preparation when they went stale once Q/DQ
+    nodes were inserted."""
+    problem = _run_error(path, x[:1])
+    if problem and "ShapeInferenceError" in problem:
+        _drop_recorded_shapes(path)
+        problem = _run_error(path, x[:1])
+    return problem
+
+
+def _named_node(problem: str, graph_path: Path) -> str | None:
+    """The float graph's node that ONNX Runtime's error names ("Node (NAME)", "Name:'NAME'"), if any."""
+    import re
+
+    import onnx
+    names = {n.name for n in onnx.load(str(graph_path)).graph.node}
+    for found in re.findall(r"Node \(([^)]+)\)|Name:'([^']+)'", problem):
+        name = found[0] or found[1]
+        if name in names:
+            return name
+    return None
 
 
 def _drop_recorded_shapes(path: Path) -> None:
