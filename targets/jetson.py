@@ -28,6 +28,9 @@ UNSUPPORTED = frozenset({
 # Ops TensorRT parses natively only from the version given (older ones fail or need a plugin).
 ADDED_IN = {"LayerNormalization": (8, 6), "GroupNormalization": (10, 0), "GridSample": (8, 5),
             "Attention": (10, 13), "RotaryEmbedding": (10, 13)}
+# The layers whose inputs carry Q/DQ in a Jetson artifact (TensorRT's recommended placement): int8 kernels
+# that run fused with the elementwise ops after them, in fp16
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Layer kinds the DLA executes; anything else falls back to the GPU.
 DLA_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
                      "GlobalMaxPool", "Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "PRelu",
@@ -77,11 +80,13 @@ def check(info: dict, profile, recipe=None) -> dict:
         if recipe is not None:
             raise ConversionError(f"{profile.name} cannot run this model: {'; '.join(notes[-1:])}. Replace those "
                                   f"ops, or choose a Jetson with a newer JetPack.")
-    float_ops = info["coverage"]["float_ops"]
-    if float_ops and info.get("quantized") and status == "supported":
+    # the elementwise ops between weighted layers run in fp16 by design (no Q/DQ on them); a weighted layer
+    # without Q/DQ on its inputs is what runs outside int8
+    float_layers = [o for o in info["coverage"]["float_ops"] if o["op"] in WEIGHTED_OPS]
+    if float_layers and info.get("quantized") and status == "supported":
         status = "supported with fallbacks"
-        fallbacks = sorted({o["op"] for o in float_ops})
-        notes.append(f"TensorRT runs {', '.join(fallbacks)} outside int8")
+        fallbacks = sorted({o["op"] for o in float_layers})
+        notes.append(f"TensorRT runs {len(float_layers)} {'/'.join(fallbacks)} layer(s) in fp16, outside int8")
     report = {"family": NAME, "profile": profile.name, "status": status, "fallbacks": fallbacks,
               "notes": notes}
     if acc.dla_cores:
@@ -128,8 +133,12 @@ class Jetson(TargetFamily):
     check = staticmethod(check)
 
     def quantizer_settings(self, profile, fmt):
-        # TensorRT's int8 is symmetric: zero points other than 0 are rejected
-        return {"activation_symmetric": fmt == "onnx"}
+        if fmt != "onnx":
+            return {}
+        # TensorRT's int8 is symmetric (zero points other than 0 are rejected), its biases float, and it
+        # wants Q/DQ on the inputs of weighted layers only: it fuses a layer with the elementwise ops after
+        # it and runs those in fp16, where a Q/DQ on their outputs only rounds again
+        return {"activation_symmetric": True, "float_bias": True, "quantize_inputs_of": WEIGHTED_OPS}
 
     def device_plan(self, artifact, probe, profile, dla_core=None, **options):
         return device_plan(artifact, probe, profile, dla_core)
