@@ -85,6 +85,9 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
                               f"target, or export the model without the state input.")
     platform = profile.accelerator.platform if profile is not None else "rk3588"
     onnx_path = float_onnx(source)
+    if recipe.host_tail:  # the NPU's outputs are int8 at the boundary, like a TFLite artifact's: cut the head
+        from edgesdk.conversion.host_tail import cut_source
+        onnx_path = cut_source(source, recipe.host_tail)[0]
     inputs, outputs = _graph_io(onnx_path)
     if any(d < 1 for i in inputs for d in i["shape"]):
         raise ConversionError(f"The ONNX form of '{source.name}' has open input sizes "
@@ -151,4 +154,5 @@ ROUTE = Route(
     convert=convert, prepare_source=prepare_source,
     calibration_methods=("minmax", "entropy"),  # the toolkit's "normal" and "kl_divergence"
     multi_input=True,  # every input fed by its ONNX name, in the graph's order
+    cuts_tails=True,  # a detector head's post-processing can be left to the host (edgesdk.conversion.host_tail)
     diagnosis_hint=DIAGNOSIS_HINT)
