@@ -204,7 +204,7 @@ def test_onnx_artifact_reader_on_a_truncated_file(tmp_path, ppocr):
 
 def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     """Symmetric int8 activations (TensorRT's) cost the real PP-OCR classifier agreement. Each candidate is kept
-    in float and measured; the lever that helps most (every op type but Conv) comes first, with its flags."""
+    in float and measured on every validation sample, and ranked by what it gains."""
     # judged on agreement with the source (unlabelled): 132 crops show it is below 99% for certain
     options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"), gate=Thresholds(min_agreement=0.99),
                              recover=False)
@@ -218,10 +218,14 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     assert "Softmax@0" in nodes  # what computes the failing output is always measured
     (group,) = [w["op_types"] for w in worst if w["op_types"]]  # and every op type but Conv, together
     assert "Conv" not in group and {"Clip", "HardSigmoid", "Softmax"} <= set(group)
-    assert 3 <= len(worst) <= 6 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
+    assert 3 <= len(worst) <= 8 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
     assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
-    assert worst[0]["op_types"] == group and worst[0]["gain"] > 0.1  # measured: 0.18 of the way to 99 %
-    assert "--exclude-op-types " + ",".join(group) in str(e.value)
+    # TensorRT's placement leaves the op types between layers without Q/DQ already (the group changes nothing
+    # now; it was the lever when every op was quantized), and no one candidate helps on this classifier: the
+    # refusal says so, and that fp16 agrees on every sample measured
+    assert max(w["gain"] for w in worst) <= 0 and "the loss is not one layer's rounding" in str(e.value)
+    assert e.value.figures["would_pass"][0]["quantization"] == "fp16"
+    assert "top-1 agreement 100.00%" in e.value.figures["would_pass"][0]["says"]
     assert list(tmp_path.iterdir()) == []
     chosen = [nodes[0]]
     options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=chosen),
