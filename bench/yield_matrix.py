@@ -214,6 +214,10 @@ def main(argv=None) -> int:
     records = json.loads(path.read_text()) if path.is_file() else []
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
+    # a cell measured on code not yet committed says so: its figures are not that commit's
+    if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "edgesdk", "converters", "targets",
+                       "device_profiles"], capture_output=True, text=True).stdout.strip():
+        commit += "+changes"
     for name in a.models or list(MODELS):
         about, prepare = MODELS[name]
         with tempfile.TemporaryDirectory(prefix=f"edgesdk-yield-{name}-") as tmp:
