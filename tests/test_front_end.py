@@ -45,3 +45,20 @@ def test_the_region_only_a_detectors_output_depends_on_is_its_head():
     convs = [n for n in region.nodes if op[n] == "Conv"]
     backbone = [n for n in convs if int(n.split("/")[1].split(".")[1]) < 15]  # model.0..14: backbone and neck
     assert not backbone and 19 <= len(convs) <= sum(op[n] == "Conv" for n in op) / 3 + 1, convs
+
+
+def test_the_stem_is_the_first_tenth_of_the_weight_layers_and_what_lies_between():
+    """Ultralytics' YOLOv8n export: 64 convolutions, so the stem is the first 6 and the SiLUs, the C2f's split,
+    bottleneck add and concat between them, in graph order, and nothing after the 7th convolution."""
+    from edgesdk import fixtures
+    from edgesdk.conversion.mixed_precision import stem
+    onnx_path = fixtures.fetch("yolov8n_faces")
+    graph = onnx.load(str(onnx_path)).graph
+    order = [n.name for n in graph.node]
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    first = stem(onnx_path, "onnx")
+    assert [n for n in first.nodes if n in convs] == convs[:6]
+    assert set(first.nodes) == set(order[:order.index(convs[6])]) - {n.name for n in graph.node if n.op_type in
+                                                                      ("QuantizeLinear", "DequantizeLinear")}
+    assert {"/model.2/Split", "/model.2/m.0/Add", "/model.2/Concat"} <= set(first.nodes)
+    assert first.label == "the stem: the first 6 of 64 weight layers and the 15 ops between them"

@@ -7,7 +7,7 @@ in float in turn and the failing checks measured again on the same samples:
 the op that produces each failing output, the debugger's worst layers, every
 op type but the weight-heavy ones (what rescues a byte classifier whose
 elementwise ops cannot share int8 scales), the front end (an audio model's
-STFT, whose range int8 cannot hold), and the layers that first read an input
+STFT, whose range int8 cannot hold), the stem (a CNN's first layers), and the layers that first read an input
 whose range int8 cannot hold, with the input float; int16 activations are measured beside
 them where the route makes them and the target runs them. Routes that can keep layers in
 float say so (Route.excludes_layers); profiles that forbid it (the Edge TPU) get
@@ -23,7 +23,7 @@ from edgesdk.errors import EdgeSDKError
 from edgesdk.sources.data import artifact_layout
 from edgesdk.sources.inputs import artifact_outputs, to_artifact_layout
 from .mixed_precision import (Candidate, Trials, front_end, input_boundary, non_weight_op_types, output_producers,
-                              output_regions)
+                              output_regions, stem)
 
 SAMPLES = 32           # for the debuggers, which keep every intermediate tensor
 MEASURE_SAMPLES = 256  # for the measured trials: one flip in 32 would be 3 points of agreement
@@ -37,7 +37,7 @@ def failing_checks(figures) -> list:
 
 def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple:
     """(candidates to measure, the debugger's rows): output producers, the debugger's worst, the op-type group,
-    the front end, the regions only a failing output depends on."""
+    the front end, the regions only a failing output depends on, the stem."""
     rows = trials.debugger_rows(artifact_path, x, recipe)
     outputs = {c["output"] for c in failing if c.get("output") is not None}
     producers = output_producers(artifact_path, recipe.format, outputs)
@@ -55,6 +55,9 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     if front is not None and not set(front.nodes) <= seen:
         picked.append(front)
     picked += [r for r in output_regions(artifact_path, recipe.format, outputs) if not set(r.nodes) <= seen]
+    first = stem(artifact_path, recipe.format)
+    if first is not None and not set(first.nodes) <= seen and first.nodes != getattr(front, "nodes", None):
+        picked.append(first)
     return picked, rows
 
 

