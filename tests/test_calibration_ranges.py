@@ -1,4 +1,7 @@
-"""--calibration-method mse on the TFLite routes: each inner tensor's range narrowed to its least int8 error."""
+"""Calibration ranges: --calibration-method mse on the TFLite routes (each inner tensor's range narrowed to its least
+int8 error), and the ONNX route measuring them once per graph, data and method."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +76,43 @@ def test_ranges_are_measured_once_per_float_graph_and_serve_every_recipe(monkeyp
     assert len(calls) == first  # nothing calibrated again
     tflite_int8.quantize(flatbuffer, x[:8], recipe=one_float)
     assert len(calls) == first + 2  # other data: measured again
+
+
+def test_onnx_ranges_are_measured_once_per_graph_data_and_method(monkeypatch):
+    """The ONNX route: a rung that keeps a layer in float, or places Q/DQ otherwise, reuses the ranges ONNX
+    Runtime measured for the plain one; the artifact is byte for byte what a fresh calibration makes. New
+    data or another method calibrates again."""
+    from types import SimpleNamespace
+
+    import importlib
+
+    from edgesdk import fixtures
+    from edgesdk.converters import onnx_int8
+    from edgesdk.profiles import load_profile
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not its function
+    made = []
+    real = ort_quantize.create_calibrator
+    monkeypatch.setattr(ort_quantize, "create_calibrator", lambda *a, **k: made.append(1) or real(*a, **k))
+    model = fixtures.fetch("yolov8n_faces")
+    x = fixtures.face_mosaics()[:8]
+
+    def recipe(**changes):
+        return SimpleNamespace(**{"calibration_samples": 8, "per_channel": True, "exclude_nodes": (),
+                                  "exclude_op_types": (), "weight_rounding": "nearest", "calibration_method": "minmax",
+                                  "activations": "int8", **changes})
+
+    def quantize(r, data=x, target="rpi4"):
+        return onnx_int8.quantize(model, r, load_profile(target), SimpleNamespace(x=data))[0]
+
+    quantize(recipe())
+    assert len(made) == 1
+    stem = recipe(exclude_nodes=("/model.0/conv/Conv", "/model.1/conv/Conv"))
+    reused = quantize(stem)
+    assert len(made) == 1  # no calibration: the plain rung's ranges
+    for old in Path(onnx_int8._RANGES.name).glob("*.json"):
+        old.unlink()
+    assert quantize(stem) == reused and len(made) == 2  # a fresh calibration makes the same artifact
+    quantize(stem, data=fixtures.face_mosaics()[8:16])
+    assert len(made) == 3
+    quantize(recipe(calibration_method="percentile"))
+    assert len(made) == 4

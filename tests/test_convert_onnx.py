@@ -204,7 +204,7 @@ def test_onnx_artifact_reader_on_a_truncated_file(tmp_path, ppocr):
 
 def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     """Symmetric int8 activations (TensorRT's) cost the real PP-OCR classifier agreement. Each candidate is kept
-    in float and measured on every validation sample, and ranked by what it gains."""
+    in float and measured on every validation sample, ranked by what it gains, the best one's flags given."""
     # judged on agreement with the source (unlabelled): 132 crops show it is below 99% for certain
     options = ConvertOptions(inputs=InputOptions(input_shape="1,3,48,192"), gate=Thresholds(min_agreement=0.99),
                              recover=False)
@@ -215,17 +215,16 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     assert e.value.figures["gate"]["verdict"] == "fail"
     worst = e.value.figures["worst_layers"]
     nodes = [w["node"] for w in worst if not w["op_types"]]
-    assert "Softmax@0" in nodes  # what computes the failing output is always measured
-    (group,) = [w["op_types"] for w in worst if w["op_types"]]  # and every op type but Conv, together
-    assert "Conv" not in group and {"Clip", "HardSigmoid", "Softmax"} <= set(group)
-    assert 3 <= len(worst) <= 8 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
+    # TensorRT's placement: Q/DQ only on the inputs of weighted layers, so the candidates are the layers that
+    # read a rounded tensor (the debugger's worst tensors, found through their Q/DQ pairs), never the ops
+    # between them (the output's Softmax, the HardSigmoids: kept in float they would change nothing)
+    assert {"Softmax@0", "Clip@0", "HardSigmoid@0"}.isdisjoint(nodes)
+    assert not {"Clip", "HardSigmoid", "Softmax", "Mul"} & {t for w in worst for t in w["op_types"]}
+    assert 3 <= len(worst) <= 10 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
     assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
-    # TensorRT's placement leaves the op types between layers without Q/DQ already (the group changes nothing
-    # now; it was the lever when every op was quantized), and no one candidate helps on this classifier: the
-    # refusal says so, and that fp16 agrees on every sample measured
-    assert max(w["gain"] for w in worst) <= 0 and "the loss is not one layer's rounding" in str(e.value)
-    assert e.value.figures["would_pass"][0]["quantization"] == "fp16"
-    assert "top-1 agreement 100.00%" in e.value.figures["would_pass"][0]["says"]
+    best = worst[0]  # measured: one convolution in float, 0.955 -> 0.970, 0.43 of the way to 99 %
+    assert best["nodes"][0].startswith("Conv@") and len(best["nodes"]) == 1 and best["gain"] > 0.2
+    assert f"{best['nodes'][0]}: kept in float" in str(e.value) and "with --exclude-nodes NAME" in str(e.value)
     assert list(tmp_path.iterdir()) == []
     chosen = [nodes[0]]
     options = ConvertOptions(quantize=QuantizeOptions(exclude_nodes=chosen),

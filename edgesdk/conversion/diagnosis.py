@@ -23,7 +23,7 @@ from edgesdk.errors import EdgeSDKError
 from edgesdk.sources.data import artifact_layout
 from edgesdk.sources.inputs import artifact_outputs, to_artifact_layout
 from .mixed_precision import (Candidate, Trials, front_end, input_boundary, non_weight_op_types, output_producers,
-                              output_regions, stem)
+                              output_regions, quantized_readers, stem, untouched)
 
 SAMPLES = 32           # for the debuggers, which keep every intermediate tensor
 MEASURE_SAMPLES = 256  # for the measured trials: one flip in 32 would be 3 points of agreement
@@ -41,8 +41,13 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     rows = trials.debugger_rows(artifact_path, x, recipe)
     outputs = {c["output"] for c in failing if c.get("output") is not None}
     producers = output_producers(artifact_path, recipe.format, outputs)
-    singles = [*producers, *(Candidate(nodes=(r["node"],), op=r.get("op", "")) for r in rows)]
-    seen, picked = set(recipe.exclude_nodes), []
+    plain = untouched(artifact_path, recipe.format)
+    singles = list(producers)
+    for r in rows:  # a tensor whose producer the quantizer left alone: the layers that read it rounded
+        readers = quantized_readers(artifact_path, r["tensor"]) if r["node"] in plain and r.get("tensor") else ()
+        singles += [Candidate(nodes=(n,)) for n in readers] or [Candidate(nodes=(r["node"],), op=r.get("op", ""))]
+    # what the quantizer left alone stays as it is when kept in float: measuring it would change nothing
+    seen, picked = set(recipe.exclude_nodes) | plain, []
     for c in singles:
         if c.nodes[0] not in seen:
             seen.add(c.nodes[0])

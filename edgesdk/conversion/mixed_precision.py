@@ -128,6 +128,29 @@ def graph_ops(artifact_path, fmt: str) -> tuple:
              for op in art.ops() if op["outputs"]}, art.output_names)
 
 
+def untouched(artifact_path, fmt: str) -> set:
+    """The nodes of an ONNX artifact that read nothing through a DequantizeLinear: the quantizer left them
+    alone (ONNX Runtime's quantizer puts a tensor's Q/DQ pair in for the nodes that read it quantized), so
+    keeping them in float changes nothing: with TensorRT's placement, every op between the weighted layers.
+    Empty for other formats (their debuggers name quantized ops)."""
+    if fmt != "onnx":
+        return set()
+    import onnx
+    nodes = onnx.load(str(artifact_path)).graph.node
+    dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in nodes if n.op_type not in NOT_OPS and not set(n.input) & dequantized}
+
+
+def quantized_readers(artifact_path, tensor: str) -> tuple:
+    """The nodes of an ONNX artifact that read this tensor through its Q/DQ pair: where its rounding is
+    spent, when its producer is untouched (the convolution after a SiLU, with TensorRT's placement)."""
+    import onnx
+    nodes = onnx.load(str(artifact_path)).graph.node
+    q = {o for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] == tensor for o in n.output}
+    dq = {o for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in q for o in n.output}
+    return tuple(n.name for n in nodes if set(n.input) & dq)
+
+
 def output_producers(artifact_path, fmt: str, outputs: set) -> list:
     """Candidate (one node) for the op that computes each of these outputs, looking through pass-through ops."""
     by_output, outs = graph_ops(artifact_path, fmt)
@@ -144,7 +167,8 @@ def output_producers(artifact_path, fmt: str, outputs: set) -> list:
 def non_weight_op_types(artifact_path, fmt: str) -> Candidate | None:
     """Every quantized op type but the weight-heavy ones (Magika: 3.8 % -> 100 % top-1 agreement)."""
     by_output, _ = graph_ops(artifact_path, fmt)
-    present = {op for _, op, _ in by_output.values()} - NOT_OPS
+    plain = untouched(artifact_path, fmt)
+    present = {op for name, op, _ in by_output.values() if name not in plain} - NOT_OPS
     rest = sorted(present - WEIGHT_OPS[fmt])
     if not rest or not present & WEIGHT_OPS[fmt]:
         return None
