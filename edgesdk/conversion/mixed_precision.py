@@ -210,8 +210,8 @@ def stem(artifact_path, fmt: str) -> Candidate | None:
     """The network's first weight layers (a tenth of them, at least two) and every op the graph computes
     before the next one: the high-resolution, few-channel maps whose ranges int8 holds worst. On a real
     YOLOv8n with TensorRT's symmetric int8, its first 6 of 64 convolutions kept out of int8 took detection
-    recall from 0.84 to 0.98 and precision from 0.84 to 0.96 against the float model, where no single layer
-    or the head did."""
+    recall from 0.84 to 0.996 and precision from 0.89 to 0.935 against the float model (96 images, 548
+    detections), where no single layer and not the head did."""
     by_output, _ = graph_ops(artifact_path, fmt)
     ops = list(dict.fromkeys((n, op) for n, op, _ in by_output.values()))  # graph order
     weights = sum(op in WEIGHT_OPS[fmt] for _, op in ops)
