@@ -99,7 +99,7 @@ def families(ctx, as_json):
     """List target families (built-in and from installed plug-ins)."""
     ctx.meta["json"] = as_json
     from edgesdk.targets import ORIGINS, families as found
-    rows = [{"family": f.name, "formats": ",".join(f.formats), "quantization": ",".join(f.quantizations),
+    rows = [{"family": f.name, "formats": ",".join(f.formats), "quantization": ",".join(f.computes_in()),
              "float_ops": f.float_ops, "from": ORIGINS[f.name], "description": f.description}
             for f in found().values()]
     if as_json:

@@ -240,9 +240,9 @@ def parse_profile(text: str, source: str) -> DeviceProfile:
     if wrong:
         raise ProfileError(f"{source} [artifact]: family '{family.name}' cannot run {', '.join(wrong)} "
                            f"artifacts; it takes {' or '.join(family.formats)}.")
-    if art.quantization not in family.quantizations:
-        raise ProfileError(f"{source} [artifact]: quantization must be {' or '.join(family.quantizations)} for "
-                           f"family '{family.name}', got '{art.quantization}'.")
+    if art.quantization not in family.computes_in(art.format):
+        raise ProfileError(f"{source} [artifact]: quantization must be {' or '.join(family.computes_in(art.format))} "
+                           f"for family '{family.name}' ({art.format}), got '{art.quantization}'.")
     problem = family.validate_profile(art, parts["accelerator"])
     if problem:
         raise ProfileError(f"{source}: {problem}")

@@ -100,7 +100,7 @@ def candidates(framework: str, profile, formats=None, quantizations=None, sparsi
     from .targets import get_family
     family = get_family(profile.family)
     for asked, known, what in ((formats, profile.artifact.formats, "formats"),
-                               (quantizations, family.quantizations, "quantizations")):
+                               (quantizations, family.computes_in(), "quantizations")):
         unknown = [a for a in asked or () if a not in known]
         if unknown:
             raise OptionError(f"{profile.name} ({family.name}) cannot run {what} {', '.join(unknown)}; it takes "
@@ -112,7 +112,7 @@ def candidates(framework: str, profile, formats=None, quantizations=None, sparsi
             continue
         quants = list(quantizations or ("int8", "fp16", "float"))
         for quant, sparsity in [(q, 0.0) for q in quants] + [("int8", s) for s in sparsities if "int8" in quants]:
-            if quant not in family.quantizations:
+            if quant not in family.computes_in(fmt):
                 dropped.append((Candidate(fmt, quant, sparsity).name,
                                 f"{profile.name} ({family.name}) does not compute in {quant}"))
                 continue

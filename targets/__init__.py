@@ -49,7 +49,9 @@ class TargetFamily:
     formats = ("tflite", "onnx")  # artifact formats its devices run; a profile may narrow them
     # formats it brings (edgesdk.artifacts.formats.ArtifactFormat): suffix, reader, where it runs
     artifact_formats: tuple = ()
-    quantizations = QUANTIZATIONS  # what its devices compute in
+    # what its devices compute in: one tuple, or one per format (an NPU's own format computes in less than
+    # the board's CPU, which runs anything)
+    quantizations = QUANTIZATIONS
     # may an int8 artifact keep some ops in float (fallback, exclusions, mixed precision): True, False, or the
     # formats where it may (a family whose accelerator runs int8 only may run other formats on its CPU)
     float_ops = True
@@ -64,6 +66,14 @@ class TargetFamily:
     device_options: dict = {}  # deploy options it takes beyond the common ones: name -> who has them
     probe_files: dict = {}  # what the device's probe looks for: name -> paths, the first that exists reported
     profile_dir = None  # a folder of .toml profiles the family ships (third-party packages)
+
+    def computes_in(self, fmt: str | None = None) -> tuple:
+        """The precisions an artifact of this format runs in on the family's devices (any format's: None)."""
+        if isinstance(self.quantizations, dict):
+            if fmt is None:
+                return tuple(q for q in QUANTIZATIONS if any(q in v for v in self.quantizations.values()))
+            return tuple(self.quantizations.get(fmt, ()))
+        return tuple(self.quantizations)
 
     def runs_float_ops(self, fmt: str) -> bool:
         """Whether an int8 artifact of this format may keep some ops in float on the family's devices."""

@@ -87,7 +87,8 @@ class Rockchip(TargetFamily):
     artifact_formats = (ArtifactFormat("rknn", "edgesdk.targets.rockchip_artifact:RKNNArtifact", benchmarks_here=False,
                                        where_it_runs="an .rknn runs only on a Rockchip NPU; measure it there with "
                                                      "`edgesdk deploy ARTIFACT --host BOARD`.", lists_ops=False),)
-    quantizations = ("int8", "fp16")
+    # the NPU computes in int8 or fp16; ONNX runs on the board's CPU cores, float included
+    quantizations = {"rknn": ("int8", "fp16"), "onnx": ("int8", "fp16", "float")}
     # in an .rknn, what runs in fp16 or on the CPU is the toolkit's decision, reported, not a recipe's; the NPU's
     # int16 is the toolkit's own quantization, not a QDQ graph's. ONNX runs on the board's CPU, as on any ARM board.
     float_ops = ("onnx",)

@@ -83,7 +83,7 @@ def test_fp16_build_and_what_the_family_refuses(ppocr, tmp_path):
     info = edgesdk.inspect(art.path, targets=["rock5b"])
     assert not info["quantized"] and info["tensor_dtypes"].get("float16", 0) > 50
     options = ConvertOptions(quantize=QuantizeOptions(quantization="float"))
-    with pytest.raises(OptionError, match="rock5b \\(rockchip\\) computes only int8 or fp16"):
+    with pytest.raises(OptionError, match="rock5b \\(rockchip\\) computes rknn only in int8 or fp16"):
         edgesdk.convert(str(ppocr["model"]), "rock5b", output_dir=tmp_path / "x", options=options)
     options = ConvertOptions(quantize=QuantizeOptions(format="tflite"))
     with pytest.raises(OptionError, match="takes rknn or onnx artifacts, not tflite"):
@@ -187,3 +187,26 @@ def test_two_input_pytorch_module_for_the_rock5b(gained_onet, tmp_path):
     same = reader.predict(Inputs({"input_0": x[:8], "input_1": gain[:8]}))
     brighter = reader.predict(Inputs({"input_0": x[:8], "input_1": gain[:8] * 1.5}))
     assert not np.allclose(same[0], brighter[0], atol=1e-3)
+
+
+def test_a_model_no_npu_precision_holds_gets_a_float_onnx_for_the_boards_cpu(tmp_path):
+    """Basic Pitch's note posteriorgrams: the .rknn's int8 and fp16 decisions and the int8 ONNX's miss the
+    gate (F1 of the notes' decisions against the source's), and the NPU runs no float. The board's CPU cores
+    take ONNX, and a float ONNX passes there: that is made, both fallbacks on record."""
+    import onnxruntime as ort
+
+    from edgesdk import fixtures
+    model = fixtures.fetch("basic_pitch")
+    clips = fixtures.piano_clips()
+    art = edgesdk.convert(str(model), target="rock5b", calibration=clips, output_dir=tmp_path, quiet=True)
+    m = art.manifest
+    assert art.format == "onnx" and m["recipe"]["quantization"] == "float"
+    assert m["format_fallback"]["wanted"] == "rknn" and m["format_fallback"]["made"] == "onnx"
+    assert m["precision_fallback"]["wanted"] == "int8" and m["precision_fallback"]["made"] == "float"
+    # the notes' decisions (> 0.5) against the source's, computed here with the artifact as edgesdk.load runs it
+    name = "StatefulPartitionedCall:1"
+    notes = edgesdk.load(art.path).run(clips)[name] > 0.5
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    source = np.concatenate([sess.run([name], {sess.get_inputs()[0].name: clips[k:k + 1]})[0]
+                             for k in range(len(clips))]) > 0.5
+    assert source.sum() > 100 and 2 * (notes & source).sum() / (notes.sum() + source.sum()) > 0.99

@@ -111,7 +111,7 @@ def test_a_plugged_in_family_is_checked_converted_for_and_deployed(toy_site, ker
                                                             f"{stem}.toy.bin", f"{stem}.toy.log"])
     # the family's rules hold at conversion: nothing float, and parameters that do not fit are refused
     options = ConvertOptions(quantize=QuantizeOptions(quantization="fp16"))
-    with pytest.raises(OptionError, match="computes only int8"):
+    with pytest.raises(OptionError, match="computes tflite only in int8"):
         edgesdk.convert(str(keras3_mnist), "toy-board", output_dir=tmp_path / "f", options=options)
     options = ConvertOptions(quantize=QuantizeOptions(allow_float_fallback=True))
     with pytest.raises(OptionError, match="does not apply"):

@@ -123,12 +123,21 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
                 reason = ((missed.figures or {}).get("gate") or {}).get("reasons") or [first_line(missed)]
                 progress.warn(f"{fmt} misses the gate at {profile.artifact.quantization} ({reason[0][:160]}); "
                               f"{profile.name} takes {others[0]} too: trying {others[0]} before a higher precision.")
+                moved = {"wanted": fmt, "made": others[0], "reason": reason[0]}
+                second = None
                 try:
-                    return _at_precision(request, other, {"wanted": fmt, "made": others[0], "reason": reason[0]},
-                                         higher=False)
+                    return _at_precision(request, other, moved, higher=False)
                 except (ValidationFailed, ConversionError, OptionError) as exc:  # an option only the first
                     progress.warn(f"{others[0]} is no better: {first_line(exc)[:160]}")  # format has (SOFTMAX)
-                return _higher_precision(request, options, missed, fallback)
+                    second = exc if isinstance(exc, ValidationFailed) else None
+                try:
+                    return _higher_precision(request, options, missed, fallback)
+                except ValidationFailed:
+                    if second is None or not _passing(second):
+                        raise
+                # no higher precision of the first format passes (an NPU runs no float): the second's may
+                # (Basic Pitch on rock5b: the .rknn's fp16 misses, a float ONNX on its CPU cores passes)
+                return _higher_precision(request, other, second, moved)
     return _at_precision(request, options, fallback)
 
 
@@ -152,10 +161,15 @@ def _at_precision(request: _Request, options: ConvertOptions, fallback: dict | N
         return _higher_precision(request, options, exc, fallback)
 
 
+def _passing(refusal) -> list:
+    """The higher precisions a gate's refusal measured passing, cheapest first."""
+    return [w for w in (refusal.figures or {}).get("would_pass") or [] if w["verdict"] == "pass"]
+
+
 def _higher_precision(request: _Request, options: ConvertOptions, exc, fallback: dict | None):
     """The first higher precision the refusal `exc` measured passing, made; else `exc` is raised."""
     wanted = request.profile.artifact.quantization
-    passing = [w for w in (exc.figures or {}).get("would_pass") or [] if w["verdict"] == "pass"]
+    passing = _passing(exc)
     if not passing:
         raise exc
     made, reasons = passing[0]["quantization"], (exc.figures.get("gate") or {}).get("reasons") or [""]
@@ -589,7 +603,7 @@ def _what_would_pass(run: ConversionRun) -> list:
     subset = val.subset(np.arange(n))
     out = []
     higher = QUANTIZATIONS[QUANTIZATIONS.index(recipe.quantization) + 1:]  # more bits than what missed
-    for quantization in [q for q in family.quantizations if q in higher]:
+    for quantization in [q for q in family.computes_in(recipe.format) if q in higher]:
         other = replace(recipe, quantization=quantization, input_dtype="float32", output_dtype="float32",
                         activations="int8", exclude_nodes=(), exclude_op_types=(), weight_rounding="nearest")
         progress.step(f"{recipe.quantization} misses the gate: making {quantization} to measure it on {n} samples")

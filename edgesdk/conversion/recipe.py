@@ -94,9 +94,9 @@ def make_recipe(profile: DeviceProfile, options: ConvertOptions | None = None) -
     if quant not in QUANTIZATIONS:
         raise OptionError(f"Unknown quantization '{quant}'; expected one of {', '.join(QUANTIZATIONS)}.")
     family = get_family(profile.family)
-    if quant not in family.quantizations:
-        raise OptionError(f"{profile.name} ({family.name}) computes only {' or '.join(family.quantizations)}; "
-                          f"{quant} cannot run on it. Drop --quantization.")
+    if quant not in family.computes_in(fmt):
+        raise OptionError(f"{profile.name} ({family.name}) computes {fmt} only in "
+                          f"{' or '.join(family.computes_in(fmt))}; {quant} cannot run on it. Drop --quantization.")
     for label, value in (("input dtype", input_dtype), ("output dtype", output_dtype)):
         if value is not None and value not in IO_DTYPES:
             raise OptionError(f"Unknown {label} '{value}'; expected one of {', '.join(IO_DTYPES)}.")
