@@ -324,7 +324,11 @@ def test_pretrained_crepe_tiny_pitch_tracker(tmp_path):
         metric = next(c for c in art.validation["checks"] if c["check"].startswith("metric"))
         assert metric["verdict"] == "pass" and metric["figures"]["within_one_bin"] >= 0.95
         assert art.manifest["inputs"][0]["shape"] == [1, 1024] and art.manifest["inputs"][0]["dtype"] == io
-        assert art.manifest["quantization"]["float_ops"] == []
+        float_ops = art.manifest["quantization"]["float_ops"]
+        if target == "jetson-orin-nano":  # TensorRT's placement: only the ops between weighted layers, in fp16
+            assert float_ops and not [o for o in float_ops if o["op"] in ("Conv", "Gemm", "MatMul")], float_ops
+        else:
+            assert float_ops == []
         assert art.validation["sqnr_db"] > 20
         if art.format == "tflite":
             assert_full_int8(art.path, io_dtype=io)
