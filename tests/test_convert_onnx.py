@@ -215,11 +215,10 @@ def test_failed_gate_measures_exclusions_and_ranks_what_helps(ppocr, tmp_path):
     assert e.value.figures["gate"]["verdict"] == "fail"
     worst = e.value.figures["worst_layers"]
     nodes = [w["node"] for w in worst if not w["op_types"]]
-    # TensorRT's placement: Q/DQ only on the inputs of weighted layers, so the candidates are the layers that
-    # read a rounded tensor (the debugger's worst tensors, found through their Q/DQ pairs), never the ops
+    # TensorRT's placement: Q/DQ only on the inputs of weighted layers, so the single candidates are the layers
+    # that read a rounded tensor (the debugger's worst tensors, found through their Q/DQ pairs), never the ops
     # between them (the output's Softmax, the HardSigmoids: kept in float they would change nothing)
     assert {"Softmax@0", "Clip@0", "HardSigmoid@0"}.isdisjoint(nodes)
-    assert not {"Clip", "HardSigmoid", "Softmax", "Mul"} & {t for w in worst for t in w["op_types"]}
     assert 3 <= len(worst) <= 10 and all(w["measured_on"] == 132 and "kept in float" in w["detail"] for w in worst)
     assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
     best = worst[0]  # measured: one convolution in float, 0.955 -> 0.970, 0.43 of the way to 99 %

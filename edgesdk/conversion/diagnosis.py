@@ -41,7 +41,7 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     rows = trials.debugger_rows(artifact_path, x, recipe)
     outputs = {c["output"] for c in failing if c.get("output") is not None}
     producers = output_producers(artifact_path, recipe.format, outputs)
-    plain = untouched(artifact_path, recipe.format)
+    plain = untouched(artifact_path, recipe.format, trials.quantized_ops)
     singles = list(producers)
     for r in rows:  # a tensor whose producer the quantizer left alone: the layers that read it rounded
         readers = quantized_readers(artifact_path, r["tensor"]) if r["node"] in plain and r.get("tensor") else ()

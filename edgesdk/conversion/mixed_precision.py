@@ -99,6 +99,8 @@ class Trials:
         self.excludes = self.excludes and family.runs_float_ops(recipe.format)  # the Edge TPU runs no float
         # int8 weights with int16 activations: where the route makes them and the target's runtime runs them
         self.int16 = self.int16 and recipe.format in family.int16_activations and recipe.activations == "int8"
+        # the layers whose inputs alone carry Q/DQ, where the family places them so (TensorRT); None: every op
+        self.quantized_ops = family.quantizer_settings(profile, recipe.format).get("quantize_inputs_of")
         self._made = {}
 
     def convert(self, recipe) -> bytes:
@@ -128,17 +130,24 @@ def graph_ops(artifact_path, fmt: str) -> tuple:
              for op in art.ops() if op["outputs"]}, art.output_names)
 
 
-def untouched(artifact_path, fmt: str) -> set:
-    """The nodes of an ONNX artifact that read nothing through a DequantizeLinear: the quantizer left them
-    alone (ONNX Runtime's quantizer puts a tensor's Q/DQ pair in for the nodes that read it quantized), so
-    keeping them in float changes nothing: with TensorRT's placement, every op between the weighted layers.
-    Empty for other formats (their debuggers name quantized ops)."""
+def untouched(artifact_path, fmt: str, quantized_ops=None) -> set:
+    """The nodes of an ONNX artifact the quantizer left alone, so that keeping them in float changes nothing.
+    ONNX Runtime's quantizer puts Q/DQ pairs on the tensors a quantized node reads and (unless told not to)
+    writes. Where the family quantizes only some op types, on their inputs (`quantized_ops`, TensorRT's
+    placement), every node of another type is left alone: the SiLU before a convolution is quantized by
+    it. Otherwise a node is left alone when it reads nothing through a DequantizeLinear and writes nothing
+    into a QuantizeLinear (Magika's Cast and Div write quantized tensors: in float they are the fix). Empty
+    for other formats (their debuggers name quantized ops)."""
     if fmt != "onnx":
         return set()
     import onnx
     nodes = onnx.load(str(artifact_path)).graph.node
+    if quantized_ops:
+        return {n.name for n in nodes if n.op_type not in NOT_OPS and n.op_type not in quantized_ops}
     dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
-    return {n.name for n in nodes if n.op_type not in NOT_OPS and not set(n.input) & dequantized}
+    quantized = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    return {n.name for n in nodes if n.op_type not in NOT_OPS and not set(n.input) & dequantized
+            and not set(n.output) & quantized}
 
 
 def quantized_readers(artifact_path, tensor: str) -> tuple:
@@ -167,8 +176,7 @@ def output_producers(artifact_path, fmt: str, outputs: set) -> list:
 def non_weight_op_types(artifact_path, fmt: str) -> Candidate | None:
     """Every quantized op type but the weight-heavy ones (Magika: 3.8 % -> 100 % top-1 agreement)."""
     by_output, _ = graph_ops(artifact_path, fmt)
-    plain = untouched(artifact_path, fmt)
-    present = {op for name, op, _ in by_output.values() if name not in plain} - NOT_OPS
+    present = {op for _, op, _ in by_output.values()} - NOT_OPS
     rest = sorted(present - WEIGHT_OPS[fmt])
     if not rest or not present & WEIGHT_OPS[fmt]:
         return None
@@ -216,7 +224,7 @@ def stem(artifact_path, fmt: str) -> Candidate | None:
     ops = list(dict.fromkeys((n, op) for n, op, _ in by_output.values()))  # graph order
     weights = sum(op in WEIGHT_OPS[fmt] for _, op in ops)
     k = max(2, round(weights * STEM_SHARE))
-    if weights <= k:  # the whole network is no stem
+    if k > weights * REGION_SHARE:  # most of a small network is the model, not its stem (Magika: 2 of 3)
         return None
     names, seen = [], 0
     for node, op in ops:
