@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgesdk.artifacts.onnx_artifact import DISABLED_OPTIMIZERS
+from edgesdk.artifacts.onnx_artifact import DISABLED_OPTIMIZERS, WEIGHT_OPS
 from edgesdk.errors import ConversionError, OptionError
 from edgesdk.sources.inputs import Inputs, feed_rows
 from edgesdk.targets import get_family
@@ -124,7 +124,7 @@ def _unshare_weights(path: Path) -> None:
     seen: dict = {}
     changed = False
     for node in graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if node.op_type not in WEIGHT_OPS:
             continue
         for k, name in enumerate(node.input):
             if k == 0 or name not in inits:

@@ -42,9 +42,10 @@ def candidates(trials: Trials, recipe, artifact_path: Path, x, failing) -> tuple
     outputs = {c["output"] for c in failing if c.get("output") is not None}
     producers = output_producers(artifact_path, recipe.format, outputs)
     plain = untouched(artifact_path, recipe.format, trials.quantized_ops)
+    read = quantized_readers(artifact_path) if recipe.format == "onnx" and plain else {}
     singles = list(producers)
     for r in rows:  # a tensor whose producer the quantizer left alone: the layers that read it rounded
-        readers = quantized_readers(artifact_path, r["tensor"]) if r["node"] in plain and r.get("tensor") else ()
+        readers = read.get(r.get("tensor"), ()) if r["node"] in plain else ()
         singles += [Candidate(nodes=(n,)) for n in readers] or [Candidate(nodes=(r["node"],), op=r.get("op", ""))]
     # what the quantizer left alone stays as it is when kept in float: measuring it would change nothing
     seen, picked = set(recipe.exclude_nodes) | plain, []

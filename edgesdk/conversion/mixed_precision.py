@@ -142,7 +142,7 @@ def untouched(artifact_path, fmt: str, quantized_ops=None) -> set:
         return set()
     import onnx
     nodes = onnx.load(str(artifact_path)).graph.node
-    if quantized_ops:
+    if quantized_ops and any(n.op_type in quantized_ops for n in nodes):  # else the quantizer placed Q/DQ as usual
         return {n.name for n in nodes if n.op_type not in NOT_OPS and n.op_type not in quantized_ops}
     dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
@@ -150,14 +150,21 @@ def untouched(artifact_path, fmt: str, quantized_ops=None) -> set:
             and not set(n.output) & quantized}
 
 
-def quantized_readers(artifact_path, tensor: str) -> tuple:
-    """The nodes of an ONNX artifact that read this tensor through its Q/DQ pair: where its rounding is
-    spent, when its producer is untouched (the convolution after a SiLU, with TensorRT's placement)."""
+def quantized_readers(artifact_path) -> dict:
+    """For each tensor of an ONNX artifact that has a Q/DQ pair, the nodes that read it through that pair:
+    where its rounding is spent, when its producer is untouched (the convolution after a SiLU, with
+    TensorRT's placement)."""
     import onnx
     nodes = onnx.load(str(artifact_path)).graph.node
-    q = {o for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] == tensor for o in n.output}
-    dq = {o for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in q for o in n.output}
-    return tuple(n.name for n in nodes if set(n.input) & dq)
+    source = {o: n.input[0] for n in nodes if n.op_type == "QuantizeLinear" for o in n.output}
+    rounded = {o: source[n.input[0]] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in source
+               for o in n.output}
+    readers: dict = {}
+    for n in nodes:
+        for i in n.input:
+            if i in rounded:
+                readers.setdefault(rounded[i], []).append(n.name)
+    return {t: tuple(dict.fromkeys(r)) for t, r in readers.items()}
 
 
 def output_producers(artifact_path, fmt: str, outputs: set) -> list:
