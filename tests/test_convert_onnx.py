@@ -170,10 +170,12 @@ def test_byo_onnx_old_opset_to_int8_per_channel(ppocr, tmp_path):
     assert "fixed from (?, 3, ?, ?) to (1, 3, 48, 192)" in notes
     assert "opset upgraded from 11 to 13" in notes  # per-channel weights need it
     assert m["source"]["layout"] == "NCHW" and m["layout"] == "NCHW"
-    # the default rounding measured both here: on text crops the corrected one loses (about 2 dB), nearest stays
+    # the default rounding measured both here: on text crops the corrected one loses (about 2 dB), nearest stays.
+    # Ranked on the first 64 of the 132 crops, the corrected artifact is not validated in full
     rounding = m["quantization"]["weight_rounding"]
     assert rounding["mode"] == "nearest" and rounding["auto"]["chosen"] == "nearest", rounding
-    assert rounding["auto"]["corrected"]["sqnr_db"] < rounding["auto"]["nearest"]["sqnr_db"] == v["sqnr_db"]
+    assert rounding["auto"]["ranked_on"] == 64, rounding
+    assert rounding["auto"]["corrected"]["sqnr_db"] < rounding["auto"]["nearest"]["sqnr_db"]
     facts = qdq_facts(doc["artifact"])
     assert max(o.version for o in facts["model"].opset_import if o.domain in ("", "ai.onnx")) >= 13
     assert facts["weights"] and all(w.dtype == np.int8 for w in facts["weights"])

@@ -141,6 +141,14 @@ def test_multi_input_mistakes_get_clear_errors(vad, tmp_path):
         r = run_cli(*base, *extra)
         assert r.returncode == error.exit_code and said in r.stderr, (extra, r.stderr[-600:])
         assert "Traceback" not in r.stderr
+    # unforced, the Pi's TFLite route fails on the LSTM and ONNX is its fallback; a TFLite op type the ONNX graph
+    # lacks does not turn that into an option error about a format the user never named: the route's failure
+    # stands, with why the fallback was not made either
+    r = run_cli("convert", vad["model"], "-t", "rpi4", "-c", vad["data"], "-o", tmp_path, *VAD,
+                "--exclude-op-types", "SOFTMAX", "--allow-float-fallback")
+    assert r.returncode == ConversionError.exit_code and "onnx2tf could not turn" in r.stderr \
+        and "onnx was not made either: --exclude-op-types: the graph has no SOFTMAX ops" in r.stderr, r.stderr[-800:]
+    assert list(tmp_path.iterdir()) == [] and "Traceback" not in r.stderr
     # the If-wrapped release with the sample rate given as data: the If on it stays, ONNX Runtime's quantizer
     # does not enter its branches, and a float graph is not passed off as int8
     x = np.load(vad["data"])["input"]
@@ -283,10 +291,11 @@ def test_two_input_onnx_to_tflite(gained_onet, tmp_path):
     assert v["artifact_accuracy"] == 1.0 and min(o["sqnr_db"] for o in v["outputs"]) > 15
     assert {i["dtype"] for i in art.manifest["inputs"]} == {"int8"}
     # auto calibration measured mse too, and kept min/max: narrowing each tensor to its own least error
-    # costs this model's weakest output (measured 13.3 dB against min/max's 15+)
+    # costs this model's weakest output (measured 13.3 dB against min/max's 15+). Both were ranked on the first
+    # 64 of the 100 validation crops, so mse was never validated in full
     tried = art.manifest["quantization"]["calibration_auto"]
     assert tried["chosen"] == art.manifest["quantization"]["calibration_method"] == "minmax", tried
-    assert tried["mse"]["sqnr_db"] < tried["minmax"]["sqnr_db"] == v["sqnr_db"], tried
+    assert tried["ranked_on"] == 64 and tried["mse"]["sqnr_db"] < tried["minmax"]["sqnr_db"], tried
 
 
 def test_one_data_input_beside_a_rate_and_a_state_takes_every_form(vad):

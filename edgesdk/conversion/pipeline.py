@@ -116,7 +116,11 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
                     raise
                 reason = first_line(exc)
                 progress.warn(f"no {fmt} artifact: {reason} {profile.name} takes {others[0]} too: making {others[0]}.")
-                return _at_precision(request, other, {"wanted": fmt, "made": others[0], "reason": reason})
+                try:
+                    return _at_precision(request, other, {"wanted": fmt, "made": others[0], "reason": reason})
+                except OptionError as unfit:  # an option only the first format has: the route's failure stands
+                    exc.args = (f"{exc} ({others[0]} was not made either: {first_line(unfit)})",)
+                    raise exc from None
             except ValidationFailed as missed:
                 if not _may_raise_precision(options):
                     raise
@@ -230,10 +234,14 @@ class ConversionRun:
     def io(self):
         return _model_io(self.source)
 
-    def validate(self, path: Path, recipe) -> tuple:
-        """(figures, verdict) of the artifact at `path`, made with `recipe`, on the validation data."""
-        return _validate(path, self.reference, self.val, recipe, self.progress, self.source, self.layout,
-                         self.metric)
+    def validate(self, path: Path, recipe, samples: int | None = None) -> tuple:
+        """(figures, verdict) of the artifact at `path`, made with `recipe`, on the validation data (its first
+        `samples` only, where given: a ranking, not a verdict)."""
+        if samples is None or samples >= len(self.val):
+            return _validate(path, self.reference, self.val, recipe, self.progress, self.source, self.layout,
+                             self.metric)
+        return _validate(path, [r[:samples] for r in self.reference], self.val.subset(np.arange(samples)), recipe,
+                         self.progress, self.source, self.layout, self.metric)
 
 
 def _convert(request: _Request, options: ConvertOptions, fallback: dict | None = None,
@@ -740,6 +748,8 @@ def tail_file(final: Path) -> Path:
 AUTO_BELOW_DB = 30.0  # int8 this close to the source has nothing another rounding or range could give back
 AUTO_MARGIN_DB = 0.3  # the second choice is kept only when it measures at least this much better
 AUTO_MARGIN_DETECTIONS = 0.01  # ... or, for a detector, when its F1 against the source is this much higher
+RANKING_SAMPLES = 64  # the two auto choices are ranked on this many first; only a second that ranks higher is
+# validated in full (the first already was): its full figures decide, so a lucky subset costs time, not a verdict
 
 
 def _choose_rounding(run: ConversionRun, first: tuple) -> tuple:
@@ -766,7 +776,9 @@ def _choose_calibration(run: ConversionRun, first: tuple) -> tuple:
 def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alternative: str, what: str) -> tuple:
     """`tmp` was made with `recipe`. Where int8 costs something (the weakest output's SQNR under AUTO_BELOW_DB),
     the artifact with `option` = `alternative` is made too and judged by the same gate; it is kept when it
-    passes where the first did not, or, both passing or both failing, when it measures better (_better).
+    passes where the first did not, or, both passing or both failing, when it measures better (_ranks_higher).
+    With more than RANKING_SAMPLES validation samples, both are ranked on that many first, and the second is
+    validated in full only where it ranks higher there.
     Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
     from .mixed_precision import Trials
     tmp, source, profile, calib, progress = run.tmp, run.source, run.profile, run.calib, run.progress
@@ -785,15 +797,22 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
             source.weight_rounding = kept_rounding
             return recipe, figures, verdict, None
         trial.write_bytes(data)
-        tried, judged = run.validate(trial, other)
-        record[alternative] = _tried({**tried, **judged})
-        if (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"]
-                                                            and _better(tried, figures)):
-            os.replace(trial, tmp)
-            f1 = detections(tried), detections(figures)  # what a detector's choice was made by
-            progress.step(f"{alternative} {what} kept: " + (f"detection F1 {f1[0]:.3f} against {f1[1]:.3f}"
-                          if None not in f1 else f"{weakest_sqnr(tried):.1f} dB against {sqnr:.1f} dB"))
-            return other, tried, judged, {**record, "chosen": alternative}
+        if len(run.val) > RANKING_SAMPLES:
+            ranked = [run.validate(path, r, RANKING_SAMPLES) for path, r in ((tmp, recipe), (trial, other))]
+            if not _ranks_higher(*ranked[1], *ranked[0]):  # both recorded on the samples that ranked them
+                progress.step(f"{alternative} {what} ranks no higher on {RANKING_SAMPLES} samples: keeping {plain}")
+                record = {"chosen": plain, "ranked_on": RANKING_SAMPLES,
+                          **{r: _tried({**f, **v}) for r, (f, v) in zip((plain, alternative), ranked)}}
+                trial.unlink()
+        if trial.exists():
+            tried, judged = run.validate(trial, other)
+            record[alternative] = _tried({**tried, **judged})
+            if _ranks_higher(tried, judged, figures, verdict):
+                os.replace(trial, tmp)
+                f1 = detections(tried), detections(figures)  # what a detector's choice was made by
+                progress.step(f"{alternative} {what} kept: " + (f"detection F1 {f1[0]:.3f} against {f1[1]:.3f}"
+                              if None not in f1 else f"{weakest_sqnr(tried):.1f} dB against {sqnr:.1f} dB"))
+                return other, tried, judged, {**record, "chosen": alternative}
     except EdgeSDKError as exc:  # the first artifact stands
         progress.warn(f"could not measure {alternative} {what}: {first_line(exc)[:200]}")
     finally:
@@ -801,6 +820,13 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
             trial.unlink()
     source.weight_rounding = kept_rounding
     return recipe, figures, verdict, record
+
+
+def _ranks_higher(tried: dict, judged: dict, figures: dict, verdict: dict) -> bool:
+    """Whether the second choice is kept: it passes where the first did not or, both passing or both failing,
+    it measures better (_better)."""
+    return (judged["passed"] and not verdict["passed"]) or (judged["passed"] == verdict["passed"]
+                                                            and _better(tried, figures))
 
 
 def _better(tried: dict, first: dict) -> bool:
