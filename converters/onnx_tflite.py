@@ -36,8 +36,11 @@ SAMPLES = 20  # what onnx2tf compares ONNX and TF outputs on while it picks tran
 
 def prepare_source(source, recipe, calibration, step=None):
     """The TensorFlow form of the source (cut before its host tail, if any), made by onnx2tf once per source
-    and cut, and kept beside it."""
-    key = ("onnx2tf", recipe.host_tail)
+    and cut, and kept beside it. int8 gets divisors floored (_floor_divisors) where its rounding reaches zero:
+    a graph of its own, made only when some divisor needed it (float keeps the source's arithmetic)."""
+    int8 = recipe.quantization == "int8" and calibration is not None
+    floored = source.derived.get(("divisor floors", recipe.host_tail)) if int8 else []
+    key = ("onnx2tf", recipe.host_tail, None if floored is None else tuple(floored))
     if key in source.derived:
         return source.derived[key]
     import_tf()  # what this side needs, checked before onnx2tf's minutes
@@ -51,6 +54,12 @@ def prepare_source(source, recipe, calibration, step=None):
         from edgesdk.conversion.host_tail import cut_source
         float_onnx = cut_source(source, recipe.host_tail)[0]
     rewritten = _int8_friendly(float_onnx, graph)
+    if floored is None:  # int8, not yet probed
+        floored = source.derived[("divisor floors", recipe.host_tail)] = _floor_divisors(  # the quantizer's
+            graph, calibration.x[:recipe.calibration_samples])  # samples: its ranges are what int8 rounds in
+        key = ("onnx2tf", recipe.host_tail, tuple(floored))
+        if key in source.derived:  # nothing floored: the graph float made already serves
+            return source.derived[key]
     request = {"onnx": str(graph), "out": str(out),
                # only 4-D image inputs become NHWC; audio (N, C, T), feature and state inputs keep their layout
                # (onnx2tf takes the option for 3-D to 5-D inputs; it leaves the others as they are)
@@ -79,6 +88,10 @@ def prepare_source(source, recipe, calibration, step=None):
     source.notes.append(f"TensorFlow graph made by onnx2tf {reply.get('onnx2tf')}"
                         + (f" ({reply['renamed_nodes']} node names made TensorFlow-safe)"
                            if reply.get("renamed_nodes") else ""))
+    if floored:
+        source.notes.append(f"the divisor of {', '.join(floored[:4])}{' ...' if len(floored) > 4 else ''} floored at "
+                            f"1/{DIVISOR_STEPS} of its calibrated range (int8 rounds its smallest values to zero, "
+                            f"and TFLite's int8 DIV refuses a zero divisor)")
     if rewritten:
         source.notes.append(f"{rewritten} HardSigmoid rewritten as Mul, Add, Clip(0, 6), Mul (the same function; "
                             f"its TFLite form RELU_0_TO_1 has no int8 in ai-edge-quantizer)")
@@ -111,6 +124,81 @@ def _int8_friendly(src: str, dst: Path) -> int:
     graph.node.extend(nodes)
     onnx.save(model, str(dst))
     return count
+
+
+DIVISOR_STEPS = 127  # a floored divisor is at least two int8 steps of its range [0, max] above zero
+# ops a divisor passes through unchanged in sign and order: the floor goes on what they read, where int8
+# rounds (a layer norm's var + eps, rounded to int8 before its Sqrt)
+MONOTONE = ("Sqrt", "Reshape", "Expand", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+
+
+def _floor_divisors(path: Path, x) -> list:
+    """Div and Reciprocal whose divisor is computed and never negative on the calibration samples: int8 can
+    round it to the zero point, and TFLite's int8 DIV aborts on a zero divisor. Magika's layer norms: one
+    variance + eps runs from 0.00006 to 0.04 and is rounded to int8 before its Sqrt (eps is below one step);
+    the other is 20 to 33 in float but made in int8 as E[x^2] - E[x]^2, two numbers near 400 in steps of 3,
+    which can cancel to zero. So the tensor where int8 rounds the divisor (the divisor, or what a Sqrt or a
+    reshape before it reads) becomes Max(tensor, max / DIVISOR_STEPS) for that reader: the same value
+    wherever int8 can tell it from zero, and in float wherever the data stays above it. Rewrites the graph at
+    `path`; returns the divisions floored."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+    from edgesdk.sources.inputs import feed_rows
+    model = onnx.load(str(path))
+    graph = model.graph
+    constant = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                       for o in n.output}
+    producer = {o: (i, n) for i, n in enumerate(graph.node) for o in n.output}
+    floors = {}  # reader's index -> (the division it feeds, the tensor to floor)
+    for i, node in enumerate(graph.node):
+        k = 1 if node.op_type == "Div" else 0 if node.op_type == "Reciprocal" else None
+        if k is None or len(node.input) <= k or node.input[k] in constant:
+            continue
+        reader, t = i, node.input[k]
+        while t in producer and producer[t][1].op_type in MONOTONE:
+            reader, t = producer[t][0], producer[t][1].input[0]
+        if t not in constant:
+            floors[reader] = (node.name or node.op_type, t)
+    if not floors:
+        return []
+    try:  # float tensors only (shape arithmetic divides integers, and int8 never sees it)
+        typed = onnx.shape_inference.infer_shapes(model).graph
+        floats = {v.name for v in list(typed.value_info) + list(typed.input) + list(typed.output)
+                  if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+        floors = {r: f for r, f in floors.items() if f[1] in floats}
+        if not floors:
+            return []
+        probe = onnx.load(str(path))
+        wanted = sorted({t for _, t in floors.values()})
+        outputs = {o.name for o in probe.graph.output}
+        probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                                  for t in wanted if t not in outputs)
+        with captured_output():
+            session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        low, high = {t: np.inf for t in wanted}, {t: 0.0 for t in wanted}
+        for i in range(len(x)):
+            for t, v in zip(wanted, session.run(wanted, feed_rows(x, i, i + 1, names))):
+                low[t], high[t] = min(low[t], float(np.min(v))), max(high[t], float(np.max(v)))
+    except Exception:  # the graph's own check (onnx2tf, the runtime) says what is wrong with it
+        return []
+    changed, before = [], {}  # the Max each reader reads, placed just before it (its input exists there)
+    for reader, (division, t) in sorted(floors.items()):
+        if not (low[t] >= 0 and high[t] > 0):  # a divisor of either sign has no floor to keep
+            continue
+        floor = f"edgesdk_divisor_floor_{len(changed)}"
+        graph.initializer.append(numpy_helper.from_array(np.array(high[t] / DIVISOR_STEPS, np.float32), floor))
+        before[reader] = helper.make_node("Max", [t, floor], [f"{floor}_out"], name=f"{floor}_max")
+        node = graph.node[reader]
+        node.input[list(node.input).index(t)] = f"{floor}_out"
+        changed.append(division)
+    if changed:
+        nodes = [m for i, n in enumerate(graph.node) for m in ((before[i], n) if i in before else (n,))]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return changed
 
 
 def _tf_layout(x, source):

@@ -130,3 +130,25 @@ def test_budget_stops_a_conversion_inside_its_stages(ppocr, tmp_path):
     assert r.returncode == 15 and "Traceback" not in r.stderr, r.stderr
     assert "error: The time budget" in r.stderr and "ran out" in r.stderr
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_magika_layer_norms_get_an_int8_tflite_that_runs(tmp_path):
+    """Magika's layer norms divide by sqrt(var + eps), with var made in int8 (one as E[x^2] - E[x]^2, two numbers
+    near 400 in steps of 3): rounded to zero, TFLite's int8 DIV aborted ('data[i] != zero_point') and the Pi
+    got no TFLite at all. With the divisors floored where int8 rounds them, the Pi's default format is made,
+    and it agrees with the float model on real file bytes (computed here through edgesdk.load)."""
+    import onnxruntime as ort
+    import edgesdk
+    features = fixtures.file_byte_features()
+    art = edgesdk.convert(str(fixtures.fetch("magika")), target="rpi4", calibration=features,
+                          output_dir=tmp_path / "out", quiet=True)
+    assert art.manifest["format"] == "tflite" and art.manifest["validation"]["passed"]
+    notes = " ".join(art.manifest["source"]["notes"])
+    assert "LayerNorm_0/Rsqrt" in notes and "LayerNorm_1/Rsqrt" in notes and "floored" in notes, notes
+    session = ort.InferenceSession(str(fixtures.fetch("magika")), providers=["CPUExecutionProvider"])
+    source = np.concatenate([session.run(None, {"bytes": features[i:i + 1]})[0] for i in range(len(features))])
+    loaded = edgesdk.load(art.path)
+    made = np.asarray(loaded.run(features)["target_label"])
+    agreement = float((made.argmax(1) == source.argmax(1)).mean())
+    assert len(features) >= 300 and agreement >= 0.95, agreement
