@@ -177,6 +177,17 @@ def _figures(manifest: dict) -> dict:
     return out
 
 
+def measured_commit() -> str:
+    """The commit the SDK's code is at; a figure measured on code not yet committed says so ("+changes"):
+    it is not that commit's."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "edgesdk", "converters", "targets",
+                       "device_profiles"], capture_output=True, text=True).stdout.strip():
+        commit += "+changes"
+    return commit
+
+
 def _tree_rss_mb(pgid: int) -> float:
     out = subprocess.run(["ps", "-o", "rss=", "-g", str(pgid)], capture_output=True, text=True).stdout
     return sum(int(v) for v in out.split()) / 1024
@@ -212,12 +223,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "yield.json"
     records = json.loads(path.read_text()) if path.is_file() else []
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    # a cell measured on code not yet committed says so: its figures are not that commit's
-    if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "edgesdk", "converters", "targets",
-                       "device_profiles"], capture_output=True, text=True).stdout.strip():
-        commit += "+changes"
+    commit = measured_commit()
     for name in a.models or list(MODELS):
         about, prepare = MODELS[name]
         with tempfile.TemporaryDirectory(prefix=f"edgesdk-yield-{name}-") as tmp:

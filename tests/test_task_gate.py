@@ -252,6 +252,12 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     assert kept["applied"] and kept["activations"] == "int8" and kept["float_op_types"] == KEEP_FLOAT
     assert art.manifest["recipe"]["exclude_op_types"] == KEEP_FLOAT
     assert art.manifest["recovery"]["applied"]["step"] == "mixed precision"
+    # what each stage cost: one attempt (int8 ONNX), the ladder in its own figure
+    timing = art.manifest["timing"]
+    assert [(t["format"], t["quantization"]) for t in timing] == [("onnx", "int8")], timing
+    stages = timing[0]["seconds"]
+    assert set(stages) == {"reference", "convert", "validate", "recover", "explain"}, stages
+    assert stages["recover"] > stages["convert"] > 0, stages
     # what the fix cost, beside the plain artifact's: size and latency here
     assert rungs[0]["size_bytes"] > 0 and rungs[-1]["size_bytes"] > 0
     assert rungs[0]["p50_ms"] > 0 and rungs[-1]["p50_ms"] > 0

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class _Request:
     force: bool
     progress: Progress
     asked: ConvertOptions  # the options as the user gave them: the manifest records these, to replay them
+    attempts: list = field(default_factory=list)  # each _convert's format, precision and seconds per stage
 
 
 def convert(model, target="local", *, calibration=None, validation=None, fine_tune=None,
@@ -252,8 +254,18 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
     cached = _cached_verdict(run)
     if cached is not None:
         return cached
+    seconds = {}
+    request.attempts.append({"format": run.recipe.format, "quantization": run.recipe.quantization,
+                             "seconds": seconds})
+
+    def timed(stage, fn, *args):  # what each stage cost, recorded in the manifest (`timing`)
+        started = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            seconds[stage] = round(time.monotonic() - started, 1)
     run.progress.step(f"computing reference outputs on {len(run.val)} validation samples")
-    run.reference = run.source.predict(run.val.x)
+    run.reference = timed("reference", run.source.predict, run.val.x)
     # Pruning works on the live model; a caller's in-memory model gets its weights back.
     given, snapshot, pruner = run.source.model, None, None
     if run.recipe.sparsity:
@@ -269,10 +281,10 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
         run.training = Training(run.trainer, run.tune, run.source.predict(run.tune.x)[0]
                                 if run.recipe.sparsity and run.recipe.distill else None)
     try:
-        _make(run, pruner)
-        _judge(run)
-        _recover_stage(run)
-        info, compat = _explain(run)
+        timed("convert", _make, run, pruner)
+        timed("validate", _judge, run)  # the auto choices' trials included
+        timed("recover", _recover_stage, run)
+        info, compat = timed("explain", _explain, run)
         return _place(run, info, compat, fallback, precision)
     finally:
         if run.tmp.exists():
@@ -521,6 +533,7 @@ def _place(run: ConversionRun, info: dict, compat: dict, fallback: dict | None, 
     manifest["format_fallback"] = fallback
     manifest["precision_fallback"] = precision
     manifest["options"] = run.request.asked.to_dict()
+    manifest["timing"] = run.request.attempts  # every attempt of this convert call, in order, this one last
     manifest["quantization"]["aware_training"] = run.trained or _trained_rung(run.recovery)
     if not verdict["passed"] and not run.options.keep_failed:
         raise_if_failed(figures, verdict, earlier=str(final) if final.exists() else None)
