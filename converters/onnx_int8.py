@@ -441,9 +441,10 @@ def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
     quantized activation, `qdq_sqnr_db` is the error its own Q/DQ pair adds and `xmodel_sqnr_db` the error
     accumulated up to it against the float model. Streamed: one sample at a time, each tensor's signal and
     noise energies summed (the library's collect_activations keeps every tensor of every sample: 400 MB a
-    sample on PP-OCRv4's recognizer).
+    sample on PP-OCRv4's recognizer). Where one sample's tensors do not fit the memory budget
+    (edgesdk.memory), they are saved in groups that do: both models run once per group, exposing only that
+    group's tensors (time traded for memory only where it must be).
     """
-    import numpy as np
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import (create_activation_matching,
@@ -456,21 +457,20 @@ def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
             modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as named
-        sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                    for p in (float_aug, qdq_aug)]
         names = input_names(float_path)
-        for i in range(len(x)):
-            feed = feed_rows(x, i, i + 1, names)
-            float_acts, qdq_acts = (_activations(s, feed) for s in sessions)
-            for tensor, match in create_activation_matching(qdq_acts, float_acts).items():
-                pre, post = match["pre_qdq"][0].astype(np.float64), match["post_qdq"][0].astype(np.float64)
-                ref = match["float"][0].astype(np.float64) if match.get("float") is not None else None
-                sums = energies.setdefault(tensor, [0.0, 0.0, 0.0, 0.0, ref is not None])
-                sums[0] += float(np.sum(pre ** 2))
-                sums[1] += float(np.sum((pre - post) ** 2))
-                if ref is not None and ref.shape == post.shape:
-                    sums[2] += float(np.sum(ref ** 2))
-                    sums[3] += float(np.sum((ref - post) ** 2))
+        augmented = [onnx.load(str(p)) for p in (float_aug, qdq_aug)]
+        groups = _tensor_groups(*augmented)
+        for k, group in enumerate(groups):
+            paths = (float_aug, qdq_aug)
+            if len(groups) > 1:
+                paths = tuple(_saving_only(m, set(g), Path(tmp) / f"{side}.{k}.onnx")
+                              for m, g, side in zip(augmented, group, ("float", "qdq")))
+            sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
+            for i in range(len(x)):
+                feed = feed_rows(x, i, i + 1, names)
+                float_acts, qdq_acts = (_activations(s, feed, g) for s, g in zip(sessions, group))
+                _add_energies(energies, create_activation_matching(qdq_acts, float_acts))
+            del sessions
     producers = {o: n for n in onnx.load(str(qdq_path)).graph.node for o in n.output}
     rows = []
     for tensor, (signal, noise, ref_signal, ref_noise, has_float) in energies.items():
@@ -487,11 +487,89 @@ def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
     return rows[:worst]
 
 
-def _activations(session, feed) -> dict:
-    """One sample's intermediate tensors, named as collect_activations names them, each as a one-item list."""
+def _add_energies(energies: dict, matching: dict) -> None:
+    """One sample's [pre, pre - post, float, float - post] squared norms added to each tensor's sums."""
+    import numpy as np
+    for tensor, match in matching.items():
+        pre, post = match["pre_qdq"][0].astype(np.float64), match["post_qdq"][0].astype(np.float64)
+        ref = match["float"][0].astype(np.float64) if match.get("float") is not None else None
+        sums = energies.setdefault(tensor, [0.0, 0.0, 0.0, 0.0, ref is not None])
+        sums[0] += float(np.sum(pre ** 2))
+        sums[1] += float(np.sum((pre - post) ** 2))
+        if ref is not None and ref.shape == post.shape:
+            sums[2] += float(np.sum(ref ** 2))
+            sums[3] += float(np.sum((ref - post) ** 2))
+
+
+def _tensor_groups(float_model, qdq_model) -> list:
+    """The saved tensors of both augmented models, as [(float outputs, qdq outputs)] groups, each group's bytes
+    for one sample within the memory budget; a tensor's float twin and its pre/post Q/DQ pair stay in one
+    group. Sizes from the shapes the augmentation inferred (a graph of fixed sizes); a tensor of unknown size
+    counts as the largest known."""
+    import math
+
+    from edgesdk.memory import budget
+    from onnxruntime.quantization.qdq_loss_debug import (_POST_QDQ_POSTFIX1, _TENSOR_SAVE_POSTFIX,
+                                                         DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX)
+
+    def base(name: str) -> str:
+        name = name[:-len(_TENSOR_SAVE_POSTFIX)]
+        for suffix in (QUANT_INPUT_SUFFIX, DEQUANT_OUTPUT_SUFFIX, _POST_QDQ_POSTFIX1):
+            if name.endswith(suffix):
+                return name[:-len(suffix)]
+        return name
+
+    sizes, saved = {}, []
+    for model in (float_model, qdq_model):
+        graph = model.graph
+        for v in list(graph.value_info) + list(graph.input) + list(graph.output):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            if dims and None not in dims:
+                sizes.setdefault(v.name, math.prod(dims) * 4)
+        saved.append([o.name for o in graph.output if o.name.endswith(_TENSOR_SAVE_POSTFIX)])
+    largest = max(sizes.values(), default=1)
+    by_base: dict = {}
+    for side, outs in enumerate(saved):
+        for name in outs:
+            by_base.setdefault(base(name), ([], []))[side].append(name)
+    limit, groups, bytes_in = budget(), [([], [])], 0
+    for names in by_base.values():
+        size = sum(sizes.get(n[:-len(_TENSOR_SAVE_POSTFIX)], largest) for side in names for n in side)
+        if bytes_in and bytes_in + size > limit:
+            groups.append(([], []))
+            bytes_in = 0
+        for side in (0, 1):
+            groups[-1][side].extend(names[side])
+        bytes_in += size
+    return groups
+
+
+def _saving_only(augmented, keep: set, path: Path) -> Path:
+    """The augmented model saving only the tensors `keep` (the others' saving Reshapes removed, so the runtime
+    frees those tensors as it goes), written to `path`."""
+    import onnx
     from onnxruntime.quantization.qdq_loss_debug import _TENSOR_SAVE_POSTFIX
-    return {o.name[:-len(_TENSOR_SAVE_POSTFIX)]: [v] for o, v in zip(session.get_outputs(), session.run(None, feed))
-            if o.name.endswith(_TENSOR_SAVE_POSTFIX)}
+    model = onnx.ModelProto()
+    model.CopyFrom(augmented)
+    graph = model.graph
+    dropped = {o.name for o in graph.output if o.name.endswith(_TENSOR_SAVE_POSTFIX) and o.name not in keep}
+    outputs = [o for o in graph.output if o.name not in dropped]
+    nodes = [n for n in graph.node if not (len(n.output) == 1 and n.output[0] in dropped)]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return path
+
+
+def _activations(session, feed, outputs: list) -> dict:
+    """One sample's intermediate tensors `outputs`, named as collect_activations names them, each as a one-item
+    list."""
+    from onnxruntime.quantization.qdq_loss_debug import _TENSOR_SAVE_POSTFIX
+    if not outputs:
+        return {}
+    return {n[:-len(_TENSOR_SAVE_POSTFIX)]: [v] for n, v in zip(outputs, session.run(outputs, feed))}
 
 
 def _db(signal: float, noise: float) -> float:

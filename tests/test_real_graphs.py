@@ -83,9 +83,10 @@ def test_memory_budget_is_a_share_of_what_is_free(monkeypatch):
 
 
 @pytest.mark.slow
-def test_streamed_qdq_debugger_matches_the_library(ppocr, tmp_path):
-    """The debugger sums each tensor's signal and noise one sample at a time; ONNX Runtime's own
-    collect_activations keeps them all. Same figures."""
+def test_streamed_qdq_debugger_matches_the_library(ppocr, tmp_path, monkeypatch):
+    """The debugger sums each tensor's signal and noise one sample at a time, a group of tensors at a time
+    when a sample's do not fit the memory budget; ONNX Runtime's own collect_activations keeps them all.
+    Same figures, in one group or in many."""
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_signal_to_quantization_noice_ratio,
                                                          create_activation_matching,
@@ -101,6 +102,12 @@ def test_streamed_qdq_debugger_matches_the_library(ppocr, tmp_path):
     matching = create_activation_matching(collect_activations(str(tmp_path / "q.onnx"), onnx_int8._reader(x, ["x"], None)),
                                           collect_activations(str(tmp_path / "f.onnx"), onnx_int8._reader(x, ["x"], None)))
     assert len(rows) == 4
+    from edgesdk import memory
+    monkeypatch.setattr(memory, "budget", lambda: 256 << 10)  # a quarter MB: a few tensors a group
+    import onnx
+    groups = onnx_int8._tensor_groups(onnx.load(str(tmp_path / "f.onnx")), onnx.load(str(tmp_path / "q.onnx")))
+    assert sum(1 for f, q in groups if f and q) > 10, len(groups)  # pairs with their float twin
+    assert onnx_int8.diagnose(source.float_onnx, qdq, x, worst=4) == rows
     for row in rows:
         match = matching[row["tensor"]]
         assert row["qdq_sqnr_db"] == round(compute_signal_to_quantization_noice_ratio(match["pre_qdq"],
