@@ -171,11 +171,11 @@ def test_byo_onnx_old_opset_to_int8_per_channel(ppocr, tmp_path):
     assert "opset upgraded from 11 to 13" in notes  # per-channel weights need it
     assert m["source"]["layout"] == "NCHW" and m["layout"] == "NCHW"
     # the default rounding measured both here: on text crops the corrected one loses (about 2 dB), nearest stays.
-    # Ranked on the first 64 of the 132 crops, the corrected artifact is not validated in full
+    # The first 64 of the 132 crops cannot tell them apart (their intervals overlap), so both were judged in full
     rounding = m["quantization"]["weight_rounding"]
     assert rounding["mode"] == "nearest" and rounding["auto"]["chosen"] == "nearest", rounding
-    assert rounding["auto"]["ranked_on"] == 64, rounding
-    assert rounding["auto"]["corrected"]["sqnr_db"] < rounding["auto"]["nearest"]["sqnr_db"]
+    assert "ranked_on" not in rounding["auto"], rounding
+    assert rounding["auto"]["corrected"]["sqnr_db"] < rounding["auto"]["nearest"]["sqnr_db"] == v["sqnr_db"]
     facts = qdq_facts(doc["artifact"])
     assert max(o.version for o in facts["model"].opset_import if o.domain in ("", "ai.onnx")) >= 13
     assert facts["weights"] and all(w.dtype == np.int8 for w in facts["weights"])
