@@ -792,7 +792,7 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
     """`tmp` was made with `recipe`. Where int8 costs something (the weakest output's SQNR under AUTO_BELOW_DB),
     the artifact with `option` = `alternative` is made too and judged by the same gate; it is kept when it
     passes where the first did not, or, both passing or both failing, when it measures better (_ranks_higher).
-    With more than RANKING_SAMPLES validation samples (not a detector: its F1 has no interval here), both are
+    With more than RANKING_SAMPLES validation samples (not a detector, not a stateful model), both are
     measured on that many first, and a second that is clearly worse there (_clearly_worse) is not validated
     in full.
     Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
@@ -813,7 +813,9 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
             source.weight_rounding = kept_rounding
             return recipe, figures, verdict, None
         trial.write_bytes(data)
-        if len(run.val) > RANKING_SAMPLES and detections(figures) is None:
+        # a detector's F1 has no interval here; a stateful model's samples are one sequence, so its first 64
+        # steps are one stretch of it (Silero VAD: corrected rounding clearly worse there, better on all 555)
+        if len(run.val) > RANKING_SAMPLES and detections(figures) is None and not run.io.states:
             ranked = [run.validate(path, r, RANKING_SAMPLES) for path, r in ((tmp, recipe), (trial, other))]
             if _clearly_worse(ranked[1][0], ranked[0][0]):  # both recorded on the samples that ranked them
                 progress.step(f"{alternative} {what} measures clearly worse on {RANKING_SAMPLES} samples: "
