@@ -815,15 +815,16 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
         trial.write_bytes(data)
         # a detector's F1 has no interval here; a stateful model's samples are one sequence, so its first 64
         # steps are one stretch of it (Silero VAD: corrected rounding clearly worse there, better on all 555)
+        dropped = False
         if len(run.val) > RANKING_SAMPLES and detections(figures) is None and not run.io.states:
             ranked = [run.validate(path, r, RANKING_SAMPLES) for path, r in ((tmp, recipe), (trial, other))]
-            if _clearly_worse(ranked[1][0], ranked[0][0]):  # both recorded on the samples that ranked them
+            dropped = _clearly_worse(ranked[1][0], ranked[0][0])
+            if dropped:  # both recorded on the samples that ranked them
                 progress.step(f"{alternative} {what} measures clearly worse on {RANKING_SAMPLES} samples: "
                               f"keeping {plain}")
                 record = {"chosen": plain, "ranked_on": RANKING_SAMPLES,
                           **{r: _tried({**f, **v}) for r, (f, v) in zip((plain, alternative), ranked)}}
-                trial.unlink()
-        if trial.exists():
+        if not dropped:
             tried, judged = run.validate(trial, other)
             record[alternative] = _tried({**tried, **judged})
             if _ranks_higher(tried, judged, figures, verdict):
