@@ -80,6 +80,7 @@ def _opset(model) -> int:
 def prepare(float_path: Path, out_path: Path, per_channel: bool) -> list:
     """Shape inference and, where per-channel needs it, an opset upgrade. Returns notes."""
     import onnx
+    _import_ort_tools_without_torch()
     from onnxruntime.quantization.shape_inference import quant_pre_process
     notes = []
     model = onnx.load(str(float_path))
@@ -110,6 +111,20 @@ def prepare(float_path: Path, out_path: Path, per_channel: bool) -> list:
         notes.append("symbolic shape inference failed; used ONNX shape inference only")
     _unshare_weights(out_path)
     return notes
+
+
+def _import_ort_tools_without_torch() -> None:
+    """ONNX Runtime's shape inference lives in onnxruntime.tools, whose __init__ imports PyTorch whenever it is
+    installed (for an export helper nothing here calls): 280 MB and a second of an ONNX-only conversion. A
+    None in sys.modules makes its find_spec("torch") answer None; a PyTorch source has imported it already."""
+    import sys
+    if "onnxruntime.tools" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None
+    try:
+        import onnxruntime.tools  # noqa: F401
+    finally:
+        del sys.modules["torch"]
 
 
 def _unshare_weights(path: Path) -> None:
@@ -222,9 +237,16 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
         excluded = _exclusions(pre, recipe)
         if quirks.get("unrunnable"):  # found by an earlier quantization of this model
             excluded["nodes_to_exclude"] = list(excluded.get("nodes_to_exclude", [])) + quirks["unrunnable"]
+        # the tensor ranges are always the float graph's: corrected rounding moves weights by less than a step
+        # and keeps each channel's mean, and calibrating the graph it rewrote would repeat the whole
+        # calibration for the auto choice between the two roundings (6 s of EfficientNet-Lite0's 40 s)
+        unrounded = Path(tmp) / "unrounded.onnx"
+        if recipe.weight_rounding == "corrected":
+            unrounded.write_bytes(pre.read_bytes())
         rounded = _round_weights(pre, recipe, recipe.per_channel and not quirks.get("per_tensor", False), x)
         if stats is not None:
             stats["weight_rounding"] = rounded
+        calibrated = unrounded if rounded and rounded["layers"] else pre
         settings = get_family(profile.family).quantizer_settings(profile, "onnx")
         extra = {"ActivationSymmetric": settings.get("activation_symmetric", False),
                  "QDQDisableWeightAdjustForInt32Bias": quirks.get("no_bias_weight_adjust", False),
@@ -238,15 +260,20 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
             if note:
                 notes.append(note)
 
-        def run():
-            cache = calibration_cache(pre, x, recipe, extra, excluded.get("op_types_to_quantize"))
+        def quantized(graph: Path, to: Path, cache: Path):
             with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
-                quantize_static(str(pre), str(out), _reader(x, input_names(pre), progress),
+                quantize_static(str(graph), str(to), _reader(x, input_names(graph), progress),
                                 quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType.QInt16 if recipe.activations == "int16" else QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=per_channel,
                                 calibrate_method=methods[recipe.calibration_method], extra_options=extra,
                                 calibration_cache_path=str(cache), **excluded)
+
+        def run():
+            cache = calibration_cache(calibrated, x, recipe, extra, excluded.get("op_types_to_quantize"))
+            if not cache.exists() and calibrated != pre:  # the float graph's ranges first
+                quantized(calibrated, Path(tmp) / "unrounded.int8.onnx", cache)
+            quantized(pre, out, cache)
         try:
             try:
                 run()
@@ -300,8 +327,8 @@ def calibration_cache(prepared: Path, x, recipe, extra: dict, op_types) -> Path:
     """Where ONNX Runtime keeps (and finds) the tensor ranges of this graph on this data: a tensor's range is
     the float graph's, whatever the recipe keeps in float or how it places Q/DQ, so the recovery ladder and
     the diagnosis calibrate once per graph, data and method instead of once per trial (a minute a trial on
-    PP-OCRv4's recognizer). The key: the prepared graph's bytes (corrected weight rounding changes them),
-    the data, the method and its options, the op types calibrated."""
+    PP-OCRv4's recognizer). The key: the prepared float graph's bytes (before any weight rounding), the data,
+    the method and its options, the op types calibrated."""
     import hashlib
     import json
 
@@ -324,16 +351,19 @@ def calibration_cache(prepared: Path, x, recipe, extra: dict, op_types) -> Path:
 
 
 # ONNX Runtime's histogram calibrators (percentile, entropy) bin every value of every tensor in Python: about
-# 3 s a sample on PP-OCRv4's recognizer. Their bins hold millions of values a tensor after this many samples.
+# 1.6 s a sample on PP-OCRv4's recognizer (207 MB of tensors a sample), 100 s a rung of the recovery ladder.
+# Their bins hold millions of values a tensor after this many samples, or after this many bytes of values.
 HISTOGRAM_SAMPLES = 64
+HISTOGRAM_BYTES = 4 << 30
+MIN_HISTOGRAM_SAMPLES = 16
 
 
 def _histogram_chunks(x, per_sample: int) -> tuple:
-    """(the samples, how many a histogram calibrator takes at once, a note or None): at most HISTOGRAM_SAMPLES,
-    in chunks that fit the memory budget (edgesdk.memory); quantize_static needs the count a multiple of the
-    chunk, so a remainder is left out."""
+    """(the samples, how many a histogram calibrator takes at once, a note or None): at most HISTOGRAM_SAMPLES
+    and HISTOGRAM_BYTES of tensors (never under MIN_HISTOGRAM_SAMPLES), in chunks that fit the memory budget
+    (edgesdk.memory); quantize_static needs the count a multiple of the chunk, so a remainder is left out."""
     from edgesdk.memory import samples_within
-    wanted = min(len(x), HISTOGRAM_SAMPLES)
+    wanted = min(len(x), HISTOGRAM_SAMPLES, max(MIN_HISTOGRAM_SAMPLES, HISTOGRAM_BYTES // max(per_sample, 1)))
     chunk = samples_within(per_sample, wanted)
     used = wanted - wanted % chunk
     if used == len(x):
@@ -434,6 +464,9 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
     return out
 
 
+MIN_DEBUG_SAMPLES = 8  # a debugger that saves its tensors in k groups takes 1/k of the samples, never fewer
+
+
 def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
     """The activations that lose the most to quantization, worst first.
 
@@ -443,7 +476,8 @@ def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
     noise energies summed (the library's collect_activations keeps every tensor of every sample: 400 MB a
     sample on PP-OCRv4's recognizer). Where one sample's tensors do not fit the memory budget
     (edgesdk.memory), they are saved in groups that do: both models run once per group, exposing only that
-    group's tensors (time traded for memory only where it must be).
+    group's tensors, and the debugger takes a share of the samples (memory and time kept where the machine
+    must, a ranking from fewer samples the price).
     """
     import onnx
     import onnxruntime as ort
@@ -457,9 +491,12 @@ def diagnose(float_path, qdq_path, x, worst: int = 5, excluded=()) -> list:
             modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as named
+        options.enable_cpu_mem_arena = False  # what a group held goes back before the next
+        options.log_severity_level = 3
         names = input_names(float_path)
         augmented = [onnx.load(str(p)) for p in (float_aug, qdq_aug)]
         groups = _tensor_groups(*augmented)
+        x = x[:max(MIN_DEBUG_SAMPLES, -(-len(x) // len(groups)))]  # each group runs both models on every sample
         for k, group in enumerate(groups):
             paths = (float_aug, qdq_aug)
             if len(groups) > 1:
@@ -532,7 +569,9 @@ def _tensor_groups(float_model, qdq_model) -> list:
     for side, outs in enumerate(saved):
         for name in outs:
             by_base.setdefault(base(name), ([], []))[side].append(name)
-    limit, groups, bytes_in = budget(), [([], [])], 0
+    # each saved tensor is held twice while a sample runs: the runtime's output and its numpy copy (counted
+    # 766 MB on PP-OCRv4's recognizer, measured 1.5 GB)
+    limit, groups, bytes_in = budget() // 2, [([], [])], 0
     for names in by_base.values():
         size = sum(sizes.get(n[:-len(_TENSOR_SAVE_POSTFIX)], largest) for side in names for n in side)
         if bytes_in and bytes_in + size > limit:

@@ -71,6 +71,11 @@ def test_histogram_calibration_is_chunked_to_the_memory_budget(monkeypatch):
     assert note == "histogram calibration on 63 of 200 samples, 3 at a time (0 MB of tensors a sample)"
     used, chunk, note = onnx_int8._histogram_chunks(x[:10], per_sample=10)
     assert len(used) == 10 and chunk == 10 and note is None
+    # a large graph's histograms take HISTOGRAM_BYTES of tensors (PP-OCRv4's recognizer: 207 MB a sample)
+    used, chunk, note = onnx_int8._histogram_chunks(x, per_sample=onnx_int8.HISTOGRAM_BYTES // 20)
+    assert len(used) == 20 and chunk == 1 and note.startswith("histogram calibration on 20 of 200 samples")
+    used, _, _ = onnx_int8._histogram_chunks(x, per_sample=onnx_int8.HISTOGRAM_BYTES)
+    assert len(used) == onnx_int8.MIN_HISTOGRAM_SAMPLES
 
 
 def test_memory_budget_is_a_share_of_what_is_free(monkeypatch):
@@ -108,6 +113,12 @@ def test_streamed_qdq_debugger_matches_the_library(ppocr, tmp_path, monkeypatch)
     groups = onnx_int8._tensor_groups(onnx.load(str(tmp_path / "f.onnx")), onnx.load(str(tmp_path / "q.onnx")))
     assert sum(1 for f, q in groups if f and q) > 10, len(groups)  # pairs with their float twin
     assert onnx_int8.diagnose(source.float_onnx, qdq, x, worst=4) == rows
+    # in k groups, the debugger takes 1/k of the samples (each group runs both models on every one), never
+    # fewer than MIN_DEBUG_SAMPLES
+    more = np.concatenate([x] * 4)
+    few = onnx_int8.diagnose(source.float_onnx, qdq, more, worst=4)
+    monkeypatch.undo()
+    assert few == onnx_int8.diagnose(source.float_onnx, qdq, more[:onnx_int8.MIN_DEBUG_SAMPLES], worst=4) != rows
     for row in rows:
         match = matching[row["tensor"]]
         assert row["qdq_sqnr_db"] == round(compute_signal_to_quantization_noice_ratio(match["pre_qdq"],
