@@ -361,7 +361,7 @@ class ONNXEngine:
                     outs[k].append(np.moveaxis(y, axes_out[k], 0) if axes_out[k] else y)
             if progress:
                 progress(min(i + step, len(x)), len(x))
-        return [np.concatenate(o).astype(np.float32) for o in outs]
+        return [np.concatenate(o, dtype=np.float32, casting="unsafe") for o in outs]  # one copy, as float32
 
 
 def numpy_type(ort_type: str):

@@ -86,8 +86,9 @@ def diagnose(run) -> tuple:
             picked.insert(0, boundary)
         if trials.int16:  # the lever beside float (the recovery ladder tries it as a rung of its own)
             picked.append(Candidate(int16=True))
+        run.progress.step(f"  measuring what keeping each of {len(picked)} candidates in float repairs")
         measured = measure(recipe, trials, val, run.reference, failing, picked, run.io, artifact_path, source,
-                           layout)
+                           layout, step=run.progress.step)
         return (measured, trials.measured_hint) if measured else (rows, trials.hint)
     except Exception as exc:
         return [{"error": f"diagnostics failed: {exc}"}], ""

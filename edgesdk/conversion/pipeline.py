@@ -116,6 +116,7 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
             except ConversionError as exc:
                 if not getattr(exc, "route_failed", False):
                     raise
+                _release_frames(exc)
                 reason = first_line(exc)
                 progress.warn(f"no {fmt} artifact: {reason} {profile.name} takes {others[0]} too: making {others[0]}.")
                 try:
@@ -126,6 +127,7 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
             except ValidationFailed as missed:
                 if not _may_raise_precision(options):
                     raise
+                _release_frames(missed)
                 reason = ((missed.figures or {}).get("gate") or {}).get("reasons") or [first_line(missed)]
                 progress.warn(f"{fmt} misses the gate at {profile.artifact.quantization} ({reason[0][:160]}); "
                               f"{profile.name} takes {others[0]} too: trying {others[0]} before a higher precision.")
@@ -135,7 +137,7 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
                     return _at_precision(request, other, moved, higher=False)
                 except (ValidationFailed, ConversionError, OptionError) as exc:  # an option only the first
                     progress.warn(f"{others[0]} is no better: {first_line(exc)[:160]}")  # format has (SOFTMAX)
-                    second = exc if isinstance(exc, ValidationFailed) else None
+                    second = _release_frames(exc) if isinstance(exc, ValidationFailed) else None
                 try:
                     return _higher_precision(request, options, missed, fallback)
                 except ValidationFailed:
@@ -164,7 +166,21 @@ def _at_precision(request: _Request, options: ConvertOptions, fallback: dict | N
     except ValidationFailed as exc:
         if not higher:
             raise
-        return _higher_precision(request, options, exc, fallback)
+        return _higher_precision(request, options, _release_frames(exc), fallback)
+
+
+def _release_frames(exc: BaseException) -> BaseException:
+    """`exc` without the frames of the attempt that raised it, before the next attempt starts: its traceback
+    holds that attempt's reference outputs, data and sessions (+550 MB at the peak of PP-OCRv4's recognizer
+    when the fp16 attempt followed int8). The refusal keeps its message and figures."""
+    import gc
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    gc.collect()  # the frames' reference cycles
+    return exc
 
 
 def _passing(refusal) -> list:
