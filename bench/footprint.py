@@ -3,9 +3,9 @@
     python bench/footprint.py [--models NAME ...]
 
 For each real model: `edgesdk convert MODEL --target rpi4 --format onnx` with default settings (the recovery
-ladder on), and ONNX Runtime's quantize_static (QDQ, its defaults) on the same float graph and calibration
-data, each in its own process, measured from outside: wall time and the peak RSS of the process tree. The
-ratios are the goals (issue: convert peak RSS <= 2.0x the plain library's, wall time <= 3x); what the
+ladder on), and ONNX Runtime's quantize_static (QDQ, its defaults) on the same file and calibration data (a
+PyTorch program exported to ONNX first, in the measured process, as convert exports it), each in its own
+process, measured from outside: wall time and the peak RSS of the process tree. The ratios are the goals (issue: convert peak RSS <= 2.0x the plain library's, wall time <= 3x); what the
 conversion did besides quantizing (the gate, the ladder's rungs) is recorded beside it, so a ratio is read
 with what it paid for. Writes bench/results/footprint.json and footprint.md (committed).
 """
@@ -29,12 +29,19 @@ from yield_matrix import _efficientnet, _ppocr_det, _ppocr_rec, _tree_rss_mb, _y
 GOAL_RSS, GOAL_WALL = 2.0, 3.0
 MODELS = {"ppocr_rec": _ppocr_rec, "ppocr_det": _ppocr_det, "yolov8n": _yolov8n, "efficientnet_lite0": _efficientnet}
 
-# The plain library: what a user writes with ONNX Runtime alone (the float graph fixed to the data's size).
+# The plain library: what a user writes with ONNX Runtime alone, from the same file: a PyTorch program exported
+# with the exporter's defaults (in the measured process, as convert's own export is), the float graph fixed to
+# the data's size.
 PLAIN = """
 import sys, numpy as np, onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 model, data, out = sys.argv[1:4]
 x = np.load(data)["x"]
+if model.endswith(".pt2"):  # a PyTorch program is exported first, as a user of the plain library must
+    import torch
+    program = torch.export.load(model)
+    torch.onnx.export(program, program.example_inputs[0], out + ".float.onnx", input_names=["x"])
+    model = out + ".float.onnx"
 m = onnx.load(model)
 inp = m.graph.input[0]
 for d, v in zip(inp.type.tensor_type.shape.dim, (1,) + x.shape[1:]):
@@ -61,17 +68,6 @@ def measured(cmd: list) -> dict:
             "stdout": stdout, "stderr": stderr}
 
 
-def float_onnx(model: Path, work: Path) -> Path:
-    """The float ONNX the plain library starts from: the file itself, or the PyTorch program exported."""
-    if model.suffix == ".onnx":
-        return model
-    import torch
-    program = torch.export.load(str(model))
-    out = work / f"{model.stem}.onnx"
-    torch.onnx.export(program, program.example_inputs[0], str(out), input_names=["x"])  # the exporter's default
-    return out
-
-
 def run_model(name: str, work: Path) -> dict:
     model, args = MODELS[name](work)
     data = Path(args[args.index("--calibration") + 1])
@@ -90,7 +86,7 @@ def run_model(name: str, work: Path) -> dict:
                                  ladder_seconds=round(sum(a["seconds"].get("recover", 0) for a in attempts), 1))
     else:
         record["convert"]["error"] = [ln for ln in convert["stderr"].splitlines() if ln.startswith("error:")][-1:]
-    plain = measured([sys.executable, "-c", PLAIN, str(float_onnx(model, work)), str(data), str(work / "plain.onnx")])
+    plain = measured([sys.executable, "-c", PLAIN, str(model), str(data), str(work / "plain.onnx")])
     record["plain"] = {k: plain[k] for k in ("exit", "seconds", "peak_rss_mb")}
     if plain["exit"] == 0 and convert["exit"] == 0:
         record["rss_ratio"] = round(convert["peak_rss_mb"] / max(plain["peak_rss_mb"], 1), 2)
@@ -104,7 +100,7 @@ def run_model(name: str, work: Path) -> dict:
 
 def markdown(records: list) -> str:
     lines = ["`edgesdk convert --target rpi4 --format onnx` (defaults: the gate, the recovery ladder) against ONNX "
-             "Runtime's quantize_static on the same float graph and data; peak RSS of the process tree and wall "
+             "Runtime's quantize_static on the same file and data (a PyTorch program exported to ONNX first, in both); peak RSS of the process tree and wall "
              f"time, measured from outside. Goals: RSS ratio <= {GOAL_RSS}, wall ratio <= {GOAL_WALL}. The ladder's "
              "seconds (every attempt's, from the manifest's `timing`) are counted apart in the last ratio.", "",
              "| model | convert s | convert MB | plain s | plain MB | RSS ratio | wall ratio | ladder s | "
