@@ -87,6 +87,7 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
         raise ModelLoadError(f"'{path}' has dynamic input dimensions {listed}. Give the shape to build for "
                              f"with --input-shape, e.g. --input-shape {example}.")
     output_axes = {}
+    batch_of_one = all(s.batch_axis is not None and shape_of(model, s.name)[s.batch_axis] == 1 for s in specs)
     for out in model.graph.output:  # a state output (layers, batch, units) stacks samples on axis 1
         params = [d.dim_param for d in out.type.tensor_type.shape.dim]
         if batch[0] and batch[0] in params and params.index(batch[0]) != 0:
@@ -116,6 +117,8 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
         if "onnx_runner" not in src.derived:  # made anew when the graph is rewritten (resolve_control_flow)
             from edgesdk.artifacts.onnx_artifact import ONNXArtifact
             src.derived["onnx_runner"] = ONNXArtifact(src.float_onnx)
+            if batch_of_one and len(x):
+                _find_batch_axes(src.derived["onnx_runner"], x[:1], output_axes)
         return src.derived["onnx_runner"].predict(x, output_axes=output_axes)
 
     one = specs[0]
@@ -126,6 +129,22 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
                       specs=specs if len(specs) > 1 else [], output_axes=output_axes)
     src.float_onnx, src.keepalive = str(fixed), tmp
     return src
+
+
+def _find_batch_axes(runner, one, output_axes: dict) -> None:
+    """Outputs whose samples stack on another axis than 0, from one sample's real shapes, where the graph did
+    not say (a batch of one fixed in the graph, or output shapes declared wrong): axis 0 is not 1 and exactly
+    one other axis is. A PyTorch CRNN's (steps, batch, symbols), as ddddocr's recognizer writes it while
+    declaring (1, seqlen)."""
+    for name, y in zip(runner.output_names, runner.predict(one)):
+        if name not in output_axes and y.ndim >= 3 and y.shape[0] != 1 and list(y.shape).count(1) == 1:
+            output_axes[name] = list(y.shape).index(1)
+
+
+def shape_of(model, name: str) -> list:
+    """The dims of graph input `name` (0 where not fixed)."""
+    inp = next(i for i in model.graph.input if i.name == name)
+    return [d.dim_value for d in inp.type.tensor_type.shape.dim]
 
 
 def graph_inputs(graph) -> list:

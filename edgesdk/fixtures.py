@@ -68,6 +68,11 @@ FIXTURES = {
                                 "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
                                 "YOLOX character detector (ddddocr), NCHW 3x416x416 BGR pixels 0..255, one "
                                 "output (1, 3549, 6) without its grid decode"),
+    "captcha_recognizer": Fixture("ddddocr", "1.6.1", "ddddocr/common.onnx",
+                                  "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+                                  "ddddocr's CRNN captcha recognizer (float; common_old.onnx beside it is "
+                                  "already int8): grey (1, 1, 64, W) in 0..1, CTC logits out as (steps, batch, "
+                                  "8210) while the graph declares (1, seqlen)"),
     "ppocr_det": Fixture("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
                          "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
                          "PP-OCRv4 text detector (DBNet): NCHW image in, (1, 1, H, W) text probability map out"),
@@ -519,6 +524,36 @@ def text_line_crops(n: int = 160, width: int = 320, seed: int = 0):
         w = min(width, max(1, round(img.width * 48 / img.height)))
         line = np.asarray(img.resize((w, 48), Image.BILINEAR), np.float32)
         crops[k, :, :, :w] = ((line / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+    return crops
+
+
+def captcha_crops(n: int = 96, width: int = 160, seed: int = 0):
+    """Captcha-like words as ddddocr's recognizer takes them: float32 (n, 1, 64, width), grey in 0..1. Each is
+    4 to 6 letters and digits in Pillow's bundled font at 34 to 44 px, each letter turned a little, dark on a
+    light uneven ground with a stray line and speckles."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+    alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    rng = np.random.default_rng(seed)
+    crops = np.empty((n, 1, 64, width), np.float32)
+    for k in range(n):
+        ground = int(rng.integers(190, 250))
+        ramp = np.linspace(0, rng.uniform(-40, 40), width)[None, :]
+        img = Image.fromarray(np.clip(ground + ramp + np.zeros((64, width)), 0, 255).astype(np.uint8))
+        text = "".join(rng.choice(list(alphabet), int(rng.integers(4, 7))))
+        font = ImageFont.load_default(size=int(rng.integers(34, 45)))
+        left, step = int(rng.integers(4, 12)), (width - 16) / len(text)
+        for i, ch in enumerate(text):
+            tile = Image.new("L", (56, 64), 0)
+            ImageDraw.Draw(tile).text((10, 2), ch, fill=255, font=font)
+            tile = tile.rotate(float(rng.uniform(-20, 20)), resample=Image.BICUBIC)
+            img.paste(int(rng.integers(0, 90)), (int(left + i * step) - 10, int(rng.integers(-4, 6))), tile)
+        draw = ImageDraw.Draw(img)
+        draw.line([tuple(int(v) for v in rng.integers(0, (width, 64))) for _ in range(2)],
+                  fill=int(rng.integers(40, 140)), width=int(rng.integers(1, 3)))
+        for _ in range(int(rng.integers(30, 120))):
+            draw.point(tuple(int(v) for v in rng.integers(0, (width, 64))), fill=int(rng.integers(0, 256)))
+        crops[k, 0] = np.asarray(img, np.float32) / 255
     return crops
 
 

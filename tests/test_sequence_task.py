@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import edgesdk
-from edgesdk import ConvertOptions, QuantizeOptions, fixtures
+from edgesdk import ConvertOptions, InputOptions, QuantizeOptions, fixtures
 from edgesdk.judge.tasks import ModelIO, Thresholds
 from edgesdk.judge.validation import gate, judge
 
@@ -106,3 +106,32 @@ def test_int16_recognizer_for_the_pi_reads_the_same_text(rec, tmp_path):
     (out,) = got.values()
     ours = cer(greedy_ctc(rec["float"]), greedy_ctc(out))
     assert ours < 0.02 and abs(ours - v["heads"][0]["cer"]) < 1e-6, ours
+
+
+def test_a_recognizer_that_stacks_steps_first_is_read_as_its_source(tmp_path):
+    """ddddocr's CRNN (a wheel's real model) writes CTC logits as (steps, batch, symbols) and declares its
+    output (1, seqlen): its samples stack on axis 1, found from one sample's real shape, and its logits are
+    recognised as a sequence (most steps' argmax the blank) without --task. The auto rounding choice is
+    ranked on a subset of the samples (the path that once sliced the steps instead of the samples), and the
+    artifact, run with edgesdk.load, gives the source's layout and the gate's own character error rate."""
+    import onnxruntime as ort
+    model = fixtures.fetch("captcha_recognizer")
+    np.save(tmp_path / "calib.npy", fixtures.captcha_crops(128, seed=1))
+    held = fixtures.captcha_crops(96, seed=0)
+    np.save(tmp_path / "held.npy", held)
+    art = edgesdk.convert(str(model), target="rpi4", calibration=str(tmp_path / "calib.npy"),
+                          validation=str(tmp_path / "held.npy"), output_dir=tmp_path / "out", quiet=True,
+                          options=ConvertOptions(quantize=QuantizeOptions(format="onnx"),
+                                                 inputs=InputOptions(input_shape="1,1,64,160"),
+                                                 gate=Thresholds(max_cer=0.05)))  # int8 as it comes, no ladder
+    v = art.manifest["validation"]
+    assert v["task"] == "sequence" and v["passed"] and v["samples"] == 96, v
+    rounding = art.manifest["quantization"]["weight_rounding"]["auto"]
+    assert {"nearest", "corrected"} <= set(rounding), rounding  # both measured, the subset taken first
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(None, {"input1": held[i:i + 1]})[0] for i in range(len(held))], axis=1)
+    (out,) = edgesdk.load(art.path).run(held).values()
+    assert out.shape == ref.shape == (20, 96, 8210)
+    ours = cer(greedy_ctc(ref.transpose(1, 0, 2)), greedy_ctc(out.transpose(1, 0, 2)))
+    assert abs(ours - v["heads"][0]["cer"]) < 1e-6 and ours <= 0.05, ours
+    assert np.mean([len(t) for t in greedy_ctc(ref.transpose(1, 0, 2))]) >= 4  # words read, not blanks
