@@ -150,6 +150,29 @@ def test_budget_stops_a_conversion_inside_its_stages(ppocr, tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_sigterm_unwinds_a_conversion_and_leaves_nothing(ppocr, tmp_path):
+    """A `timeout` or a scheduler ends a conversion with SIGTERM: exit 143 with one line, and nothing of it
+    left in the output folder or the temporary one (its default action left a partial artifact and 160 MB)."""
+    import os
+    import signal
+    import subprocess
+    from conftest import wait_for
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    scratch.mkdir()
+    exe = Path(sys.executable).with_name("edgesdk")
+    proc = subprocess.Popen([str(exe), "convert", str(ppocr["model"]), "-t", "rpi4", "--format", "onnx",
+                             "--input-shape", "1,3,48,192", "-c", str(ppocr["calib"]), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)})
+    assert wait_for(lambda: any(scratch.glob("edgesdk-onnx-*/prepared.onnx")), timeout=120)  # quantizing
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM); nothing half-made was kept"
+    # (.ses: ONNX Runtime's own id file, which its library writes in any TMPDIR it meets and keeps)
+    assert list(out.iterdir()) == [] and [p.name for p in scratch.iterdir() if p.name != ".ses"] == []
+
+
 @pytest.mark.slow
 def test_magika_layer_norms_get_an_int8_tflite_that_runs(tmp_path):
     """Magika's layer norms divide by sqrt(var + eps), with var made in int8 (one as E[x^2] - E[x]^2, two numbers
