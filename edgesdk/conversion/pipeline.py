@@ -117,8 +117,9 @@ def _with_fallbacks(request: _Request, options: ConvertOptions, fallback: dict |
                 if not getattr(exc, "route_failed", False):
                     raise
                 _release_frames(exc)
-                reason = first_line(exc)
-                progress.warn(f"no {fmt} artifact: {reason} {profile.name} takes {others[0]} too: making {others[0]}.")
+                reason = first_line(exc).rstrip(". ")
+                progress.warn(f"no {fmt} artifact: {reason}. {profile.name} takes {others[0]} too: making "
+                              f"{others[0]}.")
                 try:
                     return _at_precision(request, other, {"wanted": fmt, "made": others[0], "reason": reason})
                 except OptionError as unfit:  # an option only the first format has: the route's failure stands
@@ -167,6 +168,22 @@ def _at_precision(request: _Request, options: ConvertOptions, fallback: dict | N
         if not higher:
             raise
         return _higher_precision(request, options, _release_frames(exc), fallback)
+
+
+REFERENCE_CHUNK = 8  # samples a progress step at least (a layout detector at 800 x 608: 43 s for 61 pages)
+
+
+def _reference_outputs(run: ConversionRun) -> list:
+    """The source's outputs on the validation samples, drawn as a bar: a chunk of samples at a time (a stateful
+    model's whole sequence at once, its state carried from step to step)."""
+    x, source = run.val.x, run.source
+    if source.stateful or len(x) <= REFERENCE_CHUNK:
+        return source.predict(x)
+    bar, parts, chunk = run.progress.bar("reference"), [], max(REFERENCE_CHUNK, len(x) // 20)
+    for i in range(0, len(x), chunk):
+        parts.append(source.predict(x[i:i + chunk]))
+        bar(min(i + chunk, len(x)), len(x))
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 def _release_frames(exc: BaseException) -> BaseException:
@@ -281,7 +298,7 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
         finally:
             seconds[stage] = round(time.monotonic() - started, 1)
     run.progress.step(f"computing reference outputs on {len(run.val)} validation samples")
-    run.reference = timed("reference", run.source.predict, run.val.x)
+    run.reference = timed("reference", _reference_outputs, run)
     # Pruning works on the live model; a caller's in-memory model gets its weights back.
     given, snapshot, pruner = run.source.model, None, None
     if run.recipe.sparsity:

@@ -49,7 +49,8 @@ from .diagnosis import SAMPLES, MIN_GAIN, candidates, failing_checks, gain, meas
 from .mixed_precision import Candidate, Trials, input_boundary
 
 MAX_MIXED_RUNGS = 4
-LATENCY_RUNS = 30
+LATENCY_SECONDS = 3  # a rung's latency here: as many runs as fit (at least one; 30 fixed runs of a layout
+# detector's int16 TFLite, 2.6 s each on this machine's reference kernels, were 90 s without a word)
 SLOWER = 1.15  # a rung this much slower than another is the dearer one; below it, timing noise here
 
 
@@ -99,7 +100,7 @@ def _latency_ms(path: Path) -> float | None:
     import os
     from edgesdk.devices.bench import benchmark
     try:
-        return round(benchmark(path, runs=LATENCY_RUNS, warmup=3, threads=os.cpu_count() or 1).p50, 4)
+        return round(benchmark(path, warmup=1, duration=LATENCY_SECONDS, threads=os.cpu_count() or 1).p50, 4)
     except EdgeSDKError:
         return None
 
