@@ -106,8 +106,14 @@ def test_options_built_in_python_are_checked_as_a_files_are():
         TrainingOptions(epochs="2")
     with pytest.raises(OptionError, match="QuantizeOptions.activations is one of int8, int16"):
         QuantizeOptions(activations="int4")
-    with pytest.raises(OptionError, match="ConvertOptions.gate takes a Thresholds, got dict"):
-        ConvertOptions(gate={"min_iou": 0.7})
+    # a group given as a dict of its fields is that group, checked as a file's table is
+    assert ConvertOptions(gate={"min_iou": 0.7}).gate == Thresholds(min_iou=0.7)
+    with pytest.raises(OptionError, match=r"ConvertOptions.gate: unknown option in \['iou'\]; Thresholds takes"):
+        ConvertOptions(gate={"iou": 0.7})
+    with pytest.raises(OptionError, match="TrainingOptions.epochs takes a whole number"):
+        ConvertOptions(training={"epochs": "2"})
+    with pytest.raises(OptionError, match="ConvertOptions.gate takes a Thresholds .or a dict of its fields., got list"):
+        ConvertOptions(gate=[0.7])
     with pytest.raises(OptionError, match="ConvertOptions.recover is a switch"):
         ConvertOptions(recover=1)
     assert TrainingOptions(prune=np.float32(0.5), epochs=np.int64(3)).epochs == 3  # numpy numbers are numbers

@@ -59,14 +59,25 @@ def _typed(f, value, where: str):
 
 class _Checked:
     """Options built in Python are checked as a file's are: a number where a number goes, a switch, one of the
-    choices, a group of its own type; the error names the field."""
+    choices, a group of its own type (or a dict of its fields, made that group); the error names the field."""
 
     def __post_init__(self):
         for f in fields(self):
             value, where = getattr(self, f.name), f"{type(self).__name__}.{f.name}"
             if is_dataclass(f.default):
-                if not isinstance(value, type(f.default)):
-                    raise OptionError(f"{where} takes a {type(f.default).__name__}, got {type(value).__name__}.")
+                group = type(f.default)
+                if isinstance(value, dict):  # inputs={"input_shape": ...}: the group's own fields, checked
+                    try:
+                        value = group(**value)
+                    except TypeError:
+                        known = ", ".join(g.name for g in fields(group))
+                        raise OptionError(f"{where}: unknown option in {sorted(value)}; {group.__name__} takes "
+                                          f"{known}.") from None
+                    object.__setattr__(self, f.name, value)
+                if not isinstance(value, group):
+                    article = "an" if group.__name__[0] in "AEIOU" else "a"
+                    raise OptionError(f"{where} takes {article} {group.__name__} (or a dict of its fields), got "
+                                      f"{type(value).__name__}.")
             else:
                 _typed(f, value, where)
 
