@@ -37,6 +37,8 @@ def is_ctc_scores(y: np.ndarray) -> bool:
     (20 steps x 8,210 symbols): 70 % of its steps are blank."""
     if y.ndim != 3 or y.shape[1] < 8 or y.shape[2] < 10:
         return False
+    if not np.any(y[:64] < 0):  # scores in 0..1 per symbol are sigmoids (multilabel frames), not logits
+        return False
     best = y[:64].argmax(axis=2)
     blank = best == 0
     return bool(blank.mean() >= 0.3 and blank.any(axis=1).mean() >= 0.9 and len(np.unique(best[~blank])) >= 3)
