@@ -88,7 +88,7 @@ def test_ranges_are_measured_once_per_float_graph_and_serve_every_recipe(monkeyp
 def test_onnx_ranges_are_measured_once_per_graph_data_and_method(monkeypatch):
     """The ONNX route: a rung that keeps a layer in float, or places Q/DQ otherwise, reuses the ranges ONNX
     Runtime measured for the plain one; the artifact is byte for byte what a fresh calibration makes. New
-    data or another method calibrates again; corrected weight rounding takes the float graph's ranges."""
+    data, another method or corrected weight rounding calibrates again."""
     from types import SimpleNamespace
 
     import importlib
@@ -123,10 +123,6 @@ def test_onnx_ranges_are_measured_once_per_graph_data_and_method(monkeypatch):
     assert len(made) == 3
     quantize(recipe(calibration_method="percentile"))
     assert len(made) == 4
-    # corrected weight rounding takes the float graph's ranges: the auto choice's second artifact calibrates
-    # nothing, and a fresh one (the float graph calibrated, then the rounded graph quantized) is the same
-    corrected = quantize(recipe(weight_rounding="corrected"))
-    assert len(made) == 4 and corrected != quantize(recipe())
-    for old in Path(onnx_int8._RANGES.name).glob("*.json"):
-        old.unlink()
-    assert quantize(recipe(weight_rounding="corrected")) == corrected and len(made) == 5
+    # corrected weight rounding's graph is calibrated on its own (its bias corrections move the activations)
+    quantize(recipe(weight_rounding="corrected"))
+    assert len(made) == 5
