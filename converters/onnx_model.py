@@ -46,7 +46,7 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
         raise ModelLoadError(f"--input-shape gives one unnamed shape, but '{path.name}' has {len(inputs)} inputs "
                              f"({', '.join(i.name for i in inputs)}): name each, e.g. --input-shape "
                              f"{inputs[0].name}:{','.join(map(str, shapes[None]))}.")
-    notes, specs, problems = [], [], []
+    notes, specs, problems, batch_sizes = [], [], [], []
     dim0 = inputs[0].type.tensor_type.shape.dim[:1] if inputs else []
     batch = (dim0[0].dim_param, dim0[0].dim_value) if dim0 else ("", 0)  # read before the loop fixes dims
     for inp in inputs:
@@ -68,6 +68,7 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
                     problems.append((inp.name, current))
                     continue
                 how = ", the size of the data's samples (--input-shape builds for another)"
+        batch_sizes.append(shape[axis] if axis is not None else None)
         if current != shape:
             notes.append(f"input '{inp.name}' fixed from {_show(current)} to {_show(shape)}{how}")
         for d, v in zip(dims, shape):
@@ -87,7 +88,7 @@ def load_path(path: Path, input_shape=None, data_shapes=None) -> SourceModel:
         raise ModelLoadError(f"'{path}' has dynamic input dimensions {listed}. Give the shape to build for "
                              f"with --input-shape, e.g. --input-shape {example}.")
     output_axes = {}
-    batch_of_one = all(s.batch_axis is not None and shape_of(model, s.name)[s.batch_axis] == 1 for s in specs)
+    batch_of_one = all(size == 1 for size in batch_sizes)
     for out in model.graph.output:  # a state output (layers, batch, units) stacks samples on axis 1
         params = [d.dim_param for d in out.type.tensor_type.shape.dim]
         if batch[0] and batch[0] in params and params.index(batch[0]) != 0:
@@ -139,12 +140,6 @@ def _find_batch_axes(runner, one, output_axes: dict) -> None:
     for name, y in zip(runner.output_names, runner.predict(one)):
         if name not in output_axes and y.ndim >= 3 and y.shape[0] != 1 and list(y.shape).count(1) == 1:
             output_axes[name] = list(y.shape).index(1)
-
-
-def shape_of(model, name: str) -> list:
-    """The dims of graph input `name` (0 where not fixed)."""
-    inp = next(i for i in model.graph.input if i.name == name)
-    return [d.dim_value for d in inp.type.tensor_type.shape.dim]
 
 
 def graph_inputs(graph) -> list:

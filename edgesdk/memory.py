@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 SHARE = 0.25               # of the memory available now, for one stage's held tensors
-CEILING = 512 << 20         # never more than this, however large the machine
+CEILING = 512 << 20        # never more than this, however large the machine
 FLOOR = 256 << 20          # a machine reporting less than this still gets it (the stage takes one sample)
 
 
