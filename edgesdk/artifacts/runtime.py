@@ -51,7 +51,15 @@ def load(path, num_threads: int | None = None) -> "Loaded":
             raise ModelLoadError(f"'{path}' is cut before its detector head, and the head's host tail "
                                  f"'{tail_path.name}' is not beside it: copy both files.")
         tail = ONNXEngine(tail_path, num_threads or 1)
-    return Loaded(engine, interface, tail)
+    loaded = Loaded(engine, interface, tail)
+    if interface.get("stem"):
+        stem_path = path.parent / interface["stem"]["file"]
+        if not stem_path.is_file():
+            raise ModelLoadError(f"'{path}' starts after its first layers, which the host runs in float, and "
+                                 f"their graph '{stem_path.name}' is not beside it: copy both files.")
+        stem = ONNXEngine(stem_path, num_threads or 1)
+        return Stemmed(Loaded(stem, plain_interface(stem)), loaded)
+    return loaded
 
 
 def open_engine(path: Path, num_threads: int = 1):
@@ -216,6 +224,31 @@ class Loaded:
             y = (finished if o.get("from_tail") else values)[o["artifact_name"]]
             outs.append(y.transpose(0, 3, 1, 2) if o.get("nchw") and y.ndim == 4 else y)
         return outs
+
+
+class Stemmed:
+    """An artifact whose network's first layers the host runs in float (the manifest's `host_stem`): the stem's
+    float graph takes what the source took, the artifact takes the stem's outputs."""
+
+    def __init__(self, stem: Loaded, rest: Loaded):
+        self.stem, self.rest = stem, rest
+
+    @property
+    def inputs(self) -> list:
+        return self.stem.inputs
+
+    @property
+    def outputs(self) -> list:
+        return self.rest.outputs
+
+    def reset(self) -> None:
+        self.rest.reset()
+
+    def run(self, inputs) -> dict:
+        return self.rest.run(self.stem.run(inputs))
+
+    def predict(self, x, progress=None) -> list:
+        return self.rest.predict(Inputs(dict(zip(self.stem.outputs, self.stem.predict(x)))), progress=progress)
 
 
 def _zeros(spec: dict) -> np.ndarray:

@@ -35,6 +35,7 @@ from edgesdk.sources.source import framework_of, load_source
 from edgesdk.targets import get_family
 from edgesdk.util import (ensure_writable_dir, first_line, gzip_size, out_of_space, sha256_file, temp_dir_in,
                           temp_path_in)
+from .host_stem import stem_file
 from .options import ConvertOptions, with_legacy
 from .recipe import make_recipe
 
@@ -210,12 +211,35 @@ def _higher_precision(request: _Request, options: ConvertOptions, exc, fallback:
     wanted = request.profile.artifact.quantization
     passing = _passing(exc)
     if not passing:
-        raise exc
+        return _stem_on_host(request, options, exc, fallback)
     made, reasons = passing[0]["quantization"], (exc.figures.get("gate") or {}).get("reasons") or [""]
     request.progress.warn(f"{wanted} misses the gate ({reasons[0][:160]}); {made} passes on "
                           f"{passing[0]['samples']} samples: making {made} (--quantization {wanted} refuses instead).")
     return _convert(request, options.with_values({("quantize", "quantization"): made}), fallback,
                     {"wanted": wanted, "made": made, "reason": reasons[0]})
+
+
+def _stem_on_host(request: _Request, options: ConvertOptions, exc, fallback: dict | None):
+    """int8 again with the network's first layers run on the host in float (host_stem.py), where the family
+    computes in int8 only (the Edge TPU: no float op, no higher precision) and int8 missed the gate at every
+    rung; else the refusal `exc` stands, saying what the stem on the host measured."""
+    fmt = options.quantize.format
+    family = get_family(request.profile.family)
+    if request.profile.artifact.quantization != "int8" or fmt is None or family.runs_float_ops(fmt) \
+            or family.computes_in(fmt) != ("int8",) or framework_of(request.model, request.model_factory) != "onnx":
+        raise exc
+    try:
+        return _convert(request, options.with_values({("quantize", "quantization"): "int8"}), fallback,
+                        stem_for=exc)
+    except BudgetExceeded:
+        raise
+    except EdgeSDKError as missed:
+        if missed is exc:
+            raise
+        reasons = (getattr(missed, "figures", None) or {}).get("gate", {}).get("reasons") or [first_line(missed)]
+        exc.args = (f"{exc} With its first layers on the host in float, the rest int8 on {request.profile.name}: "
+                    f"{reasons[0][:200]}",)
+        raise _release_frames(exc) from None
 
 
 @dataclass
@@ -250,6 +274,8 @@ class ConversionRun:
     training: object = None       # the ladder's training rung, while it has one to climb
     trained: dict | None = None   # what --qat trained
     tail: dict | None = None      # a detector head's merging kept in float
+    stem: object = None           # a host_stem.Stem: the first layers run on the host in float
+    original_source: object = None  # with a stem on the host, the model the user gave (`source` is the rest)
     rounding: dict | None = None  # what --weight-rounding auto measured
     calibrated: dict | None = None  # what --calibration-method auto measured
     recovery: dict | None = None
@@ -280,10 +306,13 @@ class ConversionRun:
 
 
 def _convert(request: _Request, options: ConvertOptions, fallback: dict | None = None,
-             precision: dict | None = None) -> Artifact:
+             precision: dict | None = None, stem_for=None) -> Artifact:
     """One conversion, its format and precision settled, in its stages: prepare, convert, judge, recover,
-    explain, place. Everything is made under a temporary name and placed only at the end."""
+    explain, place. Everything is made under a temporary name and placed only at the end. stem_for: the
+    refusal of int8 made whole; this conversion runs the source's stem on the host (or raises that refusal)."""
     run = _prepare(request, options)
+    if stem_for is not None:
+        _move_stem_to_host(run, stem_for)
     cached = _cached_verdict(run)
     if cached is not None:
         return cached
@@ -373,6 +402,33 @@ def _prepare(request: _Request, options: ConvertOptions) -> ConversionRun:
     run.cache_key = _cache_key(source, request.profile, run.recipe, run.calib, run.val, run.tune, run.metric,
                                options.recover)
     return run
+
+
+def _move_stem_to_host(run: ConversionRun, refusal) -> None:
+    """The run made to convert the rest of the network after its stem, fed the stem's float outputs (the
+    host's share, host_stem.py); `refusal` raised where the graph has no stem to cut."""
+    from edgesdk.converters import get_route
+    from edgesdk.converters.float_onnx import float_onnx
+    from .host_stem import cut, feed
+    source = run.source
+    stem = None if source.stateful or source.fixed or source.multi_input else cut(float_onnx(source))
+    if stem is None:
+        raise refusal
+    run.progress.warn(f"int8 misses the gate on {run.profile.name}, which computes nothing in float: making it "
+                      f"again with {stem.label} run on the host in float, the rest int8 on the target")
+    rest = load_source(str(stem.rest))
+    rest.name, rest.image_hw = source.name, _model_io(source).input_hw
+    if rest.layout is None and len(rest.input_shape) == 4:
+        rest.layout = "NCHW"  # a convolution's maps: the artifact takes them as its route takes images
+    bar = run.progress.bar("running the stem")
+    calib, val = feed(stem, run.calib, bar), None
+    val = calib if run.val is run.calib else feed(stem, run.val, bar)
+    run.original_source, run.source, run.stem, run.calib, run.val = source, rest, stem, calib, val
+    run.route = get_route(rest.framework, run.recipe.format)
+    run.layout = artifact_layout(rest.layout, run.recipe.layout)
+    run.tune, run.trainer, run.skewed = None, None, []
+    run.cache_key = _cache_key(rest, run.request.profile, run.recipe, calib, val, None, run.metric,
+                               run.options.recover)
 
 
 def _load_data(run: ConversionRun) -> None:
@@ -472,7 +528,9 @@ def _make(run: ConversionRun, pruner) -> None:
     run.recipe = recipe = _cut_detector_tail(run)
     try:
         run.route.prepare(source, recipe, run.calib, step=progress.step)
-        progress.step(f"converting to {recipe.quantization} {recipe.format} for {profile.name}")
+        precision = "int8 weights, int16 activations," if recipe.quantization == "int8" \
+            and recipe.activations == "int16" else recipe.quantization
+        progress.step(f"converting to {precision} {recipe.format} for {profile.name}")
         run.tmp.write_bytes(run.route.convert(source, recipe, run.calib, progress=progress.bar("calibrating"),
                                               profile=profile))
         _refuse_unquantized(run.tmp, recipe)
@@ -553,11 +611,19 @@ def _place(run: ConversionRun, info: dict, compat: dict, fallback: dict | None, 
     failure raised with the figures (kept, marked failed, under --keep-failed)."""
     from edgesdk.judge.validation import raise_if_failed
     final, out_dir, figures, verdict = run.final, run.out_dir, run.figures, run.verdict
-    manifest = _manifest(final, run.tmp, run.source, run.profile, run.recipe, run.calib, run.val, run.held_out,
+    manifest = _manifest(final, run.tmp, run.original_source or run.source, run.profile, run.recipe, run.calib, run.val, run.held_out,
                          run.tune, run.cache_key, info, compat, figures, verdict, run.pruning,
                          run.progress.warnings, run.sampling)
     manifest["interface"], host_tail, host_tail_graph = _interface_record(run)
     manifest["quantization"]["detector_tail"] = run.tail or host_tail
+    if run.stem is not None:
+        manifest["interface"]["stem"] = {"file": stem_file(final).name, "inputs": list(run.stem.inputs),
+                                         "outputs": list(run.stem.outputs)}
+        manifest["host_stem"] = {"file": stem_file(final).name, "sha256": sha256_file(run.stem.graph),
+                                 "what": run.stem.label, "cut": list(run.stem.outputs),
+                                 "why": "int8 missed the gate and the target computes nothing in float: the host "
+                                        "runs these first layers in float ('file', an ONNX graph taking the "
+                                        "source's inputs) and feeds their outputs to the artifact"}
     if run.rounding:
         manifest["quantization"]["weight_rounding"]["auto"] = run.rounding
     if run.calibrated:
@@ -586,6 +652,9 @@ def _place(run: ConversionRun, info: dict, compat: dict, fallback: dict | None, 
             if host_tail_graph is not None:  # the tail goes with the artifact, renamed in with it
                 produced_files.append(Path(work) / tail_file(final).name)
                 shutil.copyfile(host_tail_graph, produced_files[-1])
+            if run.stem is not None:  # so does a stem
+                produced_files.append(Path(work) / stem_file(final).name)
+                shutil.copyfile(run.stem.graph, produced_files[-1])
             os.replace(run.tmp, final)
             replaced = True
             for produced in produced_files:
@@ -981,10 +1050,10 @@ def _recover(run: ConversionRun) -> None:
 def _model_io(source):
     from edgesdk.judge.tasks import ModelIO
     shape = source.input_shape
-    hw = None
-    if source.layout == "NCHW" and len(shape) == 4:
+    hw = source.image_hw
+    if hw is None and source.layout == "NCHW" and len(shape) == 4:
         hw = tuple(shape[2:4])
-    elif source.layout == "NHWC" and len(shape) == 4:
+    elif hw is None and source.layout == "NHWC" and len(shape) == 4:
         hw = tuple(shape[1:3])
     states = tuple(source.output_names.index(o) for o in source.stateful.values())
     return ModelIO(output_names=list(source.output_names), input_hw=hw, states=states)
@@ -1069,6 +1138,8 @@ def _cached(final: Path, cache_key: str, failed_too: bool = False) -> Artifact |
     tail = (manifest.get("quantization") or {}).get("detector_tail") or {}
     if tail.get("file") and not (final.parent / tail["file"]).is_file():
         return None  # a cut artifact without its host tail is half of one
+    if (manifest.get("host_stem") or {}).get("file") and not (final.parent / manifest["host_stem"]["file"]).is_file():
+        return None  # nor is one without its stem
     return Artifact(final, manifest, cached=True)
 
 

@@ -67,6 +67,9 @@ class SourceModel:
     fixed: dict = field(default_factory=dict)     # --input-value: input name -> the one value it always takes
     stateful: dict = field(default_factory=dict)  # --stateful: state input name -> the output that feeds it
     output_axes: dict = field(default_factory=dict)  # output name -> its batch axis, where that is not 0
+    # the image a detector's boxes are in, where the model's input is not that image (the rest of a network
+    # after its stem, which the host runs: conversion.host_stem)
+    image_hw: tuple | None = None
 
     @property
     def inputs(self) -> list:
