@@ -421,7 +421,7 @@ def _move_stem_to_host(run: ConversionRun, refusal) -> None:
     if rest.layout is None and len(rest.input_shape) == 4:
         rest.layout = "NCHW"  # a convolution's maps: the artifact takes them as its route takes images
     bar = run.progress.bar("running the stem")
-    calib, val = feed(stem, run.calib, bar), None
+    calib = feed(stem, run.calib, bar)
     val = calib if run.val is run.calib else feed(stem, run.val, bar)
     run.original_source, run.source, run.stem, run.calib, run.val = source, rest, stem, calib, val
     run.route = get_route(rest.framework, run.recipe.format)
@@ -611,8 +611,8 @@ def _place(run: ConversionRun, info: dict, compat: dict, fallback: dict | None, 
     failure raised with the figures (kept, marked failed, under --keep-failed)."""
     from edgesdk.judge.validation import raise_if_failed
     final, out_dir, figures, verdict = run.final, run.out_dir, run.figures, run.verdict
-    manifest = _manifest(final, run.tmp, run.original_source or run.source, run.profile, run.recipe, run.calib, run.val, run.held_out,
-                         run.tune, run.cache_key, info, compat, figures, verdict, run.pruning,
+    manifest = _manifest(final, run.tmp, run.original_source or run.source, run.profile, run.recipe, run.calib,
+                         run.val, run.held_out, run.tune, run.cache_key, info, compat, figures, verdict, run.pruning,
                          run.progress.warnings, run.sampling)
     manifest["interface"], host_tail, host_tail_graph = _interface_record(run)
     manifest["quantization"]["detector_tail"] = run.tail or host_tail
