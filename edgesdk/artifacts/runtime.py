@@ -42,24 +42,28 @@ def load(path, num_threads: int | None = None) -> "Loaded":
         except (OSError, ValueError):
             raise ModelLoadError(f"The manifest '{sidecar}' cannot be read as JSON; convert the model again "
                                  f"or remove it to run the artifact as it is.") from None
-    engine = open_engine(path, num_threads or 1)
+    threads = num_threads or 1
+    engine = open_engine(path, threads)
     interface = manifest.get("interface") or plain_interface(engine)
-    tail = None
-    if interface.get("tail"):
-        tail_path = path.parent / interface["tail"]["file"]
-        if not tail_path.is_file():
-            raise ModelLoadError(f"'{path}' is cut before its detector head, and the head's host tail "
-                                 f"'{tail_path.name}' is not beside it: copy both files.")
-        tail = ONNXEngine(tail_path, num_threads or 1)
+    tail = _host_graph(path, interface, "tail", "is cut before its detector head, and the head's host tail",
+                       threads)
     loaded = Loaded(engine, interface, tail)
-    if interface.get("stem"):
-        stem_path = path.parent / interface["stem"]["file"]
-        if not stem_path.is_file():
-            raise ModelLoadError(f"'{path}' starts after its first layers, which the host runs in float, and "
-                                 f"their graph '{stem_path.name}' is not beside it: copy both files.")
-        stem = ONNXEngine(stem_path, num_threads or 1)
+    stem = _host_graph(path, interface, "stem", "starts after its first layers, which the host runs in float, "
+                                                "and their graph", threads)
+    if stem is not None:
         return Stemmed(Loaded(stem, plain_interface(stem)), loaded)
     return loaded
+
+
+def _host_graph(path: Path, interface: dict, part: str, what: str, num_threads: int):
+    """The float ONNX graph the host runs beside the artifact (its host tail, its stem), if the interface
+    names one; refused by name when the file is not beside the artifact."""
+    if not interface.get(part):
+        return None
+    graph = path.parent / interface[part]["file"]
+    if not graph.is_file():
+        raise ModelLoadError(f"'{path}' {what} '{graph.name}' is not beside it: copy both files.")
+    return ONNXEngine(graph, num_threads)
 
 
 def open_engine(path: Path, num_threads: int = 1):
