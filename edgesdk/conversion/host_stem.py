@@ -1,17 +1,16 @@
 """A network's first layers run on the host in float, where the target computes nothing in float.
 
-The Edge TPU runs int8 only, so the ladder's float regions are not for it. A real YOLOv8n loses most of its
-int8 accuracy in its stem, the high-resolution maps of its first convolutions (their SiLU outputs span
--0.3..166 where most channels stay under 40): for coral-usb, made whole, detection recall 0.83 and precision
-0.89 against the float model (96 face mosaics, 548 detections, scores 8.4 dB); its head's DFL and sigmoids
-moved to the host as well changed nothing (0.82); its stem on the host: recall 0.99, precision 0.96, 22 dB.
-So when int8 misses the gate on such a family (after
-its ladder, with no higher precision it computes in), the source's float ONNX graph is cut after its stem
-(mixed_precision.stem: the first tenth of the weight layers): the host runs the stem as a small float ONNX
-graph written beside the artifact (NAME.PROFILE.stem.onnx), and the artifact is the rest of the network,
-calibrated and validated on the stem's float outputs. `edgesdk.load` runs both, so a user's program calls one
-thing. The stem is a small share of the arithmetic (YOLOv8n at 320: about 8 %, its first 6 of 64
-convolutions, on 16 and 32 channels).
+The Edge TPU runs int8 only, so the ladder's float regions are not for it. A real YOLOv8n loses most of its int8
+accuracy in its stem, the high-resolution maps of its first convolutions (their SiLU outputs span -0.3..166
+where most channels stay under 40): for coral-usb, made whole, detection recall 0.83 and precision 0.89 against
+the float model (96 face mosaics, 548 detections, scores 8.4 dB); its head's DFL and sigmoids moved to the host
+as well changed nothing (0.82); its stem on the host: recall 0.99, precision 0.96, 22 dB. So when int8 misses
+the gate on such a family (after its ladder, with no higher precision it computes in), the source's float ONNX
+graph is cut after its stem (mixed_precision.stem: the first tenth of the weight layers): the host runs the stem
+as a small float ONNX graph written beside the artifact (NAME.PROFILE.stem.onnx), and the artifact is the rest
+of the network, calibrated and validated on the stem's float outputs. `edgesdk.load` runs both, so a user's
+program calls one thing. The stem is a small share of the arithmetic (YOLOv8n at 320: 86 of 1,013 million
+multiply-adds, its first 6 of 64 convolutions, on 16 and 32 channels).
 """
 
 from __future__ import annotations
