@@ -16,7 +16,7 @@ multiply-adds, its first 6 of 64 convolutions, on 16 and 32 channels).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 STEM_CHUNK = 16  # samples per step of the stem's float run (YOLOv8n at 320: 13 MB of maps per sample)
@@ -85,8 +85,7 @@ def feed(stem: Stem, ds, bar=None):
         if bar:
             bar(min(i + STEM_CHUNK, len(ds)), len(ds))
     maps = [np.concatenate([p[k] for p in parts]) for k in range(len(stem.outputs))]
-    x = maps[0] if len(maps) == 1 else Inputs(dict(zip(stem.outputs, maps)))
-    return type(ds)(x, ds.y, ds.source, ds.class_names, list(ds.notes), ds.boxes)
+    return replace(ds, x=maps[0] if len(maps) == 1 else Inputs(dict(zip(stem.outputs, maps))))
 
 
 def stem_file(final: Path) -> Path:

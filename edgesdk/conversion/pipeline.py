@@ -207,7 +207,8 @@ def _passing(refusal) -> list:
 
 
 def _higher_precision(request: _Request, options: ConvertOptions, exc, fallback: dict | None):
-    """The first higher precision the refusal `exc` measured passing, made; else `exc` is raised."""
+    """The first higher precision the refusal `exc` measured passing, made; where none passes, int8 with the
+    stem on the host (a family that computes in int8 only); else `exc` is raised."""
     wanted = request.profile.artifact.quantization
     passing = _passing(exc)
     if not passing:
@@ -236,7 +237,8 @@ def _stem_on_host(request: _Request, options: ConvertOptions, exc, fallback: dic
     except EdgeSDKError as missed:
         if missed is exc:
             raise
-        reasons = (getattr(missed, "figures", None) or {}).get("gate", {}).get("reasons") or [first_line(missed)]
+        reasons = ((getattr(missed, "figures", None) or {}).get("gate") or {}).get("reasons") \
+            or [first_line(missed)]
         exc.args = (f"{exc} With its first layers on the host in float, the rest int8 on {request.profile.name}: "
                     f"{reasons[0][:200]}",)
         raise _release_frames(exc) from None
