@@ -21,6 +21,8 @@ from pathlib import Path
 from edgesdk.errors import ModelLoadError
 
 CODE_CLASSES = {"Lambda", "__lambda__"}
+# Keras itself: Keras 3 writes "keras.src....", tf-keras (Keras 2, TF_USE_LEGACY_KERAS) writes "tf_keras.src...."
+KERAS_PACKAGES = {"keras", "tf_keras"}
 # TF ops that reach outside the model: files, Python, summaries; a serving function has no business with them
 SIDE_EFFECT_OPS = {
     "WriteFile", "ReadFile", "MatchingFiles", "DeleteFile", "PyFunc", "PyFuncStateless", "EagerPyFunc",
@@ -53,7 +55,7 @@ def keras_config_code(config) -> list:
         if config.get("function_type") == "lambda":
             found.append("a serialised lambda (Python bytecode)")
         module = config.get("module")
-        if isinstance(module, str) and cls and not (module == "keras" or module.startswith("keras.")
+        if isinstance(module, str) and cls and not (module.split(".")[0] in KERAS_PACKAGES
                                                      or module == "builtins" and cls == "function"
                                                      and "." not in str(config.get("config", ""))):
             found.append(f"the class {cls} from the module '{module}' (importing it runs that module)")

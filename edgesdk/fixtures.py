@@ -245,6 +245,43 @@ def mtcnn_onet_weights() -> list:
     return joblib.load(fetch("mtcnn_onet"))
 
 
+def mtcnn_onet():
+    """MTCNN's O-Net with its real pretrained weights (mtcnn 1.0.0), as a functional tf-keras model."""
+    from edgesdk.converters.keras_model import import_tf
+    import_tf()
+    import tf_keras as K
+    L = K.layers
+    inp = K.Input((48, 48, 3), name="face_crop")
+    x = inp
+    for i, (filters, k, pool, stride, pad) in enumerate(
+            [(32, 3, 3, 2, "same"), (64, 3, 3, 2, "valid"), (64, 3, 2, 2, "same"), (128, 2, None, None, None)], 1):
+        x = L.Conv2D(filters, k, name=f"conv{i}")(x)
+        x = L.PReLU(shared_axes=[1, 2], name=f"prelu{i}")(x)
+        if pool:
+            x = L.MaxPooling2D(pool, stride, padding=pad, name=f"maxpooling{i}")(x)
+    x = L.Permute((2, 1, 3), name="permute")(x)
+    x = L.Flatten(name="flatten4")(x)
+    x = L.PReLU(name="prelu5")(L.Dense(256, name="fc5")(x))
+    bbox = L.Dense(4, name="fc6-1")(x)
+    landmarks = L.Dense(10, name="fc6-2")(x)
+    face = L.Dense(2, activation="softmax", name="fc6-3")(x)
+    model = K.Model(inp, [bbox, landmarks, face], name="onet")
+    model.set_weights(mtcnn_onet_weights())
+    return model
+
+
+def onet_face_crops():
+    """scikit-image's 100 faces + 100 non-faces as O-Net inputs: (x float32 (200, 48, 48, 3) RGB,
+    (x*255 - 127.5) / 128, y: 1 = face)."""
+    import numpy as np
+    from PIL import Image
+    x, y = lfw_subset()
+    crops = [np.asarray(Image.fromarray((im * 255).astype(np.uint8)).resize((48, 48), Image.BILINEAR),
+                        np.float32) for im in x]
+    rgb = np.repeat(np.stack(crops)[..., None], 3, axis=-1)
+    return (rgb - 127.5) / 128.0, y
+
+
 def mnist_inputs(x_uint8):
     """MNIST pixels as the CNN below takes them: float32 (N, 28, 28, 1) in [0, 1]."""
     import numpy as np

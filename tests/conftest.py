@@ -99,39 +99,14 @@ def tfkeras_mnist(mnist, tmp_path_factory):
 def onet():
     """MTCNN's O-Net with its real pretrained weights (mtcnn 1.0.0), as a functional tf-keras model."""
     from edgesdk import fixtures
-    from edgesdk.converters.keras_model import import_tf
-    import_tf()
-    import tf_keras as K
-    L = K.layers
-    inp = K.Input((48, 48, 3), name="face_crop")
-    x = inp
-    for i, (filters, k, pool, stride, pad) in enumerate(
-            [(32, 3, 3, 2, "same"), (64, 3, 3, 2, "valid"), (64, 3, 2, 2, "same"), (128, 2, None, None, None)], 1):
-        x = L.Conv2D(filters, k, name=f"conv{i}")(x)
-        x = L.PReLU(shared_axes=[1, 2], name=f"prelu{i}")(x)
-        if pool:
-            x = L.MaxPooling2D(pool, stride, padding=pad, name=f"maxpooling{i}")(x)
-    x = L.Permute((2, 1, 3), name="permute")(x)
-    x = L.Flatten(name="flatten4")(x)
-    x = L.PReLU(name="prelu5")(L.Dense(256, name="fc5")(x))
-    bbox = L.Dense(4, name="fc6-1")(x)
-    landmarks = L.Dense(10, name="fc6-2")(x)
-    face = L.Dense(2, activation="softmax", name="fc6-3")(x)
-    model = K.Model(inp, [bbox, landmarks, face], name="onet")
-    model.set_weights(fixtures.mtcnn_onet_weights())
-    return model
+    return fixtures.mtcnn_onet()
 
 
 @pytest.fixture(scope="session")
 def lfw_onet_inputs():
     """scikit-image's 100 faces + 100 non-faces as O-Net inputs: 48x48 RGB, (x*255 - 127.5) / 128."""
     from edgesdk import fixtures
-    from PIL import Image
-    x, y = fixtures.lfw_subset()
-    crops = [np.asarray(Image.fromarray((im * 255).astype(np.uint8)).resize((48, 48), Image.BILINEAR),
-                        np.float32) for im in x]
-    rgb = np.repeat(np.stack(crops)[..., None], 3, axis=-1)
-    return (rgb - 127.5) / 128.0, y
+    return fixtures.onet_face_crops()
 
 
 # --- real OpenSSH servers for deploy tests ------------------------------------------

@@ -107,3 +107,29 @@ def test_pt2_with_a_malicious_pickle_inside(tmp_path):
     # the file as saved (tensors only) loads without --unsafe-load
     r = run_cli("check", good, "-t", "rpi4")
     assert r.returncode == 0, r.stderr
+
+
+def test_tf_keras_dot_keras_is_read_but_a_module_outside_keras_is_refused(tmp_path):
+    """tf-keras writes its own classes as "tf_keras.src...." in a .keras config (MTCNN's O-Net saved so was
+    refused): Keras itself, read without --unsafe-load. The same file naming a layer's module outside Keras
+    would import that module: refused."""
+    import tf_keras
+    inp = tf_keras.Input((8,), name="x")
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(4, activation="softmax")(inp))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as z:
+        config = json.loads(z.read("config.json"))
+    assert config["module"].startswith("tf_keras."), config["module"]
+    r = run_cli("check", path, "-t", "rpi4")
+    assert r.returncode == 0 and "--unsafe-load" not in r.stderr, r.stderr
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "config.json":
+                config["config"]["layers"][1]["module"] = "antigravity"
+                data = json.dumps(config).encode()
+            dst.writestr(info, data)
+    _refused(evil, tmp_path, marker, "the module 'antigravity'")
