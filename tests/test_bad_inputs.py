@@ -177,6 +177,9 @@ def test_op_without_any_int8_kernel_is_named(tmp_path):
     assert art.format == "onnx" and art.manifest["format_fallback"]["wanted"] == "tflite"
     assert "no int8 kernel for op(s) Erf" in art.manifest["format_fallback"]["reason"]
     assert any("no tflite artifact" in w for w in art.manifest["warnings"])
+    # the source's outputs on the validation data are computed once, for the first attempt, and reused
+    assert [a["format"] for a in art.manifest["timing"]] == ["tflite", "onnx"]
+    assert ["reference" in a["seconds"] for a in art.manifest["timing"]] == [True, False]
 
 
 def test_op_left_in_float_is_refused_unless_allowed(tmp_path):

@@ -58,6 +58,9 @@ class _Request:
     progress: Progress
     asked: ConvertOptions  # the options as the user gave them: the manifest records these, to replay them
     attempts: list = field(default_factory=list)  # each _convert's format, precision and seconds per stage
+    # the source's outputs on the validation data, by (source, data): an attempt at another format or precision
+    # reuses the first's (PP-OCRv4's recognizer: 4 s again for its fp16 attempt)
+    references: dict = field(default_factory=dict)
 
 
 def convert(model, target="local", *, calibration=None, validation=None, fine_tune=None,
@@ -328,8 +331,11 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
             return fn(*args)
         finally:
             seconds[stage] = round(time.monotonic() - started, 1)
-    run.progress.step(f"computing reference outputs on {len(run.val)} validation samples")
-    run.reference = timed("reference", _reference_outputs, run)
+    reference_key = (run.source.sha256, data_fingerprint(run.val))
+    if reference_key not in request.references:
+        run.progress.step(f"computing reference outputs on {len(run.val)} validation samples")
+        request.references = {reference_key: timed("reference", _reference_outputs, run)}  # the last source's only
+    run.reference = request.references[reference_key]
     # Pruning works on the live model; a caller's in-memory model gets its weights back.
     given, snapshot, pruner = run.source.model, None, None
     if run.recipe.sparsity:
