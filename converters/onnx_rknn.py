@@ -102,7 +102,9 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
         if recipe.quantization == "int8":
             request["dataset"] = str(_dataset(calibration.x[:recipe.calibration_samples],
                                               [i["name"] for i in inputs], worker.work))
-        reply = worker.call(request)
+        reply = worker.call(request, waiting=progress and (lambda seconds: progress(
+            0, 1, label=f"rknn-toolkit2 {'quantizing and ' if request['quantize'] else ''}building "
+                        f"({seconds:.0f} s)")))
         data = Path(reply["rknn"]).read_bytes()
     except BaseException:
         worker.close()

@@ -77,7 +77,8 @@ def prepare_source(source, recipe, calibration, step=None):
                 request["samples"][name] = str(Path(work.name) / f"samples_{k}.npy")
     toolchains.ensure(ONNX2TF, step)  # an environment that cannot be made says so in its own words
     try:
-        reply = toolchains.run(ONNX2TF, WORKER, request, step=step)
+        reply = toolchains.run(ONNX2TF, WORKER, request, step=step, waiting=step and (
+            lambda seconds: step(f"  onnx2tf still turning the graph into TensorFlow ({seconds:.0f} s)")))
     except toolchains.ToolchainError as exc:
         raise toolchains.ToolchainError(f"onnx2tf could not turn the ONNX graph into TensorFlow: "
                                         f"{str(exc).removeprefix('onnx2tf failed: ')} Targets that take ONNX "

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,11 +121,16 @@ def _run(cmd: list, toolchain: Toolchain, what: str) -> None:
                              f"Nothing was kept; the next run tries again.")
 
 
-def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3600, step=None) -> dict:
+HEARTBEAT_S = 10  # a job still running says so this often (no stage is silent longer), and the budget is checked
+
+
+def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3600, step=None,
+        waiting=None) -> dict:
     """Run `worker` with the toolchain's Python on `request`; returns its reply.
 
     The worker runs in a fresh working directory (tools that drop files into the cwd drop them there),
-    with -I so nothing of the caller's environment (PYTHONPATH, user site) leaks into it.
+    with -I so nothing of the caller's environment (PYTHONPATH, user site) leaks into it. waiting(seconds) is
+    called every HEARTBEAT_S while it runs; what it raises (a spent budget) stops the job.
     """
     python = ensure(toolchain, step)
     with tempfile.TemporaryDirectory(prefix=f"edgesdk-{toolchain.name}-") as work:
@@ -132,12 +138,16 @@ def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3
         log_path = Path(work) / "log.txt"
         request = {**request, "reply": str(reply_path), "work": work}
         with open(log_path, "w") as log:
+            proc = subprocess.Popen([str(python), "-I", str(worker)], stdin=subprocess.PIPE, text=True,
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=work, env=_env(python))
             try:
-                proc = subprocess.run([str(python), "-I", str(worker)], input=json.dumps(request), text=True,
-                                      stdout=log, stderr=subprocess.STDOUT, cwd=work, timeout=timeout,
-                                      env=_env(python))
-            except subprocess.TimeoutExpired:
-                raise ToolchainError(f"{toolchain.name} did not finish within {timeout / 60:.0f} minutes.") from None
+                proc.stdin.write(json.dumps(request))
+                proc.stdin.close()
+                _wait(proc, timeout, waiting, toolchain.name)
+            finally:
+                if proc.poll() is None:  # stopped by the budget or an interrupt: nothing of it is left running
+                    proc.kill()
+                    proc.wait()
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else None
         if proc.returncode != 0 or reply is None or reply.get("error"):
             said = reply.get("error") if reply and reply.get("error") else _tail(log_path)
@@ -145,12 +155,26 @@ def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3
         return reply
 
 
+def _wait(proc, timeout: float, waiting, name: str) -> None:
+    """Until `proc` ends, calling waiting(seconds so far) every HEARTBEAT_S."""
+    started = time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=HEARTBEAT_S)
+            return
+        except subprocess.TimeoutExpired:
+            elapsed = time.monotonic() - started
+            if elapsed > timeout:
+                raise ToolchainError(f"{name} did not finish within {timeout / 60:.0f} minutes.") from None
+            if waiting is not None:
+                waiting(elapsed)
+
+
 LOGS_KEPT = 20
 
 
 def _keep_log(log: Path, toolchain: Toolchain) -> Path:
     """A failed job's log, kept under the cache dir (the last LOGS_KEPT of them) so its message can name it."""
-    import time
     logs = cache_home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     kept = logs / f"{toolchain.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
@@ -188,7 +212,9 @@ class Worker:
                                       stdout=subprocess.PIPE, stderr=self._log, cwd=self.work, text=True,
                                       env=_env(python))
 
-    def call(self, request: dict, timeout: float = 3600) -> dict:
+    def call(self, request: dict, timeout: float = 3600, waiting=None) -> dict:
+        """The worker's reply to `request`; waiting(seconds) is called every HEARTBEAT_S until it comes, and
+        what it raises (a spent budget) stops the worker."""
         if self._proc.poll() is not None:
             raise ToolchainError(f"{self.name} stopped earlier: {_paragraph(_tail(self._log_path))}")
         try:
@@ -197,11 +223,22 @@ class Worker:
         except BrokenPipeError:  # it ended between the poll and the write
             self._proc.wait()
             raise ToolchainError(f"{self.name} stopped earlier: {_paragraph(_tail(self._log_path))}") from None
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-        line = self._proc.stdout.readline() if ready else ""
-        if not ready:
-            self.close()
-            raise ToolchainError(f"{self.name} did not answer within {timeout / 60:.0f} minutes.")
+        started = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - started
+            if elapsed > timeout:
+                self.close(kill=True)
+                raise ToolchainError(f"{self.name} did not answer within {timeout / 60:.0f} minutes.")
+            ready, _, _ = select.select([self._proc.stdout], [], [], min(HEARTBEAT_S, timeout - elapsed))
+            if ready:
+                break
+            if waiting is not None:
+                try:
+                    waiting(time.monotonic() - started)
+                except BaseException:
+                    self.close(kill=True)  # mid-job: its state is no use to anyone
+                    raise
+        line = self._proc.stdout.readline()
         reply = json.loads(line) if line.strip() else None
         if reply is None:  # its stdout closed: it is ending; reap it so the next call knows
             try:
@@ -214,7 +251,10 @@ class Worker:
             raise ToolchainError(f"{self.name} failed: {_paragraph(said)[:600]}")
         return reply
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        if self._proc.poll() is None and kill:
+            self._proc.kill()
+            self._proc.wait()
         if self._proc.poll() is None:
             try:
                 self._proc.stdin.close()

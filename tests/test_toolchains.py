@@ -13,9 +13,12 @@ pytestmark = pytest.mark.slow
 PIP_ONLY = toolchains.Toolchain("probe", ("pip",), "tests")
 
 ECHO = '''
-import json, os, sys
+import json, os, sys, time
 request = json.loads(sys.stdin.read())
 print("chatter on stdout", flush=True)
+if request.get("pidfile"):
+    open(request["pidfile"], "w").write(str(os.getpid()))
+time.sleep(request.get("sleep", 0))
 if request.get("fail"):
     raise SystemExit("worker gave up: " + request["fail"])
 open(request["reply"], "w").write(json.dumps({"cwd": os.getcwd(), "got": request["value"],
@@ -78,7 +81,7 @@ def test_jobs_run_isolated_in_their_own_directory(tmp_path, monkeypatch):
 
 
 SERVER = '''
-import json, os, sys
+import json, os, sys, time
 proto = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)  # chatter to the log, as the rknn worker does
 total = 0
@@ -87,6 +90,7 @@ for line in sys.stdin:
     print("chatter on stdout", flush=True)
     if request.get("die"):
         os._exit(3)
+    time.sleep(request.get("sleep", 0))
     if request.get("fail"):
         reply = {"error": "cannot: " + request["fail"]}
     else:
@@ -116,3 +120,44 @@ def test_a_worker_keeps_its_state_between_requests_and_cleans_up(tmp_path, monke
         worker.call({"add": 1})
     worker.close()
     assert not worker.work.exists()
+
+
+def _gone(pid: int) -> bool:
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_long_job_says_it_is_still_working_and_a_spent_budget_stops_it(tmp_path, monkeypatch):
+    """A job or a worker's request that takes a while calls waiting(seconds) every HEARTBEAT_S (what draws
+    "still working" and checks the budget: rknn-toolkit2 was silent for minutes); what waiting raises stops
+    it, and its process is gone."""
+    monkeypatch.setenv("EDGESDK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(toolchains, "HEARTBEAT_S", 0.2)
+
+    class Spent(Exception):
+        pass
+
+    def stop(seconds):
+        if seconds > 0.5:
+            raise Spent
+    job = tmp_path / "echo.py"
+    job.write_text(ECHO)
+    said = []
+    assert toolchains.run(PIP_ONLY, job, {"value": 1, "sleep": 1.2}, waiting=said.append)["got"] == 1
+    assert len(said) >= 3 and said == sorted(said), said
+    with pytest.raises(Spent):
+        toolchains.run(PIP_ONLY, job, {"value": 1, "sleep": 60, "pidfile": str(tmp_path / "pid")}, waiting=stop)
+    assert _gone(int((tmp_path / "pid").read_text()))
+    server = tmp_path / "server.py"
+    server.write_text(SERVER)
+    worker = toolchains.Worker(PIP_ONLY, server)
+    said.clear()
+    assert worker.call({"add": 2, "sleep": 1.2}, waiting=said.append)["total"] == 2 and len(said) >= 3
+    pid = worker._proc.pid
+    with pytest.raises(Spent):
+        worker.call({"add": 1, "sleep": 60}, waiting=stop)
+    assert _gone(pid) and not worker.work.exists()
