@@ -87,19 +87,24 @@ class RKNNArtifact:
                 f"built in the same process. Run it on the board with `edgesdk deploy`, or convert again to "
                 f"validate it on this machine.")
         names = [i["name"] for i in self.inputs]
-        feed = feed_rows(x, 0, len(x), names)
-        arrays = [feed[n] for n in names]
-        work = self.build.worker.work
-        paths = []
-        for i, a in enumerate(arrays):
-            paths.append(str(work / f"infer_{i}.npy"))
-            np.save(paths[-1], np.asarray(a, dtype=np.float32))
-        reply = self.build.worker.call({"op": "infer", "inputs": paths, "out": str(work / "outputs.npz")})
-        with np.load(reply["outputs"]) as z:
-            outs = [z[f"arr_{k}"] for k in range(len(z.files))]
-        if progress:
-            progress(len(arrays[0]), len(arrays[0]))
+        work, n, parts = self.build.worker.work, len(x), []
+        for start in range(0, n, INFER_CHUNK):  # a chunk a call: progress between them, and the budget
+            feed = feed_rows(x, start, min(start + INFER_CHUNK, n), names)
+            paths = []
+            for i, name in enumerate(names):
+                paths.append(str(work / f"infer_{i}.npy"))
+                np.save(paths[-1], np.asarray(feed[name], dtype=np.float32))
+            reply = self.build.worker.call({"op": "infer", "inputs": paths, "out": str(work / "outputs.npz")},
+                                           waiting=progress and (lambda seconds: progress(start, n)))
+            with np.load(reply["outputs"]) as z:
+                parts.append([z[f"arr_{k}"] for k in range(len(z.files))])
+            if progress:
+                progress(min(start + INFER_CHUNK, n), n)
+        outs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
         return [_shaped(o, spec) for o, spec in zip(outs, self.outputs)]
+
+
+INFER_CHUNK = 16  # samples the simulator runs a call
 
 
 def _shaped(y: np.ndarray, spec: dict) -> np.ndarray:
