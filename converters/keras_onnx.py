@@ -32,10 +32,14 @@ def export_float(source, path: Path) -> None:
                 fn = source.model.signatures["serving_default"]
                 # frozen first: a function that captures variables exports them as extra graph inputs; the
                 # outputs as a list in the source's order, so they can take the source's names (a dict's
-                # become Identity:0..N in an order of tf2onnx's own)
+                # become Identity:0..N in an order of tf2onnx's own); the signature called once (once per
+                # output traced the whole network into the graph once per output: Basic Pitch three times)
                 keys = list(source.output_names)
-                frozen = convert_variables_to_constants_v2(
-                    tf.function(lambda *t: [fn(**dict(zip(names, t)))[k] for k in keys]).get_concrete_function(*spec))
+
+                def ordered(*t):
+                    out = fn(**dict(zip(names, t)))
+                    return [out[k] for k in keys]
+                frozen = convert_variables_to_constants_v2(tf.function(ordered).get_concrete_function(*spec))
                 model_proto, _ = tf2onnx.convert.from_function(
                     tf.function(lambda *t: frozen(*t)), input_signature=spec, opset=OPSET)
             else:

@@ -201,6 +201,11 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     # the artifact's own outputs carry the SavedModel's names, in its order (tf2onnx wrote Identity:0..2)
     assert [o["name"] for o in art.manifest["outputs"]] == ["contour", "note", "onset"]
     assert [o["shape"][-1] for o in art.manifest["outputs"]] == [264, 88, 88]
+    # the network once, its three outputs taken from one call of the signature (a call per output put three
+    # copies of its layers in the graph: 379 nodes, 44 convolutions)
+    import onnx
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(art.path)).graph.node)
+    assert convs == 32, convs
 
 
 # Magika's op types (its graph simplified: no Slice left) but the weight-heavy Conv/Gemm/MatMul: in float, int8
