@@ -73,7 +73,13 @@ def test_auto_task_recognises_heads_by_shape_against_the_input():
     assert [h.task for h in pick("auto", [np.zeros((2, 172, 88))], _io(["note"], None))] == ["multilabel"]
     seg = np.zeros((2, 1, 416, 416), np.float32)
     assert pick("auto", [seg], _io(["map"], hw))[0].task == "segment"
-    assert pick("auto", [np.zeros((2, 10))], _io(["logits"]))[0].task == "classify"
+    logits = rng.normal(0, 3, size=(8, 10)).astype(np.float32)
+    assert pick("auto", [logits], _io(["logits"]))[0].task == "classify"
+    # a lone output of independent 0..1 decisions is multi-label, not a guessed classifier: CREPE's 360
+    # sigmoid pitch bins, a bump of a few bins over 0.5 per frame (top-1 flips between neighbours under int8)
+    bins = np.arange(360)
+    bump = 0.9 * np.exp(-0.5 * ((bins - rng.integers(40, 320, size=(8, 1))) / 1.5) ** 2)
+    assert pick("auto", [bump.astype(np.float32)], _io(["pitch"]))[0].task == "multilabel"
     with pytest.raises(OptionError, match="--task detect: no output of this model looks like a detect output"):
         pick("detect", [np.zeros((2, 10))], _io(["logits"]))
 

@@ -35,8 +35,13 @@ def claim(reference: list, io, class_output=None, asked: bool = False) -> list:
     for i, y in enumerate(reference):
         if y.ndim == 2 and is_probabilities(y):
             return [Head("classify", [i])]
-    if len(reference) == 1 and reference[0].ndim == 2 and reference[0].shape[1] >= 2:
-        return [Head("classify", [0], {"guessed": True})]  # scores (logits) or something else: said in refusals
+    # a lone (N, C) output: scores (logits) or something else, said in refusals; not independent 0..1
+    # decisions, which multilabel judges (CREPE's 360 sigmoid pitch bins: neighbouring bins trade the top-1
+    # under int8, 94 % agreement, while the bins it decides are the source's)
+    from .multilabel import looks_multilabel
+    if len(reference) == 1 and reference[0].ndim == 2 and reference[0].shape[1] >= 2 \
+            and not looks_multilabel(reference[0]):
+        return [Head("classify", [0], {"guessed": True})]
     return []
 
 
