@@ -41,6 +41,9 @@ RKNN = toolchains.Toolchain(
     "Rockchip NPU (.rknn)", "about 1.5 GB and 2 minutes, once",
     no_deps=("rknn-toolkit2==2.5.0", "torch==2.13.0"))
 WORKER = Path(__file__).with_name("rknn_worker.py")
+# a build past this is stuck in the toolkit's graph passes (Basic Pitch from its SavedModel: over 10 minutes of
+# transpose swaps, still going); the route's failure lets a board that takes ONNX get that instead
+BUILD_TIMEOUT_S = 600
 KEEP_BUILDS = 3  # live simulator sessions (the recovery ladder builds several); the oldest is closed
 
 
@@ -102,7 +105,7 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
         if recipe.quantization == "int8":
             request["dataset"] = str(_dataset(calibration.x[:recipe.calibration_samples],
                                               [i["name"] for i in inputs], worker.work))
-        reply = worker.call(request, waiting=progress and (lambda seconds: progress(
+        reply = worker.call(request, timeout=BUILD_TIMEOUT_S, waiting=progress and (lambda seconds: progress(
             0, 1, label=f"rknn-toolkit2 {'quantizing and ' if request['quantize'] else ''}building "
                         f"({seconds:.0f} s)")))
         data = Path(reply["rknn"]).read_bytes()

@@ -98,7 +98,19 @@ def full_int8(source, flatbuffer: bytes, recipe, x, progress=None) -> bytes:
     (weight_rounding.py) and the int8 graph's biases then corrected against the float graph's channel means
     (int8_bias.py; int8 activations only: int16 ones have little rounding to take back)."""
     flatbuffer = rounded(source, flatbuffer, recipe, x)
-    int8 = quantize(flatbuffer, x, progress, recipe)
+    try:
+        int8 = quantize(flatbuffer, x, progress, recipe)
+    except (ConversionError, OptionError):
+        raise
+    except Exception as exc:
+        recurrent = _recurrent_ops(flatbuffer)
+        if not recurrent:
+            raise
+        raise ConversionError(  # its own words ("Tensor data is null") name nothing a user can act on
+            f"ai-edge-quantizer cannot make this model int8: it computes a recurrence ({', '.join(recurrent)}: "
+            f"an LSTM or GRU as TFLite holds it), whose inner tensors it cannot calibrate "
+            f"({str(exc).splitlines()[0][:120]}). Targets that take ONNX artifacts make one instead "
+            f"(--format onnx), where the recurrence stays float between int8 layers.") from None
     if recipe.weight_rounding == "corrected" and recipe.activations == "int8":
         from .int8_bias import corrected
         int8, stats = corrected(int8, flatbuffer, x, progress=progress)
@@ -106,6 +118,24 @@ def full_int8(source, flatbuffer: bytes, recipe, x, progress=None) -> bytes:
                                   "int8_bias_samples": stats["samples"],
                                   "int8_bias_layers_measured": f"{stats['measured']} of {stats['of']}"}
     return int8
+
+
+# a recurrence as TFLite holds it: its sequence ops, or a WHILE loop over subgraphs (what onnx2tf makes of
+# ddddocr's bidirectional LSTM)
+RECURRENT_OPS = {"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "RNN",
+                 "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_RNN", "WHILE"}
+
+
+def _recurrent_ops(flatbuffer: bytes) -> list:
+    """The op types of a float TFLite graph that hold a recurrence."""
+    import tempfile
+    from pathlib import Path
+
+    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
+    with tempfile.TemporaryDirectory(prefix="edgesdk-float-") as tmp:
+        path = Path(tmp) / "float.tflite"
+        path.write_bytes(flatbuffer)
+        return sorted({op["op_name"] for op in TFLiteArtifact(path).ops()} & RECURRENT_OPS)
 
 
 def rounded(source, flatbuffer: bytes, recipe, x) -> bytes:

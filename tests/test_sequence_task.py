@@ -135,3 +135,18 @@ def test_a_recognizer_that_stacks_steps_first_is_read_as_its_source(tmp_path):
     ours = cer(greedy_ctc(ref.transpose(1, 0, 2)), greedy_ctc(out.transpose(1, 0, 2)))
     assert abs(ours - v["heads"][0]["cer"]) < 1e-6 and ours <= 0.05, ours
     assert np.mean([len(t) for t in greedy_ctc(ref.transpose(1, 0, 2))]) >= 4  # words read, not blanks
+
+
+def test_a_recurrence_the_tflite_quantizer_cannot_calibrate_is_named(tmp_path):
+    """ddddocr's bidirectional LSTM becomes WHILE loops in TFLite, whose inner tensors ai-edge-quantizer cannot
+    calibrate ("Tensor data is null"): the Coral (TFLite only) is refused with the recurrence named and what
+    to do, nothing written."""
+    from edgesdk.errors import ConversionError
+    np.save(tmp_path / "calib.npy", fixtures.captcha_crops(32, seed=1))
+    with pytest.raises(ConversionError) as e:
+        edgesdk.convert(str(fixtures.fetch("captcha_recognizer")), target="coral-usb",
+                        calibration=str(tmp_path / "calib.npy"), output_dir=tmp_path / "out", quiet=True,
+                        options=ConvertOptions(inputs=InputOptions(input_shape="1,1,64,160")))
+    said = str(e.value)
+    assert "it computes a recurrence (WHILE: an LSTM or GRU" in said and "--format onnx" in said, said
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
