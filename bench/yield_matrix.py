@@ -113,6 +113,52 @@ def _speaker_encoder(work):
     return path, _npz(work / "mels.npz", x=x)
 
 
+def _mtcnn_onet(work):
+    from edgesdk import fixtures
+    path = work / "onet.keras"
+    fixtures.mtcnn_onet().save(path)
+    x, _ = fixtures.onet_face_crops()
+    return path, _npz(work / "faces.npz", x=x)
+
+
+def _facenet_onet(work):
+    import torch
+    sys.path.insert(0, str(REPO / "tests"))
+    from torch_models import onet
+    from edgesdk import fixtures
+    model = onet().eval()
+    model.load_state_dict(torch.load(fixtures.fetch("facenet_onet"), weights_only=True))
+    x, _ = fixtures.onet_face_crops()
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    path = work / "facenet_onet.pt2"
+    torch.export.save(torch.export.export(model, (torch.from_numpy(x[:1]),)), str(path))
+    return path, _npz(work / "faces.npz", x=x)
+
+
+def _crepe_tiny(work):
+    import torch
+    sys.path.insert(0, str(REPO / "tests"))
+    from torch_models import crepe_tiny, tone_frames
+    from edgesdk import fixtures
+    model = crepe_tiny().eval()
+    model.load_state_dict(torch.load(fixtures.fetch("crepe_tiny"), weights_only=True))
+    x, _ = tone_frames()
+    path = work / "crepe_tiny.pt2"
+    torch.export.save(torch.export.export(model, (torch.from_numpy(x[:1]),)), str(path))
+    return path, _npz(work / "frames.npz", x=x)
+
+
+def _ddddocr_rec(work):
+    from edgesdk import fixtures
+    return fixtures.fetch("captcha_recognizer"), ["--input-shape", "1,1,64,160",
+                                                   *_npz(work / "captchas.npz", x=fixtures.captcha_crops(128))]
+
+
+def _basic_pitch_saved_model(work):
+    from edgesdk import fixtures
+    return fixtures.fetch_dir("basic_pitch_saved_model"), _npz(work / "clips.npz", x=fixtures.piano_clips())
+
+
 MODELS = {
     "yolov8n": ("Ultralytics YOLOv8n face/body detector (NudeNet 320n, ONNX)", _yolov8n),
     "ppocr_rec": ("PP-OCRv4 text recognizer, CTC (ONNX)", _ppocr_rec),
@@ -124,6 +170,11 @@ MODELS = {
     "basic_pitch": ("Basic Pitch audio-to-MIDI (ONNX)", _basic_pitch),
     "efficientnet_lite0": ("EfficientNet-Lite0 ImageNet classifier (PyTorch ExportedProgram)", _efficientnet),
     "speaker_encoder": ("resemblyzer speaker encoder, LSTM embedder (PyTorch ExportedProgram)", _speaker_encoder),
+    "mtcnn_onet": ("MTCNN O-Net face/landmark network, three heads (Keras, mtcnn's weights)", _mtcnn_onet),
+    "facenet_onet": ("MTCNN O-Net, facenet-pytorch's weights (PyTorch ExportedProgram)", _facenet_onet),
+    "crepe_tiny": ("CREPE tiny pitch tracker, 1-D audio CNN (PyTorch ExportedProgram)", _crepe_tiny),
+    "ddddocr_rec": ("ddddocr captcha recognizer, CRNN with CTC (ONNX)", _ddddocr_rec),
+    "basic_pitch_saved_model": ("Basic Pitch audio-to-MIDI (TensorFlow SavedModel)", _basic_pitch_saved_model),
 }
 
 
