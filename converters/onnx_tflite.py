@@ -43,6 +43,8 @@ def prepare_source(source, recipe, calibration, step=None):
     key = ("onnx2tf", recipe.host_tail, None if floored is None else tuple(floored))
     if key in source.derived:
         return source.derived[key]
+    if step is not None:  # TensorFlow's import, the divisors' probe and onnx2tf: seconds to minutes
+        step("turning the ONNX graph into TensorFlow (onnx2tf)")
     import_tf()  # what this side needs, checked before onnx2tf's minutes
     if recipe.quantization == "int8":
         tflite_int8.require()

@@ -88,7 +88,7 @@ def diagnose(run) -> tuple:
             picked.append(Candidate(int16=True))
         run.progress.step(f"  measuring what keeping each of {len(picked)} candidates in float repairs")
         measured = measure(recipe, trials, val, run.reference, failing, picked, run.io, artifact_path, source,
-                           layout, step=run.progress.step)
+                           layout, progress=run.progress)
         return (measured, trials.measured_hint) if measured else (rows, trials.hint)
     except Exception as exc:
         return [{"error": f"diagnostics failed: {exc}"}], ""
@@ -106,9 +106,12 @@ def gain(before_checks, after: dict) -> float:
     return total
 
 
-def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout, step=None) -> list:
+def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, source, layout,
+            progress=None) -> list:
     """Each candidate kept in float: the failing checks again, on the same first MEASURE_SAMPLES samples.
-    step(line), if given, hears of each as it is measured (on a detector, minutes apart)."""
+    progress (edgesdk.progress.Progress), if given, hears of each as it is measured (on a detector, minutes
+    apart) and draws each run over the samples (a layout detector's: 70 s for 24 pages)."""
+    bar = progress.bar("measuring") if progress is not None else None
     from edgesdk.artifacts.inspection import open_artifact
     from edgesdk.judge.validation import judge, match_outputs
     from .host_tail import read_as_source
@@ -120,7 +123,8 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
     def measured(path) -> dict:
         art = read_as_source(open_artifact(path, format=recipe.format, exact=recipe.int8_arithmetic == "exact"),
                              source, recipe, val.x[:len(x)], x)
-        outs, _ = match_outputs(ref, io.output_names, artifact_outputs(art, x, source, ref), art.output_names)
+        outs, _ = match_outputs(ref, io.output_names, artifact_outputs(art, x, source, ref, bar),
+                                art.output_names)
         checks = judge(ref, outs, labels, io=io, task=recipe.task, thresholds=recipe.thresholds())["checks"]
         return {(c["check"], c.get("output")): c for c in checks}
     base = measured(artifact_path)  # the same samples as the trials, so the figures compare
@@ -128,9 +132,9 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
     rows = []
 
     def heard(cand, what):
-        if step is not None:
+        if progress is not None:
             label = cand.label if len(cand.label) <= 70 else cand.label[:67] + "..."
-            step(f"    {label}: {what}")
+            progress.step(f"    {label}: {what}")
     with tempfile.TemporaryDirectory(prefix="edgesdk-diagnosis-") as tmp:
         for cand in picked:
             path = Path(tmp) / f"trial.{recipe.format}"

@@ -193,7 +193,7 @@ def recover(run, only_training: bool = False, calibrated=()) -> dict:
             picked, _ = candidates(trials, base.recipe, base_path, x, failing)
             progress.step(f"  measuring what keeping each of {len(picked)} candidates in float repairs")
             measured = measure(base.recipe, trials, val, run.reference, failing, picked, run.io, base_path, source,
-                               layout, step=progress.step)
+                               layout, progress=progress)
             kept = Candidate()
             helpful = [m for m in measured if m["gain"] > MIN_GAIN][:MAX_MIXED_RUNGS]
             for m in helpful:
