@@ -190,6 +190,8 @@ def test_audio_int8_tflite_below_the_floor_is_refused(tmp_path):
     # candidates measured: each kept in float alone, the three failing figures measured again
     worst = e.value.figures["worst_layers"]
     assert worst and all("kept in float: F1 of the decisions" in w["detail"] for w in worst), worst
+    # three checks of one name, each said with its output (read as one figure twice over without it)
+    assert all(f"against the source's [output {k}]" in w["detail"] for w in worst for k in range(3)), worst
     assert [w["gain"] for w in worst] == sorted((w["gain"] for w in worst), reverse=True)
     # the same SavedModel to float ONNX (through tf2onnx, variables frozen): runs, and each output is matched
     options = ConvertOptions(quantize=QuantizeOptions(quantization="float"))

@@ -144,7 +144,8 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
                 heard(cand, f"cannot be made on this route ({cand.what})")
                 continue
             after = measured(path)
-            parts = [f"{b['check']} {_show(b['value'])} -> {_show(after[(b['check'], b.get('output'))]['value'])}"
+            parts = [f"{check_name(b, before_all)} {_show(b['value'])} -> "
+                     f"{_show(after[(b['check'], b.get('output'))]['value'])}"
                      for b in before_all if after.get((b["check"], b.get("output")), {}).get("value") is not None]
             single = len(cand.nodes) == 1 and not cand.op_types
             node = cand.nodes[0] if single else cand.label if cand.nodes or cand.op_types else "whole graph"
@@ -155,6 +156,13 @@ def measure(recipe, trials, val, reference, failing, picked, io, artifact_path, 
             heard(cand, ", ".join(parts) or "nothing measurable changed")
     rows.sort(key=lambda r: -r["gain"])
     return rows
+
+
+def check_name(check: dict, checks: list) -> str:
+    """A check's name, with its output where another of `checks` has the same name (Basic Pitch's three
+    decisions' F1, one an output, read as one figure twice over without it)."""
+    twins = sum(c["check"] == check["check"] for c in checks) > 1
+    return check["check"] + (f" [output {check['output']}]" if twins and check.get("output") is not None else "")
 
 
 def _show(v) -> str:

@@ -45,7 +45,7 @@ from pathlib import Path
 from edgesdk.errors import EdgeSDKError
 from edgesdk.sources.data import artifact_layout
 from edgesdk.sources.inputs import to_artifact_layout
-from .diagnosis import SAMPLES, MIN_GAIN, candidates, failing_checks, gain, measure
+from .diagnosis import SAMPLES, MIN_GAIN, candidates, check_name, failing_checks, gain, measure
 from .mixed_precision import Candidate, Trials, input_boundary
 
 MAX_MIXED_RUNGS = 4
@@ -256,7 +256,7 @@ def _outcome(chosen: Rung | None, rungs: list, measured: list, tmp, hint: str = 
 
 def _short(figures, verdict) -> str:
     shown = failing_checks(figures) or figures["checks"]
-    return verdict["verdict"] + "".join(f", {c['check']} {c['value']:.3g}" for c in shown[:2]
+    return verdict["verdict"] + "".join(f", {check_name(c, shown)} {c['value']:.3g}" for c in shown[:2]
                                         if isinstance(c.get("value"), (int, float)))
 
 
