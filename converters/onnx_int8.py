@@ -346,10 +346,6 @@ def calibration_cache(prepared: Path, x, recipe, extra: dict, op_types) -> Path:
 HISTOGRAM_SAMPLES = 64
 HISTOGRAM_BYTES = 4 << 30
 MIN_HISTOGRAM_SAMPLES = 16
-# the tensors a histogram chunk holds, at most: binning takes as long in small chunks as in large ones, and the
-# held chunk is the conversion's peak (YOLOv8n's ladder: 10 samples of 51 MB, 1,047 MB peak in all; 2 samples
-# at a time, 631 MB in the same 248 s)
-HISTOGRAM_HELD = 128 << 20
 
 
 def _histogram_chunks(x, per_sample: int) -> tuple:
@@ -358,7 +354,7 @@ def _histogram_chunks(x, per_sample: int) -> tuple:
     (edgesdk.memory); quantize_static needs the count a multiple of the chunk, so a remainder is left out."""
     from edgesdk.memory import samples_within
     wanted = min(len(x), HISTOGRAM_SAMPLES, max(MIN_HISTOGRAM_SAMPLES, HISTOGRAM_BYTES // max(per_sample, 1)))
-    chunk = samples_within(per_sample, wanted, HISTOGRAM_HELD)
+    chunk = samples_within(per_sample, wanted)
     used = wanted - wanted % chunk
     if used == len(x):
         return x, chunk, None

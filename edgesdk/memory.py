@@ -29,17 +29,16 @@ def available() -> int:
     return max(free, 0)
 
 
-def budget(ceiling: int = CEILING) -> int:
-    """Bytes one stage may hold in tensors (a stage whose work does not shrink with more at once asks for
-    less: `ceiling`)."""
-    return int(min(ceiling, max(min(FLOOR, ceiling), SHARE * available())))
+def budget() -> int:
+    """Bytes one stage may hold in tensors."""
+    return int(min(CEILING, max(FLOOR, SHARE * available())))
 
 
-def samples_within(per_sample: int, wanted: int, ceiling: int = CEILING) -> int:
+def samples_within(per_sample: int, wanted: int) -> int:
     """How many of `wanted` samples of `per_sample` bytes each fit the stage budget (at least one)."""
     if per_sample <= 0:
         return wanted
-    return max(1, min(wanted, budget(ceiling) // per_sample))
+    return max(1, min(wanted, budget() // per_sample))
 
 
 def _meminfo(key: str) -> int | None:
