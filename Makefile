@@ -36,7 +36,7 @@ test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-## The whole test suite (real conversions, real sshd, an emulated arm64 device; two workers, about 50 minutes on 2 cores).
+## The whole test suite (real conversions, real sshd, an emulated arm64 device; two workers, about 55 minutes on 2 cores).
 test: setup test-deps
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
