@@ -245,12 +245,8 @@ def convert(source, recipe, calibration, progress=None, profile=None) -> bytes:
 
 def _float_compute_ops(flatbuffer: bytes) -> list:
     """The op types that compute in float in a quantized flatbuffer (boundary conversions aside)."""
-    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
     from edgesdk.targets.arm_cpu import float_compute_ops
-    with tempfile.TemporaryDirectory(prefix="edgesdk-int8-") as tmp:
-        path = Path(tmp) / "int8.tflite"
-        path.write_bytes(flatbuffer)
-        float_ops = TFLiteArtifact(path).coverage()["float_ops"]
+    float_ops = tflite_int8.structure(flatbuffer).coverage()["float_ops"]
     return float_compute_ops(float_ops) if float_ops else []
 
 

@@ -128,14 +128,20 @@ RECURRENT_OPS = {"LSTM", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE
 
 def _recurrent_ops(flatbuffer: bytes) -> list:
     """The op types of a float TFLite graph that hold a recurrence."""
+    return sorted({op["op_name"] for op in structure(flatbuffer).ops()} & RECURRENT_OPS)
+
+
+def structure(flatbuffer: bytes):
+    """A flatbuffer in memory read as a TFLiteArtifact, for its structure (ops, tensors, coverage): the reader
+    takes a file, and keeps the bytes it read."""
     import tempfile
     from pathlib import Path
 
     from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
-    with tempfile.TemporaryDirectory(prefix="edgesdk-float-") as tmp:
-        path = Path(tmp) / "float.tflite"
+    with tempfile.TemporaryDirectory(prefix="edgesdk-tflite-") as tmp:
+        path = Path(tmp) / "model.tflite"
         path.write_bytes(flatbuffer)
-        return sorted({op["op_name"] for op in TFLiteArtifact(path).ops()} & RECURRENT_OPS)
+        return TFLiteArtifact(path)
 
 
 def rounded(source, flatbuffer: bytes, recipe, x) -> bytes:
@@ -315,17 +321,12 @@ def keep_float(q, flatbuffer: bytes, recipe) -> None:
     """The recipe's excluded layers (TFLite output tensor names) and op types stay float."""
     import difflib
     import re
-    import tempfile
-    from pathlib import Path
 
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.qtyping import TFLOperationName
-    from edgesdk.artifacts.tflite_artifact import TFLiteArtifact
-    with tempfile.TemporaryDirectory(prefix="edgesdk-float-") as tmp:
-        (Path(tmp) / "float.tflite").write_bytes(flatbuffer)
-        art = TFLiteArtifact(Path(tmp) / "float.tflite")
-        names = [art.tensor_name(op["outputs"][0]) for op in art.ops() if op["outputs"]]
-        types = sorted({op["op_name"] for op in art.ops()})
+    art = structure(flatbuffer)
+    names = [art.tensor_name(op["outputs"][0]) for op in art.ops() if op["outputs"]]
+    types = sorted({op["op_name"] for op in art.ops()})
     known_names = set(names)
     for name in recipe.exclude_nodes:
         if name not in known_names:

@@ -141,8 +141,11 @@ def run(toolchain: Toolchain, worker: Path, request: dict, *, timeout: float = 3
             proc = subprocess.Popen([str(python), "-I", str(worker)], stdin=subprocess.PIPE, text=True,
                                     stdout=log, stderr=subprocess.STDOUT, cwd=work, env=_env(python))
             try:
-                proc.stdin.write(json.dumps(request))
-                proc.stdin.close()
+                try:
+                    proc.stdin.write(json.dumps(request))
+                    proc.stdin.close()
+                except BrokenPipeError:  # it ended before reading: its log says why
+                    pass
                 _wait(proc, timeout, waiting, toolchain.name)
             finally:
                 if proc.poll() is None:  # stopped by the budget or an interrupt: nothing of it is left running

@@ -19,6 +19,8 @@ from edgesdk.util import sha256_file
 
 from .rockchip import EDGE_OPS, GLUE_OPS
 
+INFER_CHUNK = 16  # samples the simulator runs a call: progress (and the budget) between calls
+
 
 class RKNNArtifact:
     def __init__(self, path, num_threads: int = 1, delegates: bool = False, exact: bool = False):
@@ -102,9 +104,6 @@ class RKNNArtifact:
                 progress(min(start + INFER_CHUNK, n), n)
         outs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
         return [_shaped(o, spec) for o, spec in zip(outs, self.outputs)]
-
-
-INFER_CHUNK = 16  # samples the simulator runs a call
 
 
 def _shaped(y: np.ndarray, spec: dict) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Head, confidence
+from .multilabel import looks_multilabel
 
 EXPECTED = ("A classifier has an output of shape (N, classes), scores or probabilities; a binary one (N, 1) "
             "is judged by its decision (at 0.5 for probabilities, 0 for logits) when --class-output names it.")
@@ -38,7 +39,6 @@ def claim(reference: list, io, class_output=None, asked: bool = False) -> list:
     # a lone (N, C) output: scores (logits) or something else, said in refusals; not independent 0..1
     # decisions, which multilabel judges (CREPE's 360 sigmoid pitch bins: neighbouring bins trade the top-1
     # under int8, 94 % agreement, while the bins it decides are the source's)
-    from .multilabel import looks_multilabel
     if len(reference) == 1 and reference[0].ndim == 2 and reference[0].shape[1] >= 2 \
             and not looks_multilabel(reference[0]):
         return [Head("classify", [0], {"guessed": True})]
