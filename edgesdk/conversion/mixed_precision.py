@@ -101,15 +101,18 @@ class Trials:
         self.int16 = self.int16 and recipe.format in family.int16_activations and recipe.activations == "int8"
         # the layers whose inputs alone carry Q/DQ, where the family places them so (TensorRT); None: every op
         self.quantized_ops = family.quantizer_settings(profile, recipe.format).get("quantize_inputs_of")
-        self._made = {}
+        self._source, self._made = source, {}
 
     def convert(self, recipe) -> bytes:
-        """The artifact's bytes for this recipe (made once per recipe)."""
+        """The artifact's bytes for this recipe (made once per recipe); the source's record of what its weight
+        rounding corrected is this artifact's after the call, a recipe made before included."""
         key = (recipe.calibration_method, recipe.exclude_nodes, recipe.exclude_op_types, recipe.weight_rounding,
                recipe.qat, recipe.activations, recipe.input_dtype)
         if key not in self._made:
-            self._made[key] = self._convert(recipe)
-        return self._made[key]
+            data = self._convert(recipe)
+            self._made[key] = data, self._source.weight_rounding
+        data, self._source.weight_rounding = self._made[key]
+        return data
 
     def debugger_rows(self, artifact_path, x, recipe) -> list:
         return self._debug(artifact_path, x, recipe)

@@ -101,12 +101,14 @@ class QuantizeOptions(_Checked):
     calibration_method: str = _option(
         "auto", "Activation range estimation: min/max over the data; mse, each inner tensor's range narrowed to its "
         "least int8 error, and moving-average (TFLite from PyTorch and ONNX); entropy, percentile (ONNX); auto: "
-        "min/max, and mse too where the route has it and int8 costs accuracy, the one that measures better kept.",
+        "min/max, and mse too where the route has it and int8 costs accuracy, the one that measures better kept "
+        "(where int8 misses the gate, the recovery ladder measures them as its rungs).",
         choices=CALIBRATION_METHODS)
     weight_rounding: str = _option(
         "auto", "int8 weights: each to its nearest step (the plain quantizers), or each conv kernel's sum kept and "
         "the biases corrected for what rounding shifts (better on photos); auto: both where int8 costs accuracy, "
-        "the one that measures better kept.", choices=WEIGHT_ROUNDING)
+        "the one that measures better kept (where int8 misses the gate, the corrected one is the recovery "
+        "ladder's first rung).", choices=WEIGHT_ROUNDING)
     activations: str = _option(
         "int8", "int8 weights with int16 activations (CPU targets; ONNX, or TFLite's 16x8 with int16 input and "
         "output): more range and precision where int8 activations lose it, at a price in speed.",

@@ -283,6 +283,7 @@ class ConversionRun:
     original_source: object = None  # with a stem on the host, the model the user gave (`source` is the rest)
     rounding: dict | None = None  # what --weight-rounding auto measured
     calibrated: dict | None = None  # what --calibration-method auto measured
+    ladder_roundings: tuple = ()  # under --weight-rounding auto, the roundings the ladder tries (int8 missed)
     recovery: dict | None = None
     skewed: list = field(default_factory=list)  # inputs (by index) whose range int8 cannot hold
     figures: dict = field(default_factory=dict)
@@ -564,8 +565,14 @@ def _judge(run: ConversionRun) -> None:
     except ConversionError as exc:  # the runtime refuses what the route made: another format may run
         exc.route_failed = True
         raise
-    run.recipe, *first, run.rounding = _choose_rounding(run, first)
-    run.recipe, run.figures, run.verdict, run.calibrated = _choose_calibration(run, tuple(first))
+    if _ladder_runs(run, *first):  # the auto choices' alternatives are its first rungs, judged as rungs are
+        auto = run.recipe.weight_rounding == "auto"
+        run.ladder_roundings = ("corrected",) if auto and run.route.corrected_rounding else ()
+        run.recipe = replace(run.recipe, weight_rounding="nearest") if auto else run.recipe
+        run.figures, run.verdict = first
+    else:
+        run.recipe, *first, run.rounding = _choose_rounding(run, first)
+        run.recipe, run.figures, run.verdict, run.calibrated = _choose_calibration(run, tuple(first))
     if run.pruning:  # separates what pruning cost from what quantization cost
         from edgesdk.judge.validation import gate, judge
         after = judge(run.reference, run.pruned_outputs, run.val.labels, io=run.io, task=run.recipe.task,
@@ -576,9 +583,14 @@ def _judge(run: ConversionRun) -> None:
         run.figures.update(run.pruned_figures)
 
 
+def _ladder_runs(run: ConversionRun, figures: dict, verdict: dict) -> bool:
+    """int8 that misses the gate climbs the recovery ladder, unless --no-recover."""
+    return _misses(figures, verdict) and run.recipe.quantization == "int8" and run.options.recover
+
+
 def _recover_stage(run: ConversionRun) -> None:
     """int8 that misses the gate climbs the recovery ladder, unless --no-recover."""
-    if not (_misses(run.figures, run.verdict) and run.recipe.quantization == "int8" and run.options.recover):
+    if not _ladder_runs(run, run.figures, run.verdict):
         return
     if run.pruned_passed or run.training is not None:  # only training can give back what pruning took
         _recover(run)
@@ -1038,13 +1050,14 @@ def _recover(run: ConversionRun) -> None:
     from . import recovery
     tmp, progress, training = run.tmp, run.progress, run.training
     only_training = not run.pruned_passed
-    calibrated = tuple(set(run.calibrated or ()) - {"chosen"})
-    steps = ["calibration", "higher precision"] * (not only_training) + ["quantization-aware training"] * bool(training)
+    steps = (["weight rounding"] * bool(run.ladder_roundings) + ["calibration", "higher precision"]) \
+        * (not only_training) + ["quantization-aware training"] * bool(training)
     progress.step(f"int8 missed the gate{' (so did the pruned float model)' if only_training else ''}: trying the "
                   f"recovery ladder ({', then '.join(steps)}; --no-recover to skip)")
-    outcome = recovery.recover(run, only_training, calibrated)
+    outcome = recovery.recover(run, only_training)
     run.recovery = record = recovery.summary(outcome)
     rung = outcome["rung"]
+    run.source.weight_rounding = (rung or outcome["start"]).rounded  # the artifact's, not the last rung's
     if rung is None:
         if outcome["measured"]:  # else the diagnosis still ranks the layers
             run.figures["worst_layers"], run.figures["worst_layers_hint"] = outcome["measured"], outcome["hint"]
