@@ -10,6 +10,7 @@ requires.
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from edgesdk.artifacts.onnx_artifact import DISABLED_OPTIMIZERS, WEIGHT_OPS
@@ -18,6 +19,7 @@ from edgesdk.sources.inputs import Inputs, feed_rows
 from edgesdk.targets import get_family
 from edgesdk.util import captured_output, first_line, working_directory
 
+from .onnx_histograms import ranges_found_first
 from .onnx_model import input_names
 from .route import Route
 
@@ -249,16 +251,19 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
         excluded.update(_placement(pre, recipe, settings, extra))
         per_channel = recipe.per_channel and not quirks.get("per_tensor", False)
 
-        if recipe.calibration_method != "minmax":  # histograms: every tensor of every sample held, unless chunked
-            x, chunk, note = _histogram_chunks(x, activation_bytes(pre))
-            extra["CalibStridedMinMax"] = chunk
+        histograms = recipe.calibration_method != "minmax"
+        if histograms:  # every tensor of every sample held, unless taken a sample at a time
+            x, note = _histogram_samples(x, activation_bytes(pre))
+            extra["CalibStridedMinMax"] = 1  # the ranges found first: the same histograms whatever the chunk
             if note:
                 notes.append(note)
 
         def run():
             cache = calibration_cache(pre, x, recipe, extra, excluded.get("op_types_to_quantize"))
-            with captured_output(), working_directory(tmp):  # ONNX Runtime writes scratch files in the cwd
-                quantize_static(str(pre), str(out), _reader(x, input_names(pre), progress),
+            reader = _reader(x, input_names(pre), progress)
+            with captured_output(), working_directory(tmp), \
+                    ranges_found_first(reader) if histograms else nullcontext():  # ONNX Runtime writes scratch
+                quantize_static(str(pre), str(out), reader,  # files in the cwd
                                 quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType.QInt16 if recipe.activations == "int16" else QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=per_channel,
@@ -348,18 +353,13 @@ HISTOGRAM_BYTES = 4 << 30
 MIN_HISTOGRAM_SAMPLES = 16
 
 
-def _histogram_chunks(x, per_sample: int) -> tuple:
-    """(the samples, how many a histogram calibrator takes at once, a note or None): at most HISTOGRAM_SAMPLES
-    and HISTOGRAM_BYTES of tensors (never under MIN_HISTOGRAM_SAMPLES), in chunks that fit the memory budget
-    (edgesdk.memory); quantize_static needs the count a multiple of the chunk, so a remainder is left out."""
-    from edgesdk.memory import samples_within
-    wanted = min(len(x), HISTOGRAM_SAMPLES, max(MIN_HISTOGRAM_SAMPLES, HISTOGRAM_BYTES // max(per_sample, 1)))
-    chunk = samples_within(per_sample, wanted)
-    used = wanted - wanted % chunk
+def _histogram_samples(x, per_sample: int) -> tuple:
+    """(the samples a histogram calibrator takes, a note or None): at most HISTOGRAM_SAMPLES and HISTOGRAM_BYTES
+    of tensors (never under MIN_HISTOGRAM_SAMPLES). It holds one sample's tensors at a time (onnx_histograms)."""
+    used = min(len(x), HISTOGRAM_SAMPLES, max(MIN_HISTOGRAM_SAMPLES, HISTOGRAM_BYTES // max(per_sample, 1)))
     if used == len(x):
-        return x, chunk, None
-    return x[:used], chunk, (f"histogram calibration on {used} of {len(x)} samples" + (
-        f", {chunk} at a time ({per_sample / 2**20:.0f} MB of tensors a sample)" if chunk < used else ""))
+        return x, None
+    return x[:used], f"histogram calibration on {used} of {len(x)} samples"
 
 
 MAX_UNRUNNABLE = 8  # nodes left float because ONNX Runtime cannot run them quantized, before giving up

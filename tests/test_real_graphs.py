@@ -4,6 +4,7 @@ that held every tensor of every sample, leftovers of killed runs, and a route fa
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -60,22 +61,57 @@ def test_temp_files_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
     live_dir.cleanup()
 
 
-def test_histogram_calibration_is_chunked_to_the_memory_budget(monkeypatch):
-    from edgesdk import memory
+def test_histogram_calibration_takes_a_bounded_share_of_the_samples():
     from edgesdk.converters import onnx_int8
-    monkeypatch.setattr(memory, "budget", lambda: 1000)
     x = np.zeros((200, 3), np.float32)
-    used, chunk, note = onnx_int8._histogram_chunks(x, per_sample=300)
-    # at most HISTOGRAM_SAMPLES, 3 at a time (900 of the 1,000 bytes), a whole number of chunks
-    assert chunk == 3 and len(used) == 63 and len(used) <= onnx_int8.HISTOGRAM_SAMPLES
-    assert note == "histogram calibration on 63 of 200 samples, 3 at a time (0 MB of tensors a sample)"
-    used, chunk, note = onnx_int8._histogram_chunks(x[:10], per_sample=10)
-    assert len(used) == 10 and chunk == 10 and note is None
+    used, note = onnx_int8._histogram_samples(x, per_sample=300)
+    assert len(used) == onnx_int8.HISTOGRAM_SAMPLES
+    assert note == f"histogram calibration on {onnx_int8.HISTOGRAM_SAMPLES} of 200 samples"
+    used, note = onnx_int8._histogram_samples(x[:10], per_sample=10)
+    assert len(used) == 10 and note is None
     # a large graph's histograms take HISTOGRAM_BYTES of tensors (PP-OCRv4's recognizer: 207 MB a sample)
-    used, chunk, note = onnx_int8._histogram_chunks(x, per_sample=onnx_int8.HISTOGRAM_BYTES // 20)
-    assert len(used) == 20 and chunk == 1 and note.startswith("histogram calibration on 20 of 200 samples")
-    used, _, _ = onnx_int8._histogram_chunks(x, per_sample=onnx_int8.HISTOGRAM_BYTES)
+    used, note = onnx_int8._histogram_samples(x, per_sample=onnx_int8.HISTOGRAM_BYTES // 20)
+    assert len(used) == 20 and note.startswith("histogram calibration on 20 of 200 samples")
+    used, _ = onnx_int8._histogram_samples(x, per_sample=onnx_int8.HISTOGRAM_BYTES)
     assert len(used) == onnx_int8.MIN_HISTOGRAM_SAMPLES
+
+
+@pytest.mark.parametrize("method", ["Percentile", "Entropy"])
+def test_histogram_ranges_do_not_depend_on_how_the_samples_are_cut(method, tmp_path):
+    """ONNX Runtime merges a chunked histogram calibrator's chunks by re-binning what it has, so its ranges
+    depend on the chunk. With each tensor's range found first (onnx_histograms), one sample at a time makes
+    the ranges quantize_static makes from every sample at once, bit for bit, on the real PP-OCR direction
+    classifier and 24 real text crops; its own chunks of 4 give other ranges."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from edgesdk.converters.onnx_histograms import ranges_found_first
+    from edgesdk.converters.onnx_int8 import _reader
+    model = onnx.load(str(fixtures.fetch("ppocr_cls")))
+    for d, v in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, 48, 192)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    fixed = tmp_path / "cls.onnx"
+    onnx.save(model, str(fixed))
+    x = fixtures.text_direction_crops()[0][::11][:24]
+    name = model.graph.input[0].name
+
+    def scales(out, stride=None, primed=False):
+        reader = _reader(x, [name], None)
+        extra = {"CalibStridedMinMax": stride} if stride else {}
+        with ranges_found_first(reader) if primed else nullcontext():
+            quantize_static(str(fixed), str(tmp_path / out), reader, quant_format=QuantFormat.QDQ,
+                            calibrate_method=getattr(CalibrationMethod, method), extra_options=extra)
+        graph = onnx.load(str(tmp_path / out)).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        return {n.input[0]: float(inits[n.input[1]]) for n in graph.node
+                if n.op_type == "QuantizeLinear" and inits[n.input[1]].ndim == 0}
+
+    at_once = scales("all.onnx")
+    primed = scales("primed.onnx", stride=1, primed=True)
+    chunked = scales("chunked.onnx", stride=4)
+    assert len(at_once) > 50 and primed == at_once
+    assert sum(chunked[k] != at_once[k] for k in at_once) >= 5  # what the chunks alone did
 
 
 def test_memory_budget_is_a_share_of_what_is_free(monkeypatch):
