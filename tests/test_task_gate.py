@@ -229,8 +229,8 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     best = e.value.figures["worst_layers"][0]
     assert best["op_types"] == KEEP_FLOAT and best["gain"] > 1, best
     assert "--exclude-op-types Add,Cast,Div" in str(e.value)
-    # the default climbs the ladder: other calibration changes nothing, then every op type but the
-    # weight-heavy ones kept in float agrees with the source on real files
+    # the default climbs the ladder: the corrected weight rounding and other calibration change nothing, then
+    # every op type but the weight-heavy ones kept in float agrees with the source on real files
     heard = StringIO()
     options = ConvertOptions(quantize=QuantizeOptions(format="onnx"))
     art = edgesdk.convert(str(model), target="rpi4", calibration=features,
@@ -244,14 +244,17 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     assert any(line.startswith("[edgesdk]     op types Add,Cast") and "top-1 agreement with the source 0." in line
                and (" -> 1" in line or " -> 0.99" in line) for line in each), each
     rungs = art.manifest["recovery"]["rungs"]
-    assert [r["step"] for r in rungs] == ["as converted", "calibration", "calibration", "int16 activations",
-                                          "mixed precision"]
-    assert [r["verdict"] for r in rungs] == ["fail", "fail", "fail", "pass", "pass"]
-    assert [r["calibration_method"] for r in rungs[1:3]] == ["percentile", "entropy"]
-    assert all(list(r["figures"].values())[0] < 0.5 for r in rungs[:3])
+    assert [r["step"] for r in rungs] == ["as converted", "weight rounding", "calibration", "calibration",
+                                          "int16 activations", "mixed precision"]
+    assert [r["verdict"] for r in rungs] == ["fail", "fail", "fail", "fail", "pass", "pass"]
+    assert [r["weight_rounding"] for r in rungs[:2]] == ["nearest", "corrected"]
+    assert [r["calibration_method"] for r in rungs[2:4]] == ["percentile", "entropy"]
+    assert all(list(r["figures"].values())[0] < 0.5 for r in rungs[:4])
+    # the corrected rounding, measured as a rung where int8 misses, is not measured again before the ladder
+    assert "auto" not in art.manifest["quantization"]["weight_rounding"]
     # int16 activations pass too, but ONNX Runtime computes them in float between Q/DQ pairs: slower here
     # than the plain int8, so the float element-wise ops are tried on the int8 base and, faster, win
-    sixteen, kept = rungs[3], rungs[-1]
+    sixteen, kept = rungs[4], rungs[-1]
     assert sixteen["activations"] == "int16" and not sixteen["float_op_types"] and "applied" not in sixteen
     from edgesdk.conversion.recovery import SLOWER
     assert sixteen["p50_ms"] > rungs[0]["p50_ms"] * SLOWER and kept["p50_ms"] < sixteen["p50_ms"]
