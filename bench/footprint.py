@@ -5,7 +5,8 @@
 For each real model: `edgesdk convert MODEL --target rpi4 --format onnx` with default settings (the recovery
 ladder on), and ONNX Runtime's quantize_static (QDQ, its defaults) on the same file and calibration data (a
 PyTorch program exported to ONNX first, in the measured process, as convert exports it), each in its own
-process, measured from outside: wall time and the peak RSS of the process tree. The ratios are the goals (issue: convert peak RSS <= 2.0x the plain library's, wall time <= 3x); what the
+process, measured from outside: wall time and the peak RSS of the process tree (the plain library run three times,
+its median taken: its seconds vary by a fifth from run to run here). The ratios are the goals (issue: convert peak RSS <= 2.0x the plain library's, wall time <= 3x); what the
 conversion did besides quantizing (the gate, the ladder's rungs) is recorded beside it, so a ratio is read
 with what it paid for. Writes bench/results/footprint.json and footprint.md (committed).
 """
@@ -21,12 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO / "bench"))
 from yield_matrix import _efficientnet, _ppocr_det, _ppocr_rec, _tree_rss_mb, _yolov8n, measured_commit  # noqa: E402
 
 GOAL_RSS, GOAL_WALL = 2.0, 3.0
+PLAIN_RUNS = 3
 MODELS = {"ppocr_rec": _ppocr_rec, "ppocr_det": _ppocr_det, "yolov8n": _yolov8n, "efficientnet_lite0": _efficientnet}
 
 # The plain library: what a user writes with ONNX Runtime alone, from the same file: a PyTorch program exported
@@ -86,8 +90,13 @@ def run_model(name: str, work: Path) -> dict:
                                  ladder_seconds=round(sum(a["seconds"].get("recover", 0) for a in attempts), 1))
     else:
         record["convert"]["error"] = [ln for ln in convert["stderr"].splitlines() if ln.startswith("error:")][-1:]
-    plain = measured([sys.executable, "-c", PLAIN, str(model), str(data), str(work / "plain.onnx")])
-    record["plain"] = {k: plain[k] for k in ("exit", "seconds", "peak_rss_mb")}
+    # the plain library's seconds vary by a fifth from run to run here (PP-OCRv4's recognizer: 11.6 to 14.5 s),
+    # so it runs PLAIN_RUNS times and the ratios take its median
+    runs = [measured([sys.executable, "-c", PLAIN, str(model), str(data), str(work / "plain.onnx")])
+            for _ in range(PLAIN_RUNS)]
+    plain = {"exit": max(r["exit"] for r in runs), "seconds": float(np.median([r["seconds"] for r in runs])),
+             "peak_rss_mb": int(np.median([r["peak_rss_mb"] for r in runs]))}
+    record["plain"] = {**plain, "runs_seconds": [r["seconds"] for r in runs]}
     if plain["exit"] == 0 and convert["exit"] == 0:
         record["rss_ratio"] = round(convert["peak_rss_mb"] / max(plain["peak_rss_mb"], 1), 2)
         record["wall_ratio"] = round(convert["seconds"] / max(plain["seconds"], 0.1), 2)
@@ -101,7 +110,8 @@ def run_model(name: str, work: Path) -> dict:
 def markdown(records: list) -> str:
     lines = ["`edgesdk convert --target rpi4 --format onnx` (defaults: the gate, the recovery ladder) against ONNX "
              "Runtime's quantize_static on the same file and data (a PyTorch program exported to ONNX first, in both); peak RSS of the process tree and wall "
-             f"time, measured from outside. Goals: RSS ratio <= {GOAL_RSS}, wall ratio <= {GOAL_WALL}. The ladder's "
+             f"time, measured from outside (the plain library's: the median of its runs, their seconds in the json). Goals: "
+             f"RSS ratio <= {GOAL_RSS}, wall ratio <= {GOAL_WALL}. The ladder's "
              "seconds (every attempt's, from the manifest's `timing`) are counted apart in the last ratio.", "",
              "| model | convert s | convert MB | plain s | plain MB | RSS ratio | wall ratio | ladder s | "
              "wall ratio, ladder apart | made | gate | commit |",
