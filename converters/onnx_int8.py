@@ -261,9 +261,10 @@ def quantize(float_path: Path, recipe, profile, calibration, progress=None,
         def run():
             cache = calibration_cache(pre, x, recipe, extra, excluded.get("op_types_to_quantize"))
             reader = _reader(x, input_names(pre), progress)
+            # ONNX Runtime writes scratch files in the cwd
             with captured_output(), working_directory(tmp), \
-                    ranges_found_first(reader) if histograms else nullcontext():  # ONNX Runtime writes scratch
-                quantize_static(str(pre), str(out), reader,  # files in the cwd
+                    ranges_found_first(reader) if histograms else nullcontext():
+                quantize_static(str(pre), str(out), reader,
                                 quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType.QInt16 if recipe.activations == "int16" else QuantType.QInt8,
                                 weight_type=QuantType.QInt8, per_channel=per_channel,

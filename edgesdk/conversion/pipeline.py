@@ -589,7 +589,8 @@ def _ladder_runs(run: ConversionRun, figures: dict, verdict: dict) -> bool:
 
 
 def _recover_stage(run: ConversionRun) -> None:
-    """int8 that misses the gate climbs the recovery ladder, unless --no-recover."""
+    """The recovery ladder where _ladder_runs says it climbs; after pruning that the float model already pays
+    for, only its training rung (or a note that nothing int8 can pass)."""
     if not _ladder_runs(run, run.figures, run.verdict):
         return
     if run.pruned_passed or run.training is not None:  # only training can give back what pruning took
