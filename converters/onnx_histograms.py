@@ -7,11 +7,16 @@ re-bins them, so the ranges depend on where the samples were cut, and the cut on
 first pass, one sample at a time, records each tensor's extremes, and the collector starts from empty
 histograms over those ranges: every chunk then bins into the same edges, and the histograms are the ones one
 pass over all the samples at once would make, whatever the chunk.
+
+The percentile calibrator bins |x| into the edges it has by numpy's general path, which sorts the values
+(0.4 s a sample on YOLOv8n, 25 s of a 64-sample rung); primed edges are uniform, and numpy's path for uniform
+bins finds the same counts without the sort.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 
@@ -62,6 +67,7 @@ def _prime(calibrator, reader) -> None:
     collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
                                    num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
                                    percentile=calibrator.percentile, scenario=calibrator.scenario)
+    collector.collect_absolute_value = partial(_collect_absolute_value, collector, collector.collect_absolute_value)
     absolute = calibrator.method == "percentile" and calibrator.symmetric  # HistogramCollector.collect's choice
     bins = calibrator.num_bins
     for name, (low, high, abs_low, abs_high) in extremes.items():
@@ -74,3 +80,27 @@ def _prime(calibrator, reader) -> None:
             hist, edges = np.histogram(np.array([], dtype=dtype), bins, range=(-threshold, threshold))
             collector.histogram_dict[name] = (hist, edges, low, high, threshold)
     calibrator.collector = collector
+
+
+def _collect_absolute_value(collector, general, name_to_arr) -> None:
+    """HistogramCollector.collect_absolute_value, binning |x| by numpy's path for uniform bins where the primed
+    edges are the very ones it makes (it counts against them, so the counts are those of the sorting path, four
+    times faster). Values past the top edge (the edges must grow), tensors never primed, and edges numpy would
+    make otherwise go to ONNX Runtime's own (`general`)."""
+    rest = {}
+    for tensor, data in name_to_arr.items():
+        values = np.absolute(np.asarray(data).ravel())
+        kept = collector.histogram_dict.get(tensor)
+        if kept is None or values.size == 0 or np.nanmax(values) > kept[1][-1]:
+            rest[tensor] = data
+            continue
+        hist, edges, low, high = kept
+        counts, made = np.histogram(values, bins=len(hist), range=(edges[0], edges[-1]))  # as _prime made them
+        if made.dtype != edges.dtype or not np.array_equal(made, edges):
+            rest[tensor] = data
+            continue
+        signed = np.asarray(data)
+        collector.histogram_dict[tensor] = (hist + counts, edges, min(low, np.nanmin(signed)),
+                                            max(high, np.nanmax(signed)))
+    if rest:
+        general(rest)

@@ -114,6 +114,35 @@ def test_histogram_ranges_do_not_depend_on_how_the_samples_are_cut(method, tmp_p
     assert sum(chunked[k] != at_once[k] for k in at_once) >= 5  # what the chunks alone did
 
 
+def test_primed_percentile_histograms_count_as_numpy_without_its_sort():
+    """|x| binned into primed edges by numpy's uniform path: the counts np.histogram's sorting path makes, values
+    on an edge and either side of it included, and ONNX Runtime's own binning never called."""
+    from functools import partial
+    from onnxruntime.quantization.calibrate import HistogramCollector
+    from edgesdk.converters.onnx_histograms import _collect_absolute_value
+    rng = np.random.default_rng(0)
+    for bins in (1, 7, 128, 2048):
+        for scale in (1e-3, 1.0, 900.0):
+            v = (rng.standard_normal(5000) * scale).astype(np.float32)
+            a = np.absolute(v)
+            edges = np.histogram(np.array([a.min(), a.max()], dtype=np.float32), bins=bins)[1].astype(np.float32)
+            near = np.concatenate([edges, np.nextafter(edges, np.float32(0)),
+                                   np.nextafter(edges, np.float32(np.inf))[:-1]])
+            v = np.concatenate([v, near, -near]).astype(np.float32)
+            collector = HistogramCollector("percentile", True, bins, 128, 99.99, "same")
+            collector.histogram_dict["t"] = (np.zeros(bins, np.int64), edges, v.min(), v.max())
+
+            def general(_):
+                raise AssertionError("ONNX Runtime's sorting path was taken")
+            collector.collect_absolute_value = partial(_collect_absolute_value, collector, general)
+            collector.collect_absolute_value({"t": [v[:2500], v[2500:5000]]})
+            collector.collect_absolute_value({"t": [v[5000:]]})
+            hist = collector.histogram_dict["t"][0]
+            a = np.absolute(v)
+            assert hist.sum() == ((a >= edges[0]) & (a <= edges[-1])).sum()
+            assert (hist == np.histogram(a, bins=edges)[0]).all()
+
+
 def test_memory_budget_is_a_share_of_what_is_free(monkeypatch):
     from edgesdk import memory
     monkeypatch.setattr(memory, "available", lambda: 2 << 30)
