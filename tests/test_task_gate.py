@@ -276,6 +276,25 @@ def test_integer_input_classifier_collapses_in_int8_and_recovery_finds_the_fix(t
     assert r.returncode == 0, r.stderr
 
 
+def test_two_rungs_whose_speed_decides_are_timed_in_turn_each_by_its_fastest_round(monkeypatch, tmp_path):
+    """A spell of load here during one rung's round does not make it the slower one: the two are timed in
+    turn, and each counts its fastest round."""
+    from types import SimpleNamespace
+    from edgesdk.conversion import recovery
+    rounds = {"int8": iter([10.0, 10.2]), "int16": iter([12.5, 10.9]), "slower": iter([12.0, 11.8])}
+    timed = []
+
+    def latency_ms(path):
+        timed.append(path.read_bytes().decode())
+        return next(rounds[timed[-1]])
+    monkeypatch.setattr(recovery, "_latency_ms", latency_ms)
+    int8, int16, slower = (recovery.Rung(name, name, SimpleNamespace(format="onnx"), data=name.encode())
+                           for name in ("int8", "int16", "slower"))
+    assert not recovery._slower(int16, int8, tmp_path)  # its first round alone was 1.25x
+    assert timed == ["int8", "int16", "int8", "int16"] and (int8.p50_ms, int16.p50_ms) == (10.0, 10.9)
+    assert recovery._slower(slower, int8, tmp_path) and timed[4:] == ["slower", "slower"]  # int8 had its rounds
+
+
 def test_already_quantized_source_is_named_and_nothing_is_left(tmp_path):
     from onnxruntime.quantization import quantize_dynamic
     dynamic = tmp_path / "cls_dynamic.onnx"
