@@ -108,17 +108,20 @@ def test_int16_recognizer_for_the_pi_reads_the_same_text(rec, tmp_path):
     assert ours < 0.02 and abs(ours - v["heads"][0]["cer"]) < 1e-6, ours
 
 
-def test_a_recognizer_that_stacks_steps_first_is_read_as_its_source(tmp_path):
+def test_a_recognizer_that_stacks_steps_first_is_read_as_its_source(tmp_path, monkeypatch):
     """ddddocr's CRNN (a wheel's real model) writes CTC logits as (steps, batch, symbols) and declares its
     output (1, seqlen): its samples stack on axis 1, found from one sample's real shape, and its logits are
     recognised as a sequence (most steps' argmax the blank) without --task. The auto rounding choice is
-    ranked on a subset of the samples (the path that once sliced the steps instead of the samples), and the
+    ranked on a subset of the samples (the path that once sliced the steps instead of the samples; by default
+    only sets over 256 are ranked, so ranking is asked for here at 96), and the
     artifact, run with edgesdk.load, gives the source's layout and the gate's own character error rate."""
     import onnxruntime as ort
     model = fixtures.fetch("captcha_recognizer")
     np.save(tmp_path / "calib.npy", fixtures.captcha_crops(128, seed=1))
     held = fixtures.captcha_crops(96, seed=0)
     np.save(tmp_path / "held.npy", held)
+    from edgesdk.conversion import pipeline
+    monkeypatch.setattr(pipeline, "RANKED_ABOVE", pipeline.RANKING_SAMPLES)
     art = edgesdk.convert(str(model), target="rpi4", calibration=str(tmp_path / "calib.npy"),
                           validation=str(tmp_path / "held.npy"), output_dir=tmp_path / "out", quiet=True,
                           options=ConvertOptions(quantize=QuantizeOptions(format="onnx"),

@@ -694,6 +694,7 @@ def _place(run: ConversionRun, info: dict, compat: dict, fallback: dict | None, 
 
 WOULD_PASS_SAMPLES = 64
 SKEWED_SHARE = 0.5  # an input this much of which int8 turns into zero (not zeros already) has lost it there
+SKEW_VALUES = 1 << 20  # values enough to tell that share (200 photos are 30 M values: 1.5 s)
 
 
 def _skewed_inputs(source, calib, progress) -> list:
@@ -714,6 +715,8 @@ def _skewed_inputs(source, calib, progress) -> list:
         if step <= 0:
             continue
         zero = round(-lo / step)
+        if x.size > SKEW_VALUES:  # the share, from values drawn at random (a stride could fall on one feature)
+            x = x.reshape(-1)[np.random.default_rng(0).integers(0, x.size, SKEW_VALUES)]
         share = float(np.mean((np.round((x - lo) / step) == zero) & (x != 0)))  # values int8 turns into zero
         if share >= SKEWED_SHARE:
             skewed.append(order.index(name) if name in order else 0)
@@ -888,6 +891,8 @@ RANKING_SAMPLES = 64  # the two auto choices are measured on this many first; a 
 # lies wholly below the first's is dropped, any other is validated in full and its full figures decide (on the
 # PP-OCR classifier mse measured 1.5 dB lower on the first 64 crops and 0.5 dB higher on all 132: a point
 # figure on a subset cannot rank them, only an interval that excludes it can)
+RANKED_ABOVE = 4 * RANKING_SAMPLES  # ranking costs two subsets' validations: it pays only where the full one of
+# the second is several times dearer (EfficientNet-Lite0, 200 photos: 2.2 s to rank, 3.4 s to validate in full)
 
 
 def _choose_rounding(run: ConversionRun, first: tuple) -> tuple:
@@ -915,8 +920,8 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
     """`tmp` was made with `recipe`. Where int8 costs something (the weakest output's SQNR under AUTO_BELOW_DB),
     the artifact with `option` = `alternative` is made too and judged by the same gate; it is kept when it
     passes where the first did not, or, both passing or both failing, when it measures better (_ranks_higher).
-    With more than RANKING_SAMPLES validation samples (not a detector, not a stateful model), both are
-    measured on that many first, and a second that is clearly worse there (_clearly_worse) is not validated
+    With more than RANKED_ABOVE validation samples (not a detector, not a stateful model), both are
+    measured on the first RANKING_SAMPLES, and a second that is clearly worse there (_clearly_worse) is not validated
     in full.
     Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
     from .mixed_precision import Trials
@@ -939,7 +944,7 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
         # a detector's F1 has no interval here; a stateful model's samples are one sequence, so its first 64
         # steps are one stretch of it (Silero VAD: corrected rounding clearly worse there, better on all 555)
         dropped = False
-        if len(run.val) > RANKING_SAMPLES and detections(figures) is None and not run.io.states:
+        if len(run.val) > RANKED_ABOVE and detections(figures) is None and not run.io.states:
             ranked = [run.validate(path, r, RANKING_SAMPLES) for path, r in ((tmp, recipe), (trial, other))]
             dropped = _clearly_worse(ranked[1][0], ranked[0][0])
             if dropped:  # both recorded on the samples that ranked them
