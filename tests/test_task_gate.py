@@ -131,7 +131,7 @@ def test_text_detector_maps_judged_by_iou_int8_and_fp16(tmp_path):
     assert art.validation["heads"][0]["mean_iou"] >= 0.99 and art.validation["outputs"][0]["sqnr_db"] > 40
 
 
-def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path):
+def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path, monkeypatch):
     """Basic Pitch's three sigmoid outputs (contour, note, onset per frame and pitch) are multi-label decisions.
     In fp16 their SQNR clears the 12 dB floor, but the onsets found agree with the float model's at F1 0.87:
     refused, and the refusal says float passes."""
@@ -164,9 +164,20 @@ def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path):
     (flt,) = v["would_pass"]
     assert flt["quantization"] == "float" and flt["verdict"] == "pass" and "--quantization float" in str(e.value)
     # the profile's fp16 not forced: the float that passes is made instead, one warning and the manifest say so
+    from edgesdk.conversion import pipeline
+    from edgesdk.util import sha256_file
+    judged, validate = [], pipeline._validate
+
+    def counted(path, reference, val, *args):
+        judged.append((sha256_file(path), len(val)))
+        return validate(path, reference, val, *args)
+    monkeypatch.setattr(pipeline, "_validate", counted)
     options = ConvertOptions(inputs=InputOptions(input_shape="1,43844,1"))
     art = edgesdk.convert(str(model), target="jetson-nano", calibration=clips,
                           output_dir=tmp_path, progress=Progress(quiet=True), options=options)
+    # fp16 judged, then the float the refusal measured passing, in full as it is made next: the float made
+    # is that very artifact, not judged again
+    assert len(judged) == len(set(judged)) == 2, judged
     assert art.manifest["recipe"]["quantization"] == "float" and art.validation["passed"]
     assert all(h["f1"] >= 0.99 for h in art.validation["heads"])
     assert art.manifest["precision_fallback"] == {"wanted": "fp16", "made": "float",

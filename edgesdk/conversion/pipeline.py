@@ -9,6 +9,7 @@ renamed only after validation passed, so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import json
@@ -61,6 +62,9 @@ class _Request:
     # the source's outputs on the validation data, by (source, data): an attempt at another format or precision
     # reuses the first's (PP-OCRv4's recognizer: 4 s again for its fp16 attempt)
     references: dict = field(default_factory=dict)
+    # the last artifact judged in full, by its bytes and what judged it: the fallback to the higher precision a
+    # refusal measured passing makes the very artifact that refusal judged (PP-OCRv4's recognizer: 5 s again)
+    judged: dict = field(default_factory=dict)
 
 
 def convert(model, target="local", *, calibration=None, validation=None, fine_tune=None,
@@ -271,6 +275,7 @@ class ConversionRun:
     cache_key: str = ""
     tmp: Path | None = None       # the artifact being made, under a temporary name beside `final`
     reference: list | None = None  # the source's outputs on the validation data
+    reference_key: tuple = ()     # ... by (source, data)
     # what the stages made
     pruning: dict | None = None
     pruned_outputs: list | None = None
@@ -305,8 +310,13 @@ class ConversionRun:
         """(figures, verdict) of the artifact at `path`, made with `recipe`, on the validation data (its first
         `samples` only, where given: a ranking, not a verdict)."""
         if samples is None or samples >= len(self.val):
-            return _validate(path, self.reference, self.val, recipe, self.progress, self.source, self.layout,
-                             self.metric)
+            key = (sha256_file(path), self.reference_key, self.layout, recipe.format, recipe.task,
+                   recipe.int8_arithmetic, repr(recipe.thresholds()), repr(self.metric))
+            if key not in self.request.judged:
+                judged = _validate(path, self.reference, self.val, recipe, self.progress, self.source, self.layout,
+                                   self.metric)
+                self.request.judged = {key: judged}
+            return copy.deepcopy(self.request.judged[key])  # the stages add to the figures they get
         return _validate(path, [r[:samples] for r in self.reference], self.val.subset(np.arange(samples)), recipe,
                          self.progress, self.source, self.layout, self.metric)
 
@@ -332,7 +342,7 @@ def _convert(request: _Request, options: ConvertOptions, fallback: dict | None =
             return fn(*args)
         finally:
             seconds[stage] = round(time.monotonic() - started, 1)
-    reference_key = (run.source.sha256, data_fingerprint(run.val))
+    run.reference_key = reference_key = (run.source.sha256, data_fingerprint(run.val))
     if reference_key not in request.references:
         run.progress.step(f"computing reference outputs on {len(run.val)} validation samples")
         request.references = {reference_key: timed("reference", _reference_outputs, run)}  # the last source's only
@@ -741,13 +751,15 @@ def _misses(figures: dict, verdict: dict) -> bool:
 
 def _what_would_pass(run: ConversionRun) -> list:
     """When an artifact misses the gate, the family's higher precisions (fp16, then float), each made and judged
-    by the same gate on a subset of the validation data: what a refusal can say would pass, with its figures."""
+    by the same gate on a subset of the validation data (all of it where the first that passes is made next):
+    what a refusal can say would pass, with its figures."""
     from edgesdk.judge.validation import describe as describe_figures
     tmp, route, source, recipe, profile = run.tmp, run.route, run.source, run.recipe, run.profile
-    calib, val, reference, metric, progress = run.calib, run.val, run.reference, run.metric, run.progress
+    calib, val, progress = run.calib, run.val, run.progress
     family = get_family(profile.family)
-    n = min(len(val), WOULD_PASS_SAMPLES)
-    subset = val.subset(np.arange(n))
+    # where the refusal is not the answer (_may_raise_precision), the first that passes is made next and judged
+    # in full: judged in full here, once (ConversionRun.validate); else a subset tells what would pass
+    n = len(val) if _may_raise_precision(run.options) else min(len(val), WOULD_PASS_SAMPLES)
     out = []
     higher = QUANTIZATIONS[QUANTIZATIONS.index(recipe.quantization) + 1:]  # more bits than what missed
     for quantization in [q for q in family.computes_in(recipe.format) if q in higher]:
@@ -758,8 +770,7 @@ def _what_would_pass(run: ConversionRun) -> list:
         try:
             trial.write_bytes(route.again(source, other, calib, progress=progress.bar("converting"),
                                           profile=profile))
-            figures, verdict = _validate(trial, [r[:n] for r in reference], subset, other, progress, source,
-                                         artifact_layout(source.layout, other.layout), metric)
+            figures, verdict = run.validate(trial, other, n)
         except BudgetExceeded:
             raise
         except EdgeSDKError as exc:
