@@ -95,14 +95,17 @@ def diagnose(run) -> tuple:
 
 
 def gain(before_checks, after: dict) -> float:
-    """How far the failing checks moved towards their thresholds, in shares of the distance (summed)."""
+    """How far the failing checks moved towards their thresholds, in shares of the distance (summed). Reaching
+    a threshold is the whole way: past it a check wins nothing more, or a check that missed by a hair (an
+    inconclusive precision of 0.905 against 0.9) outweighs every other (YOLOv8n's corrected rounding: that
+    precision to 1.0 counted 19 shares, while its recall fell from 0.68 to 0.32)."""
     total = 0.0
     for before in before_checks:
         now = after.get((before["check"], before.get("output")))
         if now is None or now.get("value") is None:
             continue
         span = abs(before["threshold"] - before["value"]) or 1.0
-        total += (now["value"] - before["value"]) * (1 if before["at_least"] else -1) / span
+        total += min(1.0, (now["value"] - before["value"]) * (1 if before["at_least"] else -1) / span)
     return total
 
 
