@@ -932,8 +932,8 @@ def _choose_measured(run: ConversionRun, recipe, first: tuple, option: str, alte
     the artifact with `option` = `alternative` is made too and judged by the same gate; it is kept when it
     passes where the first did not, or, both passing or both failing, when it measures better (_ranks_higher).
     With more than RANKED_ABOVE validation samples (not a detector, not a stateful model), both are
-    measured on the first RANKING_SAMPLES, and a second that is clearly worse there (_clearly_worse) is not validated
-    in full.
+    measured on the first RANKING_SAMPLES, and a second that is clearly worse there (_clearly_worse) is not
+    validated in full.
     Returns (the recipe as chosen, figures, verdict, what was tried or None); `tmp` holds the chosen artifact."""
     from .mixed_precision import Trials
     tmp, source, profile, calib, progress = run.tmp, run.source, run.profile, run.calib, run.progress
