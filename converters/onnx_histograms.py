@@ -89,7 +89,8 @@ def _collect_absolute_value(collector, general, name_to_arr) -> None:
     make otherwise go to ONNX Runtime's own (`general`)."""
     rest = {}
     for tensor, data in name_to_arr.items():
-        values = np.absolute(np.asarray(data).ravel())
+        signed = np.asarray(data)  # a chunk's list of arrays, stacked once
+        values = np.absolute(signed.ravel())
         kept = collector.histogram_dict.get(tensor)
         if kept is None or values.size == 0 or np.nanmax(values) > kept[1][-1]:
             rest[tensor] = data
@@ -99,7 +100,6 @@ def _collect_absolute_value(collector, general, name_to_arr) -> None:
         if made.dtype != edges.dtype or not np.array_equal(made, edges):
             rest[tensor] = data
             continue
-        signed = np.asarray(data)
         collector.histogram_dict[tensor] = (hist + counts, edges, min(low, np.nanmin(signed)),
                                             max(high, np.nanmax(signed)))
     if rest:
