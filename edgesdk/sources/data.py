@@ -485,13 +485,16 @@ def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0, contiguous:
 def data_fingerprint(ds: Dataset) -> str:
     import hashlib
     h = hashlib.sha256()
+
+    def add(a):  # the array's bytes read in place: a copy of 200 photos (tobytes) took 0.3 s a fingerprint
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
     for name, a in (ds.x.items() if isinstance(ds.x, Inputs) else [("", ds.x)]):
         h.update(f"{name}{a.shape}{a.dtype}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        add(a)
     if ds.y is not None:
-        h.update(np.ascontiguousarray(ds.y).tobytes())
+        add(ds.y)
     for b in ds.boxes or ():
-        h.update(np.ascontiguousarray(b).tobytes())
+        add(b)
     return h.hexdigest()
 
 
