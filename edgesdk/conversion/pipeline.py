@@ -550,8 +550,16 @@ def _make(run: ConversionRun, pruner) -> None:
         precision = "int8 weights, int16 activations," if recipe.quantization == "int8" \
             and recipe.activations == "int16" else recipe.quantization
         progress.step(f"converting to {precision} {recipe.format} for {profile.name}")
-        run.tmp.write_bytes(run.route.convert(source, recipe, run.calib, progress=progress.bar("calibrating"),
-                                              profile=profile))
+        # a detector head found in the float graph the route quantizes (an ONNX source's) is kept in float by
+        # the first quantization; a route that exports its graph while converting re-quantizes once it has one
+        graph_first = bool(source.float_onnx)
+        tail = _detector_tail(run, source.float_onnx) if graph_first else None
+        kept = _convert_keeping(run, tail.applied(recipe), tail, run.route.convert) if tail else None
+        if kept is None:
+            run.tmp.write_bytes(run.route.convert(source, recipe, run.calib, progress=progress.bar("calibrating"),
+                                                  profile=profile))
+        run.recipe, run.tail = kept or (recipe, None)
+        recipe = run.recipe
         _refuse_unquantized(run.tmp, recipe)
         # the family's promise (full int8 on a Pi, ops TensorRT parses), before any minute is spent validating
         # and recovering an artifact it refuses anyway (the speaker encoder's ABS: 11 minutes of ladder first)
@@ -564,7 +572,10 @@ def _make(run: ConversionRun, pruner) -> None:
             and not made["coverage"]["float_ops"]:
         raise OptionError("--exclude-nodes/--exclude-op-types matched nothing in the graph: use the layer "
                           "names the validation error lists (TFLite tensor names) or TFLite op types.")
-    run.recipe, run.tail = _keep_detector_tail(run)
+    if not graph_first:
+        tail = _detector_tail(run, run.tmp)
+        run.recipe, run.tail = (tail and _convert_keeping(run, tail.applied(recipe), tail, run.route.again)) \
+            or (recipe, None)
 
 
 def _judge(run: ConversionRun) -> None:
@@ -813,34 +824,36 @@ def _with_states(source, ds):
     return replace(ds, x=source_states(source, ds.x)[0])
 
 
-def _keep_detector_tail(run: ConversionRun) -> tuple:
-    """A detector head that merges pixel boxes and 0..1 scores in one Concat gets that Concat in float.
+def _detector_tail(run: ConversionRun, graph):
+    """The Concat where a detector head merges pixel boxes and 0..1 scores in one tensor, found in this ONNX
+    graph (the float one or the artifact: their nodes keep their names), to be kept in float; else None.
 
     One int8 scale for both crushes the scores (recall 0.11 on the YOLOv8-style head). ONNX artifacts only:
     a TFLite artifact's int8 output tensor would share the one scale anyway, and the Edge TPU runs no float.
-    Returns (recipe, what was kept in float or None); `tmp` then holds the re-quantized artifact.
     """
-    from .mixed_precision import Trials, detector_tail
-    tmp, source, recipe, profile, calib = run.tmp, run.source, run.recipe, run.profile, run.calib
-    reference, progress = run.reference, run.progress
-    if recipe.quantization != "int8" or recipe.format != "onnx":
-        return recipe, None
-    tail = detector_tail(tmp, recipe.format, reference, _model_io(source), recipe.task)
-    if tail is None or set(tail.nodes) <= set(recipe.exclude_nodes):
-        return recipe, None
-    trials = Trials(source, recipe, profile, calib, progress.bar("calibrating"))
-    if not trials.excludes:
-        return recipe, None
+    from .mixed_precision import detector_tail
+    recipe = run.recipe
+    if recipe.quantization != "int8" or recipe.format != "onnx" or not run.route.excludes_layers \
+            or not get_family(run.profile.family).runs_float_ops(recipe.format):
+        return None
+    tail = detector_tail(graph, recipe.format, run.reference, _model_io(run.source), recipe.task)
+    return None if tail is None or set(tail.nodes) <= set(recipe.exclude_nodes) else tail
+
+
+def _convert_keeping(run: ConversionRun, recipe, tail, make) -> tuple | None:
+    """The artifact in `run.tmp` made by the route's `make` with the detector head's `tail` kept in float
+    (recipe: the run's with it applied): (recipe, what was kept), or None where the route could not keep it
+    (said; the plain artifact is then the gate's to judge)."""
+    progress = run.progress
     try:
-        data = trials.convert(tail.applied(recipe))
-    except EdgeSDKError as exc:  # the plain artifact stands; the gate judges it
+        data = make(run.source, recipe, run.calib, progress=progress.bar("calibrating"), profile=run.profile)
+    except EdgeSDKError as exc:
         progress.warn(f"could not keep the detector head's {tail.label} in float: {first_line(exc)[:200]}")
-        return recipe, None
+        return None
     progress.step(f"detector head: keeping {tail.label} in float, where boxes and scores meet, so each keeps "
                   f"its own int8 scale")
-    tmp.write_bytes(data)
-    return tail.applied(recipe), {"mode": "float", "nodes": list(tail.nodes),
-                                  "why": "boxes and scores merged in one tensor"}
+    run.tmp.write_bytes(data)
+    return recipe, {"mode": "float", "nodes": list(tail.nodes), "why": "boxes and scores merged in one tensor"}
 
 
 def _cut_detector_tail(run: ConversionRun):
