@@ -172,12 +172,14 @@ def test_audio_model_judged_by_its_decisions_not_by_sqnr(tmp_path, monkeypatch):
         judged.append((sha256_file(path), len(val)))
         return validate(path, reference, val, *args)
     monkeypatch.setattr(pipeline, "_validate", counted)
+    # a refusal alone would measure on a subset: fewer samples than the 24 clips, so a subset would show
+    monkeypatch.setattr(pipeline, "WOULD_PASS_SAMPLES", 8)
     options = ConvertOptions(inputs=InputOptions(input_shape="1,43844,1"))
     art = edgesdk.convert(str(model), target="jetson-nano", calibration=clips,
                           output_dir=tmp_path, progress=Progress(quiet=True), options=options)
     # fp16 judged, then the float the refusal measured passing, in full as it is made next: the float made
     # is that very artifact, not judged again
-    assert len(judged) == len(set(judged)) == 2, judged
+    assert len(judged) == len(set(judged)) == 2 and {n for _, n in judged} == {len(clips)}, judged
     assert art.manifest["recipe"]["quantization"] == "float" and art.validation["passed"]
     assert all(h["f1"] >= 0.99 for h in art.validation["heads"])
     assert art.manifest["precision_fallback"] == {"wanted": "fp16", "made": "float",

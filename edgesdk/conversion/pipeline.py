@@ -171,7 +171,8 @@ def _at_precision(request: _Request, options: ConvertOptions, fallback: dict | N
         return _convert(request, options, fallback)
     wanted = request.profile.artifact.quantization
     try:
-        return _convert(request, options.with_values({("quantize", "quantization"): wanted}), fallback)
+        return _convert(request, options.with_values({("quantize", "quantization"): wanted}), fallback,
+                        raises_next=higher)
     except ValidationFailed as exc:
         if not higher:
             raise
@@ -286,6 +287,7 @@ class ConversionRun:
     tail: dict | None = None      # a detector head's merging kept in float
     stem: object = None           # a host_stem.Stem: the first layers run on the host in float
     original_source: object = None  # with a stem on the host, the model the user gave (`source` is the rest)
+    raises_next: bool = False     # a refusal is followed by the higher precision it measured passing
     rounding: dict | None = None  # what --weight-rounding auto measured
     calibrated: dict | None = None  # what --calibration-method auto measured
     ladder_roundings: tuple = ()  # under --weight-rounding auto, the roundings the ladder tries (int8 missed)
@@ -322,11 +324,13 @@ class ConversionRun:
 
 
 def _convert(request: _Request, options: ConvertOptions, fallback: dict | None = None,
-             precision: dict | None = None, stem_for=None) -> Artifact:
+             precision: dict | None = None, stem_for=None, raises_next: bool = False) -> Artifact:
     """One conversion, its format and precision settled, in its stages: prepare, convert, judge, recover,
     explain, place. Everything is made under a temporary name and placed only at the end. stem_for: the
-    refusal of int8 made whole; this conversion runs the source's stem on the host (or raises that refusal)."""
+    refusal of int8 made whole; this conversion runs the source's stem on the host (or raises that refusal).
+    raises_next: a refusal is followed by making the higher precision it measured passing (_higher_precision)."""
     run = _prepare(request, options)
+    run.raises_next = raises_next
     if stem_for is not None:
         _move_stem_to_host(run, stem_for)
     cached = _cached_verdict(run)
@@ -768,9 +772,9 @@ def _what_would_pass(run: ConversionRun) -> list:
     tmp, route, source, recipe, profile = run.tmp, run.route, run.source, run.recipe, run.profile
     calib, val, progress = run.calib, run.val, run.progress
     family = get_family(profile.family)
-    # where the refusal is not the answer (_may_raise_precision), the first that passes is made next and judged
-    # in full: judged in full here, once (ConversionRun.validate); else a subset tells what would pass
-    n = len(val) if _may_raise_precision(run.options) else min(len(val), WOULD_PASS_SAMPLES)
+    # where the refusal is not the answer, the first that passes is made next and judged in full: judged in full
+    # here, once (ConversionRun.validate); else a subset tells what would pass
+    n = len(val) if run.raises_next else min(len(val), WOULD_PASS_SAMPLES)
     out = []
     higher = QUANTIZATIONS[QUANTIZATIONS.index(recipe.quantization) + 1:]  # more bits than what missed
     for quantization in [q for q in family.computes_in(recipe.format) if q in higher]:
