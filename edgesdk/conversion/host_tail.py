@@ -3,7 +3,7 @@
 A YOLO head decodes boxes to pixels (grid, stride, exp) and joins them with 0..1 scores in one Concat;
 in int8 that one tensor gets one scale and the scores collapse, and a decode in int8 (exp of a coarse
 input, pixels at a 1.6 px step) costs small boxes their overlap. An ONNX artifact keeps the Concat in
-float (conversion._keep_detector_tail). A TFLite artifact's outputs are int8 at its boundary and the
+float (pipeline._detector_tail). A TFLite artifact's outputs are int8 at its boundary and the
 Edge TPU runs nothing in float, so there the source graph is cut before its tail: the shape and
 arithmetic ops after the network's last layers (no weights, no activations), back from each merged
 output. The artifact outputs the branches, each with its own scale; the tail is written beside it as a
