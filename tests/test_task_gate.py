@@ -294,18 +294,23 @@ def test_two_rungs_whose_speed_decides_are_timed_in_turn_each_by_its_fastest_rou
     turn, and each counts its fastest round."""
     from types import SimpleNamespace
     from edgesdk.conversion import recovery
-    rounds = {"int8": iter([10.0, 10.2]), "int16": iter([12.5, 10.9]), "slower": iter([12.0, 11.8])}
+    rounds = {"int8": iter([10.0, 10.2, 10.1, 10.3]), "int16": iter([12.5, 10.9]),
+              "slower": iter([12.0, 11.8, 11.9, 12.2]), "busy": iter([12.0, 11.8, 10.4])}
     timed = []
 
     def latency_ms(path):
         timed.append(path.read_bytes().decode())
         return next(rounds[timed[-1]])
     monkeypatch.setattr(recovery, "_latency_ms", latency_ms)
-    int8, int16, slower = (recovery.Rung(name, name, SimpleNamespace(format="onnx"), data=name.encode())
-                           for name in ("int8", "int16", "slower"))
+    int8, int16, slower, busy = (recovery.Rung(name, name, SimpleNamespace(format="onnx"), data=name.encode())
+                                 for name in ("int8", "int16", "slower", "busy"))
     assert not recovery._slower(int16, int8, tmp_path)  # its first round alone was 1.25x
     assert timed == ["int8", "int16", "int8", "int16"] and (int8.p50_ms, int16.p50_ms) == (10.0, 10.9)
-    assert recovery._slower(slower, int8, tmp_path) and timed[4:] == ["slower", "slower"]  # int8 had its rounds
+    # slower in two rounds: confirmed in two more of each, in turn, before it counts
+    assert recovery._slower(slower, int8, tmp_path)
+    assert timed[4:] == ["slower", "slower", "int8", "slower", "int8", "slower"]  # int8 had two rounds already
+    # slower in two rounds taken in a busy spell, not in the third: not slower
+    assert not recovery._slower(busy, int8, tmp_path) and timed[10:] == ["busy", "busy", "busy"]
 
 
 def test_already_quantized_source_is_named_and_nothing_is_left(tmp_path):

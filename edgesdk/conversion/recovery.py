@@ -55,6 +55,7 @@ MAX_MIXED_RUNGS = 4
 LATENCY_SECONDS = 1.5  # a round of a rung's latency here: as many runs as fit (at least one; 30 fixed runs of a
 # layout detector's int16 TFLite, 2.6 s each on this machine's reference kernels, were 90 s without a word)
 LATENCY_ROUNDS = 2  # rounds each of two rungs a choice compares, taken in turn: a spell of load here falls on both
+LATENCY_CONFIRM = 4  # ... and up to this many where the second still looks slower, before that decides anything
 SLOWER = 1.15  # a rung this much slower than another is the dearer one; below it, timing noise here
 
 
@@ -257,12 +258,15 @@ def _trained(source, recipe, training: Training, judge, progress) -> Rung:
 
 
 def _slower(rung: Rung, than: Rung, tmp) -> bool:
-    """Measurably slower here (beyond timing noise), the two timed in turn, LATENCY_ROUNDS rounds each (YOLOv8n's
-    int16 activations timed once each, 3 s apart: 1.04-1.10x its int8 in quiet rounds, past 1.15x in one);
-    unmeasurable counts as not slower."""
-    for n in range(1, LATENCY_ROUNDS + 1):
+    """Measurably slower here (beyond timing noise), the two timed in turn, LATENCY_ROUNDS rounds each, and up to
+    LATENCY_CONFIRM while `rung` still looks slower (YOLOv8n's int16 activations: 1.04-1.10x its int8 in quiet
+    rounds; past 1.15x in one round each timed once, and in both of two rounds of a busy spell); unmeasurable
+    counts as not slower."""
+    for n in range(1, LATENCY_CONFIRM + 1):
         a, b = than.latency(tmp, n), rung.latency(tmp, n)
-    return a is not None and b is not None and b > a * SLOWER
+        if a is None or b is None or (n >= LATENCY_ROUNDS and b <= a * SLOWER):
+            return False
+    return True
 
 
 def _better(rung: Rung, than: Rung) -> bool:
