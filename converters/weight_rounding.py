@@ -49,12 +49,15 @@ def kernel_sum(w: np.ndarray, per_channel: bool = True) -> np.ndarray:
     q = np.round(kernels)
     deficit = np.round(kernels.sum(axis=1)) - q.sum(axis=1)
     residual = kernels - q  # in [-0.5, 0.5]: how close each weight came to the other step
-    for k in np.nonzero(deficit)[0]:
-        n, step = int(abs(deficit[k])), np.sign(deficit[k])
-        room = (np.abs(q[k] + step) <= QMAX) & (kernels[k] != 0)
-        order = np.argsort(-residual[k] * step)  # closest to a tie in the needed direction first
-        picked = [i for i in order if room[i]][:n]
-        q[k, picked] += step
+    rows = np.nonzero(deficit)[0]  # the kernels whose sum moved, all at once (one at a time: 1.6 s on YOLOv8n)
+    if rows.size:
+        n, step = np.abs(deficit[rows])[:, None], np.sign(deficit[rows])[:, None]
+        room = (np.abs(q[rows] + step) <= QMAX) & (kernels[rows] != 0)
+        order = np.argsort(-residual[rows] * step, axis=1)  # closest to a tie in the needed direction first
+        room_in_order = np.take_along_axis(room, order, axis=1)
+        picked = np.zeros_like(room)  # the first n of each kernel's weights in that order that have room
+        np.put_along_axis(picked, order, room_in_order & (np.cumsum(room_in_order, axis=1) <= n), axis=1)
+        q[rows] += step * picked
     return (q.reshape(x.shape) * scale).astype(np.float32)
 
 
